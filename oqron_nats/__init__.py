@@ -1,0 +1,61 @@
+"""oqron_nats: durable job queues for Python, with NATS JetStream as the whole backend.
+
+    from oqron_nats import queue
+
+    async def send_email(ctx):
+        ...
+
+    emails = queue("email-sender", send_email, concurrency=5)
+    async with emails:
+        await emails.add({"to": "a@example.com"})
+"""
+
+from ._version import __version__
+from .client import Client
+from .config import DeadLetter, Hooks, RetryPolicy
+from .context import JobContext, Signal
+from .errors import (
+    ConfigError,
+    ConsumerConflict,
+    EnqueueError,
+    InvalidInput,
+    InvalidName,
+    InvalidOption,
+    OqronError,
+    PayloadError,
+    PayloadTooLarge,
+    ServerVersionError,
+)
+from .job import TERMINAL_STATES, Job, JobFailure, JobState
+from .queue import AddOutcome, BulkResult, Queue, queue
+from .worker import Worker, worker
+
+__all__ = [
+    "TERMINAL_STATES",
+    "AddOutcome",
+    "BulkResult",
+    "Client",
+    "ConfigError",
+    "ConsumerConflict",
+    "DeadLetter",
+    "EnqueueError",
+    "Hooks",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidOption",
+    "Job",
+    "JobContext",
+    "JobFailure",
+    "JobState",
+    "OqronError",
+    "PayloadError",
+    "PayloadTooLarge",
+    "Queue",
+    "RetryPolicy",
+    "ServerVersionError",
+    "Signal",
+    "Worker",
+    "__version__",
+    "queue",
+    "worker",
+]

@@ -1,0 +1,276 @@
+"""The NATS connection and the raw JetStream calls oqron_nats makes.
+
+nats-py quirks are translated here (see ``notes/jetstream-facts.md``): timeouts are caught as the
+builtin ``TimeoutError`` (nats-py raises two kinds), a publish that timed out is retried with the
+same ``Nats-Msg-Id`` because it may still land, and API errors become :class:`JetStreamError`
+with the server's ``err_code``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
+
+log = structlog.get_logger("oqron_nats")
+
+CAS_ERROR_CODES = frozenset({10071, 10164})
+"""Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
+
+
+class JetStreamError(Exception):
+    """The JetStream API refused a request."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{description} (code {code}, err_code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class CasConflict(JetStreamError):
+    """A compare-and-set write found another revision than the one it expected.
+
+    ``after_timeout`` is set when an earlier try of the same write timed out: that try may have
+    landed, so the conflict may be with our own write.
+    """
+
+    after_timeout = False
+
+
+class NoStream(Exception):
+    """No stream listens on the subject (the stream was deleted or never created)."""
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    """The server's answer to a JetStream publish."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+class _Success(msgspec.Struct):
+    success: bool = False
+    error: _ApiError | None = None
+
+
+_pub_ack = msgspec.json.Decoder(PubAck)
+_success = msgspec.json.Decoder(_Success)
+
+
+def api_error(err: _ApiError) -> JetStreamError:
+    """The exception for an API error payload."""
+    cls = CasConflict if err.err_code in CAS_ERROR_CODES else JetStreamError
+    return cls(err.code, err.err_code, err.description)
+
+
+class StoredMsg(msgspec.Struct, frozen=True):
+    """A message read straight from a stream (direct get)."""
+
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
+class Nats:
+    """One NATS connection, with the JetStream calls the rest of oqron_nats uses."""
+
+    def __init__(self, nc: NatsClient, *, request_timeout: float, publish_deadline: float) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=request_timeout)
+        self.request_timeout = request_timeout
+        self.publish_deadline = publish_deadline
+        self._reconnect_listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: Sequence[str],
+        *,
+        name: str,
+        request_timeout: float = 5.0,
+        publish_deadline: float = 30.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> Nats:
+        """Connect, reconnecting forever after a loss; nats-py options may be overridden."""
+        holder: list[Nats] = []
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=str(exc), error_type=type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnected() -> None:
+            log.info("nats reconnected")
+            for listener in list(holder[0]._reconnect_listeners) if holder else []:
+                listener()
+
+        settings: dict[str, Any] = {
+            "servers": list(servers),
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "drain_timeout": 10,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+        }
+        settings.update(options or {})
+        nc = await nats.connect(**settings)
+        conn = cls(nc, request_timeout=request_timeout, publish_deadline=publish_deadline)
+        holder.append(conn)
+        return conn
+
+    def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every reconnect; returns a function that removes it."""
+        self._reconnect_listeners.append(listener)
+        return lambda: self._reconnect_listeners.remove(listener)
+
+    @property
+    def server_version(self) -> tuple[int, int, int]:
+        """The (major, minor, patch) version of the connected server."""
+        v = self.nc.connected_server_version
+        return (v.major, v.minor, v.patch)
+
+    @property
+    def server_name(self) -> str:
+        """The name of the connected server (from its INFO)."""
+        return str(self.nc._server_info.get("server_name", ""))
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts, in bytes."""
+        return int(self.nc.max_payload)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection is up right now."""
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except (nats.errors.Error, TimeoutError, OSError):
+            await self.nc.close()
+
+    def new_inbox(self) -> str:
+        """A unique inbox subject."""
+        return self.nc.new_inbox()
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """A core NATS subscription delivering to ``cb``."""
+        return await self.nc.subscribe(subject, cb=cb)
+
+    async def publish_core(
+        self, subject: str, payload: bytes = b"", *, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        """A core NATS publish: fire and forget."""
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        """A JetStream publish, retried on timeout (send a Nats-Msg-Id so a retry cannot duplicate).
+
+        Raises TimeoutError when every try timed out within the publish deadline: the outcome is
+        then unknown. A KV compare-and-set that fails raises CasConflict.
+        """
+        deadline = time.monotonic() + self.publish_deadline
+        timed_out = False
+        while True:
+            try:
+                msg = await self.nc.request(subject, payload, timeout=self.request_timeout, headers=headers)
+            except nats.errors.NoRespondersError:
+                raise NoStream(subject) from None
+            except TimeoutError:
+                if time.monotonic() + self.request_timeout > deadline:
+                    raise
+                log.debug("publish timed out, retrying", subject=subject)
+                timed_out = True
+                continue
+            ack = _pub_ack.decode(msg.data)
+            if ack.error is not None:
+                error = api_error(ack.error)
+                if isinstance(error, CasConflict):
+                    error.after_timeout = timed_out
+                raise error
+            return ack
+
+    async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
+        """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
+        request = msgspec.json.encode({"last_by_subj": last_by_subject})
+        msg = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.request_timeout
+        )
+        return stored_msg(msg)
+
+    async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
+        """The newest message on one exact subject, or None (the fast KV read path)."""
+        msg = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=self.request_timeout
+        )
+        return stored_msg(msg)
+
+    async def delete_msg(self, stream: str, seq: int) -> bool:
+        """Delete one message by sequence; False if it was already gone."""
+        msg = await self.nc.request(
+            f"$JS.API.STREAM.MSG.DELETE.{stream}",
+            msgspec.json.encode({"seq": seq, "no_erase": True}),
+            timeout=self.request_timeout,
+        )
+        result = _success.decode(msg.data)
+        if result.error is not None:
+            if result.error.err_code == 10057:  # no message found
+                return False
+            raise api_error(result.error)
+        return result.success
+
+    async def purge_subject(self, stream: str, subject: str) -> None:
+        """Remove every message on ``subject`` from ``stream``."""
+        msg = await self.nc.request(
+            f"$JS.API.STREAM.PURGE.{stream}",
+            msgspec.json.encode({"filter": subject}),
+            timeout=self.request_timeout,
+        )
+        result = _success.decode(msg.data)
+        if result.error is not None:
+            raise api_error(result.error)
+
+
+def stored_msg(msg: Msg) -> StoredMsg | None:
+    """Translate a direct-get reply; None for 'no message'."""
+    headers = dict(msg.headers or {})
+    status = headers.get("Status")
+    if status == "404":
+        return None
+    if status:
+        raise JetStreamError(int(status), 0, headers.get("Description", "direct get failed"))
+    return StoredMsg(
+        subject=headers.get("Nats-Subject", ""),
+        seq=int(headers.get("Nats-Sequence", "0")),
+        data=msg.data,
+        headers=headers,
+    )

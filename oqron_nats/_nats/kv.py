@@ -1,0 +1,110 @@
+"""KV buckets through raw JetStream calls: compare-and-set writes with optional per-key TTL.
+
+nats-py's ``KeyValue.update`` cannot set a TTL, and its CAS errors come in two classes; here every
+write is a publish with ``Nats-Expected-Last-Subject-Sequence`` and every failed CAS is a
+:class:`CasConflict`. A write whose first try timed out is retried; if the retry then conflicts,
+the key is read back: finding our own value means the first try landed (notes R14).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from ..names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
+from .conn import CasConflict, Nats, StoredMsg
+
+
+def ttl_header(seconds: float) -> str:
+    """A Nats-TTL value (the server's minimum is one second)."""
+    return f"{max(1000, round(seconds * 1000))}ms"
+
+
+class Entry:
+    """A KV value with its revision (the stream sequence of the write)."""
+
+    __slots__ = ("key", "revision", "value")
+
+    def __init__(self, key: str, value: bytes, revision: int) -> None:
+        self.key = key
+        self.value = value
+        self.revision = revision
+
+
+class Bucket:
+    """One KV bucket."""
+
+    def __init__(self, conn: Nats, name: str) -> None:
+        self.conn = conn
+        self.name = name
+        self.stream = f"KV_{name}"
+        self._prefix = f"$KV.{name}."
+
+    async def get(self, key: str) -> Entry | None:
+        """The current value of ``key``, or None if it is missing, deleted or expired."""
+        msg = await self.conn.direct_get_subject(self.stream, self._prefix + key)
+        if msg is None or _is_delete(msg):
+            return None
+        return Entry(key, msg.data, msg.seq)
+
+    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Write ``key`` only if it does not exist (or was deleted); return the revision."""
+        try:
+            return await self._write(key, value, last=0, ttl=ttl)
+        except CasConflict:
+            current = await self.conn.direct_get_subject(self.stream, self._prefix + key)
+            if current is None or not _is_delete(current):
+                raise
+            # A tombstone is there: create on top of it, as nats-py does.
+            return await self._write(key, value, last=current.seq, ttl=ttl)
+
+    async def update(self, key: str, value: bytes, *, last: int, ttl: float | None = None) -> int:
+        """Write ``key`` only if its revision is still ``last``; return the new revision."""
+        return await self._write(key, value, last=last, ttl=ttl)
+
+    async def delete(self, key: str, *, last: int, ttl: float | None = None) -> None:
+        """Delete ``key`` if its revision is still ``last``; the tombstone expires after ``ttl``."""
+        headers = {KV_OPERATION_HEADER: "DEL", EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
+        if ttl is not None:
+            headers[TTL_HEADER] = ttl_header(ttl)
+        await self.conn.publish(self._prefix + key, b"", headers)
+
+    async def _write(self, key: str, value: bytes, *, last: int, ttl: float | None) -> int:
+        headers = {EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
+        if ttl is not None:
+            headers[TTL_HEADER] = ttl_header(ttl)
+        subject = self._prefix + key
+        try:
+            return (await self.conn.publish(subject, value, headers)).seq
+        except CasConflict as conflict:
+            if not conflict.after_timeout:
+                raise
+            current = await self.get(key)
+            if current is not None and current.value == value:
+                return current.revision  # our own write landed on an earlier try
+            raise
+
+    async def scan(self, key_filter: str) -> AsyncIterator[Entry]:
+        """Every live entry whose key matches ``key_filter`` (reads the whole filtered bucket)."""
+        kv = KeyValue(
+            name=self.name, stream=self.stream, pre=self._prefix, js=self.conn.js, direct=True
+        )
+        try:
+            watcher = await kv.watch(key_filter, ignore_deletes=True)
+        except nats.js.errors.NoKeysError:
+            return
+        try:
+            while True:
+                update = await watcher.updates(timeout=self.conn.request_timeout)
+                if update is None:
+                    return
+                if update.value is not None and update.revision is not None:
+                    yield Entry(update.key, update.value, update.revision)
+        finally:
+            await watcher.stop()
+
+
+def _is_delete(msg: StoredMsg) -> bool:
+    return msg.headers.get(KV_OPERATION_HEADER) in ("DEL", "PURGE")

@@ -1,0 +1,227 @@
+"""Raw pull requests on a durable consumer, and the deliveries they bring.
+
+nats-py's ``fetch()`` blocks until its batch is full or its timeout ends, and a lingering pull
+it leaves open later delivers into a buffer nobody accounts for. Here a :class:`Puller` sends pull
+requests itself, hands every message to a callback the moment it arrives, and counts what the
+server still owes (``outstanding``), so a worker never asks for more jobs than it has free slots.
+
+Every request has its own reply subject ``<inbox>.<n>``: the server ends a request with a status
+message on that subject (404 no messages, 408 expired, 409 ...), while data messages keep their
+own subject, so each data message is counted against the oldest open request (the server serves
+requests in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .conn import Nats
+
+EXPIRY_GRACE = 5.0
+"""Seconds after its expiry that an unanswered request is given up (its reply was lost)."""
+
+
+class Delivery:
+    """One delivered message with its settle calls (ack, nak, in_progress, term)."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def body(self) -> bytes:
+        """The message payload."""
+        return self._msg.data
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The message headers (empty if none)."""
+        return dict(self._msg.headers or {})
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times the server has delivered this message."""
+        return int(self._msg.metadata.num_delivered or 0)
+
+    @property
+    def stream_seq(self) -> int:
+        """The message's sequence in its stream."""
+        return int(self._msg.metadata.sequence.stream)
+
+    async def ack(self) -> None:
+        """Remove the message: it is settled."""
+        await self._settle(self._msg.ack())
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the message back for redelivery, after ``delay`` seconds if given."""
+        await self._settle(self._msg.nak(delay=delay if delay and delay > 0 else None))
+
+    async def term(self) -> None:
+        """Remove the message without processing (a poison message)."""
+        await self._settle(self._msg.term())
+
+    async def in_progress(self) -> None:
+        """Reset the message's ack timer: it is still being worked on."""
+        await self._msg.in_progress()
+
+    @staticmethod
+    async def _settle(call: Awaitable[None]) -> None:
+        try:
+            await call
+        except nats.errors.MsgAlreadyAckdError:
+            pass
+
+
+@dataclass(slots=True)
+class _Request:
+    remaining: int
+    deadline: float
+    done: asyncio.Future[int] | None = None
+    delivered: int = 0
+
+
+@dataclass(slots=True)
+class _State:
+    requests: OrderedDict[str, _Request] = field(default_factory=OrderedDict)
+    outstanding: int = 0
+    consumer_gone: bool = False
+
+
+class Puller:
+    """Pull requests on one consumer; deliveries go to ``on_delivery`` as they arrive."""
+
+    def __init__(
+        self,
+        conn: Nats,
+        stream: str,
+        consumer: str,
+        *,
+        on_delivery: Callable[[Delivery], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.consumer = consumer
+        self._on_delivery = on_delivery
+        self._on_change = on_change
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._counter = 0
+        self._state = _State()
+
+    @property
+    def outstanding(self) -> int:
+        """Messages asked for and not delivered yet, over all open requests."""
+        return self._state.outstanding
+
+    @property
+    def has_open_request(self) -> bool:
+        """Whether a request is still open at the server."""
+        return bool(self._state.requests)
+
+    @property
+    def consumer_gone(self) -> bool:
+        """Whether the server reported the consumer deleted."""
+        return self._state.consumer_gone
+
+    async def start(self) -> None:
+        """Subscribe to the reply inbox."""
+        self._inbox = self.conn.new_inbox()
+        self._sub = await self.conn.subscribe(self._inbox + ".*", self._on_msg)
+
+    async def stop(self) -> None:
+        """Unsubscribe; open requests are abandoned (the server lets them expire)."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every open request (after a reconnect they may be gone at the server)."""
+        for request in self._state.requests.values():
+            _resolve(request)
+        self._state = _State()
+
+    async def request(self, batch: int, *, expires: float) -> None:
+        """Ask for up to ``batch`` messages, delivered as they arrive within ``expires`` seconds."""
+        await self._send(batch, {"batch": batch, "expires": int(expires * 1e9)}, expires, None)
+
+    async def request_now(self, batch: int) -> int:
+        """Ask for up to ``batch`` messages that are ready now; return how many came."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._send(batch, {"batch": batch, "no_wait": True}, 0.0, done)
+        return await done
+
+    def expire_stale(self) -> float | None:
+        """Give up requests long past their expiry; return seconds until the next expiry check."""
+        now = time.monotonic()
+        nearest: float | None = None
+        for token, request in list(self._state.requests.items()):
+            if request.deadline + EXPIRY_GRACE <= now:
+                self._close(token)
+            else:
+                wait = request.deadline + EXPIRY_GRACE - now
+                nearest = wait if nearest is None else min(nearest, wait)
+        return nearest
+
+    async def _send(self, batch: int, body: dict[str, object], expires: float, done: asyncio.Future[int] | None) -> None:
+        self._counter += 1
+        token = f"{self._inbox}.{self._counter}"
+        request = _Request(remaining=batch, deadline=time.monotonic() + expires, done=done)
+        self._state.requests[token] = request
+        self._state.outstanding += batch
+        try:
+            await self.conn.publish_core(self._subject, msgspec.json.encode(body), reply=token)
+        except BaseException:
+            self._close(token)
+            raise
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        if not msg.reply and headers and headers.get("Status"):
+            self._on_status(msg.subject, headers)
+            return
+        state = self._state
+        if state.requests:
+            token, request = next(iter(state.requests.items()))
+            request.remaining -= 1
+            request.delivered += 1
+            state.outstanding -= 1
+            if request.remaining <= 0:
+                del state.requests[token]
+                _resolve(request)
+        self._on_delivery(Delivery(msg))
+
+    def _on_status(self, token: str, headers: dict[str, str]) -> None:
+        status = headers.get("Status")
+        if status == "100":  # idle heartbeat
+            return
+        if status == "409" and "Consumer Deleted" in str(headers.get("Description", "")):
+            self._state.consumer_gone = True
+        self._close(token)
+        self._on_change()
+
+    def _close(self, token: str) -> None:
+        request = self._state.requests.pop(token, None)
+        if request is not None:
+            self._state.outstanding -= request.remaining
+            _resolve(request)
+
+
+def _resolve(request: _Request) -> None:
+    if request.done is not None and not request.done.done():
+        request.done.set_result(request.delivered)

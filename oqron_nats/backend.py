@@ -1,0 +1,44 @@
+"""The connected parts of one queue: connection, record store, broker and leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._nats import Bucket, Nats
+from .broker import Broker
+from .client import Client
+from .config import QueueConfig
+from .lease import Leases
+from .names import Names
+from .store import JobStore
+from .tracing import Tracing
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Everything a queue talks to, created once it has connected."""
+
+    client: Client
+    conn: Nats
+    names: Names
+    store: JobStore
+    broker: Broker
+    leases: Leases
+    tracing: Tracing
+    payload_limit: int
+
+    @classmethod
+    async def open(cls, client: Client, config: QueueConfig) -> Backend:
+        """Connect, create the queue's streams and buckets, and wire the parts."""
+        names = client.names(config.name)
+        conn = await client.prepare_queue(names)
+        return cls(
+            client=client,
+            conn=conn,
+            names=names,
+            store=JobStore(Bucket(conn, names.jobs_bucket), names),
+            broker=Broker(conn, names),
+            leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
+            tracing=client.tracing,
+            payload_limit=client.payload_limit(conn, config.max_payload_size),
+        )

@@ -1,0 +1,76 @@
+"""Publishing job messages: to a lane now, through a message schedule later, or to the DLQ.
+
+A job message carries only the job id; the record in KV is the truth. Its ``Nats-Msg-Id`` is
+``<job_id>:<enqueued>`` so a publish retried after a timeout cannot queue the job twice, while a
+later re-enqueue (a retry, an admin rerun) gets a new generation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+
+from ._nats import JetStreamError, Nats, NoStream
+from .errors import EnqueueError
+from .job import JobState
+from .names import (
+    CORRELATION_HEADER,
+    MSG_ID_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_TARGET_HEADER,
+    Names,
+)
+from .store import RawJob
+
+
+def schedule_at(when: datetime) -> str:
+    """A ``Nats-Schedule`` value firing once at ``when`` (millisecond precision, UTC)."""
+    utc = when.astimezone(timezone.utc)
+    return "@at " + utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_headers(job: RawJob) -> dict[str, str]:
+    """The headers every message of ``job`` carries: trace context and correlation id."""
+    headers = dict(job.trace)
+    headers[CORRELATION_HEADER] = job.correlation_id
+    headers[MSG_ID_HEADER] = f"{job.id}:{job.enqueued}"
+    return headers
+
+
+class Broker:
+    """Sends one queue's job messages."""
+
+    def __init__(self, conn: Nats, names: Names) -> None:
+        self.conn = conn
+        self.names = names
+
+    async def enqueue(self, job: RawJob) -> None:
+        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``."""
+        headers = job_headers(job)
+        subject = self.names.lane(job.priority)
+        if job.state == JobState.DELAYED and job.run_at is not None:
+            headers[SCHEDULE_HEADER] = schedule_at(job.run_at)
+            headers[SCHEDULE_TARGET_HEADER] = subject
+            subject = self.names.schedule(job.id)
+        await self._publish(job.id, subject, job.id.encode(), headers)
+
+    async def dead_letter(self, job: RawJob) -> None:
+        """Copy the failed record to the dead-letter stream (one entry per job id)."""
+        headers = job_headers(job)
+        headers[MSG_ID_HEADER] += ":dead"
+        await self._publish(job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers)
+
+    async def _publish(self, job_id: str, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            await self.conn.publish(subject, body, headers)
+        except TimeoutError:
+            raise EnqueueError(
+                f"publishing job {job_id} timed out; it may still have been queued",
+                job_id=job_id,
+                outcome_unknown=True,
+            ) from None
+        except (NoStream, JetStreamError) as exc:
+            raise EnqueueError(
+                f"publishing job {job_id} failed: {exc}", job_id=job_id, outcome_unknown=False
+            ) from exc

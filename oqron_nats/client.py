@@ -1,0 +1,174 @@
+"""The connection shared by queues and workers: NATS URL, namespace, replicas, tracing.
+
+Creating a Client does no I/O; it connects on first use (or ``await client.connect()``), checks
+that the server is new enough, and creates each queue's streams and buckets once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.trace import TracerProvider
+
+from ._nats import Nats, ensure_bucket, ensure_stream
+from .errors import ConfigError, ConsumerConflict, ServerVersionError
+from .names import Names, check_namespace
+from .tracing import Tracing
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+MIN_SERVER_VERSION = (2, 12, 0)
+"""Message schedules (delays and retries) need nats-server 2.12."""
+RECORD_HEADROOM = 64 * 1024
+"""Bytes of a job record kept for everything but the payload (state, error, trace context)."""
+
+
+def urls_from(value: str | Sequence[str] | None) -> list[str]:
+    """Server URLs from an argument, else ``OQRON_NATS_URL`` (comma-separated), else the default."""
+    if value is None:
+        value = os.environ.get("OQRON_NATS_URL") or DEFAULT_URL
+    if isinstance(value, str):
+        value = value.split(",")
+    urls = [u.strip() for u in value if u.strip()]
+    if not urls:
+        raise ConfigError("no NATS server URL given")
+    return urls
+
+
+class Client:
+    """A lazily opened NATS connection for one namespace."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str] | None = None,
+        *,
+        namespace: str | None = None,
+        replicas: int | None = None,
+        name: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+        request_timeout: float = 5.0,
+        publish_deadline: float = 30.0,
+        connect_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.urls = urls_from(url)
+        self.namespace = check_namespace(namespace or os.environ.get("OQRON_NAMESPACE") or "default")
+        self.replicas = replicas if replicas is not None else int(os.environ.get("OQRON_REPLICAS", "1"))
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
+        self.name = name or f"oqron-{socket.gethostname()}-{os.getpid()}"
+        self.tracing = Tracing(tracer_provider)
+        self._request_timeout = request_timeout
+        self._publish_deadline = publish_deadline
+        self._connect_options = dict(connect_options or {})
+        self._conn: Nats | None = None
+        self._lock = asyncio.Lock()
+        self._ready: set[str] = set()
+        self._consumed: set[str] = set()
+
+    async def connect(self) -> Nats:
+        """The open connection, connecting (and checking the server version) on first use."""
+        if self._conn is not None:
+            return self._conn
+        async with self._lock:
+            if self._conn is None:
+                conn = await Nats.connect(
+                    self.urls,
+                    name=self.name,
+                    request_timeout=self._request_timeout,
+                    publish_deadline=self._publish_deadline,
+                    options=self._connect_options,
+                )
+                if conn.server_version < MIN_SERVER_VERSION:
+                    version = ".".join(map(str, conn.server_version))
+                    await conn.close()
+                    raise ServerVersionError(
+                        f"nats-server {version} is too old: oqron_nats needs 2.12 or newer "
+                        "(message schedules for delays and retries); upgrade the server"
+                    )
+                self._conn = conn
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open and up."""
+        return self._conn is not None and self._conn.is_connected
+
+    def names(self, queue: str) -> Names:
+        """The NATS resource names of ``queue`` in this client's namespace."""
+        return Names(self.namespace, queue)
+
+    def payload_limit(self, conn: Nats, configured: int) -> int:
+        """The largest payload a job may carry on this server."""
+        return max(1, min(configured, conn.max_payload - RECORD_HEADROOM))
+
+    async def prepare_queue(self, names: Names) -> Nats:
+        """Connect and create the queue's stream, the namespace's buckets and dead-letter stream."""
+        conn = await self.connect()
+        if names.stream in self._ready:
+            return conn
+        async with self._lock:
+            if names.stream not in self._ready:
+                await self._provision(conn, names)
+                self._ready.add(names.stream)
+        return conn
+
+    async def _provision(self, conn: Nats, names: Names) -> None:
+        if names.jobs_bucket not in self._ready:
+            for bucket in (names.jobs_bucket, names.locks_bucket):
+                await ensure_bucket(
+                    conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
+                )
+            await ensure_stream(
+                conn,
+                name=names.dlq_stream,
+                subjects=[names.dlq_subjects],
+                replicas=self.replicas,
+                work_queue=False,
+                max_msgs_per_subject=1,
+            )
+            self._ready.add(names.jobs_bucket)
+        await ensure_stream(
+            conn,
+            name=names.stream,
+            subjects=[names.lanes, names.schedules, names.run_lane],
+            replicas=self.replicas,
+            work_queue=True,
+            schedules=True,
+            republish=(names.lanes, names.bell),
+        )
+
+    def claim_consumer(self, queue: str) -> None:
+        """Register a consumer of ``queue`` on this client; a second one is a configuration error."""
+        if queue in self._consumed:
+            raise ConsumerConflict(
+                f"queue {queue!r} already has a running consumer on this client; "
+                "raise its concurrency instead of starting it twice"
+            )
+        self._consumed.add(queue)
+
+    def release_consumer(self, queue: str) -> None:
+        """Forget a stopped consumer of ``queue``."""
+        self._consumed.discard(queue)
+
+    async def close(self) -> None:
+        """Drain and close the connection (a later use connects again)."""
+        conn, self._conn = self._conn, None
+        self._ready.clear()
+        if conn is not None:
+            await conn.close()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,59 @@
+"""Payloads and results: validated and encoded once with msgspec, within a size limit."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .errors import PayloadError, PayloadTooLarge
+
+T = TypeVar("T")
+
+
+def encode_value(value: object, what: str) -> bytes:
+    """JSON-encode ``value``; a value msgspec cannot encode raises PayloadError."""
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        raise PayloadError(f"{what} cannot be encoded as JSON: {exc}") from None
+
+
+class PayloadCodec(Generic[T]):
+    """Encodes payloads for a queue and decodes them strictly for its handler.
+
+    With a payload type (a msgspec Struct, dataclass, TypedDict, ...) the encoded bytes are decoded
+    back into that type on add, so a wrong field type fails at the publisher with the path of the
+    field, exactly as the worker would decode it. Without one, any JSON-encodable value is taken.
+    """
+
+    def __init__(self, payload_type: type[T] | None, max_size: int) -> None:
+        self.payload_type = payload_type
+        self.max_size = max_size
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            payload_type if payload_type is not None else Any
+        )
+
+    def encode(self, data: object) -> tuple[T, bytes]:
+        """Validate ``data``; return it (typed) with its JSON bytes."""
+        raw = encode_value(data, "payload")
+        check_size(raw, self.max_size)
+        value: T = self.decode(raw) if self.payload_type is not None else data  # type: ignore[assignment]
+        return value, raw
+
+    def decode(self, raw: bytes) -> T:
+        """Decode stored payload bytes strictly into the payload type."""
+        try:
+            value: T = self._decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            name = getattr(self.payload_type, "__name__", str(self.payload_type))
+            raise PayloadError(f"payload does not match {name}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise PayloadError(f"payload is not valid JSON: {exc}") from None
+        return value
+
+
+def check_size(raw: bytes | msgspec.Raw, limit: int) -> None:
+    """Raise PayloadTooLarge if ``raw`` is over ``limit`` bytes."""
+    if len(raw) > limit:
+        raise PayloadTooLarge(len(raw), limit)

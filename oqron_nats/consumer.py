@@ -1,0 +1,273 @@
+"""The consuming side of a queue: claim jobs into free slots, run them, stop gracefully.
+
+There is no poll tick. The claim loop sleeps on one event, woken when a slot frees up, when a
+pull request ends, when a lifo lane rings its bell or after a reconnect; it keeps exactly enough
+pull requests open at the server to fill the free slots (several lanes may ask for a little more;
+an extra delivery is handed straight back). An idle worker holds one long pull per lane, renewed
+every ``PULL_EXPIRES`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from ._nats import Delivery, JetStreamError, Puller, consumer_names, ensure_consumer
+from .backend import Backend
+from .codec import PayloadCodec
+from .config import QueueConfig
+from .context import JobContext
+from .errors import ConsumerConflict
+from .execution import SHUTDOWN, Execution, Runtime
+from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
+
+log = structlog.get_logger("oqron_nats")
+
+PULL_EXPIRES = 10.0
+"""Seconds a lingering pull request stays open at the server."""
+ABORT_WAIT = 5.0
+"""Seconds stop() waits for aborted attempts to hand their jobs back."""
+
+
+def new_worker_id() -> str:
+    """A unique id for one consumer in one process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def is_async_handler(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler`` is an ``async def`` function (or an object with one as __call__)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - we want the method, not callability
+    )
+
+
+class Consumer:
+    """Runs one queue's handler in this process, up to ``concurrency`` jobs at a time."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        backend: Backend,
+        codec: PayloadCodec[Any],
+        handler: Callable[[JobContext[Any]], Any],
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.worker_id = new_worker_id()
+        self.running = 0
+        self._codec = codec
+        self._handler = handler
+        self._pullers: list[Puller] = []
+        self._plan = PriorityPlan()
+        self._popper: StackPopper | None = None
+        self._in_transit = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: dict[asyncio.Task[None], Execution] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._cleanups: list[Callable[[], Any]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._runtime: Runtime | None = None
+
+    @property
+    def free(self) -> int:
+        """Slots with no job running."""
+        return self.config.concurrency - self.running
+
+    async def start(self) -> None:
+        """Create the consumers, open the pull inboxes and start claiming."""
+        conn, names, client = self.backend.conn, self.backend.names, self.backend.client
+        client.claim_consumer(self.config.name)
+        self._cleanups.append(lambda: client.release_consumer(self.config.name))
+        specs = consumer_specs(self.config, names, client.replicas)
+        await self._check_strategy()
+        for spec in specs:
+            try:
+                await ensure_consumer(conn, spec)
+            except JetStreamError as exc:
+                raise ConsumerConflict(
+                    f"cannot consume queue {self.config.name!r} with strategy "
+                    f"{self.config.strategy!r}: {exc.description}"
+                ) from exc
+        if not is_async_handler(self._handler):
+            self._executor = ThreadPoolExecutor(
+                self.config.concurrency, thread_name_prefix=f"oqron-{self.config.name}"
+            )
+        self._runtime = Runtime(
+            config=self.config,
+            backend=self.backend,
+            codec=self._codec,
+            handler=self._handler,
+            worker_id=self.worker_id,
+            consumer=specs[0].durable if len(specs) == 1 else "priority",
+            executor=self._executor,
+        )
+        for spec in specs:
+            puller = Puller(
+                conn, spec.stream, spec.durable, on_delivery=self._on_delivery, on_change=self._wake.set
+            )
+            await puller.start()
+            self._pullers.append(puller)
+        if self.config.strategy == "lifo":
+            self._popper = StackPopper(conn, names)
+            bell = await conn.subscribe(names.bell, self._on_bell)
+            self._cleanups.append(bell.unsubscribe)
+        self._cleanups.append(conn.on_reconnect(self._on_reconnect))
+        self._loop_task = asyncio.create_task(self._claim_loop(), name=f"oqron-claim-{self.config.name}")
+        log.info(
+            "worker started",
+            queue=self.config.name, strategy=self.config.strategy,
+            concurrency=self.config.concurrency, worker_id=self.worker_id,
+        )  # fmt: skip
+
+    async def _check_strategy(self) -> None:
+        existing = await consumer_names(self.backend.conn, self.backend.names.stream)
+        others = sorted(
+            {s for name in existing if (s := strategy_of(name)) and s != self.config.strategy}
+        )
+        if others:
+            raise ConsumerConflict(
+                f"queue {self.config.name!r} is already consumed with strategy {others[0]!r}, "
+                f"not {self.config.strategy!r}; stop those workers and delete their consumers "
+                f"(stream {self.backend.names.stream}) before changing the strategy"
+            )
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            timeout: float | None = None
+            try:
+                await self._recreate_lost_consumers()
+                if self.free > 0:
+                    await self._refill()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                timeout = min(5.0, 0.1 * 2**failures)
+                log.warning("claiming failed; retrying", queue=self.config.name, error=repr(exc), retry_in=timeout)
+            for puller in self._pullers:
+                check = puller.expire_stale()
+                if check is not None:
+                    timeout = check if timeout is None else min(timeout, check)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _refill(self) -> None:
+        if len(self._pullers) == 1:
+            await self._refill_single(self._pullers[0])
+            return
+        for lane in self._plan.order():  # priority: sweep ready jobs, best lane first
+            puller = self._pullers[lane]
+            if self.free <= 0 or self._stopping:
+                return
+            if not puller.has_open_request:
+                await puller.request_now(self.free)
+        idle = [p for p in self._pullers if not p.has_open_request]
+        if self.free > 0 and idle:  # nothing ready: wait on every lane at once
+            per = max(1, self.free // len(idle))
+            for puller in idle:
+                await puller.request(per, expires=PULL_EXPIRES)
+
+    async def _refill_single(self, puller: Puller) -> None:
+        want = self.free - puller.outstanding
+        if want > 0:
+            await puller.request(want, expires=PULL_EXPIRES)
+        if self._popper is not None:
+            self._in_transit = min(self._in_transit, puller.outstanding)
+            needed = puller.outstanding - self._in_transit
+            if needed > 0:
+                self._in_transit += await self._popper.pop(needed)
+
+    async def _recreate_lost_consumers(self) -> None:
+        for puller in self._pullers:
+            if puller.consumer_gone:
+                log.warning("consumer was deleted; recreating it", consumer=puller.consumer)
+                spec = next(
+                    s for s in consumer_specs(self.config, self.backend.names, self.backend.client.replicas)
+                    if s.durable == puller.consumer
+                )
+                await ensure_consumer(self.backend.conn, spec)
+                puller.reset()
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if self._popper is not None and self._in_transit > 0:
+            self._in_transit -= 1
+        if self._stopping or self.free <= 0:
+            self._spawn(delivery.nak())  # more than the free slots: hand it straight back
+            return
+        assert self._runtime is not None
+        execution = Execution(self._runtime, delivery)
+        self.running += 1
+        task = asyncio.create_task(self._execute(execution))
+        self._tasks[task] = execution
+
+    async def _execute(self, execution: Execution) -> None:
+        try:
+            await execution.run()
+        finally:
+            self.running -= 1
+            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._wake.set()
+
+    async def _on_bell(self, _msg: Msg) -> None:
+        if self._popper is not None and not self._popper.maybe_nonempty:
+            self._popper.maybe_nonempty = True
+            self._wake.set()
+
+    def _on_reconnect(self) -> None:
+        for puller in self._pullers:
+            puller.reset()  # requests may have died with the old connection
+        if self._popper is not None:
+            self._popper.maybe_nonempty = True
+        self._wake.set()
+
+    def _spawn(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    async def stop(self, timeout: float = 25.0) -> None:
+        """Stop claiming, let running jobs finish for ``timeout`` seconds, then hand back the rest."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            if pending:
+                log.warning("shutdown grace period over; handing jobs back", count=len(pending))
+                for task in pending:
+                    self._tasks[task].abort(SHUTDOWN)
+                _, stuck = await asyncio.wait(pending, timeout=ABORT_WAIT)
+                for task in stuck:  # sync handlers that ignore the signal: redelivered after ack_wait
+                    task.cancel()
+        for puller in self._pullers:
+            await puller.stop()
+        for cleanup in reversed(self._cleanups):
+            outcome = cleanup()
+            if inspect.isawaitable(outcome):
+                await outcome
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=ABORT_WAIT)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)

@@ -1,0 +1,72 @@
+"""Errors raised by oqron_nats: one root, a shallow tree.
+
+    OqronError
+    ├── ConfigError              a queue or worker was configured wrongly (raised when defined)
+    ├── InvalidInput             bad input to add()/get_job(); nothing was stored or published
+    │   ├── InvalidName          a queue name, namespace or job id that is not a safe subject token
+    │   ├── InvalidOption        an add() option of the wrong type or out of range
+    │   ├── PayloadError         the payload does not match the queue's type or cannot be encoded
+    │   └── PayloadTooLarge      the encoded payload is over the size limit
+    ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
+    ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
+    │                            or a second consumer of the same queue on one client)
+    └── EnqueueError             the job could not be published; ``outcome_unknown`` tells whether
+                                 it may still have landed (retrying the same job_id is always safe)
+
+Control flow inside handlers is not an error: use ``ctx.discard()`` to fail a job for good.
+"""
+
+from __future__ import annotations
+
+
+class OqronError(Exception):
+    """Root of every error raised by oqron_nats."""
+
+
+class ConfigError(OqronError, ValueError):
+    """A queue or worker was configured wrongly."""
+
+
+class InvalidInput(OqronError, ValueError):
+    """Bad input: nothing was stored or published."""
+
+
+class InvalidName(InvalidInput):
+    """A name or id that is not a safe NATS subject token."""
+
+
+class InvalidOption(InvalidInput):
+    """An add() option of the wrong type or out of range."""
+
+
+class PayloadError(InvalidInput):
+    """The payload does not match the queue's payload type or cannot be encoded."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The encoded payload is larger than the queue's limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class ServerVersionError(OqronError):
+    """The NATS server is older than oqron_nats needs."""
+
+
+class ConsumerConflict(OqronError):
+    """The queue is already consumed in a way that conflicts with this consumer."""
+
+
+class EnqueueError(OqronError):
+    """The job's message could not be published.
+
+    The job record exists; adding the same ``job_id`` again is safe and finishes the enqueue.
+    """
+
+    def __init__(self, message: str, *, job_id: str, outcome_unknown: bool) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.outcome_unknown = outcome_unknown

@@ -1,0 +1,485 @@
+"""One delivery of a job, from the record check to the ack.
+
+    read record ── missing/terminal/too early ──> ack (or nak until run_at) and stop
+        │
+    lease (guaranteed_worker) ── held by another ──> nak(lock_ttl) and stop
+        │
+    record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
+        │
+    handler, with a heartbeat renewing the lease (CAS) + in_progress() every `heartbeat`
+        │                     lease lost -> ctx.signal fires, nothing is committed
+    settle: record -> completed | delayed (retry, via a schedule) | failed (+ dead letter), by CAS,
+            THEN ack, release the lease, run hooks
+
+The terminal state is written before the ack, and every write is a compare-and-set on the
+revision this execution holds, so a worker that lost its job can never overwrite the new
+holder's state (it finds a revision it does not expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+import structlog
+
+from ._nats import CasConflict, Delivery
+from .backend import Backend
+from .codec import PayloadCodec, check_size, encode_value
+from .config import QueueConfig
+from .context import JobContext, Signal
+from .correlation import current_correlation_id
+from .errors import EnqueueError, InvalidName, PayloadError
+from .job import CLAIMABLE_STATES, Job, JobFailure, JobState
+from .lease import Lease, LeaseLost
+from .names import check_name
+from .retry import retry_delay
+from .store import CorruptRecord, RawJob
+from .tracing import mark_failed
+
+log = structlog.get_logger("oqron_nats")
+
+MAX_ERROR_MESSAGE = 2000
+MAX_TRACEBACK = 8000
+SHUTDOWN = "shutdown"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def failure_of(exc: BaseException) -> JobFailure:
+    """The stored description of an exception: type, message, truncated traceback (no locals)."""
+    text = "".join(traceback.format_exception(exc))
+    return JobFailure(
+        type=type(exc).__qualname__,
+        message=str(exc)[:MAX_ERROR_MESSAGE],
+        traceback=text[-MAX_TRACEBACK:],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every execution of one consumer shares."""
+
+    config: QueueConfig
+    backend: Backend
+    codec: PayloadCodec[Any]
+    handler: Callable[[JobContext[Any]], Any]
+    worker_id: str
+    consumer: str
+    executor: ThreadPoolExecutor | None
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function (else it runs in a thread)."""
+        return self.executor is None
+
+
+class Discarded(Exception):
+    """The handler called ``ctx.discard()``."""
+
+
+class Execution:
+    """Claims, runs and settles one delivered job."""
+
+    def __init__(self, runtime: Runtime, delivery: Delivery) -> None:
+        self.rt = runtime
+        self.delivery = delivery
+        self.signal = Signal()
+        self._job: RawJob | None = None
+        self._revision = 0
+        self._lease: Lease | None = None
+        self._handler_task: asyncio.Future[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._progress: tuple[float, str | None] = (0.0, None)
+        self._progress_wanted = 0
+        self._progress_saved = 0
+        self._progress_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._progress_writer: asyncio.Task[None] | None = None
+        self._settling = False
+        self._ctx: JobContext[Any] | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        """The id of the job once its record was read."""
+        return self._job.id if self._job else None
+
+    async def run(self) -> None:
+        """Process the delivery; never raises (a failure leaves the message for redelivery)."""
+        try:
+            job = await self._check_record()
+            if job is not None and await self._claim(job):
+                await self._run_claimed()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job execution failed; the message will be redelivered", job_id=self.job_id)
+            await self._release()
+
+    def abort(self, reason: str) -> None:
+        """Fire the signal and stop an async handler (lease lost, or shutdown past its grace)."""
+        self.signal.fire(reason)
+        if self._handler_task is not None and not self._handler_task.done() and self.rt.is_async:
+            self._handler_task.cancel()
+
+    # -- 1. the record decides whether this delivery runs ------------------------------------
+
+    async def _check_record(self) -> RawJob | None:
+        try:
+            job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
+        except InvalidName:
+            log.error("poison message: not a job id", queue=self.rt.config.name, body=self.delivery.body[:64])
+            await self.delivery.term()
+            return None
+        try:
+            record = await self.rt.backend.store.get(job_id)
+        except CorruptRecord as exc:
+            log.error("job record does not decode; message removed", job_id=job_id, error=str(exc))
+            await self.delivery.term()
+            return None
+        if record is None:
+            log.warning("message for a job without record; removed", job_id=job_id)
+            await self.delivery.ack()
+            return None
+        job, self._revision = record
+        if job.is_terminal:
+            if job.state == JobState.FAILED and self.delivery.num_delivered > 1:
+                await self._dead_letter(job)  # the crash may have come before the dead letter
+            await self.delivery.ack()
+            return None
+        if job.state not in CLAIMABLE_STATES:
+            log.warning("message for a job that is not runnable; removed", job_id=job_id, state=str(job.state))
+            await self.delivery.ack()
+            return None
+        early = (job.run_at - utcnow()).total_seconds() if job.state == JobState.DELAYED and job.run_at else 0.0
+        if early > 0.001:
+            await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
+            return None
+        return job
+
+    # -- 2. claim: lease, then record -> active ----------------------------------------------
+
+    async def _claim(self, job: RawJob) -> bool:
+        rt = self.rt
+        recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
+        attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
+        if rt.config.guaranteed_worker:
+            self._lease = await rt.backend.leases.acquire(job.id, rt.worker_id, attempt)
+            if self._lease is None:
+                await self.delivery.nak(delay=rt.config.lock_ttl)  # someone runs it right now
+                return False
+        try:
+            if job.state == JobState.ACTIVE:  # its worker died: record the stall before rerunning
+                job = msgspec.structs.replace(
+                    job, state=JobState.STALLED, stalled_count=job.stalled_count + 1, leased=False
+                )
+                self._revision = await rt.backend.store.update(job, self._revision)
+                log.warning("job stalled; running it again", job_id=job.id, stalled_count=job.stalled_count)
+            active = msgspec.structs.replace(
+                job,
+                state=JobState.ACTIVE,
+                attempt=attempt,
+                started_at=utcnow(),
+                run_at=None,
+                worker=rt.worker_id,
+                leased=self._lease is not None,
+                progress=0.0,
+                progress_label=None,
+            )
+            self._revision = await rt.backend.store.update(active, self._revision)
+        except CasConflict:  # another writer moved the job: let the next delivery re-read it
+            await self._release()
+            await self.delivery.nak()
+            return False
+        self._job = active
+        return True
+
+    # -- 3. run the handler with heartbeats ---------------------------------------------------
+
+    async def _run_claimed(self) -> None:
+        rt, job = self.rt, self._job
+        assert job is not None
+        heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{job.id}")
+        started = time.monotonic()
+        value: Any = job.data
+        try:
+            with (
+                rt.backend.tracing.processing(
+                    queue=rt.config.name,
+                    job_id=job.id,
+                    correlation_id=job.correlation_id,
+                    attempt=job.attempt,
+                    consumer=rt.consumer,
+                    carrier=self.delivery.headers or job.trace,
+                ) as span,
+                structlog.contextvars.bound_contextvars(
+                    job_id=job.id, queue=rt.config.name, correlation_id=job.correlation_id, attempt=job.attempt
+                ),
+            ):
+                try:
+                    value = rt.codec.decode(job.data)
+                    result, error = await self._call_handler(job, value), None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    result, error = None, None  # the handler was stopped by abort()
+                except Exception as exc:
+                    result, error = None, exc
+                if error is not None:
+                    mark_failed(span, error)
+        finally:
+            heartbeat.cancel()
+        duration = time.monotonic() - started
+        if self.signal.aborted:
+            await self._on_aborted()
+        elif error is None:
+            await self._complete(value, result, duration)
+        else:
+            await self._fail(value, error, duration)
+
+    async def _call_handler(self, job: RawJob, value: Any) -> Any:
+        rt = self.rt
+        ctx = JobContext(
+            id=job.id,
+            queue=rt.config.name,
+            data=value,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            correlation_id=job.correlation_id,
+            created_at=job.created_at,
+            priority=job.priority,
+            tags=list(job.tags),
+            fencing_token=self._lease.revision if self._lease else self._revision,
+            signal=self.signal,
+            on_progress=self._request_progress,
+            loop=asyncio.get_running_loop(),
+        )
+        self._ctx = ctx
+        token = current_correlation_id.set(job.correlation_id)
+        try:
+            if rt.executor is None:
+                self._handler_task = asyncio.ensure_future(rt.handler(ctx))
+            else:
+                call = contextvars.copy_context().run
+                self._handler_task = asyncio.get_running_loop().run_in_executor(
+                    rt.executor, call, rt.handler, ctx
+                )
+            result = await self._handler_task
+        finally:
+            current_correlation_id.reset(token)
+        if ctx.discarded is not None:
+            raise Discarded(ctx.discarded)
+        return result
+
+    async def _heartbeat(self) -> None:
+        rt = self.rt
+        last_renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(rt.config.heartbeat)
+            try:
+                if self._lease is not None:
+                    await asyncio.wait_for(self._lease.renew(), rt.config.heartbeat)
+                await self.delivery.in_progress()
+                last_renewed = time.monotonic()
+            except LeaseLost:
+                self._lost("the lease was taken over or expired")
+                return
+            except Exception as exc:  # NATS unreachable: the lease survives until lock_ttl
+                if time.monotonic() - last_renewed >= rt.config.lock_ttl:
+                    self._lost(f"the lease could not be renewed for lock_ttl ({exc!r})")
+                    return
+                log.warning("heartbeat failed; retrying", job_id=self.job_id, error=repr(exc))
+
+    def _lost(self, why: str) -> None:
+        log.warning("lease lost; this attempt will commit nothing", job_id=self.job_id, reason=why)
+        self.abort(f"lease lost: {why}")
+
+    # -- progress, written in the background by compare-and-set ------------------------------
+
+    def _request_progress(self, percent: float, label: str | None) -> asyncio.Future[None]:
+        self._progress = (percent, label)
+        self._progress_wanted += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress_waiters.append((self._progress_wanted, waiter))
+        if self._progress_writer is None or self._progress_writer.done():
+            self._progress_writer = asyncio.create_task(self._write_progress())
+        return waiter
+
+    async def _write_progress(self) -> None:
+        try:
+            while self._progress_saved < self._progress_wanted and not self.signal.aborted:
+                wanted = self._progress_wanted
+                async with self._lock:
+                    if self._settling or self._job is None:
+                        break
+                    percent, label = self._progress
+                    updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
+                    try:
+                        self._revision = await self.rt.backend.store.update(updated, self._revision)
+                    except CasConflict:
+                        self._lost("the job record was changed by another writer")
+                        break
+                    self._job = updated
+                self._progress_saved = wanted
+                self._wake_progress_waiters(wanted)
+        except Exception as exc:
+            log.warning("progress could not be saved", job_id=self.job_id, error=repr(exc))
+        finally:
+            self._wake_progress_waiters(self._progress_wanted)
+
+    def _wake_progress_waiters(self, upto: int) -> None:
+        keep = []
+        for version, waiter in self._progress_waiters:
+            if version <= upto:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append((version, waiter))
+        self._progress_waiters = keep
+
+    # -- 4. settle ------------------------------------------------------------------------------
+
+    async def _commit(self, **changes: Any) -> RawJob | None:
+        """Write the attempt's final record (CAS); None if the job is no longer ours."""
+        async with self._lock:
+            self._settling = True
+            assert self._job is not None
+            final = msgspec.structs.replace(self._job, **changes)
+            try:
+                self._revision = await self.rt.backend.store.update(final, self._revision)
+            except CasConflict:
+                log.warning("job was taken over; this attempt commits nothing", job_id=final.id)
+                return None
+            self._job = final
+            return final
+
+    async def _complete(self, value: Any, result: Any, duration: float) -> None:
+        try:
+            raw = encode_value(result, "the handler's result")
+            check_size(raw, self.rt.backend.payload_limit)
+        except PayloadError as exc:
+            await self._fail(value, exc, duration)
+            return
+        done = await self._commit(
+            state=JobState.COMPLETED, result=msgspec.Raw(raw), error=None, finished_at=utcnow()
+        )
+        if done is None:
+            return
+        await self.delivery.ack()
+        await self._release()
+        log.info("job completed", job_id=done.id, queue=done.queue, attempt=done.attempt, seconds=round(duration, 4))
+        await self._hook(self.rt.config.hooks.on_success, typed(done, value, result), result)
+
+    async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
+        job = self._job
+        assert job is not None
+        failure = failure_of(error)
+        discarded = self._ctx is not None and self._ctx.discarded is not None
+        final = discarded or isinstance(error, PayloadError) or job.attempt >= job.max_attempts
+        if final:
+            await self._fail_for_good(value, failure)
+            return
+        delay = retry_delay(self.rt.config.retries, job.attempt)
+        retry = await self._commit(
+            state=JobState.DELAYED,
+            error=failure,
+            run_at=utcnow() + timedelta(seconds=delay),
+            enqueued=job.enqueued + 1,
+            worker=None,
+            leased=False,
+        )
+        if retry is None:
+            return
+        log.warning(
+            "job failed; will retry",
+            job_id=retry.id, attempt=retry.attempt, max_attempts=retry.max_attempts,
+            retry_in=round(delay, 3), error=failure.message,
+        )  # fmt: skip
+        try:
+            await self.rt.backend.broker.enqueue(retry)
+        except EnqueueError as exc:  # the unacked message comes back and runs once due
+            log.warning("retry could not be scheduled; relying on redelivery", job_id=retry.id, error=str(exc))
+            await self._release()
+            return
+        await self.delivery.ack()
+        await self._release()
+
+    async def _fail_for_good(self, value: Any, failure: JobFailure) -> None:
+        failed = await self._commit(state=JobState.FAILED, error=failure, finished_at=utcnow())
+        if failed is None:
+            return
+        log.error(
+            "job failed", job_id=failed.id, queue=failed.queue, attempt=failed.attempt,
+            error_type=failure.type, error=failure.message,
+        )  # fmt: skip
+        dead = await self._dead_letter(failed)
+        if not dead:
+            await self._release()
+            return  # unacked: the redelivery writes the dead letter
+        await self.delivery.ack()
+        await self._release()
+        job = typed(failed, value)
+        if self.rt.config.dead_letter.enabled:
+            await self._hook(self.rt.config.dead_letter.on_dead, job)
+        await self._hook(self.rt.config.hooks.on_fail, job, failure)
+
+    async def _dead_letter(self, job: RawJob) -> bool:
+        if not self.rt.config.dead_letter.enabled:
+            return True
+        try:
+            await self.rt.backend.broker.dead_letter(job)
+        except EnqueueError as exc:
+            log.warning("dead letter could not be written yet", job_id=job.id, error=str(exc))
+            return False
+        return True
+
+    async def _on_aborted(self) -> None:
+        if self.signal.reason != SHUTDOWN:
+            return  # lease lost: the new holder owns the job; commit nothing, ack nothing
+        job = self._job
+        assert job is not None
+        handed_back = await self._commit(
+            state=JobState.WAITING, attempt=job.attempt - 1, worker=None, leased=False
+        )
+        if handed_back is not None:
+            await self.delivery.nak()
+            log.info("job handed back at shutdown", job_id=job.id)
+        await self._release()
+
+    async def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                await lease.release()
+            except Exception as exc:  # it expires on its own after lock_ttl
+                log.warning("lease release failed", job_id=self.job_id, error=repr(exc))
+
+    async def _hook(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            if inspect.iscoroutinefunction(hook):
+                await hook(*args)
+            else:
+                outcome = await asyncio.to_thread(hook, *args)
+                if inspect.isawaitable(outcome):
+                    await outcome
+        except Exception:
+            log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=self.job_id)
+
+
+def typed(job: RawJob, value: Any, result: Any = None) -> Job[Any]:
+    """The record with its payload (and result) decoded, as callers and hooks see it."""
+    return msgspec.structs.replace(job, data=value, result=result)  # type: ignore[return-value]

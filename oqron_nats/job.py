@@ -1,0 +1,104 @@
+"""The job record stored in KV, its states, and the options of ``add()``.
+
+The record is a msgspec Struct encoded as JSON, so ``nats kv get oqron_<ns>_jobs <queue>.<id>``
+shows it as it is. New fields always get defaults (msgspec's schema-evolution rules), and ``v``
+marks the record layout.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+Strategy = Literal["fifo", "lifo", "priority"]
+ParentFailurePolicy = Literal["block", "cascade-fail", "ignore"]
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life. The values are OqronKit's."""
+
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STALLED = "stalled"
+    PAUSED = "paused"
+    WAITING_CHILDREN = "waiting-children"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+"""A job in one of these states never runs again (unless an admin retries it)."""
+
+CLAIMABLE_STATES = frozenset({JobState.WAITING, JobState.DELAYED, JobState.STALLED, JobState.ACTIVE})
+"""States a delivered job may be claimed from (active: only when its lease is gone)."""
+
+
+class JobFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """Why an attempt failed: the exception's type, message and (truncated) traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
+    """A job record: the payload, its state and what happened to it.
+
+    Timestamps are UTC. ``attempt`` counts the attempts started so far; a stall recovery runs the
+    same attempt again and counts in ``stalled_count`` instead.
+    """
+
+    id: str
+    queue: str
+    state: JobState
+    data: T
+    created_at: datetime
+    correlation_id: str
+    max_attempts: int
+    priority: int = 0
+    attempt: int = 0
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: float = 0.0
+    progress_label: str | None = None
+    result: Any = None
+    error: JobFailure | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    stalled_count: int = 0
+    enqueued: int = 1
+    """How many times the job's message has been published: the generation in its message id."""
+    worker: str | None = None
+    leased: bool = False
+    """Whether the running attempt holds a heartbeat lease (guaranteed_worker)."""
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+    """The trace context of the add() that created the job, re-sent on every re-publish."""
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    parent_failure_policy: ParentFailurePolicy = "block"
+    triggered_by: str = "api"
+    v: int = 1
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job is completed, failed or cancelled."""
+        return self.state in TERMINAL_STATES
+
+
+class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-job options of ``add()`` and of each ``add_bulk()`` item's ``opts``."""
+
+    job_id: str | None = None
+    delay: float | timedelta | None = None
+    priority: int | None = None
+    attempts: int | None = None
+    correlation_id: str | None = None

@@ -1,0 +1,70 @@
+"""The heartbeat lease: who runs a job right now.
+
+A lease is a key in the locks bucket, created with a TTL of ``lock_ttl`` (only one creator wins)
+and renewed by a compare-and-set on its revision, which also refreshes the TTL. The revision is a
+fencing token: once another worker took the job over, a stale holder's renewal fails and it knows
+it must commit nothing.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._nats import Bucket, CasConflict, JetStreamError
+from .names import Names
+
+
+class LeaseLost(Exception):
+    """The lease expired or was taken over: the holder must stop and commit nothing."""
+
+
+class Lease:
+    """A held lease on one job."""
+
+    __slots__ = ("_bucket", "_key", "_ttl", "_value", "revision")
+
+    def __init__(self, bucket: Bucket, key: str, value: bytes, revision: int, ttl: float) -> None:
+        self._bucket = bucket
+        self._key = key
+        self._value = value
+        self._ttl = ttl
+        self.revision = revision
+
+    async def renew(self) -> None:
+        """Extend the lease by its TTL; raise LeaseLost if it is not ours any more."""
+        try:
+            self.revision = await self._bucket.update(
+                self._key, self._value, last=self.revision, ttl=self._ttl
+            )
+        except CasConflict:
+            raise LeaseLost(self._key) from None
+
+    async def release(self) -> None:
+        """Give the lease up; a lease already lost is left alone."""
+        try:
+            await self._bucket.delete(self._key, last=self.revision, ttl=self._ttl)
+        except JetStreamError:
+            pass
+
+
+class Leases:
+    """The lease table of one queue."""
+
+    def __init__(self, bucket: Bucket, names: Names, ttl: float) -> None:
+        self._bucket = bucket
+        self._names = names
+        self.ttl = ttl
+
+    async def acquire(self, job_id: str, owner: str, attempt: int) -> Lease | None:
+        """Take the lease of ``job_id``, or return None if someone holds it."""
+        key = self._names.key(job_id)
+        value = msgspec.json.encode({"owner": owner, "attempt": attempt})
+        try:
+            revision = await self._bucket.create(key, value, ttl=self.ttl)
+        except CasConflict:
+            return None
+        return Lease(self._bucket, key, value, revision, self.ttl)
+
+    async def is_held(self, job_id: str) -> bool:
+        """Whether someone holds the lease of ``job_id`` right now."""
+        return await self._bucket.get(self._names.key(job_id)) is not None

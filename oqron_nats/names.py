@@ -1,0 +1,127 @@
+"""Every subject, stream, bucket, consumer and header name, built in one place.
+
+Layout for namespace ``ns`` and queue ``q``::
+
+    stream  OQRON_<ns>_<q>       WorkQueue stream of the queue, holding:
+      oqron.<ns>.q.<q>.p<0-9>      lanes: one per priority level; every job is published here
+      oqron.<ns>.s.<q>.<job_id>    message schedules (delays and retry backoff), one per job
+      oqron.<ns>.run.<q>           lifo only: jobs popped from the lanes, ready to run
+    oqron.<ns>.bell.<q>          headers-only republish of every lane message (wakes lifo workers)
+    stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
+    bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
+    bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
+
+Names are validated before they reach a subject or key: a ``.``, ``*``, ``>`` or space would
+change what a subject matches. Namespaces may not contain ``_`` so that stream and bucket names
+stay unambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from .errors import InvalidName
+
+NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAMESPACE_PATTERN: Final = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+PRIORITY_LEVELS: Final = 10
+
+# Headers written by oqron_nats on job messages.
+CORRELATION_HEADER: Final = "Oqron-Correlation-Id"
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+SCHEDULE_HEADER: Final = "Nats-Schedule"
+SCHEDULE_TARGET_HEADER: Final = "Nats-Schedule-Target"
+TTL_HEADER: Final = "Nats-TTL"
+EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
+KV_OPERATION_HEADER: Final = "KV-Operation"
+
+
+def check_name(value: str, what: str = "queue name") -> str:
+    """Return ``value`` if it is a safe name (letters, digits, ``_``, ``-``; 1-64), else raise."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise InvalidName(f"{what} {value!r} must match {NAME_PATTERN.pattern}")
+    return value
+
+
+def check_namespace(value: str) -> str:
+    """Return ``value`` if it is a valid namespace (letters, digits, ``-``; 1-32), else raise."""
+    if not isinstance(value, str) or not NAMESPACE_PATTERN.match(value):
+        raise InvalidName(f"namespace {value!r} must match {NAMESPACE_PATTERN.pattern}")
+    return value
+
+
+class Names:
+    """The names of one queue's NATS resources."""
+
+    __slots__ = ("namespace", "queue")
+
+    def __init__(self, namespace: str, queue: str) -> None:
+        self.namespace = check_namespace(namespace)
+        self.queue = check_name(queue)
+
+    @property
+    def stream(self) -> str:
+        """The queue's WorkQueue stream."""
+        return f"OQRON_{self.namespace}_{self.queue}"
+
+    def lane(self, priority: int) -> str:
+        """The subject of the lane that holds jobs of ``priority``."""
+        return f"oqron.{self.namespace}.q.{self.queue}.p{priority}"
+
+    @property
+    def lanes(self) -> str:
+        """A wildcard over every lane of the queue."""
+        return f"oqron.{self.namespace}.q.{self.queue}.*"
+
+    def schedule(self, job_id: str) -> str:
+        """The subject of a job's message schedule."""
+        return f"oqron.{self.namespace}.s.{self.queue}.{job_id}"
+
+    @property
+    def schedules(self) -> str:
+        """A wildcard over every schedule of the queue."""
+        return f"oqron.{self.namespace}.s.{self.queue}.*"
+
+    @property
+    def run_lane(self) -> str:
+        """Where lifo workers move the jobs they pop, to claim them through a consumer."""
+        return f"oqron.{self.namespace}.run.{self.queue}"
+
+    @property
+    def bell(self) -> str:
+        """Headers-only copy of every lane message: tells idle lifo workers there is work."""
+        return f"oqron.{self.namespace}.bell.{self.queue}"
+
+    @property
+    def dlq_stream(self) -> str:
+        """The namespace's dead-letter stream."""
+        return f"OQRON_{self.namespace}_DLQ"
+
+    @property
+    def dlq_subjects(self) -> str:
+        """Every dead-letter subject of the namespace."""
+        return f"oqron.{self.namespace}.dlq.>"
+
+    def dead_letter(self, job_id: str) -> str:
+        """The subject holding a job's dead letter (one per job)."""
+        return f"oqron.{self.namespace}.dlq.{self.queue}.{job_id}"
+
+    @property
+    def jobs_bucket(self) -> str:
+        """The KV bucket of job records."""
+        return f"oqron_{self.namespace}_jobs"
+
+    @property
+    def locks_bucket(self) -> str:
+        """The KV bucket of heartbeat leases."""
+        return f"oqron_{self.namespace}_locks"
+
+    def key(self, job_id: str) -> str:
+        """The KV key of a job, in both the jobs and the locks bucket."""
+        return f"{self.queue}.{job_id}"
+
+    @property
+    def keys(self) -> str:
+        """A KV key filter over every job of the queue."""
+        return f"{self.queue}.*"

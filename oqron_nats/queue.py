@@ -1,0 +1,415 @@
+"""Queue: add jobs, look them up, and (with a handler) consume them.
+
+``queue(name)`` without a handler is publisher-only: it adds jobs and reads records, and never
+creates a consumer, pulls or takes a lease. With a handler it also consumes while started
+(``async with q:`` or ``await q.start()``).
+
+``add`` stores the record first (a KV create, which fails if the id exists) and then publishes
+the job id. A repeated ``job_id`` returns the existing job; if that job was never claimed, its
+message is sent again with the same message id, which finishes an add that failed half-way and
+is a no-op otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+import msgspec
+
+from ._nats import CasConflict
+from .backend import Backend
+from .client import Client
+from .codec import PayloadCodec, check_size
+from .config import (
+    DEFAULT_MAX_PAYLOAD,
+    DeadLetter,
+    Duration,
+    Hooks,
+    QueueConfig,
+    RetryPolicy,
+    check_priority,
+    make_config,
+    seconds,
+)
+from .consumer import Consumer
+from .context import JobContext
+from .correlation import current_correlation_id
+from .errors import ConfigError, InvalidInput, InvalidOption, OqronError
+from .job import AddOptions, Job, JobState, Strategy
+from .names import check_name
+from .store import RawJob
+from .tracing import mark_failed
+
+T = TypeVar("T")
+Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
+
+BULK_WINDOW = 512
+"""How many add_bulk() jobs are in flight at once."""
+MAX_CORRELATION_ID = 128
+
+
+def new_job_id() -> str:
+    """A unique, time-ordered job id: 12 hex digits of milliseconds, 20 of randomness."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddOutcome(Generic[T]):
+    """What happened to one item of add_bulk(): the job, or why it was not added."""
+
+    index: int
+    job: Job[T] | None = None
+    error: OqronError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the item was added (or already existed)."""
+        return self.error is None
+
+
+class BulkResult(Sequence[AddOutcome[T]]):
+    """The outcomes of add_bulk(), in the order of the items."""
+
+    def __init__(self, outcomes: list[AddOutcome[T]]) -> None:
+        self.outcomes = outcomes
+
+    @overload
+    def __getitem__(self, index: int) -> AddOutcome[T]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AddOutcome[T]]: ...
+    def __getitem__(self, index: int | slice) -> AddOutcome[T] | Sequence[AddOutcome[T]]:
+        return self.outcomes[index]
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __iter__(self) -> Iterator[AddOutcome[T]]:
+        return iter(self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item was added."""
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def jobs(self) -> list[Job[T]]:
+        """The jobs that were added, in order."""
+        return [o.job for o in self.outcomes if o.job is not None]
+
+    @property
+    def errors(self) -> dict[int, OqronError]:
+        """Why each failed item (by index) was not added."""
+        return {o.index: o.error for o in self.outcomes if o.error is not None}
+
+
+class Queue(Generic[T]):
+    """A named job queue; created with :func:`queue`."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        handler: Handler[T] | None = None,
+        client: Client | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self._client = client
+        self._owns_client = client is None
+        self._codec: PayloadCodec[T] = PayloadCodec(config.payload, config.max_payload_size)
+        self._backend: Backend | None = None
+        self._consumer: Consumer | None = None
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self.config.name
+
+    @property
+    def client(self) -> Client:
+        """The client this queue uses (from OQRON_NATS_URL unless one was given)."""
+        if self._client is None:
+            self._client = Client()
+        return self._client
+
+    @property
+    def is_consuming(self) -> bool:
+        """Whether this queue's handler is running in this process."""
+        return self._consumer is not None
+
+    async def _open(self) -> Backend:
+        if self._backend is None:
+            self._backend = await Backend.open(self.client, self.config)
+        return self._backend
+
+    # -- adding ---------------------------------------------------------------------------
+
+    async def add(
+        self,
+        data: T | Any,
+        *,
+        job_id: str | None = None,
+        delay: Duration | None = None,
+        priority: int | None = None,
+        attempts: int | None = None,
+        correlation_id: str | None = None,
+    ) -> Job[T]:
+        """Add one job; return it (or the existing job if ``job_id`` is taken)."""
+        options = parse_options(
+            {"job_id": job_id, "delay": delay, "priority": priority, "attempts": attempts,
+             "correlation_id": correlation_id}
+        )  # fmt: skip
+        value, job = self._new_job(data, options)
+        backend = await self._open()
+        self._check_server_limit(backend, job)
+        return await self._enqueue(backend, value, job)
+
+    async def add_bulk(self, items: Iterable[Mapping[str, Any]]) -> BulkResult[T]:
+        """Add many jobs, pipelined; each item is ``{"data": ..., "opts": {...}}``.
+
+        A bad item is reported in its outcome and does not stop the others.
+        """
+        outcomes: list[AddOutcome[T]] = []
+        prepared: list[tuple[int, T, RawJob]] = []
+        for index, item in enumerate(items):
+            try:
+                data, opts = split_item(item)
+                value, job = self._new_job(data, parse_options(opts))
+            except InvalidInput as exc:
+                outcomes.append(AddOutcome(index, error=exc))
+                continue
+            outcomes.append(AddOutcome(index))
+            prepared.append((index, value, job))
+        if not prepared:
+            return BulkResult(outcomes)
+        backend = await self._open()
+        window = asyncio.Semaphore(BULK_WINDOW)
+
+        async def add_one(index: int, value: T, job: RawJob) -> None:
+            async with window:
+                try:
+                    self._check_server_limit(backend, job)
+                    outcomes[index] = AddOutcome(index, job=await self._enqueue(backend, value, job))
+                except OqronError as exc:
+                    outcomes[index] = AddOutcome(index, error=exc)
+
+        await asyncio.gather(*(add_one(*p) for p in prepared))
+        return BulkResult(outcomes)
+
+    def _new_job(self, data: object, options: AddOptions) -> tuple[T, RawJob]:
+        """Validate and encode a job (no I/O)."""
+        job_id = check_name(options.job_id, "job id") if options.job_id is not None else new_job_id()
+        value, raw = self._codec.encode(data)
+        now = datetime.now(timezone.utc)
+        delay = 0.0 if options.delay is None else _option_seconds(options.delay)
+        priority = self.config.priority if options.priority is None else check_priority(options.priority, InvalidOption)
+        if options.attempts is not None and options.attempts < 1:
+            raise InvalidOption(f"attempts must be at least 1, not {options.attempts}")
+        job: RawJob = Job(
+            id=job_id,
+            queue=self.name,
+            state=JobState.DELAYED if delay > 0 else JobState.WAITING,
+            data=msgspec.Raw(raw),
+            created_at=now,
+            run_at=now + timedelta(seconds=delay) if delay > 0 else None,
+            correlation_id=_correlation_id(options.correlation_id),
+            max_attempts=options.attempts or self.config.max_attempts,
+            priority=priority,
+            tags=list(self.config.tags),
+        )
+        return value, job
+
+    def _check_server_limit(self, backend: Backend, job: RawJob) -> None:
+        """Re-check the payload size against the connected server's limit."""
+        check_size(job.data, backend.payload_limit)
+
+    async def _enqueue(self, backend: Backend, value: T, job: RawJob) -> Job[T]:
+        span, job.trace = backend.tracing.start_publish(self.name, job.id, job.correlation_id)
+        try:
+            try:
+                await backend.store.create(job)
+            except CasConflict:
+                return await self._existing(backend, job.id)
+            await backend.broker.enqueue(job)
+            return msgspec.structs.replace(job, data=value)  # type: ignore[return-value]
+        except Exception as exc:
+            mark_failed(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def _existing(self, backend: Backend, job_id: str) -> Job[T]:
+        record = await backend.store.get(job_id)
+        if record is None:  # deleted between our create and this read: a new add will do
+            raise InvalidOption(f"job {job_id} was removed while it was being added; add it again")
+        if record.job.state in (JobState.WAITING, JobState.DELAYED):
+            await backend.broker.enqueue(record.job)  # finish an add that may have stopped half-way
+        return self._typed(record.job)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job[T] | None:
+        """The job's record, or None if there is no such job."""
+        check_name(job_id, "job id")
+        backend = await self._open()
+        record = await backend.store.get(job_id)
+        return None if record is None else self._typed(record.job)
+
+    async def get_jobs(self, status: JobState | str | None = None, limit: int = 50) -> list[Job[T]]:
+        """Jobs of the queue, newest first, optionally only those in ``status``."""
+        state = parse_status(status)
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidOption(f"limit must be an int >= 0, not {limit!r}")
+        backend = await self._open()
+        jobs = [job async for job in backend.store.scan() if state is None or job.state == state]
+        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return [self._typed(job) for job in jobs[:limit]]
+
+    async def count(self, status: JobState | str | None = None) -> int:
+        """How many jobs the queue holds, optionally only those in ``status``."""
+        state = parse_status(status)
+        backend = await self._open()
+        return sum([1 async for job in backend.store.scan() if state is None or job.state == state])
+
+    def _typed(self, job: RawJob) -> Job[T]:
+        return msgspec.structs.replace(job, data=self._codec.decode(job.data))  # type: ignore[return-value]
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start consuming with the handler (connects first)."""
+        if self.handler is None:
+            raise ConfigError(f"queue {self.name!r} is publisher-only: it has no handler to run")
+        if self._consumer is not None:
+            return
+        backend = await self._open()
+        consumer = Consumer(self.config, backend, self._codec, self.handler)  # type: ignore[arg-type]
+        await consumer.start()
+        self._consumer = consumer
+
+    async def stop(self, timeout: Duration = 25.0) -> None:
+        """Stop consuming: running jobs get ``timeout`` seconds to finish, then are handed back."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop(seconds(timeout, "timeout"))
+
+    async def close(self) -> None:
+        """Stop consuming and close the connection if this queue opened it."""
+        await self.stop()
+        self._backend = None
+        if self._owns_client and self._client is not None:
+            await self._client.close()
+
+    async def __aenter__(self) -> Queue[T]:
+        if self.handler is not None:
+            await self.start()
+        else:
+            await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        kind = "consumer" if self.handler else "publisher-only"
+        return f"<Queue {self.name!r} {kind} strategy={self.config.strategy}>"
+
+
+def queue(
+    name: str,
+    handler: Handler[T] | None = None,
+    *,
+    concurrency: int = 5,
+    strategy: Strategy = "fifo",
+    priority: int = 0,
+    retries: RetryPolicy | None = None,
+    dead_letter: DeadLetter | None = None,
+    hooks: Hooks | None = None,
+    guaranteed_worker: bool = True,
+    heartbeat: Duration = 5.0,
+    lock_ttl: Duration = 30.0,
+    tags: Sequence[str] = (),
+    payload: type[T] | None = None,
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+    client: Client | None = None,
+) -> Queue[T]:
+    """Define a queue; without a handler it is publisher-only. Does no I/O."""
+    config = make_config(
+        name,
+        concurrency=concurrency,
+        strategy=strategy,
+        priority=priority,
+        retries=retries,
+        dead_letter=dead_letter,
+        hooks=hooks,
+        guaranteed_worker=guaranteed_worker,
+        heartbeat=heartbeat,
+        lock_ttl=lock_ttl,
+        tags=tags,
+        payload=payload,
+        max_payload_size=max_payload_size,
+    )
+    if handler is not None and not callable(handler):
+        raise ConfigError(f"handler must be callable, not {handler!r}")
+    return Queue(config, handler, client)
+
+
+def parse_options(options: Mapping[str, Any] | None) -> AddOptions:
+    """Typed add() options from a mapping (unknown keys and wrong types are InvalidOption)."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    try:
+        return msgspec.convert(given, AddOptions)
+    except msgspec.ValidationError as exc:
+        raise InvalidOption(f"invalid add option: {exc}") from None
+
+
+def split_item(item: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any] | None]:
+    """The data and options of one add_bulk() item."""
+    if not isinstance(item, Mapping) or "data" not in item:
+        raise InvalidOption("each add_bulk() item must be a mapping with a 'data' key")
+    extra = set(item) - {"data", "opts"}
+    if extra:
+        raise InvalidOption(f"unknown add_bulk() item keys: {sorted(extra)}")
+    opts = item.get("opts")
+    if opts is not None and not isinstance(opts, Mapping):
+        raise InvalidOption("an add_bulk() item's 'opts' must be a mapping")
+    return item["data"], opts
+
+
+def parse_status(status: JobState | str | None) -> JobState | None:
+    """A JobState from a state or its value; None means every state."""
+    if status is None:
+        return None
+    try:
+        return JobState(status)
+    except ValueError:
+        states = ", ".join(s.value for s in JobState)
+        raise InvalidOption(f"unknown status {status!r}; expected one of: {states}") from None
+
+
+def _option_seconds(value: float | timedelta) -> float:
+    try:
+        return seconds(value, "delay")
+    except ConfigError as exc:
+        raise InvalidOption(str(exc)) from None
+
+
+def _correlation_id(given: str | None) -> str:
+    value = given if given is not None else current_correlation_id.get() or uuid.uuid4().hex
+    if not (0 < len(value) <= MAX_CORRELATION_ID and value.isascii() and value.isprintable() and " " not in value):
+        raise InvalidOption(
+            f"correlation_id must be 1-{MAX_CORRELATION_ID} printable ASCII characters without spaces"
+        )
+    return value

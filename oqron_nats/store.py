@@ -1,0 +1,75 @@
+"""Job records in KV. Every write is a compare-and-set on the revision the writer read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+import msgspec
+
+from ._nats import Bucket, CasConflict
+from .job import Job
+from .names import Names
+
+RawJob = Job[msgspec.Raw]
+"""A record as stored: the payload stays encoded until a handler or caller decodes it."""
+
+_decoder = msgspec.json.Decoder(RawJob)
+
+
+class CorruptRecord(Exception):
+    """A stored record that does not decode (written by something other than oqron_nats)."""
+
+
+class Record(NamedTuple):
+    """A job record with the revision it was read at (the token for the next CAS)."""
+
+    job: RawJob
+    revision: int
+
+
+def decode_record(key: str, value: bytes) -> RawJob:
+    """Decode a stored record, raising CorruptRecord if it is not one."""
+    try:
+        return _decoder.decode(value)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise CorruptRecord(f"record {key} does not decode: {exc}") from None
+
+
+class JobStore:
+    """Create, read and compare-and-set job records of one queue."""
+
+    def __init__(self, bucket: Bucket, names: Names) -> None:
+        self.bucket = bucket
+        self.names = names
+
+    async def create(self, job: RawJob) -> int:
+        """Store a new record; raise CasConflict if the id exists. Returns the revision."""
+        return await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
+
+    async def get(self, job_id: str) -> Record | None:
+        """The record of ``job_id`` with its revision, or None."""
+        key = self.names.key(job_id)
+        entry = await self.bucket.get(key)
+        if entry is None:
+            return None
+        return Record(decode_record(key, entry.value), entry.revision)
+
+    async def update(self, job: RawJob, revision: int) -> int:
+        """Replace the record if it is still at ``revision``; return the new revision.
+
+        Raises CasConflict if someone else wrote it since: that writer won, this one commits
+        nothing.
+        """
+        return await self.bucket.update(self.names.key(job.id), msgspec.json.encode(job), last=revision)
+
+    async def scan(self) -> AsyncIterator[RawJob]:
+        """Every record of the queue (reads them all; skips undecodable ones)."""
+        async for entry in self.bucket.scan(self.names.keys):
+            try:
+                yield decode_record(entry.key, entry.value)
+            except CorruptRecord:
+                continue
+
+
+__all__ = ["CasConflict", "CorruptRecord", "JobStore", "RawJob", "Record", "decode_record"]

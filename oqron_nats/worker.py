@@ -1,0 +1,96 @@
+"""worker(): a process that consumes a queue published elsewhere, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from .client import Client
+from .config import DEFAULT_MAX_PAYLOAD, DeadLetter, Duration, Hooks, RetryPolicy, seconds
+from .errors import ConfigError
+from .job import Strategy
+from .queue import Handler, Queue, queue
+
+T = TypeVar("T")
+
+
+class Worker(Generic[T]):
+    """Runs one queue's handler; ``await worker.run()`` blocks until the process is told to stop."""
+
+    def __init__(self, queue: Queue[T], *, shutdown_timeout: Duration = 25.0) -> None:
+        if queue.handler is None:
+            raise ConfigError("a worker needs a handler")
+        self.queue = queue
+        self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def name(self) -> str:
+        """The name of the queue this worker consumes."""
+        return self.queue.name
+
+    async def start(self) -> None:
+        """Connect and start consuming (returns once the consumers are bound)."""
+        await self.queue.start()
+
+    async def stop(self, timeout: Duration | None = None) -> None:
+        """Stop consuming gracefully and close the connection if the worker opened it."""
+        await self.queue.stop(self.shutdown_timeout if timeout is None else timeout)
+        await self.queue.close()
+
+    def request_stop(self) -> None:
+        """Ask a running ``run()`` to shut down gracefully (what SIGTERM does)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> None:
+        """Consume until SIGTERM/SIGINT (or request_stop()), then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+                pass
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+
+def worker(
+    name: str,
+    handler: Handler[T],
+    *,
+    concurrency: int = 5,
+    strategy: Strategy = "fifo",
+    priority: int = 0,
+    retries: RetryPolicy | None = None,
+    dead_letter: DeadLetter | None = None,
+    hooks: Hooks | None = None,
+    guaranteed_worker: bool = True,
+    heartbeat: Duration = 5.0,
+    lock_ttl: Duration = 30.0,
+    tags: Sequence[str] = (),
+    payload: type[T] | None = None,
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+    shutdown_timeout: Duration = 25.0,
+    client: Client | None = None,
+) -> Worker[T]:
+    """Define a worker for queue ``name`` (published elsewhere). Does no I/O."""
+    options: dict[str, Any] = {
+        "concurrency": concurrency, "strategy": strategy, "priority": priority,
+        "retries": retries, "dead_letter": dead_letter, "hooks": hooks,
+        "guaranteed_worker": guaranteed_worker, "heartbeat": heartbeat, "lock_ttl": lock_ttl,
+        "tags": tags, "payload": payload, "max_payload_size": max_payload_size, "client": client,
+    }  # fmt: skip
+    if handler is None:
+        raise ConfigError("worker() needs a handler")
+    return Worker(queue(name, handler, **options), shutdown_timeout=shutdown_timeout)
