@@ -1,13 +1,13 @@
 """oqron_nats: durable job queues for Python, with NATS JetStream as the whole backend.
 
-    from oqron_nats import queue
+from oqron_nats import queue
 
-    async def send_email(ctx):
-        ...
+async def send_email(ctx):
+    ...
 
-    emails = queue("email-sender", send_email, concurrency=5)
-    async with emails:
-        await emails.add({"to": "a@example.com"})
+emails = queue("email-sender", send_email, concurrency=5)
+async with emails:
+    await emails.add({"to": "a@example.com"})
 """
 
 from ._version import __version__

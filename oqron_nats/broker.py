@@ -7,7 +7,7 @@ later re-enqueue (a retry, an admin rerun) gets a new generation.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -26,7 +26,7 @@ from .store import RawJob
 
 def schedule_at(when: datetime) -> str:
     """A ``Nats-Schedule`` value firing once at ``when`` (millisecond precision, UTC)."""
-    utc = when.astimezone(timezone.utc)
+    utc = when.astimezone(UTC)
     return "@at " + utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -59,9 +59,13 @@ class Broker:
         """Copy the failed record to the dead-letter stream (one entry per job id)."""
         headers = job_headers(job)
         headers[MSG_ID_HEADER] += ":dead"
-        await self._publish(job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers)
+        await self._publish(
+            job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers
+        )
 
-    async def _publish(self, job_id: str, subject: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _publish(
+        self, job_id: str, subject: str, body: bytes, headers: dict[str, str]
+    ) -> None:
         try:
             await self.conn.publish(subject, body, headers)
         except TimeoutError:

@@ -55,8 +55,12 @@ class Client:
         connect_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.urls = urls_from(url)
-        self.namespace = check_namespace(namespace or os.environ.get("OQRON_NAMESPACE") or "default")
-        self.replicas = replicas if replicas is not None else int(os.environ.get("OQRON_REPLICAS", "1"))
+        self.namespace = check_namespace(
+            namespace or os.environ.get("OQRON_NAMESPACE") or "default"
+        )
+        self.replicas = (
+            replicas if replicas is not None else int(os.environ.get("OQRON_REPLICAS", "1"))
+        )
         if self.replicas not in (1, 3, 5):
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
         self.name = name or f"oqron-{socket.gethostname()}-{os.getpid()}"
@@ -142,7 +146,7 @@ class Client:
         )
 
     def claim_consumer(self, queue: str) -> None:
-        """Register a consumer of ``queue`` on this client; a second one is a configuration error."""
+        """Register a consumer of ``queue`` on this client; a second one is refused."""
         if queue in self._consumed:
             raise ConsumerConflict(
                 f"queue {queue!r} already has a running consumer on this client; "

@@ -6,6 +6,7 @@ Durations are accepted as seconds (int or float) or ``timedelta`` and converted 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,7 +34,7 @@ def seconds(value: Duration, what: str) -> float:
         result = float(value)
     else:
         raise ConfigError(f"{what} must be seconds (int or float) or a timedelta, not {value!r}")
-    if result < 0 or result != result:  # NaN check without importing math
+    if result < 0 or math.isnan(result):
         raise ConfigError(f"{what} must be zero or positive, not {value!r}")
     return result
 
@@ -58,7 +59,9 @@ class RetryPolicy:
         if not isinstance(self.max, int) or self.max < 0:
             raise ConfigError(f"retries.max must be an int >= 0, not {self.max!r}")
         if self.strategy not in ("fixed", "exponential", "custom"):
-            raise ConfigError(f"retries.strategy must be fixed, exponential or custom, not {self.strategy!r}")
+            raise ConfigError(
+                f"retries.strategy must be fixed, exponential or custom, not {self.strategy!r}"
+            )
         if self.strategy == "custom" and self.backoff is None:
             raise ConfigError("retries.strategy='custom' needs a backoff function")
         if not 0 <= self.jitter < 1:

@@ -10,6 +10,7 @@ every ``PULL_EXPIRES`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import secrets
@@ -114,7 +115,11 @@ class Consumer:
         )
         for spec in specs:
             puller = Puller(
-                conn, spec.stream, spec.durable, on_delivery=self._on_delivery, on_change=self._wake.set
+                conn,
+                spec.stream,
+                spec.durable,
+                on_delivery=self._on_delivery,
+                on_change=self._wake.set,
             )
             await puller.start()
             self._pullers.append(puller)
@@ -123,7 +128,9 @@ class Consumer:
             bell = await conn.subscribe(names.bell, self._on_bell)
             self._cleanups.append(bell.unsubscribe)
         self._cleanups.append(conn.on_reconnect(self._on_reconnect))
-        self._loop_task = asyncio.create_task(self._claim_loop(), name=f"oqron-claim-{self.config.name}")
+        self._loop_task = asyncio.create_task(
+            self._claim_loop(), name=f"oqron-claim-{self.config.name}"
+        )
         log.info(
             "worker started",
             queue=self.config.name, strategy=self.config.strategy,
@@ -157,15 +164,18 @@ class Consumer:
             except Exception as exc:
                 failures += 1
                 timeout = min(5.0, 0.1 * 2**failures)
-                log.warning("claiming failed; retrying", queue=self.config.name, error=repr(exc), retry_in=timeout)
+                log.warning(
+                    "claiming failed; retrying",
+                    queue=self.config.name,
+                    error=repr(exc),
+                    retry_in=timeout,
+                )
             for puller in self._pullers:
                 check = puller.expire_stale()
                 if check is not None:
                     timeout = check if timeout is None else min(timeout, check)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _refill(self) -> None:
         if len(self._pullers) == 1:
@@ -198,7 +208,10 @@ class Consumer:
             if puller.consumer_gone:
                 log.warning("consumer was deleted; recreating it", consumer=puller.consumer)
                 spec = next(
-                    s for s in consumer_specs(self.config, self.backend.names, self.backend.client.replicas)
+                    s
+                    for s in consumer_specs(
+                        self.config, self.backend.names, self.backend.client.replicas
+                    )
                     if s.durable == puller.consumer
                 )
                 await ensure_consumer(self.backend.conn, spec)
@@ -244,7 +257,7 @@ class Consumer:
     # -- stopping -------------------------------------------------------------------------
 
     async def stop(self, timeout: float = 25.0) -> None:
-        """Stop claiming, let running jobs finish for ``timeout`` seconds, then hand back the rest."""
+        """Stop claiming; running jobs get ``timeout`` seconds to finish, then are handed back."""
         if self._stopping:
             return
         self._stopping = True
@@ -258,7 +271,9 @@ class Consumer:
                 for task in pending:
                     self._tasks[task].abort(SHUTDOWN)
                 _, stuck = await asyncio.wait(pending, timeout=ABORT_WAIT)
-                for task in stuck:  # sync handlers that ignore the signal: redelivered after ack_wait
+                for (
+                    task
+                ) in stuck:  # sync handlers that ignore the signal: redelivered after ack_wait
                     task.cancel()
         for puller in self._pullers:
             await puller.stop()

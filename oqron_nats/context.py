@@ -82,7 +82,7 @@ class JobContext(Generic[T]):
     def __init__(
         self,
         *,
-        id: str,  # noqa: A002 - the public name of the field
+        id: str,
         queue: str,
         data: T,
         attempt: int,
@@ -118,7 +118,11 @@ class JobContext(Generic[T]):
 
     def progress(self, percent: float, label: str | None = None) -> Saved:
         """Record progress (0-100) on the job; the write happens in the background."""
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not 0 <= percent <= 100
+        ):
             raise InvalidOption(f"progress must be a number from 0 to 100, not {percent!r}")
         if label is not None and (not isinstance(label, str) or len(label) > 200):
             raise InvalidOption("progress label must be a string of at most 200 characters")

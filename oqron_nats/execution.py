@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -39,7 +39,7 @@ from .config import QueueConfig
 from .context import JobContext, Signal
 from .correlation import current_correlation_id
 from .errors import EnqueueError, InvalidName, PayloadError
-from .job import CLAIMABLE_STATES, Job, JobFailure, JobState
+from .job import CLAIMABLE_STATES, JobFailure, JobState, with_data
 from .lease import Lease, LeaseLost
 from .names import check_name
 from .retry import retry_delay
@@ -55,7 +55,7 @@ SHUTDOWN = "shutdown"
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def failure_of(exc: BaseException) -> JobFailure:
@@ -124,7 +124,9 @@ class Execution:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job execution failed; the message will be redelivered", job_id=self.job_id)
+            log.exception(
+                "job execution failed; the message will be redelivered", job_id=self.job_id
+            )
             await self._release()
 
     def abort(self, reason: str) -> None:
@@ -135,11 +137,15 @@ class Execution:
 
     # -- 1. the record decides whether this delivery runs ------------------------------------
 
-    async def _check_record(self) -> RawJob | None:
+    async def _check_record(self) -> RawJob | None:  # noqa: PLR0911 - one return per verdict
         try:
             job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
         except InvalidName:
-            log.error("poison message: not a job id", queue=self.rt.config.name, body=self.delivery.body[:64])
+            log.error(
+                "poison message: not a job id",
+                queue=self.rt.config.name,
+                body=self.delivery.body[:64],
+            )
             await self.delivery.term()
             return None
         try:
@@ -159,10 +165,18 @@ class Execution:
             await self.delivery.ack()
             return None
         if job.state not in CLAIMABLE_STATES:
-            log.warning("message for a job that is not runnable; removed", job_id=job_id, state=str(job.state))
+            log.warning(
+                "message for a job that is not runnable; removed",
+                job_id=job_id,
+                state=str(job.state),
+            )
             await self.delivery.ack()
             return None
-        early = (job.run_at - utcnow()).total_seconds() if job.state == JobState.DELAYED and job.run_at else 0.0
+        early = (
+            (job.run_at - utcnow()).total_seconds()
+            if job.state == JobState.DELAYED and job.run_at
+            else 0.0
+        )
         if early > 0.001:
             await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
             return None
@@ -185,7 +199,9 @@ class Execution:
                     job, state=JobState.STALLED, stalled_count=job.stalled_count + 1, leased=False
                 )
                 self._revision = await rt.backend.store.update(job, self._revision)
-                log.warning("job stalled; running it again", job_id=job.id, stalled_count=job.stalled_count)
+                log.warning(
+                    "job stalled; running it again", job_id=job.id, stalled_count=job.stalled_count
+                )
             active = msgspec.structs.replace(
                 job,
                 state=JobState.ACTIVE,
@@ -224,7 +240,10 @@ class Execution:
                     carrier=self.delivery.headers or job.trace,
                 ) as span,
                 structlog.contextvars.bound_contextvars(
-                    job_id=job.id, queue=rt.config.name, correlation_id=job.correlation_id, attempt=job.attempt
+                    job_id=job.id,
+                    queue=rt.config.name,
+                    correlation_id=job.correlation_id,
+                    attempt=job.attempt,
                 ),
             ):
                 try:
@@ -325,7 +344,9 @@ class Execution:
                     if self._settling or self._job is None:
                         break
                     percent, label = self._progress
-                    updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
+                    updated = msgspec.structs.replace(
+                        self._job, progress=percent, progress_label=label
+                    )
                     try:
                         self._revision = await self.rt.backend.store.update(updated, self._revision)
                     except CasConflict:
@@ -379,8 +400,16 @@ class Execution:
             return
         await self.delivery.ack()
         await self._release()
-        log.info("job completed", job_id=done.id, queue=done.queue, attempt=done.attempt, seconds=round(duration, 4))
-        await self._hook(self.rt.config.hooks.on_success, typed(done, value, result), result)
+        log.info(
+            "job completed",
+            job_id=done.id,
+            queue=done.queue,
+            attempt=done.attempt,
+            seconds=round(duration, 4),
+        )
+        await self._hook(
+            self.rt.config.hooks.on_success, with_data(done, value, result=result), result
+        )
 
     async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
         job = self._job
@@ -410,7 +439,11 @@ class Execution:
         try:
             await self.rt.backend.broker.enqueue(retry)
         except EnqueueError as exc:  # the unacked message comes back and runs once due
-            log.warning("retry could not be scheduled; relying on redelivery", job_id=retry.id, error=str(exc))
+            log.warning(
+                "retry could not be scheduled; relying on redelivery",
+                job_id=retry.id,
+                error=str(exc),
+            )
             await self._release()
             return
         await self.delivery.ack()
@@ -430,7 +463,7 @@ class Execution:
             return  # unacked: the redelivery writes the dead letter
         await self.delivery.ack()
         await self._release()
-        job = typed(failed, value)
+        job = with_data(failed, value)
         if self.rt.config.dead_letter.enabled:
             await self._hook(self.rt.config.dead_letter.on_dead, job)
         await self._hook(self.rt.config.hooks.on_fail, job, failure)
@@ -477,9 +510,6 @@ class Execution:
                 if inspect.isawaitable(outcome):
                     await outcome
         except Exception:
-            log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=self.job_id)
-
-
-def typed(job: RawJob, value: Any, result: Any = None) -> Job[Any]:
-    """The record with its payload (and result) decoded, as callers and hooks see it."""
-    return msgspec.structs.replace(job, data=value, result=result)  # type: ignore[return-value]
+            log.exception(
+                "hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=self.job_id
+            )

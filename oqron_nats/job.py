@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
@@ -19,7 +19,7 @@ Strategy = Literal["fifo", "lifo", "priority"]
 ParentFailurePolicy = Literal["block", "cascade-fail", "ignore"]
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is in its life. The values are OqronKit's."""
 
     WAITING = "waiting"
@@ -32,14 +32,13 @@ class JobState(str, enum.Enum):
     WAITING_CHILDREN = "waiting-children"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 """A job in one of these states never runs again (unless an admin retries it)."""
 
-CLAIMABLE_STATES = frozenset({JobState.WAITING, JobState.DELAYED, JobState.STALLED, JobState.ACTIVE})
+CLAIMABLE_STATES = frozenset(
+    {JobState.WAITING, JobState.DELAYED, JobState.STALLED, JobState.ACTIVE}
+)
 """States a delivered job may be claimed from (active: only when its lease is gone)."""
 
 
@@ -92,6 +91,11 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
     def is_terminal(self) -> bool:
         """Whether the job is completed, failed or cancelled."""
         return self.state in TERMINAL_STATES
+
+
+def with_data(job: Job[Any], data: T, **changes: Any) -> Job[T]:
+    """The same record carrying ``data`` (e.g. the decoded payload) and any other ``changes``."""
+    return cast("Job[T]", msgspec.structs.replace(job, data=data, **changes))
 
 
 class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

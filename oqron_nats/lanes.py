@@ -29,6 +29,7 @@ FAIRNESS_EVERY = 10
 
 def consumer_specs(config: QueueConfig, names: Names, replicas: int) -> list[ConsumerSpec]:
     """The durable consumers of ``config.strategy``, in claim order."""
+
     def spec(durable: str, subject: str) -> ConsumerSpec:
         return ConsumerSpec(names.stream, durable, subject, config.ack_wait, replicas)
 

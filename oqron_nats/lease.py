@@ -8,6 +8,8 @@ it must commit nothing.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 
 from ._nats import Bucket, CasConflict, JetStreamError
@@ -41,10 +43,8 @@ class Lease:
 
     async def release(self) -> None:
         """Give the lease up; a lease already lost is left alone."""
-        try:
+        with contextlib.suppress(JetStreamError):
             await self._bucket.delete(self._key, last=self.revision, ttl=self._ttl)
-        except JetStreamError:
-            pass
 
 
 class Leases:

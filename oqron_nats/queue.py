@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -43,7 +43,7 @@ from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
 from .errors import ConfigError, InvalidInput, InvalidOption, OqronError
-from .job import AddOptions, Job, JobState, Strategy
+from .job import AddOptions, Job, JobState, Strategy, with_data
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -196,7 +196,9 @@ class Queue(Generic[T]):
             async with window:
                 try:
                     self._check_server_limit(backend, job)
-                    outcomes[index] = AddOutcome(index, job=await self._enqueue(backend, value, job))
+                    outcomes[index] = AddOutcome(
+                        index, job=await self._enqueue(backend, value, job)
+                    )
                 except OqronError as exc:
                     outcomes[index] = AddOutcome(index, error=exc)
 
@@ -205,11 +207,17 @@ class Queue(Generic[T]):
 
     def _new_job(self, data: object, options: AddOptions) -> tuple[T, RawJob]:
         """Validate and encode a job (no I/O)."""
-        job_id = check_name(options.job_id, "job id") if options.job_id is not None else new_job_id()
+        job_id = (
+            check_name(options.job_id, "job id") if options.job_id is not None else new_job_id()
+        )
         value, raw = self._codec.encode(data)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         delay = 0.0 if options.delay is None else _option_seconds(options.delay)
-        priority = self.config.priority if options.priority is None else check_priority(options.priority, InvalidOption)
+        priority = (
+            self.config.priority
+            if options.priority is None
+            else check_priority(options.priority, InvalidOption)
+        )
         if options.attempts is not None and options.attempts < 1:
             raise InvalidOption(f"attempts must be at least 1, not {options.attempts}")
         job: RawJob = Job(
@@ -238,7 +246,7 @@ class Queue(Generic[T]):
             except CasConflict:
                 return await self._existing(backend, job.id)
             await backend.broker.enqueue(job)
-            return msgspec.structs.replace(job, data=value)  # type: ignore[return-value]
+            return with_data(job, value)
         except Exception as exc:
             mark_failed(span, exc)
             raise
@@ -279,7 +287,7 @@ class Queue(Generic[T]):
         return sum([1 async for job in backend.store.scan() if state is None or job.state == state])
 
     def _typed(self, job: RawJob) -> Job[T]:
-        return msgspec.structs.replace(job, data=self._codec.decode(job.data))  # type: ignore[return-value]
+        return with_data(job, self._codec.decode(job.data))
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -290,7 +298,7 @@ class Queue(Generic[T]):
         if self._consumer is not None:
             return
         backend = await self._open()
-        consumer = Consumer(self.config, backend, self._codec, self.handler)  # type: ignore[arg-type]
+        consumer = Consumer(self.config, backend, self._codec, self.handler)
         await consumer.start()
         self._consumer = consumer
 
@@ -408,8 +416,13 @@ def _option_seconds(value: float | timedelta) -> float:
 
 def _correlation_id(given: str | None) -> str:
     value = given if given is not None else current_correlation_id.get() or uuid.uuid4().hex
-    if not (0 < len(value) <= MAX_CORRELATION_ID and value.isascii() and value.isprintable() and " " not in value):
+    if not (
+        0 < len(value) <= MAX_CORRELATION_ID
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    ):
         raise InvalidOption(
-            f"correlation_id must be 1-{MAX_CORRELATION_ID} printable ASCII characters without spaces"
+            f"correlation_id must be 1-{MAX_CORRELATION_ID} printable ASCII characters, no spaces"
         )
     return value

@@ -8,7 +8,7 @@ from .config import RetryPolicy, seconds
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed ``attempt`` (1-based) before the next one, capped at max_delay."""
+    """Seconds to wait after failed ``attempt`` (1-based) before the next, capped at max_delay."""
     base = seconds(policy.base_delay, "retries.base_delay")
     cap = seconds(policy.max_delay, "retries.max_delay")
     if policy.strategy == "fixed":

@@ -106,7 +106,7 @@ class LocalServer:
             "-p", str(self.port if self.port is not None else -1), "-n", self.name,
             *self.extra_args,
         ]  # fmt: skip
-        process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+        process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         self.process = process
@@ -123,7 +123,9 @@ class LocalServer:
         self.port = port[0]
         return self
 
-    def _read_log(self, process: subprocess.Popen[str], ready: threading.Event, port: list[int]) -> None:
+    def _read_log(
+        self, process: subprocess.Popen[str], ready: threading.Event, port: list[int]
+    ) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             self.log.append(line.rstrip())

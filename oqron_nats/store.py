@@ -61,7 +61,9 @@ class JobStore:
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
         """
-        return await self.bucket.update(self.names.key(job.id), msgspec.json.encode(job), last=revision)
+        return await self.bucket.update(
+            self.names.key(job.id), msgspec.json.encode(job), last=revision
+        )
 
     async def scan(self) -> AsyncIterator[RawJob]:
         """Every record of the queue (reads them all; skips undecodable ones)."""

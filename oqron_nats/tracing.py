@@ -49,7 +49,9 @@ class Tracing:
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("oqron_nats", __version__, tracer_provider=tracer_provider)
 
-    def start_publish(self, queue: str, job_id: str, correlation_id: str) -> tuple[Span, dict[str, str]]:
+    def start_publish(
+        self, queue: str, job_id: str, correlation_id: str
+    ) -> tuple[Span, dict[str, str]]:
         """Start the PRODUCER span of one job; return it with the headers that carry it."""
         span = self._tracer.start_span(
             f"publish {queue}",

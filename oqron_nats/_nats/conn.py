@@ -185,7 +185,12 @@ class Nats:
         return await self.nc.subscribe(subject, cb=cb)
 
     async def publish_core(
-        self, subject: str, payload: bytes = b"", *, reply: str = "", headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
         """A core NATS publish: fire and forget."""
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
@@ -202,7 +207,9 @@ class Nats:
         timed_out = False
         while True:
             try:
-                msg = await self.nc.request(subject, payload, timeout=self.request_timeout, headers=headers)
+                msg = await self.nc.request(
+                    subject, payload, timeout=self.request_timeout, headers=headers
+                )
             except nats.errors.NoRespondersError:
                 raise NoStream(subject) from None
             except TimeoutError:

@@ -97,13 +97,13 @@ class Bucket:
             return
         try:
             while True:
-                update = await watcher.updates(timeout=self.conn.request_timeout)
+                update = await watcher.updates(timeout=self.conn.request_timeout)  # type: ignore[no-untyped-call]
                 if update is None:
                     return
                 if update.value is not None and update.revision is not None:
                     yield Entry(update.key, update.value, update.revision)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def _is_delete(msg: StoredMsg) -> bool:

@@ -55,7 +55,7 @@ async def ensure_stream(
         allow_direct=True,
         allow_msg_schedules=schedules or None,
         allow_msg_ttl=schedules or None,
-        allow_rollup_hdrs=schedules or None,
+        allow_rollup_hdrs=schedules,
         republish=(
             api.RePublish(src=republish[0], dest=republish[1], headers_only=True)
             if republish

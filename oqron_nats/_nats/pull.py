@@ -14,6 +14,7 @@ requests in order).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -76,10 +77,8 @@ class Delivery:
 
     @staticmethod
     async def _settle(call: Awaitable[None]) -> None:
-        try:
+        with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
             await call
-        except nats.errors.MsgAlreadyAckdError:
-            pass
 
 
 @dataclass(slots=True)
@@ -144,10 +143,8 @@ class Puller:
         """Unsubscribe; open requests are abandoned (the server lets them expire)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            try:
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
         self.reset()
 
     def reset(self) -> None:
@@ -178,7 +175,9 @@ class Puller:
                 nearest = wait if nearest is None else min(nearest, wait)
         return nearest
 
-    async def _send(self, batch: int, body: dict[str, object], expires: float, done: asyncio.Future[int] | None) -> None:
+    async def _send(
+        self, batch: int, body: dict[str, object], expires: float, done: asyncio.Future[int] | None
+    ) -> None:
         self._counter += 1
         token = f"{self._inbox}.{self._counter}"
         request = _Request(remaining=batch, deadline=time.monotonic() + expires, done=done)
