@@ -25,6 +25,8 @@ class Worker(Generic[T]):
         self.queue = queue
         self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
         self._stop: asyncio.Event | None = None
+        self.ready = asyncio.Event()
+        """Set once ``run()`` has bound the consumers and is claiming jobs."""
 
     @property
     def name(self) -> str:
@@ -58,10 +60,12 @@ class Worker(Generic[T]):
                 pass
         try:
             await self.start()
+            self.ready.set()
             await self._stop.wait()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self.ready.clear()
             await self.stop()
 
 

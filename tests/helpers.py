@@ -1,0 +1,95 @@
+"""Test helpers: waiting for a condition, reading the stream, running worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from oqron_nats import Client, Job, JobState, Queue
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {result!r}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_state(q: Queue[Any], job_id: str, *states: JobState, timeout: float = 10.0) -> Job[Any]:
+    """The job once it is in one of ``states``."""
+
+    async def check() -> Job[Any] | None:
+        job = await q.get_job(job_id)
+        return job if job is not None and job.state in states else None
+
+    return await eventually(check, timeout, f"job {job_id} to be {[str(s) for s in states]}")
+
+
+async def stream_message_count(client: Client, stream: str) -> int:
+    """How many messages a stream holds right now."""
+    conn = await client.connect()
+    info = await conn.js.stream_info(stream)
+    return int(info.state.messages)
+
+
+class WorkerProcess:
+    """A worker in a subprocess (``python -m tests.workerproc``), logging its executions."""
+
+    def __init__(self, url: str, namespace: str, log: Path, **options: Any) -> None:
+        self.log = log
+        args = [sys.executable, "-m", "tests.workerproc", "--log", str(log)]
+        for key, value in options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, "OQRON_NATS_URL": url, "OQRON_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(  # noqa: S603
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # wait until its consumers are bound
+            if line.strip() == "ready":
+                break
+        else:
+            raise AssertionError(f"worker process exited with {self.process.wait()}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for a graceful exit; return the exit code."""
+        self.process.terminate()
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a worker process appended."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

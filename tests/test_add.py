@@ -1,0 +1,208 @@
+"""add(): validation, record-then-publish, idempotent job ids, unique default ids."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import msgspec
+import pytest
+
+from oqron_nats import (
+    Client,
+    InvalidName,
+    InvalidOption,
+    JobState,
+    PayloadError,
+    PayloadTooLarge,
+    queue,
+)
+from oqron_nats.job import Job
+from oqron_nats.queue import new_job_id
+
+from .helpers import eventually, stream_message_count, wait_for_state
+
+
+class Email(msgspec.Struct):
+    to: str
+    subject: str
+    retries: int = 0
+
+
+async def assert_nothing_stored(client: Client, name: str) -> None:
+    q = queue(name, client=client)
+    assert await q.count() == 0
+    assert await stream_message_count(client, client.names(name).stream) == 0
+
+
+async def test_wrong_payload_type_is_rejected_and_nothing_is_stored(client: Client) -> None:
+    q = queue("emails", payload=Email, client=client)
+    with pytest.raises(PayloadError, match=r"Expected `str`, got `int` - at `\$.to`"):
+        await q.add({"to": 42, "subject": "hi"})
+    with pytest.raises(PayloadError, match="subject"):
+        await q.add({"to": "a@example.com"})
+    with pytest.raises(PayloadError):
+        await q.add(Email(to=1, subject="x"))  # type: ignore[arg-type]  # Structs are not checked on init
+    await assert_nothing_stored(client, "emails")
+
+
+async def test_valid_typed_payload_is_stored_and_returned_typed(client: Client) -> None:
+    q = queue("emails", payload=Email, client=client)
+    job = await q.add({"to": "a@example.com", "subject": "hi"})
+    assert job.data == Email(to="a@example.com", subject="hi")
+    stored = await q.get_job(job.id)
+    assert stored is not None
+    assert stored.data == Email(to="a@example.com", subject="hi")
+    assert stored.state == JobState.WAITING
+
+
+async def test_unencodable_payload_is_rejected(client: Client) -> None:
+    q = queue("raw", client=client)
+    with pytest.raises(PayloadError, match="cannot be encoded"):
+        await q.add({"when": object()})
+    with pytest.raises(PayloadError, match="cannot be encoded"):
+        await q.add({1j: "complex key"})
+    await assert_nothing_stored(client, "raw")
+
+
+async def test_oversized_payload_is_rejected_before_any_io(client: Client) -> None:
+    q = queue("big", max_payload_size=1024, client=client)
+    with pytest.raises(PayloadTooLarge) as info:
+        await q.add({"blob": "x" * 2000})
+    assert info.value.limit == 1024
+    assert info.value.size > 2000
+    await assert_nothing_stored(client, "big")
+
+
+async def test_payload_over_the_servers_limit_is_rejected(client: Client) -> None:
+    q = queue("huge", max_payload_size=10 * 1024 * 1024, client=client)
+    with pytest.raises(PayloadTooLarge):
+        await q.add({"blob": "x" * (2 * 1024 * 1024)})  # the test server accepts 1 MiB messages
+    await assert_nothing_stored(client, "huge")
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"job_id": "has.dot"}, InvalidName),
+        ({"job_id": "a*"}, InvalidName),
+        ({"job_id": "x" * 65}, InvalidName),
+        ({"job_id": ""}, InvalidName),
+        ({"priority": 10}, InvalidOption),
+        ({"priority": -1}, InvalidOption),
+        ({"priority": "high"}, InvalidOption),
+        ({"delay": -1}, InvalidOption),
+        ({"delay": "soon"}, InvalidOption),
+        ({"attempts": 0}, InvalidOption),
+        ({"correlation_id": "has space"}, InvalidOption),
+        ({"correlation_id": "line\nbreak"}, InvalidOption),
+    ],
+)
+async def test_bad_options_are_rejected_and_nothing_is_stored(client: Client, options, error) -> None:
+    q = queue("opts", client=client)
+    with pytest.raises(error):
+        await q.add({"n": 1}, **options)
+    await assert_nothing_stored(client, "opts")
+
+
+async def test_record_is_created_waiting_and_its_id_published(client: Client) -> None:
+    q = queue("flow", client=client)
+    job = await q.add({"n": 1}, correlation_id="req-123", priority=3)
+    stored = await q.get_job(job.id)
+    assert stored is not None
+    assert stored.state == JobState.WAITING
+    assert stored.correlation_id == "req-123"
+    assert stored.priority == 3
+    assert stored.attempt == 0
+    assert stored.max_attempts == 4  # RetryPolicy() default: 3 retries
+    conn = await client.connect()
+    names = client.names("flow")
+    msg = await conn.direct_get(names.stream, last_by_subject=names.lane(3))
+    assert msg is not None
+    assert msg.data == job.id.encode()
+    assert msg.headers["Oqron-Correlation-Id"] == "req-123"
+
+
+async def test_repeated_job_id_returns_the_existing_job_and_runs_once(client: Client) -> None:
+    runs: list[str] = []
+
+    async def handler(ctx) -> None:
+        runs.append(ctx.id)
+
+    q = queue("idem", handler, client=client)
+    first = await q.add({"v": 1}, job_id="welcome-1")
+    again = await q.add({"v": 2}, job_id="welcome-1")
+    assert again.id == first.id
+    assert again.data == {"v": 1}  # the existing job, not the new data
+    async with q:
+        await wait_for_state(q, "welcome-1", JobState.COMPLETED)
+        later = await q.add({"v": 3}, job_id="welcome-1")
+        assert later.state == JobState.COMPLETED
+        await asyncio.sleep(0.3)
+    assert runs == ["welcome-1"]
+
+
+async def test_twenty_concurrent_adds_of_one_id_store_and_run_it_once(client: Client) -> None:
+    runs: list[str] = []
+
+    async def handler(ctx) -> None:
+        runs.append(ctx.data["who"])
+
+    q = queue("race", handler, client=client)
+    jobs = await asyncio.gather(*(q.add({"who": i}, job_id="same") for i in range(20)))
+    assert {j.id for j in jobs} == {"same"}
+    winners = {j.data["who"] for j in jobs}
+    assert len(winners) == 1, "every caller gets the one stored job"
+    assert await stream_message_count(client, client.names("race").stream) == 1
+    async with q:
+        await wait_for_state(q, "same", JobState.COMPLETED)
+        await asyncio.sleep(0.3)
+    assert runs == [winners.pop()]
+    assert await q.count() == 1
+
+
+async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(client: Client) -> None:
+    q = queue("heal", client=client)
+    # a publisher crashed between the KV create and the publish: the record exists, no message
+    value, record = q._new_job({"n": 1}, q_options(job_id="orphan"))
+    backend = await q._open()
+    await backend.store.create(record)
+    assert await stream_message_count(client, client.names("heal").stream) == 0
+    again = await q.add({"n": 1}, job_id="orphan")
+    assert again.state == JobState.WAITING
+    assert await stream_message_count(client, client.names("heal").stream) == 1
+    await q.add({"n": 1}, job_id="orphan")  # deduplicated by its message id
+    assert await stream_message_count(client, client.names("heal").stream) == 1
+
+
+def q_options(**kwargs):
+    from oqron_nats.queue import parse_options
+
+    return parse_options(kwargs)
+
+
+async def test_default_ids_are_unique_and_time_ordered(client: Client) -> None:
+    ids = [new_job_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    prefixes = [i[:12] for i in ids]
+    assert prefixes == sorted(prefixes), "ids sort by creation time (millisecond prefix)"
+    q = queue("ids", client=client)
+    jobs = await asyncio.gather(*(q.add({"n": i}) for i in range(50)))
+    assert len({j.id for j in jobs}) == 50
+    assert await q.count() == 50
+
+
+async def test_delay_and_durations_accept_timedelta(client: Client) -> None:
+    q = queue("td", client=client)
+    job = await q.add({"n": 1}, delay=timedelta(minutes=5))
+    assert job.state == JobState.DELAYED
+    assert job.run_at is not None
+    assert abs((job.run_at - job.created_at).total_seconds() - 300) < 0.01
+
+
+async def test_the_job_returned_is_a_job_struct(client: Client) -> None:
+    q = queue("struct", client=client)
+    job = await q.add([1, 2, 3])
+    assert isinstance(job, Job)
+    assert job.data == [1, 2, 3]
+    assert await eventually(lambda: q.count("waiting"))

@@ -1,0 +1,60 @@
+"""A worker process for tests: ``python -m tests.workerproc --queue q --log file.jsonl``.
+
+Each execution appends ``start`` and ``end`` lines (job id, pid, time) to the log with O_APPEND,
+so concurrent processes can share one file. Prints ``ready`` once its consumers are bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from oqron_nats import JobContext, worker
+
+
+def append(path: str, record: dict[str, Any]) -> None:
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--strategy", default="fifo")
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--lock-ttl", type=float, default=30.0)
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    args = parser.parse_args()
+
+    async def handler(ctx: JobContext[Any]) -> dict[str, Any]:
+        append(args.log, {"event": "start", "job": ctx.id, "pid": os.getpid(), "t": time.time(),
+                          "attempt": ctx.attempt})
+        seconds = ctx.data.get("sleep", args.sleep) if isinstance(ctx.data, dict) else args.sleep
+        if seconds:
+            await asyncio.sleep(seconds)
+        append(args.log, {"event": "end", "job": ctx.id, "pid": os.getpid(), "t": time.time()})
+        return {"pid": os.getpid()}
+
+    w = worker(args.queue, handler, concurrency=args.concurrency, strategy=args.strategy,
+               lock_ttl=args.lock_ttl, heartbeat=args.heartbeat)
+    run = asyncio.create_task(w.run())
+    ready = asyncio.create_task(w.ready.wait())
+    await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if run.done():
+        run.result()  # raises why it could not start
+    print("ready", flush=True)
+    await run
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
