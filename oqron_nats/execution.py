@@ -86,6 +86,12 @@ class Runtime:
         return self.executor is None
 
 
+def is_duplicate(job: RawJob, stream_seq: int) -> bool:
+    """Whether a delivery is another message of a job that a claimed message already runs."""
+    running = job.state in (JobState.ACTIVE, JobState.STALLED)
+    return running and job.msg_seq != 0 and job.msg_seq != stream_seq
+
+
 class Discarded(Exception):
     """The handler called ``ctx.discard()``."""
 
@@ -164,6 +170,9 @@ class Execution:
                 await self._dead_letter(job)  # the crash may have come before the dead letter
             await self.delivery.ack()
             return None
+        if is_duplicate(job, self.delivery.stream_seq):
+            await self.delivery.ack()  # another message of a running job: the holder's backs it
+            return None
         if job.state not in CLAIMABLE_STATES:
             log.warning(
                 "message for a job that is not runnable; removed",
@@ -190,8 +199,8 @@ class Execution:
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
         if rt.config.guaranteed_worker:
             self._lease = await rt.backend.leases.acquire(job.id, rt.worker_id, attempt)
-            if self._lease is None:
-                await self.delivery.nak(delay=rt.config.lock_ttl)  # someone runs it right now
+            if self._lease is None:  # someone runs it right now
+                await self._on_lease_held(job.id)
                 return False
         try:
             if job.state == JobState.ACTIVE:  # its worker died: record the stall before rerunning
@@ -210,6 +219,7 @@ class Execution:
                 run_at=None,
                 worker=rt.worker_id,
                 leased=self._lease is not None,
+                msg_seq=self.delivery.stream_seq,
                 progress=0.0,
                 progress_label=None,
             )
@@ -220,6 +230,17 @@ class Execution:
             return False
         self._job = active
         return True
+
+    async def _on_lease_held(self, job_id: str) -> None:
+        record = await self.rt.backend.store.get(job_id)
+        if (
+            record is None
+            or record.job.is_terminal
+            or is_duplicate(record.job, self.delivery.stream_seq)
+        ):
+            await self.delivery.ack()
+        else:  # the holder is claiming it, or its own message came back early: look again soon
+            await self.delivery.nak(delay=self.rt.config.heartbeat)
 
     # -- 3. run the handler with heartbeats ---------------------------------------------------
 

@@ -80,6 +80,8 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
     worker: str | None = None
     leased: bool = False
     """Whether the running attempt holds a heartbeat lease (guaranteed_worker)."""
+    msg_seq: int = 0
+    """The stream sequence of the message the running attempt claimed; other copies are skipped."""
     trace: dict[str, str] = msgspec.field(default_factory=dict)
     """The trace context of the add() that created the job, re-sent on every re-publish."""
     depends_on: list[str] = msgspec.field(default_factory=list)

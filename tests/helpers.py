@@ -18,7 +18,9 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition"
+) -> T:
     """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -30,7 +32,9 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0, w
         await asyncio.sleep(0.02)
 
 
-async def wait_for_state(q: Queue[Any], job_id: str, *states: JobState, timeout: float = 10.0) -> Job[Any]:
+async def wait_for_state(
+    q: Queue[Any], job_id: str, *states: JobState, timeout: float = 10.0
+) -> Job[Any]:
     """The job once it is in one of ``states``."""
 
     async def check() -> Job[Any] | None:
@@ -55,7 +59,12 @@ class WorkerProcess:
         args = [sys.executable, "-m", "tests.workerproc", "--log", str(log)]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {**os.environ, "OQRON_NATS_URL": url, "OQRON_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "OQRON_NATS_URL": url,
+            "OQRON_NAMESPACE": namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.process = subprocess.Popen(  # noqa: S603
             args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

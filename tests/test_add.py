@@ -98,7 +98,9 @@ async def test_payload_over_the_servers_limit_is_rejected(client: Client) -> Non
         ({"correlation_id": "line\nbreak"}, InvalidOption),
     ],
 )
-async def test_bad_options_are_rejected_and_nothing_is_stored(client: Client, options, error) -> None:
+async def test_bad_options_are_rejected_and_nothing_is_stored(
+    client: Client, options, error
+) -> None:
     q = queue("opts", client=client)
     with pytest.raises(error):
         await q.add({"n": 1}, **options)
@@ -161,7 +163,9 @@ async def test_twenty_concurrent_adds_of_one_id_store_and_run_it_once(client: Cl
     assert await q.count() == 1
 
 
-async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(client: Client) -> None:
+async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(
+    client: Client,
+) -> None:
     q = queue("heal", client=client)
     # a publisher crashed between the KV create and the publish: the record exists, no message
     value, record = q._new_job({"n": 1}, q_options(job_id="orphan"))

@@ -37,16 +37,30 @@ async def main() -> None:
     args = parser.parse_args()
 
     async def handler(ctx: JobContext[Any]) -> dict[str, Any]:
-        append(args.log, {"event": "start", "job": ctx.id, "pid": os.getpid(), "t": time.time(),
-                          "attempt": ctx.attempt})
+        append(
+            args.log,
+            {
+                "event": "start",
+                "job": ctx.id,
+                "pid": os.getpid(),
+                "t": time.time(),
+                "attempt": ctx.attempt,
+            },
+        )
         seconds = ctx.data.get("sleep", args.sleep) if isinstance(ctx.data, dict) else args.sleep
         if seconds:
             await asyncio.sleep(seconds)
         append(args.log, {"event": "end", "job": ctx.id, "pid": os.getpid(), "t": time.time()})
         return {"pid": os.getpid()}
 
-    w = worker(args.queue, handler, concurrency=args.concurrency, strategy=args.strategy,
-               lock_ttl=args.lock_ttl, heartbeat=args.heartbeat)
+    w = worker(
+        args.queue,
+        handler,
+        concurrency=args.concurrency,
+        strategy=args.strategy,
+        lock_ttl=args.lock_ttl,
+        heartbeat=args.heartbeat,
+    )
     run = asyncio.create_task(w.run())
     ready = asyncio.create_task(w.ready.wait())
     await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
