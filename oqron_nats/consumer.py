@@ -197,11 +197,12 @@ class Consumer:
         want = self.free - puller.outstanding
         if want > 0:
             await puller.request(want, expires=PULL_EXPIRES)
-        if self._popper is not None:
+        if self._popper is not None:  # lifo: move the newest lane jobs to the run lane
             self._in_transit = min(self._in_transit, puller.outstanding)
-            needed = puller.outstanding - self._in_transit
-            if needed > 0:
-                self._in_transit += await self._popper.pop(needed)
+            while self.free - self._in_transit > 0 and self._popper.maybe_nonempty:
+                self._in_transit += 1  # before the move: its delivery may come back at once
+                if not await self._popper.pop_one():
+                    self._in_transit -= 1
 
     async def _recreate_lost_consumers(self) -> None:
         for puller in self._pullers:

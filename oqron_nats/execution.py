@@ -89,7 +89,7 @@ class Runtime:
 def is_duplicate(job: RawJob, stream_seq: int) -> bool:
     """Whether a delivery is another message of a job that a claimed message already runs."""
     running = job.state in (JobState.ACTIVE, JobState.STALLED)
-    return running and job.msg_seq != 0 and job.msg_seq != stream_seq
+    return running and job.msg_seq not in (0, stream_seq)
 
 
 class Discarded(Exception):

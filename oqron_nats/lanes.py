@@ -18,7 +18,7 @@ lane nobody reads.
 
 from __future__ import annotations
 
-from ._nats import CasConflict, ConsumerSpec, JetStreamError, Nats
+from ._nats import ConsumerSpec, Nats
 from .config import QueueConfig
 from .job import Strategy
 from .names import MSG_ID_HEADER, PRIORITY_LEVELS, Names
@@ -77,20 +77,16 @@ class StackPopper:
         self.maybe_nonempty = True
         """False once a pop found the lanes empty; set again when the bell rings."""
 
-    async def pop(self, limit: int) -> int:
-        """Move up to ``limit`` of the newest lane messages to the run lane; return how many."""
-        moved = 0
-        while moved < limit and self.maybe_nonempty:
+    async def pop_one(self) -> bool:
+        """Move the newest lane message to the run lane; False if the lanes were empty."""
+        while True:
             top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
             if top is None:
                 self.maybe_nonempty = False
-                break
+                return False
             headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
-            headers[MSG_ID_HEADER] = f"pop-{top.seq}"  # two workers popping the same top: one copy
+            headers[MSG_ID_HEADER] = f"pop-{top.seq}"  # two workers popping one top: one copy
             await self.conn.publish(self.names.run_lane, top.data, headers)
-            try:
-                if await self.conn.delete_msg(self.names.stream, top.seq):
-                    moved += 1
-            except (CasConflict, JetStreamError):
-                continue
-        return moved
+            if await self.conn.delete_msg(self.names.stream, top.seq):
+                return True
+            # another worker moved this one first (its copy was deduplicated): take the next
