@@ -168,7 +168,7 @@ async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(
 ) -> None:
     q = queue("heal", client=client)
     # a publisher crashed between the KV create and the publish: the record exists, no message
-    value, record = q._new_job({"n": 1}, q_options(job_id="orphan"))
+    _, record = q._new_job({"n": 1}, q_options(job_id="orphan"))
     backend = await q._open()
     await backend.store.create(record)
     assert await stream_message_count(client, client.names("heal").stream) == 0

