@@ -51,6 +51,8 @@ log = structlog.get_logger("oqron_nats")
 MAX_ERROR_MESSAGE = 2000
 MAX_TRACEBACK = 8000
 SHUTDOWN = "shutdown"
+ABORT_GRACE = 1.0
+"""Seconds an aborted async handler gets to return on its own before it is cancelled."""
 
 
 def utcnow() -> datetime:
@@ -136,10 +138,14 @@ class Execution:
             await self._release()
 
     def abort(self, reason: str) -> None:
-        """Fire the signal and stop an async handler (lease lost, or shutdown past its grace)."""
+        """Fire the signal; an async handler still running ABORT_GRACE seconds later is cancelled.
+
+        The grace lets a handler that awaits ``ctx.signal`` return and clean up by itself.
+        """
         self.signal.fire(reason)
-        if self._handler_task is not None and not self._handler_task.done() and self.rt.is_async:
-            self._handler_task.cancel()
+        task = self._handler_task
+        if task is not None and not task.done() and self.rt.is_async:
+            asyncio.get_running_loop().call_later(ABORT_GRACE, task.cancel)
 
     # -- 1. the record decides whether this delivery runs ------------------------------------
 
