@@ -15,7 +15,7 @@ def encode_value(value: object, what: str) -> bytes:
     """JSON-encode ``value``; a value msgspec cannot encode raises PayloadError."""
     try:
         return msgspec.json.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise PayloadError(f"{what} cannot be encoded as JSON: {exc}") from None
 
 

@@ -56,7 +56,7 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max, int) or self.max < 0:
+        if not isinstance(self.max, int) or isinstance(self.max, bool) or self.max < 0:
             raise ConfigError(f"retries.max must be an int >= 0, not {self.max!r}")
         if self.strategy not in ("fixed", "exponential", "custom"):
             raise ConfigError(
@@ -64,10 +64,21 @@ class RetryPolicy:
             )
         if self.strategy == "custom" and self.backoff is None:
             raise ConfigError("retries.strategy='custom' needs a backoff function")
-        if not 0 <= self.jitter < 1:
-            raise ConfigError(f"retries.jitter must be in [0, 1), not {self.jitter!r}")
-        seconds(self.base_delay, "retries.base_delay")
-        seconds(self.max_delay, "retries.max_delay")
+        if self.backoff is not None and not callable(self.backoff):
+            raise ConfigError(f"retries.backoff must be callable, not {self.backoff!r}")
+        if (
+            not isinstance(self.jitter, int | float)
+            or isinstance(self.jitter, bool)
+            or not 0 <= self.jitter < 1
+        ):
+            raise ConfigError(f"retries.jitter must be a number in [0, 1), not {self.jitter!r}")
+        base = seconds(self.base_delay, "retries.base_delay")
+        cap = seconds(self.max_delay, "retries.max_delay")
+        if base > cap:
+            raise ConfigError(
+                f"retries.base_delay ({base}s) is longer than retries.max_delay ({cap}s), "
+                "which caps every delay; raise max_delay too"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,8 @@
     ├── InvalidInput             bad input to add()/get_job(); nothing was stored or published
     │   ├── InvalidName          a queue name, namespace or job id that is not a safe subject token
     │   ├── InvalidOption        an add() option of the wrong type or out of range
-    │   ├── PayloadError         the payload does not match the queue's type or cannot be encoded
-    │   └── PayloadTooLarge      the encoded payload is over the size limit
+    │   └── PayloadError         a payload (or result) that does not match its type or encode
+    │       └── PayloadTooLarge  an encoded payload (or result) over the size limit
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
     │                            or a second consumer of the same queue on one client)
@@ -43,7 +43,7 @@ class PayloadError(InvalidInput):
     """The payload does not match the queue's payload type or cannot be encoded."""
 
 
-class PayloadTooLarge(InvalidInput):
+class PayloadTooLarge(PayloadError):
     """The encoded payload is larger than the queue's limit."""
 
     def __init__(self, size: int, limit: int) -> None:

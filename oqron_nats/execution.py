@@ -447,7 +447,12 @@ class Execution:
         if final:
             await self._fail_for_good(value, failure)
             return
-        delay = retry_delay(self.rt.config.retries, job.attempt)
+        try:
+            delay = retry_delay(self.rt.config.retries, job.attempt)
+        except Exception as exc:  # a broken custom backoff: fail for good rather than loop
+            log.exception("the retry backoff failed; failing the job", job_id=job.id)
+            await self._fail_for_good(value, failure_of(exc))
+            return
         retry = await self._commit(
             state=JobState.DELAYED,
             error=failure,
