@@ -16,6 +16,7 @@ from .config import DeadLetter, Hooks, RetryPolicy
 from .context import JobContext, Signal
 from .errors import (
     ConfigError,
+    ConnectionFailed,
     ConsumerConflict,
     EnqueueError,
     InvalidInput,
@@ -36,6 +37,7 @@ __all__ = [
     "BulkResult",
     "Client",
     "ConfigError",
+    "ConnectionFailed",
     "ConsumerConflict",
     "DeadLetter",
     "EnqueueError",

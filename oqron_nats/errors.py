@@ -7,6 +7,7 @@
     │   ├── InvalidOption        an add() option of the wrong type or out of range
     │   └── PayloadError         a payload (or result) that does not match its type or encode
     │       └── PayloadTooLarge  an encoded payload (or result) over the size limit
+    ├── ConnectionFailed         no NATS server could be reached when first connecting
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
     │                            or a second consumer of the same queue on one client)
@@ -50,6 +51,10 @@ class PayloadTooLarge(PayloadError):
         super().__init__(f"payload is {size} bytes, over the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+
+
+class ConnectionFailed(OqronError):
+    """No NATS server answered the first connection (later losses are reconnected forever)."""
 
 
 class ServerVersionError(OqronError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from oqron_nats import Client, JobState, queue
 
@@ -91,4 +91,4 @@ async def test_a_delay_in_the_past_runs_at_once(client: Client) -> None:
         job = await q.add({"n": 1}, delay=0.001)
         done = await wait_for_state(q, job.id, JobState.COMPLETED)
     assert done.result == "ran"
-    assert done.finished_at is not None and done.finished_at <= datetime.now(timezone.utc)
+    assert done.finished_at is not None and done.finished_at <= datetime.now(UTC)

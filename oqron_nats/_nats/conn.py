@@ -21,7 +21,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
+from ..errors import ConnectionFailed
+
 log = structlog.get_logger("oqron_nats")
+
+INITIAL_ATTEMPTS = 4
+"""Connection attempts per server before the first connect gives up."""
 
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
@@ -136,7 +141,14 @@ class Nats:
             "reconnected_cb": on_reconnected,
         }
         settings.update(options or {})
-        nc = await nats.connect(**settings)
+        reconnects = settings["max_reconnect_attempts"]
+        try:  # a first connection gives up, so a wrong URL is an error, not a hang
+            nc = await nats.connect(**{**settings, "max_reconnect_attempts": INITIAL_ATTEMPTS})
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            raise ConnectionFailed(
+                f"could not connect to NATS at {', '.join(servers)}: {exc!r}"
+            ) from exc
+        nc.options["max_reconnect_attempts"] = reconnects  # once up, reconnect as configured
         conn = cls(nc, request_timeout=request_timeout, publish_deadline=publish_deadline)
         holder.append(conn)
         return conn

@@ -1,0 +1,288 @@
+"""Concurrency: at most ``concurrency`` handlers per process, N processes give N x concurrency,
+a free slot is refilled at once, and an idle worker holds a long pull instead of polling."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oqron_nats import Client, JobState, queue, worker
+from oqron_nats._nats import Nats
+from oqron_nats.server import LocalServer
+
+from .helpers import WorkerProcess, eventually, read_log
+
+STRATEGIES = ["fifo", "priority", "lifo"]
+LANES = {"fifo": 1, "priority": 10, "lifo": 1}
+"""Pull consumers a worker of each strategy holds (lifo: the run lane only)."""
+
+
+class Gauge:
+    """How many handlers run right now, and the most that ever ran at once (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+            self.done += 1
+
+
+def max_overlap(entries: list[dict[str, Any]]) -> int:
+    """The most [start, end] intervals of a worker log open at one time."""
+    points = sorted((e["t"], 1 if e["event"] == "start" else 0) for e in entries)
+    current = peak = 0
+    for _, is_start in points:  # at equal times an end sorts (and closes) before a start
+        current += 1 if is_start else -1
+        peak = max(peak, current)
+    return peak
+
+
+def count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str]]:
+    """Record every pull request (CONSUMER.MSG.NEXT) this process sends, with its time."""
+    pulls: list[tuple[float, str]] = []
+    original = Nats.publish_core
+
+    async def publish_core(self: Nats, subject: str, payload: bytes = b"", **kw: Any) -> None:
+        if "CONSUMER.MSG.NEXT" in subject:
+            pulls.append((time.monotonic(), subject))
+        await original(self, subject, payload, **kw)
+
+    monkeypatch.setattr(Nats, "publish_core", publish_core)
+    return pulls
+
+
+def count_pops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record every direct get of a lane's newest message (a lifo pop attempt), with its time."""
+    pops: list[float] = []
+    original = Nats.direct_get
+
+    async def direct_get(self: Nats, stream: str, *, last_by_subject: str) -> Any:
+        pops.append(time.monotonic())
+        return await original(self, stream, last_by_subject=last_by_subject)
+
+    monkeypatch.setattr(Nats, "direct_get", direct_get)
+    return pops
+
+
+# -- one process: never more than `concurrency` at once -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sync"),
+    [("fifo", False), ("priority", False), ("lifo", False), ("fifo", True)],
+    ids=["fifo", "priority", "lifo", "fifo-sync-handler"],
+)
+async def test_one_process_runs_at_most_concurrency_handlers(
+    client: Client, strategy: str, sync: bool
+) -> None:
+    gauge = Gauge()
+
+    async def handler(ctx) -> None:
+        gauge.enter()
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            gauge.leave()
+
+    def sync_handler(ctx) -> None:  # runs in the worker's thread pool
+        gauge.enter()
+        try:
+            time.sleep(0.2)
+        finally:
+            gauge.leave()
+
+    q = queue(
+        "conc",
+        sync_handler if sync else handler,
+        client=client,
+        concurrency=3,
+        strategy=strategy,  # type: ignore[arg-type]
+    )
+    result = await q.add_bulk([{"data": n, "opts": {"priority": n % 10}} for n in range(15)])
+    assert result.ok
+    async with q:
+        await eventually(
+            lambda: _at_least(q.count(JobState.COMPLETED), 15), timeout=30, what="15 jobs"
+        )
+    assert gauge.done == 15
+    assert gauge.peak == 3, f"expected exactly 3 handlers at once at the peak, saw {gauge.peak}"
+
+
+async def _at_least(value: Any, n: int) -> bool:
+    return await value >= n
+
+
+# -- N processes: N x concurrency ------------------------------------------------------------
+
+
+async def test_two_processes_run_twice_the_concurrency(
+    nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "executions.jsonl"
+    options = {"queue": "multi", "concurrency": 3, "sleep": 1.0}
+    procs: list[WorkerProcess] = []
+    try:
+        procs.append(WorkerProcess(nats_server.url, namespace, log, **options))
+        procs.append(WorkerProcess(nats_server.url, namespace, log, **options))
+        q = queue("multi", client=client)
+        assert (await q.add_bulk([{"data": {"n": n}} for n in range(12)])).ok
+        await eventually(
+            lambda: _at_least(q.count(JobState.COMPLETED), 12), timeout=30, what="12 jobs"
+        )
+        entries = read_log(log)
+        starts = [e for e in entries if e["event"] == "start"]
+        assert len(starts) == 12 and len({e["job"] for e in starts}) == 12
+        by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for entry in entries:
+            by_pid[entry["pid"]].append(entry)
+        assert set(by_pid) == {p.pid for p in procs}, "both processes ran jobs"
+        per_pid = {pid: max_overlap(e) for pid, e in by_pid.items()}
+        assert per_pid == {p.pid: 3 for p in procs}, f"each process runs 3 at once: {per_pid}"
+        assert max_overlap(entries) == 6, "two processes of concurrency 3 run 6 jobs at once"
+        for proc in procs:
+            assert proc.terminate() == 0
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+# -- a free slot is refilled at once ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_free_slot_keeps_claiming_while_a_long_job_runs(
+    client: Client, strategy: str
+) -> None:
+    shorts = 20
+    short_ends: list[float] = []
+    long_started = asyncio.Event()
+    long_end: list[float] = []
+
+    async def handler(ctx) -> None:
+        if ctx.data == "long":
+            long_started.set()
+            await asyncio.sleep(2.0)
+            long_end.append(time.monotonic())
+        else:
+            await asyncio.sleep(0.02)
+            short_ends.append(time.monotonic())
+
+    q = queue("refill", handler, client=client, concurrency=2, strategy=strategy)  # type: ignore[arg-type]
+    # the long job is the first one claimed: fifo by add order, priority by its better
+    # lane, lifo because it is the newest
+    if strategy != "lifo":
+        await q.add("long", priority=0)
+    for n in range(shorts):
+        await q.add(n, priority=5)
+    if strategy == "lifo":
+        await q.add("long", priority=0)
+    async with q:
+        await asyncio.wait_for(long_started.wait(), 10)
+        started = time.monotonic()
+        await eventually(lambda: _length(short_ends, shorts), timeout=15, what="short jobs")
+        assert not long_end, "the long job ended before every short job had run"
+        elapsed = time.monotonic() - started
+        await eventually(lambda: _length(long_end, 1), timeout=10, what="the long job")
+    assert max(short_ends) < long_end[0]
+    assert elapsed < 2.0, f"20 short jobs through one slot took {elapsed:.2f}s"
+
+
+async def _length(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+# -- idle: one long pull per lane, no poll tick, no busy loop --------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_an_idle_worker_holds_a_long_pull_and_costs_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    pulls = count_pulls(monkeypatch)
+    pops = count_pops(monkeypatch)
+    started: list[float] = []
+
+    async def handler(ctx) -> None:
+        started.append(time.monotonic())
+
+    lanes = LANES[strategy]
+    q = queue("idle", handler, client=client, concurrency=5, strategy=strategy)  # type: ignore[arg-type]
+    async with q:
+        await asyncio.sleep(0.3)  # let the first claim round open its pulls
+        at_start, pops_at_start = len(pulls), len(pops)
+        assert 1 <= at_start <= 2 * lanes, f"{at_start} pulls to start {lanes} lane(s)"
+        cpu = time.process_time()
+        await asyncio.sleep(2.0)
+        cpu = time.process_time() - cpu
+        idle = len(pulls) - at_start
+        assert idle <= lanes, f"{idle} pull requests in 2 s of idleness on {lanes} lane(s)"
+        assert len(pops) == pops_at_start, "an idle lifo worker kept looking at its lanes"
+        assert cpu < 0.2, f"an idle worker used {cpu:.3f}s of CPU in 2 s"
+        assert len(pulls) <= 2 * lanes
+
+        added = time.monotonic()
+        await q.add({"n": 1}, priority=7)
+        await eventually(lambda: _length(started, 1), timeout=5, what="the job to start")
+        latency = started[0] - added
+        assert latency < 1.0, f"a job added to an idle worker started after {latency:.2f}s"
+
+
+# -- stopping an idle worker -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_an_idle_queue_stops_promptly(client: Client, strategy: str) -> None:
+    async def handler(ctx) -> None:
+        return None
+
+    q = queue("stopq", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    await q.start()
+    await asyncio.sleep(0.3)  # the long pulls are open
+    began = time.monotonic()
+    await asyncio.wait_for(q.stop(), 10)
+    took = time.monotonic() - began
+    assert took < 1.0, f"stop() of an idle queue took {took:.2f}s"
+    assert not q.is_consuming
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_an_idle_worker_run_returns_promptly_when_asked_to_stop(
+    client: Client, strategy: str
+) -> None:
+    async def handler(ctx) -> None:
+        return None
+
+    w = worker("stopw", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    run = asyncio.create_task(w.run())
+    try:
+        await asyncio.wait_for(w.ready.wait(), 10)
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        w.request_stop()
+        await asyncio.wait_for(asyncio.shield(run), 10)
+        took = time.monotonic() - began
+    finally:
+        if not run.done():
+            run.cancel()
+    assert took < 1.0, f"an idle worker took {took:.2f}s to stop"
+    assert not w.queue.is_consuming
+    # the worker released the queue on this client: it can be consumed again
+    again = queue("stopw", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    async with again:
+        assert again.is_consuming
