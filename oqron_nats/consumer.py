@@ -206,8 +206,8 @@ class Consumer:
 
     async def _recreate_lost_consumers(self) -> None:
         for puller in self._pullers:
-            if puller.consumer_gone:
-                log.warning("consumer was deleted; recreating it", consumer=puller.consumer)
+            if puller.suspect:
+                log.warning("consumer may be gone; making sure it exists", consumer=puller.consumer)
                 spec = next(
                     s
                     for s in consumer_specs(

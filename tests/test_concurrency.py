@@ -286,3 +286,25 @@ async def test_an_idle_worker_run_returns_promptly_when_asked_to_stop(
     again = queue("stopw", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
     async with again:
         assert again.is_consuming
+
+
+async def test_a_deleted_consumer_is_recreated_and_claiming_goes_on(client: Client) -> None:
+    done = asyncio.Event()
+
+    async def handler(ctx: Any) -> None:
+        done.set()
+
+    q = queue("phoenix", handler, client=client)
+    async with q:
+        conn = await client.connect()
+        stream = client.names("phoenix").stream
+        await conn.js.delete_consumer(stream, "fifo")
+        await eventually(
+            lambda: _has_consumer(conn, stream, "fifo"), what="the consumer to be recreated"
+        )
+        await q.add({"n": 1})
+        await asyncio.wait_for(done.wait(), 10)
+
+
+async def _has_consumer(conn: Any, stream: str, name: str) -> bool:
+    return name in [c.name for c in await conn.js.consumers_info(stream)]

@@ -93,7 +93,7 @@ class _Request:
 class _State:
     requests: OrderedDict[str, _Request] = field(default_factory=OrderedDict)
     outstanding: int = 0
-    consumer_gone: bool = False
+    suspect: bool = False
 
 
 class Puller:
@@ -130,9 +130,9 @@ class Puller:
         return bool(self._state.requests)
 
     @property
-    def consumer_gone(self) -> bool:
-        """Whether the server reported the consumer deleted."""
-        return self._state.consumer_gone
+    def suspect(self) -> bool:
+        """Whether the consumer may be gone: deleted, or a request went unanswered."""
+        return self._state.suspect
 
     async def start(self) -> None:
         """Subscribe to the reply inbox."""
@@ -160,15 +160,21 @@ class Puller:
     async def request_now(self, batch: int) -> int:
         """Ask for up to ``batch`` messages that are ready now; return how many came."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._send(batch, {"batch": batch, "no_wait": True}, 0.0, done)
-        return await done
+        token = await self._send(batch, {"batch": batch, "no_wait": True}, 0.0, done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.conn.request_timeout)
+        except TimeoutError:  # no answer: the consumer may be gone, or the connection
+            self._state.suspect = True
+            self._close(token)
+            return done.result() if done.done() else 0
 
     def expire_stale(self) -> float | None:
         """Give up requests long past their expiry; return seconds until the next expiry check."""
         now = time.monotonic()
         nearest: float | None = None
         for token, request in list(self._state.requests.items()):
-            if request.deadline + EXPIRY_GRACE <= now:
+            if request.deadline + EXPIRY_GRACE <= now:  # its expiry status never came
+                self._state.suspect = True
                 self._close(token)
             else:
                 wait = request.deadline + EXPIRY_GRACE - now
@@ -177,7 +183,7 @@ class Puller:
 
     async def _send(
         self, batch: int, body: dict[str, object], expires: float, done: asyncio.Future[int] | None
-    ) -> None:
+    ) -> str:
         self._counter += 1
         token = f"{self._inbox}.{self._counter}"
         request = _Request(remaining=batch, deadline=time.monotonic() + expires, done=done)
@@ -188,6 +194,7 @@ class Puller:
         except BaseException:
             self._close(token)
             raise
+        return token
 
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
@@ -210,7 +217,7 @@ class Puller:
         if status == "100":  # idle heartbeat
             return
         if status == "409" and "Consumer Deleted" in str(headers.get("Description", "")):
-            self._state.consumer_gone = True
+            self._state.suspect = True
         self._close(token)
         self._on_change()
 
