@@ -42,6 +42,7 @@ from .errors import EnqueueError, InvalidName, PayloadError
 from .job import CLAIMABLE_STATES, JobFailure, JobState, with_data
 from .lease import Lease, LeaseLost
 from .names import check_name
+from .progress import ProgressWriter
 from .retry import retry_delay
 from .store import CorruptRecord, RawJob
 from .tracing import mark_failed
@@ -110,11 +111,7 @@ class Execution:
         self._lease: Lease | None = None
         self._handler_task: asyncio.Future[Any] | None = None
         self._lock = asyncio.Lock()
-        self._progress: tuple[float, str | None] = (0.0, None)
-        self._progress_wanted = 0
-        self._progress_saved = 0
-        self._progress_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._progress_writer: asyncio.Task[None] | None = None
+        self._progress = ProgressWriter(self._store_progress)
         self._settling = False
         self._ctx: JobContext[Any] | None = None
 
@@ -309,7 +306,7 @@ class Execution:
             tags=list(job.tags),
             fencing_token=self._lease.revision if self._lease else self._revision,
             signal=self.signal,
-            on_progress=self._request_progress,
+            on_progress=self._progress.update,
             loop=asyncio.get_running_loop(),
         )
         self._ctx = ctx
@@ -352,50 +349,18 @@ class Execution:
         log.warning("lease lost; this attempt will commit nothing", job_id=self.job_id, reason=why)
         self.abort(f"lease lost: {why}")
 
-    # -- progress, written in the background by compare-and-set ------------------------------
-
-    def _request_progress(self, percent: float, label: str | None) -> asyncio.Future[None]:
-        self._progress = (percent, label)
-        self._progress_wanted += 1
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._progress_waiters.append((self._progress_wanted, waiter))
-        if self._progress_writer is None or self._progress_writer.done():
-            self._progress_writer = asyncio.create_task(self._write_progress())
-        return waiter
-
-    async def _write_progress(self) -> None:
-        try:
-            while self._progress_saved < self._progress_wanted and not self.signal.aborted:
-                wanted = self._progress_wanted
-                async with self._lock:
-                    if self._settling or self._job is None:
-                        break
-                    percent, label = self._progress
-                    updated = msgspec.structs.replace(
-                        self._job, progress=percent, progress_label=label
-                    )
-                    try:
-                        self._revision = await self.rt.backend.store.update(updated, self._revision)
-                    except CasConflict:
-                        self._lost("the job record was changed by another writer")
-                        break
-                    self._job = updated
-                self._progress_saved = wanted
-                self._wake_progress_waiters(wanted)
-        except Exception as exc:
-            log.warning("progress could not be saved", job_id=self.job_id, error=repr(exc))
-        finally:
-            self._wake_progress_waiters(self._progress_wanted)
-
-    def _wake_progress_waiters(self, upto: int) -> None:
-        keep = []
-        for version, waiter in self._progress_waiters:
-            if version <= upto:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                keep.append((version, waiter))
-        self._progress_waiters = keep
+    async def _store_progress(self, percent: float, label: str | None) -> bool:
+        async with self._lock:
+            if self._settling or self._job is None or self.signal.aborted:
+                return False
+            updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
+            try:
+                self._revision = await self.rt.backend.store.update(updated, self._revision)
+            except CasConflict:
+                self._lost("the job record was changed by another writer")
+                return False
+            self._job = updated
+            return True
 
     # -- 4. settle ------------------------------------------------------------------------------
 
