@@ -79,6 +79,7 @@ class Consumer:
         self._cleanups: list[Callable[[], Any]] = []
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: Runtime | None = None
+        self._specs = consumer_specs(config, backend.names, backend.client.replicas)
 
     @property
     def free(self) -> int:
@@ -87,10 +88,22 @@ class Consumer:
 
     async def start(self) -> None:
         """Create the consumers, open the pull inboxes and start claiming."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()
+            raise
+        log.info(
+            "worker started",
+            queue=self.config.name, strategy=self.config.strategy,
+            concurrency=self.config.concurrency, worker_id=self.worker_id,
+        )  # fmt: skip
+
+    async def _start(self) -> None:
         conn, names, client = self.backend.conn, self.backend.names, self.backend.client
         client.claim_consumer(self.config.name)
         self._cleanups.append(lambda: client.release_consumer(self.config.name))
-        specs = consumer_specs(self.config, names, client.replicas)
+        specs = self._specs
         await self._check_strategy()
         for spec in specs:
             try:
@@ -131,11 +144,6 @@ class Consumer:
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
-        log.info(
-            "worker started",
-            queue=self.config.name, strategy=self.config.strategy,
-            concurrency=self.config.concurrency, worker_id=self.worker_id,
-        )  # fmt: skip
 
     async def _check_strategy(self) -> None:
         existing = await consumer_names(self.backend.conn, self.backend.names.stream)
@@ -205,16 +213,9 @@ class Consumer:
                     self._in_transit -= 1
 
     async def _recreate_lost_consumers(self) -> None:
-        for puller in self._pullers:
+        for puller, spec in zip(self._pullers, self._specs, strict=True):
             if puller.suspect:
-                log.warning("consumer may be gone; making sure it exists", consumer=puller.consumer)
-                spec = next(
-                    s
-                    for s in consumer_specs(
-                        self.config, self.backend.names, self.backend.client.replicas
-                    )
-                    if s.durable == puller.consumer
-                )
+                log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
                 await ensure_consumer(self.backend.conn, spec)
                 puller.reset()
 
@@ -272,18 +273,21 @@ class Consumer:
                 for task in pending:
                     self._tasks[task].abort(SHUTDOWN)
                 _, stuck = await asyncio.wait(pending, timeout=ABORT_WAIT)
-                for (
-                    task
-                ) in stuck:  # sync handlers that ignore the signal: redelivered after ack_wait
+                for task in stuck:  # sync handlers ignoring the signal: redelivered after ack_wait
                     task.cancel()
+        await self._close()
+        log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)
+
+    async def _close(self) -> None:
         for puller in self._pullers:
             await puller.stop()
         for cleanup in reversed(self._cleanups):
-            outcome = cleanup()
-            if inspect.isawaitable(outcome):
-                await outcome
+            with contextlib.suppress(Exception):  # a closed connection has nothing left to undo
+                outcome = cleanup()
+                if inspect.isawaitable(outcome):
+                    await outcome
+        self._cleanups.clear()
         if self._background:
             await asyncio.wait(list(self._background), timeout=ABORT_WAIT)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)

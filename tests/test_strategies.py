@@ -162,3 +162,6 @@ async def test_a_second_strategy_on_one_queue_is_refused(client: Client) -> None
     other = queue("mixed", handler, client=client, strategy="priority")
     with pytest.raises(ConsumerConflict, match="already consumed with strategy 'fifo'"):
         await other.start()
+    assert not other.is_consuming
+    async with queue("mixed", handler, client=client):  # the failed start left nothing behind
+        pass
