@@ -71,8 +71,9 @@ class Consumer:
         self._plan = PriorityPlan()
         self._popper: StackPopper | None = None
         self._in_transit = 0
+        self._trouble = 0
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[None], Execution] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -160,24 +161,20 @@ class Consumer:
     # -- claiming -------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        failures = 0
-        while not self._stopping:
+        while not self._stopping.is_set():
             self._wake.clear()
-            timeout: float | None = None
             try:
-                await self._recreate_lost_consumers()
+                if await self._recreate_lost_consumers():
+                    self._trouble += 1
                 if self.free > 0:
                     await self._refill()
-                failures = 0
             except Exception as exc:
-                failures += 1
-                timeout = min(5.0, 0.1 * 2**failures)
-                log.warning(
-                    "claiming failed; retrying",
-                    queue=self.config.name,
-                    error=repr(exc),
-                    retry_in=timeout,
-                )
+                self._trouble += 1
+                log.warning("claiming failed; retrying", queue=self.config.name, error=repr(exc))
+            if self._trouble:  # back off while things go wrong (a delivery resets it)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(5.0, 0.05 * 2**self._trouble))
+            timeout: float | None = None
             for puller in self._pullers:
                 check = puller.expire_stale()
                 if check is not None:
@@ -191,7 +188,7 @@ class Consumer:
             return
         for lane in self._plan.order():  # priority: sweep ready jobs, best lane first
             puller = self._pullers[lane]
-            if self.free <= 0 or self._stopping:
+            if self.free <= 0 or self._stopping.is_set():
                 return
             if not puller.has_open_request:
                 await puller.request_now(self.free)
@@ -212,17 +209,20 @@ class Consumer:
                 if not await self._popper.pop_one():
                     self._in_transit -= 1
 
-    async def _recreate_lost_consumers(self) -> None:
-        for puller, spec in zip(self._pullers, self._specs, strict=True):
-            if puller.suspect:
-                log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
-                await ensure_consumer(self.backend.conn, spec)
-                puller.reset()
+    async def _recreate_lost_consumers(self) -> bool:
+        """Re-create consumers that pulls suggest are gone; True if any looked gone."""
+        suspects = [(p, s) for p, s in zip(self._pullers, self._specs, strict=True) if p.suspect]
+        for puller, spec in suspects:
+            log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
+            await ensure_consumer(self.backend.conn, spec)
+            puller.reset()
+        return bool(suspects)
 
     def _on_delivery(self, delivery: Delivery) -> None:
+        self._trouble = 0
         if self._popper is not None and self._in_transit > 0:
             self._in_transit -= 1
-        if self._stopping or self.free <= 0:
+        if self._stopping.is_set() or self.free <= 0:
             self._spawn(delivery.nak())  # more than the free slots: hand it straight back
             return
         assert self._runtime is not None
@@ -260,9 +260,9 @@ class Consumer:
 
     async def stop(self, timeout: float = 25.0) -> None:
         """Stop claiming; running jobs get ``timeout`` seconds to finish, then are handed back."""
-        if self._stopping:
+        if self._stopping.is_set():
             return
-        self._stopping = True
+        self._stopping.set()
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task

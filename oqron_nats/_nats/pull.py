@@ -216,7 +216,8 @@ class Puller:
         status = headers.get("Status")
         if status == "100":  # idle heartbeat
             return
-        if status == "409" and "Consumer Deleted" in str(headers.get("Description", "")):
+        deleted = status == "409" and "Consumer Deleted" in str(headers.get("Description", ""))
+        if deleted or status == "503":  # 503: no responders, the consumer does not exist
             self._state.suspect = True
         self._close(token)
         self._on_change()
