@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
-from ._nats import CasConflict
+from ._nats import CasConflict, JetStreamError, NoStream
 from .backend import Backend
 from .client import Client
 from .codec import PayloadCodec, check_size
@@ -42,7 +42,7 @@ from .config import (
 from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
-from .errors import ConfigError, InvalidInput, InvalidOption, OqronError
+from .errors import ConfigError, EnqueueError, InvalidInput, InvalidOption, OqronError
 from .job import AddOptions, Job, JobState, Strategy, with_data
 from .names import check_name
 from .store import RawJob
@@ -245,6 +245,14 @@ class Queue(Generic[T]):
                 await backend.store.create(job)
             except CasConflict:
                 return await self._existing(backend, job.id)
+            except TimeoutError:
+                raise EnqueueError(
+                    f"storing job {job.id} timed out", job_id=job.id, outcome_unknown=True
+                ) from None
+            except (JetStreamError, NoStream) as exc:
+                raise EnqueueError(
+                    f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
+                ) from exc
             await backend.broker.enqueue(job)
             return with_data(job, value)
         except Exception as exc:
@@ -256,7 +264,11 @@ class Queue(Generic[T]):
     async def _existing(self, backend: Backend, job_id: str) -> Job[T]:
         record = await backend.store.get(job_id)
         if record is None:  # deleted between our create and this read: a new add will do
-            raise InvalidOption(f"job {job_id} was removed while it was being added; add it again")
+            raise EnqueueError(
+                f"job {job_id} was removed while it was being added; add it again",
+                job_id=job_id,
+                outcome_unknown=False,
+            )
         if record.job.state in (JobState.WAITING, JobState.DELAYED):
             await backend.broker.enqueue(record.job)  # finish an add that may have stopped half-way
         return self._typed(record.job)
