@@ -48,7 +48,7 @@ class Broker:
     async def enqueue(self, job: RawJob) -> None:
         """Publish the job: on its lane now, or as a schedule that fires at ``run_at``."""
         headers = job_headers(job)
-        subject = self.names.lane(job.priority)
+        subject = self.names.lane(job.priority, job.id)
         if job.state == JobState.DELAYED and job.run_at is not None:
             headers[SCHEDULE_HEADER] = schedule_at(job.run_at)
             headers[SCHEDULE_TARGET_HEADER] = subject

@@ -34,7 +34,7 @@ def consumer_specs(config: QueueConfig, names: Names, replicas: int) -> list[Con
         return ConsumerSpec(names.stream, durable, subject, config.ack_wait, replicas)
 
     if config.strategy == "priority":
-        return [spec(f"p{level}", names.lane(level)) for level in range(PRIORITY_LEVELS)]
+        return [spec(f"p{level}", names.lane_filter(level)) for level in range(PRIORITY_LEVELS)]
     if config.strategy == "lifo":
         return [spec("lifo", names.run_lane)]
     return [spec("fifo", names.lanes)]
@@ -86,7 +86,7 @@ class StackPopper:
                 return False
             headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
             headers[MSG_ID_HEADER] = f"pop-{top.seq}"  # two workers popping one top: one copy
-            await self.conn.publish(self.names.run_lane, top.data, headers)
+            await self.conn.publish(self.names.run(top.data.decode()), top.data, headers)
             if await self.conn.delete_msg(self.names.stream, top.seq):
                 return True
             # another worker moved this one first (its copy was deduplicated): take the next

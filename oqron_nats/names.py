@@ -3,10 +3,12 @@
 Layout for namespace ``ns`` and queue ``q``::
 
     stream  OQRON_<ns>_<q>       WorkQueue stream of the queue, holding:
-      oqron.<ns>.q.<q>.p<0-9>      lanes: one per priority level; every job is published here
-      oqron.<ns>.s.<q>.<job_id>    message schedules (delays and retry backoff), one per job
-      oqron.<ns>.run.<q>           lifo only: jobs popped from the lanes, ready to run
-    oqron.<ns>.bell.<q>          headers-only republish of every lane message (wakes lifo workers)
+      oqron.<ns>.q.<q>.p<0-9>.<id>   lanes: one per priority level; every job is published here
+      oqron.<ns>.s.<q>.<id>          message schedules (delays and retry backoff), one per job
+      oqron.<ns>.run.<q>.<id>        lifo only: jobs popped from the lanes, ready to run
+    The job id ends every job subject, so one job's messages can be found (reconciliation) and
+    removed (cancel) without reading the others.
+    oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
@@ -65,14 +67,18 @@ class Names:
         """The queue's WorkQueue stream."""
         return f"OQRON_{self.namespace}_{self.queue}"
 
-    def lane(self, priority: int) -> str:
-        """The subject of the lane that holds jobs of ``priority``."""
-        return f"oqron.{self.namespace}.q.{self.queue}.p{priority}"
+    def lane(self, priority: int, job_id: str) -> str:
+        """The subject of a job's message on the lane of ``priority``."""
+        return f"oqron.{self.namespace}.q.{self.queue}.p{priority}.{job_id}"
+
+    def lane_filter(self, priority: int) -> str:
+        """A wildcard over the lane of ``priority``."""
+        return f"oqron.{self.namespace}.q.{self.queue}.p{priority}.*"
 
     @property
     def lanes(self) -> str:
         """A wildcard over every lane of the queue."""
-        return f"oqron.{self.namespace}.q.{self.queue}.*"
+        return f"oqron.{self.namespace}.q.{self.queue}.>"
 
     def schedule(self, job_id: str) -> str:
         """The subject of a job's message schedule."""
@@ -83,15 +89,19 @@ class Names:
         """A wildcard over every schedule of the queue."""
         return f"oqron.{self.namespace}.s.{self.queue}.*"
 
+    def run(self, job_id: str) -> str:
+        """Where a lifo worker moves a job it popped, to claim it through a consumer."""
+        return f"oqron.{self.namespace}.run.{self.queue}.{job_id}"
+
     @property
     def run_lane(self) -> str:
-        """Where lifo workers move the jobs they pop, to claim them through a consumer."""
-        return f"oqron.{self.namespace}.run.{self.queue}"
+        """A wildcard over the lifo run lane."""
+        return f"oqron.{self.namespace}.run.{self.queue}.*"
 
     @property
     def bell(self) -> str:
-        """Headers-only copy of every lane message: tells idle lifo workers there is work."""
-        return f"oqron.{self.namespace}.bell.{self.queue}"
+        """Headers-only copies of every lane message (wildcard): wake idle lifo workers."""
+        return f"oqron.{self.namespace}.bell.{self.queue}.>"
 
     @property
     def dlq_stream(self) -> str:

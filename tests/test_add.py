@@ -119,7 +119,7 @@ async def test_record_is_created_waiting_and_its_id_published(client: Client) ->
     assert stored.max_attempts == 4  # RetryPolicy() default: 3 retries
     conn = await client.connect()
     names = client.names("flow")
-    msg = await conn.direct_get(names.stream, last_by_subject=names.lane(3))
+    msg = await conn.direct_get(names.stream, last_by_subject=names.lane(3, job.id))
     assert msg is not None
     assert msg.data == job.id.encode()
     assert msg.headers["Oqron-Correlation-Id"] == "req-123"

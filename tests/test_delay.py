@@ -68,7 +68,7 @@ async def test_an_early_copy_of_a_delayed_job_does_not_run_it_early(client: Clie
     job = await q.add({"n": 1}, delay=2.0)
     names = client.names("early")
     conn = await client.connect()
-    await conn.publish(names.lane(0), job.id.encode(), {"Nats-Msg-Id": "stray-copy"})
+    await conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "stray-copy"})
     async with q:
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=10)
         await asyncio.sleep(0.3)

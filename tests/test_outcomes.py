@@ -422,7 +422,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
         done = await q.add("ok")
         await wait_for_state(q, done.id, JobState.COMPLETED)
         await wait_until_empty(client, "dups")
-        ack = await conn.publish(names.lane(0), done.id.encode(), {"Nats-Msg-Id": "dup-1"})
+        ack = await conn.publish(names.lane(0, done.id), done.id.encode(), {"Nats-Msg-Id": "dup-1"})
         assert not ack.duplicate
         await wait_until_empty(client, "dups")
 
@@ -432,7 +432,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
         await wait_until_empty(client, "dups")
         for n in range(2):  # a late redelivery and a duplicate on another lane
             await conn.publish(
-                names.lane(n * 5), failed.id.encode(), {"Nats-Msg-Id": f"dup-{n + 2}"}
+                names.lane(n * 5, failed.id), failed.id.encode(), {"Nats-Msg-Id": f"dup-{n + 2}"}
             )
         await wait_until_empty(client, "dups")
         await asyncio.sleep(0.3)
@@ -453,7 +453,7 @@ async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: C
     names = client.names("ghosts")
     conn = await client.connect()
     async with q:
-        await conn.publish(names.lane(0), b"no-such-job", {"Nats-Msg-Id": "ghost-1"})
+        await conn.publish(names.lane(0, "no-such-job"), b"no-such-job", {"Nats-Msg-Id": "ghost-1"})
         await wait_until_empty(client, "ghosts")
         job = await q.add({"n": 1})
         await wait_for_state(q, job.id, JobState.COMPLETED)
@@ -473,7 +473,7 @@ async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: byte
     conn = await client.connect()
     async with q:
         with capture_logs() as logs:
-            await conn.publish(names.lane(0), body, {"Nats-Msg-Id": "poison-1"})
+            await conn.publish(names.lane(0, "poison"), body, {"Nats-Msg-Id": "poison-1"})
             await wait_until_empty(client, "poison")
         assert [e["event"] for e in logs if e["log_level"] == "error"] == [
             "poison message: not a job id"
@@ -497,7 +497,9 @@ async def test_a_record_that_does_not_decode_does_not_crash_the_worker(client: C
             for n, garbage in enumerate([b"garbage", b'{"id": "bad-1"}', b"[1, 2, 3]"]):
                 job_id = f"bad-{n}"
                 await Bucket(conn, names.jobs_bucket).create(names.key(job_id), garbage)
-                await conn.publish(names.lane(0), job_id.encode(), {"Nats-Msg-Id": f"corrupt-{n}"})
+                await conn.publish(
+                    names.lane(0, job_id), job_id.encode(), {"Nats-Msg-Id": f"corrupt-{n}"}
+                )
             await wait_until_empty(client, "corrupt")
         undecodable = [
             e for e in logs if e["event"] == "job record does not decode; message removed"
