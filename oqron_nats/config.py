@@ -10,9 +10,9 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidName
 from .job import Job, JobFailure, Strategy
 from .names import PRIORITY_LEVELS, check_name
 
@@ -23,6 +23,7 @@ BackoffFn: TypeAlias = Callable[[int, float], Duration]
 """Custom backoff: ``(attempt, base_delay_seconds) -> delay`` for the retry after ``attempt``."""
 
 HookResult: TypeAlias = Awaitable[None] | None
+G = TypeVar("G")
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 
 
@@ -102,6 +103,83 @@ class Hooks:
 
 
 @dataclass(frozen=True, slots=True)
+class StallScanner:
+    """Cluster-wide sweep for jobs that are active on record but that nothing will run again.
+
+    Every ``interval`` seconds one worker of the queue (the leader, elected through a KV lease)
+    looks for records that are active, held a lease that is now gone, and whose message is no
+    longer in the stream (so no redelivery will come); it marks them stalled and re-enqueues
+    them. It never touches a job with a live lease, nor one that never took a lease.
+    """
+
+    interval: Duration = 30.0
+
+    def __post_init__(self) -> None:
+        if seconds(self.interval, "cross_node_stall_scanner.interval") <= 0:
+            raise ConfigError("cross_node_stall_scanner.interval must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """Periodic repair of the split-brain cases between job records and stream messages.
+
+    Heals (1) a record waiting for longer than ``waiting_threshold``, or delayed past its
+    ``run_at`` by ``delayed_grace``, that has no message or schedule in the stream (re-enqueued),
+    and (2) a message whose record is missing or already terminal (removed). A healthy system
+    has nothing to heal. One worker of the queue runs it at a time (KV lease).
+    """
+
+    interval: Duration = 120.0
+    waiting_threshold: Duration = 300.0
+    delayed_grace: Duration = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "waiting_threshold", "delayed_grace"):
+            seconds(getattr(self, name), f"reconciliation.{name}")
+        if seconds(self.interval, "reconciliation.interval") <= 0:
+            raise ConfigError("reconciliation.interval must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class LagMonitor:
+    """Back-pressure from a busy event loop: claim nothing while the loop lags.
+
+    The loop's lag is sampled every ``sample_interval``; the worker counts as lagging while the
+    worst lag of the last ``window`` seconds is at least ``max_lag``, so one blocked stretch
+    keeps it from claiming for a whole window and sustained lag keeps it from claiming at all.
+    """
+
+    max_lag: Duration = 0.5
+    sample_interval: Duration = 0.05
+    window: Duration = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_lag", "sample_interval", "window"):
+            if seconds(getattr(self, name), f"lag_monitor.{name}") <= 0:
+                raise ConfigError(f"lag_monitor.{name} must be positive")
+
+
+class QueueOptions(TypedDict, total=False):
+    """The keyword options of ``queue()`` and ``worker()``; defaults are QueueConfig's."""
+
+    concurrency: int
+    strategy: Strategy
+    priority: int
+    retries: RetryPolicy
+    dead_letter: DeadLetter
+    hooks: Hooks
+    guaranteed_worker: bool
+    heartbeat: Duration
+    lock_ttl: Duration
+    max_stalled_count: int
+    tags: Sequence[str]
+    max_payload_size: int
+    cross_node_stall_scanner: bool | StallScanner
+    reconciliation: bool | Reconciliation
+    lag_monitor: bool | LagMonitor
+
+
+@dataclass(frozen=True, slots=True)
 class QueueConfig:
     """A queue's resolved, validated configuration. Durations are in seconds."""
 
@@ -115,9 +193,14 @@ class QueueConfig:
     guaranteed_worker: bool = True
     heartbeat: float = 5.0
     lock_ttl: float = 30.0
+    max_stalled_count: int = 3
+    """A job that stalls more often than this (its worker dies, or loses the lease) fails."""
     tags: tuple[str, ...] = ()
     payload: type[Any] | None = None
     max_payload_size: int = DEFAULT_MAX_PAYLOAD
+    stall_scanner: StallScanner | None = None
+    reconciliation: Reconciliation | None = None
+    lag_monitor: LagMonitor | None = None
 
     @property
     def ack_wait(self) -> float:
@@ -130,55 +213,67 @@ class QueueConfig:
         return self.retries.max + 1
 
 
-def make_config(
-    name: str,
-    *,
-    concurrency: int,
-    strategy: Strategy,
-    priority: int,
-    retries: RetryPolicy | None,
-    dead_letter: DeadLetter | None,
-    hooks: Hooks | None,
-    guaranteed_worker: bool,
-    heartbeat: Duration,
-    lock_ttl: Duration,
-    tags: Sequence[str],
-    payload: type[Any] | None,
-    max_payload_size: int,
-) -> QueueConfig:
+def _positive_int(options: QueueOptions, key: str, default: int, minimum: int) -> int:
+    value = options.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def _group(value: object, cls: type[G], key: str) -> G | None:
+    """An optional option group: False/None is off, True is the defaults, else an instance."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    raise ConfigError(f"{key} must be True, False or a {cls.__name__}, not {value!r}")
+
+
+def make_config(name: str, payload: type[Any] | None, options: QueueOptions) -> QueueConfig:
     """Validate the options of ``queue()``/``worker()`` and resolve them into a QueueConfig."""
-    check_name(name)
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ConfigError(f"concurrency must be an int >= 1, not {concurrency!r}")
+    try:
+        check_name(name)
+    except InvalidName as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = set(options) - QueueOptions.__optional_keys__
+    if unknown:
+        raise ConfigError(f"unknown queue options: {sorted(unknown)}")
+    strategy = options.get("strategy", "fifo")
     if strategy not in ("fifo", "lifo", "priority"):
         raise ConfigError(f"strategy must be 'fifo', 'lifo' or 'priority', not {strategy!r}")
-    check_priority(priority, ConfigError)
-    heartbeat_s = seconds(heartbeat, "heartbeat")
-    lock_ttl_s = seconds(lock_ttl, "lock_ttl")
-    if lock_ttl_s < 1.0:
+    heartbeat = seconds(options.get("heartbeat", 5.0), "heartbeat")
+    lock_ttl = seconds(options.get("lock_ttl", 30.0), "lock_ttl")
+    if lock_ttl < 1.0:
         raise ConfigError("lock_ttl must be at least 1 second (the NATS per-message TTL minimum)")
-    if not 0 < heartbeat_s < lock_ttl_s:
+    if not 0 < heartbeat < lock_ttl:
         raise ConfigError(
-            f"heartbeat ({heartbeat_s}s) must be positive and shorter than lock_ttl ({lock_ttl_s}s)"
+            f"heartbeat ({heartbeat}s) must be positive and shorter than lock_ttl ({lock_ttl}s)"
         )
+    tags = options.get("tags", ())
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise ConfigError("tags must be a list of strings")
-    if not isinstance(max_payload_size, int) or max_payload_size < 1:
-        raise ConfigError(f"max_payload_size must be a positive int, not {max_payload_size!r}")
     return QueueConfig(
         name=name,
-        concurrency=concurrency,
+        concurrency=_positive_int(options, "concurrency", 5, 1),
         strategy=strategy,
-        priority=priority,
-        retries=retries if retries is not None else RetryPolicy(),
-        dead_letter=dead_letter if dead_letter is not None else DeadLetter(),
-        hooks=hooks if hooks is not None else Hooks(),
-        guaranteed_worker=bool(guaranteed_worker),
-        heartbeat=heartbeat_s,
-        lock_ttl=lock_ttl_s,
+        priority=check_priority(options.get("priority", 0), ConfigError),
+        retries=_group(options.get("retries"), RetryPolicy, "retries") or RetryPolicy(),
+        dead_letter=_group(options.get("dead_letter"), DeadLetter, "dead_letter") or DeadLetter(),
+        hooks=_group(options.get("hooks"), Hooks, "hooks") or Hooks(),
+        guaranteed_worker=bool(options.get("guaranteed_worker", True)),
+        heartbeat=heartbeat,
+        lock_ttl=lock_ttl,
+        max_stalled_count=_positive_int(options, "max_stalled_count", 3, 0),
         tags=tuple(tags),
         payload=payload,
-        max_payload_size=max_payload_size,
+        max_payload_size=_positive_int(options, "max_payload_size", DEFAULT_MAX_PAYLOAD, 1),
+        stall_scanner=_group(
+            options.get("cross_node_stall_scanner"), StallScanner, "cross_node_stall_scanner"
+        ),
+        reconciliation=_group(options.get("reconciliation"), Reconciliation, "reconciliation"),
+        lag_monitor=_group(options.get("lag_monitor"), LagMonitor, "lag_monitor"),
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, Unpack, overload
 
 import msgspec
 
@@ -29,12 +29,9 @@ from .backend import Backend
 from .client import Client
 from .codec import PayloadCodec, check_size
 from .config import (
-    DEFAULT_MAX_PAYLOAD,
-    DeadLetter,
     Duration,
-    Hooks,
     QueueConfig,
-    RetryPolicy,
+    QueueOptions,
     check_priority,
     make_config,
     seconds,
@@ -43,7 +40,7 @@ from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
 from .errors import ConfigError, EnqueueError, InvalidInput, InvalidOption, OqronError
-from .job import AddOptions, Job, JobState, Strategy, with_data
+from .job import AddOptions, Job, JobState, with_data
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -351,39 +348,18 @@ def queue(
     name: str,
     handler: Handler[T] | None = None,
     *,
-    concurrency: int = 5,
-    strategy: Strategy = "fifo",
-    priority: int = 0,
-    retries: RetryPolicy | None = None,
-    dead_letter: DeadLetter | None = None,
-    hooks: Hooks | None = None,
-    guaranteed_worker: bool = True,
-    heartbeat: Duration = 5.0,
-    lock_ttl: Duration = 30.0,
-    tags: Sequence[str] = (),
     payload: type[T] | None = None,
-    max_payload_size: int = DEFAULT_MAX_PAYLOAD,
     client: Client | None = None,
+    **options: Unpack[QueueOptions],
 ) -> Queue[T]:
-    """Define a queue; without a handler it is publisher-only. Does no I/O."""
-    config = make_config(
-        name,
-        concurrency=concurrency,
-        strategy=strategy,
-        priority=priority,
-        retries=retries,
-        dead_letter=dead_letter,
-        hooks=hooks,
-        guaranteed_worker=guaranteed_worker,
-        heartbeat=heartbeat,
-        lock_ttl=lock_ttl,
-        tags=tags,
-        payload=payload,
-        max_payload_size=max_payload_size,
-    )
+    """Define a queue; without a handler it is publisher-only. Does no I/O.
+
+    ``payload`` is the job data's type (validated on add, decoded strictly for the handler);
+    ``client`` the connection (default: from OQRON_NATS_URL); ``options`` are QueueOptions.
+    """
     if handler is not None and not callable(handler):
         raise ConfigError(f"handler must be callable, not {handler!r}")
-    return Queue(config, handler, client)
+    return Queue(make_config(name, payload, options), handler, client)
 
 
 def parse_options(options: Mapping[str, Any] | None) -> AddOptions:

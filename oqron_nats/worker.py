@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, Unpack
 
 from .client import Client
-from .config import DEFAULT_MAX_PAYLOAD, DeadLetter, Duration, Hooks, RetryPolicy, seconds
+from .config import Duration, QueueOptions, seconds
 from .errors import ConfigError
-from .job import Strategy
 from .queue import Handler, Queue, queue
 
 T = TypeVar("T")
@@ -73,28 +71,19 @@ def worker(
     name: str,
     handler: Handler[T],
     *,
-    concurrency: int = 5,
-    strategy: Strategy = "fifo",
-    priority: int = 0,
-    retries: RetryPolicy | None = None,
-    dead_letter: DeadLetter | None = None,
-    hooks: Hooks | None = None,
-    guaranteed_worker: bool = True,
-    heartbeat: Duration = 5.0,
-    lock_ttl: Duration = 30.0,
-    tags: Sequence[str] = (),
     payload: type[T] | None = None,
-    max_payload_size: int = DEFAULT_MAX_PAYLOAD,
     shutdown_timeout: Duration = 25.0,
     client: Client | None = None,
+    **options: Unpack[QueueOptions],
 ) -> Worker[T]:
-    """Define a worker for queue ``name`` (published elsewhere). Does no I/O."""
-    options: dict[str, Any] = {
-        "concurrency": concurrency, "strategy": strategy, "priority": priority,
-        "retries": retries, "dead_letter": dead_letter, "hooks": hooks,
-        "guaranteed_worker": guaranteed_worker, "heartbeat": heartbeat, "lock_ttl": lock_ttl,
-        "tags": tags, "payload": payload, "max_payload_size": max_payload_size, "client": client,
-    }  # fmt: skip
+    """Define a worker for queue ``name`` (published elsewhere). Does no I/O.
+
+    Takes the options of :func:`queue`, and ``shutdown_timeout``: the seconds running jobs get
+    to finish after SIGTERM before they are handed back.
+    """
     if handler is None:
         raise ConfigError("worker() needs a handler")
-    return Worker(queue(name, handler, **options), shutdown_timeout=shutdown_timeout)
+    return Worker(
+        queue(name, handler, payload=payload, client=client, **options),
+        shutdown_timeout=shutdown_timeout,
+    )

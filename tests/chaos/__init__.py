@@ -1,0 +1,1 @@
+"""Chaos-test support: the history checker and, later, the fault-injection harness."""
