@@ -25,11 +25,13 @@ from nats.aio.msg import Msg
 from ._nats import Delivery, JetStreamError, Puller, consumer_names, ensure_consumer
 from .backend import Backend
 from .codec import PayloadCodec
-from .config import QueueConfig
+from .config import QueueConfig, seconds
 from .context import JobContext
 from .errors import ConsumerConflict
 from .execution import SHUTDOWN, Execution, Runtime
+from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
+from .maintenance import Maintenance, reconcile, scan_stalls
 
 log = structlog.get_logger("oqron_nats")
 
@@ -81,6 +83,8 @@ class Consumer:
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: Runtime | None = None
         self._specs = consumer_specs(config, backend.names, backend.client.replicas)
+        self._lag: LagWatch | None = None
+        self._maintenance: Maintenance | None = None
 
     @property
     def free(self) -> int:
@@ -142,9 +146,28 @@ class Consumer:
             bell = await conn.subscribe(names.bell, self._on_bell)
             self._cleanups.append(bell.unsubscribe)
         self._cleanups.append(conn.on_reconnect(self._on_reconnect))
+        if self.config.lag_monitor is not None:
+            self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
+            self._lag.start()
+        self._start_maintenance()
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
+
+    def _start_maintenance(self) -> None:
+        scanner, reconciliation = self.config.stall_scanner, self.config.reconciliation
+        if scanner is None and reconciliation is None:
+            return
+        backend = self.backend
+        self._maintenance = Maintenance(backend, self.worker_id)
+        if scanner is not None:
+            interval = seconds(scanner.interval, "interval")
+            self._maintenance.start("stall-scanner", interval, lambda: scan_stalls(backend))
+        if reconciliation is not None:
+            interval = seconds(reconciliation.interval, "interval")
+            self._maintenance.start(
+                "reconciliation", interval, lambda: reconcile(backend, reconciliation)
+            )
 
     async def _check_strategy(self) -> None:
         existing = await consumer_names(self.backend.conn, self.backend.names.stream)
@@ -166,7 +189,7 @@ class Consumer:
             try:
                 if await self._recreate_lost_consumers():
                     self._trouble += 1
-                if self.free > 0:
+                if self.free > 0 and not (self._lag and self._lag.lagging):
                     await self._refill()
             except Exception as exc:
                 self._trouble += 1
@@ -222,8 +245,8 @@ class Consumer:
         self._trouble = 0
         if self._popper is not None and self._in_transit > 0:
             self._in_transit -= 1
-        if self._stopping.is_set() or self.free <= 0:
-            self._spawn(delivery.nak())  # more than the free slots: hand it straight back
+        if self._stopping.is_set() or self.free <= 0 or (self._lag and self._lag.lagging):
+            self._spawn(delivery.nak())  # no room, or the loop lags: hand it straight back
             return
         assert self._runtime is not None
         execution = Execution(self._runtime, delivery)
@@ -279,6 +302,10 @@ class Consumer:
         log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)
 
     async def _close(self) -> None:
+        if self._lag is not None:
+            await self._lag.stop()
+        if self._maintenance is not None:
+            await self._maintenance.stop()
         for puller in self._pullers:
             await puller.stop()
         for cleanup in reversed(self._cleanups):

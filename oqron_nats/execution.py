@@ -89,6 +89,15 @@ class Runtime:
         return self.executor is None
 
 
+def stalled_too_often(job: RawJob) -> JobFailure:
+    """The failure of a job whose attempts kept dying with their workers."""
+    return JobFailure(
+        type="Stalled",
+        message=f"the job stalled {job.stalled_count} times (its worker died or lost the lease "
+        "each time); it is failed as a poison job",
+    )
+
+
 def is_duplicate(job: RawJob, stream_seq: int) -> bool:
     """Whether a delivery is another message of a job that a claimed message already runs."""
     running = job.state in (JobState.ACTIVE, JobState.STALLED)
@@ -211,9 +220,11 @@ class Execution:
                     job, state=JobState.STALLED, stalled_count=job.stalled_count + 1, leased=False
                 )
                 self._revision = await rt.backend.store.update(job, self._revision)
-                log.warning(
-                    "job stalled; running it again", job_id=job.id, stalled_count=job.stalled_count
-                )
+                log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
+            if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
+                self._job = job
+                await self._fail_for_good(self._payload(job), stalled_too_often(job))
+                return False
             active = msgspec.structs.replace(
                 job,
                 state=JobState.ACTIVE,
@@ -233,6 +244,13 @@ class Execution:
             return False
         self._job = active
         return True
+
+    def _payload(self, job: RawJob) -> Any:
+        """The decoded payload for hooks, or the raw bytes if it does not decode."""
+        try:
+            return self.rt.codec.decode(job.data)
+        except PayloadError:
+            return job.data
 
     async def _on_lease_held(self, job_id: str) -> None:
         record = await self.rt.backend.store.get(job_id)

@@ -21,7 +21,7 @@ class LeaseLost(Exception):
 
 
 class Lease:
-    """A held lease on one job."""
+    """A held lease on one key: a job, or a cluster-wide role such as the stall scanner."""
 
     __slots__ = ("_bucket", "_key", "_ttl", "_value", "revision")
 
@@ -31,6 +31,18 @@ class Lease:
         self._value = value
         self._ttl = ttl
         self.revision = revision
+
+    @classmethod
+    async def acquire(
+        cls, bucket: Bucket, key: str, owner: dict[str, object], ttl: float
+    ) -> Lease | None:
+        """Take the lease on ``key`` for ``ttl`` seconds, or return None if someone holds it."""
+        value = msgspec.json.encode(owner)
+        try:
+            revision = await bucket.create(key, value, ttl=ttl)
+        except CasConflict:
+            return None
+        return cls(bucket, key, value, revision, ttl)
 
     async def renew(self) -> None:
         """Extend the lease by its TTL; raise LeaseLost if it is not ours any more."""
@@ -57,13 +69,12 @@ class Leases:
 
     async def acquire(self, job_id: str, owner: str, attempt: int) -> Lease | None:
         """Take the lease of ``job_id``, or return None if someone holds it."""
-        key = self._names.key(job_id)
-        value = msgspec.json.encode({"owner": owner, "attempt": attempt})
-        try:
-            revision = await self._bucket.create(key, value, ttl=self.ttl)
-        except CasConflict:
-            return None
-        return Lease(self._bucket, key, value, revision, self.ttl)
+        owner_info = {"owner": owner, "attempt": attempt}
+        return await Lease.acquire(self._bucket, self._names.key(job_id), owner_info, self.ttl)
+
+    async def acquire_role(self, role: str, owner: str, ttl: float) -> Lease | None:
+        """Take a cluster-wide role of this queue (one holder at a time), or None."""
+        return await Lease.acquire(self._bucket, self._names.role_key(role), {"owner": owner}, ttl)
 
     async def is_held(self, job_id: str) -> bool:
         """Whether someone holds the lease of ``job_id`` right now."""

@@ -131,6 +131,10 @@ class Names:
         """The KV key of a job, in both the jobs and the locks bucket."""
         return f"{self.queue}.{job_id}"
 
+    def role_key(self, role: str) -> str:
+        """The lease key of a cluster-wide role (``=`` cannot occur in a job id)."""
+        return f"{self.queue}.={role}"
+
     @property
     def keys(self) -> str:
         """A KV key filter over every job of the queue."""

@@ -285,7 +285,7 @@ class Queue(Generic[T]):
         if not isinstance(limit, int) or limit < 0:
             raise InvalidOption(f"limit must be an int >= 0, not {limit!r}")
         backend = await self._open()
-        jobs = [job async for job in backend.store.scan() if state is None or job.state == state]
+        jobs = [r.job async for r in backend.store.scan() if state is None or r.job.state == state]
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return [self._typed(job) for job in jobs[:limit]]
 
@@ -293,7 +293,7 @@ class Queue(Generic[T]):
         """How many jobs the queue holds, optionally only those in ``status``."""
         state = parse_status(status)
         backend = await self._open()
-        return sum([1 async for job in backend.store.scan() if state is None or job.state == state])
+        return sum([1 async for r in backend.store.scan() if state is None or r.job.state == state])
 
     def _typed(self, job: RawJob) -> Job[T]:
         return with_data(job, self._codec.decode(job.data))

@@ -65,11 +65,11 @@ class JobStore:
             self.names.key(job.id), msgspec.json.encode(job), last=revision
         )
 
-    async def scan(self) -> AsyncIterator[RawJob]:
-        """Every record of the queue (reads them all; skips undecodable ones)."""
+    async def scan(self) -> AsyncIterator[Record]:
+        """Every record of the queue with its revision (reads them all; skips undecodable ones)."""
         async for entry in self.bucket.scan(self.names.keys):
             try:
-                yield decode_record(entry.key, entry.value)
+                yield Record(decode_record(entry.key, entry.value), entry.revision)
             except CorruptRecord:
                 continue
 

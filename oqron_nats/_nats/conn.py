@@ -76,7 +76,18 @@ class _Success(msgspec.Struct):
     error: _ApiError | None = None
 
 
+class _StreamState(msgspec.Struct):
+    subjects: dict[str, int] | None = None
+
+
+class _StreamInfo(msgspec.Struct):
+    state: _StreamState = msgspec.field(default_factory=_StreamState)
+    total: int = 0
+    error: _ApiError | None = None
+
+
 _pub_ack = msgspec.json.Decoder(PubAck)
+_stream_info = msgspec.json.Decoder(_StreamInfo)
 _success = msgspec.json.Decoder(_Success)
 
 
@@ -104,6 +115,7 @@ class Nats:
         self.request_timeout = request_timeout
         self.publish_deadline = publish_deadline
         self._reconnect_listeners: list[Callable[[], None]] = []
+        self.closing = False
 
     @classmethod
     async def connect(
@@ -122,7 +134,8 @@ class Nats:
             log.warning("nats error", error=str(exc), error_type=type(exc).__name__)
 
         async def on_disconnected() -> None:
-            log.warning("nats disconnected")
+            if holder and not holder[0].closing:
+                log.warning("nats disconnected")
 
         async def on_reconnected() -> None:
             log.info("nats reconnected")
@@ -183,6 +196,7 @@ class Nats:
         """Drain subscriptions and pending publishes, then close."""
         if self.nc.is_closed:
             return
+        self.closing = True
         try:
             await self.nc.drain()
         except (nats.errors.Error, TimeoutError, OSError):
@@ -245,6 +259,31 @@ class Nats:
             f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.request_timeout
         )
         return stored_msg(msg)
+
+    async def has_message(self, stream: str, seq: int) -> bool:
+        """Whether the message with sequence ``seq`` is still in the stream."""
+        request = msgspec.json.encode({"seq": seq})
+        msg = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.request_timeout
+        )
+        return stored_msg(msg) is not None
+
+    async def subjects(self, stream: str, subject_filter: str) -> dict[str, int]:
+        """Every subject matching the filter that holds messages, with its message count."""
+        found: dict[str, int] = {}
+        while True:
+            request = {"subjects_filter": subject_filter, "offset": len(found)}
+            msg = await self.nc.request(
+                f"$JS.API.STREAM.INFO.{stream}",
+                msgspec.json.encode(request),
+                timeout=self.request_timeout,
+            )
+            page = _stream_info.decode(msg.data)
+            if page.error is not None:
+                raise api_error(page.error)
+            found.update(page.state.subjects or {})
+            if not page.state.subjects or len(found) >= page.total:
+                return found
 
     async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
         """The newest message on one exact subject, or None (the fast KV read path)."""

@@ -1,0 +1,176 @@
+"""Cluster-wide maintenance of a queue: the cross-node stall scanner and reconciliation.
+
+Every worker that enables a pass runs its timer, but only one acts at a time: before each pass
+a worker takes (or renews) the role's lease in the locks bucket, and one that does not hold it
+skips the pass. Every change a pass makes is a compare-and-set on the revision it read, so a
+pass racing with a worker (or with a stale leader) changes nothing the worker already moved.
+
+Normal operation needs neither: a crashed worker's job comes back through the consumer's
+redelivery. The passes heal what redelivery cannot:
+
+* **stall scanner**: a record that is active and held a lease that is now gone, whose claimed
+  message is no longer in the stream (an ack that landed for the wrong delivery, a message
+  removed by hand, a broker that lost it): marked stalled and re-enqueued.
+* **reconciliation**, case 1: a record waiting (longer than ``waiting_threshold``), stalled
+  (as long) or delayed past ``run_at + delayed_grace``, with no message or schedule in the
+  stream (an add or re-enqueue that stopped half-way): re-enqueued.
+* **reconciliation**, case 2: a message whose record is missing or already terminal (a job
+  removed while queued, a duplicate nobody will consume): removed from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import structlog
+
+from ._nats import CasConflict
+from .backend import Backend
+from .config import Reconciliation, seconds
+from .job import JobState
+from .lease import Lease, LeaseLost
+from .store import RawJob
+
+log = structlog.get_logger("oqron_nats")
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What one reconciliation pass healed."""
+
+    requeued: int
+    """Records waiting, stalled or overdue that had no message: enqueued again."""
+    removed: int
+    """Messages whose record was missing or terminal: removed."""
+
+
+async def scan_stalls(backend: Backend) -> int:
+    """One stall-scanner pass; returns how many orphaned active jobs it re-enqueued."""
+    healed = 0
+    async for record in backend.store.scan():
+        job = record.job
+        if job.state != JobState.ACTIVE or not job.leased:
+            continue  # only jobs that took a lease can be judged by its absence
+        if await backend.leases.is_held(job.id):
+            continue  # a live lease: its worker is running it
+        if job.msg_seq and await backend.conn.has_message(backend.names.stream, job.msg_seq):
+            continue  # the consumer will redeliver its message
+        if await _requeue(backend, job, record.revision, state=JobState.STALLED, stalled=True):
+            log.warning("stall scanner re-enqueued an orphaned job", job_id=job.id, queue=job.queue)
+            healed += 1
+    return healed
+
+
+async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
+    """One reconciliation pass over the queue's records and stream messages."""
+    names = backend.names
+    subjects = await backend.conn.subjects(names.stream, ">")  # listed before the records are read
+    queued = {subject.rsplit(".", 1)[1] for subject in subjects}
+    now = datetime.now(UTC)
+    waited = timedelta(seconds=seconds(policy.waiting_threshold, "waiting_threshold"))
+    grace = timedelta(seconds=seconds(policy.delayed_grace, "delayed_grace"))
+    states: dict[str, JobState] = {}
+    requeued = 0
+    async for record in backend.store.scan():
+        job = record.job
+        states[job.id] = job.state
+        if job.id in queued or not _overdue(job, now, waited, grace):
+            continue
+        if await _requeue(backend, job, record.revision, state=JobState.WAITING, stalled=False):
+            log.warning("reconciliation re-enqueued a job without message", job_id=job.id)
+            requeued += 1
+    removed = 0
+    for subject in subjects:
+        state = states.get(subject.rsplit(".", 1)[1])
+        if state is None or state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+            await backend.conn.purge_subject(names.stream, subject)
+            log.warning("reconciliation removed a message without live job", subject=subject)
+            removed += 1
+    return Reconciled(requeued=requeued, removed=removed)
+
+
+def _overdue(job: RawJob, now: datetime, waited: timedelta, grace: timedelta) -> bool:
+    """Whether a job should have a message by now (it is pending, and not just added)."""
+    if job.state == JobState.DELAYED:
+        return job.run_at is not None and now > job.run_at + grace
+    since = job.started_at if job.state == JobState.STALLED and job.started_at else job.created_at
+    return job.state in (JobState.WAITING, JobState.STALLED) and now - since > waited
+
+
+async def _requeue(
+    backend: Backend, job: RawJob, revision: int, *, state: JobState, stalled: bool
+) -> bool:
+    """Move the record (CAS) and publish it again under a new message id; False if it moved."""
+    again = msgspec.structs.replace(
+        job,
+        state=state,
+        run_at=None,
+        worker=None,
+        leased=False,
+        enqueued=job.enqueued + 1,
+        stalled_count=job.stalled_count + 1 if stalled else job.stalled_count,
+    )
+    try:
+        await backend.store.update(again, revision)
+    except CasConflict:
+        return False
+    await backend.broker.enqueue(again)
+    return True
+
+
+class Maintenance:
+    """Runs a queue's enabled passes on their timers, acting only while holding the role."""
+
+    def __init__(self, backend: Backend, worker_id: str) -> None:
+        self.backend = backend
+        self.worker_id = worker_id
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leases: dict[str, Lease] = {}
+
+    def start(self, role: str, interval: float, one_pass: Callable[[], Awaitable[object]]) -> None:
+        """Run ``one_pass`` every ``interval`` seconds while this worker holds ``role``."""
+        task = asyncio.create_task(self._every(role, interval, one_pass), name=f"oqron-{role}")
+        self._tasks.append(task)
+
+    async def _every(
+        self, role: str, interval: float, one_pass: Callable[[], Awaitable[object]]
+    ) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                return
+            try:
+                if await self._lead(role, ttl=2 * interval + 5):
+                    await one_pass()
+            except Exception as exc:  # the next tick tries again
+                log.warning("maintenance pass failed", role=role, error=repr(exc))
+
+    async def _lead(self, role: str, ttl: float) -> bool:
+        lease = self._leases.get(role)
+        if lease is not None:
+            try:
+                await lease.renew()
+                return True
+            except LeaseLost:
+                del self._leases[role]
+        lease = await self.backend.leases.acquire_role(role, self.worker_id, ttl)
+        if lease is None:
+            return False
+        self._leases[role] = lease
+        return True
+
+    async def stop(self) -> None:
+        """Stop the timers and hand the roles back."""
+        self._stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lease in self._leases.values():
+            with contextlib.suppress(Exception):
+                await lease.release()
+        self._leases.clear()
