@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from oqron_nats import JobContext, worker
+from oqron_nats.config import StallScanner
 
 
 def append(path: str, record: dict[str, Any]) -> None:
@@ -34,6 +35,10 @@ async def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--lock-ttl", type=float, default=30.0)
     parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--shutdown-timeout", type=float, default=25.0)
+    parser.add_argument("--max-stalled-count", type=int, default=3)
+    parser.add_argument("--guaranteed", type=int, default=1)
+    parser.add_argument("--scanner", type=float, default=0.0, help="scanner interval; 0: off")
     args = parser.parse_args()
 
     async def handler(ctx: JobContext[Any]) -> dict[str, Any]:
@@ -47,6 +52,8 @@ async def main() -> None:
                 "attempt": ctx.attempt,
             },
         )
+        if isinstance(ctx.data, dict) and ctx.data.get("crash"):
+            os._exit(3)  # a poison job: it kills the worker process that runs it
         seconds = ctx.data.get("sleep", args.sleep) if isinstance(ctx.data, dict) else args.sleep
         if seconds:
             await asyncio.sleep(seconds)
@@ -60,6 +67,10 @@ async def main() -> None:
         strategy=args.strategy,
         lock_ttl=args.lock_ttl,
         heartbeat=args.heartbeat,
+        shutdown_timeout=args.shutdown_timeout,
+        max_stalled_count=args.max_stalled_count,
+        guaranteed_worker=bool(args.guaranteed),
+        cross_node_stall_scanner=StallScanner(args.scanner) if args.scanner else False,
     )
     run = asyncio.create_task(w.run())
     ready = asyncio.create_task(w.ready.wait())
