@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,6 +52,34 @@ async def stream_message_count(client: Client, stream: str) -> int:
     return int(info.state.messages)
 
 
+def start_process(args: list[str], env: dict[str, str], output: Path) -> subprocess.Popen[str]:
+    """Start a process that prints ``ready``; its output is copied to ``output`` meanwhile.
+
+    The output keeps being read (a pipe nobody reads fills up and blocks the writer, and a
+    closed one breaks it), and start_process returns once the process said ``ready``.
+    """
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        with process.stdout, output.open("a") as out:
+            for line in process.stdout:
+                out.write(line)
+                out.flush()
+                if line.strip() == "ready":
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True, name=f"output-{process.pid}").start()
+    if not ready.wait(60) or process.poll() is not None:
+        process.kill()
+        raise AssertionError(f"{args[2]} exited with {process.wait()}; its output: {output}")
+    return process
+
+
 class WorkerProcess:
     """A worker in a subprocess (``python -m tests.workerproc``), logging its executions."""
 
@@ -65,15 +94,8 @@ class WorkerProcess:
             "OQRON_NAMESPACE": namespace,
             "PYTHONUNBUFFERED": "1",
         }
-        self.process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # wait until its consumers are bound
-            if line.strip() == "ready":
-                break
-        else:
-            raise AssertionError(f"worker process exited with {self.process.wait()}")
+        self.output = log.with_name(f"{log.stem}.out")
+        self.process = start_process(args, env, self.output)
 
     @property
     def pid(self) -> int:
@@ -93,8 +115,6 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,82 @@
+"""Run chaos scenarios and print their figures: ``python -m tests.chaos [S1 S2 S3 S10] [--full]``.
+
+CI runs the reduced sizes through pytest (``tests/test_chaos.py``); ``--full`` runs the sizes
+quoted in the README. Each run keeps its history and report.json under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from oqron_nats import __version__
+from oqron_nats.server import find_binary
+
+from .harness import Outcome, run, scenarios
+
+
+def row(outcome: Outcome) -> str:
+    """One table row of a scenario's figures."""
+    r = outcome.report
+    causes = ", ".join(f"{k} {v}" for k, v in r.by_cause.items() if v) or "none"
+    latency = r.recovery_latency
+    recovery = f"{latency.p50:.1f} / {latency.p99:.1f} s" if latency.p50 is not None else "-"
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items())) or "none"
+    return (
+        f"| {outcome.scenario.name} | {outcome.scenario.jobs} | {faults} | {len(r.lost)} | "
+        f"{len(r.double_completions)} | {len(r.completed_again)} | "
+        f"{len(r.duplicates)} ({causes}) | "
+        f"{r.unexplained} | {recovery} | {outcome.drain_seconds:.0f} s | "
+        f"{'ok' if r.ok else 'FAILED'} |"
+    )
+
+
+def header() -> list[str]:
+    """The table header and the run's environment."""
+    server = subprocess.run(
+        [find_binary(), "--version"], capture_output=True, text=True, check=False
+    )
+    return [
+        f"oqron_nats {__version__}, {server.stdout.strip()}, nats-py {version('nats-py')}, "
+        f"Python {platform.python_version()}, {platform.machine()}, "
+        f"{datetime.now(UTC):%Y-%m-%d}; sync_interval: always",
+        "",
+        "| scenario | jobs | faults | lost | double completions | completed jobs run again "
+        "| duplicate executions (by cause) | unexplained | recovery p50 / p99 | drain | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+
+async def main() -> int:
+    """Run the chosen scenarios; exit 1 if any fails its checks."""
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos")
+    parser.add_argument("names", nargs="*", help="scenarios (default: all)")
+    parser.add_argument("--full", action="store_true", help="full size instead of the CI size")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
+    args = parser.parse_args()
+    chosen = scenarios(args.full)
+    names = args.names or list(chosen)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oqron-chaos-"))
+    lines = header()
+    print("\n".join(lines), flush=True)
+    ok = True
+    for name in names:
+        outcome = await run(chosen[name], workdir / f"{name}-seed{args.seed}", args.seed)
+        ok &= outcome.report.ok
+        print(row(outcome), flush=True)
+        for line in outcome.report.lines()[5:]:
+            print(f"    {line}", flush=True)
+    print(f"\nhistories and report.json files: {workdir}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
