@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, TypeVar, Unpack, overload
+from typing import Any, Generic, Unpack, overload
 
 import msgspec
+from typing_extensions import TypeVar
 
 from ._nats import CasConflict, JetStreamError, NoStream
 from .backend import Backend
@@ -45,7 +46,8 @@ from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
+"""The payload type; Any for a queue defined without one."""
 Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
 
 BULK_WINDOW = 512
