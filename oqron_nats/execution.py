@@ -183,6 +183,7 @@ class Execution:
             await self.delivery.ack()
             return None
         if is_duplicate(job, self.delivery.stream_seq):
+            log.debug("duplicate message of a running job; acked", job_id=job_id)
             await self.delivery.ack()  # another message of a running job: the holder's backs it
             return None
         if job.state not in CLAIMABLE_STATES:

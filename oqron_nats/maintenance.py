@@ -113,6 +113,7 @@ async def _requeue(
         worker=None,
         leased=False,
         enqueued=job.enqueued + 1,
+        msg_seq=0,  # it holds no claimed message now: its new message is not a duplicate
         stalled_count=job.stalled_count + 1 if stalled else job.stalled_count,
     )
     try:

@@ -62,6 +62,7 @@ def start_process(args: list[str], env: dict[str, str], output: Path) -> subproc
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     ready = threading.Event()
+    said_ready: list[bool] = []
 
     def pump() -> None:
         assert process.stdout is not None
@@ -70,11 +71,12 @@ def start_process(args: list[str], env: dict[str, str], output: Path) -> subproc
                 out.write(line)
                 out.flush()
                 if line.strip() == "ready":
+                    said_ready.append(True)
                     ready.set()
         ready.set()
 
     threading.Thread(target=pump, daemon=True, name=f"output-{process.pid}").start()
-    if not ready.wait(60) or process.poll() is not None:
+    if not ready.wait(60) or not said_ready:
         process.kill()
         raise AssertionError(f"{args[2]} exited with {process.wait()}; its output: {output}")
     return process
