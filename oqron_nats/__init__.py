@@ -12,7 +12,15 @@ async with emails:
 
 from ._version import __version__
 from .client import Client
-from .config import DeadLetter, Hooks, RetryPolicy
+from .config import (
+    DeadLetter,
+    Hooks,
+    LagMonitor,
+    QueueOptions,
+    Reconciliation,
+    RetryPolicy,
+    StallScanner,
+)
 from .context import JobContext, Signal
 from .errors import (
     ConfigError,
@@ -49,13 +57,17 @@ __all__ = [
     "JobContext",
     "JobFailure",
     "JobState",
+    "LagMonitor",
     "OqronError",
     "PayloadError",
     "PayloadTooLarge",
     "Queue",
+    "QueueOptions",
+    "Reconciliation",
     "RetryPolicy",
     "ServerVersionError",
     "Signal",
+    "StallScanner",
     "Worker",
     "__version__",
     "queue",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import platform
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import tempfile
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+
+import structlog
 
 from oqron_nats import __version__
 from oqron_nats.server import find_binary
@@ -62,6 +65,8 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
     args = parser.parse_args()
+    # this process is an application: keep the harness's own client quiet (workers log to files)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     chosen = scenarios(args.full)
     names = args.names or list(chosen)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oqron-chaos-"))
