@@ -289,6 +289,8 @@ class Consumer:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
+        for puller in self._pullers:  # no open pull may catch the jobs handed back below
+            await puller.stop()
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
             if pending:

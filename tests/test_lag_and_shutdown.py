@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,7 @@ async def lease_of(client: Client, name: str, job_id: str) -> Any:
 
 
 def starts_of(log: Path, pid: int | None = None) -> list[dict[str, Any]]:
-    return [
-        e for e in read_log(log) if e["event"] == "start" and (pid is None or e["pid"] == pid)
-    ]
+    return [e for e in read_log(log) if e["event"] == "start" and (pid is None or e["pid"] == pid)]
 
 
 async def started(log: Path, n: int) -> bool:
@@ -131,13 +130,13 @@ def test_samples_under_max_lag_never_trip_it() -> None:
 
 async def run_with_a_block(
     client: Client, name: str, lag_monitor: LagMonitor | None, mode: str
-) -> tuple[float, dict[str, list[float]], Queue[Any], list[str]]:
+) -> tuple[float, dict[str, list[float]], list[str]]:
     """Run one job that blocks the loop for BLOCK seconds plus 24 quick jobs, with concurrency 2.
 
     ``backlog``: the quick jobs are queued before the block (the worker is busy with them when
     it blocks); ``arrivals``: they are added as soon as the block ends, so they are delivered to
     the idle slot's open pull while the loop counts as lagging. Returns the block's end, each
-    quick job's start times, the queue and every job id; waits until every job completed.
+    quick job's start times and every job id; waits until every job completed.
     """
     blocked = asyncio.Event()
     block_end: list[float] = []
@@ -146,7 +145,7 @@ async def run_with_a_block(
     async def handler(ctx: JobContext[Any]) -> str:
         if ctx.data.get("block"):
             await asyncio.sleep(0.2)  # quick jobs (backlog) or an open pull (arrivals) meanwhile
-            time.sleep(BLOCK)  # noqa: ASYNC251 - blocks the event loop on purpose
+            time.sleep(BLOCK)  # blocks the event loop on purpose
             block_end.append(time.monotonic())
             blocked.set()
             return "blocked"
@@ -172,7 +171,7 @@ async def run_with_a_block(
             lambda: count_is(q, JobState.COMPLETED, len(ids)), WAIT, "every job to complete"
         )
         assert await stream_message_count(client, client.names(name).stream) == 0
-    return block_end[0], starts, q, ids
+    return block_end[0], starts, ids
 
 
 @pytest.mark.parametrize("mode", ["backlog", "arrivals"])
@@ -180,7 +179,7 @@ async def test_a_blocked_loop_claims_nothing_for_a_window_then_runs_everything(
     client: Client, mode: str
 ) -> None:
     name = f"lag-{mode}"
-    end, starts, _q, ids = await run_with_a_block(client, name, LAG, mode)
+    end, starts, ids = await run_with_a_block(client, name, LAG, mode)
     assert sorted(starts) == sorted(ids[1:]), "every quick job ran"
     assert all(len(s) == 1 for s in starts.values()), "each quick job ran once"
     offsets = sorted(t - end for s in starts.values() for t in s)
@@ -201,7 +200,7 @@ async def test_without_a_lag_monitor_jobs_start_right_after_a_block(
     client: Client, mode: str
 ) -> None:
     """The control: the same run without lag_monitor starts jobs inside the quiet span."""
-    end, starts, _q, ids = await run_with_a_block(client, f"nolag-{mode}", None, mode)
+    end, starts, ids = await run_with_a_block(client, f"nolag-{mode}", None, mode)
     assert sorted(starts) == sorted(ids[1:])
     offsets = [t - end for s in starts.values() for t in s]
     assert any(QUIET[0] <= o <= QUIET[1] for o in offsets), (
@@ -222,7 +221,7 @@ async def test_a_loop_that_keeps_lagging_claims_nothing_until_it_recovers(client
             lagger_started.set()
             until = time.monotonic() + 2.0
             while time.monotonic() < until:
-                time.sleep(0.3)  # noqa: ASYNC251 - blocks the event loop on purpose
+                time.sleep(0.3)  # blocks the event loop on purpose
                 blocks.append(time.monotonic())
                 await asyncio.sleep(0.1)
             return "lagged"
@@ -320,52 +319,82 @@ async def test_stop_waits_for_running_jobs_and_claims_nothing_new(client: Client
 # -- 5. stop(timeout) hands a job back when the timeout is over ----------------------------------
 
 
+async def redelivered_promptly(client: Client, q: Queue[Any], name: str, job_id: str) -> Any:
+    """The job once completed; a handed-back job must run again at once, not after ack_wait."""
+    try:
+        return await wait_for_state(q, job_id, JobState.COMPLETED, timeout=5)
+    except AssertionError:
+        conn = await client.connect()
+        info = await conn.js.consumer_info(client.names(name).stream, "fifo")
+        raise AssertionError(
+            f"job {job_id} was handed back at stop() but did not run again within 5 s of a "
+            f"restart (ack_wait is {q.config.ack_wait} s): consumer delivered "
+            f"{info.delivered.consumer_seq} times, {info.num_ack_pending} ack pending, "
+            f"{info.num_pending} pending (a redelivery was sent to the stopped worker's pull)"
+        ) from None
+
+
 @pytest.mark.parametrize("style", ["ignores-signal", "awaits-signal"])
-async def test_stop_hands_back_a_job_that_outlives_the_timeout(client: Client, style: str) -> None:
-    runs: list[int] = []
-    started = asyncio.Event()
+async def test_stop_hands_back_jobs_that_outlive_the_timeout(client: Client, style: str) -> None:
+    """Jobs of 30 s on a worker with free slots (so it holds an open pull while it stops).
+
+    Three rounds of stop(timeout=0.5) and restart, four jobs each: every handed-back job must
+    run again at once after the restart.
+    """
+    runs: Counter[str] = Counter()
+    attempts: dict[str, list[int]] = {}
+    running: set[str] = set()
 
     async def handler(ctx: JobContext[Any]) -> str:
-        runs.append(ctx.attempt)
-        if len(runs) > 1:
+        runs[ctx.id] += 1
+        attempts.setdefault(ctx.id, []).append(ctx.attempt)
+        if runs[ctx.id] > 1:
             return "second-run"
-        started.set()
+        running.add(ctx.id)
         if style == "awaits-signal":
-            await ctx.signal
+            await ctx.signal  # returns at once when stop() hands the job back
         else:
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # ignores the signal: cancelled after ABORT_GRACE
         return "must-not-be-stored"
 
+    async def all_running(ids: list[str]) -> bool:
+        return running.issuperset(ids)
+
     name = f"stop-{style}"
-    q = queue(name, handler, client=client)
+    q = queue(name, handler, client=client, concurrency=20)
     names = client.names(name)
+    every: list[str] = []
     try:
         await q.start()
-        job = await q.add({"n": 1})
-        await asyncio.wait_for(started.wait(), WAIT)
-        began = time.monotonic()
-        await q.stop(timeout=0.5)
-        took = time.monotonic() - began
-        bound = 0.5 + (ABORT_GRACE if style == "ignores-signal" else 0.0)
-        assert bound - 0.1 <= took < bound + 1.5, f"stop(timeout=0.5) took {took:.2f}s"
+        for _round in range(3):
+            ids = [j.id for j in (await q.add_bulk([{"data": {"n": n}} for n in range(4)])).jobs]
+            every += ids
+            await eventually(partial(all_running, ids), WAIT, "four jobs to start")
+            began = time.monotonic()
+            await q.stop(timeout=0.5)
+            took = time.monotonic() - began
+            bound = 0.5 + (ABORT_GRACE if style == "ignores-signal" else 0.0)
+            assert bound - 0.1 <= took < bound + 1.5, f"stop(timeout=0.5) took {took:.2f}s"
 
-        back = await q.get_job(job.id)
-        assert back is not None
-        assert back.state == JobState.WAITING, f"handed back, not {back.state}"
-        assert back.attempt == 0, "an attempt stopped by shutdown does not count"
-        assert back.error is None and back.result is None and back.worker is None
-        assert not back.leased
-        assert await lease_of(client, name, job.id) is None, "the lease is released"
-        assert await stream_message_count(client, names.stream) == 1, "the message is kept"
-        assert await q.count(JobState.FAILED) == 0
+            for job_id in ids:
+                back = await q.get_job(job_id)
+                assert back is not None
+                assert back.state == JobState.WAITING, f"handed back, not {back.state}"
+                assert back.attempt == 0, "an attempt stopped by shutdown does not count"
+                assert back.error is None and back.result is None and back.worker is None
+                assert not back.leased
+                assert await lease_of(client, name, job_id) is None, "the lease is released"
+            assert await stream_message_count(client, names.stream) == 4, "messages are kept"
+            assert await q.count(JobState.FAILED) == 0
 
-        await q.start()
-        done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
+            await q.start()
+            for job_id in ids:
+                done = await redelivered_promptly(client, q, name, job_id)
+                assert done.result == "second-run"
+                assert done.attempt == 1
     finally:
         await q.close()
-    assert done.result == "second-run"
-    assert done.attempt == 1
-    assert runs == [1, 1]
+    assert attempts == {i: [1, 1] for i in every}, "each ran twice, both times as attempt 1"
 
 
 # -- 6./7. a worker process on SIGTERM ----------------------------------------------------------

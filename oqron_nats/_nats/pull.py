@@ -140,11 +140,15 @@ class Puller:
         self._sub = await self.conn.subscribe(self._inbox + ".*", self._on_msg)
 
     async def stop(self) -> None:
-        """Unsubscribe; open requests are abandoned (the server lets them expire)."""
+        """Drop interest in the reply inbox, so the server drops our open requests too.
+
+        Draining still hands over what the server sent before it saw the unsubscribe, so
+        nothing delivered to us is silently lost (it would wait out ack_wait otherwise).
+        """
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+                await sub.drain()
         self.reset()
 
     def reset(self) -> None:
