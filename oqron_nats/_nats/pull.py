@@ -148,7 +148,7 @@ class Puller:
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.Error):
-                await sub.drain()
+                await sub.drain()  # type: ignore[no-untyped-call]
         self.reset()
 
     def reset(self) -> None:
