@@ -1,7 +1,9 @@
-"""An add() whose outcome is unknown (the server stalled) is safe to repeat with the same job id."""
+"""A stalled nats-server: unknown add() outcomes are safe to repeat, and a lease that cannot be
+renewed for lock_ttl is given up (the attempt commits nothing and the job runs again)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -43,3 +45,37 @@ async def test_a_timed_out_add_is_finished_by_adding_the_same_id_again() -> None
                 await wait_for_state(consumer, "maybe", JobState.COMPLETED)
                 await wait_for_state(consumer, "before", JobState.COMPLETED)
             assert sorted(runs) == ["before", "maybe"]
+
+
+async def test_a_lease_that_cannot_be_renewed_for_lock_ttl_is_given_up() -> None:
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def handler(ctx) -> str:
+        if ctx.attempt == 1 and ctx.id == "long" and not seen:
+            started.set()
+            reason = await ctx.signal
+            seen.append(reason)
+            return "late result"
+        return "fresh result"
+
+    with LocalServer() as server:
+        client = Client(server.url, namespace="unreachable", request_timeout=0.5)
+        async with client:
+            q = queue("lease", handler, client=client, lock_ttl=2, heartbeat=0.5)
+            async with q:
+                await q.add({"n": 1}, job_id="long")
+                await asyncio.wait_for(started.wait(), 10)
+                os.kill(server.pid, signal.SIGSTOP)  # NATS unreachable for longer than lock_ttl
+                try:
+                    await asyncio.sleep(3.0)
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+                assert seen, "the signal fired while NATS was unreachable"
+                assert "could not be renewed" in seen[0]
+                done = await wait_for_state(q, "long", JobState.COMPLETED, timeout=20)
+            assert done.result == "fresh result", (
+                "the attempt that lost its lease committed nothing"
+            )
+            assert done.stalled_count == 1
+            assert done.attempt == 1
