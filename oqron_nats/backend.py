@@ -8,6 +8,7 @@ from ._nats import Bucket, Nats
 from .broker import Broker
 from .client import Client
 from .config import QueueConfig
+from .events import EventBus
 from .lease import Leases
 from .names import Names
 from .store import JobStore
@@ -36,7 +37,7 @@ class Backend:
             client=client,
             conn=conn,
             names=names,
-            store=JobStore(Bucket(conn, names.jobs_bucket), names),
+            store=JobStore(Bucket(conn, names.jobs_bucket), names, EventBus(conn, names)),
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
             tracing=client.tracing,

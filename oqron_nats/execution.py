@@ -39,7 +39,7 @@ from .config import QueueConfig
 from .context import JobContext, Signal
 from .correlation import current_correlation_id
 from .errors import EnqueueError, InvalidName, PayloadError
-from .job import CLAIMABLE_STATES, JobFailure, JobState, with_data
+from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
 from .lease import Lease, LeaseLost
 from .names import check_name
 from .progress import ProgressWriter
@@ -217,18 +217,23 @@ class Execution:
                 return False
         try:
             if job.state == JobState.ACTIVE:  # its worker died: record the stall before rerunning
-                job = msgspec.structs.replace(
-                    job, state=JobState.STALLED, stalled_count=job.stalled_count + 1, leased=False
+                job = moved(
+                    job,
+                    JobState.STALLED,
+                    "its worker died or lost the lease",
+                    stalled_count=job.stalled_count + 1,
+                    leased=False,
                 )
-                self._revision = await rt.backend.store.update(job, self._revision)
+                self._revision = await rt.backend.store.update(job, self._revision, "stalled")
                 log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
                 self._job = job
                 await self._fail_for_good(self._payload(job), stalled_too_often(job))
                 return False
-            active = msgspec.structs.replace(
+            active = moved(
                 job,
-                state=JobState.ACTIVE,
+                JobState.ACTIVE,
+                f"attempt {attempt} on {rt.worker_id}",
                 attempt=attempt,
                 started_at=utcnow(),
                 run_at=None,
@@ -238,7 +243,7 @@ class Execution:
                 progress=0.0,
                 progress_label=None,
             )
-            self._revision = await rt.backend.store.update(active, self._revision)
+            self._revision = await rt.backend.store.update(active, self._revision, "active")
         except CasConflict:  # another writer moved the job: let the next delivery re-read it
             await self._release()
             await self.delivery.nak()
@@ -374,7 +379,9 @@ class Execution:
                 return False
             updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
             try:
-                self._revision = await self.rt.backend.store.update(updated, self._revision)
+                self._revision = await self.rt.backend.store.update(
+                    updated, self._revision, "progress"
+                )
             except CasConflict:
                 self._lost("the job record was changed by another writer")
                 return False
@@ -383,14 +390,16 @@ class Execution:
 
     # -- 4. settle ------------------------------------------------------------------------------
 
-    async def _commit(self, **changes: Any) -> RawJob | None:
+    async def _commit(
+        self, state: JobState, event: str, reason: str | None = None, **changes: Any
+    ) -> RawJob | None:
         """Write the attempt's final record (CAS); None if the job is no longer ours."""
         async with self._lock:
             self._settling = True
             assert self._job is not None
-            final = msgspec.structs.replace(self._job, **changes)
+            final = moved(self._job, state, reason, **changes)
             try:
-                self._revision = await self.rt.backend.store.update(final, self._revision)
+                self._revision = await self.rt.backend.store.update(final, self._revision, event)
             except CasConflict:
                 log.warning("job was taken over; this attempt commits nothing", job_id=final.id)
                 return None
@@ -405,7 +414,11 @@ class Execution:
             await self._fail(value, exc, duration)
             return
         done = await self._commit(
-            state=JobState.COMPLETED, result=msgspec.Raw(raw), error=None, finished_at=utcnow()
+            JobState.COMPLETED,
+            "completed",
+            result=msgspec.Raw(raw),
+            error=None,
+            finished_at=utcnow(),
         )
         if done is None:
             return
@@ -438,7 +451,9 @@ class Execution:
             await self._fail_for_good(value, failure_of(exc))
             return
         retry = await self._commit(
-            state=JobState.DELAYED,
+            JobState.DELAYED,
+            "retried",
+            f"{failure.type}: retry in {delay:.3g}s",
             error=failure,
             run_at=utcnow() + timedelta(seconds=delay),
             enqueued=job.enqueued + 1,
@@ -466,7 +481,9 @@ class Execution:
         await self._release()
 
     async def _fail_for_good(self, value: Any, failure: JobFailure) -> None:
-        failed = await self._commit(state=JobState.FAILED, error=failure, finished_at=utcnow())
+        failed = await self._commit(
+            JobState.FAILED, "failed", failure.type, error=failure, finished_at=utcnow()
+        )
         if failed is None:
             return
         log.error(
@@ -500,7 +517,12 @@ class Execution:
         job = self._job
         assert job is not None
         handed_back = await self._commit(
-            state=JobState.WAITING, attempt=job.attempt - 1, worker=None, leased=False
+            JobState.WAITING,
+            "waiting",
+            "handed back at shutdown",
+            attempt=job.attempt - 1,
+            worker=None,
+            leased=False,
         )
         if handed_back is not None:
             await self.delivery.nak()

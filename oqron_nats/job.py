@@ -8,12 +8,13 @@ marks the record layout.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
 T = TypeVar("T")
+J = TypeVar("J", bound="Job[Any]")
 
 Strategy = Literal["fifo", "lifo", "priority"]
 ParentFailurePolicy = Literal["block", "cascade-fail", "ignore"]
@@ -50,11 +51,24 @@ class JobFailure(msgspec.Struct, frozen=True, kw_only=True):
     traceback: str = ""
 
 
-class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
+class Transition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One state change in a job's timeline."""
+
+    at: datetime
+    state: JobState
+    reason: str | None = None
+
+
+TIMELINE_LIMIT = 50
+"""How many state changes a record keeps (the oldest are dropped first)."""
+
+
+class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=True):
     """A job record: the payload, its state and what happened to it.
 
     Timestamps are UTC. ``attempt`` counts the attempts started so far; a stall recovery runs the
-    same attempt again and counts in ``stalled_count`` instead.
+    same attempt again and counts in ``stalled_count`` instead. ``timeline`` lists the latest
+    state changes. A job returned by a queue can be waited for: ``await job.wait(timeout)``.
     """
 
     id: str
@@ -87,6 +101,7 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
     depends_on: list[str] = msgspec.field(default_factory=list)
     parent_failure_policy: ParentFailurePolicy = "block"
     triggered_by: str = "api"
+    timeline: list[Transition] = msgspec.field(default_factory=list)
     v: int = 1
 
     @property
@@ -94,10 +109,31 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True):
         """Whether the job is completed, failed or cancelled."""
         return self.state in TERMINAL_STATES
 
+    async def wait(self, timeout: float | None = None) -> Job[T]:
+        """Wait (without polling) until the job is completed, failed or cancelled; return it.
+
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        queue = self.__dict__.get("_queue")
+        if queue is None:
+            raise RuntimeError("only a job returned by a queue can wait; use queue.wait(job_id)")
+        job: Job[T] = await queue.wait(self.id, timeout)
+        return job
+
+
+def moved(job: J, state: JobState, reason: str | None = None, **changes: Any) -> J:
+    """The record in ``state``, its timeline extended; ``changes`` replace other fields."""
+    entry = Transition(at=datetime.now(UTC), state=state, reason=reason)
+    timeline = [*job.timeline[-(TIMELINE_LIMIT - 1) :], entry]
+    return msgspec.structs.replace(job, state=state, timeline=timeline, **changes)
+
 
 def with_data(job: Job[Any], data: T, **changes: Any) -> Job[T]:
     """The same record carrying ``data`` (e.g. the decoded payload) and any other ``changes``."""
-    return cast("Job[T]", msgspec.structs.replace(job, data=data, **changes))
+    copy = cast("Job[T]", msgspec.structs.replace(job, data=data, **changes))
+    if "_queue" in job.__dict__:
+        copy.__dict__["_queue"] = job.__dict__["_queue"]
+    return copy
 
 
 class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

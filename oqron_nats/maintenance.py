@@ -26,13 +26,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 import structlog
 
 from ._nats import CasConflict
 from .backend import Backend
 from .config import Reconciliation, seconds
-from .job import JobState
+from .job import JobState, moved
 from .lease import Lease, LeaseLost
 from .store import RawJob
 
@@ -60,7 +59,9 @@ async def scan_stalls(backend: Backend) -> int:
             continue  # a live lease: its worker is running it
         if job.msg_seq and await backend.conn.has_message(backend.names.stream, job.msg_seq):
             continue  # the consumer will redeliver its message
-        if await _requeue(backend, job, record.revision, state=JobState.STALLED, stalled=True):
+        if await _requeue(
+            backend, job, record.revision, JobState.STALLED, "orphaned: lease and message gone"
+        ):
             log.warning("stall scanner re-enqueued an orphaned job", job_id=job.id, queue=job.queue)
             healed += 1
     return healed
@@ -81,7 +82,9 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
         states[job.id] = job.state
         if job.id in queued or not _overdue(job, now, waited, grace):
             continue
-        if await _requeue(backend, job, record.revision, state=JobState.WAITING, stalled=False):
+        if await _requeue(
+            backend, job, record.revision, JobState.WAITING, "no message: re-enqueued"
+        ):
             log.warning("reconciliation re-enqueued a job without message", job_id=job.id)
             requeued += 1
     removed = 0
@@ -103,12 +106,14 @@ def _overdue(job: RawJob, now: datetime, waited: timedelta, grace: timedelta) ->
 
 
 async def _requeue(
-    backend: Backend, job: RawJob, revision: int, *, state: JobState, stalled: bool
+    backend: Backend, job: RawJob, revision: int, state: JobState, reason: str
 ) -> bool:
     """Move the record (CAS) and publish it again under a new message id; False if it moved."""
-    again = msgspec.structs.replace(
+    stalled = state == JobState.STALLED
+    again = moved(
         job,
-        state=state,
+        state,
+        reason,
         run_at=None,
         worker=None,
         leased=False,
@@ -117,7 +122,7 @@ async def _requeue(
         stalled_count=job.stalled_count + 1 if stalled else job.stalled_count,
     )
     try:
-        await backend.store.update(again, revision)
+        await backend.store.update(again, revision, str(state))
     except CasConflict:
         return False
     await backend.broker.enqueue(again)

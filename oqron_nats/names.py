@@ -9,6 +9,7 @@ Layout for namespace ``ns`` and queue ``q``::
     The job id ends every job subject, so one job's messages can be found (reconciliation) and
     removed (cancel) without reading the others.
     oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
+    oqron.<ns>.ev.<q>.<id>.<event>   job lifecycle events (core NATS: for listeners on any node)
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
@@ -102,6 +103,19 @@ class Names:
     def bell(self) -> str:
         """Headers-only copies of every lane message (wildcard): wake idle lifo workers."""
         return f"oqron.{self.namespace}.bell.{self.queue}.>"
+
+    def event(self, job_id: str, name: str) -> str:
+        """The subject of one job's lifecycle event ``name``."""
+        return f"oqron.{self.namespace}.ev.{self.queue}.{job_id}.{name}"
+
+    def job_events(self, job_id: str) -> str:
+        """A wildcard over one job's events."""
+        return f"oqron.{self.namespace}.ev.{self.queue}.{job_id}.*"
+
+    @property
+    def events(self) -> str:
+        """A wildcard over every event of the queue."""
+        return f"oqron.{self.namespace}.ev.{self.queue}.>"
 
     @property
     def dlq_stream(self) -> str:

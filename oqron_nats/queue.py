@@ -16,7 +16,15 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -41,7 +49,8 @@ from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
 from .errors import ConfigError, EnqueueError, InvalidInput, InvalidOption, OqronError
-from .job import AddOptions, Job, JobState, with_data
+from .events import TERMINAL_EVENTS, Event
+from .job import AddOptions, Job, JobState, moved, with_data
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -231,7 +240,7 @@ class Queue(Generic[T]):
             priority=priority,
             tags=list(self.config.tags),
         )
-        return value, job
+        return value, moved(job, job.state, "added")
 
     def _check_server_limit(self, backend: Backend, job: RawJob) -> None:
         """Re-check the payload size against the connected server's limit."""
@@ -253,7 +262,7 @@ class Queue(Generic[T]):
                     f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
                 ) from exc
             await backend.broker.enqueue(job)
-            return with_data(job, value)
+            return self._own(with_data(job, value))
         except Exception as exc:
             mark_failed(span, exc)
             raise
@@ -298,7 +307,40 @@ class Queue(Generic[T]):
         return sum([1 async for r in backend.store.scan() if state is None or r.job.state == state])
 
     def _typed(self, job: RawJob) -> Job[T]:
-        return with_data(job, self._codec.decode(job.data))
+        return self._own(with_data(job, self._codec.decode(job.data)))
+
+    def _own(self, job: Job[T]) -> Job[T]:
+        job.__dict__["_queue"] = self  # lets the caller await job.wait()
+        return job
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every lifecycle event of the queue's jobs, from any process, as it happens."""
+        backend = await self._open()
+        async with backend.store.events.listen(backend.names.events) as inbox:
+            while True:
+                yield await inbox.get()
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job[T]:
+        """Wait until the job is completed, failed or cancelled, and return it (no polling).
+
+        Raises TimeoutError after ``timeout`` seconds, and InvalidOption for an unknown job.
+        """
+        check_name(job_id, "job id")
+        backend = await self._open()
+        async with (
+            asyncio.timeout(timeout),
+            backend.store.events.listen(backend.names.job_events(job_id)) as inbox,
+        ):
+            while True:  # subscribed first, then read: the end cannot slip between the two
+                record = await backend.store.get(job_id)
+                if record is None:
+                    raise InvalidOption(f"there is no job {job_id!r} in queue {self.name!r}")
+                if record.job.is_terminal:
+                    return self._typed(record.job)
+                while (await inbox.get()).name not in TERMINAL_EVENTS:
+                    pass
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import msgspec
 
 from ._nats import Bucket, CasConflict
+from .events import EventBus
 from .job import Job
 from .names import Names
 
@@ -37,15 +38,18 @@ def decode_record(key: str, value: bytes) -> RawJob:
 
 
 class JobStore:
-    """Create, read and compare-and-set job records of one queue."""
+    """Create, read and compare-and-set job records of one queue; every write is announced."""
 
-    def __init__(self, bucket: Bucket, names: Names) -> None:
+    def __init__(self, bucket: Bucket, names: Names, events: EventBus) -> None:
         self.bucket = bucket
         self.names = names
+        self.events = events
 
     async def create(self, job: RawJob) -> int:
         """Store a new record; raise CasConflict if the id exists. Returns the revision."""
-        return await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
+        revision = await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
+        await self.events.announce(job, "added")
+        return revision
 
     async def get(self, job_id: str) -> Record | None:
         """The record of ``job_id`` with its revision, or None."""
@@ -55,15 +59,16 @@ class JobStore:
             return None
         return Record(decode_record(key, entry.value), entry.revision)
 
-    async def update(self, job: RawJob, revision: int) -> int:
-        """Replace the record if it is still at ``revision``; return the new revision.
+    async def update(self, job: RawJob, revision: int, event: str) -> int:
+        """Replace the record if it is still at ``revision``, announce ``event``; new revision.
 
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
         """
-        return await self.bucket.update(
-            self.names.key(job.id), msgspec.json.encode(job), last=revision
-        )
+        key = self.names.key(job.id)
+        new_revision = await self.bucket.update(key, msgspec.json.encode(job), last=revision)
+        await self.events.announce(job, event)
+        return new_revision
 
     async def scan(self) -> AsyncIterator[Record]:
         """Every record of the queue with its revision (reads them all; skips undecodable ones)."""

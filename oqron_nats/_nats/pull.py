@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -29,6 +29,9 @@ from .conn import Nats
 
 EXPIRY_GRACE = 5.0
 """Seconds after its expiry that an unanswered request is given up (its reply was lost)."""
+HEARTBEAT = 2.0
+"""Seconds between the server's idle heartbeats on a lingering request; two missed ones mean
+the request is gone (a deleted consumer, a restarted server) and the consumer is checked."""
 
 
 class Delivery:
@@ -85,6 +88,8 @@ class Delivery:
 class _Request:
     remaining: int
     deadline: float
+    heard: float
+    """When the server last showed this request alive (sent, a heartbeat, a delivery)."""
     done: asyncio.Future[int] | None = None
     delivered: int = 0
 
@@ -159,7 +164,12 @@ class Puller:
 
     async def request(self, batch: int, *, expires: float) -> None:
         """Ask for up to ``batch`` messages, delivered as they arrive within ``expires`` seconds."""
-        await self._send(batch, {"batch": batch, "expires": int(expires * 1e9)}, expires, None)
+        body = {
+            "batch": batch,
+            "expires": int(expires * 1e9),
+            "idle_heartbeat": int(HEARTBEAT * 1e9),
+        }
+        await self._send(batch, body, expires, None)
 
     async def request_now(self, batch: int) -> int:
         """Ask for up to ``batch`` messages that are ready now; return how many came."""
@@ -173,24 +183,32 @@ class Puller:
             return done.result() if done.done() else 0
 
     def expire_stale(self) -> float | None:
-        """Give up requests long past their expiry; return seconds until the next expiry check."""
+        """Give up requests the server no longer serves; return seconds until the next check.
+
+        A request is gone when its expiry status or its heartbeats stopped coming.
+        """
         now = time.monotonic()
         nearest: float | None = None
         for token, request in list(self._state.requests.items()):
-            if request.deadline + EXPIRY_GRACE <= now:  # its expiry status never came
+            give_up = min(request.deadline + EXPIRY_GRACE, request.heard + 2.5 * HEARTBEAT)
+            if give_up <= now:
                 self._state.suspect = True
                 self._close(token)
             else:
-                wait = request.deadline + EXPIRY_GRACE - now
-                nearest = wait if nearest is None else min(nearest, wait)
+                nearest = give_up - now if nearest is None else min(nearest, give_up - now)
         return nearest
 
     async def _send(
-        self, batch: int, body: dict[str, object], expires: float, done: asyncio.Future[int] | None
+        self,
+        batch: int,
+        body: Mapping[str, object],
+        expires: float,
+        done: asyncio.Future[int] | None,
     ) -> str:
         self._counter += 1
         token = f"{self._inbox}.{self._counter}"
-        request = _Request(remaining=batch, deadline=time.monotonic() + expires, done=done)
+        now = time.monotonic()
+        request = _Request(remaining=batch, deadline=now + expires, heard=now, done=done)
         self._state.requests[token] = request
         self._state.outstanding += batch
         try:
@@ -208,6 +226,7 @@ class Puller:
         state = self._state
         if state.requests:
             token, request = next(iter(state.requests.items()))
+            request.heard = time.monotonic()
             request.remaining -= 1
             request.delivered += 1
             state.outstanding -= 1
@@ -218,7 +237,10 @@ class Puller:
 
     def _on_status(self, token: str, headers: dict[str, str]) -> None:
         status = headers.get("Status")
-        if status == "100":  # idle heartbeat
+        if status == "100":  # idle heartbeat: the request is alive
+            request = self._state.requests.get(token)
+            if request is not None:
+                request.heard = time.monotonic()
             return
         deleted = status == "409" and "Consumer Deleted" in str(headers.get("Description", ""))
         if deleted or status == "503":  # 503: no responders, the consumer does not exist
