@@ -11,6 +11,7 @@ async with emails:
 """
 
 from ._version import __version__
+from .bulk import AddOutcome, BulkResult
 from .client import Client
 from .config import (
     DeadLetter,
@@ -33,10 +34,11 @@ from .errors import (
     OqronError,
     PayloadError,
     PayloadTooLarge,
+    QueuePaused,
     ServerVersionError,
 )
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
-from .queue import AddOutcome, BulkResult, Queue, queue
+from .queue import Queue, Skipped, queue
 from .worker import Worker, worker
 
 __all__ = [
@@ -63,10 +65,12 @@ __all__ = [
     "PayloadTooLarge",
     "Queue",
     "QueueOptions",
+    "QueuePaused",
     "Reconciliation",
     "RetryPolicy",
     "ServerVersionError",
     "Signal",
+    "Skipped",
     "StallScanner",
     "Worker",
     "__version__",

@@ -8,6 +8,7 @@ from ._nats import Bucket, Nats
 from .broker import Broker
 from .client import Client
 from .config import QueueConfig
+from .control import Control
 from .events import EventBus
 from .lease import Leases
 from .names import Names
@@ -26,6 +27,7 @@ class Backend:
     broker: Broker
     leases: Leases
     tracing: Tracing
+    control: Control
     payload_limit: int
 
     @classmethod
@@ -41,5 +43,6 @@ class Backend:
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
             tracing=client.tracing,
+            control=Control(conn, names),
             payload_limit=client.payload_limit(conn, config.max_payload_size),
         )

@@ -55,6 +55,10 @@ class Broker:
             subject = self.names.schedule(job.id)
         await self._publish(job.id, subject, job.id.encode(), headers)
 
+    async def hold(self, job: RawJob) -> None:
+        """Mark the job as held while the queue is paused (resume releases it)."""
+        await self._publish(job.id, self.names.held(job.id), job.id.encode(), job_headers(job))
+
     async def dead_letter(self, job: RawJob) -> None:
         """Copy the failed record to the dead-letter stream (one entry per job id)."""
         headers = job_headers(job)

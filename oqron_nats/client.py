@@ -122,7 +122,7 @@ class Client:
 
     async def _provision(self, conn: Nats, names: Names) -> None:
         if names.jobs_bucket not in self._ready:
-            for bucket in (names.jobs_bucket, names.locks_bucket):
+            for bucket in (names.jobs_bucket, names.locks_bucket, names.queues_bucket):
                 await ensure_bucket(
                     conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
                 )
@@ -138,7 +138,7 @@ class Client:
         await ensure_stream(
             conn,
             name=names.stream,
-            subjects=[names.lanes, names.schedules, names.run_lane],
+            subjects=[names.lanes, names.schedules, names.run_lane, names.helds],
             replicas=self.replicas,
             work_queue=True,
             schedules=True,

@@ -19,6 +19,8 @@ from .names import PRIORITY_LEVELS, check_name
 Duration: TypeAlias = float | int | timedelta
 """Seconds as a number, or a timedelta."""
 
+DisabledBehavior: TypeAlias = Literal["hold", "reject", "skip"]
+
 BackoffFn: TypeAlias = Callable[[int, float], Duration]
 """Custom backoff: ``(attempt, base_delay_seconds) -> delay`` for the retry after ``attempt``."""
 
@@ -201,6 +203,8 @@ class QueueConfig:
     stall_scanner: StallScanner | None = None
     reconciliation: Reconciliation | None = None
     lag_monitor: LagMonitor | None = None
+    disabled_behavior: DisabledBehavior = "hold"
+    """What add() does while the queue is paused: hold the job, reject it, or skip it."""
 
     @property
     def ack_wait(self) -> float:
@@ -231,7 +235,12 @@ def _group(value: object, cls: type[G], key: str) -> G | None:
     raise ConfigError(f"{key} must be True, False or a {cls.__name__}, not {value!r}")
 
 
-def make_config(name: str, payload: type[Any] | None, options: QueueOptions) -> QueueConfig:
+def make_config(
+    name: str,
+    payload: type[Any] | None,
+    options: QueueOptions,
+    disabled_behavior: DisabledBehavior = "hold",
+) -> QueueConfig:
     """Validate the options of ``queue()``/``worker()`` and resolve them into a QueueConfig."""
     try:
         check_name(name)
@@ -250,6 +259,10 @@ def make_config(name: str, payload: type[Any] | None, options: QueueOptions) -> 
     if not 0 < heartbeat < lock_ttl:
         raise ConfigError(
             f"heartbeat ({heartbeat}s) must be positive and shorter than lock_ttl ({lock_ttl}s)"
+        )
+    if disabled_behavior not in ("hold", "reject", "skip"):
+        raise ConfigError(
+            f"disabled_behavior must be 'hold', 'reject' or 'skip', not {disabled_behavior!r}"
         )
     tags = options.get("tags", ())
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
@@ -274,6 +287,7 @@ def make_config(name: str, payload: type[Any] | None, options: QueueOptions) -> 
         ),
         reconciliation=_group(options.get("reconciliation"), Reconciliation, "reconciliation"),
         lag_monitor=_group(options.get("lag_monitor"), LagMonitor, "lag_monitor"),
+        disabled_behavior=disabled_behavior,
     )
 
 

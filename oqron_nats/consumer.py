@@ -27,6 +27,7 @@ from .backend import Backend
 from .codec import PayloadCodec
 from .config import QueueConfig, seconds
 from .context import JobContext
+from .control import PAUSED_FOREVER, QueueState
 from .errors import ConsumerConflict
 from .execution import SHUTDOWN, Execution, Runtime
 from .lag import LagWatch
@@ -110,9 +111,12 @@ class Consumer:
         self._cleanups.append(lambda: client.release_consumer(self.config.name))
         specs = self._specs
         await self._check_strategy()
+        control = self.backend.control
+        control.listeners.append(self._on_state)
+        self._cleanups.append(lambda: control.listeners.remove(self._on_state))
         for spec in specs:
             try:
-                await ensure_consumer(conn, spec)
+                await ensure_consumer(conn, spec, self._pause_until())
             except JetStreamError as exc:
                 raise ConsumerConflict(
                     f"cannot consume queue {self.config.name!r} with strategy "
@@ -189,7 +193,7 @@ class Consumer:
             try:
                 if await self._recreate_lost_consumers():
                     self._trouble += 1
-                if self.free > 0 and not (self._lag and self._lag.lagging):
+                if self.free > 0 and self._may_claim():
                     await self._refill()
             except Exception as exc:
                 self._trouble += 1
@@ -237,7 +241,7 @@ class Consumer:
         suspects = [(p, s) for p, s in zip(self._pullers, self._specs, strict=True) if p.suspect]
         for puller, spec in suspects:
             log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
-            await ensure_consumer(self.backend.conn, spec)
+            await ensure_consumer(self.backend.conn, spec, self._pause_until())
             puller.reset()
         return bool(suspects)
 
@@ -245,8 +249,8 @@ class Consumer:
         self._trouble = 0
         if self._popper is not None and self._in_transit > 0:
             self._in_transit -= 1
-        if self._stopping.is_set() or self.free <= 0 or (self._lag and self._lag.lagging):
-            self._spawn(delivery.nak())  # no room, or the loop lags: hand it straight back
+        if self._stopping.is_set() or self.free <= 0 or not self._may_claim():
+            self._spawn(delivery.nak())  # no room, paused, or the loop lags: hand it back
             return
         assert self._runtime is not None
         execution = Execution(self._runtime, delivery)
@@ -261,6 +265,33 @@ class Consumer:
             self.running -= 1
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._wake.set()
+
+    def _may_claim(self) -> bool:
+        """Whether the queue is running and the event loop is not lagging."""
+        lagging = self._lag is not None and self._lag.lagging
+        return not lagging and not self.backend.control.state.paused
+
+    def _pause_until(self) -> str | None:
+        return PAUSED_FOREVER if self.backend.control.state.paused else None
+
+    def _on_state(self, state: QueueState) -> None:
+        """The queue was paused or resumed somewhere: follow on this worker's consumers."""
+        self._spawn(self._apply_pause(state.paused))
+        self._wake.set()
+
+    async def _apply_pause(self, paused: bool) -> None:
+        for spec in self._specs:
+            try:
+                if paused:
+                    await self.backend.conn.js.pause_consumer(
+                        spec.stream, spec.durable, PAUSED_FOREVER
+                    )
+                else:
+                    await self.backend.conn.js.resume_consumer(spec.stream, spec.durable)
+            except Exception as exc:  # the pause() call and the KV state still hold
+                log.warning(
+                    "could not (un)pause a consumer", consumer=spec.durable, error=repr(exc)
+                )
 
     async def _on_bell(self, _msg: Msg) -> None:
         if self._popper is not None and not self._popper.maybe_nonempty:

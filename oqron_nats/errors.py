@@ -9,6 +9,7 @@
     │       └── PayloadTooLarge  an encoded payload (or result) over the size limit
     ├── ConnectionFailed         no NATS server could be reached when first connecting
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
+    ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
     │                            or a second consumer of the same queue on one client)
     └── EnqueueError             the job could not be published; ``outcome_unknown`` tells whether
@@ -59,6 +60,10 @@ class ConnectionFailed(OqronError):
 
 class ServerVersionError(OqronError):
     """The NATS server is older than oqron_nats needs."""
+
+
+class QueuePaused(OqronError):
+    """The queue is paused and refuses new jobs (disabled_behavior="reject"); nothing was stored."""
 
 
 class ConsumerConflict(OqronError):

@@ -6,6 +6,7 @@ Layout for namespace ``ns`` and queue ``q``::
       oqron.<ns>.q.<q>.p<0-9>.<id>   lanes: one per priority level; every job is published here
       oqron.<ns>.s.<q>.<id>          message schedules (delays and retry backoff), one per job
       oqron.<ns>.run.<q>.<id>        lifo only: jobs popped from the lanes, ready to run
+      oqron.<ns>.held.<q>.<id>       jobs added while the queue was paused (hold), until resume
     The job id ends every job subject, so one job's messages can be found (reconciliation) and
     removed (cancel) without reading the others.
     oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
@@ -13,6 +14,7 @@ Layout for namespace ``ns`` and queue ``q``::
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
+    bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
 
 Names are validated before they reach a subject or key: a ``.``, ``*``, ``>`` or space would
 change what a subject matches. Namespaces may not contain ``_`` so that stream and bucket names
@@ -99,6 +101,15 @@ class Names:
         """A wildcard over the lifo run lane."""
         return f"oqron.{self.namespace}.run.{self.queue}.*"
 
+    def held(self, job_id: str) -> str:
+        """The marker of a job held while the queue is paused."""
+        return f"oqron.{self.namespace}.held.{self.queue}.{job_id}"
+
+    @property
+    def helds(self) -> str:
+        """A wildcard over the queue's held jobs."""
+        return f"oqron.{self.namespace}.held.{self.queue}.*"
+
     @property
     def bell(self) -> str:
         """Headers-only copies of every lane message (wildcard): wake idle lifo workers."""
@@ -135,6 +146,11 @@ class Names:
     def jobs_bucket(self) -> str:
         """The KV bucket of job records."""
         return f"oqron_{self.namespace}_jobs"
+
+    @property
+    def queues_bucket(self) -> str:
+        """The KV bucket of queue states."""
+        return f"oqron_{self.namespace}_queues"
 
     @property
     def locks_bucket(self) -> str:

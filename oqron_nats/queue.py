@@ -13,6 +13,7 @@ is a no-op otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -21,23 +22,24 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
-    Sequence,
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, Unpack, overload
+from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
 import msgspec
 from typing_extensions import TypeVar
 
+from . import management
 from ._nats import CasConflict, JetStreamError, NoStream
 from .backend import Backend
+from .bulk import AddOutcome, BulkResult, split_item
 from .client import Client
 from .codec import PayloadCodec, check_size
 from .config import (
+    DisabledBehavior,
     Duration,
     QueueConfig,
     QueueOptions,
@@ -48,7 +50,14 @@ from .config import (
 from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
-from .errors import ConfigError, EnqueueError, InvalidInput, InvalidOption, OqronError
+from .errors import (
+    ConfigError,
+    EnqueueError,
+    InvalidInput,
+    InvalidOption,
+    OqronError,
+    QueuePaused,
+)
 from .events import TERMINAL_EVENTS, Event
 from .job import AddOptions, Job, JobState, moved, with_data
 from .names import check_name
@@ -57,6 +66,8 @@ from .tracing import mark_failed
 
 T = TypeVar("T", default=Any)
 """The payload type; Any for a queue defined without one."""
+S = TypeVar("S", default=Never)
+"""What add() returns instead of a job while the queue is paused: Skipped for "skip" queues."""
 Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
 
 BULK_WINDOW = 512
@@ -70,55 +81,15 @@ def new_job_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class AddOutcome(Generic[T]):
-    """What happened to one item of add_bulk(): the job, or why it was not added."""
+class Skipped:
+    """What add() returns on a paused queue whose disabled_behavior is "skip": nothing stored."""
 
-    index: int
-    job: Job[T] | None = None
-    error: OqronError | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether the item was added (or already existed)."""
-        return self.error is None
+    queue: str
+    job_id: str
+    reason: str = "the queue is paused"
 
 
-class BulkResult(Sequence[AddOutcome[T]]):
-    """The outcomes of add_bulk(), in the order of the items."""
-
-    def __init__(self, outcomes: list[AddOutcome[T]]) -> None:
-        self.outcomes = outcomes
-
-    @overload
-    def __getitem__(self, index: int) -> AddOutcome[T]: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[AddOutcome[T]]: ...
-    def __getitem__(self, index: int | slice) -> AddOutcome[T] | Sequence[AddOutcome[T]]:
-        return self.outcomes[index]
-
-    def __len__(self) -> int:
-        return len(self.outcomes)
-
-    def __iter__(self) -> Iterator[AddOutcome[T]]:
-        return iter(self.outcomes)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every item was added."""
-        return all(o.ok for o in self.outcomes)
-
-    @property
-    def jobs(self) -> list[Job[T]]:
-        """The jobs that were added, in order."""
-        return [o.job for o in self.outcomes if o.job is not None]
-
-    @property
-    def errors(self) -> dict[int, OqronError]:
-        """Why each failed item (by index) was not added."""
-        return {o.index: o.error for o in self.outcomes if o.error is not None}
-
-
-class Queue(Generic[T]):
+class Queue(Generic[T, S]):
     """A named job queue; created with :func:`queue`."""
 
     def __init__(
@@ -134,6 +105,7 @@ class Queue(Generic[T]):
         self._codec: PayloadCodec[T] = PayloadCodec(config.payload, config.max_payload_size)
         self._backend: Backend | None = None
         self._consumer: Consumer | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -154,7 +126,12 @@ class Queue(Generic[T]):
 
     async def _open(self) -> Backend:
         if self._backend is None:
-            self._backend = await Backend.open(self.client, self.config)
+            backend = await Backend.open(self.client, self.config)
+            await backend.control.read()  # then kept fresh by the watch
+            self._watch = asyncio.create_task(
+                backend.control.watch(), name=f"oqron-state-{self.name}"
+            )
+            self._backend = backend
         return self._backend
 
     # -- adding ---------------------------------------------------------------------------
@@ -168,8 +145,13 @@ class Queue(Generic[T]):
         priority: int | None = None,
         attempts: int | None = None,
         correlation_id: str | None = None,
-    ) -> Job[T]:
-        """Add one job; return it (or the existing job if ``job_id`` is taken)."""
+    ) -> Job[T] | S:
+        """Add one job; return it (or the existing job if ``job_id`` is taken).
+
+        While the queue is paused, disabled_behavior decides: "hold" stores the job as paused
+        (resume() releases it), "reject" raises QueuePaused, "skip" stores nothing and returns
+        Skipped.
+        """
         options = parse_options(
             {"job_id": job_id, "delay": delay, "priority": priority, "attempts": attempts,
              "correlation_id": correlation_id}
@@ -177,6 +159,15 @@ class Queue(Generic[T]):
         value, job = self._new_job(data, options)
         backend = await self._open()
         self._check_server_limit(backend, job)
+        return await self._add(backend, value, job)
+
+    async def _add(self, backend: Backend, value: T, job: RawJob) -> Job[T] | S:
+        if backend.control.state.paused:
+            if self.config.disabled_behavior == "reject":
+                raise QueuePaused(f"queue {self.name!r} is paused and rejects new jobs")
+            if self.config.disabled_behavior == "skip":
+                return cast(S, Skipped(self.name, job.id))
+            job = moved(job, JobState.PAUSED, "held: the queue is paused")
         return await self._enqueue(backend, value, job)
 
     async def add_bulk(self, items: Iterable[Mapping[str, Any]]) -> BulkResult[T]:
@@ -204,9 +195,11 @@ class Queue(Generic[T]):
             async with window:
                 try:
                     self._check_server_limit(backend, job)
-                    outcomes[index] = AddOutcome(
-                        index, job=await self._enqueue(backend, value, job)
-                    )
+                    added = await self._add(backend, value, job)
+                    if isinstance(added, Skipped):
+                        outcomes[index] = AddOutcome(index, skipped=True)
+                    else:
+                        outcomes[index] = AddOutcome(index, job=cast("Job[T]", added))
                 except OqronError as exc:
                     outcomes[index] = AddOutcome(index, error=exc)
 
@@ -261,13 +254,22 @@ class Queue(Generic[T]):
                 raise EnqueueError(
                     f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
                 ) from exc
-            await backend.broker.enqueue(job)
+            if job.state == JobState.PAUSED:
+                await self._hold(backend, job)
+            else:
+                await backend.broker.enqueue(job)
             return self._own(with_data(job, value))
         except Exception as exc:
             mark_failed(span, exc)
             raise
         finally:
             span.end()
+
+    async def _hold(self, backend: Backend, job: RawJob) -> None:
+        """Mark a job held; if the queue was resumed meanwhile, release it at once."""
+        await backend.broker.hold(job)
+        if not (await backend.control.read()).paused:
+            await management.release(backend, job.id)
 
     async def _existing(self, backend: Backend, job_id: str) -> Job[T]:
         record = await backend.store.get(job_id)
@@ -312,6 +314,37 @@ class Queue(Generic[T]):
     def _own(self, job: Job[T]) -> Job[T]:
         job.__dict__["_queue"] = self  # lets the caller await job.wait()
         return job
+
+    # -- managing -------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Pause the queue in the whole cluster: running jobs finish, nothing new starts."""
+        await management.pause(await self._open())
+
+    async def resume(self) -> int:
+        """Resume the queue in the whole cluster; returns how many held jobs it released."""
+        return await management.resume(await self._open())
+
+    async def is_paused(self) -> bool:
+        """Whether the queue is paused (read from the cluster's shared state)."""
+        return (await (await self._open()).control.read()).paused
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Pause the queue, then wait until no job of it is active; it stays paused.
+
+        Raises TimeoutError after ``timeout`` seconds (the queue stays paused).
+        """
+        backend = await self._open()
+        await management.pause(backend)
+        async with (
+            asyncio.timeout(timeout),
+            backend.store.events.listen(backend.names.events) as inbox,
+        ):
+            while await self.count(JobState.ACTIVE):  # listening first: no end slips by
+                with contextlib.suppress(TimeoutError):  # re-count now and then regardless
+                    async with asyncio.timeout(1.0):
+                        while (await inbox.get()).name == "progress":
+                            pass
 
     # -- events ---------------------------------------------------------------------------
 
@@ -364,11 +397,15 @@ class Queue(Generic[T]):
     async def close(self) -> None:
         """Stop consuming and close the connection if this queue opened it."""
         await self.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         self._backend = None
         if self._owns_client and self._client is not None:
             await self._client.close()
 
-    async def __aenter__(self) -> Queue[T]:
+    async def __aenter__(self) -> Queue[T, S]:
         if self.handler is not None:
             await self.start()
         else:
@@ -388,22 +425,44 @@ class Queue(Generic[T]):
         return f"<Queue {self.name!r} {kind} strategy={self.config.strategy}>"
 
 
+@overload
 def queue(
     name: str,
     handler: Handler[T] | None = None,
     *,
+    disabled_behavior: Literal["skip"],
     payload: type[T] | None = None,
     client: Client | None = None,
     **options: Unpack[QueueOptions],
-) -> Queue[T]:
+) -> Queue[T, Skipped]: ...
+@overload
+def queue(
+    name: str,
+    handler: Handler[T] | None = None,
+    *,
+    disabled_behavior: Literal["hold", "reject"] = "hold",
+    payload: type[T] | None = None,
+    client: Client | None = None,
+    **options: Unpack[QueueOptions],
+) -> Queue[T]: ...
+def queue(
+    name: str,
+    handler: Handler[T] | None = None,
+    *,
+    disabled_behavior: DisabledBehavior = "hold",
+    payload: type[T] | None = None,
+    client: Client | None = None,
+    **options: Unpack[QueueOptions],
+) -> Queue[T, Any]:
     """Define a queue; without a handler it is publisher-only. Does no I/O.
 
     ``payload`` is the job data's type (validated on add, decoded strictly for the handler);
-    ``client`` the connection (default: from OQRON_NATS_URL); ``options`` are QueueOptions.
+    ``client`` the connection (default: from OQRON_NATS_URL); ``disabled_behavior`` what add()
+    does while the queue is paused; ``options`` are QueueOptions.
     """
     if handler is not None and not callable(handler):
         raise ConfigError(f"handler must be callable, not {handler!r}")
-    return Queue(make_config(name, payload, options), handler, client)
+    return Queue(make_config(name, payload, options, disabled_behavior), handler, client)
 
 
 def parse_options(options: Mapping[str, Any] | None) -> AddOptions:
@@ -413,19 +472,6 @@ def parse_options(options: Mapping[str, Any] | None) -> AddOptions:
         return msgspec.convert(given, AddOptions)
     except msgspec.ValidationError as exc:
         raise InvalidOption(f"invalid add option: {exc}") from None
-
-
-def split_item(item: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any] | None]:
-    """The data and options of one add_bulk() item."""
-    if not isinstance(item, Mapping) or "data" not in item:
-        raise InvalidOption("each add_bulk() item must be a mapping with a 'data' key")
-    extra = set(item) - {"data", "opts"}
-    if extra:
-        raise InvalidOption(f"unknown add_bulk() item keys: {sorted(extra)}")
-    opts = item.get("opts")
-    if opts is not None and not isinstance(opts, Mapping):
-        raise InvalidOption("an add_bulk() item's 'opts' must be a mapping")
-    return item["data"], opts
 
 
 def parse_status(status: JobState | str | None) -> JobState | None:

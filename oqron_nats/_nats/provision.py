@@ -91,8 +91,8 @@ async def ensure_bucket(conn: Nats, *, bucket: str, replicas: int, max_value_siz
             raise _error(exc) from exc
 
 
-async def ensure_consumer(conn: Nats, spec: ConsumerSpec) -> None:
-    """Create or update the durable pull consumer to match ``spec``."""
+async def ensure_consumer(conn: Nats, spec: ConsumerSpec, pause_until: str | None = None) -> None:
+    """Create or update the durable pull consumer to match ``spec`` (paused until a time)."""
     config = api.ConsumerConfig(
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
@@ -102,6 +102,7 @@ async def ensure_consumer(conn: Nats, spec: ConsumerSpec) -> None:
         max_deliver=-1,
         max_ack_pending=-1,
         num_replicas=spec.replicas,
+        pause_until=pause_until,
     )
     try:
         await conn.js.add_consumer(spec.stream, config)

@@ -194,6 +194,7 @@ class Puller:
             if give_up <= now:
                 self._state.suspect = True
                 self._close(token)
+                self._on_change()  # the owner must look at its consumer and pull again
             else:
                 nearest = give_up - now if nearest is None else min(nearest, give_up - now)
         return nearest

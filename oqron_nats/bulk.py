@@ -1,0 +1,78 @@
+"""add_bulk() outcomes: one per item, in order, saying which were added."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, overload
+
+from typing_extensions import TypeVar
+
+from .errors import InvalidOption, OqronError
+from .job import Job
+
+T = TypeVar("T", default=Any)
+
+
+@dataclass(frozen=True, slots=True)
+class AddOutcome(Generic[T]):
+    """What happened to one item of add_bulk(): the job, or why it was not added."""
+
+    index: int
+    job: Job[T] | None = None
+    error: OqronError | None = None
+    skipped: bool = False
+    """The queue was paused and skips new jobs: nothing was stored for this item."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the item was added (or already existed)."""
+        return self.job is not None
+
+
+class BulkResult(Sequence[AddOutcome[T]]):
+    """The outcomes of add_bulk(), in the order of the items."""
+
+    def __init__(self, outcomes: list[AddOutcome[T]]) -> None:
+        self.outcomes = outcomes
+
+    @overload
+    def __getitem__(self, index: int) -> AddOutcome[T]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AddOutcome[T]]: ...
+    def __getitem__(self, index: int | slice) -> AddOutcome[T] | Sequence[AddOutcome[T]]:
+        return self.outcomes[index]
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __iter__(self) -> Iterator[AddOutcome[T]]:
+        return iter(self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item was added."""
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def jobs(self) -> list[Job[T]]:
+        """The jobs that were added, in order."""
+        return [o.job for o in self.outcomes if o.job is not None]
+
+    @property
+    def errors(self) -> dict[int, OqronError]:
+        """Why each failed item (by index) was not added."""
+        return {o.index: o.error for o in self.outcomes if o.error is not None}
+
+
+def split_item(item: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any] | None]:
+    """The data and options of one add_bulk() item."""
+    if not isinstance(item, Mapping) or "data" not in item:
+        raise InvalidOption("each add_bulk() item must be a mapping with a 'data' key")
+    extra = set(item) - {"data", "opts"}
+    if extra:
+        raise InvalidOption(f"unknown add_bulk() item keys: {sorted(extra)}")
+    opts = item.get("opts")
+    if opts is not None and not isinstance(opts, Mapping):
+        raise InvalidOption("an add_bulk() item's 'opts' must be a mapping")
+    return item["data"], opts

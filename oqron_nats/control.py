@@ -1,0 +1,121 @@
+"""Queue-wide state shared by every process: whether the queue is paused.
+
+The state lives in the namespace's ``oqron_<ns>_queues`` bucket under the queue's name and
+changes by compare-and-set. Pausing also pauses the queue's consumers on the server, so no
+worker receives a job within moments, even one that has not seen the new state yet; workers
+watch the key and stop claiming, and a worker that starts while the queue is paused creates its
+consumers paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.js.kv import KeyValue
+
+from ._nats import Bucket, CasConflict, Nats, consumer_names
+from .names import Names
+
+log = structlog.get_logger("oqron_nats")
+
+PAUSED_FOREVER = "2999-01-01T00:00:00Z"
+"""A consumer's pause_until for a queue paused until someone resumes it."""
+
+
+class QueueState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The persisted state of a queue."""
+
+    paused: bool = False
+    changed_at: datetime | None = None
+    v: int = 1
+
+
+_decoder = msgspec.json.Decoder(QueueState)
+
+
+def decode_state(value: bytes | None) -> QueueState:
+    """A stored state; an absent or undecodable one is the default (running)."""
+    if not value:
+        return QueueState()
+    try:
+        return _decoder.decode(value)
+    except msgspec.DecodeError:
+        log.warning("undecodable queue state ignored")
+        return QueueState()
+
+
+class Control:
+    """Reads, changes and watches one queue's state."""
+
+    def __init__(self, conn: Nats, names: Names) -> None:
+        self.conn = conn
+        self.names = names
+        self.bucket = Bucket(conn, names.queues_bucket)
+        self.state = QueueState()
+        """The last state seen (kept fresh by ``watch``)."""
+        self.listeners: list[Callable[[QueueState], None]] = []
+        """Called with every new state that ``watch`` sees."""
+
+    async def read(self) -> QueueState:
+        """The current state, read from KV."""
+        entry = await self.bucket.get(self.names.queue)
+        self.state = decode_state(entry.value if entry else None)
+        return self.state
+
+    async def set_paused(self, paused: bool) -> bool:
+        """Pause or resume; True if this call changed the state."""
+        key = self.names.queue
+        while True:
+            entry = await self.bucket.get(key)
+            current = decode_state(entry.value if entry else None)
+            if current.paused == paused:
+                self.state = current
+                return False
+            new = QueueState(paused=paused, changed_at=datetime.now(UTC))
+            try:
+                if entry is None:
+                    await self.bucket.create(key, msgspec.json.encode(new))
+                else:
+                    await self.bucket.update(key, msgspec.json.encode(new), last=entry.revision)
+            except CasConflict:
+                continue  # someone changed it meanwhile: look again
+            self.state = new
+            return True
+
+    async def apply_to_consumers(self, paused: bool) -> None:
+        """Pause or resume every consumer of the queue's stream on the server."""
+        for name in await consumer_names(self.conn, self.names.stream):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                if paused:
+                    await self.conn.js.pause_consumer(self.names.stream, name, PAUSED_FOREVER)
+                else:
+                    await self.conn.js.resume_consumer(self.names.stream, name)
+
+    async def watch(self) -> None:
+        """Follow the state until cancelled, telling the listeners about every new value."""
+        kv = KeyValue(
+            name=self.bucket.name,
+            stream=self.bucket.stream,
+            pre=f"$KV.{self.bucket.name}.",
+            js=self.conn.js,
+            direct=True,
+        )
+        watcher = await kv.watch(self.names.queue)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the initial values
+                self.state = decode_state(entry.value)
+                for listener in list(self.listeners):
+                    listener(self.state)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
