@@ -29,7 +29,7 @@ from .config import QueueConfig, seconds
 from .context import JobContext
 from .control import PAUSED_FOREVER, QueueState
 from .errors import ConsumerConflict
-from .execution import SHUTDOWN, Execution, Runtime
+from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .maintenance import Maintenance, reconcile, scan_stalls
@@ -145,6 +145,8 @@ class Consumer:
             )
             await puller.start()
             self._pullers.append(puller)
+        commands = await conn.subscribe(names.controls, self._on_command)
+        self._cleanups.append(commands.unsubscribe)
         if self.config.strategy == "lifo":
             self._popper = StackPopper(conn, names)
             bell = await conn.subscribe(names.bell, self._on_bell)
@@ -292,6 +294,14 @@ class Consumer:
                 log.warning(
                     "could not (un)pause a consumer", consumer=spec.durable, error=repr(exc)
                 )
+
+    async def _on_command(self, msg: Msg) -> None:
+        """A command from any process about one job, e.g. cancel it if it runs here."""
+        command, job_id = msg.subject.rsplit(".", 2)[-2:]
+        if command == "cancel":
+            for execution in self._tasks.values():
+                if execution.job_id == job_id:
+                    execution.abort(CANCELLED)
 
     async def _on_bell(self, _msg: Msg) -> None:
         if self._popper is not None and not self._popper.maybe_nonempty:

@@ -10,6 +10,9 @@
     ├── ConnectionFailed         no NATS server could be reached when first connecting
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
+    ├── JobNotFound              no job with that id in the queue
+    ├── InvalidState             the job's state does not allow the operation (e.g. promote a
+    │                            job that is not delayed)
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
     │                            or a second consumer of the same queue on one client)
     └── EnqueueError             the job could not be published; ``outcome_unknown`` tells whether
@@ -64,6 +67,14 @@ class ServerVersionError(OqronError):
 
 class QueuePaused(OqronError):
     """The queue is paused and refuses new jobs (disabled_behavior="reject"); nothing was stored."""
+
+
+class JobNotFound(OqronError, LookupError):
+    """There is no job with that id in the queue."""
+
+
+class InvalidState(OqronError):
+    """The job's state does not allow the operation."""
 
 
 class ConsumerConflict(OqronError):

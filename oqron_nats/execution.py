@@ -52,6 +52,7 @@ log = structlog.get_logger("oqron_nats")
 MAX_ERROR_MESSAGE = 2000
 MAX_TRACEBACK = 8000
 SHUTDOWN = "shutdown"
+CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
 
@@ -401,10 +402,20 @@ class Execution:
             try:
                 self._revision = await self.rt.backend.store.update(final, self._revision, event)
             except CasConflict:
-                log.warning("job was taken over; this attempt commits nothing", job_id=final.id)
+                await self._lost_the_record(final.id)
                 return None
             self._job = final
             return final
+
+    async def _lost_the_record(self, job_id: str) -> None:
+        """Someone else wrote the record: a new holder (commit nothing), or a cancel (clean up)."""
+        record = await self.rt.backend.store.get(job_id)
+        if record is not None and record.job.state == JobState.CANCELLED:
+            log.info("job was cancelled meanwhile; its result is dropped", job_id=job_id)
+            await self.delivery.ack()
+            await self._release()
+        else:
+            log.warning("job was taken over; this attempt commits nothing", job_id=job_id)
 
     async def _complete(self, value: Any, result: Any, duration: float) -> None:
         try:
@@ -512,6 +523,11 @@ class Execution:
         return True
 
     async def _on_aborted(self) -> None:
+        if self.signal.reason == CANCELLED:  # the record says cancelled already
+            await self.delivery.ack()
+            await self._release()
+            log.info("job cancelled while running", job_id=self.job_id)
+            return
         if self.signal.reason != SHUTDOWN:
             return  # lease lost: the new holder owns the job; commit nothing, ack nothing
         job = self._job

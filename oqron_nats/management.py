@@ -7,11 +7,13 @@ the methods of :class:`oqron_nats.Queue`.
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 
 import structlog
 
 from ._nats import CasConflict
 from .backend import Backend
+from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
 
 log = structlog.get_logger("oqron_nats")
@@ -50,3 +52,93 @@ async def release(backend: Backend, job_id: str) -> bool:
             released = True
     await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
     return released
+
+
+async def cancel(backend: Backend, job_id: str) -> bool:
+    """Cancel a job wherever it is; False if it had already finished.
+
+    A queued, delayed, held or waiting-for-parents job is written cancelled and its messages are
+    removed, so it never runs. A running job is written cancelled first (its worker's later
+    writes fail their compare-and-set), then every worker of the queue is told, and the one
+    running it fires the handler's ``ctx.signal``.
+    """
+    while True:
+        record = await backend.store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
+        job = record.job
+        if job.is_terminal:
+            return False
+        cancelled = moved(job, JobState.CANCELLED, "cancelled", finished_at=_now(), leased=False)
+        try:
+            await backend.store.update(cancelled, record.revision, "cancelled")
+        except CasConflict:
+            continue  # it moved meanwhile (claimed, finished): decide again
+        break
+    if job.state == JobState.ACTIVE:
+        await backend.conn.publish_core(backend.names.control("cancel", job_id))
+    await remove_messages(backend, job_id)
+    return True
+
+
+async def remove_messages(backend: Backend, job_id: str) -> None:
+    """Remove every message of a job from the queue's stream (lanes, schedule, run lane, held)."""
+    names = backend.names
+    for subject in (
+        names.lane_of(job_id),
+        names.schedule(job_id),
+        names.run(job_id),
+        names.held(job_id),
+    ):
+        await backend.conn.purge_subject(names.stream, subject)
+
+
+async def run_again(
+    backend: Backend, job_id: str, reason: str, *, allowed: frozenset[JobState]
+) -> None:
+    """Put a finished job back on its queue under the same id, attempts reset, history kept."""
+    while True:
+        record = await backend.store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
+        job = record.job
+        if job.state not in allowed:
+            raise InvalidState(f"job {job_id!r} is {job.state}; {reason} needs {sorted(allowed)}")
+        again = moved(
+            job, JobState.WAITING, reason,
+            attempt=0, stalled_count=0, enqueued=job.enqueued + 1, run_at=None,
+            started_at=None, finished_at=None, result=None, error=None, progress=0.0,
+            progress_label=None, worker=None, leased=False, msg_seq=0,
+        )  # fmt: skip
+        try:
+            await backend.store.update(again, record.revision, "retried")
+        except CasConflict:
+            continue
+        await backend.conn.purge_subject(
+            backend.names.dlq_stream, backend.names.dead_letter(job_id)
+        )
+        await backend.broker.enqueue(again)
+        return
+
+
+async def promote(backend: Backend, job_id: str) -> None:
+    """Run a delayed job now (its schedule is removed)."""
+    while True:
+        record = await backend.store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
+        job = record.job
+        if job.state != JobState.DELAYED:
+            raise InvalidState(f"job {job_id!r} is {job.state}, not delayed")
+        now = moved(job, JobState.WAITING, "promoted", run_at=None, enqueued=job.enqueued + 1)
+        try:
+            await backend.store.update(now, record.revision, "promoted")
+        except CasConflict:
+            continue
+        await backend.conn.purge_subject(backend.names.stream, backend.names.schedule(job_id))
+        await backend.broker.enqueue(now)
+        return
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

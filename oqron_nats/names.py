@@ -11,6 +11,7 @@ Layout for namespace ``ns`` and queue ``q``::
     removed (cancel) without reading the others.
     oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
     oqron.<ns>.ev.<q>.<id>.<event>   job lifecycle events (core NATS: for listeners on any node)
+    oqron.<ns>.ctl.<q>.<cmd>.<id>    commands to the queue's workers (core NATS), e.g. cancel
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
@@ -91,6 +92,19 @@ class Names:
     def schedules(self) -> str:
         """A wildcard over every schedule of the queue."""
         return f"oqron.{self.namespace}.s.{self.queue}.*"
+
+    def lane_of(self, job_id: str) -> str:
+        """A wildcard over a job's messages on every lane."""
+        return f"oqron.{self.namespace}.q.{self.queue}.*.{job_id}"
+
+    def control(self, command: str, job_id: str) -> str:
+        """A command to the queue's workers about one job (core NATS), e.g. cancel."""
+        return f"oqron.{self.namespace}.ctl.{self.queue}.{command}.{job_id}"
+
+    @property
+    def controls(self) -> str:
+        """A wildcard over every command to the queue's workers."""
+        return f"oqron.{self.namespace}.ctl.{self.queue}.>"
 
     def run(self, job_id: str) -> str:
         """Where a lifo worker moves a job it popped, to claim it through a consumer."""

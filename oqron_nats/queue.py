@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import (
@@ -55,11 +56,13 @@ from .errors import (
     EnqueueError,
     InvalidInput,
     InvalidOption,
+    InvalidState,
+    JobNotFound,
     OqronError,
     QueuePaused,
 )
 from .events import TERMINAL_EVENTS, Event
-from .job import AddOptions, Job, JobState, moved, with_data
+from .job import TERMINAL_STATES, AddOptions, Job, JobState, moved, with_data
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -346,6 +349,41 @@ class Queue(Generic[T, S]):
                         while (await inbox.get()).name == "progress":
                             pass
 
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job from any process; False if it had already finished.
+
+        A queued or delayed job never runs; a running job's ``ctx.signal`` fires on the node
+        that runs it, and the job ends cancelled, neither completed nor retried.
+        """
+        check_name(job_id, "job id")
+        return await management.cancel(await self._open(), job_id)
+
+    async def retry(self, job_id: str) -> None:
+        """Run a failed or cancelled job again: same id, attempts reset, timeline kept."""
+        check_name(job_id, "job id")
+        allowed = frozenset({JobState.FAILED, JobState.CANCELLED})
+        await management.run_again(await self._open(), job_id, "retried", allowed=allowed)
+
+    async def rerun(self, job_id: str) -> None:
+        """Run a finished job (completed, failed or cancelled) again under the same id."""
+        check_name(job_id, "job id")
+        await management.run_again(await self._open(), job_id, "rerun", allowed=TERMINAL_STATES)
+
+    async def promote(self, job_id: str) -> None:
+        """Run a delayed job now."""
+        check_name(job_id, "job id")
+        await management.promote(await self._open(), job_id)
+
+    async def retry_all_failed(self) -> int:
+        """Retry every job that is failed now (a snapshot, so it ends); returns how many."""
+        failed = [job.id for job in await self.get_jobs(JobState.FAILED, limit=sys.maxsize)]
+        retried = 0
+        for job_id in failed:
+            with contextlib.suppress(InvalidState, JobNotFound):  # changed meanwhile
+                await self.retry(job_id)
+                retried += 1
+        return retried
+
     # -- events ---------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
@@ -358,7 +396,7 @@ class Queue(Generic[T, S]):
     async def wait(self, job_id: str, timeout: float | None = None) -> Job[T]:
         """Wait until the job is completed, failed or cancelled, and return it (no polling).
 
-        Raises TimeoutError after ``timeout`` seconds, and InvalidOption for an unknown job.
+        Raises TimeoutError after ``timeout`` seconds, and JobNotFound for an unknown job.
         """
         check_name(job_id, "job id")
         backend = await self._open()
@@ -369,7 +407,7 @@ class Queue(Generic[T, S]):
             while True:  # subscribed first, then read: the end cannot slip between the two
                 record = await backend.store.get(job_id)
                 if record is None:
-                    raise InvalidOption(f"there is no job {job_id!r} in queue {self.name!r}")
+                    raise JobNotFound(f"there is no job {job_id!r} in queue {self.name!r}")
                 if record.job.is_terminal:
                     return self._typed(record.job)
                 while (await inbox.get()).name not in TERMINAL_EVENTS:

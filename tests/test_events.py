@@ -92,9 +92,9 @@ async def test_wait_returns_a_finished_job_at_once_and_times_out_otherwise(clien
     pending = await q.add({"n": 2})  # nobody consumes it now
     with pytest.raises(TimeoutError):
         await pending.wait(0.3)
-    from oqron_nats import InvalidOption
+    from oqron_nats import JobNotFound
 
-    with pytest.raises(InvalidOption):
+    with pytest.raises(JobNotFound):
         await q.wait("no-such-job", 1)
 
 
