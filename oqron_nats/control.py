@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.kv import KeyValue
+from nats.aio.msg import Msg
 
 from ._nats import Bucket, CasConflict, Nats, consumer_names
 from .names import Names
@@ -58,9 +59,9 @@ class Control:
         self.names = names
         self.bucket = Bucket(conn, names.queues_bucket)
         self.state = QueueState()
-        """The last state seen (kept fresh by ``watch``)."""
+        """The last state seen (kept fresh by ``follow``)."""
         self.listeners: list[Callable[[QueueState], None]] = []
-        """Called with every new state that ``watch`` sees."""
+        """Called with every new state that ``follow`` sees."""
 
     async def read(self) -> QueueState:
         """The current state, read from KV."""
@@ -97,25 +98,40 @@ class Control:
                 else:
                     await self.conn.js.resume_consumer(self.names.stream, name)
 
-    async def watch(self) -> None:
-        """Follow the state until cancelled, telling the listeners about every new value."""
-        kv = KeyValue(
-            name=self.bucket.name,
-            stream=self.bucket.stream,
-            pre=f"$KV.{self.bucket.name}.",
-            js=self.conn.js,
-            direct=True,
-        )
-        watcher = await kv.watch(self.names.queue)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of the initial values
-                self.state = decode_state(entry.value)
-                for listener in list(self.listeners):
-                    listener(self.state)
-        except asyncio.CancelledError:
-            raise
-        finally:
+    async def follow(self) -> Callable[[], Awaitable[None]]:
+        """Keep ``state`` fresh and tell the listeners of every change; returns the stop call.
+
+        Every write of a KV key is also published on its subject, so a core subscription hears
+        each write attempt as it happens; the key is then read again, because an attempt that
+        lost its compare-and-set is heard too. After a reconnect (changes may have been missed
+        meanwhile) the key is read again as well.
+        """
+        subject = f"$KV.{self.bucket.name}.{self.names.queue}"
+        pending: set[asyncio.Task[None]] = set()
+
+        async def reread() -> None:
             with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                self._set(await self.read())
+
+        def look_again() -> None:
+            task = asyncio.ensure_future(reread())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        async def heard(_msg: Msg) -> None:
+            look_again()
+
+        sub = await self.conn.subscribe(subject, heard)
+        forget = self.conn.on_reconnect(look_again)
+
+        async def stop() -> None:
+            forget()
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
+
+    def _set(self, state: QueueState) -> None:
+        self.state = state
+        for listener in list(self.listeners):
+            listener(state)

@@ -108,7 +108,7 @@ class Queue(Generic[T, S]):
         self._codec: PayloadCodec[T] = PayloadCodec(config.payload, config.max_payload_size)
         self._backend: Backend | None = None
         self._consumer: Consumer | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._unfollow: Callable[[], Awaitable[None]] | None = None
 
     @property
     def name(self) -> str:
@@ -130,10 +130,8 @@ class Queue(Generic[T, S]):
     async def _open(self) -> Backend:
         if self._backend is None:
             backend = await Backend.open(self.client, self.config)
-            await backend.control.read()  # then kept fresh by the watch
-            self._watch = asyncio.create_task(
-                backend.control.watch(), name=f"oqron-state-{self.name}"
-            )
+            self._unfollow = await backend.control.follow()
+            await backend.control.read()  # subscribed first: no change slips between the two
             self._backend = backend
         return self._backend
 
@@ -435,10 +433,9 @@ class Queue(Generic[T, S]):
     async def close(self) -> None:
         """Stop consuming and close the connection if this queue opened it."""
         await self.stop()
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
-            self._watch = None
+        if self._unfollow is not None:
+            await self._unfollow()
+            self._unfollow = None
         self._backend = None
         if self._owns_client and self._client is not None:
             await self._client.close()
