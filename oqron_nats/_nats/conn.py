@@ -8,6 +8,7 @@ with the server's ``err_code``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -284,6 +285,39 @@ class Nats:
             found.update(page.state.subjects or {})
             if not page.state.subjects or len(found) >= page.total:
                 return found
+
+    async def direct_batch(
+        self, stream: str, *, start: int, subject: str, batch: int
+    ) -> tuple[list[StoredMsg], int]:
+        """Up to ``batch`` messages matching ``subject`` from sequence ``start`` on, in order,
+        and how many more match after them."""
+        inbox = self.new_inbox()
+        found: list[StoredMsg] = []
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def received(msg: Msg) -> None:
+            headers = msg.headers or {}
+            if headers.get("Status"):  # 204: end of batch; 404: nothing (more) matches
+                if not done.done():
+                    done.set_result(0)
+                return
+            stored = stored_msg(msg)
+            if stored is not None:
+                found.append(stored)
+            pending = int(headers.get("Nats-Num-Pending", "0"))
+            if (len(found) >= batch or pending == 0) and not done.done():
+                done.set_result(pending)
+
+        sub = await self.nc.subscribe(inbox, cb=received)
+        try:
+            request = {"seq": start, "next_by_subj": subject, "batch": batch}
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request), reply=inbox
+            )
+            more = await asyncio.wait_for(done, self.request_timeout)
+        finally:
+            await sub.unsubscribe()
+        return found, more
 
     async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
         """The newest message on one exact subject, or None (the fast KV read path)."""

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import nats.js.errors
-from nats.js.kv import KeyValue
-
 from ..names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
 from .conn import CasConflict, Nats, StoredMsg
 
@@ -86,24 +83,19 @@ class Bucket:
                 return current.revision  # our own write landed on an earlier try
             raise
 
-    async def scan(self, key_filter: str) -> AsyncIterator[Entry]:
-        """Every live entry whose key matches ``key_filter`` (reads the whole filtered bucket)."""
-        kv = KeyValue(
-            name=self.name, stream=self.stream, pre=self._prefix, js=self.conn.js, direct=True
-        )
-        try:
-            watcher = await kv.watch(key_filter, ignore_deletes=True)
-        except nats.js.errors.NoKeysError:
-            return
-        try:
-            while True:
-                update = await watcher.updates(timeout=self.conn.request_timeout)  # type: ignore[no-untyped-call]
-                if update is None:
-                    return
-                if update.value is not None and update.revision is not None:
-                    yield Entry(update.key, update.value, update.revision)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async def scan(self, key_filter: str, batch: int = 512) -> AsyncIterator[Entry]:
+        """Every live entry whose key matches ``key_filter``, read in batches of messages."""
+        start = 1
+        while True:
+            messages, more = await self.conn.direct_batch(
+                self.stream, start=start, subject=self._prefix + key_filter, batch=batch
+            )
+            for msg in messages:
+                if not _is_delete(msg):
+                    yield Entry(msg.subject[len(self._prefix) :], msg.data, msg.seq)
+            if not messages or more == 0:
+                return
+            start = messages[-1].seq + 1
 
 
 def _is_delete(msg: StoredMsg) -> bool:
