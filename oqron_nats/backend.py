@@ -10,6 +10,7 @@ from .client import Client
 from .config import QueueConfig
 from .control import Control
 from .events import EventBus
+from .index import StateIndex
 from .lease import Leases
 from .names import Names
 from .store import JobStore
@@ -39,7 +40,12 @@ class Backend:
             client=client,
             conn=conn,
             names=names,
-            store=JobStore(Bucket(conn, names.jobs_bucket), names, EventBus(conn, names)),
+            store=JobStore(
+                Bucket(conn, names.jobs_bucket),
+                names,
+                EventBus(conn, names),
+                StateIndex(conn, names),
+            ),
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
             tracing=client.tracing,

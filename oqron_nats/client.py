@@ -17,6 +17,7 @@ from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
 from .errors import ConfigError, ConsumerConflict, ServerVersionError
+from .job import JobState
 from .names import Names, check_namespace
 from .tracing import Tracing
 
@@ -135,6 +136,16 @@ class Client:
                 max_msgs_per_subject=1,
             )
             self._ready.add(names.jobs_bucket)
+        for state in JobState:
+            await ensure_stream(
+                conn,
+                name=names.index_stream(state),
+                subjects=[names.index_entries(state)],
+                replicas=self.replicas,
+                work_queue=False,
+                max_msgs_per_subject=1,
+                ttl=True,
+            )
         await ensure_stream(
             conn,
             name=names.stream,

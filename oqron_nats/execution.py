@@ -225,7 +225,9 @@ class Execution:
                     stalled_count=job.stalled_count + 1,
                     leased=False,
                 )
-                self._revision = await rt.backend.store.update(job, self._revision, "stalled")
+                self._revision = await rt.backend.store.update(
+                    job, self._revision, "stalled", JobState.ACTIVE
+                )
                 log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
                 self._job = job
@@ -244,7 +246,9 @@ class Execution:
                 progress=0.0,
                 progress_label=None,
             )
-            self._revision = await rt.backend.store.update(active, self._revision, "active")
+            self._revision = await rt.backend.store.update(
+                active, self._revision, "active", job.state
+            )
         except CasConflict:  # another writer moved the job: let the next delivery re-read it
             await self._release()
             await self.delivery.nak()
@@ -381,7 +385,7 @@ class Execution:
             updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
             try:
                 self._revision = await self.rt.backend.store.update(
-                    updated, self._revision, "progress"
+                    updated, self._revision, "progress", JobState.ACTIVE
                 )
             except CasConflict:
                 self._lost("the job record was changed by another writer")
@@ -400,7 +404,9 @@ class Execution:
             assert self._job is not None
             final = moved(self._job, state, reason, **changes)
             try:
-                self._revision = await self.rt.backend.store.update(final, self._revision, event)
+                self._revision = await self.rt.backend.store.update(
+                    final, self._revision, event, self._job.state
+                )
             except CasConflict:
                 await self._lost_the_record(final.id)
                 return None

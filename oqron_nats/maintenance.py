@@ -122,7 +122,7 @@ async def _requeue(
         stalled_count=job.stalled_count + 1 if stalled else job.stalled_count,
     )
     try:
-        await backend.store.update(again, revision, str(state))
+        await backend.store.update(again, revision, str(state), job.state)
     except CasConflict:
         return False
     await backend.broker.enqueue(again)

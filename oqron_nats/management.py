@@ -47,7 +47,7 @@ async def release(backend: Backend, job_id: str) -> bool:
         state = JobState.DELAYED if job.run_at is not None else JobState.WAITING
         again = moved(job, state, "queue resumed", enqueued=job.enqueued + 1)
         with contextlib.suppress(CasConflict):  # someone else released it
-            await backend.store.update(again, record.revision, "resumed")
+            await backend.store.update(again, record.revision, "resumed", job.state)
             await backend.broker.enqueue(again)
             released = True
     await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
@@ -71,7 +71,7 @@ async def cancel(backend: Backend, job_id: str) -> bool:
             return False
         cancelled = moved(job, JobState.CANCELLED, "cancelled", finished_at=_now(), leased=False)
         try:
-            await backend.store.update(cancelled, record.revision, "cancelled")
+            await backend.store.update(cancelled, record.revision, "cancelled", job.state)
         except CasConflict:
             continue  # it moved meanwhile (claimed, finished): decide again
         break
@@ -111,7 +111,7 @@ async def run_again(
             progress_label=None, worker=None, leased=False, msg_seq=0,
         )  # fmt: skip
         try:
-            await backend.store.update(again, record.revision, "retried")
+            await backend.store.update(again, record.revision, "retried", job.state)
         except CasConflict:
             continue
         await backend.conn.purge_subject(
@@ -132,7 +132,7 @@ async def promote(backend: Backend, job_id: str) -> None:
             raise InvalidState(f"job {job_id!r} is {job.state}, not delayed")
         now = moved(job, JobState.WAITING, "promoted", run_at=None, enqueued=job.enqueued + 1)
         try:
-            await backend.store.update(now, record.revision, "promoted")
+            await backend.store.update(now, record.revision, "promoted", job.state)
         except CasConflict:
             continue
         await backend.conn.purge_subject(backend.names.stream, backend.names.schedule(job_id))

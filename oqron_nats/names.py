@@ -2,7 +2,7 @@
 
 Layout for namespace ``ns`` and queue ``q``::
 
-    stream  OQRON_<ns>_<q>       WorkQueue stream of the queue, holding:
+    stream  OQRON_<ns>_Q_<q>     WorkQueue stream of the queue, holding:
       oqron.<ns>.q.<q>.p<0-9>.<id>   lanes: one per priority level; every job is published here
       oqron.<ns>.s.<q>.<id>          message schedules (delays and retry backoff), one per job
       oqron.<ns>.run.<q>.<id>        lifo only: jobs popped from the lanes, ready to run
@@ -13,6 +13,8 @@ Layout for namespace ``ns`` and queue ``q``::
     oqron.<ns>.ev.<q>.<id>.<event>   job lifecycle events (core NATS: for listeners on any node)
     oqron.<ns>.ctl.<q>.<cmd>.<id>    commands to the queue's workers (core NATS), e.g. cancel
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
+    stream  OQRON_<ns>_X<c>_<q>  the index of the jobs in one state (c: a letter per state),
+                                 subject oqron.<ns>.ix.<q>.<state>.<job_id>, one per job
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
     bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
@@ -32,6 +34,11 @@ from .errors import InvalidName
 NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAMESPACE_PATTERN: Final = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 PRIORITY_LEVELS: Final = 10
+STATE_CODES: Final = {
+    "waiting": "W", "delayed": "D", "active": "A", "completed": "C", "failed": "F",
+    "stalled": "S", "paused": "P", "waiting-children": "K", "cancelled": "X",
+}  # fmt: skip
+"""A letter per job state, for the names of the index streams."""
 
 # Headers written by oqron_nats on job messages.
 CORRELATION_HEADER: Final = "Oqron-Correlation-Id"
@@ -69,7 +76,19 @@ class Names:
     @property
     def stream(self) -> str:
         """The queue's WorkQueue stream."""
-        return f"OQRON_{self.namespace}_{self.queue}"
+        return f"OQRON_{self.namespace}_Q_{self.queue}"
+
+    def index_stream(self, state: str) -> str:
+        """The stream indexing the queue's jobs in ``state`` (a JobState value)."""
+        return f"OQRON_{self.namespace}_X{STATE_CODES[state]}_{self.queue}"
+
+    def index_entry(self, state: str, job_id: str) -> str:
+        """The subject of a job's entry in the index of ``state``."""
+        return f"oqron.{self.namespace}.ix.{self.queue}.{state}.{job_id}"
+
+    def index_entries(self, state: str) -> str:
+        """A wildcard over the index of ``state``."""
+        return f"oqron.{self.namespace}.ix.{self.queue}.{state}.*"
 
     def lane(self, priority: int, job_id: str) -> str:
         """The subject of a job's message on the lane of ``priority``."""

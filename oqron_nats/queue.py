@@ -62,6 +62,7 @@ from .errors import (
     QueuePaused,
 )
 from .events import TERMINAL_EVENTS, Event
+from .index import newest_across
 from .job import TERMINAL_STATES, AddOptions, Job, JobState, moved, with_data
 from .names import check_name
 from .store import RawJob
@@ -73,6 +74,8 @@ S = TypeVar("S", default=Never)
 """What add() returns instead of a job while the queue is paused: Skipped for "skip" queues."""
 Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
 
+PAGE_SLACK = 16
+"""Extra index entries read per page, for entries of jobs that moved on meanwhile."""
 BULK_WINDOW = 512
 """How many add_bulk() jobs are in flight at once."""
 MAX_CORRELATION_ID = 128
@@ -281,7 +284,9 @@ class Queue(Generic[T, S]):
                 outcome_unknown=False,
             )
         if record.job.state in (JobState.WAITING, JobState.DELAYED):
-            await backend.broker.enqueue(record.job)  # finish an add that may have stopped half-way
+            # finish an add that may have stopped half-way: its index entry and its message
+            await backend.store.index.moved(job_id, None, record.job.state)
+            await backend.broker.enqueue(record.job)
         return self._typed(record.job)
 
     # -- reading --------------------------------------------------------------------------
@@ -293,21 +298,39 @@ class Queue(Generic[T, S]):
         record = await backend.store.get(job_id)
         return None if record is None else self._typed(record.job)
 
-    async def get_jobs(self, status: JobState | str | None = None, limit: int = 50) -> list[Job[T]]:
-        """Jobs of the queue, newest first, optionally only those in ``status``."""
+    async def get_jobs(
+        self, status: JobState | str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job[T]]:
+        """Jobs of the queue, the most recent first, optionally only those in ``status``.
+
+        "Recent" is when a job entered its current state (read from the state index, not by
+        scanning records); ``offset`` skips that many of the most recent.
+        """
         state = parse_status(status)
-        if not isinstance(limit, int) or limit < 0:
-            raise InvalidOption(f"limit must be an int >= 0, not {limit!r}")
+        for name, value in (("limit", limit), ("offset", offset)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidOption(f"{name} must be an int >= 0, not {value!r}")
         backend = await self._open()
-        jobs = [r.job async for r in backend.store.scan() if state is None or r.job.state == state]
-        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
-        return [self._typed(job) for job in jobs[:limit]]
+        states = [state] if state is not None else list(JobState)
+        want = offset + limit + PAGE_SLACK  # a few entries may belong to jobs that moved on
+        pages = await asyncio.gather(*(backend.store.index.newest(s, want) for s in states))
+        entries = newest_across(pages, want)
+        records = await asyncio.gather(*(backend.store.get(e.job_id) for e in entries))
+        jobs, seen = [], set()
+        for entry, record in zip(entries, records, strict=True):
+            if record is None or record.job.id in seen:
+                continue
+            if record.job.state == entry.state:  # still there: not a stale entry
+                seen.add(record.job.id)
+                jobs.append(record.job)
+        return [self._typed(job) for job in jobs[offset : offset + limit]]
 
     async def count(self, status: JobState | str | None = None) -> int:
-        """How many jobs the queue holds, optionally only those in ``status``."""
+        """How many jobs the queue holds, optionally only those in ``status`` (from the index)."""
         state = parse_status(status)
         backend = await self._open()
-        return sum([1 async for r in backend.store.scan() if state is None or r.job.state == state])
+        states = [state] if state is not None else list(JobState)
+        return sum(await asyncio.gather(*(backend.store.index.count(s) for s in states)))
 
     def _typed(self, job: RawJob) -> Job[T]:
         return self._own(with_data(job, self._codec.decode(job.data)))

@@ -9,7 +9,8 @@ import msgspec
 
 from ._nats import Bucket, CasConflict
 from .events import EventBus
-from .job import Job
+from .index import StateIndex
+from .job import Job, JobState
 from .names import Names
 
 RawJob = Job[msgspec.Raw]
@@ -40,14 +41,16 @@ def decode_record(key: str, value: bytes) -> RawJob:
 class JobStore:
     """Create, read and compare-and-set job records of one queue; every write is announced."""
 
-    def __init__(self, bucket: Bucket, names: Names, events: EventBus) -> None:
+    def __init__(self, bucket: Bucket, names: Names, events: EventBus, index: StateIndex) -> None:
         self.bucket = bucket
         self.names = names
         self.events = events
+        self.index = index
 
     async def create(self, job: RawJob) -> int:
         """Store a new record; raise CasConflict if the id exists. Returns the revision."""
         revision = await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
+        await self.index.moved(job.id, None, job.state)
         await self.events.announce(job, "added")
         return revision
 
@@ -59,14 +62,16 @@ class JobStore:
             return None
         return Record(decode_record(key, entry.value), entry.revision)
 
-    async def update(self, job: RawJob, revision: int, event: str) -> int:
-        """Replace the record if it is still at ``revision``, announce ``event``; new revision.
+    async def update(self, job: RawJob, revision: int, event: str, was: JobState) -> int:
+        """Replace the record (state ``was`` until now) if it is still at ``revision``, and
+        announce ``event``; returns the new revision.
 
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
         """
         key = self.names.key(job.id)
         new_revision = await self.bucket.update(key, msgspec.json.encode(job), last=revision)
+        await self.index.moved(job.id, was, job.state)
         await self.events.announce(job, event)
         return new_revision
 

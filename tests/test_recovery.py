@@ -274,7 +274,7 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
         leased=True,
         msg_seq=message.seq,
     )
-    await backend.store.update(orphan, record.revision, "active")
+    await backend.store.update(orphan, record.revision, "active", record.job.state)
     await conn.purge_subject(names.stream, names.lane(0, job.id))
     assert await backend.leases.is_held(job.id) is False
 

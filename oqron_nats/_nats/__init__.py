@@ -1,6 +1,6 @@
 """The only package that imports nats-py: connection, KV, raw pulls and provisioning."""
 
-from .conn import CasConflict, JetStreamError, Nats, NoStream, PubAck, StoredMsg
+from .conn import CasConflict, JetStreamError, Nats, NoStream, PubAck, StoredMsg, StreamState
 from .kv import Bucket, Entry
 from .provision import ConsumerSpec, consumer_names, ensure_bucket, ensure_consumer, ensure_stream
 from .pull import Delivery, Puller
@@ -17,6 +17,7 @@ __all__ = [
     "PubAck",
     "Puller",
     "StoredMsg",
+    "StreamState",
     "consumer_names",
     "ensure_bucket",
     "ensure_consumer",

@@ -77,12 +77,17 @@ class _Success(msgspec.Struct):
     error: _ApiError | None = None
 
 
-class _StreamState(msgspec.Struct):
+class StreamState(msgspec.Struct):
+    """The message counts and sequence range of a stream."""
+
+    messages: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
     subjects: dict[str, int] | None = None
 
 
 class _StreamInfo(msgspec.Struct):
-    state: _StreamState = msgspec.field(default_factory=_StreamState)
+    state: StreamState = msgspec.field(default_factory=StreamState)
     total: int = 0
     error: _ApiError | None = None
 
@@ -269,6 +274,23 @@ class Nats:
         )
         return stored_msg(msg) is not None
 
+    async def stream_state(self, stream: str) -> StreamState:
+        """How many messages the stream holds, and its first and last sequence."""
+        msg = await self.nc.request(
+            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.request_timeout
+        )
+        info = _stream_info.decode(msg.data)
+        if info.error is not None:
+            raise api_error(info.error)
+        return info.state
+
+    async def purge_later(self, stream: str, subject: str) -> None:
+        """Ask the server to purge ``subject`` without waiting for the answer (ordered after
+        what this connection sent before)."""
+        await self.nc.publish(
+            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
+        )
+
     async def subjects(self, stream: str, subject_filter: str) -> dict[str, int]:
         """Every subject matching the filter that holds messages, with its message count."""
         found: dict[str, int] = {}
@@ -287,10 +309,10 @@ class Nats:
                 return found
 
     async def direct_batch(
-        self, stream: str, *, start: int, subject: str, batch: int
+        self, stream: str, *, start: int, batch: int, subject: str | None = None
     ) -> tuple[list[StoredMsg], int]:
-        """Up to ``batch`` messages matching ``subject`` from sequence ``start`` on, in order,
-        and how many more match after them."""
+        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on,
+        in order, and how many more there are after them."""
         inbox = self.new_inbox()
         found: list[StoredMsg] = []
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -310,7 +332,9 @@ class Nats:
 
         sub = await self.nc.subscribe(inbox, cb=received)
         try:
-            request = {"seq": start, "next_by_subj": subject, "batch": batch}
+            request: dict[str, object] = {"seq": start, "batch": batch}
+            if subject is not None:
+                request["next_by_subj"] = subject
             await self.nc.publish(
                 f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request), reply=inbox
             )

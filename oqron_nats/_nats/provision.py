@@ -36,6 +36,7 @@ async def ensure_stream(
     republish: tuple[str, str] | None = None,
     max_msgs_per_subject: int = -1,
     max_msg_size: int = -1,
+    ttl: bool = False,
 ) -> None:
     """Create the stream unless it exists; an existing stream is left as it is."""
     try:
@@ -54,7 +55,7 @@ async def ensure_stream(
         max_msg_size=max_msg_size,
         allow_direct=True,
         allow_msg_schedules=schedules or None,
-        allow_msg_ttl=schedules or None,
+        allow_msg_ttl=schedules or ttl or None,
         allow_rollup_hdrs=schedules,
         republish=(
             api.RePublish(src=republish[0], dest=republish[1], headers_only=True)

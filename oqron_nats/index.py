@@ -1,0 +1,103 @@
+"""The state index: which jobs of a queue are in which state, for counts and newest-first pages.
+
+One stream per state (``OQRON_<ns>_X<c>_<queue>``) holds one entry per job in that state, on
+subject ``oqron.<ns>.ix.<queue>.<state>.<job_id>``. When a job moves, its entry is published in
+the new state's stream and purged from the old one. Both go out without waiting for an answer
+(no round trip on the hot path), and the server applies them in the order they were sent.
+
+* ``count(state)`` is the state stream's message count: one request, whatever the size.
+* The newest jobs in a state are the last entries of its stream, read backwards in windows.
+
+The record stays the truth: a page re-reads the records and drops the entries of jobs that have
+moved on meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from ._nats import Nats, StoredMsg
+from .job import JobState
+from .names import Names
+
+WINDOW = 256
+"""Entries read per request when paging backwards."""
+
+
+class IndexEntry:
+    """A job's entry in a state's index: its id, the state, and when it entered the state."""
+
+    __slots__ = ("entered_at", "job_id", "seq", "state")
+
+    def __init__(self, job_id: str, state: JobState, seq: int, entered_at: datetime) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.seq = seq
+        self.entered_at = entered_at
+
+
+class StateIndex:
+    """The state index of one queue."""
+
+    def __init__(self, conn: Nats, names: Names) -> None:
+        self.conn = conn
+        self.names = names
+
+    async def moved(self, job_id: str, was: JobState | None, now: JobState | None) -> None:
+        """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone)."""
+        if was == now:
+            return
+        if now is not None:
+            await self.conn.publish_core(self.names.index_entry(now, job_id))
+        if was is not None:
+            await self.conn.purge_later(
+                self.names.index_stream(was), self.names.index_entry(was, job_id)
+            )
+
+    async def count(self, state: JobState) -> int:
+        """How many jobs are in ``state``."""
+        return (await self.conn.stream_state(self.names.index_stream(state))).messages
+
+    async def newest(self, state: JobState, count: int) -> list[IndexEntry]:
+        """The ``count`` entries that entered ``state`` last, newest first."""
+        stream = self.names.index_stream(state)
+        bounds = await self.conn.stream_state(stream)
+        found: list[IndexEntry] = []
+        end = bounds.last_seq
+        while len(found) < count and bounds.messages and end >= bounds.first_seq:
+            start = max(bounds.first_seq, end - WINDOW + 1)
+            messages, _ = await self.conn.direct_batch(stream, start=start, batch=end - start + 1)
+            found.extend(entry(m, state) for m in reversed(messages) if m.seq <= end)
+            end = start - 1
+        return found[:count]
+
+    async def oldest(self, state: JobState, count: int) -> list[IndexEntry]:
+        """The ``count`` entries that entered ``state`` first, oldest first."""
+        stream = self.names.index_stream(state)
+        bounds = await self.conn.stream_state(stream)
+        if not bounds.messages or count <= 0:
+            return []
+        messages, _ = await self.conn.direct_batch(stream, start=bounds.first_seq, batch=count)
+        return [entry(m, state) for m in messages]
+
+
+def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
+    """The index entry a stored message stands for."""
+    stamp = msg.headers.get("Nats-Time-Stamp", "")
+    return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, parse_time(stamp))
+
+
+def parse_time(stamp: str) -> datetime:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds)."""
+    if not stamp:
+        return datetime.min.replace(tzinfo=UTC)
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    micros = (fraction + "000000")[:6]
+    return datetime.fromisoformat(f"{head}.{micros}+00:00")
+
+
+def newest_across(pages: Iterable[list[IndexEntry]], count: int) -> list[IndexEntry]:
+    """Merge per-state pages into one, newest first."""
+    merged = sorted((e for page in pages for e in page), key=lambda e: e.entered_at, reverse=True)
+    return merged[:count]
