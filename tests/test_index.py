@@ -1,0 +1,60 @@
+"""get_jobs() and count() read the state index, not every record."""
+
+from __future__ import annotations
+
+import pytest
+
+from oqron_nats import Client, InvalidOption, JobState, RetryPolicy, queue
+from oqron_nats.store import JobStore
+
+from .helpers import eventually
+
+
+async def test_counts_follow_every_state_change(client: Client) -> None:
+    async def handler(ctx) -> None:
+        if ctx.data["fail"]:
+            raise RuntimeError("no")
+
+    q = queue("counted", handler, client=client, retries=RetryPolicy(max=0), concurrency=4)
+    await q.add_bulk([{"data": {"fail": n % 4 == 0}} for n in range(20)])
+    await q.add({"fail": False}, delay=3600)
+    assert await q.count(JobState.WAITING) == 20
+    assert await q.count(JobState.DELAYED) == 1
+    async with q:
+        await eventually(lambda: _counts(q, completed=15, failed=5), what="the counts to settle")
+    assert await q.count(JobState.WAITING) == 0
+    assert await q.count(JobState.ACTIVE) == 0
+    assert await q.count() == 21
+
+
+async def _counts(q, **expected: int) -> bool:
+    return all([await q.count(state) == n for state, n in expected.items()])
+
+
+async def test_pages_are_newest_first_and_offset_skips(client: Client, monkeypatch) -> None:
+    q = queue("paged", client=client)
+    jobs = [await q.add({"n": n}) for n in range(30)]
+
+    async def no_scan(self):  # the index must answer without reading every record
+        raise AssertionError("get_jobs/count scanned the records")
+        yield
+
+    monkeypatch.setattr(JobStore, "scan", no_scan)
+    newest = [job.id for job in reversed(jobs)]
+    assert [j.id for j in await q.get_jobs(JobState.WAITING, limit=10)] == newest[:10]
+    assert [j.id for j in await q.get_jobs(JobState.WAITING, limit=10, offset=10)] == newest[10:20]
+    assert [j.id for j in await q.get_jobs(limit=5)] == newest[:5]
+    assert [j.id for j in await q.get_jobs(JobState.WAITING, limit=50, offset=25)] == newest[25:]
+    assert await q.get_jobs(JobState.FAILED) == []
+    assert await q.count(JobState.WAITING) == 30
+    with pytest.raises(InvalidOption):
+        await q.get_jobs(offset=-1)
+
+
+async def test_a_job_that_moved_on_is_not_listed_in_its_old_state(client: Client) -> None:
+    q = queue("moved", client=client)
+    job = await q.add({"n": 1})
+    await q.cancel(job.id)
+    await eventually(lambda: _counts(q, waiting=0, cancelled=1), what="the index to follow")
+    assert await q.get_jobs(JobState.WAITING) == []
+    assert [j.id for j in await q.get_jobs(JobState.CANCELLED)] == [job.id]
