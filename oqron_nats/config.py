@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
 
 from .errors import ConfigError, InvalidName
-from .job import Job, JobFailure, Strategy
+from .job import Job, JobFailure, Retention, Strategy
 from .names import PRIORITY_LEVELS, check_name
 
 Duration: TypeAlias = float | int | timedelta
@@ -179,6 +179,8 @@ class QueueOptions(TypedDict, total=False):
     cross_node_stall_scanner: bool | StallScanner
     reconciliation: bool | Reconciliation
     lag_monitor: bool | LagMonitor
+    remove_on_complete: Retention
+    remove_on_fail: Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,10 @@ class QueueConfig:
     lag_monitor: LagMonitor | None = None
     disabled_behavior: DisabledBehavior = "hold"
     """What add() does while the queue is paused: hold the job, reject it, or skip it."""
+    remove_on_complete: Retention | None = None
+    """Retention of completed jobs (None: keep them all)."""
+    remove_on_fail: Retention | None = None
+    """Retention of failed jobs (None: keep them all)."""
 
     @property
     def ack_wait(self) -> float:
@@ -288,6 +294,24 @@ def make_config(
         reconciliation=_group(options.get("reconciliation"), Reconciliation, "reconciliation"),
         lag_monitor=_group(options.get("lag_monitor"), LagMonitor, "lag_monitor"),
         disabled_behavior=disabled_behavior,
+        remove_on_complete=check_retention(options.get("remove_on_complete"), "remove_on_complete"),
+        remove_on_fail=check_retention(options.get("remove_on_fail"), "remove_on_fail"),
+    )
+
+
+def check_retention(
+    value: object, what: str, error: type[Exception] = ConfigError
+) -> Retention | None:
+    """Return a valid retention setting (bool, count >= 0, positive timedelta) or raise."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, timedelta) and value.total_seconds() >= 1:
+        return value
+    raise error(
+        f"{what} must be True, False, a count (int >= 0) or an age (timedelta of 1 s or more), "
+        f"not {value!r}"
     )
 
 

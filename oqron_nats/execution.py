@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from . import retention
 from ._nats import CasConflict, Delivery
 from .backend import Backend
 from .codec import PayloadCodec, check_size, encode_value
@@ -398,14 +399,18 @@ class Execution:
     async def _commit(
         self, state: JobState, event: str, reason: str | None = None, **changes: Any
     ) -> RawJob | None:
-        """Write the attempt's final record (CAS); None if the job is no longer ours."""
+        """Write the attempt's final record (CAS); None if the job is no longer ours.
+
+        A final state kept for an age (retention) is written with that TTL.
+        """
         async with self._lock:
             self._settling = True
             assert self._job is not None
             final = moved(self._job, state, reason, **changes)
+            ttl = retention.ttl_of(retention.policy_for(final, state, self.rt.config))
             try:
                 self._revision = await self.rt.backend.store.update(
-                    final, self._revision, event, self._job.state
+                    final, self._revision, event, self._job.state, ttl=ttl
                 )
             except CasConflict:
                 await self._lost_the_record(final.id)
@@ -441,6 +446,7 @@ class Execution:
             return
         await self.delivery.ack()
         await self._release()
+        await self._retain(done)
         log.info(
             "job completed",
             job_id=done.id,
@@ -513,10 +519,19 @@ class Execution:
             return  # unacked: the redelivery writes the dead letter
         await self.delivery.ack()
         await self._release()
+        await self._retain(failed)
         job = with_data(failed, value)
         if self.rt.config.dead_letter.enabled:
             await self._hook(self.rt.config.dead_letter.on_dead, job)
         await self._hook(self.rt.config.hooks.on_fail, job, failure)
+
+    async def _retain(self, job: RawJob) -> None:
+        """Apply the finished job's retention (remove it, or trim its state); best effort."""
+        policy = retention.policy_for(job, job.state, self.rt.config)
+        try:
+            await retention.apply(self.rt.backend, job, self._revision, policy)
+        except Exception as exc:  # the next finish trims again; a kept record harms nobody
+            log.warning("retention not applied", job_id=job.id, error=repr(exc))
 
     async def _dead_letter(self, job: RawJob) -> bool:
         if not self.rt.config.dead_letter.enabled:

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from ._nats import Nats, StoredMsg
+from ._nats.kv import ttl_header
 from .job import JobState
-from .names import Names
+from .names import TTL_HEADER, Names
 
 WINDOW = 256
 """Entries read per request when paging backwards."""
@@ -44,12 +45,16 @@ class StateIndex:
         self.conn = conn
         self.names = names
 
-    async def moved(self, job_id: str, was: JobState | None, now: JobState | None) -> None:
-        """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone)."""
+    async def moved(
+        self, job_id: str, was: JobState | None, now: JobState | None, ttl: float | None = None
+    ) -> None:
+        """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone);
+        with ``ttl`` the new entry expires with the record."""
         if was == now:
             return
         if now is not None:
-            await self.conn.publish_core(self.names.index_entry(now, job_id))
+            headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
+            await self.conn.publish_core(self.names.index_entry(now, job_id), headers=headers)
         if was is not None:
             await self.conn.purge_later(
                 self.names.index_stream(was), self.names.index_entry(was, job_id)

@@ -17,6 +17,9 @@ T = TypeVar("T")
 J = TypeVar("J", bound="Job[Any]")
 
 Strategy = Literal["fifo", "lifo", "priority"]
+Retention = bool | int | timedelta
+"""What to keep of finished jobs: True removes at once, False keeps, an int keeps the newest N
+(per queue and state), a timedelta keeps each for that long."""
 ParentFailurePolicy = Literal["block", "cascade-fail", "ignore"]
 
 
@@ -100,6 +103,10 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     """The trace context of the add() that created the job, re-sent on every re-publish."""
     depends_on: list[str] = msgspec.field(default_factory=list)
     parent_failure_policy: ParentFailurePolicy = "block"
+    remove_on_complete: Retention | None = None
+    """This job's retention once completed (None: the worker's queue setting)."""
+    remove_on_fail: Retention | None = None
+    """This job's retention once failed (None: the worker's queue setting)."""
     triggered_by: str = "api"
     timeline: list[Transition] = msgspec.field(default_factory=list)
     v: int = 1
@@ -144,3 +151,5 @@ class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     priority: int | None = None
     attempts: int | None = None
     correlation_id: str | None = None
+    remove_on_complete: Retention | None = None
+    remove_on_fail: Retention | None = None

@@ -45,6 +45,7 @@ from .config import (
     QueueConfig,
     QueueOptions,
     check_priority,
+    check_retention,
     make_config,
     seconds,
 )
@@ -63,7 +64,7 @@ from .errors import (
 )
 from .events import TERMINAL_EVENTS, Event
 from .index import newest_across
-from .job import TERMINAL_STATES, AddOptions, Job, JobState, moved, with_data
+from .job import TERMINAL_STATES, AddOptions, Job, JobState, Retention, moved, with_data
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -149,6 +150,8 @@ class Queue(Generic[T, S]):
         priority: int | None = None,
         attempts: int | None = None,
         correlation_id: str | None = None,
+        remove_on_complete: Retention | None = None,
+        remove_on_fail: Retention | None = None,
     ) -> Job[T] | S:
         """Add one job; return it (or the existing job if ``job_id`` is taken).
 
@@ -158,7 +161,8 @@ class Queue(Generic[T, S]):
         """
         options = parse_options(
             {"job_id": job_id, "delay": delay, "priority": priority, "attempts": attempts,
-             "correlation_id": correlation_id}
+             "correlation_id": correlation_id, "remove_on_complete": remove_on_complete,
+             "remove_on_fail": remove_on_fail}
         )  # fmt: skip
         value, job = self._new_job(data, options)
         backend = await self._open()
@@ -236,6 +240,10 @@ class Queue(Generic[T, S]):
             max_attempts=options.attempts or self.config.max_attempts,
             priority=priority,
             tags=list(self.config.tags),
+            remove_on_complete=_retention(
+                options.remove_on_complete, self.config.remove_on_complete
+            ),
+            remove_on_fail=_retention(options.remove_on_fail, self.config.remove_on_fail),
         )
         return value, moved(job, job.state, "added")
 
@@ -541,6 +549,13 @@ def parse_status(status: JobState | str | None) -> JobState | None:
     except ValueError:
         states = ", ".join(s.value for s in JobState)
         raise InvalidOption(f"unknown status {status!r}; expected one of: {states}") from None
+
+
+def _retention(given: Retention | None, queue_wide: Retention | None) -> Retention | None:
+    """A job's retention: its own option, else the adding queue's setting (None: the worker's)."""
+    if given is None:
+        return queue_wide
+    return check_retention(given, "remove_on_complete/remove_on_fail", InvalidOption)
 
 
 def _option_seconds(value: float | timedelta) -> float:

@@ -17,6 +17,8 @@ RawJob = Job[msgspec.Raw]
 """A record as stored: the payload stays encoded until a handler or caller decodes it."""
 
 _decoder = msgspec.json.Decoder(RawJob)
+TOMBSTONE_TTL = 60.0
+"""Seconds a removed record's tombstone stays (then the key is free again, without a trace)."""
 
 
 class CorruptRecord(Exception):
@@ -62,18 +64,28 @@ class JobStore:
             return None
         return Record(decode_record(key, entry.value), entry.revision)
 
-    async def update(self, job: RawJob, revision: int, event: str, was: JobState) -> int:
+    async def update(
+        self, job: RawJob, revision: int, event: str, was: JobState, ttl: float | None = None
+    ) -> int:
         """Replace the record (state ``was`` until now) if it is still at ``revision``, and
-        announce ``event``; returns the new revision.
+        announce ``event``; returns the new revision. With ``ttl`` the record (and its index
+        entry) expires that many seconds later.
 
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
         """
         key = self.names.key(job.id)
-        new_revision = await self.bucket.update(key, msgspec.json.encode(job), last=revision)
-        await self.index.moved(job.id, was, job.state)
+        encoded = msgspec.json.encode(job)
+        new_revision = await self.bucket.update(key, encoded, last=revision, ttl=ttl)
+        await self.index.moved(job.id, was, job.state, ttl=ttl)
         await self.events.announce(job, event)
         return new_revision
+
+    async def remove(self, job: RawJob, revision: int) -> None:
+        """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""
+        await self.bucket.delete(self.names.key(job.id), last=revision, ttl=TOMBSTONE_TTL)
+        await self.index.moved(job.id, job.state, None)
+        await self.events.announce(job, "removed")
 
     async def scan(self) -> AsyncIterator[Record]:
         """Every record of the queue with its revision (reads them all; skips undecodable ones)."""

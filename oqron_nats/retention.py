@@ -1,0 +1,64 @@
+"""Retention: what is kept of a finished job, decided per job, then per queue, then kept.
+
+* ``True``: the record is removed as soon as the job finished (after the ack).
+* a ``timedelta``: the final record is written with that per-message TTL (its index entry too),
+  so the server removes both when the time is up; nothing has to run later.
+* an ``int`` N: after a finish, if more than N jobs are in that state, the oldest beyond N are
+  removed; the state index says how many there are and which are oldest, so this never reads
+  every record.
+* ``False`` (or unset): kept.
+
+A removed job's id can be used again by a new add().
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+from ._nats import CasConflict, JetStreamError
+from .backend import Backend
+from .config import QueueConfig
+from .job import JobState, Retention
+from .store import RawJob
+
+TRIM_BATCH = 100
+"""At most this many old jobs are removed after one finish (the next finish removes more)."""
+
+
+def policy_for(job: RawJob, state: JobState, config: QueueConfig) -> Retention | None:
+    """The retention that applies to ``job`` once it is in ``state``."""
+    if state == JobState.COMPLETED:
+        own, queue_wide = job.remove_on_complete, config.remove_on_complete
+    elif state == JobState.FAILED:
+        own, queue_wide = job.remove_on_fail, config.remove_on_fail
+    else:
+        return None
+    return own if own is not None else queue_wide
+
+
+def ttl_of(policy: Retention | None) -> float | None:
+    """The TTL to write a final record with, for an age-based policy."""
+    return policy.total_seconds() if isinstance(policy, timedelta) else None
+
+
+async def apply(backend: Backend, job: RawJob, revision: int, policy: Retention | None) -> None:
+    """Remove the job, or trim its state to N jobs, as the policy says (after the ack)."""
+    if policy is True:
+        await backend.store.remove(job, revision)
+    elif isinstance(policy, int) and not isinstance(policy, bool):
+        await trim(backend, job.state, keep=policy)
+
+
+async def trim(backend: Backend, state: JobState, keep: int) -> int:
+    """Remove the oldest jobs in ``state`` beyond the newest ``keep``; returns how many."""
+    extra = await backend.store.index.count(state) - keep
+    removed = 0
+    for entry in await backend.store.index.oldest(state, min(extra, TRIM_BATCH)):
+        record = await backend.store.get(entry.job_id)
+        if record is None or record.job.state != state:
+            continue  # moved on meanwhile
+        with contextlib.suppress(CasConflict, JetStreamError):
+            await backend.store.remove(record.job, record.revision)
+            removed += 1
+    return removed

@@ -1,0 +1,108 @@
+"""remove_on_complete / remove_on_fail: True, a count N, or an age; per queue and per job."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from oqron_nats import Client, ConfigError, InvalidOption, JobState, RetryPolicy, queue
+from oqron_nats.store import JobStore
+
+from .helpers import eventually
+
+
+async def ok(ctx) -> str:
+    return "done"
+
+
+async def boom(ctx) -> None:
+    raise RuntimeError("boom")
+
+
+async def test_true_removes_finished_jobs_at_once(client: Client) -> None:
+    q = queue("gone", ok, client=client, remove_on_complete=True)
+    async with q:
+        job = await q.add({"n": 1})
+        assert (await job.wait(10)).state == JobState.COMPLETED
+        await eventually(lambda: _missing(q, job.id), what="the record to be removed")
+    assert await q.count() == 0
+
+
+async def _missing(q, job_id: str) -> bool:
+    return await q.get_job(job_id) is None
+
+
+async def test_per_job_retention_overrides_the_queue(client: Client) -> None:
+    q = queue("mixed", ok, client=client, remove_on_complete=True)
+    async with q:
+        kept = await q.add({"n": 1}, remove_on_complete=False)
+        removed = await q.add({"n": 2})
+        await kept.wait(10)
+        await removed.wait(10)
+        await eventually(lambda: _missing(q, removed.id), what="the queue default to apply")
+    assert await q.get_job(kept.id) is not None
+    with pytest.raises(InvalidOption):
+        await q.add({"n": 3}, remove_on_complete=-1)
+
+
+async def test_a_count_keeps_the_newest_n_without_scanning(client: Client, monkeypatch) -> None:
+    async def no_scan(self):
+        raise AssertionError("retention scanned every record")
+        yield
+
+    monkeypatch.setattr(JobStore, "scan", no_scan)
+    q = queue("newest", ok, client=client, remove_on_complete=5, concurrency=1)
+    async with q:
+        jobs = [await q.add({"n": n}) for n in range(12)]
+        for job in jobs:
+            await q.wait(job.id, 10) if await q.get_job(job.id) else None
+        await eventually(
+            lambda: _count(q, JobState.COMPLETED, 5), what="5 completed jobs to remain"
+        )
+    kept = {j.id for j in await q.get_jobs(JobState.COMPLETED)}
+    assert kept == {j.id for j in jobs[-5:]}, "the newest five are kept"
+
+
+async def _count(q, state: JobState, n: int) -> bool:
+    return await q.count(state) == n
+
+
+async def test_an_age_removes_each_job_that_much_later(client: Client) -> None:
+    q = queue("aged", ok, client=client, remove_on_complete=timedelta(seconds=1))
+    async with q:
+        job = await q.add({"n": 1})
+        done = await job.wait(10)
+    assert done.state == JobState.COMPLETED
+    assert await q.get_job(job.id) is not None, "kept until its age is reached"
+    await eventually(lambda: _missing(q, job.id), timeout=10, what="the record to expire")
+    await eventually(lambda: _count(q, JobState.COMPLETED, 0), what="its index entry to expire")
+
+
+async def test_remove_on_fail_removes_the_record_but_keeps_the_dead_letter(client: Client) -> None:
+    q = queue("fails", boom, client=client, retries=RetryPolicy(max=0), remove_on_fail=True)
+    async with q:
+        job = await q.add({"n": 1})
+        assert (await job.wait(10)).state == JobState.FAILED
+        await eventually(lambda: _missing(q, job.id), what="the failed record to be removed")
+    conn = await client.connect()
+    names = client.names("fails")
+    assert await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job.id))
+
+
+async def test_a_publishers_setting_travels_with_the_job(client: Client) -> None:
+    publisher = queue("stamped", client=client, remove_on_complete=True)
+    job = await publisher.add({"n": 1})
+    assert job.remove_on_complete is True
+    worker = queue("stamped", ok, client=client)
+    async with worker:
+        await job.wait(10)
+        await eventually(lambda: _missing(worker, job.id), what="the stamped retention to apply")
+    await asyncio.sleep(0)
+
+
+def test_bad_retention_settings_are_refused() -> None:
+    for bad in (-1, timedelta(0), "1h", 1.5):
+        with pytest.raises(ConfigError):
+            queue("bad", remove_on_complete=bad)  # type: ignore[arg-type]
