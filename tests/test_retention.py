@@ -56,13 +56,14 @@ async def test_a_count_keeps_the_newest_n_without_scanning(client: Client, monke
     q = queue("newest", ok, client=client, remove_on_complete=5, concurrency=1)
     async with q:
         jobs = [await q.add({"n": n}) for n in range(12)]
-        for job in jobs:
-            await q.wait(job.id, 10) if await q.get_job(job.id) else None
-        await eventually(
-            lambda: _count(q, JobState.COMPLETED, 5), what="5 completed jobs to remain"
-        )
+        await eventually(lambda: _all_done_and_trimmed(q), what="12 finished, 5 kept")
     kept = {j.id for j in await q.get_jobs(JobState.COMPLETED)}
     assert kept == {j.id for j in jobs[-5:]}, "the newest five are kept"
+
+
+async def _all_done_and_trimmed(q) -> bool:
+    waiting, active = await q.count(JobState.WAITING), await q.count(JobState.ACTIVE)
+    return waiting == 0 and active == 0 and await q.count(JobState.COMPLETED) == 5
 
 
 async def _count(q, state: JobState, n: int) -> bool:
