@@ -123,7 +123,13 @@ class Client:
 
     async def _provision(self, conn: Nats, names: Names) -> None:
         if names.jobs_bucket not in self._ready:
-            for bucket in (names.jobs_bucket, names.locks_bucket, names.queues_bucket):
+            buckets = (
+                names.jobs_bucket,
+                names.locks_bucket,
+                names.queues_bucket,
+                names.deps_bucket,
+            )
+            for bucket in buckets:
                 await ensure_bucket(
                     conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
                 )

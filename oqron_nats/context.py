@@ -93,6 +93,7 @@ class JobContext(Generic[T]):
         tags: list[str],
         fencing_token: int,
         signal: Signal,
+        parent_results: dict[str, Any],
         on_progress: ProgressSink,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -108,6 +109,8 @@ class JobContext(Generic[T]):
         self.fencing_token = fencing_token
         """Grows with every claim of the job: pass it to systems that must reject stale writers."""
         self.signal = signal
+        self.parent_results = parent_results
+        """The results of the jobs this one depended on, by job id (flows)."""
         self.discarded: str | None = None
         self.logger = structlog.get_logger("oqron_nats.job").bind(
             job_id=id, queue=queue, correlation_id=correlation_id, attempt=attempt

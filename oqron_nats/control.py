@@ -34,6 +34,8 @@ class QueueState(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     paused: bool = False
     changed_at: datetime | None = None
+    flows: bool = False
+    """Whether any job of the queue ever had parents (finishing jobs then look for children)."""
     v: int = 1
 
 
@@ -71,14 +73,22 @@ class Control:
 
     async def set_paused(self, paused: bool) -> bool:
         """Pause or resume; True if this call changed the state."""
+        return await self._change(paused=paused)
+
+    async def note_flows(self) -> None:
+        """Remember (for good) that the queue has jobs with parents."""
+        if not self.state.flows:
+            await self._change(flows=True)
+
+    async def _change(self, **fields: bool) -> bool:
         key = self.names.queue
         while True:
             entry = await self.bucket.get(key)
             current = decode_state(entry.value if entry else None)
-            if current.paused == paused:
+            if all(getattr(current, name) == value for name, value in fields.items()):
                 self.state = current
                 return False
-            new = QueueState(paused=paused, changed_at=datetime.now(UTC))
+            new = msgspec.structs.replace(current, changed_at=datetime.now(UTC), **fields)
             try:
                 if entry is None:
                     await self.bucket.create(key, msgspec.json.encode(new))

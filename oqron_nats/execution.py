@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from . import retention
+from . import dag, retention
 from ._nats import CasConflict, Delivery
 from .backend import Backend
 from .codec import PayloadCodec, check_size, encode_value
@@ -180,8 +180,10 @@ class Execution:
             return None
         job, self._revision = record
         if job.is_terminal:
-            if job.state == JobState.FAILED and self.delivery.num_delivered > 1:
-                await self._dead_letter(job)  # the crash may have come before the dead letter
+            if self.delivery.num_delivered > 1:  # a crash may have come before these
+                if job.state == JobState.FAILED:
+                    await self._dead_letter(job)
+                await self._notify_children(job)
             await self.delivery.ack()
             return None
         if is_duplicate(job, self.delivery.stream_seq):
@@ -324,8 +326,10 @@ class Execution:
 
     async def _call_handler(self, job: RawJob, value: Any) -> Any:
         rt = self.rt
+        parents = await dag.parent_results(rt.backend, job) if job.depends_on else {}
         ctx = JobContext(
             id=job.id,
+            parent_results=parents,
             queue=rt.config.name,
             data=value,
             attempt=job.attempt,
@@ -444,6 +448,7 @@ class Execution:
         )
         if done is None:
             return
+        await self._notify_children(done)
         await self.delivery.ack()
         await self._release()
         await self._retain(done)
@@ -517,6 +522,7 @@ class Execution:
         if not dead:
             await self._release()
             return  # unacked: the redelivery writes the dead letter
+        await self._notify_children(failed)
         await self.delivery.ack()
         await self._release()
         await self._retain(failed)
@@ -524,6 +530,11 @@ class Execution:
         if self.rt.config.dead_letter.enabled:
             await self._hook(self.rt.config.dead_letter.on_dead, job)
         await self._hook(self.rt.config.hooks.on_fail, job, failure)
+
+    async def _notify_children(self, job: RawJob) -> None:
+        """Let the job's children (flows) react to its end, before the ack (redelivery retries)."""
+        if self.rt.backend.control.state.flows:
+            await dag.notify_children(self.rt.backend, job.id)
 
     async def _retain(self, job: RawJob) -> None:
         """Apply the finished job's retention (remove it, or trim its state); best effort."""

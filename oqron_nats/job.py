@@ -153,3 +153,5 @@ class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     correlation_id: str | None = None
     remove_on_complete: Retention | None = None
     remove_on_fail: Retention | None = None
+    depends_on: list[str] | None = None
+    parent_failure_policy: ParentFailurePolicy | None = None

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from . import dag
 from ._nats import CasConflict
 from .backend import Backend
 from .config import Reconciliation, seconds
@@ -80,6 +81,9 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
     async for record in backend.store.scan():
         job = record.job
         states[job.id] = job.state
+        if job.state == JobState.WAITING_CHILDREN:
+            await dag.resolve(backend, job.id)  # a parent's end may have gone unnoticed
+            continue
         if job.id in queued or not _overdue(job, now, waited, grace):
             continue
         if await _requeue(

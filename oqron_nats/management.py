@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from . import dag
 from ._nats import CasConflict
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
@@ -78,6 +79,8 @@ async def cancel(backend: Backend, job_id: str) -> bool:
     if job.state == JobState.ACTIVE:
         await backend.conn.publish_core(backend.names.control("cancel", job_id))
     await remove_messages(backend, job_id)
+    if backend.control.state.flows:
+        await dag.notify_children(backend, job_id)
     return True
 
 

@@ -18,6 +18,7 @@ Layout for namespace ``ns`` and queue ``q``::
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
     bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
+    bucket  oqron_<ns>_deps      flow edges, key <q>.<parent_id>.<child_id>
 
 Names are validated before they reach a subject or key: a ``.``, ``*``, ``>`` or space would
 change what a subject matches. Namespaces may not contain ``_`` so that stream and bucket names
@@ -179,6 +180,19 @@ class Names:
     def jobs_bucket(self) -> str:
         """The KV bucket of job records."""
         return f"oqron_{self.namespace}_jobs"
+
+    @property
+    def deps_bucket(self) -> str:
+        """The KV bucket of parent -> child edges (flows)."""
+        return f"oqron_{self.namespace}_deps"
+
+    def edge(self, parent_id: str, child_id: str) -> str:
+        """The key of one parent -> child edge."""
+        return f"{self.queue}.{parent_id}.{child_id}"
+
+    def edges_of(self, parent_id: str) -> str:
+        """A key filter over a parent's edges."""
+        return f"{self.queue}.{parent_id}.*"
 
     @property
     def queues_bucket(self) -> str:

@@ -24,6 +24,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 import msgspec
 from typing_extensions import TypeVar
 
-from . import management
+from . import dag, management
 from ._nats import CasConflict, JetStreamError, NoStream
 from .backend import Backend
 from .bulk import AddOutcome, BulkResult, split_item
@@ -64,7 +65,16 @@ from .errors import (
 )
 from .events import TERMINAL_EVENTS, Event
 from .index import newest_across
-from .job import TERMINAL_STATES, AddOptions, Job, JobState, Retention, moved, with_data
+from .job import (
+    TERMINAL_STATES,
+    AddOptions,
+    Job,
+    JobState,
+    ParentFailurePolicy,
+    Retention,
+    moved,
+    with_data,
+)
 from .names import check_name
 from .store import RawJob
 from .tracing import mark_failed
@@ -152,6 +162,8 @@ class Queue(Generic[T, S]):
         correlation_id: str | None = None,
         remove_on_complete: Retention | None = None,
         remove_on_fail: Retention | None = None,
+        depends_on: Sequence[str] | None = None,
+        parent_failure_policy: ParentFailurePolicy | None = None,
     ) -> Job[T] | S:
         """Add one job; return it (or the existing job if ``job_id`` is taken).
 
@@ -162,7 +174,9 @@ class Queue(Generic[T, S]):
         options = parse_options(
             {"job_id": job_id, "delay": delay, "priority": priority, "attempts": attempts,
              "correlation_id": correlation_id, "remove_on_complete": remove_on_complete,
-             "remove_on_fail": remove_on_fail}
+             "remove_on_fail": remove_on_fail,
+             "depends_on": _job_ids(depends_on),
+             "parent_failure_policy": parent_failure_policy}
         )  # fmt: skip
         value, job = self._new_job(data, options)
         backend = await self._open()
@@ -175,7 +189,11 @@ class Queue(Generic[T, S]):
                 raise QueuePaused(f"queue {self.name!r} is paused and rejects new jobs")
             if self.config.disabled_behavior == "skip":
                 return cast(S, Skipped(self.name, job.id))
-            job = moved(job, JobState.PAUSED, "held: the queue is paused")
+            if not job.depends_on:  # a child waits for its parents either way
+                job = moved(job, JobState.PAUSED, "held: the queue is paused")
+        if job.depends_on:
+            await dag.check_parents(backend, job.id, job.depends_on)
+            await backend.control.note_flows()
         return await self._enqueue(backend, value, job)
 
     async def add_bulk(self, items: Iterable[Mapping[str, Any]]) -> BulkResult[T]:
@@ -229,10 +247,12 @@ class Queue(Generic[T, S]):
         )
         if options.attempts is not None and options.attempts < 1:
             raise InvalidOption(f"attempts must be at least 1, not {options.attempts}")
+        parents = [check_name(p, "parent job id") for p in dict.fromkeys(options.depends_on or [])]
+        state = JobState.DELAYED if delay > 0 else JobState.WAITING
         job: RawJob = Job(
             id=job_id,
             queue=self.name,
-            state=JobState.DELAYED if delay > 0 else JobState.WAITING,
+            state=JobState.WAITING_CHILDREN if parents else state,
             data=msgspec.Raw(raw),
             created_at=now,
             run_at=now + timedelta(seconds=delay) if delay > 0 else None,
@@ -244,6 +264,8 @@ class Queue(Generic[T, S]):
                 options.remove_on_complete, self.config.remove_on_complete
             ),
             remove_on_fail=_retention(options.remove_on_fail, self.config.remove_on_fail),
+            depends_on=parents,
+            parent_failure_policy=options.parent_failure_policy or "block",
         )
         return value, moved(job, job.state, "added")
 
@@ -266,6 +288,9 @@ class Queue(Generic[T, S]):
                 raise EnqueueError(
                     f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
                 ) from exc
+            if job.state == JobState.WAITING_CHILDREN:
+                await dag.link(backend, job)
+                return await self._existing(backend, job.id)  # link may have released it
             if job.state == JobState.PAUSED:
                 await self._hold(backend, job)
             else:
@@ -295,6 +320,9 @@ class Queue(Generic[T, S]):
             # finish an add that may have stopped half-way: its index entry and its message
             await backend.store.index.moved(job_id, None, record.job.state)
             await backend.broker.enqueue(record.job)
+        elif record.job.state == JobState.WAITING_CHILDREN:
+            await dag.link(backend, record.job)  # idempotent: edges, then a decision
+            record = await backend.store.get(job_id) or record
         return self._typed(record.job)
 
     # -- reading --------------------------------------------------------------------------
@@ -556,6 +584,12 @@ def _retention(given: Retention | None, queue_wide: Retention | None) -> Retenti
     if given is None:
         return queue_wide
     return check_retention(given, "remove_on_complete/remove_on_fail", InvalidOption)
+
+
+def _job_ids(ids: Sequence[str] | None) -> list[str] | None:
+    if isinstance(ids, str):
+        raise InvalidOption("depends_on must be a list of job ids, not a string")
+    return None if ids is None else list(ids)
 
 
 def _option_seconds(value: float | timedelta) -> float:
