@@ -24,6 +24,8 @@ from .tracing import Tracing
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MIN_SERVER_VERSION = (2, 12, 0)
 """Message schedules (delays and retries) need nats-server 2.12."""
+RATE_WINDOWS_KEPT = 24 * 3600.0
+"""Seconds a rate-limit window's counter is kept (longer than any sensible window)."""
 RECORD_HEADROOM = 64 * 1024
 """Bytes of a job record kept for everything but the payload (state, error, trace context)."""
 
@@ -133,6 +135,16 @@ class Client:
                 await ensure_bucket(
                     conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
                 )
+            await ensure_stream(
+                conn,
+                name=names.rate_stream,
+                subjects=[names.rate_subjects],
+                replicas=self.replicas,
+                work_queue=False,
+                max_msgs_per_subject=1,
+                counter=True,
+                max_age=RATE_WINDOWS_KEPT,
+            )
             await ensure_stream(
                 conn,
                 name=names.dlq_stream,

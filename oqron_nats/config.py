@@ -161,6 +161,48 @@ class LagMonitor:
                 raise ConfigError(f"lag_monitor.{name} must be positive")
 
 
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Per process: at most ``max`` jobs start in any ``duration`` (a sliding window).
+
+    The worker asks the server for no more jobs than the window allows, so nothing is fetched
+    only to be handed back.
+    """
+
+    max: int
+    duration: Duration
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max, int) or isinstance(self.max, bool) or self.max < 1:
+            raise ConfigError(f"throttle.max must be an int >= 1, not {self.max!r}")
+        if seconds(self.duration, "throttle.duration") <= 0:
+            raise ConfigError("throttle.duration must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Across the whole cluster: at most ``max`` jobs start per ``duration`` window.
+
+    With ``key`` (a function of the job's data, e.g. the tenant id) each group has its own
+    limit. Windows are aligned to the epoch and counted by the server (atomic counters), so
+    every process shares them. A job over the limit goes back to the queue until its window
+    ends. ``fail_open`` lets jobs start when the counter cannot be reached (default: wait).
+    """
+
+    max: int
+    duration: Duration
+    key: Callable[[Any], str] | None = None
+    fail_open: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max, int) or isinstance(self.max, bool) or self.max < 1:
+            raise ConfigError(f"rate_limit.max must be an int >= 1, not {self.max!r}")
+        if seconds(self.duration, "rate_limit.duration") < 1:
+            raise ConfigError("rate_limit.duration must be at least 1 second")
+        if self.key is not None and not callable(self.key):
+            raise ConfigError("rate_limit.key must be a function of the job's data")
+
+
 class QueueOptions(TypedDict, total=False):
     """The keyword options of ``queue()`` and ``worker()``; defaults are QueueConfig's."""
 
@@ -181,6 +223,8 @@ class QueueOptions(TypedDict, total=False):
     lag_monitor: bool | LagMonitor
     remove_on_complete: Retention
     remove_on_fail: Retention
+    throttle: Throttle
+    rate_limit: RateLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +255,8 @@ class QueueConfig:
     """Retention of completed jobs (None: keep them all)."""
     remove_on_fail: Retention | None = None
     """Retention of failed jobs (None: keep them all)."""
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
 
     @property
     def ack_wait(self) -> float:
@@ -239,6 +285,13 @@ def _group(value: object, cls: type[G], key: str) -> G | None:
     if isinstance(value, cls):
         return value
     raise ConfigError(f"{key} must be True, False or a {cls.__name__}, not {value!r}")
+
+
+def _instance(value: object, cls: type[G], key: str) -> G | None:
+    """An optional option group that has no defaults: None, or an instance."""
+    if value is None or isinstance(value, cls):
+        return value
+    raise ConfigError(f"{key} must be a {cls.__name__}, not {value!r}")
 
 
 def make_config(
@@ -296,6 +349,8 @@ def make_config(
         disabled_behavior=disabled_behavior,
         remove_on_complete=check_retention(options.get("remove_on_complete"), "remove_on_complete"),
         remove_on_fail=check_retention(options.get("remove_on_fail"), "remove_on_fail"),
+        throttle=_instance(options.get("throttle"), Throttle, "throttle"),
+        rate_limit=_instance(options.get("rate_limit"), RateLimit, "rate_limit"),
     )
 
 

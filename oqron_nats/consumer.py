@@ -33,6 +33,8 @@ from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .maintenance import Maintenance, reconcile, scan_stalls
+from .ratelimit import ClusterRateLimit
+from .throttle import StartWindow
 
 log = structlog.get_logger("oqron_nats")
 
@@ -85,12 +87,19 @@ class Consumer:
         self._runtime: Runtime | None = None
         self._specs = consumer_specs(config, backend.names, backend.client.replicas)
         self._lag: LagWatch | None = None
+        self._throttle = StartWindow(config.throttle) if config.throttle else None
         self._maintenance: Maintenance | None = None
 
     @property
     def free(self) -> int:
         """Slots with no job running."""
         return self.config.concurrency - self.running
+
+    def _room(self) -> int:
+        """How many more jobs may start now: free slots, within the throttle's window."""
+        if self._throttle is None:
+            return self.free
+        return min(self.free, self._throttle.room())
 
     async def start(self) -> None:
         """Create the consumers, open the pull inboxes and start claiming."""
@@ -134,6 +143,11 @@ class Consumer:
             worker_id=self.worker_id,
             consumer=specs[0].durable if len(specs) == 1 else "priority",
             executor=self._executor,
+            limiter=(
+                ClusterRateLimit(conn, names, self.config.rate_limit)
+                if self.config.rate_limit
+                else None
+            ),
         )
         for spec in specs:
             puller = Puller(
@@ -195,7 +209,7 @@ class Consumer:
             try:
                 if await self._recreate_lost_consumers():
                     self._trouble += 1
-                if self.free > 0 and self._may_claim():
+                if self._room() > 0 and self._may_claim():
                     await self._refill()
             except Exception as exc:
                 self._trouble += 1
@@ -203,7 +217,7 @@ class Consumer:
             if self._trouble:  # back off while things go wrong (a delivery resets it)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), min(5.0, 0.05 * 2**self._trouble))
-            timeout: float | None = None
+            timeout = self._throttle.next_room_in() if self._throttle else None
             for puller in self._pullers:
                 check = puller.expire_stale()
                 if check is not None:
@@ -217,23 +231,26 @@ class Consumer:
             return
         for lane in self._plan.order():  # priority: sweep ready jobs, best lane first
             puller = self._pullers[lane]
-            if self.free <= 0 or self._stopping.is_set():
+            if self._room() <= 0 or self._stopping.is_set():
                 return
             if not puller.has_open_request:
-                await puller.request_now(self.free)
+                await puller.request_now(self._room())
         idle = [p for p in self._pullers if not p.has_open_request]
-        if self.free > 0 and idle:  # nothing ready: wait on every lane at once
-            per = max(1, self.free // len(idle))
+        room = self._room()
+        if room > 0 and idle:  # nothing ready: wait on every lane at once
+            if self._throttle is not None:  # never ask for more than the window allows
+                idle = idle[:room]
+            per = max(1, room // len(idle))
             for puller in idle:
                 await puller.request(per, expires=PULL_EXPIRES)
 
     async def _refill_single(self, puller: Puller) -> None:
-        want = self.free - puller.outstanding
+        want = self._room() - puller.outstanding
         if want > 0:
             await puller.request(want, expires=PULL_EXPIRES)
         if self._popper is not None:  # lifo: move the newest lane jobs to the run lane
             self._in_transit = min(self._in_transit, puller.outstanding)
-            while self.free - self._in_transit > 0 and self._popper.maybe_nonempty:
+            while self._room() - self._in_transit > 0 and self._popper.maybe_nonempty:
                 self._in_transit += 1  # before the move: its delivery may come back at once
                 if not await self._popper.pop_one():
                     self._in_transit -= 1
@@ -256,6 +273,8 @@ class Consumer:
             return
         assert self._runtime is not None
         execution = Execution(self._runtime, delivery)
+        if self._throttle is not None:
+            self._throttle.started()
         self.running += 1
         task = asyncio.create_task(self._execute(execution))
         self._tasks[task] = execution

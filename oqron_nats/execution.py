@@ -44,6 +44,7 @@ from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
 from .lease import Lease, LeaseLost
 from .names import check_name
 from .progress import ProgressWriter
+from .ratelimit import ClusterRateLimit
 from .retry import retry_delay
 from .store import CorruptRecord, RawJob
 from .tracing import mark_failed
@@ -84,6 +85,7 @@ class Runtime:
     worker_id: str
     consumer: str
     executor: ThreadPoolExecutor | None
+    limiter: ClusterRateLimit | None = None
 
     @property
     def is_async(self) -> bool:
@@ -135,7 +137,9 @@ class Execution:
         """Process the delivery; never raises (a failure leaves the message for redelivery)."""
         try:
             job = await self._check_record()
-            if job is not None and await self._claim(job):
+            if job is None or not await self._admitted(job):
+                return
+            if await self._claim(job):
                 await self._run_claimed()
         except asyncio.CancelledError:
             raise
@@ -207,6 +211,16 @@ class Execution:
             await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
             return None
         return job
+
+    async def _admitted(self, job: RawJob) -> bool:
+        """Within the cluster-wide rate limit? If not, the job goes back until its window ends."""
+        if self.rt.limiter is None:
+            return True
+        wait = await self.rt.limiter.admit(self._payload(job))
+        if wait is None:
+            return True
+        await self.delivery.nak(delay=wait)
+        return False
 
     # -- 2. claim: lease, then record -> active ----------------------------------------------
 

@@ -13,6 +13,7 @@ Layout for namespace ``ns`` and queue ``q``::
     oqron.<ns>.ev.<q>.<id>.<event>   job lifecycle events (core NATS: for listeners on any node)
     oqron.<ns>.ctl.<q>.<cmd>.<id>    commands to the queue's workers (core NATS), e.g. cancel
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
+    stream  OQRON_<ns>_RATE      rate-limit counters, oqron.<ns>.rate.<q>.<group>.<window>
     stream  OQRON_<ns>_X<c>_<q>  the index of the jobs in one state (c: a letter per state),
                                  subject oqron.<ns>.ix.<q>.<state>.<job_id>, one per job
     bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
@@ -161,6 +162,20 @@ class Names:
     def events(self) -> str:
         """A wildcard over every event of the queue."""
         return f"oqron.{self.namespace}.ev.{self.queue}.>"
+
+    @property
+    def rate_stream(self) -> str:
+        """The namespace's stream of rate-limit counters."""
+        return f"OQRON_{self.namespace}_RATE"
+
+    @property
+    def rate_subjects(self) -> str:
+        """Every rate-limit counter of the namespace."""
+        return f"oqron.{self.namespace}.rate.>"
+
+    def rate(self, group: str, window: int) -> str:
+        """The counter of one group's starts in one window."""
+        return f"oqron.{self.namespace}.rate.{self.queue}.{group}.{window}"
 
     @property
     def dlq_stream(self) -> str:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from oqron_nats import JobContext, worker
-from oqron_nats.config import StallScanner
+from oqron_nats.config import RateLimit, StallScanner
 
 
 def append(path: str, record: dict[str, Any]) -> None:
@@ -24,6 +24,14 @@ def append(path: str, record: dict[str, Any]) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def rate_limit(args: argparse.Namespace) -> RateLimit | None:
+    if not args.rate_max:
+        return None
+    field = args.rate_key
+    key = (lambda data: str(data.get(field))) if field else None
+    return RateLimit(args.rate_max, args.rate_duration, key=key)
 
 
 async def main() -> None:
@@ -39,6 +47,9 @@ async def main() -> None:
     parser.add_argument("--max-stalled-count", type=int, default=3)
     parser.add_argument("--guaranteed", type=int, default=1)
     parser.add_argument("--scanner", type=float, default=0.0, help="scanner interval; 0: off")
+    parser.add_argument("--rate-max", type=int, default=0, help="cluster rate limit; 0: off")
+    parser.add_argument("--rate-duration", type=float, default=1.0)
+    parser.add_argument("--rate-key", default="", help="data field that names the group")
     args = parser.parse_args()
 
     async def handler(ctx: JobContext[Any]) -> dict[str, Any]:
@@ -71,6 +82,7 @@ async def main() -> None:
         max_stalled_count=args.max_stalled_count,
         guaranteed_worker=bool(args.guaranteed),
         cross_node_stall_scanner=StallScanner(args.scanner) if args.scanner else False,
+        rate_limit=rate_limit(args),
     )
     run = asyncio.create_task(w.run())
     ready = asyncio.create_task(w.ready.wait())

@@ -69,6 +69,8 @@ class PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    val: str | None = None
+    """The new total, for a counter stream."""
     error: _ApiError | None = None
 
 
@@ -257,6 +259,11 @@ class Nats:
                     error.after_timeout = timed_out
                 raise error
             return ack
+
+    async def increment(self, subject: str, by: int = 1) -> int:
+        """Add to a JetStream counter (a stream with allow_msg_counter); return the new total."""
+        ack = await self.publish(subject, b"", {"Nats-Incr": f"{by:+d}"})
+        return int(ack.val or 0)
 
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""

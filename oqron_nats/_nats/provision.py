@@ -37,6 +37,8 @@ async def ensure_stream(
     max_msgs_per_subject: int = -1,
     max_msg_size: int = -1,
     ttl: bool = False,
+    counter: bool = False,
+    max_age: float | None = None,
 ) -> None:
     """Create the stream unless it exists; an existing stream is left as it is."""
     try:
@@ -56,6 +58,8 @@ async def ensure_stream(
         allow_direct=True,
         allow_msg_schedules=schedules or None,
         allow_msg_ttl=schedules or ttl or None,
+        allow_msg_counter=counter or None,
+        max_age=max_age,
         allow_rollup_hdrs=schedules,
         republish=(
             api.RePublish(src=republish[0], dest=republish[1], headers_only=True)
