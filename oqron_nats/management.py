@@ -19,6 +19,9 @@ from .job import JobState, moved
 
 log = structlog.get_logger("oqron_nats")
 
+ACTIVE_LIMIT = 100_000
+"""At most this many active jobs are told to stop when a queue is obliterated by force."""
+
 
 async def pause(backend: Backend) -> bool:
     """Pause the queue cluster-wide (persisted); True if it was running."""
@@ -145,3 +148,38 @@ async def promote(backend: Backend, job_id: str) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def obliterate(backend: Backend, force: bool = False) -> int:
+    """Remove every job, record, message, schedule, lease, edge and dead letter of the queue.
+
+    Refuses while jobs are active unless ``force``; then their handlers are told to stop
+    (their ``ctx.signal`` fires) and none of their later writes can bring a record back (every
+    write is a compare-and-set on a revision that no longer exists). Returns how many jobs went.
+    """
+    names, conn = backend.names, backend.conn
+    active = await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
+    if active and not force:
+        raise InvalidState(
+            f"queue {names.queue!r} has {len(active)} active job(s); stop its workers, drain it, "
+            "or obliterate(force=True)"
+        )
+    was_paused = backend.control.state.paused
+    await pause(backend)  # nothing new starts while it goes
+    removed = sum([await backend.store.index.count(state) for state in JobState])
+    for entry in active:
+        await conn.publish_core(names.control("cancel", entry.job_id))
+    await conn.purge_subject(names.stream, ">")
+    for bucket, keys in (
+        (names.jobs_bucket, names.keys),
+        (names.locks_bucket, names.keys),
+        (names.deps_bucket, f"{names.queue}.>"),
+    ):
+        await conn.purge_subject(f"KV_{bucket}", f"$KV.{bucket}.{keys}")
+    for state in JobState:
+        await conn.purge_subject(names.index_stream(state), ">")
+    await conn.purge_subject(names.dlq_stream, names.dead_letter("*"))
+    if not was_paused:
+        await resume(backend)
+    log.warning("queue obliterated", queue=names.queue, jobs=removed)
+    return removed

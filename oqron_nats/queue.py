@@ -431,6 +431,13 @@ class Queue(Generic[T, S]):
         check_name(job_id, "job id")
         await management.promote(await self._open(), job_id)
 
+    async def obliterate(self, force: bool = False) -> int:
+        """Remove every job of the queue, with its records, schedules and dead letters.
+
+        Refuses (InvalidState) while jobs are active, unless ``force``; returns how many went.
+        """
+        return await management.obliterate(await self._open(), force)
+
     async def retry_all_failed(self) -> int:
         """Retry every job that is failed now (a snapshot, so it ends); returns how many."""
         failed = [job.id for job in await self.get_jobs(JobState.FAILED, limit=sys.maxsize)]

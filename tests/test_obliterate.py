@@ -1,0 +1,75 @@
+"""obliterate(): everything of a queue goes, and in-flight handlers cannot bring records back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from oqron_nats import Client, InvalidState, JobState, RetryPolicy, queue
+
+from .helpers import eventually, stream_message_count
+
+
+async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
+    client: Client,
+) -> None:
+    async def handler(ctx) -> None:
+        if ctx.data.get("fail"):
+            raise RuntimeError("dead")
+
+    q = queue("doomed", handler, client=client, retries=RetryPolicy(max=0))
+    neighbour = queue("neighbour", client=client)
+    kept = await neighbour.add({"n": 1})
+    async with q:
+        done = await q.add({"n": 1})
+        failed = await q.add({"fail": True})
+        await done.wait(10)
+        await failed.wait(10)
+    waiting = await q.add({"n": 2})
+    delayed = await q.add({"n": 3}, delay=3600)
+    names = client.names("doomed")
+    conn = await client.connect()
+    assert await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
+    assert await q.obliterate() == 4
+    for job in (done, failed, waiting, delayed):
+        assert await q.get_job(job.id) is None
+    assert await q.count() == 0
+    assert await stream_message_count(client, names.stream) == 0, "lane messages and schedules"
+    assert (
+        await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
+        is None
+    )
+    assert await neighbour.get_job(kept.id) is not None, "other queues keep their jobs"
+    assert not await q.is_paused()
+    again = await q.add({"n": 4}, job_id=done.id)  # the ids are free again
+    assert again.state == JobState.WAITING
+
+
+async def test_obliterate_refuses_active_jobs_unless_forced(client: Client) -> None:
+    reasons: list[str] = []
+
+    async def handler(ctx) -> str:
+        reasons.append(await ctx.signal)
+        return "late result"
+
+    q = queue("busy", handler, client=client)
+    async with q:
+        job = await q.add({"n": 1})
+        await eventually(lambda: _active(q), what="the job to run")
+        with pytest.raises(InvalidState, match="active"):
+            await q.obliterate()
+        assert await q.get_job(job.id) is not None
+        assert await q.obliterate(force=True) == 1
+        await eventually(lambda: _signalled(reasons), what="the handler to be told")
+        await asyncio.sleep(0.5)
+        assert await q.get_job(job.id) is None, "the in-flight handler did not re-create it"
+    assert reasons == ["cancelled"]
+
+
+async def _active(q) -> bool:
+    return await q.count(JobState.ACTIVE) == 1
+
+
+async def _signalled(reasons: list[str]) -> bool:
+    return bool(reasons)
