@@ -106,3 +106,25 @@ async def test_a_keyed_limit_limits_each_group_on_its_own(client: Client) -> Non
     assert over_limit(starts["b"], 2, 2.0) == []
     assert max(starts["b"]) - began < 2.5, "tenant b is not held back by tenant a's backlog"
     assert max(starts["a"]) - began >= 4.0, "tenant a's 8 jobs need at least four windows"
+
+
+async def test_throttle_and_rate_limit_compose(client: Client) -> None:
+    starts: list[float] = []
+
+    async def handler(ctx) -> None:
+        starts.append(time.time())
+
+    q = queue(
+        "both",
+        handler,
+        client=client,
+        concurrency=10,
+        throttle=Throttle(2, 1.0),
+        rate_limit=RateLimit(max=3, duration=2.0),
+    )
+    await q.add_bulk([{"data": n} for n in range(9)])
+    async with q:
+        await eventually(lambda: _count(q, JobState.COMPLETED, 9), timeout=30, what="9 jobs")
+    assert over_limit(starts, 3, 2.0) == [], "the cluster limit holds"
+    for i, t in enumerate(starts):
+        assert len([s for s in starts[i:] if s < t + 1.0 - 0.01]) <= 2, "the throttle holds"
