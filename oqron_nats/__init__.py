@@ -18,9 +18,11 @@ from .config import (
     Hooks,
     LagMonitor,
     QueueOptions,
+    RateLimit,
     Reconciliation,
     RetryPolicy,
     StallScanner,
+    Throttle,
 )
 from .context import JobContext, Signal
 from .errors import (
@@ -39,6 +41,7 @@ from .errors import (
     QueuePaused,
     ServerVersionError,
 )
+from .events import Event
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
 from .queue import Queue, Skipped, queue
 from .worker import Worker, worker
@@ -53,6 +56,7 @@ __all__ = [
     "ConsumerConflict",
     "DeadLetter",
     "EnqueueError",
+    "Event",
     "Hooks",
     "InvalidInput",
     "InvalidName",
@@ -70,12 +74,14 @@ __all__ = [
     "Queue",
     "QueueOptions",
     "QueuePaused",
+    "RateLimit",
     "Reconciliation",
     "RetryPolicy",
     "ServerVersionError",
     "Signal",
     "Skipped",
     "StallScanner",
+    "Throttle",
     "Worker",
     "__version__",
     "queue",
