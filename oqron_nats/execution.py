@@ -187,6 +187,7 @@ class Execution:
             if self.delivery.num_delivered > 1:  # a crash may have come before these
                 if job.state == JobState.FAILED:
                     await self._dead_letter(job)
+                await self.rt.backend.store.index.repair(job.id, job.state)
                 await self._notify_children(job)
             await self.delivery.ack()
             return None

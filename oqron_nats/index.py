@@ -8,8 +8,12 @@ the new state's stream and purged from the old one. Both go out without waiting 
 * ``count(state)`` is the state stream's message count: one request, whatever the size.
 * The newest jobs in a state are the last entries of its stream, read backwards in windows.
 
-The record stays the truth: a page re-reads the records and drops the entries of jobs that have
-moved on meanwhile.
+The record stays the truth, and the index heals itself where a crash cut a move short (the
+record was written, its index update never left the dying process):
+
+* a job's end purges it from every unfinished state, not only the one it left;
+* a page re-reads its records, drops the entries of jobs that moved on and repairs them;
+* a redelivered finished job (its ack was lost with the same crash) gets its entry back.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from datetime import UTC, datetime
 
 from ._nats import Nats, StoredMsg
 from ._nats.kv import ttl_header
-from .job import JobState
+from .job import TERMINAL_STATES, JobState
 from .names import TTL_HEADER, Names
+
+UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 
 WINDOW = 256
 """Entries read per request when paging backwards."""
@@ -55,10 +61,25 @@ class StateIndex:
         if now is not None:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
             await self.conn.publish_core(self.names.index_entry(now, job_id), headers=headers)
-        if was is not None:
-            await self.conn.purge_later(
-                self.names.index_stream(was), self.names.index_entry(was, job_id)
-            )
+        stale = {was} if now not in TERMINAL_STATES else {was, *UNFINISHED_STATES}
+        for state in stale - {None, now}:
+            assert state is not None
+            await self._forget(job_id, state)
+
+    async def repair(self, job_id: str, now: JobState | None) -> None:
+        """Make the job's entries say ``now`` (None: gone), whatever they said before."""
+        for state in JobState:
+            if state != now:
+                await self._forget(job_id, state)
+        if now is not None:
+            entry = self.names.index_entry(now, job_id)
+            if await self.conn.direct_get_subject(self.names.index_stream(now), entry) is None:
+                await self.conn.publish_core(entry)
+
+    async def _forget(self, job_id: str, state: JobState) -> None:
+        await self.conn.purge_later(
+            self.names.index_stream(state), self.names.index_entry(state, job_id)
+        )
 
     async def count(self, state: JobState) -> int:
         """How many jobs are in ``state``."""

@@ -85,6 +85,8 @@ S = TypeVar("S", default=Never)
 """What add() returns instead of a job while the queue is paused: Skipped for "skip" queues."""
 Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
 
+INDEX_SETTLE = 5.0
+"""Seconds after a state change when a disagreeing index entry is taken as stale, not in flight."""
 PAGE_SLACK = 16
 """Extra index entries read per page, for entries of jobs that moved on meanwhile."""
 BULK_WINDOW = 512
@@ -354,11 +356,13 @@ class Queue(Generic[T, S]):
         records = await asyncio.gather(*(backend.store.get(e.job_id) for e in entries))
         jobs, seen = [], set()
         for entry, record in zip(entries, records, strict=True):
-            if record is None or record.job.id in seen:
-                continue
-            if record.job.state == entry.state:  # still there: not a stale entry
-                seen.add(record.job.id)
-                jobs.append(record.job)
+            if record is not None and record.job.state == entry.state:
+                if record.job.id not in seen:
+                    seen.add(record.job.id)
+                    jobs.append(record.job)
+            elif record is None or settled(record.job):
+                # stale (a crash cut a move short), not a move still in flight: repair it
+                await backend.store.index.repair(entry.job_id, record.job.state if record else None)
         return [self._typed(job) for job in jobs[offset : offset + limit]]
 
     async def count(self, status: JobState | str | None = None) -> int:
@@ -591,6 +595,12 @@ def _retention(given: Retention | None, queue_wide: Retention | None) -> Retenti
     if given is None:
         return queue_wide
     return check_retention(given, "remove_on_complete/remove_on_fail", InvalidOption)
+
+
+def settled(job: RawJob) -> bool:
+    """Whether the job's last state change is old enough that its index update has landed."""
+    changed = job.timeline[-1].at if job.timeline else job.created_at
+    return (datetime.now(UTC) - changed).total_seconds() > INDEX_SETTLE
 
 
 def _job_ids(ids: Sequence[str] | None) -> list[str] | None:

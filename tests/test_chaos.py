@@ -25,6 +25,7 @@ async def run_scenario(name: str, tmp_path: Path) -> Outcome:
     assert not report.double_completions
     assert report.unexplained == 0
     assert len(report.accepted) == outcome.scenario.jobs
+    assert outcome.index_drift == {}, "the state index agrees with the records"
     return outcome
 
 

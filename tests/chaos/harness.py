@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oqron_nats import Client, ConnectionFailed, EnqueueError, queue
+from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, queue
 from oqron_nats.job import TERMINAL_STATES
 from oqron_nats.server import LocalServer
 
@@ -89,6 +89,8 @@ class Outcome:
     drain_seconds: float
     redelivered: int
     faults: dict[str, int] = field(default_factory=dict)
+    index_drift: dict[str, int] = field(default_factory=dict)
+    """Per state, the state index's count minus the records' after the run (0 when healed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for report.json."""
@@ -100,6 +102,7 @@ class Outcome:
             "wall_seconds": round(self.wall_seconds, 1),
             "drain_seconds": round(self.drain_seconds, 1),
             "redelivered_peak": self.redelivered,
+            "index_drift": self.index_drift,
             "report": self.report.to_dict(),
         }
 
@@ -188,6 +191,7 @@ async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
             await asyncio.to_thread(workers.stop_all)
             finals, dead = await read_final_state(client)
             redelivered = watch.peak
+            drift = await index_drift(client)
     finally:
         await asyncio.to_thread(workers.stop_all)
         server.close()
@@ -200,7 +204,7 @@ async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
     )
     outcome = Outcome(
         scenario, report, seed, time.monotonic() - started, drain_seconds, redelivered,
-        faults=report.faults,
+        faults=report.faults, index_drift=drift,
     )  # fmt: skip
     (workdir / "report.json").write_text(json.dumps(outcome.to_dict(), indent=2))
     return outcome
@@ -299,21 +303,41 @@ def _ticks(every: float, duration: float) -> list[float]:
     return [every * (k + 1) for k in range(count)]
 
 
+async def records(client: Client) -> list[Any]:
+    """Every job record of the chaos queue, read from KV (the truth, not the state index)."""
+    backend = await queue(QUEUE, client=client)._open()
+    return [record.job async for record in backend.store.scan()]
+
+
 async def drain(client: Client, files: Files, timeout: float) -> None:
-    """Wait until every job the producer got an answer for is terminal (or time out)."""
+    """Wait until every job the producer got an answer for is terminal and the queue's stream
+    is empty (every message acked, including redeliveries of jobs whose ack a kill lost)."""
     wanted = {row["job"] for row in checker.load_jsonl(files.enqueues) if row["outcome"] == "ok"}
-    q = queue(QUEUE, client=client)
+    conn = await client.connect()
+    stream = client.names(QUEUE).stream
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = {job.id for job in await q.get_jobs(limit=10**9) if job.state in TERMINAL_STATES}
-        if wanted <= done:
+        done = {job.id for job in await records(client) if job.state in TERMINAL_STATES}
+        if wanted <= done and (await conn.stream_state(stream)).messages == 0:
             return
         await asyncio.sleep(1.0)
 
 
+async def index_drift(client: Client) -> dict[str, int]:
+    """Per state, how far the state index's count is from the records' (should end at 0)."""
+    q = queue(QUEUE, client=client)
+    truth = Counter(str(job.state) for job in await records(client))
+    drift: dict[str, int] = {}
+    for _ in range(20):  # the index's last updates may still be landing
+        drift = {s: n for s in JobState if (n := await q.count(s) - truth[str(s)])}
+        if not drift:
+            break
+        await asyncio.sleep(0.5)
+    return drift
+
+
 async def read_final_state(client: Client) -> tuple[list[checker.FinalRecord], set[str]]:
     """Every job record, and the ids in the dead-letter stream."""
-    q = queue(QUEUE, client=client)
     finals = [
         checker.FinalRecord(
             job=job.id,
@@ -322,7 +346,7 @@ async def read_final_state(client: Client) -> tuple[list[checker.FinalRecord], s
             stalled_count=job.stalled_count,
             completed_by=job.result.get("pid") if isinstance(job.result, dict) else None,
         )
-        for job in await q.get_jobs(limit=10**9)
+        for job in await records(client)
     ]
     conn = await client.connect()
     names = client.names(QUEUE)
