@@ -167,3 +167,22 @@ async def test_a_worker_started_while_paused_claims_nothing(client: Client) -> N
         await publisher.resume()
         await wait_for_state(q, job.id, JobState.COMPLETED)
     assert ran == [job.id]
+
+
+async def test_drain_waits_for_jobs_running_in_other_processes(
+    nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "log.jsonl"
+    q = queue("drain-remote", client=client)
+    await q.add({"sleep": 0}, job_id="warmup")
+    worker = WorkerProcess(nats_server.url, namespace, log, queue="drain-remote", concurrency=2)
+    try:
+        long = [await q.add({"sleep": 1.5}) for _ in range(2)]
+        await eventually(lambda: _count_starts(log, 2), what="the worker to start both jobs")
+        await q.drain(timeout=20)
+        for job in long:
+            assert (await q.get_job(job.id)).state == JobState.COMPLETED  # type: ignore[union-attr]
+        assert await q.count(JobState.ACTIVE) == 0
+        assert await q.is_paused()
+    finally:
+        worker.close()
