@@ -34,7 +34,7 @@ from .backend import Backend
 from .config import Reconciliation, seconds
 from .job import JobState, moved
 from .lease import Lease, LeaseLost
-from .store import RawJob
+from .store import RawJob, settled
 
 log = structlog.get_logger("oqron_nats")
 
@@ -47,6 +47,8 @@ class Reconciled:
     """Records waiting, stalled or overdue that had no message: enqueued again."""
     removed: int
     """Messages whose record was missing or terminal: removed."""
+    reindexed: int = 0
+    """Jobs whose state index entry disagreed with their record (a crash cut a move short)."""
 
 
 async def scan_stalls(backend: Backend) -> int:
@@ -98,7 +100,28 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
             await backend.conn.purge_subject(names.stream, subject)
             log.warning("reconciliation removed a message without live job", subject=subject)
             removed += 1
-    return Reconciled(requeued=requeued, removed=removed)
+    return Reconciled(requeued=requeued, removed=removed, reindexed=await reindex(backend, states))
+
+
+async def reindex(backend: Backend, states: dict[str, JobState]) -> int:
+    """Repair the state index where it disagrees with the records (``states``, just read)."""
+    names, index = backend.names, backend.store.index
+    listed: dict[str, set[JobState]] = {}
+    for state in JobState:
+        entries = await backend.conn.subjects(names.index_stream(state), names.index_entries(state))
+        for subject in entries:
+            listed.setdefault(subject.rsplit(".", 1)[1], set()).add(state)
+    suspects = {i for i, seen in listed.items() if seen != {states.get(i)}}
+    suspects |= {i for i, state in states.items() if listed.get(i) != {state}}
+    repaired = 0
+    for job_id in suspects:
+        record = await backend.store.get(job_id)  # now, not as scanned: it may have moved
+        if record is None or settled(record.job):
+            await index.repair(job_id, record.job.state if record else None)
+            repaired += 1
+    if repaired:
+        log.warning("reconciliation repaired the state index", jobs=repaired)
+    return repaired
 
 
 def _overdue(job: RawJob, now: datetime, waited: timedelta, grace: timedelta) -> bool:

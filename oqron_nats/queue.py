@@ -76,7 +76,7 @@ from .job import (
     with_data,
 )
 from .names import check_name
-from .store import RawJob
+from .store import RawJob, settled
 from .tracing import mark_failed
 
 T = TypeVar("T", default=Any)
@@ -85,8 +85,6 @@ S = TypeVar("S", default=Never)
 """What add() returns instead of a job while the queue is paused: Skipped for "skip" queues."""
 Handler = Callable[[JobContext[T]], Awaitable[Any]] | Callable[[JobContext[T]], Any]
 
-INDEX_SETTLE = 5.0
-"""Seconds after a state change when a disagreeing index entry is taken as stale, not in flight."""
 PAGE_SLACK = 16
 """Extra index entries read per page, for entries of jobs that moved on meanwhile."""
 BULK_WINDOW = 512
@@ -595,12 +593,6 @@ def _retention(given: Retention | None, queue_wide: Retention | None) -> Retenti
     if given is None:
         return queue_wide
     return check_retention(given, "remove_on_complete/remove_on_fail", InvalidOption)
-
-
-def settled(job: RawJob) -> bool:
-    """Whether the job's last state change is old enough that its index update has landed."""
-    changed = job.timeline[-1].at if job.timeline else job.created_at
-    return (datetime.now(UTC) - changed).total_seconds() > INDEX_SETTLE
 
 
 def _job_ids(ids: Sequence[str] | None) -> list[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
@@ -19,6 +20,16 @@ RawJob = Job[msgspec.Raw]
 _decoder = msgspec.json.Decoder(RawJob)
 TOMBSTONE_TTL = 60.0
 """Seconds a removed record's tombstone stays (then the key is free again, without a trace)."""
+
+
+INDEX_SETTLE = 5.0
+"""Seconds after a state change when a disagreeing index entry is taken as stale, not in flight."""
+
+
+def settled(job: RawJob) -> bool:
+    """Whether the job's last state change is old enough that its index update has landed."""
+    changed = job.timeline[-1].at if job.timeline else job.created_at
+    return (datetime.now(UTC) - changed).total_seconds() > INDEX_SETTLE
 
 
 class CorruptRecord(Exception):

@@ -503,7 +503,7 @@ async def test_reconciliation_removes_a_message_whose_record_was_deleted(client:
     assert entry is not None
     await jobs.delete(names.key(gone.id), last=entry.revision)
     assert await publisher.get_job(gone.id) is None
-    assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=1)
+    assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=1, reindexed=1)
     assert await lane_subjects(client, name) == {names.lane(0, kept.id): 1}, "only its own"
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=0)
 

@@ -324,14 +324,20 @@ async def drain(client: Client, files: Files, timeout: float) -> None:
 
 
 async def index_drift(client: Client) -> dict[str, int]:
-    """Per state, how far the state index's count is from the records' (should end at 0)."""
+    """Per state, how far the state index's count is from the records' once healed (0).
+
+    A crash can cut an index update short; listing a state repairs its settled stale entries
+    (as any get_jobs() call does), so the lists are read until the counts agree or 15 s pass.
+    """
     q = queue(QUEUE, client=client)
     truth = Counter(str(job.state) for job in await records(client))
     drift: dict[str, int] = {}
-    for _ in range(20):  # the index's last updates may still be landing
+    for _ in range(30):
         drift = {s: n for s in JobState if (n := await q.count(s) - truth[str(s)])}
         if not drift:
             break
+        for state in drift:
+            await q.get_jobs(state, limit=10_000)  # read-repair
         await asyncio.sleep(0.5)
     return drift
 
