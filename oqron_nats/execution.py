@@ -297,7 +297,9 @@ class Execution:
     async def _run_claimed(self) -> None:
         rt, job = self.rt, self._job
         assert job is not None
-        heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{job.id}")
+        beating = asyncio.Event()
+        beating.set()
+        heartbeat = asyncio.create_task(self._heartbeat(beating), name=f"heartbeat-{job.id}")
         started = time.monotonic()
         value: Any = job.data
         try:
@@ -330,6 +332,7 @@ class Execution:
                 if error is not None:
                     mark_failed(span, error)
         finally:
+            beating.clear()  # Python 3.11's wait_for can swallow the cancel below
             heartbeat.cancel()
         duration = time.monotonic() - started
         if self.signal.aborted:
@@ -375,11 +378,13 @@ class Execution:
             raise Discarded(ctx.discarded)
         return result
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, beating: asyncio.Event) -> None:
         rt = self.rt
         last_renewed = time.monotonic()
-        while True:
+        while beating.is_set():
             await asyncio.sleep(rt.config.heartbeat)
+            if not beating.is_set():
+                return
             try:
                 if self._lease is not None:
                     await asyncio.wait_for(self._lease.renew(), rt.config.heartbeat)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, queue
+from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, Queue, queue
 from oqron_nats.job import TERMINAL_STATES
 from oqron_nats.server import LocalServer
 
@@ -179,19 +179,20 @@ async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
         async with client:
             watch = RedeliveryWatch(client)
             watching = asyncio.create_task(watch.run())
-            producing = asyncio.create_task(produce(scenario, client, files, rng))
+            q = queue(QUEUE, client=client)
+            producing = asyncio.create_task(produce(scenario, q, files, rng))
             nemesis = asyncio.create_task(inject(scenario, server, workers, files, rng, producing))
             await producing
             await nemesis
             drain_started = time.monotonic()
-            await drain(client, files, scenario.drain_timeout)
+            await drain(q, files, scenario.drain_timeout)
             drain_seconds = time.monotonic() - drain_started
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+            watch.stop()
+            await watching
             await asyncio.to_thread(workers.stop_all)
-            finals, dead = await read_final_state(client)
+            finals, dead = await read_final_state(q)
             redelivered = watch.peak
-            drift = await index_drift(client)
+            drift = await index_drift(q)
     finally:
         await asyncio.to_thread(workers.stop_all)
         server.close()
@@ -210,9 +211,8 @@ async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
     return outcome
 
 
-async def produce(scenario: Scenario, client: Client, files: Files, rng: random.Random) -> None:
+async def produce(scenario: Scenario, q: Queue[Any, Any], files: Files, rng: random.Random) -> None:
     """Add the jobs at a steady pace; log every attempt's outcome; retry unknown ones."""
-    q = queue(QUEUE, client=client)
     gap = scenario.duration / scenario.jobs
     start = time.monotonic()
     in_flight: set[asyncio.Task[None]] = set()
@@ -303,34 +303,32 @@ def _ticks(every: float, duration: float) -> list[float]:
     return [every * (k + 1) for k in range(count)]
 
 
-async def records(client: Client) -> list[Any]:
+async def records(q: Queue[Any, Any]) -> list[Any]:
     """Every job record of the chaos queue, read from KV (the truth, not the state index)."""
-    backend = await queue(QUEUE, client=client)._open()
+    backend = await q._open()
     return [record.job async for record in backend.store.scan()]
 
 
-async def drain(client: Client, files: Files, timeout: float) -> None:
+async def drain(q: Queue[Any, Any], files: Files, timeout: float) -> None:
     """Wait until every job the producer got an answer for is terminal and the queue's stream
     is empty (every message acked, including redeliveries of jobs whose ack a kill lost)."""
     wanted = {row["job"] for row in checker.load_jsonl(files.enqueues) if row["outcome"] == "ok"}
-    conn = await client.connect()
-    stream = client.names(QUEUE).stream
+    backend = await q._open()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = {job.id for job in await records(client) if job.state in TERMINAL_STATES}
-        if wanted <= done and (await conn.stream_state(stream)).messages == 0:
+        done = {job.id for job in await records(q) if job.state in TERMINAL_STATES}
+        if wanted <= done and (await backend.conn.stream_state(backend.names.stream)).messages == 0:
             return
         await asyncio.sleep(1.0)
 
 
-async def index_drift(client: Client) -> dict[str, int]:
+async def index_drift(q: Queue[Any, Any]) -> dict[str, int]:
     """Per state, how far the state index's count is from the records' once healed (0).
 
     A crash can cut an index update short; listing a state repairs its settled stale entries
     (as any get_jobs() call does), so the lists are read until the counts agree or 15 s pass.
     """
-    q = queue(QUEUE, client=client)
-    truth = Counter(str(job.state) for job in await records(client))
+    truth = Counter(str(job.state) for job in await records(q))
     drift: dict[str, int] = {}
     for _ in range(30):
         drift = {s: n for s in JobState if (n := await q.count(s) - truth[str(s)])}
@@ -342,7 +340,7 @@ async def index_drift(client: Client) -> dict[str, int]:
     return drift
 
 
-async def read_final_state(client: Client) -> tuple[list[checker.FinalRecord], set[str]]:
+async def read_final_state(q: Queue[Any, Any]) -> tuple[list[checker.FinalRecord], set[str]]:
     """Every job record, and the ids in the dead-letter stream."""
     finals = [
         checker.FinalRecord(
@@ -352,11 +350,11 @@ async def read_final_state(client: Client) -> tuple[list[checker.FinalRecord], s
             stalled_count=job.stalled_count,
             completed_by=job.result.get("pid") if isinstance(job.result, dict) else None,
         )
-        for job in await records(client)
+        for job in await records(q)
     ]
-    conn = await client.connect()
-    names = client.names(QUEUE)
-    dead = await conn.subjects(names.dlq_stream, names.dead_letter("*"))
+    backend = await q._open()
+    names = backend.names
+    dead = await backend.conn.subjects(names.dlq_stream, names.dead_letter("*"))
     return finals, {subject.rsplit(".", 1)[1] for subject in dead}
 
 
@@ -370,12 +368,17 @@ class RedeliveryWatch:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.peak = 0
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        """End ``run`` (not a cancel: Python 3.11's wait_for can swallow one)."""
+        self._stopped.set()
 
     async def run(self) -> None:
-        """Sample until cancelled."""
+        """Sample until stopped."""
         conn = await self.client.connect()
         stream = self.client.names(QUEUE).stream
-        while True:
+        while not self._stopped.is_set():
             await asyncio.sleep(0.5)
             try:
                 info = await conn.js.consumer_info(stream, "fifo")
