@@ -9,6 +9,7 @@ worker thread: ``progress()`` and ``log()`` are ordinary calls, and ``signal`` c
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Generator
 from datetime import datetime
@@ -31,30 +32,45 @@ class Signal:
     """
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._thread_event = threading.Event()
         self.reason: str | None = None
+        self._fired = False
+        self._event: asyncio.Event | None = None  # made on first use: most attempts never wait
+        self._thread_event: threading.Event | None = None
+        self._thread_lock = threading.Lock()
 
     @property
     def aborted(self) -> bool:
         """Whether the signal has fired."""
-        return self._thread_event.is_set()
+        return self._fired
 
     def fire(self, reason: str) -> None:
         """Fire the signal (from the event loop); the first reason is kept."""
         if self.reason is None:
             self.reason = reason
-        self._thread_event.set()
-        self._event.set()
+        self._fired = True
+        with self._thread_lock:
+            if self._thread_event is not None:
+                self._thread_event.set()
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self) -> str:
         """Wait until the signal fires; return why."""
-        await self._event.wait()
+        if not self._fired:
+            if self._event is None:
+                self._event = asyncio.Event()
+            await self._event.wait()
         return self.reason or ""
 
     def wait_blocking(self, timeout: float | None = None) -> bool:
         """From a sync handler's thread: wait up to ``timeout`` seconds; True if it fired."""
-        return self._thread_event.wait(timeout)
+        with self._thread_lock:
+            if self._thread_event is None:
+                self._thread_event = threading.Event()
+                if self._fired:
+                    self._thread_event.set()
+            event = self._thread_event
+        return event.wait(timeout)
 
     def __await__(self) -> Generator[Any, None, str]:
         return self.wait().__await__()
@@ -112,12 +128,19 @@ class JobContext(Generic[T]):
         self.parent_results = parent_results
         """The results of the jobs this one depended on, by job id (flows)."""
         self.discarded: str | None = None
-        self.logger = structlog.get_logger("oqron_nats.job").bind(
-            job_id=id, queue=queue, correlation_id=correlation_id, attempt=attempt
-        )
         self._on_progress = on_progress
         self._loop = loop
         self._loop_thread = threading.get_ident()
+
+    @functools.cached_property
+    def logger(self) -> Any:
+        """A structlog logger bound to this job (made on first use)."""
+        return structlog.get_logger("oqron_nats.job").bind(
+            job_id=self.id,
+            queue=self.queue,
+            correlation_id=self.correlation_id,
+            attempt=self.attempt,
+        )
 
     def progress(self, percent: float, label: str | None = None) -> Saved:
         """Record progress (0-100) on the job; the write happens in the background."""

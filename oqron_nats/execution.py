@@ -40,8 +40,9 @@ from .config import QueueConfig
 from .context import JobContext, Signal
 from .correlation import current_correlation_id
 from .errors import EnqueueError, InvalidName, PayloadError
+from .heartbeat import Heartbeat
 from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
-from .lease import Lease, LeaseLost
+from .lease import Lease
 from .names import check_name
 from .progress import ProgressWriter
 from .ratelimit import ClusterRateLimit
@@ -297,28 +298,26 @@ class Execution:
     async def _run_claimed(self) -> None:
         rt, job = self.rt, self._job
         assert job is not None
-        beating = asyncio.Event()
-        beating.set()
-        heartbeat = asyncio.create_task(self._heartbeat(beating), name=f"heartbeat-{job.id}")
+        # this task runs one job: what it binds is gone with it
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id,
+            queue=rt.config.name,
+            correlation_id=job.correlation_id,
+            attempt=job.attempt,
+        )
+        heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
+        heartbeat.start()
         started = time.monotonic()
         value: Any = job.data
         try:
-            with (
-                rt.backend.tracing.processing(
-                    queue=rt.config.name,
-                    job_id=job.id,
-                    correlation_id=job.correlation_id,
-                    attempt=job.attempt,
-                    consumer=rt.consumer,
-                    carrier=self.delivery.headers or job.trace,
-                ) as span,
-                structlog.contextvars.bound_contextvars(
-                    job_id=job.id,
-                    queue=rt.config.name,
-                    correlation_id=job.correlation_id,
-                    attempt=job.attempt,
-                ),
-            ):
+            with rt.backend.tracing.processing(
+                queue=rt.config.name,
+                job_id=job.id,
+                correlation_id=job.correlation_id,
+                attempt=job.attempt,
+                consumer=rt.consumer,
+                carrier=self.delivery.headers or job.trace,
+            ) as span:
                 try:
                     value = rt.codec.decode(job.data)
                     result, error = await self._call_handler(job, value), None
@@ -332,8 +331,7 @@ class Execution:
                 if error is not None:
                     mark_failed(span, error)
         finally:
-            beating.clear()  # Python 3.11's wait_for can swallow the cancel below
-            heartbeat.cancel()
+            heartbeat.stop()
         duration = time.monotonic() - started
         if self.signal.aborted:
             await self._on_aborted()
@@ -378,26 +376,11 @@ class Execution:
             raise Discarded(ctx.discarded)
         return result
 
-    async def _heartbeat(self, beating: asyncio.Event) -> None:
-        rt = self.rt
-        last_renewed = time.monotonic()
-        while beating.is_set():
-            await asyncio.sleep(rt.config.heartbeat)
-            if not beating.is_set():
-                return
-            try:
-                if self._lease is not None:
-                    await asyncio.wait_for(self._lease.renew(), rt.config.heartbeat)
-                await self.delivery.in_progress()
-                last_renewed = time.monotonic()
-            except LeaseLost:
-                self._lost("the lease was taken over or expired")
-                return
-            except Exception as exc:  # NATS unreachable: the lease survives until lock_ttl
-                if time.monotonic() - last_renewed >= rt.config.lock_ttl:
-                    self._lost(f"the lease could not be renewed for lock_ttl ({exc!r})")
-                    return
-                log.warning("heartbeat failed; retrying", job_id=self.job_id, error=repr(exc))
+    async def _renew(self) -> None:
+        """One heartbeat: renew the lease (LeaseLost if it is gone) and the ack deadline."""
+        if self._lease is not None:
+            await self._lease.renew()
+        await self.delivery.in_progress()
 
     def _lost(self, why: str) -> None:
         log.warning("lease lost; this attempt will commit nothing", job_id=self.job_id, reason=why)
@@ -472,7 +455,7 @@ class Execution:
         await self.delivery.ack()
         await self._release()
         await self._retain(done)
-        log.info(
+        log.debug(
             "job completed",
             job_id=done.id,
             queue=done.queue,

@@ -8,11 +8,9 @@ it must commit nothing.
 
 from __future__ import annotations
 
-import contextlib
-
 import msgspec
 
-from ._nats import Bucket, CasConflict, JetStreamError
+from ._nats import Bucket, CasConflict
 from .names import Names
 
 
@@ -54,9 +52,9 @@ class Lease:
             raise LeaseLost(self._key) from None
 
     async def release(self) -> None:
-        """Give the lease up; a lease already lost is left alone."""
-        with contextlib.suppress(JetStreamError):
-            await self._bucket.delete(self._key, last=self.revision, ttl=self._ttl)
+        """Give the lease up without waiting for the answer; a lease already lost is left alone
+        (the delete is a compare-and-set on our revision), and a lost release expires anyway."""
+        await self._bucket.delete_later(self._key, last=self.revision, ttl=self._ttl)
 
 
 class Leases:

@@ -33,6 +33,9 @@ class _CaseInsensitiveGetter(Getter[Mapping[str, str]]):
     """Reads ``traceparent`` whatever its case (Go and .NET clients send ``Traceparent``)."""
 
     def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is not None:
+            return [value]
         key = key.lower()
         return next(([v] for k, v in carrier.items() if k.lower() == key), None)
 
@@ -48,6 +51,13 @@ class Tracing:
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("oqron_nats", __version__, tracer_provider=tracer_provider)
+        self._own_provider = tracer_provider is not None
+
+    @property
+    def recording(self) -> bool:
+        """Whether spans can be recorded: a provider was given, or an SDK set the global one."""
+        provider = trace.get_tracer_provider()
+        return self._own_provider or not isinstance(provider, trace.ProxyTracerProvider)
 
     def start_publish(
         self, queue: str, job_id: str, correlation_id: str
@@ -80,8 +90,19 @@ class Tracing:
         consumer: str,
         carrier: Mapping[str, str],
     ) -> Iterator[Span]:
-        """The CONSUMER span of one attempt, child of the publisher's context in ``carrier``."""
+        """The CONSUMER span of one attempt, child of the publisher's context in ``carrier``.
+
+        With nothing to record it, no span is made: the publisher's context is only made
+        current, so the trace still passes through to the jobs the handler adds.
+        """
         parent = propagate.extract(carrier, getter=_GETTER)
+        if not self.recording:
+            token = context.attach(parent)
+            try:
+                yield trace.INVALID_SPAN
+            finally:
+                context.detach(token)
+            return
         creation = trace.get_current_span(parent).get_span_context()
         links = [Link(creation)] if creation.is_valid else []
         token = context.attach(parent)  # makes the publisher's baggage current as well

@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
 from ..errors import ConnectionFailed
+from .requests import Requests
 
 log = structlog.get_logger("oqron_nats")
 
@@ -123,6 +124,7 @@ class Nats:
         self.request_timeout = request_timeout
         self.publish_deadline = publish_deadline
         self._reconnect_listeners: list[Callable[[], None]] = []
+        self._requests = Requests(nc)
         self.closing = False
 
     @classmethod
@@ -157,6 +159,7 @@ class Nats:
             "reconnect_time_wait": 0.5,
             "connect_timeout": 5,
             "drain_timeout": 10,
+            "skip_subject_validation": True,  # every subject is built from validated names
             "error_cb": on_error,
             "disconnected_cb": on_disconnected,
             "reconnected_cb": on_reconnected,
@@ -171,6 +174,7 @@ class Nats:
             ) from exc
         nc.options["max_reconnect_attempts"] = reconnects  # once up, reconnect as configured
         conn = cls(nc, request_timeout=request_timeout, publish_deadline=publish_deadline)
+        await conn._requests.start()
         holder.append(conn)
         return conn
 
@@ -210,6 +214,13 @@ class Nats:
         except (nats.errors.Error, TimeoutError, OSError):
             await self.nc.close()
 
+    async def _request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Msg:
+        return await self._requests.request(
+            subject, payload, timeout=self.request_timeout, headers=headers
+        )
+
     def new_inbox(self) -> str:
         """A unique inbox subject."""
         return self.nc.new_inbox()
@@ -241,9 +252,7 @@ class Nats:
         timed_out = False
         while True:
             try:
-                msg = await self.nc.request(
-                    subject, payload, timeout=self.request_timeout, headers=headers
-                )
+                msg = await self._request(subject, payload, headers)
             except nats.errors.NoRespondersError:
                 raise NoStream(subject) from None
             except TimeoutError:
@@ -268,24 +277,18 @@ class Nats:
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
         request = msgspec.json.encode({"last_by_subj": last_by_subject})
-        msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.request_timeout
-        )
+        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
         return stored_msg(msg)
 
     async def has_message(self, stream: str, seq: int) -> bool:
         """Whether the message with sequence ``seq`` is still in the stream."""
         request = msgspec.json.encode({"seq": seq})
-        msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.request_timeout
-        )
+        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
         return stored_msg(msg) is not None
 
     async def stream_state(self, stream: str) -> StreamState:
         """How many messages the stream holds, and its first and last sequence."""
-        msg = await self.nc.request(
-            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.request_timeout
-        )
+        msg = await self._request(f"$JS.API.STREAM.INFO.{stream}", b"")
         info = _stream_info.decode(msg.data)
         if info.error is not None:
             raise api_error(info.error)
@@ -303,11 +306,7 @@ class Nats:
         found: dict[str, int] = {}
         while True:
             request = {"subjects_filter": subject_filter, "offset": len(found)}
-            msg = await self.nc.request(
-                f"$JS.API.STREAM.INFO.{stream}",
-                msgspec.json.encode(request),
-                timeout=self.request_timeout,
-            )
+            msg = await self._request(f"$JS.API.STREAM.INFO.{stream}", msgspec.json.encode(request))
             page = _stream_info.decode(msg.data)
             if page.error is not None:
                 raise api_error(page.error)
@@ -352,17 +351,14 @@ class Nats:
 
     async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
         """The newest message on one exact subject, or None (the fast KV read path)."""
-        msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=self.request_timeout
-        )
+        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
         return stored_msg(msg)
 
     async def delete_msg(self, stream: str, seq: int) -> bool:
         """Delete one message by sequence; False if it was already gone."""
-        msg = await self.nc.request(
+        msg = await self._request(
             f"$JS.API.STREAM.MSG.DELETE.{stream}",
             msgspec.json.encode({"seq": seq, "no_erase": True}),
-            timeout=self.request_timeout,
         )
         result = _success.decode(msg.data)
         if result.error is not None:
@@ -373,10 +369,8 @@ class Nats:
 
     async def purge_subject(self, stream: str, subject: str) -> None:
         """Remove every message on ``subject`` from ``stream``."""
-        msg = await self.nc.request(
-            f"$JS.API.STREAM.PURGE.{stream}",
-            msgspec.json.encode({"filter": subject}),
-            timeout=self.request_timeout,
+        msg = await self._request(
+            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
         )
         result = _success.decode(msg.data)
         if result.error is not None:
