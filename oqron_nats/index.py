@@ -3,7 +3,10 @@
 One stream per state (``OQRON_<ns>_X<c>_<queue>``) holds one entry per job in that state, on
 subject ``oqron.<ns>.ix.<queue>.<state>.<job_id>``. When a job moves, its entry is published in
 the new state's stream and purged from the old one. Both go out without waiting for an answer
-(no round trip on the hot path), and the server applies them in the order they were sent.
+(no round trip on the hot path). The server stores entries and runs purges (API requests) on
+different paths, so a purge can overtake an entry sent just before it, and a count made right
+after a move may not include it yet; :meth:`StateIndex.settle` waits for an entry where a count
+must include it.
 
 * ``count(state)`` is the state stream's message count: one request, whatever the size.
 * The newest jobs in a state are the last entries of its stream, read backwards in windows.
@@ -11,8 +14,9 @@ the new state's stream and purged from the old one. Both go out without waiting 
 The record stays the truth, and the index heals itself where a crash cut a move short (the
 record was written, its index update never left the dying process):
 
-* a job's end purges it from every unfinished state, not only the one it left;
-* a page re-reads its records, drops the entries of jobs that moved on and repairs them;
+* a job's end purges it from every unfinished state it passed through, not only the one it left;
+* a page (and drain, obliterate) re-reads its records, drops the entries of jobs that moved on
+  and repairs them;
 * a redelivered finished job (its ack was lost with the same crash) gets its entry back.
 """
 
@@ -20,10 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from ._nats import Nats, StoredMsg
 from ._nats.kv import ttl_header
-from .job import TERMINAL_STATES, JobState
+from .job import TERMINAL_STATES, TIMELINE_LIMIT, Job, JobState
 from .names import TTL_HEADER, Names
 
 UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
@@ -52,7 +57,7 @@ class StateIndex:
         self.names = names
 
     async def moved(
-        self, job_id: str, was: JobState | None, now: JobState | None, ttl: float | None = None
+        self, job: Job[Any], was: JobState | None, now: JobState | None, ttl: float | None = None
     ) -> None:
         """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone);
         with ``ttl`` the new entry expires with the record."""
@@ -60,11 +65,16 @@ class StateIndex:
             return
         if now is not None:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-            await self.conn.publish_core(self.names.index_entry(now, job_id), headers=headers)
-        stale = {was} if now not in TERMINAL_STATES else {was, *UNFINISHED_STATES}
+            await self.conn.publish_core(self.names.index_entry(now, job.id), headers=headers)
+        stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
         for state in stale - {None, now}:
             assert state is not None
-            await self._forget(job_id, state)
+            await self._forget(job.id, state)
+
+    async def settle(self, job_id: str, state: JobState) -> None:
+        """Write the job's entry in ``state`` again and wait until it is stored, so that a count
+        made next includes it (a fire-and-forget entry may still be on its way)."""
+        await self.conn.publish(self.names.index_entry(state, job_id), b"")
 
     async def repair(self, job_id: str, now: JobState | None) -> None:
         """Make the job's entries say ``now`` (None: gone), whatever they said before."""
@@ -106,6 +116,14 @@ class StateIndex:
             return []
         messages, _ = await self.conn.direct_batch(stream, start=bounds.first_seq, batch=count)
         return [entry(m, state) for m in messages]
+
+
+def passed_through(job: Job[Any]) -> frozenset[JobState]:
+    """The unfinished states a job was in: where a move cut short by a crash may have left an
+    entry (all of them if its timeline was trimmed)."""
+    if len(job.timeline) >= TIMELINE_LIMIT:
+        return UNFINISHED_STATES
+    return frozenset(t.state for t in job.timeline) & UNFINISHED_STATES
 
 
 def entry(msg: StoredMsg, state: JobState) -> IndexEntry:

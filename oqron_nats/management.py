@@ -16,11 +16,12 @@ from ._nats import CasConflict
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
+from .store import RawJob
 
 log = structlog.get_logger("oqron_nats")
 
 ACTIVE_LIMIT = 100_000
-"""At most this many active jobs are told to stop when a queue is obliterated by force."""
+"""At most this many active jobs are listed (to drain, or to stop them when obliterating)."""
 
 
 async def pause(backend: Backend) -> bool:
@@ -146,6 +147,15 @@ async def promote(backend: Backend, job_id: str) -> None:
         return
 
 
+async def active_jobs(backend: Backend) -> list[RawJob]:
+    """The queue's running jobs: its active index entries, checked against their records."""
+    if not await backend.store.index.count(JobState.ACTIVE):
+        return []
+    return await backend.store.listed(
+        await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -158,7 +168,7 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     write is a compare-and-set on a revision that no longer exists). Returns how many jobs went.
     """
     names, conn = backend.names, backend.conn
-    active = await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
+    active = await active_jobs(backend)
     if active and not force:
         raise InvalidState(
             f"queue {names.queue!r} has {len(active)} active job(s); stop its workers, drain it, "
@@ -167,8 +177,8 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     was_paused = backend.control.state.paused
     await pause(backend)  # nothing new starts while it goes
     removed = sum([await backend.store.index.count(state) for state in JobState])
-    for entry in active:
-        await conn.publish_core(names.control("cancel", entry.job_id))
+    for job in active:
+        await conn.publish_core(names.control("cancel", job.id))
     await conn.purge_subject(names.stream, ">")
     for bucket, keys in (
         (names.jobs_bucket, names.keys),

@@ -76,7 +76,7 @@ from .job import (
     with_data,
 )
 from .names import check_name
-from .store import RawJob, settled
+from .store import RawJob
 from .tracing import mark_failed
 
 T = TypeVar("T", default=Any)
@@ -318,7 +318,7 @@ class Queue(Generic[T, S]):
             )
         if record.job.state in (JobState.WAITING, JobState.DELAYED):
             # finish an add that may have stopped half-way: its index entry and its message
-            await backend.store.index.moved(job_id, None, record.job.state)
+            await backend.store.index.moved(record.job, None, record.job.state)
             await backend.broker.enqueue(record.job)
         elif record.job.state == JobState.WAITING_CHILDREN:
             await dag.link(backend, record.job)  # idempotent: edges, then a decision
@@ -350,17 +350,7 @@ class Queue(Generic[T, S]):
         states = [state] if state is not None else list(JobState)
         want = offset + limit + PAGE_SLACK  # a few entries may belong to jobs that moved on
         pages = await asyncio.gather(*(backend.store.index.newest(s, want) for s in states))
-        entries = newest_across(pages, want)
-        records = await asyncio.gather(*(backend.store.get(e.job_id) for e in entries))
-        jobs, seen = [], set()
-        for entry, record in zip(entries, records, strict=True):
-            if record is not None and record.job.state == entry.state:
-                if record.job.id not in seen:
-                    seen.add(record.job.id)
-                    jobs.append(record.job)
-            elif record is None or settled(record.job):
-                # stale (a crash cut a move short), not a move still in flight: repair it
-                await backend.store.index.repair(entry.job_id, record.job.state if record else None)
+        jobs = await backend.store.listed(newest_across(pages, want))
         return [self._typed(job) for job in jobs[offset : offset + limit]]
 
     async def count(self, status: JobState | str | None = None) -> int:
@@ -402,7 +392,7 @@ class Queue(Generic[T, S]):
             asyncio.timeout(timeout),
             backend.store.events.listen(backend.names.events) as inbox,
         ):
-            while await self.count(JobState.ACTIVE):  # listening first: no end slips by
+            while await management.active_jobs(backend):  # listening first: no end slips by
                 with contextlib.suppress(TimeoutError):  # re-count now and then regardless
                     async with asyncio.timeout(1.0):
                         while (await inbox.get()).name == "progress":
@@ -462,7 +452,9 @@ class Queue(Generic[T, S]):
     async def wait(self, job_id: str, timeout: float | None = None) -> Job[T]:
         """Wait until the job is completed, failed or cancelled, and return it (no polling).
 
-        Raises TimeoutError after ``timeout`` seconds, and JobNotFound for an unknown job.
+        A job removed as it finished (``remove_on_complete=True``) is still returned for
+        TOMBSTONE_TTL seconds after. Raises TimeoutError after ``timeout`` seconds, and
+        JobNotFound for an unknown job.
         """
         check_name(job_id, "job id")
         backend = await self._open()
@@ -473,11 +465,18 @@ class Queue(Generic[T, S]):
             while True:  # subscribed first, then read: the end cannot slip between the two
                 record = await backend.store.get(job_id)
                 if record is None:
-                    raise JobNotFound(f"there is no job {job_id!r} in queue {self.name!r}")
+                    return self._typed(await self._removed(backend, job_id))
                 if record.job.is_terminal:
                     return self._typed(record.job)
                 while (await inbox.get()).name not in TERMINAL_EVENTS:
                     pass
+
+    async def _removed(self, backend: Backend, job_id: str) -> RawJob:
+        """The last record of a job removed when it finished (retention); JobNotFound if none."""
+        last = await backend.store.removed(job_id)
+        if last is None:
+            raise JobNotFound(f"there is no job {job_id!r} in queue {self.name!r}")
+        return last
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ async def apply(backend: Backend, job: RawJob, revision: int, policy: Retention 
     if policy is True:
         await backend.store.remove(job, revision)
     elif isinstance(policy, int) and not isinstance(policy, bool):
+        await backend.store.index.settle(job.id, job.state)  # the count must include this job
         await trim(backend, job.state, keep=policy)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -10,7 +11,7 @@ import msgspec
 
 from ._nats import Bucket, CasConflict
 from .events import EventBus
-from .index import StateIndex
+from .index import IndexEntry, StateIndex
 from .job import Job, JobState
 from .names import Names
 
@@ -19,7 +20,8 @@ RawJob = Job[msgspec.Raw]
 
 _decoder = msgspec.json.Decoder(RawJob)
 TOMBSTONE_TTL = 60.0
-"""Seconds a removed record's tombstone stays (then the key is free again, without a trace)."""
+"""Seconds a removed record's tombstone stays, holding the last record (for ``Queue.wait``);
+then the key is free again, without a trace."""
 
 
 INDEX_SETTLE = 5.0
@@ -63,7 +65,7 @@ class JobStore:
     async def create(self, job: RawJob) -> int:
         """Store a new record; raise CasConflict if the id exists. Returns the revision."""
         revision = await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
-        await self.index.moved(job.id, None, job.state)
+        await self.index.moved(job, None, job.state)
         await self.events.announce(job, "added")
         return revision
 
@@ -88,15 +90,41 @@ class JobStore:
         key = self.names.key(job.id)
         encoded = msgspec.json.encode(job)
         new_revision = await self.bucket.update(key, encoded, last=revision, ttl=ttl)
-        await self.index.moved(job.id, was, job.state, ttl=ttl)
+        await self.index.moved(job, was, job.state, ttl=ttl)
         await self.events.announce(job, event)
         return new_revision
 
     async def remove(self, job: RawJob, revision: int) -> None:
         """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""
-        await self.bucket.delete(self.names.key(job.id), last=revision, ttl=TOMBSTONE_TTL)
-        await self.index.moved(job.id, job.state, None)
+        key, last_words = self.names.key(job.id), msgspec.json.encode(job)
+        await self.bucket.delete(key, last=revision, ttl=TOMBSTONE_TTL, epitaph=last_words)
+        await self.index.moved(job, job.state, None)
         await self.events.announce(job, "removed")
+
+    async def removed(self, job_id: str) -> RawJob | None:
+        """The last record of a job removed less than TOMBSTONE_TTL ago, or None."""
+        tombstone = await self.bucket.tombstone(self.names.key(job_id))
+        if tombstone is None or not tombstone.value:
+            return None
+        return decode_record(tombstone.key, tombstone.value)
+
+    async def listed(self, entries: list[IndexEntry]) -> list[RawJob]:
+        """The records of these index entries, where record and entry agree (each job once).
+
+        An entry of a job that settled in another state (a crash cut its move short) is
+        repaired; one whose job moved moments ago is only skipped (its update is on its way).
+        """
+        records = await asyncio.gather(*(self.get(entry.job_id) for entry in entries))
+        jobs: list[RawJob] = []
+        seen: set[str] = set()
+        for entry, record in zip(entries, records, strict=True):
+            if record is not None and record.job.state == entry.state:
+                if record.job.id not in seen:
+                    seen.add(record.job.id)
+                    jobs.append(record.job)
+            elif record is None or settled(record.job):
+                await self.index.repair(entry.job_id, record.job.state if record else None)
+        return jobs
 
     async def scan(self) -> AsyncIterator[Record]:
         """Every record of the queue with its revision (reads them all; skips undecodable ones)."""

@@ -61,36 +61,47 @@ async def test_a_job_that_moved_on_is_not_listed_in_its_old_state(client: Client
 
 
 async def test_a_stale_entry_is_repaired_by_a_listing_and_by_reconciliation(client: Client) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    import msgspec
-
     from oqron_nats.config import Reconciliation
-    from oqron_nats.job import Job, moved
     from oqron_nats.maintenance import reconcile
 
     q = queue("drifted", client=client)
     backend = await q._open()
-    long_ago = datetime.now(UTC) - timedelta(hours=1)
 
-    async def finished_long_ago(job_id: str) -> None:
-        job: Job[msgspec.Raw] = Job(
-            id=job_id, queue="drifted", state=JobState.COMPLETED, data=msgspec.Raw(b"1"),
-            created_at=long_ago, correlation_id="c", max_attempts=1,
-        )  # fmt: skip
-        job = moved(job, JobState.COMPLETED, "done")
-        job.timeline[-1] = msgspec.structs.replace(job.timeline[-1], at=long_ago)
-        await backend.store.create(job)
-        # a crash left it listed as active too
-        await backend.conn.publish_core(backend.names.index_entry("active", job_id))
-
-    await finished_long_ago("one")
+    await _finished_long_ago_but_listed_active(q, "one")
     await eventually(lambda: _counts(q, active=1, completed=1), what="the drift to show")
     assert await q.get_jobs(JobState.ACTIVE) == []  # the listing drops and repairs it
     await eventually(lambda: _counts(q, active=0, completed=1), what="the listing to repair it")
 
-    await finished_long_ago("two")
+    await _finished_long_ago_but_listed_active(q, "two")
     await eventually(lambda: _counts(q, active=1, completed=2), what="the drift to show")
     healed = await reconcile(backend, Reconciliation(waiting_threshold=0, delayed_grace=0))
     assert healed.reindexed == 1
     await eventually(lambda: _counts(q, active=0, completed=2), what="reconciliation to repair it")
+
+
+async def test_drain_and_obliterate_look_past_a_stale_active_entry(client: Client) -> None:
+    q = queue("stale-active", client=client)
+    await _finished_long_ago_but_listed_active(q, "done-long-ago")
+    await eventually(lambda: _counts(q, active=1, completed=1), what="the drift to show")
+    await q.drain(timeout=5)  # the record says completed: nothing is running
+    assert await q.obliterate() == 1
+
+
+async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
+    """A job that completed an hour ago, still listed as active: a crash cut its move short."""
+    from datetime import UTC, datetime, timedelta
+
+    import msgspec
+
+    from oqron_nats.job import Job, moved
+
+    backend = await q._open()
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    job: Job[msgspec.Raw] = Job(
+        id=job_id, queue=q.name, state=JobState.COMPLETED, data=msgspec.Raw(b"1"),
+        created_at=long_ago, correlation_id="c", max_attempts=1,
+    )  # fmt: skip
+    job = moved(job, JobState.COMPLETED, "done")
+    job.timeline[-1] = msgspec.structs.replace(job.timeline[-1], at=long_ago)
+    await backend.store.create(job)
+    await backend.conn.publish_core(backend.names.index_entry("active", job_id))

@@ -131,7 +131,8 @@ async def test_get_jobs_is_newest_first_and_filters_by_state(client: Client) -> 
         return "ok"
 
     publisher = queue("states", client=client)
-    consumer = queue("states", handler, client=client)
+    # one at a time: "most recent" is when a job entered its state, here its end
+    consumer = queue("states", handler, client=client, concurrency=1)
     done = [await publisher.add({"n": n}) for n in range(3)]
     failed = await publisher.add({"fail": True}, attempts=1)  # the record holds the attempts
     async with consumer:

@@ -7,7 +7,15 @@ from datetime import timedelta
 
 import pytest
 
-from oqron_nats import Client, ConfigError, InvalidOption, JobState, RetryPolicy, queue
+from oqron_nats import (
+    Client,
+    ConfigError,
+    InvalidOption,
+    JobNotFound,
+    JobState,
+    RetryPolicy,
+    queue,
+)
 from oqron_nats.store import JobStore
 
 from .helpers import eventually
@@ -28,6 +36,17 @@ async def test_true_removes_finished_jobs_at_once(client: Client) -> None:
         assert (await job.wait(10)).state == JobState.COMPLETED
         await eventually(lambda: _missing(q, job.id), what="the record to be removed")
     assert await q.count() == 0
+
+
+async def test_wait_returns_a_job_already_removed_as_it_finished(client: Client) -> None:
+    q = queue("gone-before", ok, client=client, remove_on_complete=True)
+    async with q:
+        job = await q.add({"n": 1})
+        await eventually(lambda: _missing(q, job.id), what="the job to run and be removed")
+    finished = await job.wait(1)  # the record is gone; its tombstone keeps the last record
+    assert (finished.state, finished.result) == (JobState.COMPLETED, "done")
+    with pytest.raises(JobNotFound):
+        await q.wait("never-added", 1)
 
 
 async def _missing(q, job_id: str) -> bool:

@@ -46,6 +46,13 @@ class Bucket:
             return None
         return Entry(key, msg.data, msg.seq)
 
+    async def tombstone(self, key: str) -> Entry | None:
+        """The delete marker of a deleted ``key`` (with what the delete left in it), or None."""
+        msg = await self.conn.direct_get_subject(self.stream, self._prefix + key)
+        if msg is None or not _is_delete(msg):
+            return None
+        return Entry(key, msg.data, msg.seq)
+
     async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Write ``key`` only if it does not exist (or was deleted); return the revision."""
         try:
@@ -61,12 +68,16 @@ class Bucket:
         """Write ``key`` only if its revision is still ``last``; return the new revision."""
         return await self._write(key, value, last=last, ttl=ttl)
 
-    async def delete(self, key: str, *, last: int, ttl: float | None = None) -> None:
-        """Delete ``key`` if its revision is still ``last``; the tombstone expires after ``ttl``."""
-        headers = {KV_OPERATION_HEADER: "DEL", EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
-        if ttl is not None:
-            headers[TTL_HEADER] = ttl_header(ttl)
-        await self.conn.publish(self._prefix + key, b"", headers)
+    async def delete(
+        self, key: str, *, last: int, ttl: float | None = None, epitaph: bytes = b""
+    ) -> None:
+        """Delete ``key`` if its revision is still ``last``; the tombstone keeps ``epitaph``
+        (see :meth:`tombstone`) and expires after ``ttl``."""
+        await self.conn.publish(self._prefix + key, epitaph, _delete_headers(last, ttl))
+
+    async def delete_later(self, key: str, *, last: int, ttl: float | None = None) -> None:
+        """Like :meth:`delete`, without waiting for the answer (a conflict goes unnoticed)."""
+        await self.conn.publish_core(self._prefix + key, headers=_delete_headers(last, ttl))
 
     async def _write(self, key: str, value: bytes, *, last: int, ttl: float | None) -> int:
         headers = {EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
@@ -96,6 +107,13 @@ class Bucket:
             if not messages or more == 0:
                 return
             start = messages[-1].seq + 1
+
+
+def _delete_headers(last: int, ttl: float | None) -> dict[str, str]:
+    headers = {KV_OPERATION_HEADER: "DEL", EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
+    if ttl is not None:
+        headers[TTL_HEADER] = ttl_header(ttl)
+    return headers
 
 
 def _is_delete(msg: StoredMsg) -> bool:
