@@ -88,6 +88,7 @@ class Consumer:
         self._specs = consumer_specs(config, backend.names, backend.client.replicas)
         self._lag: LagWatch | None = None
         self._throttle = StartWindow(config.throttle) if config.throttle else None
+        self._refill_at = max(1, config.concurrency // 4)
         self._maintenance: Maintenance | None = None
 
     @property
@@ -246,7 +247,8 @@ class Consumer:
 
     async def _refill_single(self, puller: Puller) -> None:
         want = self._room() - puller.outstanding
-        if want > 0:
+        # while jobs are still owed, ask again once a quarter of the slots is free, not per job
+        if want > 0 and (want >= self._refill_at or not puller.outstanding):
             await puller.request(want, expires=PULL_EXPIRES)
         if self._popper is not None:  # lifo: move the newest lane jobs to the run lane
             self._in_transit = min(self._in_transit, puller.outstanding)

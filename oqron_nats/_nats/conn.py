@@ -295,8 +295,8 @@ class Nats:
         return info.state
 
     async def purge_later(self, stream: str, subject: str) -> None:
-        """Ask the server to purge ``subject`` without waiting for the answer (ordered after
-        what this connection sent before)."""
+        """Ask the server to purge ``subject`` without waiting for the answer. The server runs
+        purges apart from storing messages: one can overtake a message sent just before it."""
         await self.nc.publish(
             f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
         )
