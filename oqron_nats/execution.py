@@ -137,8 +137,17 @@ class Execution:
     async def run(self) -> None:
         """Process the delivery; never raises (a failure leaves the message for redelivery)."""
         try:
-            job = await self._check_record()
+            job_id = await self._job_id()
+            if job_id is None:
+                return
+            # the lease is asked for while the record is read: one round trip less per job
+            leasing = asyncio.create_task(self._acquire_lease(job_id)) if self._leased else None
+            try:
+                job = await self._check_record(job_id)
+            finally:
+                self._lease = await leasing if leasing is not None else None
             if job is None or not await self._admitted(job):
+                await self._release()
                 return
             if await self._claim(job):
                 await self._run_claimed()
@@ -162,9 +171,14 @@ class Execution:
 
     # -- 1. the record decides whether this delivery runs ------------------------------------
 
-    async def _check_record(self) -> RawJob | None:  # noqa: PLR0911 - one return per verdict
+    @property
+    def _leased(self) -> bool:
+        return self.rt.config.guaranteed_worker
+
+    async def _job_id(self) -> str | None:
+        """The job id the message carries; a message that carries none is removed."""
         try:
-            job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
+            return check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
         except InvalidName:
             log.error(
                 "poison message: not a job id",
@@ -173,6 +187,11 @@ class Execution:
             )
             await self.delivery.term()
             return None
+
+    async def _acquire_lease(self, job_id: str) -> Lease | None:
+        return await self.rt.backend.leases.acquire(job_id, self.rt.worker_id)
+
+    async def _check_record(self, job_id: str) -> RawJob | None:  # noqa: PLR0911 - one per verdict
         try:
             record = await self.rt.backend.store.get(job_id)
         except CorruptRecord as exc:
@@ -230,11 +249,9 @@ class Execution:
         rt = self.rt
         recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
-        if rt.config.guaranteed_worker:
-            self._lease = await rt.backend.leases.acquire(job.id, rt.worker_id, attempt)
-            if self._lease is None:  # someone runs it right now
-                await self._on_lease_held(job.id)
-                return False
+        if self._leased and self._lease is None:  # someone runs it right now
+            await self._on_lease_held(job.id)
+            return False
         try:
             if job.state == JobState.ACTIVE:  # its worker died: record the stall before rerunning
                 job = moved(

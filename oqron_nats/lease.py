@@ -65,10 +65,11 @@ class Leases:
         self._names = names
         self.ttl = ttl
 
-    async def acquire(self, job_id: str, owner: str, attempt: int) -> Lease | None:
+    async def acquire(self, job_id: str, owner: str) -> Lease | None:
         """Take the lease of ``job_id``, or return None if someone holds it."""
-        owner_info = {"owner": owner, "attempt": attempt}
-        return await Lease.acquire(self._bucket, self._names.key(job_id), owner_info, self.ttl)
+        return await Lease.acquire(
+            self._bucket, self._names.key(job_id), {"owner": owner}, self.ttl
+        )
 
     async def acquire_role(self, role: str, owner: str, ttl: float) -> Lease | None:
         """Take a cluster-wide role of this queue (one holder at a time), or None."""
