@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import subprocess
@@ -74,10 +75,13 @@ async def measure(url: str, sizes: Sizes, with_peers: bool) -> list[Row]:
             )
             runs[concurrency, guaranteed] = run
             target = 0.30 if guaranteed else 0.50
-            rows.append(ratio_row(
+            row = ratio_row(
                 f"process, concurrency {concurrency}, guaranteed_worker={guaranteed}",
                 run.per_s, "raw fetch(100)+ack", raw["raw_fetch_ack"], target,
-            ))  # fmt: skip
+            )  # fmt: skip
+            cpu = (f"; CPU per job: worker {run.cpu_per_job * 1e6:.0f} µs, "
+                   f"raw client {raw['raw_fetch_ack_cpu'] * 1e6:.0f} µs")  # fmt: skip
+            rows.append(dataclasses.replace(row, compared=row.compared + cpu))
             progress("process", rows[-1])
     one = runs[100, True]
     two = await ours.process(url, sizes.process, concurrency=100, guaranteed=True, processes=2)

@@ -74,8 +74,9 @@ async def _publish_all(js: nats.js.JetStreamContext, subject: str, count: int, t
     return time.perf_counter() - t0
 
 
-async def fetch_and_ack(url: str, count: int) -> float:
-    """Pre-fill ``count`` messages, then ``fetch(100)`` + ``ack()`` them all: messages per second.
+async def fetch_and_ack(url: str, count: int) -> tuple[float, float]:
+    """Pre-fill ``count`` messages, then ``fetch(100)`` + ``ack()`` them all: messages per second,
+    and this process's CPU seconds per message meanwhile.
 
     Timed from the first fetch to the last ack, like the job benchmarks (from the first handler
     start to the last handler end).
@@ -90,25 +91,28 @@ async def fetch_and_ack(url: str, count: int) -> float:
         )
         sub = await js.pull_subscribe(subject, "floor", stream=stream)
         done = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while done < count:
             for msg in await sub.fetch(FETCH_BATCH, timeout=5):
                 await msg.ack()
                 done += 1
         await nc.flush()
         rate = count / (time.perf_counter() - started)
+        cpu_per_msg = (time.process_time() - cpu) / count
         await js.delete_stream(stream)
-        return rate
+        return rate, cpu_per_msg
     finally:
         await nc.close()
 
 
 async def measure(url: str, *, sequential: int, bulk: int, process: int) -> dict[str, float]:
     """Every floor figure, one workload after the other."""
+    fetch_ack, fetch_ack_cpu = await fetch_and_ack(url, process)
     return {
         "raw_publish": await publish_sequential(url, sequential),
         "raw_publish_async": await publish_async(url, bulk),
-        "raw_fetch_ack": await fetch_and_ack(url, process),
+        "raw_fetch_ack": fetch_ack,
+        "raw_fetch_ack_cpu": fetch_ack_cpu,
     }
 
 

@@ -27,6 +27,13 @@ class ProcessRun:
     per_s: float
     workers: list[dict[str, Any]]
 
+    @property
+    def cpu_per_job(self) -> float:
+        """Worker CPU seconds per job, over all worker processes."""
+        return sum(w["cpu_per_job"] * w["count"] for w in self.workers) / sum(
+            w["count"] for w in self.workers
+        )
+
 
 def fresh_client(url: str) -> Client:
     """A client in a namespace of its own."""

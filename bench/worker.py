@@ -5,6 +5,7 @@ one JSON line of what it measured, taken before shutting down:
 
 * ``count``, ``first``, ``last``: jobs handled, and the wall clock at the first handler start
   and the last handler end (throughput is measured inside the worker, without startup);
+* ``cpu_per_job``: this process's CPU seconds between those two moments, per job;
 * ``latencies``: for jobs whose data carries ``t`` (the publisher's clock just before add()),
   the p50 and p99 seconds from then to the handler start;
 * ``idle_cpu``: CPU seconds per wall second since ``ready`` (meaningful with an empty queue);
@@ -37,20 +38,22 @@ class Stats:
     count: int = 0
     first: float = 0.0
     last: float = 0.0
+    cpu_first: float = 0.0
+    cpu_last: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
     def started(self, data: Any) -> None:
         """Note a handler start."""
         now = time.time()
-        if not self.count:
-            self.first = now
+        if not self.first:
+            self.first, self.cpu_first = now, time.process_time()
         if isinstance(data, dict) and "t" in data:
             self.latencies.append(now - data["t"])
 
     def ended(self) -> None:
         """Note a handler end."""
         self.count += 1
-        self.last = time.time()
+        self.last, self.cpu_last = time.time(), time.process_time()
 
     def report(self, ready_at: float, ready_cpu: float) -> dict[str, Any]:
         """The JSON-ready figures."""
@@ -58,6 +61,7 @@ class Stats:
             "count": self.count,
             "first": self.first,
             "last": self.last,
+            "cpu_per_job": (self.cpu_last - self.cpu_first) / max(self.count, 1),
             "idle_cpu": (time.process_time() - ready_cpu) / max(time.time() - ready_at, 1e-9),
             "maxrss_kb": peak_rss_kb(),
         }
