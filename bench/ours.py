@@ -57,11 +57,12 @@ async def add_bulk(url: str, count: int) -> float:
         q = queue(QUEUE, client=client)
         await q.add({"n": -1})
         started = time.perf_counter()
-        await _fill(q, count)
+        await fill(q, count)
         return count / (time.perf_counter() - started)
 
 
-async def _fill(q: Queue[Any], count: int) -> None:
+async def fill(q: Queue[Any], count: int) -> None:
+    """Add ``count`` jobs in one add_bulk()."""
     result = await q.add_bulk([{"data": {"n": n}} for n in range(count)])
     if not result.ok:
         raise RuntimeError(f"add_bulk failed: {list(result.errors.values())[:3]}")
@@ -73,12 +74,12 @@ async def process(
     """Pre-fill ``count`` jobs, start the workers on the paused queue, resume, and time them."""
     async with fresh_client(url) as client:
         q = queue(QUEUE, client=client)
-        await _fill(q, count)
+        await fill(q, count)
         await q.pause()
         workers = await _start_workers(client, processes, concurrency, guaranteed)
         try:
             await q.resume()
-            await _until_completed(q, count)
+            await until_completed(q, count)
             figures = [await asyncio.to_thread(w.finish) for w in workers]
         finally:
             for w in workers:
@@ -105,7 +106,7 @@ async def latency(url: str, *, rate: float, seconds: float, concurrency: int) ->
                     await asyncio.sleep(delay)  # pacing the publisher
                 adds.append(asyncio.create_task(q.add({"n": n, "t": time.time()})))
             await asyncio.gather(*adds)
-            await _until_completed(q, total + 1)
+            await until_completed(q, total + 1)
             figures = await asyncio.to_thread(w.finish)
         finally:
             w.kill()
@@ -119,7 +120,7 @@ async def idle(url: str, seconds: float) -> dict[str, Any]:
         await queue(QUEUE, client=client).add({"n": -1})  # the streams exist, like in production
         (w,) = await _start_workers(client, 1, 100, guaranteed=True)
         try:
-            await _until_completed(queue(QUEUE, client=client), 1)
+            await until_completed(queue(QUEUE, client=client), 1)
             await asyncio.sleep(seconds)  # the idle period being measured
             return await asyncio.to_thread(w.finish)
         finally:
@@ -129,16 +130,21 @@ async def idle(url: str, seconds: float) -> dict[str, Any]:
 async def _start_workers(
     client: Client, processes: int, concurrency: int, guaranteed: bool
 ) -> list[BenchProcess]:
-    url = client.urls[0]
-    args = ("--url", url, "--namespace", client.namespace, "--queue", QUEUE,
-            "--concurrency", str(concurrency), "--guaranteed", str(int(guaranteed)))  # fmt: skip
+    args = worker_args(client, concurrency, guaranteed)
     workers = [BenchProcess("bench.worker", *args) for _ in range(processes)]
     for w in workers:
         await asyncio.to_thread(w.wait_ready)
     return workers
 
 
-async def _until_completed(q: Queue[Any], count: int) -> None:
+def worker_args(client: Client, concurrency: int, guaranteed: bool) -> list[str]:
+    """The command line of a bench worker on the client's namespace."""
+    return ["--url", client.urls[0], "--namespace", client.namespace, "--queue", QUEUE,
+            "--concurrency", str(concurrency), "--guaranteed", str(int(guaranteed))]  # fmt: skip
+
+
+async def until_completed(q: Queue[Any], count: int) -> None:
+    """Wait until ``count`` jobs of the queue are completed."""
     deadline = time.monotonic() + DONE_TIMEOUT
     while await q.count(JobState.COMPLETED) < count:
         if time.monotonic() > deadline:
