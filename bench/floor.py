@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 FETCH_BATCH = 100
@@ -22,56 +26,59 @@ def payload(n: int) -> bytes:
     return b'{"n":%d}' % n
 
 
-async def _fresh_stream(nc: NatsClient) -> tuple[str, str]:
-    name = f"FLOOR_{uuid.uuid4().hex[:8]}"
-    subject = f"floor.{name}"
-    await nc.jetstream().add_stream(
-        StreamConfig(
-            name=name,
-            subjects=[subject],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
+@dataclass(frozen=True)
+class Scratch:
+    """A connection and a fresh WorkQueue stream of its own, for one workload."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    stream: str
+    subject: str
+
+
+@asynccontextmanager
+async def scratch(url: str) -> AsyncIterator[Scratch]:
+    """Connect and create a stream; delete it and close the connection afterwards."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        name = f"FLOOR_{uuid.uuid4().hex[:8]}"
+        await js.add_stream(
+            StreamConfig(
+                name=name,
+                subjects=[f"floor.{name}"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+            )
         )
-    )
-    return name, subject
+        yield Scratch(nc, js, name, f"floor.{name}")
+        await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 async def publish_sequential(url: str, count: int) -> float:
     """``await js.publish()`` one at a time: messages per second."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        stream, subject = await _fresh_stream(nc)
+    async with scratch(url) as s:
         started = time.perf_counter()
         for n in range(count):
-            await js.publish(subject, payload(n))
-        rate = count / (time.perf_counter() - started)
-        await js.delete_stream(stream)
-        return rate
-    finally:
-        await nc.close()
+            await s.js.publish(s.subject, payload(n))
+        return count / (time.perf_counter() - started)
 
 
 async def publish_async(url: str, count: int) -> float:
     """``js.publish_async`` for every message, then wait for all acks: messages per second."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        stream, subject = await _fresh_stream(nc)
+    async with scratch(url) as s:
         started = time.perf_counter()
-        rate = count / await _publish_all(js, subject, count, started)
-        await js.delete_stream(stream)
-        return rate
-    finally:
-        await nc.close()
+        await _publish_all(s, count)
+        return count / (time.perf_counter() - started)
 
 
-async def _publish_all(js: nats.js.JetStreamContext, subject: str, count: int, t0: float) -> float:
-    futures = [await js.publish_async(subject, payload(n)) for n in range(count)]
-    await js.publish_async_completed()
+async def _publish_all(s: Scratch, count: int) -> None:
+    futures = [await s.js.publish_async(s.subject, payload(n)) for n in range(count)]
+    await s.js.publish_async_completed()
     for future in futures:
         future.result()  # a failed publish raises here
-    return time.perf_counter() - t0
 
 
 async def fetch_and_ack(url: str, count: int) -> tuple[float, float]:
@@ -81,28 +88,20 @@ async def fetch_and_ack(url: str, count: int) -> tuple[float, float]:
     Timed from the first fetch to the last ack, like the job benchmarks (from the first handler
     start to the last handler end).
     """
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        stream, subject = await _fresh_stream(nc)
-        await _publish_all(js, subject, count, time.perf_counter())
-        await js.add_consumer(
-            stream, ConsumerConfig(durable_name="floor", ack_policy=AckPolicy.EXPLICIT)
-        )
-        sub = await js.pull_subscribe(subject, "floor", stream=stream)
+    async with scratch(url) as s:
+        await _publish_all(s, count)
+        durable = ConsumerConfig(durable_name="floor", ack_policy=AckPolicy.EXPLICIT)
+        await s.js.add_consumer(s.stream, durable)
+        sub = await s.js.pull_subscribe(s.subject, "floor", stream=s.stream)
         done = 0
         started, cpu = time.perf_counter(), time.process_time()
         while done < count:
             for msg in await sub.fetch(FETCH_BATCH, timeout=5):
                 await msg.ack()
                 done += 1
-        await nc.flush()
+        await s.nc.flush()
         rate = count / (time.perf_counter() - started)
-        cpu_per_msg = (time.process_time() - cpu) / count
-        await js.delete_stream(stream)
-        return rate, cpu_per_msg
-    finally:
-        await nc.close()
+        return rate, (time.process_time() - cpu) / count
 
 
 async def measure(url: str, *, sequential: int, bulk: int, process: int) -> dict[str, float]:
