@@ -21,8 +21,8 @@ FINISH_TIMEOUT = 60.0
 class BenchProcess:
     """A child process speaking the bench protocol: ``ready``, then one JSON line on SIGTERM."""
 
-    def __init__(self, module: str, *args: str) -> None:
-        self.command = [sys.executable, "-m", module, *args]
+    def __init__(self, module: str, *args: str, prefix: tuple[str, ...] = ()) -> None:
+        self.command = [*prefix, sys.executable, "-m", module, *args]
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -53,9 +53,9 @@ class BenchProcess:
             raise RuntimeError(f"{' '.join(self.command)} exited early:\n{tail}")
         return line
 
-    def wait_ready(self) -> BenchProcess:
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> BenchProcess:
         """Block until the process printed ``ready``."""
-        while self._next_line(STARTUP_TIMEOUT) != "ready":
+        while self._next_line(timeout) != "ready":
             pass
         return self
 

@@ -4,6 +4,10 @@ It starts a nats-server, pre-fills the queue, starts one worker process (``bench
 on the paused queue, attaches ``py-spy record`` to it (``pip install --group bench`` installs
 py-spy), resumes, and prints the rate, the CPU share of the worker and of the server, and the
 worker's profile: the share of samples by module, and the hottest oqron_nats frames.
+
+With ``--instructions`` the worker runs under valgrind's callgrind instead, and the figure is its
+instructions per job while processing: slow, but the same from run to run whatever the machine is
+doing, so it can show a 5 % change that the noise of a shared machine hides in seconds.
 """
 
 from __future__ import annotations
@@ -26,12 +30,62 @@ from . import ours
 from .procs import BenchProcess
 
 FRAME_FILE = re.compile(r"\((?P<file>[^:]+):\d+\)")
+CALLGRIND_STARTUP = 300.0
+"""Seconds a worker under callgrind (about 50 times slower) gets to start."""
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks
+
+
+async def count_instructions(url: str, args: argparse.Namespace, workdir: Path) -> None:
+    """Run the workload with the worker under callgrind; print its instructions per job.
+
+    The counters are zeroed when the queue resumes and dumped when the last job completed, so
+    the count covers processing only. Unlike seconds, it does not move with the machine's load.
+    """
+    out = workdir / "callgrind.out"
+    async with ours.fresh_client(url) as client:
+        q = queue(ours.QUEUE, client=client)
+        await ours.fill(q, args.jobs)
+        await q.pause()
+        valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}")
+        worker = BenchProcess("bench.worker", *ours.worker_args(client, args.concurrency,
+                                                                 args.guaranteed),
+                              prefix=valgrind)  # fmt: skip
+        try:
+            await asyncio.to_thread(worker.wait_ready, CALLGRIND_STARTUP)
+            await callgrind_control("-z", worker.process.pid)
+            await q.resume()
+            await ours.until_completed(q, args.jobs)
+            await callgrind_control("-d", worker.process.pid)
+        finally:
+            worker.kill()
+    per_job = dumped_instructions(workdir) / args.jobs
+    run = f"{args.jobs:,} jobs, concurrency {args.concurrency}, guaranteed {bool(args.guaranteed)}"
+    print(f"worker instructions per job: {per_job:,.0f} ({run})")
+
+
+async def callgrind_control(option: str, pid: int) -> None:
+    """Zero (-z) or dump (-d) the counters of a process running under callgrind."""
+    done = await asyncio.to_thread(
+        subprocess.run, ["callgrind_control", option, str(pid)], capture_output=True, check=False
+    )
+    if done.returncode:
+        sys.exit(f"callgrind_control {option} failed: {done.stderr.decode()[-500:]}")
+
+
+def dumped_instructions(workdir: Path) -> int:
+    """The instruction total of the last callgrind dump (its ``summary:`` or ``totals:`` line)."""
+    dumps = sorted(workdir.glob("callgrind.out.*"))
+    if not dumps:
+        sys.exit("callgrind wrote no dump")
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError(f"no totals in {dumps[-1]}")
 
 
 async def profile(url: str, server_pid: int, args: argparse.Namespace, raw: Path) -> None:
@@ -119,17 +173,25 @@ def main() -> None:
     parser.add_argument("--guaranteed", type=int, choices=(0, 1), default=1)
     parser.add_argument("--seconds", type=int, default=5, help="how long py-spy samples")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the worker's instructions per job under callgrind instead (slow, repeatable)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="oqron-profile-") as tmp:
         server = LocalServer(store_dir=Path(tmp) / "store").start()
         try:
-            raw = Path(tmp) / "profile.raw"
             started = time.monotonic()
-            asyncio.run(profile(server.url, server.pid, args, raw))
+            if args.instructions:
+                asyncio.run(count_instructions(server.url, args, Path(tmp)))
+            else:
+                asyncio.run(profile(server.url, server.pid, args, Path(tmp) / "profile.raw"))
             print(f"(whole run {time.monotonic() - started:.0f} s)")
         finally:
             server.close()
-        summarize(raw, args.top)
+        if not args.instructions:
+            summarize(Path(tmp) / "profile.raw", args.top)
 
 
 if __name__ == "__main__":
