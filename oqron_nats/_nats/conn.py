@@ -124,7 +124,7 @@ class Nats:
         self.request_timeout = request_timeout
         self.publish_deadline = publish_deadline
         self._reconnect_listeners: list[Callable[[], None]] = []
-        self._requests = Requests(nc)
+        self._requests = Requests(nc, request_timeout)
         self.closing = False
 
     @classmethod
@@ -217,9 +217,7 @@ class Nats:
     async def _request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Msg:
-        return await self._requests.request(
-            subject, payload, timeout=self.request_timeout, headers=headers
-        )
+        return await self._requests.request(subject, payload, headers)
 
     def new_inbox(self) -> str:
         """A unique inbox subject."""

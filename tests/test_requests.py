@@ -1,0 +1,71 @@
+"""Request/reply through one inbox and one timer, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import nats.errors
+import pytest
+
+from oqron_nats._nats.requests import Requests
+from oqron_nats.server import LocalServer
+
+TIMEOUT = 0.3
+
+
+async def test_replies_come_back_and_silence_times_out(nats_server: LocalServer, namespace: str):
+    nc = await nats.connect(nats_server.url)
+    try:
+        requests = Requests(nc, TIMEOUT)
+        await requests.start()
+
+        async def echo(msg) -> None:
+            await msg.respond(b"re:" + msg.data)
+
+        await nc.subscribe(f"{namespace}.echo", cb=echo)
+        await nc.subscribe(f"{namespace}.silent", cb=_ignore)  # listens, never answers
+
+        silent = asyncio.create_task(requests.request(f"{namespace}.silent", b"?"))
+        answered = [requests.request(f"{namespace}.echo", b"%d" % n) for n in range(50)]
+        replies = await asyncio.gather(*answered)
+        assert [m.data for m in replies] == [b"re:%d" % n for n in range(50)]
+        with pytest.raises(TimeoutError):
+            await silent
+        # the timer is armed again for requests sent after it fired
+        with pytest.raises(TimeoutError):
+            await requests.request(f"{namespace}.silent", b"?")
+        assert (await requests.request(f"{namespace}.echo", b"x")).data == b"re:x"
+        with pytest.raises(nats.errors.NoRespondersError):
+            await requests.request(f"{namespace}.nobody", b"?")
+    finally:
+        await nc.close()
+
+
+async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServer, namespace: str):
+    nc = await nats.connect(nats_server.url)
+    try:
+        requests = Requests(nc, 1.0)
+        await requests.start()
+        release = asyncio.Event()
+
+        async def slow(msg) -> None:  # answers once released, within the later request's time
+            await release.wait()
+            await msg.respond(b"late")
+
+        await nc.subscribe(f"{namespace}.silent", cb=_ignore)
+        await nc.subscribe(f"{namespace}.slow", cb=slow)
+        first = asyncio.create_task(requests.request(f"{namespace}.silent", b"?"))
+        await asyncio.sleep(0.8)  # the second request's deadline is 0.8 s after the first's
+        second = asyncio.create_task(requests.request(f"{namespace}.slow", b"?"))
+        with pytest.raises(TimeoutError):
+            await first
+        assert not second.done()  # the first's expiry left it waiting
+        release.set()
+        assert (await second).data == b"late"
+    finally:
+        await nc.close()
+
+
+async def _ignore(msg) -> None:
+    return None
