@@ -13,7 +13,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 
 from ._version import __version__
@@ -27,23 +26,6 @@ CONVERSATION_ID = "messaging.message.conversation_id"
 CONSUMER_GROUP = "messaging.consumer.group.name"
 ATTEMPT = "oqron.job.attempt"
 ERROR_TYPE = "error.type"
-
-
-class _CaseInsensitiveGetter(Getter[Mapping[str, str]]):
-    """Reads ``traceparent`` whatever its case (Go and .NET clients send ``Traceparent``)."""
-
-    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        if value is not None:
-            return [value]
-        key = key.lower()
-        return next(([v] for k, v in carrier.items() if k.lower() == key), None)
-
-    def keys(self, carrier: Mapping[str, str]) -> list[str]:
-        return list(carrier)
-
-
-_GETTER = _CaseInsensitiveGetter()
 
 
 class Tracing:
@@ -95,8 +77,14 @@ class Tracing:
         With nothing to record it, no span is made: the publisher's context is only made
         current, so the trace still passes through to the jobs the handler adds.
         """
-        parent = propagate.extract(carrier, getter=_GETTER)
-        if not self.recording:
+        # header names in lower case: Go and .NET clients send ``Traceparent``
+        headers = {key.lower(): value for key, value in carrier.items()}
+        recording = self.recording
+        if not recording and headers.keys().isdisjoint(propagate.get_global_textmap().fields):
+            yield trace.INVALID_SPAN  # nothing to record and no context to pass on
+            return
+        parent = propagate.extract(headers)
+        if not recording:
             token = context.attach(parent)
             try:
                 yield trace.INVALID_SPAN

@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from oqron_nats import Client, JobState, RetryPolicy, queue
+from oqron_nats.queue import parse_options
 from oqron_nats.server import LocalServer
 
 from .helpers import wait_for_state
@@ -120,3 +121,22 @@ async def test_without_an_sdk_the_callers_trace_context_still_travels(client: Cl
         context.detach(token)
     assert job.trace["traceparent"] == upstream
     assert seen and seen[0].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_a_capitalised_traceparent_from_another_client_is_the_parent(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """Go and .NET clients send ``Traceparent``: header names are read in any case."""
+    provider, exporter = sdk()
+    upstream_trace = "0af7651916cd43dd8448eb211c80319c"
+    async with Client(nats_server.url, namespace=namespace, tracer_provider=provider) as client:
+        q = queue("foreign", lambda ctx: None, client=client)
+        backend = await q._open()
+        _, job = q._new_job({"n": 1}, parse_options({}))
+        await backend.store.create(job)  # the record, as another client's add wrote it
+        headers = {"Traceparent": f"00-{upstream_trace}-b7ad6b7169203331-01"}
+        await backend.conn.publish(backend.names.lane(0, job.id), job.id.encode(), headers)
+        async with q:
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+    (consumer,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert format(consumer.context.trace_id, "032x") == upstream_trace
