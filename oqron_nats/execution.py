@@ -1,9 +1,8 @@
 """One delivery of a job, from the record check to the ack.
 
-    read record ── missing/terminal/too early ──> ack (or nak until run_at, or until a record
-        │                                         being added meanwhile is there) and stop
-        │   (the lease, with guaranteed_worker, is asked for while the record is read)
-    lease held by another ──> nak(heartbeat) and stop
+    read record ── missing/terminal/too early ──> ack (or nak until run_at) and stop
+        │
+    lease (guaranteed_worker) ── held by another ──> nak(lock_ttl) and stop
         │
     record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
         │
@@ -59,10 +58,6 @@ SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
-RECORD_WAITS = 5
-RECORD_WAIT = 0.2
-"""A message whose record is not there yet comes back RECORD_WAITS times, after RECORD_WAIT
-seconds times its delivery count (3 s in all), before it is removed as having no job."""
 
 
 def utcnow() -> datetime:
@@ -204,10 +199,6 @@ class Execution:
             await self.delivery.term()
             return None
         if record is None:
-            tries = self.delivery.num_delivered
-            if tries <= RECORD_WAITS:  # add() writes record and message at once: give it time
-                await self.delivery.nak(delay=RECORD_WAIT * tries)
-                return None
             log.warning("message for a job without record; removed", job_id=job_id)
             await self.delivery.ack()
             return None

@@ -95,10 +95,7 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
             requeued += 1
     removed = 0
     for subject in subjects:
-        job_id = subject.rsplit(".", 1)[1]
-        state = states.get(job_id)
-        if state is None and await backend.store.get(job_id) is not None:
-            continue  # its record was written after the scan passed: an add in flight
+        state = states.get(subject.rsplit(".", 1)[1])
         if state is None or state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
             await backend.conn.purge_subject(names.stream, subject)
             log.warning("reconciliation removed a message without live job", subject=subject)

@@ -97,13 +97,6 @@ def new_job_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
 
-async def _settled(task: asyncio.Task[None] | None) -> None:
-    """Let a send finish, whatever its outcome (the caller reports its own)."""
-    if task is not None:
-        with contextlib.suppress(Exception):
-            await task
-
-
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """What add() returns on a paused queue whose disabled_behavior is "skip": nothing stored."""
@@ -282,15 +275,10 @@ class Queue(Generic[T, S]):
 
     async def _enqueue(self, backend: Backend, value: T, job: RawJob) -> Job[T]:
         span, job.trace = backend.tracing.start_publish(self.name, job.id, job.correlation_id)
-        # a job to run goes out while its record is written: a worker that meets the message
-        # first hands it back until the record is there (execution.RECORD_WAITS)
-        runnable = job.state in (JobState.WAITING, JobState.DELAYED)
-        sending = asyncio.create_task(backend.broker.enqueue(job)) if runnable else None
         try:
             try:
                 await backend.store.create(job)
             except CasConflict:
-                await _settled(sending)  # a copy for an existing job: deduplicated or skipped
                 return await self._existing(backend, job.id)
             except TimeoutError:
                 raise EnqueueError(
@@ -303,18 +291,15 @@ class Queue(Generic[T, S]):
             if job.state == JobState.WAITING_CHILDREN:
                 await dag.link(backend, job)
                 return await self._existing(backend, job.id)  # link may have released it
-            if sending is not None:
-                await sending
-            else:
+            if job.state == JobState.PAUSED:
                 await self._hold(backend, job)
+            else:
+                await backend.broker.enqueue(job)
             return self._own(with_data(job, value))
         except Exception as exc:
-            await _settled(sending)
             mark_failed(span, exc)
             raise
         finally:
-            if sending is not None:
-                sending.cancel()  # only if the add itself was cancelled: otherwise it is done
             span.end()
 
     async def _hold(self, backend: Backend, job: RawJob) -> None:

@@ -21,7 +21,6 @@ from oqron_nats import (
     queue,
 )
 from oqron_nats._nats import Bucket
-from oqron_nats.queue import parse_options
 
 from .helpers import eventually, stream_message_count, wait_for_state
 
@@ -460,31 +459,6 @@ async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: C
         await wait_for_state(q, job.id, JobState.COMPLETED)
     assert runs == [job.id]
     assert await q.get_job("no-such-job") is None
-
-
-async def test_a_message_that_arrives_before_its_record_runs_once_the_record_is_there(
-    client: Client,
-) -> None:
-    runs: list[str] = []
-
-    async def handler(ctx) -> None:
-        runs.append(ctx.id)
-
-    q = queue("early-message", handler, client=client)
-    backend = await q._open()
-    _, job = q._new_job({"n": 1}, parse_options({"job_id": "late-record"}))
-    async with q:
-        await backend.broker.enqueue(job)  # add() sends both at once: here the message wins
-        await eventually(lambda: _delivered(q, backend), what="the message to be handed back")
-        await backend.store.create(job)
-        await wait_for_state(q, job.id, JobState.COMPLETED)
-        await wait_until_empty(client, "early-message")
-    assert runs == [job.id]
-
-
-async def _delivered(q, backend) -> bool:
-    info = await backend.conn.js.consumer_info(backend.names.stream, "fifo")
-    return info.delivered.stream_seq >= 1
 
 
 @pytest.mark.parametrize("body", [b"../../etc", b"", b"a.b", b"\xff\xfe", b"x" * 65, b"*"])
