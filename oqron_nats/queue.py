@@ -275,6 +275,10 @@ class Queue(Generic[T, S]):
 
     async def _enqueue(self, backend: Backend, value: T, job: RawJob) -> Job[T]:
         span, job.trace = backend.tracing.start_publish(self.name, job.id, job.correlation_id)
+        # The record first, then the message, never both at once: a worker that met the message
+        # first could not tell how long to wait for the record (a server restart stretches its
+        # write up to the publish deadline). Tried, measured 1.3x faster, and the chaos run lost
+        # a job that way.
         try:
             try:
                 await backend.store.create(job)
