@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from oqron_nats import Client, JobState, Queue, queue
 
-from .procs import BenchProcess
+from .procs import STARTUP_TIMEOUT, BenchProcess
 
 DONE_TIMEOUT = 600.0
 QUEUE = "bench"
@@ -68,22 +70,43 @@ async def fill(q: Queue[Any], count: int) -> None:
         raise RuntimeError(f"add_bulk failed: {list(result.errors.values())[:3]}")
 
 
-async def process(
-    url: str, count: int, *, concurrency: int, guaranteed: bool, processes: int = 1
-) -> ProcessRun:
-    """Pre-fill ``count`` jobs, start the workers on the paused queue, resume, and time them."""
+@asynccontextmanager
+async def paused_backlog(
+    url: str,
+    count: int,
+    *,
+    concurrency: int,
+    guaranteed: bool,
+    processes: int = 1,
+    prefix: tuple[str, ...] = (),
+    startup: float = STARTUP_TIMEOUT,
+) -> AsyncIterator[tuple[Queue[Any], list[BenchProcess]]]:
+    """``count`` jobs queued on a paused queue, and ready workers (run under ``prefix``, if
+    given) waiting for it; the caller resumes the queue. The workers are killed afterwards."""
     async with fresh_client(url) as client:
         q = queue(QUEUE, client=client)
         await fill(q, count)
         await q.pause()
-        workers = await _start_workers(client, processes, concurrency, guaranteed)
+        workers = await _start_workers(
+            client, processes, concurrency, guaranteed, prefix=prefix, startup=startup
+        )
         try:
-            await q.resume()
-            await until_completed(q, count)
-            figures = [await asyncio.to_thread(w.finish) for w in workers]
+            yield q, workers
         finally:
             for w in workers:
                 w.kill()
+
+
+async def process(
+    url: str, count: int, *, concurrency: int, guaranteed: bool, processes: int = 1
+) -> ProcessRun:
+    """Pre-fill ``count`` jobs, start the workers on the paused queue, resume, and time them."""
+    async with paused_backlog(
+        url, count, concurrency=concurrency, guaranteed=guaranteed, processes=processes
+    ) as (q, workers):
+        await q.resume()
+        await until_completed(q, count)
+        figures = [await asyncio.to_thread(w.finish) for w in workers]
     first = min(f["first"] for f in figures)
     last = max(f["last"] for f in figures)
     handled = sum(f["count"] for f in figures)
@@ -128,12 +151,18 @@ async def idle(url: str, seconds: float) -> dict[str, Any]:
 
 
 async def _start_workers(
-    client: Client, processes: int, concurrency: int, guaranteed: bool
+    client: Client,
+    processes: int,
+    concurrency: int,
+    guaranteed: bool,
+    *,
+    prefix: tuple[str, ...] = (),
+    startup: float = STARTUP_TIMEOUT,
 ) -> list[BenchProcess]:
     args = worker_args(client, concurrency, guaranteed)
-    workers = [BenchProcess("bench.worker", *args) for _ in range(processes)]
+    workers = [BenchProcess("bench.worker", *args, prefix=prefix) for _ in range(processes)]
     for w in workers:
-        await asyncio.to_thread(w.wait_ready)
+        await asyncio.to_thread(w.wait_ready, startup)
     return workers
 
 

@@ -18,10 +18,6 @@ runs do not collide, and deleted afterwards.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,19 +25,17 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from importlib.util import find_spec
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nats
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from . import peer_worker
+from .procs import BenchProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 MODULES = {"taskiq": ("taskiq", "taskiq_nats"), "faststream": ("faststream",)}
 PREFILL_WINDOW = 500  # publishes in flight while pre-filling
-STARTUP_TIMEOUT = 60.0  # seconds for the worker to print "ready"
 RUN_TIMEOUT = 300.0  # seconds for the worker to handle every job
 ACK_SETTLE_TIMEOUT = 10.0  # seconds for the server to show the worker's last acks
 
@@ -181,50 +175,20 @@ async def expect_all_acked(js: JetStreamContext, stream: str, jobs: int) -> None
         await asyncio.sleep(0.05)
 
 
-def spawn_worker(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
-    """Start the worker process, its stdout piped."""
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
-async def read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    """The worker's next stdout line ("" at its end); TimeoutError after ``timeout`` seconds."""
-    assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout)
-    return line.strip()
-
-
 async def run_worker(
     peer: str, url: str, stream: str, subject: str, *, jobs: int, concurrency: int
 ) -> dict[str, Any]:
     """Run the peer's worker process over the pre-filled stream; its result line, checked."""
-    command = [sys.executable, "-m", "bench.peer_worker", peer, "--url", url]
-    command += ["--stream", stream, "--subject", subject]
-    command += ["--jobs", str(jobs), "--concurrency", str(concurrency)]
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = spawn_worker(command, stderr)
-        waiting_for = f"'ready' within {STARTUP_TIMEOUT:.0f} s"
-        try:
-            ready = await read_line(process, STARTUP_TIMEOUT)
-            waiting_for = f"{jobs} jobs handled within {RUN_TIMEOUT:.0f} s"
-            line = await read_line(process, RUN_TIMEOUT) if ready == "ready" else ""
-            waiting_for = f"its exit within {STARTUP_TIMEOUT:.0f} s"
-            code = await asyncio.to_thread(process.wait, STARTUP_TIMEOUT)
-        except (TimeoutError, subprocess.TimeoutExpired):
-            raise PeerError(f"{peer} worker killed: no {waiting_for}{error_tail(stderr)}") from None
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        if ready != "ready" or code != 0:
-            raise PeerError(f"{peer} worker failed (exit {code}){error_tail(stderr)}")
-    result: dict[str, Any] = json.loads(line)
+    args = [peer, "--url", url, "--stream", stream, "--subject", subject]
+    args += ["--jobs", str(jobs), "--concurrency", str(concurrency)]
+    worker = BenchProcess("bench.peer_worker", *args)
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        result = await asyncio.to_thread(worker.figures, RUN_TIMEOUT)
+    except (TimeoutError, RuntimeError) as exc:
+        raise PeerError(f"{peer} worker failed: {exc}") from None
+    finally:
+        worker.kill()
     if result["count"] != jobs or result["first"] is None or result["last"] <= result["first"]:
-        raise PeerError(f"{peer} worker handled {result['count']} jobs, expected {jobs}: {line}")
+        raise PeerError(f"{peer} worker handled {result['count']} jobs, expected {jobs}: {result}")
     return result
-
-
-def error_tail(stderr: IO[str]) -> str:
-    """The end of the worker's stderr, for an error message."""
-    stderr.seek(0)
-    tail = stderr.read()[-2000:].strip()
-    return f"; its stderr ends with:\n{tail}" if tail else ""

@@ -62,9 +62,16 @@ class BenchProcess:
     def finish(self) -> dict[str, Any]:
         """SIGTERM the process and return the figures it printed."""
         self.process.send_signal(signal.SIGTERM)
-        while not (line := self._next_line(FINISH_TIMEOUT)).startswith("{"):
+        return self.figures(FINISH_TIMEOUT)
+
+    def figures(self, timeout: float) -> dict[str, Any]:
+        """The JSON line the process prints when it is done, once it exited cleanly."""
+        while not (line := self._next_line(timeout)).startswith("{"):
             pass
-        self.process.wait(FINISH_TIMEOUT)
+        code = self.process.wait(FINISH_TIMEOUT)
+        if code:
+            tail = "".join(self._stderr[-20:])
+            raise RuntimeError(f"{' '.join(self.command)} exited with {code}:\n{tail}")
         figures: dict[str, Any] = json.loads(line)
         return figures
 

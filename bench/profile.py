@@ -23,11 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from oqron_nats import queue
 from oqron_nats.server import LocalServer
 
 from . import ours
-from .procs import BenchProcess
 
 FRAME_FILE = re.compile(r"\((?P<file>[^:]+):\d+\)")
 CALLGRIND_STARTUP = 300.0
@@ -46,23 +44,15 @@ async def count_instructions(url: str, args: argparse.Namespace, workdir: Path) 
     The counters are zeroed when the queue resumes and dumped when the last job completed, so
     the count covers processing only. Unlike seconds, it does not move with the machine's load.
     """
-    out = workdir / "callgrind.out"
-    async with ours.fresh_client(url) as client:
-        q = queue(ours.QUEUE, client=client)
-        await ours.fill(q, args.jobs)
-        await q.pause()
-        valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}")
-        worker = BenchProcess("bench.worker", *ours.worker_args(client, args.concurrency,
-                                                                 args.guaranteed),
-                              prefix=valgrind)  # fmt: skip
-        try:
-            await asyncio.to_thread(worker.wait_ready, CALLGRIND_STARTUP)
-            await callgrind_control("-z", worker.process.pid)
-            await q.resume()
-            await ours.until_completed(q, args.jobs)
-            await callgrind_control("-d", worker.process.pid)
-        finally:
-            worker.kill()
+    valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / 'callgrind.out'}")
+    async with ours.paused_backlog(
+        url, args.jobs, concurrency=args.concurrency, guaranteed=bool(args.guaranteed),
+        prefix=valgrind, startup=CALLGRIND_STARTUP,
+    ) as (q, (worker,)):  # fmt: skip
+        await callgrind_control("-z", worker.process.pid)
+        await q.resume()
+        await ours.until_completed(q, args.jobs)
+        await callgrind_control("-d", worker.process.pid)
     per_job = dumped_instructions(workdir) / args.jobs
     run = f"{args.jobs:,} jobs, concurrency {args.concurrency}, guaranteed {bool(args.guaranteed)}"
     print(f"worker instructions per job: {per_job:,.0f} ({run})")
@@ -90,13 +80,9 @@ def dumped_instructions(workdir: Path) -> int:
 
 async def profile(url: str, server_pid: int, args: argparse.Namespace, raw: Path) -> None:
     """Run the workload with py-spy attached to the worker; print rate and CPU shares."""
-    async with ours.fresh_client(url) as client:
-        q = queue(ours.QUEUE, client=client)
-        await ours.fill(q, args.jobs)
-        await q.pause()
-        worker = BenchProcess("bench.worker", *ours.worker_args(client, args.concurrency,
-                                                                 args.guaranteed))  # fmt: skip
-        await asyncio.to_thread(worker.wait_ready)
+    async with ours.paused_backlog(
+        url, args.jobs, concurrency=args.concurrency, guaranteed=bool(args.guaranteed)
+    ) as (q, (worker,)):
         spy = attach_py_spy(worker.process.pid, args.seconds, raw)
         try:
             worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(server_pid)

@@ -149,11 +149,8 @@ async def promote(backend: Backend, job_id: str) -> None:
 
 async def active_jobs(backend: Backend) -> list[RawJob]:
     """The queue's running jobs: its active index entries, checked against their records."""
-    if not await backend.store.index.count(JobState.ACTIVE):
-        return []
-    return await backend.store.listed(
-        await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
-    )
+    entries = await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
+    return await backend.store.listed(entries)
 
 
 def _now() -> datetime:

@@ -41,15 +41,15 @@ class Bucket:
 
     async def get(self, key: str) -> Entry | None:
         """The current value of ``key``, or None if it is missing, deleted or expired."""
-        msg = await self.conn.direct_get_subject(self.stream, self._prefix + key)
-        if msg is None or _is_delete(msg):
-            return None
-        return Entry(key, msg.data, msg.seq)
+        return await self._newest(key, deleted=False)
 
     async def tombstone(self, key: str) -> Entry | None:
         """The delete marker of a deleted ``key`` (with what the delete left in it), or None."""
+        return await self._newest(key, deleted=True)
+
+    async def _newest(self, key: str, *, deleted: bool) -> Entry | None:
         msg = await self.conn.direct_get_subject(self.stream, self._prefix + key)
-        if msg is None or not _is_delete(msg):
+        if msg is None or _is_delete(msg) != deleted:
             return None
         return Entry(key, msg.data, msg.seq)
 
@@ -58,11 +58,11 @@ class Bucket:
         try:
             return await self._write(key, value, last=0, ttl=ttl)
         except CasConflict:
-            current = await self.conn.direct_get_subject(self.stream, self._prefix + key)
-            if current is None or not _is_delete(current):
+            stone = await self.tombstone(key)
+            if stone is None:
                 raise
             # A tombstone is there: create on top of it, as nats-py does.
-            return await self._write(key, value, last=current.seq, ttl=ttl)
+            return await self._write(key, value, last=stone.revision, ttl=ttl)
 
     async def update(self, key: str, value: bytes, *, last: int, ttl: float | None = None) -> int:
         """Write ``key`` only if its revision is still ``last``; return the new revision."""
