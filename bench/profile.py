@@ -164,6 +164,7 @@ def main() -> None:
         action="store_true",
         help="count the worker's instructions per job under callgrind instead (slow, repeatable)",
     )
+    parser.add_argument("--keep", type=Path, help="also copy py-spy's raw samples to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="oqron-profile-") as tmp:
         server = LocalServer(store_dir=Path(tmp) / "store").start()
@@ -178,6 +179,8 @@ def main() -> None:
             server.close()
         if not args.instructions:
             summarize(Path(tmp) / "profile.raw", args.top)
+            if args.keep:
+                shutil.copyfile(Path(tmp) / "profile.raw", args.keep)
 
 
 if __name__ == "__main__":

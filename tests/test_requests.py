@@ -8,6 +8,7 @@ import nats
 import nats.errors
 import pytest
 
+from oqron_nats._nats.direct import DirectClient, parse_headers
 from oqron_nats._nats.requests import Requests
 from oqron_nats.server import LocalServer
 
@@ -15,7 +16,8 @@ TIMEOUT = 0.3
 
 
 async def test_replies_come_back_and_silence_times_out(nats_server: LocalServer, namespace: str):
-    nc = await nats.connect(nats_server.url)
+    nc = DirectClient()
+    await nc.connect(nats_server.url)
     try:
         requests = Requests(nc, TIMEOUT)
         await requests.start()
@@ -43,7 +45,8 @@ async def test_replies_come_back_and_silence_times_out(nats_server: LocalServer,
 
 
 async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServer, namespace: str):
-    nc = await nats.connect(nats_server.url)
+    nc = DirectClient()
+    await nc.connect(nats_server.url)
     try:
         requests = Requests(nc, 1.0)
         await requests.start()
@@ -69,3 +72,51 @@ async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServ
 
 async def _ignore(msg) -> None:
     return None
+
+
+async def test_a_failing_direct_handler_does_not_stop_the_connection(
+    nats_server: LocalServer, namespace: str
+):
+    nc = DirectClient()
+    await nc.connect(nats_server.url)
+    try:
+        seen: list[bytes] = []
+        got_two = asyncio.Event()
+
+        def handler(msg) -> None:
+            seen.append(msg.data)
+            if len(seen) == 2:
+                got_two.set()
+            if msg.data == b"boom":
+                raise RuntimeError("handler bug")
+
+        sub = await nc.subscribe_direct(f"{namespace}.direct", handler)
+        await nc.publish(f"{namespace}.direct", b"boom", headers={"A": "1"})
+        await nc.publish(f"{namespace}.direct", b"fine")
+        await asyncio.wait_for(got_two.wait(), 5)
+        assert seen == [b"boom", b"fine"]
+        await sub.unsubscribe()
+        assert not nc._direct  # the handler is forgotten with its subscription
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        (b"NATS/1.0\r\n\r\n", None),
+        (b"NATS/1.0 503\r\n\r\n", {"Status": "503"}),
+        (b"NATS/1.0 404 No Messages\r\n\r\n", {"Status": "404", "Description": "No Messages"}),
+        (
+            b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 16\r\n\r\n",
+            {"Status": "100", "Description": "Idle Heartbeat", "Nats-Last-Consumer": "16"},
+        ),
+        (
+            b"NATS/1.0\r\nNats-Time-Stamp: 2026-11-28T19:20:00Z\r\nbad key: x\r\nnocolon\r\n\r\n",
+            {"Nats-Time-Stamp": "2026-11-28T19:20:00Z"},
+        ),
+    ],
+)
+def test_headers_are_parsed_like_nats_py_does(raw, expected):
+    assert parse_headers(raw) == expected

@@ -17,12 +17,12 @@ import msgspec
 import nats
 import nats.errors
 import structlog
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
 from ..errors import ConnectionFailed
+from .direct import DirectClient, Handler
 from .requests import Requests
 
 log = structlog.get_logger("oqron_nats")
@@ -118,7 +118,9 @@ class StoredMsg(msgspec.Struct, frozen=True):
 class Nats:
     """One NATS connection, with the JetStream calls the rest of oqron_nats uses."""
 
-    def __init__(self, nc: NatsClient, *, request_timeout: float, publish_deadline: float) -> None:
+    def __init__(
+        self, nc: DirectClient, *, request_timeout: float, publish_deadline: float
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=request_timeout)
         self.request_timeout = request_timeout
@@ -167,7 +169,8 @@ class Nats:
         settings.update(options or {})
         reconnects = settings["max_reconnect_attempts"]
         try:  # a first connection gives up, so a wrong URL is an error, not a hang
-            nc = await nats.connect(**{**settings, "max_reconnect_attempts": INITIAL_ATTEMPTS})
+            nc = DirectClient()
+            await nc.connect(**{**settings, "max_reconnect_attempts": INITIAL_ATTEMPTS})
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             raise ConnectionFailed(
                 f"could not connect to NATS at {', '.join(servers)}: {exc!r}"
@@ -226,6 +229,10 @@ class Nats:
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core NATS subscription delivering to ``cb``."""
         return await self.nc.subscribe(subject, cb=cb)
+
+    async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
+        """A subscription whose messages go straight to ``handler`` (see :mod:`.direct`)."""
+        return await self.nc.subscribe_direct(subject, handler)
 
     async def publish_core(
         self,

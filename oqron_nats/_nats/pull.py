@@ -142,7 +142,7 @@ class Puller:
     async def start(self) -> None:
         """Subscribe to the reply inbox."""
         self._inbox = self.conn.new_inbox()
-        self._sub = await self.conn.subscribe(self._inbox + ".*", self._on_msg)
+        self._sub = await self.conn.subscribe_direct(self._inbox + ".*", self._on_msg)
 
     async def stop(self) -> None:
         """Drop interest in the reply inbox, so the server drops our open requests too.
@@ -219,7 +219,7 @@ class Puller:
             raise
         return token
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         if not msg.reply and headers and headers.get("Status"):
             self._on_status(msg.subject, headers)

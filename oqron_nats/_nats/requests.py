@@ -13,9 +13,10 @@ import asyncio
 import itertools
 
 import nats.errors
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from .direct import DirectClient
 
 NO_RESPONDERS = "503"
 
@@ -23,7 +24,7 @@ NO_RESPONDERS = "503"
 class Requests:
     """Requests of one connection; replies come back on ``<inbox>.<token>``."""
 
-    def __init__(self, nc: NatsClient, timeout: float) -> None:
+    def __init__(self, nc: DirectClient, timeout: float) -> None:
         self._nc = nc
         self._timeout = timeout
         self._prefix = nc.new_inbox() + "."
@@ -35,9 +36,9 @@ class Requests:
 
     async def start(self) -> None:
         """Subscribe to the replies."""
-        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._sub = await self._nc.subscribe_direct(self._prefix + "*", self._on_reply)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         waiting = self._waiting.get(msg.subject[len(self._prefix) :])
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
