@@ -592,16 +592,17 @@ class Execution:
             worker=None,
             leased=False,
         )
+        # released (and stored) before the nak: the worker the job goes to finds it free
+        await self._release(confirmed=True)
         if handed_back is not None:
             await self.delivery.nak()
             log.info("job handed back at shutdown", job_id=job.id)
-        await self._release()
 
-    async def _release(self) -> None:
+    async def _release(self, *, confirmed: bool = False) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
             try:
-                await lease.release()
+                await lease.release(confirmed=confirmed)
             except Exception as exc:  # it expires on its own after lock_ttl
                 log.warning("lease release failed", job_id=self.job_id, error=repr(exc))
 

@@ -8,6 +8,8 @@ it must commit nothing.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 
 from ._nats import Bucket, CasConflict
@@ -51,10 +53,18 @@ class Lease:
         except CasConflict:
             raise LeaseLost(self._key) from None
 
-    async def release(self) -> None:
-        """Give the lease up without waiting for the answer; a lease already lost is left alone
-        (the delete is a compare-and-set on our revision), and a lost release expires anyway."""
-        await self._bucket.delete_later(self._key, last=self.revision, ttl=self._ttl)
+    async def release(self, *, confirmed: bool = False) -> None:
+        """Give the lease up; a lease already lost is left alone (the delete is a compare-and-set
+        on our revision), and a lost release expires anyway.
+
+        Without ``confirmed`` it does not wait for the answer, so a read right after may still
+        find the lease (the server reads apart from storing); with it, the delete is stored.
+        """
+        if not confirmed:
+            await self._bucket.delete_later(self._key, last=self.revision, ttl=self._ttl)
+            return
+        with contextlib.suppress(CasConflict):
+            await self._bucket.delete(self._key, last=self.revision, ttl=self._ttl)
 
 
 class Leases:

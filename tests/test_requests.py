@@ -120,3 +120,25 @@ async def test_a_failing_direct_handler_does_not_stop_the_connection(
 )
 def test_headers_are_parsed_like_nats_py_does(raw, expected):
     assert parse_headers(raw) == expected
+
+
+async def test_the_short_publish_path_sends_what_nats_py_sends(
+    nats_server: LocalServer, namespace: str
+):
+    nc = DirectClient()
+    await nc.connect(nats_server.url)
+    try:
+        got: asyncio.Queue = asyncio.Queue()
+        await nc.subscribe_direct(f"{namespace}.pub", got.put_nowait)
+        await nc.publish(f"{namespace}.pub", b"plain")
+        await nc.publish(f"{namespace}.pub", b"", reply="r.1", headers={" A-B ": " x\ny ", "": "e"})
+        plain, with_headers = await got.get(), await got.get()
+        assert (plain.data, plain.reply, plain.headers) == (b"plain", "", None)
+        assert (with_headers.data, with_headers.reply) == (b"", "r.1")
+        assert with_headers.headers == {"A-B": "x y"}
+        with pytest.raises(nats.errors.BadHeaderError):
+            await nc.publish(f"{namespace}.pub", b"", headers={"bad key": "1"})
+        with pytest.raises(nats.errors.MaxPayloadError):  # the checks of nats-py's own path
+            await nc.publish(f"{namespace}.pub", b"x" * (nc.max_payload + 1))
+    finally:
+        await nc.close()

@@ -7,20 +7,27 @@ of that: a direct subscription's handler is a plain function, called in the conn
 task as soon as the message is parsed. It must be quick and must not block; what it raises is
 logged and dropped, so it cannot stop the reading task. Their headers are parsed here too, in one
 decode and one split (nats-py decodes every name and value apart).
+
+A publish while connected takes a shorter path too: the same protocol bytes as nats-py's, with
+each header name checked once per client instead of by a regular expression on every publish.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import BadHeaderError
 
 log = structlog.get_logger("oqron_nats")
 
 Handler = Callable[[Msg], None]
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
 class DirectClient(Client):
@@ -29,12 +36,50 @@ class DirectClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._direct: dict[int, Handler] = {}
+        self._header_names: set[str] = set()
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """Subscribe; ``handler`` is called in the reading task for each message."""
         sub = await self.subscribe(subject)
         self._direct[sub._id] = handler
         return sub
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publish a core NATS message (nats-py's checks and errors off the connected path)."""
+        if self._status != Client.CONNECTED or not subject or len(payload) > self._max_payload:
+            await super().publish(subject, payload, reply, headers)
+            return
+        if headers:
+            head = self._encode_headers(headers)
+            size = len(head) + len(payload)
+            command = f"HPUB {subject} {reply} {len(head)} {size}\r\n".encode() + head
+        else:
+            command = f"PUB {subject} {reply} {len(payload)}\r\n".encode()
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        await self._send_command(command + payload + b"\r\n")
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
+    def _encode_headers(self, headers: Mapping[str, str]) -> bytes:
+        lines = ["NATS/1.0\r\n"]
+        for key, value in headers.items():
+            name = key.strip()
+            if name not in self._header_names:
+                if not name:
+                    continue
+                if not HEADER_NAME.fullmatch(name):
+                    raise BadHeaderError(name)
+                self._header_names.add(name)
+            lines.append(f"{name}: {value.strip().translate(NEWLINES)}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode()
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
