@@ -27,7 +27,6 @@ log = structlog.get_logger("oqron_nats")
 
 Handler = Callable[[Msg], None]
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
 class DirectClient(Client):
@@ -77,7 +76,7 @@ class DirectClient(Client):
                 if not HEADER_NAME.fullmatch(name):
                     raise BadHeaderError(name)
                 self._header_names.add(name)
-            lines.append(f"{name}: {value.strip().translate(NEWLINES)}\r\n")
+            lines.append(f"{name}: {one_line(value)}\r\n")
         lines.append("\r\n")
         return "".join(lines).encode()
 
@@ -99,6 +98,13 @@ class DirectClient(Client):
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self._direct.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
+
+
+def one_line(value: str) -> str:
+    """A header value on one line, as nats-py sends it (line breaks become spaces)."""
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", " ").replace("\n", " ")
+    return value.strip()
 
 
 STATUS_AT = len("NATS/1.0 ")
