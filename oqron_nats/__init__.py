@@ -43,6 +43,7 @@ from .errors import (
 )
 from .events import Event
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
+from .prometheus import serve_prometheus
 from .queue import Queue, Skipped, queue
 from .worker import Worker, worker
 
@@ -85,5 +86,6 @@ __all__ = [
     "Worker",
     "__version__",
     "queue",
+    "serve_prometheus",
     "worker",
 ]

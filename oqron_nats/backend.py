@@ -1,4 +1,4 @@
-"""The connected parts of one queue: connection, record store, broker and leases."""
+"""The connected parts of one queue: connection, record store, broker, leases, telemetry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .control import Control
 from .events import EventBus
 from .index import StateIndex
 from .lease import Leases
+from .metrics import QueueMetrics
 from .names import Names
 from .store import JobStore
 from .tracing import Tracing
@@ -28,6 +29,7 @@ class Backend:
     broker: Broker
     leases: Leases
     tracing: Tracing
+    metrics: QueueMetrics
     control: Control
     payload_limit: int
 
@@ -49,6 +51,7 @@ class Backend:
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
             tracing=client.tracing,
+            metrics=client.metrics.queue(config.name, consumer_group=config.strategy),
             control=Control(conn, names),
             payload_limit=client.payload_limit(conn, config.max_payload_size),
         )

@@ -1,15 +1,40 @@
-"""The ``oqron`` command (also ``python -m oqron_nats``): the demo and a development server."""
+"""The ``oqron`` command (also ``python -m oqron_nats``): workers, admin commands, demo, server.
+
+Exit codes: 0 done; 1 the job or queue is not there, or refused the operation (a job in the wrong
+state); 2 bad usage or configuration; 3 NATS cannot be reached. ``--json`` prints what a script
+would parse, on one line per command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import msgspec
+
+from . import admin
+from .client import Client
+from .errors import (
+    ConfigError,
+    ConnectionFailed,
+    InvalidInput,
+    InvalidState,
+    JobNotFound,
+    OqronError,
+    ServerVersionError,
+)
+from .queue import Queue
+from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
 from .server import LocalServer, ServerError
+from .worker import Worker
+
+EXIT_REFUSED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +43,239 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oqron", description="oqron_nats: job queues on NATS JetStream"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run the workers or queues defined in modules")
+    worker.add_argument("targets", nargs="+", metavar="MODULE:ATTR",
+                        help="e.g. workers.video:video (a worker, a queue with a handler, "
+                        "or a list of them)")  # fmt: skip
+    add_run_arguments(worker)
+
+    queues = commands.add_parser("queues", help="every queue: counts, oldest job, workers")
+    _connection_arguments(queues)
+
+    jobs = commands.add_parser("jobs", help="list, show, retry, cancel or promote jobs")
+    jobs_commands = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = jobs_commands.add_parser("list", help="the most recent jobs of a queue")
+    listing.add_argument("queue")
+    listing.add_argument("--status", help="only jobs in this state (waiting, active, failed, ...)")
+    listing.add_argument("--limit", type=int, default=20)
+    _connection_arguments(listing)
+    for action, text in (
+        ("show", "one job's record"),
+        ("retry", "run a failed or cancelled job again"),
+        ("cancel", "cancel a job (a running one is stopped)"),
+        ("promote", "run a delayed job now"),
+    ):
+        one = jobs_commands.add_parser(action, help=text)
+        one.add_argument("job_id", metavar="ID")
+        _connection_arguments(one)
+
+    queue = commands.add_parser("queue", help="pause, resume or drain a queue")
+    queue.add_argument("action", choices=("pause", "resume", "drain"))
+    queue.add_argument("name")
+    queue.add_argument("--timeout", type=float, help="drain: give up after these seconds")
+    _connection_arguments(queue)
+
+    dlq = commands.add_parser("dlq", help="the dead letters of a queue")
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument("queue")
+    dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
+    dlq.add_argument("--id", dest="ids", action="append", help="replay: only this job (repeat)")
+    _connection_arguments(dlq)
+
     commands.add_parser("demo", help="run the demo: its own local NATS server and real jobs")
     server = commands.add_parser("server", help="run a local JetStream server for development")
     server.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
     server.add_argument("--store", type=Path, help="JetStream store directory (default: temporary)")
     return parser
+
+
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="NATS URL(s), comma-separated (default: OQRON_NATS_URL)")
+    parser.add_argument("--namespace", help="default: OQRON_NAMESPACE or 'default'")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (JobNotFound, InvalidState) as exc:
+        return _fail(exc, EXIT_REFUSED)
+    except (ConnectionFailed, ServerVersionError) as exc:
+        return _fail(exc, EXIT_UNREACHABLE)
+    except (ConfigError, InvalidInput, ServerError, OqronError) as exc:
+        return _fail(exc, EXIT_USAGE)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        return run(load_workers(args.targets), options_from(args))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return asyncio.run(run_demo())
+    if args.command == "server":
+        return run_server(args.port, args.store)
+    return asyncio.run(_admin(args))
+
+
+def _fail(exc: Exception, code: int) -> int:
+    print(f"oqron: {exc}", file=sys.stderr)
+    return code
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+def load_workers(targets: Sequence[str]) -> list[Worker[Any]]:
+    """The workers named by ``MODULE:ATTR`` targets (a queue with a handler becomes a worker)."""
+    sys.path.insert(0, str(Path.cwd()))  # as `python -m` does: workers.video from the project
+    found: list[Worker[Any]] = []
+    for target in targets:
+        module_name, _, attr = target.partition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"{target!r} is not MODULE:ATTR (e.g. workers.video:video)")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+        if not hasattr(module, attr):
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+        value = getattr(module, attr)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            found.append(_as_worker(item, target))
+    return found
+
+
+def _as_worker(item: object, target: str) -> Worker[Any]:
+    if isinstance(item, Worker):
+        return item
+    if isinstance(item, Queue) and item.handler is not None:
+        return Worker(item)
+    raise ConfigError(f"{target} is not a worker, nor a queue with a handler: {item!r}")
+
+
+# -- admin ----------------------------------------------------------------------------------
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    async with Client(args.url, namespace=args.namespace) as client:
+        command = _ADMIN[args.command if args.command != "jobs" else f"jobs {args.action}"]
+        result = await command(client, args)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        print(_text(args, result))
+    return 0
+
+
+async def _queues(client: Client, _args: argparse.Namespace) -> list[admin.QueueSummary]:
+    return [await admin.summary(client, name) for name in await admin.queue_names(client)]
+
+
+async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:
+    return await admin.admin_queue(client, args.queue).get_jobs(args.status, limit=args.limit)
+
+
+async def _jobs_show(client: Client, args: argparse.Namespace) -> Any:
+    return await admin.show_job(client, args.job_id)
+
+
+def _job_action(name: str) -> Callable[[Client, argparse.Namespace], Awaitable[dict[str, Any]]]:
+    async def act(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+        q = await admin.find_job(client, args.job_id)
+        outcome = await getattr(q, name)(args.job_id)
+        if outcome is False:  # cancel of a job that had finished
+            raise InvalidState(f"job {args.job_id!r} had already finished")
+        return {"job_id": args.job_id, "queue": q.name, "done": name}
+
+    return act
+
+
+async def _queue(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    q = admin.admin_queue(client, args.name)
+    result: dict[str, Any] = {"queue": q.name, "done": args.action}
+    if args.action == "pause":
+        await q.pause()
+    elif args.action == "resume":
+        result["released"] = await q.resume()
+    else:
+        await q.drain(args.timeout)
+    return result
+
+
+async def _dlq(client: Client, args: argparse.Namespace) -> Any:
+    if args.action == "list":
+        return await admin.dead_letters(client, args.queue, args.limit)
+    return {"queue": args.queue, "replayed": await admin.replay(client, args.queue, args.ids)}
+
+
+_ADMIN: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
+    "queues": _queues,
+    "jobs list": _jobs_list,
+    "jobs show": _jobs_show,
+    "jobs retry": _job_action("retry"),
+    "jobs cancel": _job_action("cancel"),
+    "jobs promote": _job_action("promote"),
+    "queue": _queue,
+    "dlq": _dlq,
+}
+
+
+def _text(args: argparse.Namespace, result: Any) -> str:
+    """The human-readable form of a command's result."""
+    key = f"{args.command} {getattr(args, 'action', '')}".strip()
+    formatter = _TABLES.get(key)
+    if formatter is not None:
+        return formatter(result)
+    formatted: bytes = msgspec.json.format(msgspec.json.encode(result), indent=2)
+    return formatted.decode()
+
+
+def _queues_table(summaries: list[admin.QueueSummary]) -> str:
+    header = ("QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS")
+    rows = [
+        (s.name, s.waiting, s.active, s.delayed, s.failed,
+         f"yes ({s.paused_jobs} held)" if s.paused else "no",
+         "-" if s.oldest_waiting_seconds is None else f"{s.oldest_waiting_seconds:.1f}s",
+         s.workers)
+        for s in summaries
+    ]  # fmt: skip
+    return _table(header, rows) if rows else "no queues in this namespace"
+
+
+def _jobs_table(jobs: list[Any]) -> str:
+    header = ("ID", "STATE", "ATTEMPT", "CREATED", "CORRELATION ID")
+    rows = [(j.id, j.state, j.attempt, f"{j.created_at:%Y-%m-%d %H:%M:%S}", j.correlation_id)
+            for j in jobs]  # fmt: skip
+    return _table(header, rows) if rows else "no jobs"
+
+
+def _dlq_table(letters: list[admin.DeadLetter]) -> str:
+    header = ("ID", "ATTEMPTS", "FAILED AT", "ERROR")
+    rows = [(d.id, d.attempts, f"{d.failed_at:%Y-%m-%d %H:%M:%S}" if d.failed_at else "-",
+             f"{d.error.type}: {d.error.message}"[:80] if d.error else "-")
+            for d in letters]  # fmt: skip
+    return _table(header, rows) if rows else "no dead letters"
+
+
+_TABLES: dict[str, Callable[[Any], str]] = {
+    "queues": _queues_table,
+    "jobs list": _jobs_table,
+    "dlq list": _dlq_table,
+}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)  # fmt: skip
+
+
+# -- development server ----------------------------------------------------------------------
 
 
 def run_server(port: int, store: Path | None) -> int:
@@ -40,20 +293,6 @@ def run_server(port: int, store: Path | None) -> int:
 
         asyncio.run(wait())
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "demo":
-            from .demo import run_demo
-
-            return asyncio.run(run_demo())
-        return run_server(args.port, args.store)
-    except ServerError as exc:
-        print(f"oqron: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

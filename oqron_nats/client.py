@@ -1,4 +1,4 @@
-"""The connection shared by queues and workers: NATS URL, namespace, replicas, tracing.
+"""The connection shared by queues and workers: NATS URL, namespace, replicas, telemetry.
 
 Creating a Client does no I/O; it connects on first use (or ``await client.connect()``), checks
 that the server is new enough, and creates each queue's streams and buckets once.
@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
 from .errors import ConfigError, ConsumerConflict, ServerVersionError
 from .job import JobState
+from .metrics import DEFAULT_INTERVAL, metrics_for
 from .names import Names, check_namespace
 from .tracing import Tracing
 
@@ -53,6 +55,8 @@ class Client:
         replicas: int | None = None,
         name: str | None = None,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        metrics_interval: float = DEFAULT_INTERVAL,
         request_timeout: float = 5.0,
         publish_deadline: float = 30.0,
         connect_options: Mapping[str, Any] | None = None,
@@ -68,6 +72,12 @@ class Client:
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
         self.name = name or f"oqron-{socket.gethostname()}-{os.getpid()}"
         self.tracing = Tracing(tracer_provider)
+        self.metrics = metrics_for(meter_provider)
+        if not metrics_interval > 0:
+            raise ConfigError(
+                f"metrics_interval must be positive seconds, not {metrics_interval!r}"
+            )
+        self.metrics_interval = metrics_interval
         self._request_timeout = request_timeout
         self._publish_deadline = publish_deadline
         self._connect_options = dict(connect_options or {})

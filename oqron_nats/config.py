@@ -225,6 +225,7 @@ class QueueOptions(TypedDict, total=False):
     remove_on_fail: Retention
     throttle: Throttle
     rate_limit: RateLimit
+    secret_fields: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,8 @@ class QueueConfig:
     """Retention of failed jobs (None: keep them all)."""
     throttle: Throttle | None = None
     rate_limit: RateLimit | None = None
+    secret_fields: frozenset[str] = frozenset()
+    """Payload fields whose values are masked in logs, stored errors and dead letters."""
 
     @property
     def ack_wait(self) -> float:
@@ -326,6 +329,9 @@ def make_config(
     tags = options.get("tags", ())
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise ConfigError("tags must be a list of strings")
+    secret_fields = options.get("secret_fields", ())
+    if isinstance(secret_fields, str) or not all(isinstance(f, str) and f for f in secret_fields):
+        raise ConfigError("secret_fields must be a list of payload field names")
     return QueueConfig(
         name=name,
         concurrency=_positive_int(options, "concurrency", 5, 1),
@@ -351,6 +357,7 @@ def make_config(
         remove_on_fail=check_retention(options.get("remove_on_fail"), "remove_on_fail"),
         throttle=_instance(options.get("throttle"), Throttle, "throttle"),
         rate_limit=_instance(options.get("rate_limit"), RateLimit, "rate_limit"),
+        secret_fields=frozenset(secret_fields),
     )
 
 

@@ -33,6 +33,8 @@ from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .maintenance import Maintenance, reconcile, scan_stalls
+from .metrics import QueueWatch
+from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
 
@@ -79,6 +81,7 @@ class Consumer:
         self._trouble = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[None], Execution] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -90,6 +93,7 @@ class Consumer:
         self._throttle = StartWindow(config.throttle) if config.throttle else None
         self._refill_at = max(1, config.concurrency // 4)
         self._maintenance: Maintenance | None = None
+        self._gauges: QueueWatch | None = None
 
     @property
     def free(self) -> int:
@@ -171,6 +175,12 @@ class Consumer:
             self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
             self._lag.start()
         self._start_maintenance()
+        self._gauges = self.backend.metrics.watch(
+            self.backend.store.index, self.backend.client.metrics_interval
+        )
+        presence = Presence(conn, names, self.config.concurrency)
+        await presence.start()
+        self._cleanups.append(presence.stop)
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
@@ -354,7 +364,7 @@ class Consumer:
         for puller in self._pullers:  # no open pull may catch the jobs handed back below
             await puller.stop()
         if self._tasks:
-            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            pending = await self._wait_for_jobs(timeout)
             if pending:
                 log.warning("shutdown grace period over; handing jobs back", count=len(pending))
                 for task in pending:
@@ -365,7 +375,24 @@ class Consumer:
         await self._close()
         log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)
 
+    def hurry(self) -> None:
+        """Cut a stop's grace period short: running jobs are handed back now."""
+        self._hurry.set()
+
+    async def _wait_for_jobs(self, timeout: float) -> set[asyncio.Task[None]]:
+        """Wait until the running jobs end, ``timeout`` passes or :meth:`hurry` is called;
+        return the jobs still running."""
+        running = list(self._tasks)
+        ended = asyncio.ensure_future(asyncio.wait(running))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait([ended, hurried], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        hurried.cancel()
+        return {task for task in running if not task.done()}
+
     async def _close(self) -> None:
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._lag is not None:
             await self._lag.stop()
         if self._maintenance is not None:

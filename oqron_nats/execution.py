@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from . import dag, retention
+from . import dag, redaction, retention
 from ._nats import CasConflict, Delivery
 from .backend import Backend
 from .codec import PayloadCodec, check_size, encode_value
@@ -107,6 +107,13 @@ def is_duplicate(job: RawJob, stream_seq: int) -> bool:
     """Whether a delivery is another message of a job that a claimed message already runs."""
     running = job.state in (JobState.ACTIVE, JobState.STALLED)
     return running and job.msg_seq not in (0, stream_seq)
+
+
+def aborted_type(reason: str | None) -> str:
+    """The ``error.type`` of an attempt stopped by its signal: cancelled, shutdown, lease_lost."""
+    if reason is not None and reason in (CANCELLED, SHUTDOWN):
+        return reason
+    return "lease_lost"
 
 
 class Discarded(Exception):
@@ -264,6 +271,7 @@ class Execution:
                 self._revision = await rt.backend.store.update(
                     job, self._revision, "stalled", JobState.ACTIVE
                 )
+                rt.backend.metrics.stalled()
                 log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
                 self._job = job
@@ -324,6 +332,8 @@ class Execution:
         )
         heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
         heartbeat.start()
+        metrics = rt.backend.metrics
+        metrics.consumed()
         started = time.monotonic()
         value: Any = job.data
         try:
@@ -351,10 +361,13 @@ class Execution:
             heartbeat.stop()
         duration = time.monotonic() - started
         if self.signal.aborted:
+            metrics.processed(duration, aborted_type(self.signal.reason))
             await self._on_aborted()
         elif error is None:
+            metrics.processed(duration)
             await self._complete(value, result, duration)
         else:
+            metrics.processed(duration, type(error).__name__)
             await self._fail(value, error, duration)
 
     async def _call_handler(self, job: RawJob, value: Any) -> Any:
@@ -468,6 +481,7 @@ class Execution:
         )
         if done is None:
             return
+        self.rt.backend.metrics.completed()
         await self._notify_children(done)
         await self.delivery.ack()
         await self._release()
@@ -486,7 +500,7 @@ class Execution:
     async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
         job = self._job
         assert job is not None
-        failure = failure_of(error)
+        failure = self._failure(error, value)
         discarded = self._ctx is not None and self._ctx.discarded is not None
         final = discarded or isinstance(error, PayloadError) or job.attempt >= job.max_attempts
         if final:
@@ -496,7 +510,7 @@ class Execution:
             delay = retry_delay(self.rt.config.retries, job.attempt)
         except Exception as exc:  # a broken custom backoff: fail for good rather than loop
             log.exception("the retry backoff failed; failing the job", job_id=job.id)
-            await self._fail_for_good(value, failure_of(exc))
+            await self._fail_for_good(value, self._failure(exc, value))
             return
         retry = await self._commit(
             JobState.DELAYED,
@@ -510,6 +524,7 @@ class Execution:
         )
         if retry is None:
             return
+        self.rt.backend.metrics.retried()
         log.warning(
             "job failed; will retry",
             job_id=retry.id, attempt=retry.attempt, max_attempts=retry.max_attempts,
@@ -518,6 +533,7 @@ class Execution:
         try:
             await self.rt.backend.broker.enqueue(retry)
         except EnqueueError as exc:  # the unacked message comes back and runs once due
+            self.rt.backend.metrics.sent(exc)
             log.warning(
                 "retry could not be scheduled; relying on redelivery",
                 job_id=retry.id,
@@ -525,8 +541,22 @@ class Execution:
             )
             await self._release()
             return
+        self.rt.backend.metrics.sent()
         await self.delivery.ack()
         await self._release()
+
+    def _failure(self, exc: BaseException, value: Any) -> JobFailure:
+        """The stored description of ``exc``, with the values of secret fields masked."""
+        failure = failure_of(exc)
+        fields = self.rt.config.secret_fields
+        if not fields:
+            return failure
+        values = redaction.values_of(value, fields)
+        return msgspec.structs.replace(
+            failure,
+            message=redaction.scrub(failure.message, values),
+            traceback=redaction.scrub(failure.traceback, values),
+        )
 
     async def _fail_for_good(self, value: Any, failure: JobFailure) -> None:
         failed = await self._commit(
@@ -534,6 +564,7 @@ class Execution:
         )
         if failed is None:
             return
+        self.rt.backend.metrics.failed()
         log.error(
             "job failed", job_id=failed.id, queue=failed.queue, attempt=failed.attempt,
             error_type=failure.type, error=failure.message,
@@ -567,11 +598,17 @@ class Execution:
     async def _dead_letter(self, job: RawJob) -> bool:
         if not self.rt.config.dead_letter.enabled:
             return True
+        fields = self.rt.config.secret_fields
+        if fields:  # the copy is for people and tools to read: no secret values in it
+            job = msgspec.structs.replace(
+                job, data=msgspec.Raw(redaction.masked_json(job.data, fields))
+            )
         try:
             await self.rt.backend.broker.dead_letter(job)
         except EnqueueError as exc:
             log.warning("dead letter could not be written yet", job_id=job.id, error=str(exc))
             return False
+        self.rt.backend.metrics.dead_lettered()
         return True
 
     async def _on_aborted(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from typing import Generic, TypeVar, Unpack
 
@@ -31,9 +32,29 @@ class Worker(Generic[T]):
         """The name of the queue this worker consumes."""
         return self.queue.name
 
+    @property
+    def is_ready(self) -> bool:
+        """Consuming, and connected to NATS right now."""
+        return self.queue.is_consuming and self.queue.client.connected
+
+    def override(
+        self, *, concurrency: int | None = None, shutdown_timeout: Duration | None = None
+    ) -> None:
+        """Change the concurrency or shutdown timeout before start (what the CLI options do)."""
+        if concurrency is not None:
+            if concurrency < 1:
+                raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+            self.queue.config = dataclasses.replace(self.queue.config, concurrency=concurrency)
+        if shutdown_timeout is not None:
+            self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+
     async def start(self) -> None:
         """Connect and start consuming (returns once the consumers are bound)."""
         await self.queue.start()
+
+    def hurry(self) -> None:
+        """Cut a running stop() short: running jobs are handed back now (a second SIGTERM)."""
+        self.queue.hurry()
 
     async def stop(self, timeout: Duration | None = None) -> None:
         """Stop consuming gracefully and close the connection if the worker opened it."""
@@ -41,30 +62,38 @@ class Worker(Generic[T]):
         await self.queue.close()
 
     def request_stop(self) -> None:
-        """Ask a running ``run()`` to shut down gracefully (what SIGTERM does)."""
-        if self._stop is not None:
-            self._stop.set()
+        """Ask a running ``run()`` to shut down gracefully (what SIGTERM does); asked again, it
+        stops at once (running jobs are handed back now)."""
+        if self._stop is None:
+            return
+        if self._stop.is_set():
+            self.hurry()
+        self._stop.set()
 
     async def run(self) -> None:
-        """Consume until SIGTERM/SIGINT (or request_stop()), then shut down gracefully."""
+        """Consume until SIGTERM/SIGINT (or request_stop()), then shut down gracefully; a second
+        signal hands the running jobs back at once. For a whole process, with logging and health
+        endpoints, use :func:`oqron_nats.runner.run_main`."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, self._stop.set)
+                loop.add_signal_handler(sig, self.request_stop)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
                 pass
         try:
-            await self.start()
-            self.ready.set()
-            await self._stop.wait()
-        finally:
+            try:
+                await self.start()
+                self.ready.set()
+                await self._stop.wait()
+            finally:
+                self.ready.clear()
+                await self.stop()
+        finally:  # after stop(): a second signal during the grace period must reach us
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            self.ready.clear()
-            await self.stop()
 
 
 def worker(

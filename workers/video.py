@@ -1,15 +1,19 @@
-"""The video worker: ``python -m workers.video`` (NATS from OQRON_NATS_URL).
+"""The video worker: ``python -m workers.video [--health-port 8080] [--log-format json] ...``.
 
-Consumes the ``video-encode`` queue that ``publishers.video`` fills; SIGTERM or Ctrl-C stops it
-gracefully (running encodes get the shutdown timeout to finish).
+Consumes the ``video-encode`` queue that ``publishers.video`` fills (NATS from OQRON_NATS_URL).
+It runs like ``oqron worker workers.video:video``: logging set up for an application, health
+endpoints, SIGTERM or Ctrl-C stops it gracefully (running encodes get the shutdown timeout to
+finish), a second signal hands them back at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 from oqron_nats import JobContext, RetryPolicy, worker
+from oqron_nats.runner import run_main
 from payloads.video import QUEUE, Encoded, VideoJob
 
 STEP_SECONDS = float(os.environ.get("VIDEO_STEP_SECONDS", "0.2"))
@@ -38,4 +42,4 @@ video = worker(
 )
 
 if __name__ == "__main__":
-    asyncio.run(video.run())
+    sys.exit(run_main(video))

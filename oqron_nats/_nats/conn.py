@@ -95,7 +95,14 @@ class _StreamInfo(msgspec.Struct):
     error: _ApiError | None = None
 
 
+class _StreamNames(msgspec.Struct):
+    streams: list[str] | None = None
+    total: int = 0
+    error: _ApiError | None = None
+
+
 _pub_ack = msgspec.json.Decoder(PubAck)
+_stream_names = msgspec.json.Decoder(_StreamNames)
 _stream_info = msgspec.json.Decoder(_StreamInfo)
 _success = msgspec.json.Decoder(_Success)
 
@@ -305,6 +312,18 @@ class Nats:
         await self.nc.publish(
             f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
         )
+
+    async def stream_names(self, *, subject: str) -> list[str]:
+        """The names of the streams that hold subjects matching ``subject``."""
+        names: list[str] = []
+        while True:
+            request = msgspec.json.encode({"subject": subject, "offset": len(names)})
+            page = _stream_names.decode((await self._request("$JS.API.STREAM.NAMES", request)).data)
+            if page.error is not None:
+                raise api_error(page.error)
+            names += page.streams or []
+            if not page.streams or len(names) >= page.total:
+                return names
 
     async def subjects(self, stream: str, subject_filter: str) -> dict[str, int]:
         """Every subject matching the filter that holds messages, with its message count."""

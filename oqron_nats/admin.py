@@ -1,0 +1,146 @@
+"""What the admin commands of the CLI read and do, on any queue of a namespace.
+
+Every function takes a connected :class:`Client` and works from what NATS holds, so it sees the
+queues of every service in the cluster, not only those this process defined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from .client import Client
+from .errors import JobNotFound
+from .job import Job, JobFailure, JobState
+from .names import Names, check_name
+from .presence import workers_online
+from .queue import Queue, queue
+from .store import decode_record
+
+DLQ_BATCH = 256
+
+
+class QueueSummary(msgspec.Struct, kw_only=True):
+    """One queue at a glance."""
+
+    name: str
+    waiting: int
+    active: int
+    delayed: int
+    failed: int
+    paused_jobs: int
+    """Jobs added while the queue was paused (held until resume)."""
+    paused: bool
+    """Whether the queue itself is paused."""
+    oldest_waiting_seconds: float | None
+    workers: int
+    """Worker processes consuming it now."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A job in the dead-letter stream."""
+
+    id: str
+    queue: str
+    attempts: int
+    failed_at: datetime | None
+    error: JobFailure | None
+    correlation_id: str
+
+
+async def queue_names(client: Client) -> list[str]:
+    """The queues of the client's namespace that exist in NATS, sorted."""
+    conn = await client.connect()
+    prefix = Names(client.namespace, "x").stream.removesuffix("x")
+    names = await conn.stream_names(subject=f"oqron.{client.namespace}.q.>")
+    return sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix))
+
+
+async def summary(client: Client, name: str) -> QueueSummary:
+    """Counts, pause state, the oldest waiting job's age and the workers online of one queue."""
+    q = admin_queue(client, name)
+    states = (JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.FAILED)
+    counts = await asyncio.gather(*(q.count(s) for s in (*states, JobState.PAUSED)))
+    oldest = await q.oldest_waiting()
+    age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
+    return QueueSummary(
+        name=name,
+        waiting=counts[0],
+        active=counts[1],
+        delayed=counts[2],
+        failed=counts[3],
+        paused_jobs=counts[4],
+        paused=await q.is_paused(),
+        oldest_waiting_seconds=round(age, 3) if age is not None else None,
+        workers=await workers_online(await client.connect(), client.names(name)),
+    )
+
+
+async def find_job(client: Client, job_id: str) -> Queue[Any]:
+    """The queue that holds the job ``job_id``; JobNotFound if none does."""
+    check_name(job_id, "job id")
+    conn = await client.connect()
+    bucket = Names(client.namespace, "x").jobs_bucket
+    keys = await conn.subjects(f"KV_{bucket}", f"$KV.{bucket}.*.{job_id}")
+    for subject in sorted(keys):
+        q = admin_queue(client, subject.split(".")[-2])
+        if await q.get_job(job_id) is not None:
+            return q
+    raise JobNotFound(f"there is no job {job_id!r} in namespace {client.namespace!r}")
+
+
+async def show_job(client: Client, job_id: str) -> Job[Any]:
+    """The record of one job, wherever it is queued."""
+    q = await find_job(client, job_id)
+    job = await q.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id!r} is gone")
+    return job
+
+
+async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter]:
+    """The queue's dead letters, oldest first."""
+    conn = await client.connect()
+    names = Names(client.namespace, check_name(name))
+    found: list[DeadLetter] = []
+    start = 1
+    while len(found) < limit:
+        batch, more = await conn.direct_batch(
+            names.dlq_stream,
+            start=start,
+            batch=min(DLQ_BATCH, limit - len(found)),
+            subject=names.dead_letter("*"),
+        )
+        for msg in batch:
+            job = decode_record(msg.subject, msg.data)
+            found.append(
+                DeadLetter(
+                    id=job.id,
+                    queue=job.queue,
+                    attempts=job.attempt,
+                    failed_at=job.finished_at,
+                    error=job.error,
+                    correlation_id=job.correlation_id,
+                )
+            )
+        if not batch or not more:
+            return found
+        start = batch[-1].seq + 1
+    return found
+
+
+async def replay(client: Client, name: str, job_ids: list[str] | None = None) -> list[str]:
+    """Run dead-lettered jobs again (all of the queue's, or ``job_ids``); returns their ids."""
+    q = admin_queue(client, name)
+    ids = job_ids or [d.id for d in await dead_letters(client, name, limit=1_000_000)]
+    for job_id in ids:
+        await q.retry(job_id)
+    return ids
+
+
+def admin_queue(client: Client, name: str) -> Queue[Any]:
+    """A publisher-only handle on queue ``name`` (payloads stay raw JSON values)."""
+    return queue(check_name(name), client=client)

@@ -1,0 +1,128 @@
+"""Logging for applications: what the worker entry points set up. The library never calls this.
+
+One line per event, JSON when stdout is not a terminal and readable console output when it is,
+with ``trace_id``/``span_id`` of the current span on every line and the job's context
+(``job_id``, ``queue``, ``correlation_id``, ``attempt``) bound by the worker. Secrets are kept
+out: tracebacks never show local variables, and a redaction step masks the values of secret
+keys (``password``, ``token``, ``secret``, ... and the payload fields a queue marks with
+``secret_fields``) and of strings that look like credentials (bearer tokens, JWTs, ``sk-`` keys).
+nats-py and OpenTelemetry log through the standard library: their lines are rendered the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, Processor
+
+from .redaction import MASK
+
+LogFormat = Literal["auto", "json", "console"]
+SECRET_KEYS = (
+    "password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "cookie",
+)  # fmt: skip
+"""Key fragments whose values are always masked (case-insensitive; ``api_token`` matches)."""
+SECRET_PATTERNS = re.compile(
+    r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"  # Authorization: Bearer ...
+    r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWT
+    r"|\bsk[-_](?:live[-_]|test[-_])?[A-Za-z0-9]{8,}"  # API keys in the sk- style
+)
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class Redactor:
+    """Masks secret keys and credential-like strings anywhere in an event (structlog processor)."""
+
+    def __init__(self, secret_fields: Iterable[str] = ()) -> None:
+        self.fragments = tuple(SECRET_KEYS) + tuple(f.lower() for f in secret_fields)
+
+    def __call__(self, _logger: Any, _method: str, event: EventDict) -> EventDict:
+        """Redact the event in place and return it."""
+        for key, value in list(event.items()):
+            event[key] = self.clean(key, value)
+        return event
+
+    def is_secret(self, key: object) -> bool:
+        """Whether the values of ``key`` are masked."""
+        return isinstance(key, str) and any(f in key.lower() for f in self.fragments)
+
+    def clean(self, key: object, value: Any) -> Any:
+        """``value`` with secrets masked (containers are copied, not changed)."""
+        if self.is_secret(key) and value is not None:
+            return MASK
+        if isinstance(value, str):
+            return SECRET_PATTERNS.sub(MASK, value)
+        if isinstance(value, MutableMapping | dict):
+            return {k: self.clean(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.clean(None, v) for v in value]
+        if hasattr(value, "__struct_fields__"):  # a msgspec Struct payload
+            return {f: self.clean(f, getattr(value, f, None)) for f in value.__struct_fields__}
+        return value
+
+
+def add_trace_ids(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    """Add ``trace_id`` and ``span_id`` of the current span, when there is one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
+def configure_logging(
+    *,
+    level: str = "info",
+    fmt: LogFormat = "auto",
+    secret_fields: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog and the standard library's logging for a worker process."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    out = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
+    ]
+    if console:
+        # a plain traceback, never with locals (rich's default shows them), then redacted
+        tail: list[Processor] = [
+            structlog.processors.format_exc_info,
+            Redactor(secret_fields),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    else:
+        tail = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            Redactor(secret_fields),
+            structlog.processors.JSONRenderer(),
+        ]
+    numeric = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)

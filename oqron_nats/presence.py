@@ -1,0 +1,108 @@
+"""Which worker processes consume a queue now: one key per worker, with a TTL, kept alive.
+
+The key is ``<queue>.=worker.<host>-<pid>`` in the queues bucket, beside the queue's state key
+``<queue>`` (whose followers listen on that exact key only). A consuming process renews it every
+``INTERVAL`` seconds with a TTL of three intervals and deletes it when it stops; a killed
+worker's key expires on its own, so ``workers_online`` counts a dead worker for at most
+``3 * INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+
+from ._nats import Bucket, CasConflict, Nats
+from .names import Names
+
+log = structlog.get_logger("oqron_nats")
+
+INTERVAL = 10.0
+TTL = 3 * INTERVAL
+ROLE = "=worker"
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """What a worker's presence key holds."""
+
+    host: str
+    pid: int
+    concurrency: int
+    since: datetime
+
+
+class Presence:
+    """Keeps this process's presence key of one queue alive while started."""
+
+    def __init__(self, conn: Nats, names: Names, concurrency: int) -> None:
+        self.key = f"{names.queue}.{ROLE}.{socket.gethostname()}-{os.getpid()}"
+        self._bucket = Bucket(conn, names.queues_bucket)
+        self.info = WorkerInfo(
+            host=socket.gethostname(), pid=os.getpid(), concurrency=concurrency, since=_now()
+        )
+        self._revision = 0
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Write the key and keep it alive."""
+        await self._write()
+        self._stopped.clear()
+        self._task = asyncio.create_task(self._keep_alive(), name=f"oqron-presence-{self.key}")
+
+    async def stop(self) -> None:
+        """Stop renewing and delete the key."""
+        self._stopped.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._revision:
+            with contextlib.suppress(Exception):  # it expires anyway
+                await self._bucket.delete(self.key, last=self._revision, ttl=1.0)
+            self._revision = 0
+
+    async def _keep_alive(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), INTERVAL)
+                return
+            try:
+                await self._write()
+            except Exception as exc:  # NATS down for now: try again next interval
+                log.warning("worker presence not renewed", key=self.key, error=repr(exc))
+
+    async def _write(self) -> None:
+        value = msgspec.json.encode(self.info)
+        try:
+            if self._revision:
+                self._revision = await self._bucket.update(
+                    self.key, value, last=self._revision, ttl=TTL
+                )
+                return
+        except CasConflict:  # it expired meanwhile (a long outage): write it anew
+            pass
+        try:
+            self._revision = await self._bucket.create(self.key, value, ttl=TTL)
+        except CasConflict:  # a key of an earlier process with the same host and pid
+            entry = await self._bucket.get(self.key)
+            last = entry.revision if entry is not None else 0
+            self._revision = await self._bucket.update(self.key, value, last=last, ttl=TTL)
+
+
+async def workers_online(conn: Nats, names: Names) -> int:
+    """How many processes keep a presence key of the queue alive now."""
+    bucket = Bucket(conn, names.queues_bucket)
+    prefix = f"$KV.{names.queues_bucket}."
+    subjects = await conn.subjects(f"KV_{names.queues_bucket}", f"{prefix}{names.queue}.{ROLE}.>")
+    entries = await asyncio.gather(*(bucket.get(s.removeprefix(prefix)) for s in subjects))
+    return sum(1 for e in entries if e is not None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

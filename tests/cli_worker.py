@@ -1,0 +1,48 @@
+"""Workers that tests/test_runner.py runs with ``oqron worker tests.cli_worker:<name>``.
+
+The queue names come from the environment, so each test uses its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import structlog
+
+from oqron_nats import DeadLetter, JobContext, RetryPolicy, worker
+
+log = structlog.get_logger("tests.cli_worker")
+
+
+async def work(ctx: JobContext[Any]) -> Any:
+    """Sleep for ``data["sleep"]`` seconds if asked (ignoring the signal), return the data."""
+    await asyncio.sleep(float(ctx.data.get("sleep", 0)))
+    return ctx.data
+
+
+async def leaky(ctx: JobContext[Any]) -> None:
+    """A careless handler: logs its payload, keeps the secret in a local, puts it in its error."""
+    customer_ssn = ctx.data["customer_ssn"]
+    log.info("calling the registry", payload=ctx.data, attempt=ctx.attempt)
+    ctx.log("info", "payload seen by ctx.log", payload=ctx.data)
+    raise PermissionError(f"the registry refused {customer_ssn}")
+
+
+plain = worker(
+    os.environ.get("CLI_TEST_QUEUE", "cli-run"),
+    work,
+    concurrency=4,
+    shutdown_timeout=60.0,
+    heartbeat=1.0,
+    lock_ttl=3.0,
+)
+
+secretive = worker(
+    os.environ.get("CLI_TEST_QUEUE", "cli-secret"),
+    leaky,
+    secret_fields=["customer_ssn"],
+    retries=RetryPolicy(max=1, base_delay=0.05),
+    dead_letter=DeadLetter(enabled=True),
+)

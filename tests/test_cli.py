@@ -1,0 +1,198 @@
+"""The admin commands of ``oqron``, against the real server: output, --json and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, queue, worker
+from oqron_nats.cli import main
+from oqron_nats.server import LocalServer
+
+from .helpers import eventually, wait_for_state
+
+
+async def oqron(
+    capsys: pytest.CaptureFixture[str], server: LocalServer, namespace: str, *argv: str
+) -> tuple[int, str, str]:
+    """Run the CLI (in a thread: it runs its own event loop); exit code, stdout, stderr."""
+    code = await asyncio.to_thread(main, [*argv, "--url", server.url, "--namespace", namespace])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def oqron_json(
+    capsys: pytest.CaptureFixture[str], server: LocalServer, namespace: str, *argv: str
+) -> Any:
+    code, out, err = await oqron(capsys, server, namespace, *argv, "--json")
+    assert code == 0, err
+    # the one JSON line (workers running in this test log to stdout too)
+    [line] = [line for line in out.splitlines() if line.startswith(("[", "{"))]
+    return json.loads(line)
+
+
+async def test_queues_shows_counts_pause_oldest_job_and_workers(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idle = queue("cli-idle", client=client)
+    for n in range(3):
+        await idle.add({"n": n})
+    await idle.add({"n": "later"}, delay=timedelta(hours=1))
+    await idle.pause()
+    await idle.add({"n": "held"})
+    running = asyncio.Event()
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        running.set()
+        await asyncio.sleep(30)
+
+    busy = worker("cli-busy", handler, client=client, concurrency=1, shutdown_timeout=0.5)
+    await busy.start()
+    try:
+        await busy.queue.add({"n": 0})
+        await asyncio.wait_for(running.wait(), 10)
+        rows = await oqron_json(capsys, nats_server, namespace, "queues")
+        by_name = {row["name"]: row for row in rows}
+        assert set(by_name) == {"cli-idle", "cli-busy"}
+        assert by_name["cli-idle"] | {"oldest_waiting_seconds": None} == {
+            "name": "cli-idle", "waiting": 3, "active": 0, "delayed": 1, "failed": 0,
+            "paused_jobs": 1, "paused": True, "oldest_waiting_seconds": None, "workers": 0,
+        }  # fmt: skip
+        assert by_name["cli-idle"]["oldest_waiting_seconds"] >= 0
+        assert by_name["cli-busy"]["active"] == 1
+        assert by_name["cli-busy"]["workers"] == 1
+        assert by_name["cli-busy"]["oldest_waiting_seconds"] is None
+
+        code, out, _ = await oqron(capsys, nats_server, namespace, "queues")
+        assert code == 0
+        header, *lines = out.splitlines()
+        assert header.split() == [
+            "QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS"
+        ]  # fmt: skip
+        assert any(line.startswith("cli-idle") and "yes (1 held)" in line for line in lines)
+    finally:
+        await busy.stop()
+    rows = await oqron_json(capsys, nats_server, namespace, "queues")
+    assert {row["name"]: row["workers"] for row in rows}["cli-busy"] == 0, "presence removed"
+
+
+async def test_jobs_list_show_and_actions(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    q = queue("cli-jobs", client=client)
+    first = await q.add({"n": 1}, correlation_id="req-cli-1")
+    later = await q.add({"n": 2}, delay=timedelta(hours=1))
+
+    listed = await oqron_json(capsys, nats_server, namespace, "jobs", "list", "cli-jobs")
+    assert [job["id"] for job in listed] == [later.id, first.id]
+    listed = await oqron_json(
+        capsys, nats_server, namespace, "jobs", "list", "cli-jobs", "--status", "delayed"
+    )
+    assert [job["id"] for job in listed] == [later.id]
+    code, out, _ = await oqron(capsys, nats_server, namespace, "jobs", "list", "cli-jobs")
+    assert code == 0 and first.id in out and "req-cli-1" in out
+
+    shown = await oqron_json(capsys, nats_server, namespace, "jobs", "show", first.id)
+    assert (shown["id"], shown["queue"], shown["state"]) == (first.id, "cli-jobs", "waiting")
+    assert shown["data"] == {"n": 1}
+
+    done = await oqron_json(capsys, nats_server, namespace, "jobs", "promote", later.id)
+    assert done == {"job_id": later.id, "queue": "cli-jobs", "done": "promote"}
+    assert (await q.get_job(later.id)).state == JobState.WAITING
+
+    assert await oqron_json(capsys, nats_server, namespace, "jobs", "cancel", first.id)
+    assert (await q.get_job(first.id)).state == JobState.CANCELLED
+    await oqron_json(capsys, nats_server, namespace, "jobs", "retry", first.id)
+    assert (await q.get_job(first.id)).state == JobState.WAITING
+
+    # refused: exit 1 with the reason; a malformed id is bad usage: exit 2
+    code, _, err = await oqron(capsys, nats_server, namespace, "jobs", "retry", first.id)
+    assert code == 1 and "waiting" in err
+    code, _, err = await oqron(capsys, nats_server, namespace, "jobs", "show", "no-such-job")
+    assert code == 1 and "no-such-job" in err
+    code, _, err = await oqron(capsys, nats_server, namespace, "jobs", "show", "bad.id")
+    assert code == 2 and "job id" in err
+
+
+async def test_queue_pause_resume_drain(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    q = queue("cli-control", client=client)
+    assert await oqron_json(capsys, nats_server, namespace, "queue", "pause", "cli-control")
+    assert await q.is_paused()
+    await q.add({"n": 1})
+    resumed = await oqron_json(capsys, nats_server, namespace, "queue", "resume", "cli-control")
+    assert resumed == {"queue": "cli-control", "done": "resume", "released": 1}
+    assert not await q.is_paused()
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        return None
+
+    consumer = worker("cli-control", handler, client=client)
+    await consumer.start()
+    try:
+        drained = await oqron_json(
+            capsys, nats_server, namespace, "queue", "drain", "cli-control", "--timeout", "20"
+        )
+        assert drained["done"] == "drain"
+        assert await q.count(JobState.WAITING) == 0
+    finally:
+        await consumer.stop()
+
+
+async def test_dlq_list_and_replay(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    healed = asyncio.Event()
+
+    async def handler(ctx: JobContext[Any]) -> str:
+        if not healed.is_set():
+            raise RuntimeError(f"broken input {ctx.data['n']}")
+        return "ok"
+
+    failing = worker(
+        "cli-dlq", handler, client=client,
+        retries=RetryPolicy(max=0), dead_letter=DeadLetter(enabled=True),
+    )  # fmt: skip
+    await failing.start()
+    try:
+        jobs = [await failing.queue.add({"n": n}) for n in range(2)]
+        for job in jobs:
+            await wait_for_state(failing.queue, job.id, JobState.FAILED)
+        letters = await oqron_json(capsys, nats_server, namespace, "dlq", "list", "cli-dlq")
+        assert sorted(d["id"] for d in letters) == sorted(j.id for j in jobs)
+        assert {d["error"]["message"] for d in letters} == {"broken input 0", "broken input 1"}
+        code, out, _ = await oqron(capsys, nats_server, namespace, "dlq", "list", "cli-dlq")
+        assert code == 0 and "RuntimeError: broken input 0" in out
+
+        healed.set()
+        replayed = await oqron_json(capsys, nats_server, namespace, "dlq", "replay", "cli-dlq")
+        assert sorted(replayed["replayed"]) == sorted(j.id for j in jobs)
+        for job in jobs:
+            await wait_for_state(failing.queue, job.id, JobState.COMPLETED)
+
+        async def emptied() -> bool:
+            return not await oqron_json(capsys, nats_server, namespace, "dlq", "list", "cli-dlq")
+
+        await eventually(emptied, what="replayed dead letters to be gone")
+    finally:
+        await failing.stop()
+
+
+async def test_connection_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code = await asyncio.to_thread(main, ["queues", "--url", "nats://127.0.0.1:1"])
+    assert code == 3
+    assert "could not connect" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["worker", "no_such_module_here:thing"])
+    assert code == 2
+    assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["worker", "oqron_nats.cli:main"])
+    assert code == 2
+    assert "not a worker" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["jobs", "frobnicate", "x"])
+    assert usage.value.code == 2
