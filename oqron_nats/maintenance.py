@@ -66,6 +66,7 @@ async def scan_stalls(backend: Backend) -> int:
             backend, job, record.revision, JobState.STALLED, "orphaned: lease and message gone"
         ):
             log.warning("stall scanner re-enqueued an orphaned job", job_id=job.id, queue=job.queue)
+            backend.metrics.stalled()
             healed += 1
     return healed
 

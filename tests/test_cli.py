@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +199,13 @@ async def test_connection_and_usage_errors(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as usage:
         main(["jobs", "frobnicate", "x"])
     assert usage.value.code == 2
+
+
+def test_the_console_script_and_the_module_run_the_same_cli() -> None:
+    script = Path(sys.executable).with_name("oqron")
+    assert script.exists(), "pip install -e . installs the `oqron` console script"
+    for command in ([str(script)], [sys.executable, "-m", "oqron_nats"]):
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        for name in ("worker", "queues", "jobs", "queue", "dlq", "demo", "server"):
+            assert name in done.stdout

@@ -11,6 +11,7 @@ from oqron_nats.server import LocalServer
 from payloads.video import QUEUE, Encoded, VideoJob
 
 from .helpers import ROOT, wait_for_state
+from .test_runner import free_port, probe
 
 
 def env_for(server: LocalServer, namespace: str) -> dict[str, str]:
@@ -27,17 +28,19 @@ async def test_video_worker_module_consumes_the_publisher_modules_jobs(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:
     env = env_for(nats_server, namespace)
+    port = free_port()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "workers.video"],
+        [sys.executable, "-m", "workers.video", "--health-port", str(port), "--log-format", "json"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         assert worker.stdout is not None
         for line in worker.stdout:
-            if "worker started" in line:
+            if "workers running" in line:
                 break
         else:
             raise AssertionError(f"the worker exited with {worker.wait()}")
+        assert probe(port, "/readyz") == 200, "the same runner as `oqron worker`: health endpoints"
         published = subprocess.run(
             [sys.executable, "-m", "publishers.video", "--count", "3"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
