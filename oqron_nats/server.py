@@ -132,9 +132,16 @@ class LocalServer:
             f"server_name: {self.name}\n"
             "host: 127.0.0.1\n"
             f"port: {self.port if self.port is not None else -1}\n"
-            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n' + self._extra_config()
         )
         return config
+
+    def _extra_config(self) -> str:
+        """More configuration lines after the base ones (a cluster node adds its cluster block)."""
+        return ""
+
+    def _on_log_line(self, line: str) -> None:
+        """Called with each line of the server's log (a cluster node reads its monitoring port)."""
 
     def _read_log(
         self, process: subprocess.Popen[str], ready: threading.Event, port: list[int]
@@ -142,6 +149,7 @@ class LocalServer:
         assert process.stderr is not None
         for line in process.stderr:
             self.log.append(line.rstrip())
+            self._on_log_line(line)
             match = _LISTENING.search(line)
             if match and not port:
                 port.append(int(match.group(1)))

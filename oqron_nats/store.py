@@ -69,10 +69,19 @@ class JobStore:
         await self.events.announce(job, "added")
         return revision
 
-    async def get(self, job_id: str) -> Record | None:
-        """The record of ``job_id`` with its revision, or None."""
+    async def get(self, job_id: str, *, fresh: bool = False) -> Record | None:
+        """The record of ``job_id`` with its revision, or None.
+
+        A read is answered by any replica of the bucket, and with replicas > 1 one that lags
+        behind can miss a record created a moment ago (a worker would then drop the job's
+        message as an orphan): a record found missing is looked up again at the bucket's
+        leader, which has every acknowledged write, before None is believed. ``fresh`` reads
+        at the leader at once (for a decision that must not rest on an older revision).
+        """
         key = self.names.key(job_id)
-        entry = await self.bucket.get(key)
+        entry = await self.bucket.get(key, fresh=fresh)
+        if entry is None and not fresh:
+            entry = await self.bucket.get(key, fresh=True)
         if entry is None:
             return None
         return Record(decode_record(key, entry.value), entry.revision)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,6 +30,11 @@ log = structlog.get_logger("oqron_nats")
 
 INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""
+
+NO_LEADER_FIRST_PAUSE = 0.05
+NO_LEADER_MAX_PAUSE = 1.0
+"""Seconds between the tries of a publish no stream answered (503 no responders): a replicated
+stream does not answer while it elects a new leader, for about 5 s after its leader was lost."""
 
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
@@ -258,15 +264,25 @@ class Nats:
         """A JetStream publish, retried on timeout (send a Nats-Msg-Id so a retry cannot duplicate).
 
         Raises TimeoutError when every try timed out within the publish deadline: the outcome is
-        then unknown. A KV compare-and-set that fails raises CasConflict.
+        then unknown. No responders (no stream, or a replicated stream between leaders) is tried
+        again until the deadline, then raises NoStream: nothing was stored. A KV compare-and-set
+        that fails raises CasConflict.
         """
         deadline = time.monotonic() + self.publish_deadline
         timed_out = False
+        pause = NO_LEADER_FIRST_PAUSE
         while True:
             try:
                 msg = await self._request(subject, payload, headers)
             except nats.errors.NoRespondersError:
-                raise NoStream(subject) from None
+                # Nothing was stored. In a cluster this is a stream between leaders (its leader
+                # was lost, an election takes seconds), so try again until the deadline.
+                if time.monotonic() + pause > deadline:
+                    raise NoStream(subject) from None
+                log.debug("no stream leader answered the publish; retrying", subject=subject)
+                await asyncio.sleep(pause)  # a retry's back-off: no event announces the leader
+                pause = min(2 * pause, NO_LEADER_MAX_PAUSE)
+                continue
             except TimeoutError:
                 if time.monotonic() + self.request_timeout > deadline:
                     raise
@@ -377,6 +393,25 @@ class Nats:
         """The newest message on one exact subject, or None (the fast KV read path)."""
         msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
         return stored_msg(msg)
+
+    async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
+        """The newest message on one exact subject, or None, as the stream's leader has it.
+
+        A direct get is answered by any replica, and a replica of a replicated stream may not
+        have the last acknowledged writes yet; the leader has every one of them. Slower (one
+        server answers, through the JetStream API): for the reads a decision must not be
+        taken on alone.
+        """
+        try:
+            msg = await self.js.get_msg(stream, subject=subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return StoredMsg(
+            subject=msg.subject or subject,
+            seq=int(msg.seq or 0),
+            data=msg.data or b"",
+            headers=dict(msg.headers or {}),
+        )
 
     async def delete_msg(self, stream: str, seq: int) -> bool:
         """Delete one message by sequence; False if it was already gone."""

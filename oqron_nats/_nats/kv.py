@@ -39,16 +39,24 @@ class Bucket:
         self.stream = f"KV_{name}"
         self._prefix = f"$KV.{name}."
 
-    async def get(self, key: str) -> Entry | None:
-        """The current value of ``key``, or None if it is missing, deleted or expired."""
-        return await self._newest(key, deleted=False)
+    async def get(self, key: str, *, fresh: bool = False) -> Entry | None:
+        """The current value of ``key``, or None if it is missing, deleted or expired.
+
+        Any replica of the bucket may answer, and one that lags behind can miss the newest
+        writes; ``fresh`` asks the bucket's leader, which has every acknowledged write.
+        """
+        return await self._newest(key, deleted=False, fresh=fresh)
 
     async def tombstone(self, key: str) -> Entry | None:
         """The delete marker of a deleted ``key`` (with what the delete left in it), or None."""
         return await self._newest(key, deleted=True)
 
-    async def _newest(self, key: str, *, deleted: bool) -> Entry | None:
-        msg = await self.conn.direct_get_subject(self.stream, self._prefix + key)
+    async def _newest(self, key: str, *, deleted: bool, fresh: bool = False) -> Entry | None:
+        subject = self._prefix + key
+        if fresh:
+            msg = await self.conn.leader_get(self.stream, subject)
+        else:
+            msg = await self.conn.direct_get_subject(self.stream, subject)
         if msg is None or _is_delete(msg) != deleted:
             return None
         return Entry(key, msg.data, msg.seq)
