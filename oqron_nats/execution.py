@@ -210,6 +210,14 @@ class Execution:
             await self.delivery.ack()
             return None
         job, self._revision = record
+        if self._would_drop(job) and self.rt.backend.client.replicas > 1:
+            # any replica answers a read, and one lagging behind may show an older revision:
+            # the message is dropped only on what the bucket's leader says
+            record = await self.rt.backend.store.get(job_id, fresh=True)
+            if record is None:
+                await self.delivery.ack()
+                return None
+            job, self._revision = record
         if job.is_terminal:
             if self.delivery.num_delivered > 1:  # a crash may have come before these
                 if job.state == JobState.FAILED:
@@ -239,6 +247,14 @@ class Execution:
             await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
             return None
         return job
+
+    def _would_drop(self, job: RawJob) -> bool:
+        """Whether this record makes the delivery be acked without running."""
+        return (
+            job.is_terminal
+            or is_duplicate(job, self.delivery.stream_seq)
+            or job.state not in CLAIMABLE_STATES
+        )
 
     async def _admitted(self, job: RawJob) -> bool:
         """Within the cluster-wide rate limit? If not, the job goes back until its window ends."""
@@ -308,7 +324,8 @@ class Execution:
             return job.data
 
     async def _on_lease_held(self, job_id: str) -> None:
-        record = await self.rt.backend.store.get(job_id)
+        # a rare path that may ack: read at the leader when a replica could lag (see _would_drop)
+        record = await self.rt.backend.store.get(job_id, fresh=self.rt.backend.client.replicas > 1)
         if (
             record is None
             or record.job.is_terminal
