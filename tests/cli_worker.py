@@ -18,6 +18,7 @@ log = structlog.get_logger("tests.cli_worker")
 
 async def work(ctx: JobContext[Any]) -> Any:
     """Sleep for ``data["sleep"]`` seconds if asked (ignoring the signal), return the data."""
+    log.info("working", n=ctx.data.get("n"))
     await asyncio.sleep(float(ctx.data.get("sleep", 0)))
     return ctx.data
 

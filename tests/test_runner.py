@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from oqron_nats import Client, JobState, queue
 from oqron_nats._nats import Bucket
@@ -93,16 +96,20 @@ async def test_health_json_logs_and_graceful_sigterm(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:
     port = free_port()
-    cli = WorkerCli(
+    cli = WorkerCli(  # no --log-format: stdout is a pipe, so JSON lines
         nats_server.url, namespace, "run-plain", "tests.cli_worker:plain",
-        "--health-port", str(port), "--log-format", "json", "--concurrency", "2",
+        "--health-port", str(port), "--concurrency", "2",
     )  # fmt: skip
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = Client(nats_server.url, namespace=namespace, tracer_provider=tracer_provider)
     try:
         await cli.said("workers running")
         assert probe(port, "/livez") == 200
         assert probe(port, "/readyz") == 200
         assert probe(port, "/nope") == 404
-        q = queue("run-plain", client=client)
+        q = queue("run-plain", client=traced)
         jobs = [await q.add({"n": n}, correlation_id=f"req-{n}") for n in range(5)]
         for job in jobs:
             await wait_for_state(q, job.id, JobState.COMPLETED)
@@ -113,8 +120,20 @@ async def test_health_json_logs_and_graceful_sigterm(
         for event in cli.events():  # JSON lines with level and UTC timestamp
             assert {"event", "level", "timestamp"} <= event.keys()
         assert any(e["event"] == "worker stopped" for e in cli.events())
+        # a line logged in a handler carries the job's context and the publisher's trace
+        trace_of = {
+            s.attributes["messaging.message.id"]: format(s.context.trace_id, "032x")
+            for s in exporter.get_finished_spans()
+        }
+        working = [e for e in cli.events() if e["event"] == "working"]
+        assert len(working) == 5
+        for line in working:
+            assert line["correlation_id"] == f"req-{line['n']}"
+            assert line["trace_id"] == trace_of[line["job_id"]]
+            assert len(line["span_id"]) == 16
     finally:
         cli.close()
+        await traced.close()
 
 
 async def test_a_second_signal_hands_running_jobs_back_at_once(
