@@ -20,6 +20,7 @@ import msgspec
 
 from . import admin
 from .client import Client
+from .cluster import LocalCluster
 from .errors import (
     ConfigError,
     ConnectionFailed,
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("server", help="run a local JetStream server for development")
     server.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
     server.add_argument("--store", type=Path, help="JetStream store directory (default: temporary)")
+    server.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three clustered nodes on free ports instead (try OQRON_REPLICAS=3)",
+    )
     return parser
 
 
@@ -117,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_demo())
     if args.command == "server":
-        return run_server(args.port, args.store)
+        return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
     return asyncio.run(_admin(args))
 
 
@@ -281,18 +287,33 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def run_server(port: int, store: Path | None) -> int:
     """Run a local nats-server in the foreground until Ctrl-C or SIGTERM."""
     with LocalServer(port=port, store_dir=store) as server:
-        print(f"nats-server with JetStream at {server.url} (store {server.store_dir})")
-        print("Ctrl-C stops it", flush=True)
-        stop = asyncio.Event()
-
-        async def wait() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-
-        asyncio.run(wait())
+        asyncio.run(
+            _until_signal(f"nats-server with JetStream at {server.url} (store {server.store_dir})")
+        )
     return 0
+
+
+def run_cluster(store: Path | None) -> int:
+    """Run a local 3-node JetStream cluster in the foreground until Ctrl-C or SIGTERM."""
+    with LocalCluster(store_dir=store) as cluster:
+        urls = ",".join(cluster.urls)
+        asyncio.run(
+            _until_signal(
+                f"3-node JetStream cluster {cluster.name} at {urls}",
+                f"export OQRON_NATS_URL={urls} OQRON_REPLICAS=3",
+            )
+        )
+    return 0
+
+
+async def _until_signal(*lines: str) -> None:
+    """Print ``lines`` once Ctrl-C and SIGTERM are handled, then wait for one of them."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(*lines, "Ctrl-C stops it", sep="\n", flush=True)
+    await stop.wait()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -209,3 +210,26 @@ def test_the_console_script_and_the_module_run_the_same_cli() -> None:
         assert done.returncode == 0, done.stderr
         for name in ("worker", "queues", "jobs", "queue", "dlq", "demo", "server"):
             assert name in done.stdout
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_the_development_server_runs_until_sigterm(tmp_path: Path, cluster: bool) -> None:
+    argv = [sys.executable, "-m", "oqron_nats", "server", "--store", str(tmp_path / "store")]
+    argv += ["--cluster"] if cluster else ["--port", "0"]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        said = [server.stdout.readline() for _ in range(3 if cluster else 2)]
+        assert said[-1].startswith("Ctrl-C stops it"), said
+        url = said[0].split(" at ")[1].split()[0]
+        assert url.count("nats://") == (3 if cluster else 1)
+        if cluster:
+            assert said[1].startswith("export OQRON_NATS_URL=nats://")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
