@@ -46,7 +46,7 @@ class Backend:
                 Bucket(conn, names.jobs_bucket),
                 names,
                 EventBus(conn, names),
-                StateIndex(conn, names),
+                StateIndex(conn, names, confirm_final=client.replicas > 1),
             ),
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),

@@ -50,11 +50,18 @@ class IndexEntry:
 
 
 class StateIndex:
-    """The state index of one queue."""
+    """The state index of one queue.
 
-    def __init__(self, conn: Nats, names: Names) -> None:
+    With ``confirm_final`` (replicated streams), a finished job's entry is sent as an acked
+    publish, retried through a leader election: an entry sent without an answer while the
+    state's stream has no leader is dropped, and nothing would send it again (an unfinished
+    state's entry is superseded by the job's next move; a finished one stays).
+    """
+
+    def __init__(self, conn: Nats, names: Names, *, confirm_final: bool = False) -> None:
         self.conn = conn
         self.names = names
+        self.confirm_final = confirm_final
 
     async def moved(
         self, job: Job[Any], was: JobState | None, now: JobState | None, ttl: float | None = None
@@ -65,7 +72,11 @@ class StateIndex:
             return
         if now is not None:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-            await self.conn.publish_core(self.names.index_entry(now, job.id), headers=headers)
+            entry = self.names.index_entry(now, job.id)
+            if self.confirm_final and now in TERMINAL_STATES:
+                await self.conn.publish(entry, b"", headers)
+            else:
+                await self.conn.publish_core(entry, headers=headers)
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
         for state in stale - {None, now}:
             assert state is not None
