@@ -364,6 +364,8 @@ class Execution:
             ) as span:
                 try:
                     value = rt.codec.decode(job.data)
+                    if rt.config.secret_fields:  # masked in whatever this task logs from now
+                        redaction.hide(redaction.values_of(value, rt.config.secret_fields))
                     result, error = await self._call_handler(job, value), None
                 except asyncio.CancelledError:
                     task = asyncio.current_task()

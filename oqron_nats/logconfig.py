@@ -5,7 +5,9 @@ with ``trace_id``/``span_id`` of the current span on every line and the job's co
 (``job_id``, ``queue``, ``correlation_id``, ``attempt``) bound by the worker. Secrets are kept
 out: tracebacks never show local variables, and a redaction step masks the values of secret
 keys (``password``, ``token``, ``secret``, ... and the payload fields a queue marks with
-``secret_fields``) and of strings that look like credentials (bearer tokens, JWTs, ``sk-`` keys).
+``secret_fields``), the values of those fields wherever they appear in a line logged while the
+job runs (an exception text, an f-string), and strings that look like credentials (bearer
+tokens, JWTs, ``sk-`` keys).
 nats-py and OpenTelemetry log through the standard library: their lines are rendered the same way.
 """
 
@@ -21,7 +23,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor
 
-from .redaction import MASK
+from .redaction import MASK, hidden, scrub
 
 LogFormat = Literal["auto", "json", "console"]
 SECRET_KEYS = (
@@ -57,7 +59,7 @@ class Redactor:
         if self.is_secret(key) and value is not None:
             return MASK
         if isinstance(value, str):
-            return SECRET_PATTERNS.sub(MASK, value)
+            return SECRET_PATTERNS.sub(MASK, scrub(value, hidden()))
         if isinstance(value, MutableMapping | dict):
             return {k: self.clean(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

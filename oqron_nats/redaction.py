@@ -9,6 +9,7 @@ exception), the dead-letter copy, and the worker's logs (see :mod:`oqron_nats.lo
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -16,6 +17,18 @@ import msgspec
 MASK = "***"
 MIN_LENGTH = 4
 """Shorter values are not scrubbed out of free text: masking "1" everywhere would garble it."""
+
+_hidden: ContextVar[tuple[str, ...]] = ContextVar("oqron_secret_values", default=())
+
+
+def hide(values: Collection[str]) -> None:
+    """Mask ``values`` in what the current task (and the tasks it starts) logs from now on."""
+    _hidden.set(tuple(values))
+
+
+def hidden() -> tuple[str, ...]:
+    """The secret values of the job the current task runs (longest first)."""
+    return _hidden.get()
 
 
 def values_of(data: Any, fields: Collection[str]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, get_args
 
 import structlog
 
-from .errors import ConfigError, ConnectionFailed, OqronError
+from .errors import ConnectionFailed, OqronError
 from .health import HealthServer
 from .logconfig import LEVELS, LogFormat, configure_logging
 from .worker import Worker
@@ -124,7 +124,7 @@ def run(workers: Sequence[Worker[Any]], options: RunOptions) -> int:
     except ConnectionFailed as exc:
         log.error("cannot reach NATS", error=str(exc))
         return EXIT_UNREACHABLE
-    except (ConfigError, OqronError) as exc:
+    except OqronError as exc:  # a bad configuration: ConfigError, InvalidName, ...
         log.error("cannot start the workers", error=str(exc), error_type=type(exc).__name__)
         return EXIT_USAGE
 

@@ -25,10 +25,15 @@ async def work(ctx: JobContext[Any]) -> Any:
 
 async def leaky(ctx: JobContext[Any]) -> None:
     """A careless handler: logs its payload, keeps the secret in a local, puts it in its error."""
-    customer_ssn = ctx.data["customer_ssn"]
+    customer = ctx.data["customer_ssn"]  # a local whose name does not look secret
     log.info("calling the registry", payload=ctx.data, attempt=ctx.attempt)
     ctx.log("info", "payload seen by ctx.log", payload=ctx.data)
-    raise PermissionError(f"the registry refused {customer_ssn}")
+    try:
+        raise PermissionError(f"the registry refused {customer}")
+    except PermissionError:
+        log.exception("registry call failed")  # its traceback: no locals, message masked
+        log.warning(f"will not retry {customer} today")  # the careless f-string
+        raise
 
 
 plain = worker(

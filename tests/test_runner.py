@@ -212,7 +212,10 @@ async def test_a_canary_secret_reaches_no_log_line_record_or_dead_letter(
         cli.signal(signal.SIGTERM)
         assert cli.wait(30) == 0
         output = "".join(cli.lines)
-        assert "calling the registry" in output and "payload seen by ctx.log" in output
+        for logged in ("calling the registry", "payload seen by ctx.log", "registry call failed",
+                       "will not retry *** today", "the registry refused ***"):  # fmt: skip
+            assert logged in output, logged
+        assert "Traceback" in output or '"exc_type"' in output, "the traceback was logged"
         assert canary not in output
         record = {k: v for k, v in _record(failed).items() if k != "data"}
         assert canary not in json.dumps(record), "error fields and timeline"
