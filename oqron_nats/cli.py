@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from . import admin
 from .client import Client
@@ -111,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_REFUSED)
     except (ConnectionFailed, ServerVersionError) as exc:
         return _fail(exc, EXIT_UNREACHABLE)
+    except (TimeoutError, nats.errors.Error) as exc:  # e.g. no JetStream, or a leader election
+        return _fail(f"NATS did not answer the request: {exc!r}", EXIT_UNREACHABLE)
     except (ConfigError, InvalidInput, ServerError, OqronError) as exc:
         return _fail(exc, EXIT_USAGE)
 
@@ -127,8 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     return asyncio.run(_admin(args))
 
 
-def _fail(exc: Exception, code: int) -> int:
-    print(f"oqron: {exc}", file=sys.stderr)
+def _fail(problem: Exception | str, code: int) -> int:
+    print(f"oqron: {problem}", file=sys.stderr)
     return code
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -15,7 +16,7 @@ import pytest
 
 from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, queue, worker
 from oqron_nats.cli import main
-from oqron_nats.server import LocalServer
+from oqron_nats.server import LocalServer, find_binary
 
 from .helpers import eventually, wait_for_state
 
@@ -233,3 +234,25 @@ def test_the_development_server_runs_until_sigterm(tmp_path: Path, cluster: bool
         server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+async def test_a_server_without_jetstream_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plain = subprocess.Popen([find_binary(), "-a", "127.0.0.1", "-p", str(port)])  # no -js
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        for _ in range(200):  # until it listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            await asyncio.sleep(0.02)
+        code = await asyncio.to_thread(main, ["queues", "--url", url])
+        assert code == 3
+        assert "NATS did not answer the request" in capsys.readouterr().err
+    finally:
+        plain.terminate()
+        plain.wait()
