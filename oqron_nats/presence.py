@@ -51,8 +51,12 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Write the key and keep it alive."""
-        await self._write()
+        """Write the key and keep it alive (informational: a failed write is tried again later,
+        it never keeps the worker from consuming)."""
+        try:
+            await self._write()
+        except Exception as exc:
+            log.warning("worker presence not written yet", key=self.key, error=repr(exc))
         self._stopped.clear()
         self._task = asyncio.create_task(self._keep_alive(), name=f"oqron-presence-{self.key}")
 
