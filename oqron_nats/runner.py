@@ -19,7 +19,7 @@ from typing import Any, get_args
 
 import structlog
 
-from .errors import ConnectionFailed, OqronError
+from .errors import ConfigError, ConnectionFailed, OqronError
 from .health import HealthServer
 from .logconfig import LEVELS, LogFormat, configure_logging
 from .worker import Worker
@@ -164,7 +164,10 @@ class Process:
         )
         try:
             if health is not None:
-                await health.start()
+                try:
+                    await health.start()
+                except OSError as exc:
+                    raise ConfigError(f"cannot serve the health port {health.port}: {exc}") from exc
                 log.info("health endpoints up", port=health.port, paths="/livez /readyz")
             self._install_metrics()
             try:

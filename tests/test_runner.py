@@ -237,3 +237,23 @@ def _record(job: Any) -> dict[str, Any]:
 
     decoded: dict[str, Any] = msgspec.to_builtins(job)
     return decoded
+
+
+def test_a_health_port_in_use_is_a_configuration_error(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # all interfaces, as the worker binds
+        taken.listen()
+        port = taken.getsockname()[1]
+        cli = WorkerCli(
+            nats_server.url, namespace, "run-port", "tests.cli_worker:plain",
+            "--health-port", str(port), "--log-format", "json",
+        )  # fmt: skip
+        try:
+            assert cli.wait(30) == 2
+            [error] = [e for e in cli.events() if e.get("level") == "error"]
+            assert error["event"] == "cannot start the workers"
+            assert f"cannot serve the health port {port}" in error["error"]
+        finally:
+            cli.close()
