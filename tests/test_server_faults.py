@@ -79,3 +79,27 @@ async def test_a_lease_that_cannot_be_renewed_for_lock_ttl_is_given_up() -> None
             )
             assert done.stalled_count == 1
             assert done.attempt == 1
+
+
+async def test_counts_wait_out_a_server_that_does_not_answer_for_a_while() -> None:
+    """A count (STREAM.INFO) asked while no one answers (a stalled server here; an election on a
+    cluster) is asked again until the publish deadline, and fails only after it."""
+    with LocalServer() as server:
+        client = Client(server.url, namespace="quiet", request_timeout=0.3, publish_deadline=3.0)
+        async with client:
+            q = queue("quiet", client=client)
+            await q.add({"n": 0})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                counting = asyncio.create_task(q.count(JobState.WAITING))
+                await asyncio.sleep(1.0)  # a few request timeouts go by
+                assert not counting.done()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await counting == 1
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TimeoutError):  # past the deadline: the caller hears of it
+                    await q.count(JobState.WAITING)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)

@@ -314,9 +314,21 @@ class Nats:
         msg = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
         return stored_msg(msg) is not None
 
+    async def _read(self, subject: str, payload: bytes) -> Msg:
+        """An API read that only a stream's leader answers, tried again when it times out until
+        the publish deadline (a replicated stream answers nothing while it elects a leader)."""
+        deadline = time.monotonic() + self.publish_deadline
+        while True:
+            try:
+                return await self._request(subject, payload)
+            except TimeoutError:
+                if time.monotonic() + self.request_timeout > deadline:
+                    raise
+                log.debug("no answer to a JetStream read, retrying", subject=subject)
+
     async def stream_state(self, stream: str) -> StreamState:
         """How many messages the stream holds, and its first and last sequence."""
-        msg = await self._request(f"$JS.API.STREAM.INFO.{stream}", b"")
+        msg = await self._read(f"$JS.API.STREAM.INFO.{stream}", b"")
         info = _stream_info.decode(msg.data)
         if info.error is not None:
             raise api_error(info.error)
@@ -334,7 +346,7 @@ class Nats:
         names: list[str] = []
         while True:
             request = msgspec.json.encode({"subject": subject, "offset": len(names)})
-            page = _stream_names.decode((await self._request("$JS.API.STREAM.NAMES", request)).data)
+            page = _stream_names.decode((await self._read("$JS.API.STREAM.NAMES", request)).data)
             if page.error is not None:
                 raise api_error(page.error)
             names += page.streams or []
@@ -346,7 +358,7 @@ class Nats:
         found: dict[str, int] = {}
         while True:
             request = {"subjects_filter": subject_filter, "offset": len(found)}
-            msg = await self._request(f"$JS.API.STREAM.INFO.{stream}", msgspec.json.encode(request))
+            msg = await self._read(f"$JS.API.STREAM.INFO.{stream}", msgspec.json.encode(request))
             page = _stream_info.decode(msg.data)
             if page.error is not None:
                 raise api_error(page.error)
