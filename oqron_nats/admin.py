@@ -54,7 +54,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 async def queue_names(client: Client) -> list[str]:
     """The queues of the client's namespace that exist in NATS, sorted."""
     conn = await client.connect()
-    prefix = Names(client.namespace, "x").stream.removesuffix("x")
+    prefix = Names(client.namespace, "x").stream.removesuffix("x")  # OQRON_<ns>_Q_
     names = await conn.stream_names(subject=f"oqron.{client.namespace}.q.>")
     return sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix))
 
@@ -79,26 +79,18 @@ async def summary(client: Client, name: str) -> QueueSummary:
     )
 
 
-async def find_job(client: Client, job_id: str) -> Queue[Any]:
-    """The queue that holds the job ``job_id``; JobNotFound if none does."""
+async def find_job(client: Client, job_id: str) -> tuple[Queue[Any], Job[Any]]:
+    """The job ``job_id`` and the queue that holds it, wherever it is; JobNotFound if none."""
     check_name(job_id, "job id")
     conn = await client.connect()
-    bucket = Names(client.namespace, "x").jobs_bucket
+    bucket = Names(client.namespace, "x").jobs_bucket  # one bucket per namespace
     keys = await conn.subjects(f"KV_{bucket}", f"$KV.{bucket}.*.{job_id}")
     for subject in sorted(keys):
         q = admin_queue(client, subject.split(".")[-2])
-        if await q.get_job(job_id) is not None:
-            return q
+        job = await q.get_job(job_id)
+        if job is not None:
+            return q, job
     raise JobNotFound(f"there is no job {job_id!r} in namespace {client.namespace!r}")
-
-
-async def show_job(client: Client, job_id: str) -> Job[Any]:
-    """The record of one job, wherever it is queued."""
-    q = await find_job(client, job_id)
-    job = await q.get_job(job_id)
-    if job is None:
-        raise JobNotFound(f"job {job_id!r} is gone")
-    return job
 
 
 async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter]:

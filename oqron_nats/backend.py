@@ -38,6 +38,7 @@ class Backend:
         """Connect, create the queue's streams and buckets, and wire the parts."""
         names = client.names(config.name)
         conn = await client.prepare_queue(names)
+        replicated = client.replicas > 1
         return cls(
             client=client,
             conn=conn,
@@ -46,7 +47,8 @@ class Backend:
                 Bucket(conn, names.jobs_bucket),
                 names,
                 EventBus(conn, names),
-                StateIndex(conn, names, confirm_final=client.replicas > 1),
+                StateIndex(conn, names, confirm_final=replicated),
+                replicated=replicated,
             ),
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),

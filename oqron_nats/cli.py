@@ -189,12 +189,13 @@ async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:
 
 
 async def _jobs_show(client: Client, args: argparse.Namespace) -> Any:
-    return await admin.show_job(client, args.job_id)
+    _, job = await admin.find_job(client, args.job_id)
+    return job
 
 
 def _job_action(name: str) -> Callable[[Client, argparse.Namespace], Awaitable[dict[str, Any]]]:
     async def act(client: Client, args: argparse.Namespace) -> dict[str, Any]:
-        q = await admin.find_job(client, args.job_id)
+        q, _ = await admin.find_job(client, args.job_id)
         outcome = await getattr(q, name)(args.job_id)
         if outcome is False:  # cancel of a job that had finished
             raise InvalidState(f"job {args.job_id!r} had already finished")

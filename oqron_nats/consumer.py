@@ -176,7 +176,7 @@ class Consumer:
             self._lag.start()
         self._start_maintenance()
         self._gauges = self.backend.metrics.watch(
-            self.backend.store.index, self.backend.client.metrics_interval
+            self.backend.store, self.backend.client.metrics_interval
         )
         presence = Presence(conn, names, self.config.concurrency)
         await presence.start()

@@ -210,7 +210,7 @@ class Execution:
             await self.delivery.ack()
             return None
         job, self._revision = record
-        if self._would_drop(job) and self.rt.backend.client.replicas > 1:
+        if self._would_drop(job) and self.rt.backend.store.replicated:
             # any replica answers a read, and one lagging behind may show an older revision:
             # the message is dropped only on what the bucket's leader says
             record = await self.rt.backend.store.get(job_id, fresh=True)
@@ -325,7 +325,7 @@ class Execution:
 
     async def _on_lease_held(self, job_id: str) -> None:
         # a rare path that may ack: read at the leader when a replica could lag (see _would_drop)
-        record = await self.rt.backend.store.get(job_id, fresh=self.rt.backend.client.replicas > 1)
+        record = await self.rt.backend.store.get(job_id, fresh=True)
         if (
             record is None
             or record.job.is_terminal
@@ -519,7 +519,7 @@ class Execution:
     async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
         job = self._job
         assert job is not None
-        failure = self._failure(error, value)
+        failure = self._failure(error)
         discarded = self._ctx is not None and self._ctx.discarded is not None
         final = discarded or isinstance(error, PayloadError) or job.attempt >= job.max_attempts
         if final:
@@ -529,7 +529,7 @@ class Execution:
             delay = retry_delay(self.rt.config.retries, job.attempt)
         except Exception as exc:  # a broken custom backoff: fail for good rather than loop
             log.exception("the retry backoff failed; failing the job", job_id=job.id)
-            await self._fail_for_good(value, self._failure(exc, value))
+            await self._fail_for_good(value, self._failure(exc))
             return
         retry = await self._commit(
             JobState.DELAYED,
@@ -564,13 +564,13 @@ class Execution:
         await self.delivery.ack()
         await self._release()
 
-    def _failure(self, exc: BaseException, value: Any) -> JobFailure:
-        """The stored description of ``exc``, with the values of secret fields masked."""
+    def _failure(self, exc: BaseException) -> JobFailure:
+        """The stored description of ``exc``, with the job's secret values masked (those this
+        task hid when it decoded the payload)."""
         failure = failure_of(exc)
-        fields = self.rt.config.secret_fields
-        if not fields:
+        values = redaction.hidden()
+        if not values:
             return failure
-        values = redaction.values_of(value, fields)
         return msgspec.structs.replace(
             failure,
             message=redaction.scrub(failure.message, values),

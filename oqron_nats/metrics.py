@@ -33,7 +33,7 @@ the attribute ``queue`` (and ``state`` for the job counts). Never a job id.
 The gauges cover the queues whose worker runs in this process: OTel calls gauge callbacks
 synchronously, so each running consumer keeps a snapshot, refreshed every
 ``Client(metrics_interval=...)`` seconds (15 by default) by a task: four state counts and one
-index read, a few requests whatever the queue's size.
+index read checked against its records, a few requests whatever the queue's size.
 Every worker of a queue reports the same queue-wide values: aggregate them with max, not sum.
 """
 
@@ -53,8 +53,8 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.util.types import Attributes
 
 from ._version import __version__
-from .index import StateIndex
 from .job import JobState
+from .store import JobStore
 from .tracing import CONSUMER_GROUP, DESTINATION, ERROR_TYPE, OPERATION_NAME, SYSTEM
 
 log = structlog.get_logger("oqron_nats")
@@ -220,9 +220,9 @@ class QueueMetrics:
         """A failed job was copied to the dead letters."""
         self.metrics.dead_lettered.add(1, self._queue)
 
-    def watch(self, index: StateIndex, interval: float = DEFAULT_INTERVAL) -> QueueWatch:
+    def watch(self, store: JobStore, interval: float = DEFAULT_INTERVAL) -> QueueWatch:
         """Start reporting the queue's gauges from a snapshot refreshed every ``interval``."""
-        watch = QueueWatch(self, index, interval)
+        watch = QueueWatch(self, store, interval)
         watch.start()
         return watch
 
@@ -240,9 +240,9 @@ class Snapshot:
 class QueueWatch:
     """Keeps one queue's gauge snapshot fresh while its worker runs in this process."""
 
-    def __init__(self, queue: QueueMetrics, index: StateIndex, interval: float) -> None:
+    def __init__(self, queue: QueueMetrics, store: JobStore, interval: float) -> None:
         self.queue = queue
-        self.index = index
+        self.store = store
         self.interval = interval
         self.snapshot: Snapshot | None = None
         self._by_state = [{QUEUE: queue.name, STATE: str(state)} for state in GAUGED_STATES]
@@ -274,9 +274,9 @@ class QueueWatch:
 
     async def refresh(self) -> None:
         """Read the state counts and the oldest waiting job now."""
-        counts = tuple(await asyncio.gather(*(self.index.count(s) for s in GAUGED_STATES)))
-        oldest = await self.index.oldest(JobState.WAITING, 1) if counts[0] else []
-        self.snapshot = Snapshot(counts, oldest[0].entered_at if oldest else None)
+        counts = tuple(await asyncio.gather(*(self.store.index.count(s) for s in GAUGED_STATES)))
+        oldest = await self.store.entered_first(JobState.WAITING) if counts[0] else None
+        self.snapshot = Snapshot(counts, oldest)
 
     def observe_jobs(self) -> Iterator[Observation]:
         """The job count of each gauged state."""

@@ -374,10 +374,7 @@ class Queue(Generic[T, S]):
 
     async def oldest_waiting(self) -> datetime | None:
         """When the job that has waited longest became waiting; None if none waits."""
-        backend = await self._open()
-        entries = await backend.store.index.oldest(JobState.WAITING, PAGE_SLACK)
-        still = {job.id for job in await backend.store.listed(entries)}
-        return next((e.entered_at for e in entries if e.job_id in still), None)
+        return await (await self._open()).store.entered_first(JobState.WAITING)
 
     def _typed(self, job: RawJob) -> Job[T]:
         return self._own(with_data(job, self._codec.decode(job.data)))

@@ -56,11 +56,21 @@ def decode_record(key: str, value: bytes) -> RawJob:
 class JobStore:
     """Create, read and compare-and-set job records of one queue; every write is announced."""
 
-    def __init__(self, bucket: Bucket, names: Names, events: EventBus, index: StateIndex) -> None:
+    def __init__(
+        self,
+        bucket: Bucket,
+        names: Names,
+        events: EventBus,
+        index: StateIndex,
+        *,
+        replicated: bool = False,
+    ) -> None:
         self.bucket = bucket
         self.names = names
         self.events = events
         self.index = index
+        self.replicated = replicated
+        """Whether the bucket has replicas: any of them answers a read, and one may lag."""
 
     async def create(self, job: RawJob) -> int:
         """Store a new record; raise CasConflict if the id exists. Returns the revision."""
@@ -72,15 +82,17 @@ class JobStore:
     async def get(self, job_id: str, *, fresh: bool = False) -> Record | None:
         """The record of ``job_id`` with its revision, or None.
 
-        A read is answered by any replica of the bucket, and with replicas > 1 one that lags
-        behind can miss a record created a moment ago (a worker would then drop the job's
-        message as an orphan): a record found missing is looked up again at the bucket's
-        leader, which has every acknowledged write, before None is believed. ``fresh`` reads
-        at the leader at once (for a decision that must not rest on an older revision).
+        On a replicated bucket any replica answers a read, and one that lags behind can miss a
+        record created a moment ago (a worker would then drop the job's message as an orphan):
+        a record found missing is looked up again at the bucket's leader, which has every
+        acknowledged write, before None is believed. ``fresh`` reads at the leader at once (for
+        a decision that must not rest on an older revision); without replicas there is nothing
+        to ask again.
         """
         key = self.names.key(job_id)
+        fresh = fresh and self.replicated
         entry = await self.bucket.get(key, fresh=fresh)
-        if entry is None and not fresh:
+        if entry is None and self.replicated and not fresh:
             entry = await self.bucket.get(key, fresh=True)
         if entry is None:
             return None
@@ -134,6 +146,16 @@ class JobStore:
             elif record is None or settled(record.job):
                 await self.index.repair(entry.job_id, record.job.state if record else None)
         return jobs
+
+    async def entered_first(self, state: JobState, slack: int = 16) -> datetime | None:
+        """When the job that has been in ``state`` longest entered it; None if no job is.
+
+        The oldest ``slack`` index entries are checked against their records, so an entry left
+        behind by a job that moved on does not count.
+        """
+        entries = await self.index.oldest(state, slack)
+        still = {job.id for job in await self.listed(entries)}
+        return next((e.entered_at for e in entries if e.job_id in still), None)
 
     async def scan(self) -> AsyncIterator[Record]:
         """Every record of the queue with its revision (reads them all; skips undecodable ones)."""
