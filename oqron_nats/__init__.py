@@ -34,12 +34,14 @@ from .errors import (
     InvalidName,
     InvalidOption,
     InvalidState,
+    JetStreamError,
     JobNotFound,
     OqronError,
     PayloadError,
     PayloadTooLarge,
     QueuePaused,
     ServerVersionError,
+    Unavailable,
 )
 from .events import Event
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidName",
     "InvalidOption",
     "InvalidState",
+    "JetStreamError",
     "Job",
     "JobContext",
     "JobFailure",
@@ -83,6 +86,7 @@ __all__ = [
     "Skipped",
     "StallScanner",
     "Throttle",
+    "Unavailable",
     "Worker",
     "__version__",
     "queue",

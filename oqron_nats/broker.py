@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from ._nats import JetStreamError, Nats, NoStream
-from .errors import EnqueueError
+from ._nats import JetStreamError, Nats
+from .errors import EnqueueError, Unavailable
 from .job import JobState
 from .names import (
     CORRELATION_HEADER,
@@ -72,13 +72,14 @@ class Broker:
     ) -> None:
         try:
             await self.conn.publish(subject, body, headers)
-        except TimeoutError:
+        except Unavailable as exc:
+            maybe = "; it may still have been queued" if exc.outcome_unknown else ""
             raise EnqueueError(
-                f"publishing job {job_id} timed out; it may still have been queued",
+                f"publishing job {job_id} failed: {exc}{maybe}",
                 job_id=job_id,
-                outcome_unknown=True,
-            ) from None
-        except (NoStream, JetStreamError) as exc:
+                outcome_unknown=exc.outcome_unknown,
+            ) from exc
+        except JetStreamError as exc:
             raise EnqueueError(
                 f"publishing job {job_id} failed: {exc}", job_id=job_id, outcome_unknown=False
             ) from exc

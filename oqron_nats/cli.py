@@ -1,7 +1,9 @@
 """The ``oqron`` command (also ``python -m oqron_nats``): workers, admin commands, demo, server.
 
 Exit codes: 0 done; 1 the job or queue is not there, or refused the operation (a job in the wrong
-state); 2 bad usage or configuration; 3 NATS cannot be reached. ``--json`` prints what a script
+state, or JetStream refused the request); 2 bad usage or configuration; 3 NATS cannot be
+reached or did not answer within the retry deadline (a request is asked again meanwhile, as
+through a cluster's leader election). ``--json`` prints what a script
 would parse, on one line per command.
 """
 
@@ -17,19 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
 
 from . import admin
 from .client import Client
 from .cluster import LocalCluster
 from .errors import (
     ConfigError,
-    ConnectionFailed,
     InvalidInput,
     InvalidState,
+    JetStreamError,
     JobNotFound,
     OqronError,
     ServerVersionError,
+    Unavailable,
 )
 from .queue import Queue
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
@@ -108,12 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (JobNotFound, InvalidState) as exc:
+    except (JobNotFound, InvalidState, JetStreamError) as exc:
         return _fail(exc, EXIT_REFUSED)
-    except (ConnectionFailed, ServerVersionError) as exc:
+    except (Unavailable, ServerVersionError) as exc:
         return _fail(exc, EXIT_UNREACHABLE)
-    except (TimeoutError, nats.errors.Error) as exc:  # e.g. no JetStream, or a leader election
-        return _fail(f"NATS did not answer the request: {exc!r}", EXIT_UNREACHABLE)
     except (ConfigError, InvalidInput, ServerError, OqronError) as exc:
         return _fail(exc, EXIT_USAGE)
 

@@ -11,21 +11,24 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
-from .errors import ConfigError, ConsumerConflict, ServerVersionError
+from .errors import ConfigError, ConsumerConflict, ServerVersionError, Unavailable
 from .job import JobState
 from .metrics import DEFAULT_INTERVAL, metrics_for
 from .names import Names, check_namespace
 from .tracing import Tracing
 
+N = TypeVar("N", int, float)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MIN_SERVER_VERSION = (2, 12, 0)
 """Message schedules (delays and retries) need nats-server 2.12."""
+DEFAULT_RETRY_DEADLINE = 30.0
+"""Seconds an operation is asked again while NATS cannot answer (an election takes 5-7 s)."""
 RATE_WINDOWS_KEPT = 24 * 3600.0
 """Seconds a rate-limit window's counter is kept (longer than any sensible window)."""
 RECORD_HEADROOM = 64 * 1024
@@ -44,8 +47,25 @@ def urls_from(value: str | Sequence[str] | None) -> list[str]:
     return urls
 
 
+def env_number(name: str, kind: type[N], default: N) -> N:
+    """A number from the environment variable ``name`` (ConfigError if it is not one)."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {text!r}") from None
+
+
 class Client:
-    """A lazily opened NATS connection for one namespace."""
+    """A lazily opened NATS connection for one namespace.
+
+    ``request_timeout`` is how long one request waits for its reply; ``retry_deadline`` how long
+    an operation is asked again while NATS cannot answer (a cluster electing leaders, a node
+    restarting, a failover) before it fails with :class:`~oqron_nats.errors.Unavailable`
+    (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds).
+    """
 
     def __init__(
         self,
@@ -58,16 +78,14 @@ class Client:
         meter_provider: MeterProvider | None = None,
         metrics_interval: float = DEFAULT_INTERVAL,
         request_timeout: float = 5.0,
-        publish_deadline: float = 30.0,
+        retry_deadline: float | None = None,
         connect_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.urls = urls_from(url)
         self.namespace = check_namespace(
             namespace or os.environ.get("OQRON_NAMESPACE") or "default"
         )
-        self.replicas = (
-            replicas if replicas is not None else int(os.environ.get("OQRON_REPLICAS", "1"))
-        )
+        self.replicas = replicas if replicas is not None else env_number("OQRON_REPLICAS", int, 1)
         if self.replicas not in (1, 3, 5):
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
         self.name = name or f"oqron-{socket.gethostname()}-{os.getpid()}"
@@ -78,8 +96,14 @@ class Client:
                 f"metrics_interval must be positive seconds, not {metrics_interval!r}"
             )
         self.metrics_interval = metrics_interval
+        if retry_deadline is None:
+            retry_deadline = env_number("OQRON_RETRY_DEADLINE", float, DEFAULT_RETRY_DEADLINE)
+        for option, value in (("request_timeout", request_timeout),
+                              ("retry_deadline", retry_deadline)):  # fmt: skip
+            if not value > 0:
+                raise ConfigError(f"{option} must be positive seconds, not {value!r}")
         self._request_timeout = request_timeout
-        self._publish_deadline = publish_deadline
+        self._retry_deadline = retry_deadline
         self._connect_options = dict(connect_options or {})
         self._conn: Nats | None = None
         self._lock = asyncio.Lock()
@@ -96,9 +120,15 @@ class Client:
                     self.urls,
                     name=self.name,
                     request_timeout=self._request_timeout,
-                    publish_deadline=self._publish_deadline,
+                    retry_deadline=self._retry_deadline,
                     options=self._connect_options,
                 )
+                if not conn.has_jetstream:
+                    await conn.close()
+                    raise Unavailable(
+                        f"the NATS server {conn.server_name or 'at ' + ', '.join(self.urls)} "
+                        "runs without JetStream; start it with -js (or a jetstream {} block)"
+                    )
                 if conn.server_version < MIN_SERVER_VERSION:
                     version = ".".join(map(str, conn.server_version))
                     await conn.close()

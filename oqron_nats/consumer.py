@@ -5,6 +5,11 @@ pull request ends, when a lifo lane rings its bell or after a reconnect; it keep
 pull requests open at the server to fill the free slots (several lanes may ask for a little more;
 an extra delivery is handed straight back). An idle worker holds one long pull per lane, renewed
 every ``PULL_EXPIRES`` seconds.
+
+No sleep of the loop is unbounded: while claiming fails (a cluster electing the consumer's
+leader answers nothing for seconds) it looks again after a jittered pause that grows up to
+``MAX_BACKOFF``, and otherwise at least every ``LOOK_AGAIN`` seconds, so a lost wake-up can
+never stop a worker from claiming.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from ._nats import Delivery, JetStreamError, Puller, consumer_names, ensure_consumer
+from ._nats import ConsumerSpec, Delivery, JetStreamError, Puller, ensure_consumer, jittered
 from .backend import Backend
 from .codec import PayloadCodec
 from .config import QueueConfig, seconds
@@ -44,6 +49,18 @@ PULL_EXPIRES = 10.0
 """Seconds a lingering pull request stays open at the server."""
 ABORT_WAIT = 5.0
 """Seconds stop() waits for aborted attempts to hand their jobs back."""
+LOOK_AGAIN = PULL_EXPIRES
+"""The longest the claim loop sleeps when nothing wakes it."""
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+"""Seconds the claim loop pauses while claiming fails: doubling from the first, up to the cap."""
+LOOP_STOP_WAIT = 5.0
+"""Seconds stop() lets the claim loop finish what it is doing before cancelling it."""
+
+
+def backoff(trouble: int) -> float:
+    """The jittered pause after ``trouble`` failed rounds of claiming in a row."""
+    return jittered(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(trouble, 16)))
 
 
 def new_worker_id() -> str:
@@ -94,6 +111,9 @@ class Consumer:
         self._refill_at = max(1, config.concurrency // 4)
         self._maintenance: Maintenance | None = None
         self._gauges: QueueWatch | None = None
+        self._paused_on_server: bool | None = None
+        """Whether this worker last created or set its consumers paused (None: not yet)."""
+        self._pausing: asyncio.Task[None] | None = None
 
     @property
     def free(self) -> int:
@@ -128,14 +148,7 @@ class Consumer:
         control = self.backend.control
         control.listeners.append(self._on_state)
         self._cleanups.append(lambda: control.listeners.remove(self._on_state))
-        for spec in specs:
-            try:
-                await ensure_consumer(conn, spec, self._pause_until())
-            except JetStreamError as exc:
-                raise ConsumerConflict(
-                    f"cannot consume queue {self.config.name!r} with strategy "
-                    f"{self.config.strategy!r}: {exc.description}"
-                ) from exc
+        await self._ensure_consumers(specs)
         if not is_async_handler(self._handler):
             self._executor = ThreadPoolExecutor(
                 self.config.concurrency, thread_name_prefix=f"oqron-{self.config.name}"
@@ -161,6 +174,7 @@ class Consumer:
                 spec.durable,
                 on_delivery=self._on_delivery,
                 on_change=self._wake.set,
+                on_alive=self._on_alive,
             )
             await puller.start()
             self._pullers.append(puller)
@@ -200,8 +214,25 @@ class Consumer:
                 "reconciliation", interval, lambda: reconcile(backend, reconciliation)
             )
 
+    async def _ensure_consumers(
+        self, specs: list[ConsumerSpec], *, deadline: float | None = None
+    ) -> None:
+        """Create (or update) the consumers, paused if the queue is paused right now."""
+        paused = self.backend.control.state.paused
+        for spec in specs:
+            try:
+                await ensure_consumer(
+                    self.backend.conn, spec, PAUSED_FOREVER if paused else None, deadline=deadline
+                )
+            except JetStreamError as exc:
+                raise ConsumerConflict(
+                    f"cannot consume queue {self.config.name!r} with strategy "
+                    f"{self.config.strategy!r}: {exc.description}"
+                ) from exc
+        self._paused_on_server = paused
+
     async def _check_strategy(self) -> None:
-        existing = await consumer_names(self.backend.conn, self.backend.names.stream)
+        existing = await self.backend.conn.consumer_names(self.backend.names.stream)
         others = sorted(
             {s for name in existing if (s := strategy_of(name)) and s != self.config.strategy}
         )
@@ -225,16 +256,29 @@ class Consumer:
             except Exception as exc:
                 self._trouble += 1
                 log.warning("claiming failed; retrying", queue=self.config.name, error=repr(exc))
-            if self._trouble:  # back off while things go wrong (a delivery resets it)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), min(5.0, 0.05 * 2**self._trouble))
-            timeout = self._throttle.next_room_in() if self._throttle else None
-            for puller in self._pullers:
-                check = puller.expire_stale()
-                if check is not None:
-                    timeout = check if timeout is None else min(timeout, check)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            look_again = self._look_again_in()
+            if self._trouble:  # back off while things go wrong: a delivery or heartbeat resets it
+                await _wait(self._stopping, min(look_again, backoff(self._trouble)))
+            else:
+                await _wait(self._wake, look_again)
+
+    def _look_again_in(self) -> float:
+        """Seconds until the loop must look again though nothing woke it: the throttle's next
+        room, the next pull request to give up, at most LOOK_AGAIN."""
+        timeout = LOOK_AGAIN
+        if self._throttle is not None:
+            room_in = self._throttle.next_room_in()
+            if room_in is not None:
+                timeout = min(timeout, room_in)
+        for puller in self._pullers:
+            check = puller.expire_stale()
+            if check is not None:
+                timeout = min(timeout, check)
+        return timeout
+
+    def _on_alive(self) -> None:
+        """A pull request is served (a heartbeat came): claiming works again."""
+        self._trouble = 0
 
     async def _refill(self) -> None:
         if len(self._pullers) == 1:
@@ -268,11 +312,15 @@ class Consumer:
                     self._in_transit -= 1
 
     async def _recreate_lost_consumers(self) -> bool:
-        """Re-create consumers that pulls suggest are gone; True if any looked gone."""
+        """Re-create consumers that pulls suggest are gone; True if any looked gone.
+
+        One try each (the loop backs off and tries again): a consumer whose leader is being
+        elected answers nothing for seconds, and the loop must stay free to stop meanwhile.
+        """
         suspects = [(p, s) for p, s in zip(self._pullers, self._specs, strict=True) if p.suspect]
         for puller, spec in suspects:
             log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
-            await ensure_consumer(self.backend.conn, spec, self._pause_until())
+            await self._ensure_consumers([spec], deadline=0)
             puller.reset()
         return bool(suspects)
 
@@ -304,27 +352,30 @@ class Consumer:
         lagging = self._lag is not None and self._lag.lagging
         return not lagging and not self.backend.control.state.paused
 
-    def _pause_until(self) -> str | None:
-        return PAUSED_FOREVER if self.backend.control.state.paused else None
-
     def _on_state(self, state: QueueState) -> None:
-        """The queue was paused or resumed somewhere: follow on this worker's consumers."""
-        self._spawn(self._apply_pause(state.paused))
+        """The queue state was read (a change, or a re-read after a reconnect): follow a pause
+        or resume on this worker's consumers; a state they already have sends nothing."""
         self._wake.set()
+        if self._paused_on_server is None or self._stopping.is_set():
+            return  # the consumers are being created with the state as it is then
+        idle = self._pausing is None or self._pausing.done()
+        if state.paused != self._paused_on_server and idle:
+            self._pausing = asyncio.create_task(self._follow_pause())
 
-    async def _apply_pause(self, paused: bool) -> None:
-        for spec in self._specs:
+    async def _follow_pause(self) -> None:
+        """Pause or resume the consumers until they match the queue state (it may change
+        meanwhile); a failure is left to the next state change or reconnect, while the claim
+        loop already honours the state."""
+        while (paused := self.backend.control.state.paused) != self._paused_on_server:
+            until = PAUSED_FOREVER if paused else None
             try:
-                if paused:
-                    await self.backend.conn.js.pause_consumer(
-                        spec.stream, spec.durable, PAUSED_FOREVER
-                    )
-                else:
-                    await self.backend.conn.js.resume_consumer(spec.stream, spec.durable)
-            except Exception as exc:  # the pause() call and the KV state still hold
-                log.warning(
-                    "could not (un)pause a consumer", consumer=spec.durable, error=repr(exc)
-                )
+                for spec in self._specs:
+                    await self.backend.conn.pause_consumer(spec.stream, spec.durable, until)
+            except Exception as exc:
+                log.warning("could not (un)pause the consumers", queue=self.config.name,
+                            error=repr(exc))  # fmt: skip
+                return
+            self._paused_on_server = paused
 
     async def _on_command(self, msg: Msg) -> None:
         """A command from any process about one job, e.g. cancel it if it runs here."""
@@ -359,8 +410,11 @@ class Consumer:
             return
         self._stopping.set()
         self._wake.set()
-        if self._loop_task is not None:
-            await self._loop_task
+        if self._loop_task is not None:  # it may be waiting for an answer NATS does not give
+            _, busy = await asyncio.wait({self._loop_task}, timeout=LOOP_STOP_WAIT)
+            for task in busy:
+                task.cancel()
+                await asyncio.wait({task}, timeout=ABORT_WAIT)
         for puller in self._pullers:  # no open pull may catch the jobs handed back below
             await puller.stop()
         if self._tasks:
@@ -391,6 +445,8 @@ class Consumer:
         return {task for task in running if not task.done()}
 
     async def _close(self) -> None:
+        if self._pausing is not None:
+            self._pausing.cancel()
         if self._gauges is not None:
             await self._gauges.stop()
         if self._lag is not None:
@@ -409,3 +465,10 @@ class Consumer:
             await asyncio.wait(list(self._background), timeout=ABORT_WAIT)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` seconds have passed."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

@@ -121,5 +121,5 @@ async def summary(demo: Demo, thumbnails: Any, client: Client) -> None:
         name, state = job.data.name, str(job.state)
         print(f"{'':9}{job.id:<12} {name:<14} {state:<10} attempts={job.attempt}  {outcome}")
     conn = await client.connect()
-    info = await conn.js.stream_info(client.names("thumbnails").dlq_stream)
-    demo.say(f"dead-letter stream holds {info.state.messages} job(s)")
+    dead = await conn.stream_state(client.names("thumbnails").dlq_stream)
+    demo.say(f"dead-letter stream holds {dead.messages} job(s)")

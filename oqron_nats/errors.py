@@ -7,7 +7,12 @@
     │   ├── InvalidOption        an add() option of the wrong type or out of range
     │   └── PayloadError         a payload (or result) that does not match its type or encode
     │       └── PayloadTooLarge  an encoded payload (or result) over the size limit
-    ├── ConnectionFailed         no NATS server could be reached when first connecting
+    ├── Unavailable              NATS did not answer within the retry deadline (every server down,
+    │   │                        a cluster electing leaders for longer than the deadline), or
+    │   │                        cannot (a server without JetStream); trying again is safe
+    │   └── ConnectionFailed     no NATS server could be reached when first connecting
+    ├── JetStreamError           the JetStream API refused a request for good (not a passing
+    │                            election); carries the server's code, err_code and description
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
     ├── JobNotFound              no job with that id in the queue
@@ -57,8 +62,31 @@ class PayloadTooLarge(PayloadError):
         self.limit = limit
 
 
-class ConnectionFailed(OqronError):
+class Unavailable(OqronError):
+    """NATS did not answer within the retry deadline, or cannot answer (no JetStream).
+
+    Every request is asked again while a cluster elects leaders, a node restarts or the
+    connection fails over, and this is raised only once the deadline has passed.
+    ``outcome_unknown`` is set when a write may still have landed (a try timed out).
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class ConnectionFailed(Unavailable):
     """No NATS server answered the first connection (later losses are reconnected forever)."""
+
+
+class JetStreamError(OqronError):
+    """The JetStream API refused a request (an answer, not a passing election)."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{description} (code {code}, err_code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
 
 
 class ServerVersionError(OqronError):

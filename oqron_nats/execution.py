@@ -6,6 +6,8 @@
         │
     record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
         │
+    claim took longer than lock_ttl - heartbeat (an election)? renew the lease first;
+        │                     not ours any more -> run nothing, commit nothing
     handler, with a heartbeat renewing the lease (CAS) + in_progress() every `heartbeat`
         │                     lease lost -> ctx.signal fires, nothing is committed
     settle: record -> completed | delayed (retry, via a schedule) | failed (+ dead letter), by CAS,
@@ -148,6 +150,7 @@ class Execution:
             if job_id is None:
                 return
             # the lease is asked for while the record is read: one round trip less per job
+            claimed_at = time.monotonic()
             leasing = asyncio.create_task(self._acquire_lease(job_id)) if self._leased else None
             try:
                 job = await self._check_record(job_id)
@@ -156,7 +159,7 @@ class Execution:
             if job is None or not await self._admitted(job):
                 await self._release()
                 return
-            if await self._claim(job):
+            if await self._claim(job) and await self._lease_outlived(claimed_at):
                 await self._run_claimed()
         except asyncio.CancelledError:
             raise
@@ -314,6 +317,31 @@ class Execution:
             await self.delivery.nak()
             return False
         self._job = active
+        return True
+
+    async def _lease_outlived(self, claimed_at: float) -> bool:
+        """Whether the lease outlived the claim; False means the handler must not run.
+
+        The lease was created with ``lock_ttl`` when the claim began, and the first heartbeat
+        renews it ``heartbeat`` seconds after the handler starts. A claim slowed down past
+        ``lock_ttl - heartbeat`` (its writes waited out an election) may have let the lease
+        expire and another worker take the job meanwhile, so the lease is renewed (a
+        compare-and-set on its revision) before the handler runs.
+        """
+        config = self.rt.config
+        took = time.monotonic() - claimed_at
+        if self._lease is None or took < config.lock_ttl - config.heartbeat:
+            return True
+        try:
+            async with asyncio.timeout(config.heartbeat):
+                await self._renew()
+        except Exception as exc:  # LeaseLost, or no answer: the job may be another worker's
+            log.warning(
+                "the claim took longer than the lease; the job is left to its next delivery",
+                job_id=self.job_id, error=repr(exc),
+            )  # fmt: skip
+            self._lease = None
+            return False
         return True
 
     def _payload(self, job: RawJob) -> Any:

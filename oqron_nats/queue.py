@@ -35,7 +35,7 @@ import msgspec
 from typing_extensions import TypeVar
 
 from . import dag, management
-from ._nats import CasConflict, JetStreamError, NoStream
+from ._nats import CasConflict, JetStreamError
 from .backend import Backend
 from .bulk import AddOutcome, BulkResult, split_item
 from .client import Client
@@ -62,6 +62,7 @@ from .errors import (
     JobNotFound,
     OqronError,
     QueuePaused,
+    Unavailable,
 )
 from .events import TERMINAL_EVENTS, Event
 from .index import newest_across
@@ -297,11 +298,13 @@ class Queue(Generic[T, S]):
             await backend.store.create(job)
         except CasConflict:
             return await self._existing(backend, job.id)
-        except TimeoutError:
+        except Unavailable as exc:
             raise EnqueueError(
-                f"storing job {job.id} timed out", job_id=job.id, outcome_unknown=True
-            ) from None
-        except (JetStreamError, NoStream) as exc:
+                f"storing job {job.id} failed: {exc}",
+                job_id=job.id,
+                outcome_unknown=exc.outcome_unknown,
+            ) from exc
+        except JetStreamError as exc:
             raise EnqueueError(
                 f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
             ) from exc

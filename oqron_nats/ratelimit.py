@@ -17,6 +17,7 @@ import structlog
 
 from ._nats import JetStreamError, Nats
 from .config import RateLimit, seconds
+from .errors import Unavailable
 from .names import Names
 
 log = structlog.get_logger("oqron_nats")
@@ -46,7 +47,7 @@ class ClusterRateLimit:
         group = "all" if self.policy.key is None else group_token(str(self.policy.key(data)))
         try:
             count = await self.conn.increment(self.names.rate(group, window))
-        except (TimeoutError, JetStreamError) as exc:
+        except (Unavailable, JetStreamError) as exc:
             log.warning("rate limit counter unreachable", error=repr(exc))
             return None if self.policy.fail_open else RETRY_WHEN_UNREACHABLE
         if count <= self.policy.max:

@@ -4,7 +4,9 @@ start      configure logging (unless told not to), serve the health port, start 
 SIGTERM    (or SIGINT) stop claiming; running jobs get the shutdown timeout to finish, then
            are handed back (record back to waiting, lease released, message nak'ed)
 2nd signal stop at once: running jobs are handed back now
-exit code  0 after a stop, 3 when NATS cannot be reached at start, 2 for a bad configuration
+exit code  0 after a stop; 3 when NATS does not answer at start within the retry deadline (every
+           request is asked again meanwhile: a cluster electing leaders, a node restarting);
+           2 for a bad configuration
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, get_args
 
 import structlog
 
-from .errors import ConfigError, ConnectionFailed, OqronError
+from .errors import ConfigError, OqronError, Unavailable
 from .health import HealthServer
 from .logconfig import LEVELS, LogFormat, configure_logging
 from .worker import Worker
@@ -121,8 +123,8 @@ def run(workers: Sequence[Worker[Any]], options: RunOptions) -> int:
         for w in workers:
             w.override(concurrency=options.concurrency, shutdown_timeout=options.shutdown_timeout)
         return asyncio.run(Process(workers, options).serve())
-    except ConnectionFailed as exc:
-        log.error("cannot reach NATS", error=str(exc))
+    except Unavailable as exc:
+        log.error("NATS did not answer; giving up", error=str(exc))
         return EXIT_UNREACHABLE
     except OqronError as exc:  # a bad configuration: ConfigError, InvalidName, ...
         log.error("cannot start the workers", error=str(exc), error_type=type(exc).__name__)

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from oqron_nats import Client, EnqueueError, JobState, queue
+from oqron_nats import Client, EnqueueError, JobState, Unavailable, queue
 from oqron_nats.server import LocalServer
 
 from .helpers import stream_message_count, wait_for_state
@@ -17,7 +17,7 @@ from .helpers import stream_message_count, wait_for_state
 
 async def test_a_timed_out_add_is_finished_by_adding_the_same_id_again() -> None:
     with LocalServer() as server:
-        client = Client(server.url, namespace="stall", request_timeout=0.3, publish_deadline=0.8)
+        client = Client(server.url, namespace="stall", request_timeout=0.3, retry_deadline=0.8)
         async with client:
             q = queue("stall", client=client)
             await q.add({"n": 0}, job_id="before")  # creates the stream and buckets
@@ -83,9 +83,9 @@ async def test_a_lease_that_cannot_be_renewed_for_lock_ttl_is_given_up() -> None
 
 async def test_counts_wait_out_a_server_that_does_not_answer_for_a_while() -> None:
     """A count (STREAM.INFO) asked while no one answers (a stalled server here; an election on a
-    cluster) is asked again until the publish deadline, and fails only after it."""
+    cluster) is asked again until the retry deadline, and fails only after it."""
     with LocalServer() as server:
-        client = Client(server.url, namespace="quiet", request_timeout=0.3, publish_deadline=3.0)
+        client = Client(server.url, namespace="quiet", request_timeout=0.3, retry_deadline=3.0)
         async with client:
             q = queue("quiet", client=client)
             await q.add({"n": 0})
@@ -99,7 +99,7 @@ async def test_counts_wait_out_a_server_that_does_not_answer_for_a_while() -> No
             assert await counting == 1
             os.kill(server.pid, signal.SIGSTOP)
             try:
-                with pytest.raises(TimeoutError):  # past the deadline: the caller hears of it
+                with pytest.raises(Unavailable):  # past the deadline: the caller hears of it
                     await q.count(JobState.WAITING)
             finally:
                 os.kill(server.pid, signal.SIGCONT)

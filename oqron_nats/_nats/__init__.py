@@ -1,9 +1,11 @@
 """The only package that imports nats-py: connection, KV, raw pulls and provisioning."""
 
-from .conn import CasConflict, JetStreamError, Nats, NoStream, PubAck, StoredMsg, StreamState
+from ..errors import JetStreamError
+from .conn import CasConflict, Nats, PubAck, StoredMsg, StreamState
 from .kv import Bucket, Entry
-from .provision import ConsumerSpec, consumer_names, ensure_bucket, ensure_consumer, ensure_stream
+from .provision import ConsumerSpec, ensure_bucket, ensure_consumer, ensure_stream
 from .pull import Delivery, Puller
+from .retry import jittered
 
 __all__ = [
     "Bucket",
@@ -13,13 +15,12 @@ __all__ = [
     "Entry",
     "JetStreamError",
     "Nats",
-    "NoStream",
     "PubAck",
     "Puller",
     "StoredMsg",
     "StreamState",
-    "consumer_names",
     "ensure_bucket",
     "ensure_consumer",
     "ensure_stream",
+    "jittered",
 ]

@@ -1,53 +1,51 @@
 """The NATS connection and the raw JetStream calls oqron_nats makes.
 
-nats-py quirks are translated here (see ``notes/jetstream-facts.md``): timeouts are caught as the
-builtin ``TimeoutError`` (nats-py raises two kinds), a publish that timed out is retried with the
-same ``Nats-Msg-Id`` because it may still land, and API errors become :class:`JetStreamError`
-with the server's ``err_code``.
+Every JetStream request goes through one path, :meth:`Nats._ask`: a request that nobody
+answered (a timeout, no responders) or that a cluster refused for the moment (no meta leader,
+not the leader any more, see :data:`.retry.TRANSIENT_ERR_CODES`) is asked again with capped,
+jittered pauses until the retry deadline, and only then raises :class:`~oqron_nats.errors.
+Unavailable`. Requests are safe to ask again: reads, creates that accept an equal config,
+publishes with a ``Nats-Msg-Id`` or an expected revision (a compare-and-set write that finds its
+own earlier try is recognised, see :mod:`.kv`). API errors that are answers become
+:class:`~oqron_nats.errors.JetStreamError` with the server's ``err_code``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import base64
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.client import JetStreamContext
 
-from ..errors import ConnectionFailed
-from .direct import DirectClient, Handler
+from ..errors import ConnectionFailed, JetStreamError, Unavailable
+from .direct import DirectClient, Handler, parse_headers
 from .requests import Requests
+from .retry import TRANSIENT_ERR_CODES, Backoff
 
 log = structlog.get_logger("oqron_nats")
 
 INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""
 
-NO_LEADER_FIRST_PAUSE = 0.05
-NO_LEADER_MAX_PAUSE = 1.0
-"""Seconds between the tries of a publish no stream answered (503 no responders): a replicated
-stream does not answer while it elects a new leader, for about 5 s after its leader was lost."""
-
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
+NOT_FOUND = frozenset({10014, 10059})
+"""Consumer not found, stream not found."""
+ALREADY_EXISTS = 10058
+"""Stream name already in use (created meanwhile, or with another configuration)."""
+NO_MESSAGE = frozenset({10037, 10057})
+"""No message found (a get, a delete)."""
+RESUMED = "1970-01-01T00:00:00Z"
+"""A consumer's ``pause_until`` in the past: not paused."""
 
-
-class JetStreamError(Exception):
-    """The JetStream API refused a request."""
-
-    def __init__(self, code: int, err_code: int, description: str) -> None:
-        super().__init__(f"{description} (code {code}, err_code {err_code})")
-        self.code = code
-        self.err_code = err_code
-        self.description = description
+S = TypeVar("S", bound="_Reply")
 
 
 class CasConflict(JetStreamError):
@@ -60,17 +58,19 @@ class CasConflict(JetStreamError):
     after_timeout = False
 
 
-class NoStream(Exception):
-    """No stream listens on the subject (the stream was deleted or never created)."""
-
-
 class _ApiError(msgspec.Struct):
     code: int = 0
     err_code: int = 0
     description: str = ""
 
 
-class PubAck(msgspec.Struct):
+class _Reply(msgspec.Struct):
+    """Any JetStream API reply: its error, if it is one."""
+
+    error: _ApiError | None = None
+
+
+class PubAck(_Reply):
     """The server's answer to a JetStream publish."""
 
     stream: str = ""
@@ -78,12 +78,10 @@ class PubAck(msgspec.Struct):
     duplicate: bool = False
     val: str | None = None
     """The new total, for a counter stream."""
-    error: _ApiError | None = None
 
 
-class _Success(msgspec.Struct):
+class _Success(_Reply):
     success: bool = False
-    error: _ApiError | None = None
 
 
 class StreamState(msgspec.Struct):
@@ -95,28 +93,64 @@ class StreamState(msgspec.Struct):
     subjects: dict[str, int] | None = None
 
 
-class _StreamInfo(msgspec.Struct):
+class _StreamInfo(_Reply):
     state: StreamState = msgspec.field(default_factory=StreamState)
     total: int = 0
-    error: _ApiError | None = None
 
 
-class _StreamNames(msgspec.Struct):
+class _StreamNames(_Reply):
     streams: list[str] | None = None
     total: int = 0
-    error: _ApiError | None = None
 
 
-_pub_ack = msgspec.json.Decoder(PubAck)
-_stream_names = msgspec.json.Decoder(_StreamNames)
-_stream_info = msgspec.json.Decoder(_StreamInfo)
-_success = msgspec.json.Decoder(_Success)
+class _ConsumerNames(_Reply):
+    consumers: list[str] | None = None
+    total: int = 0
+
+
+class _RawMessage(msgspec.Struct):
+    subject: str = ""
+    seq: int = 0
+    hdrs: str | None = None
+    data: str | None = None
+
+
+class _MsgGet(_Reply):
+    message: _RawMessage | None = None
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_reply = msgspec.json.Decoder(_Reply)
+
+
+def decoded(data: bytes, kind: type[S]) -> S:
+    """An API reply of ``kind``; the API error it carries is raised as an exception."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    reply: S = decoder.decode(data)
+    if reply.error is not None:
+        raise api_error(reply.error)
+    return reply
 
 
 def api_error(err: _ApiError) -> JetStreamError:
     """The exception for an API error payload."""
     cls = CasConflict if err.err_code in CAS_ERROR_CODES else JetStreamError
     return cls(err.code, err.err_code, err.description)
+
+
+def transient_error(data: bytes) -> str | None:
+    """The description of a JetStream error to ask again about (an election), else None."""
+    if b'"error"' not in data:  # the common case, without decoding
+        return None
+    try:
+        error = _reply.decode(data).error
+    except msgspec.DecodeError:
+        return None
+    if error is None or error.err_code not in TRANSIENT_ERR_CODES:
+        return None
+    return f"{error.description} (err_code {error.err_code})"
 
 
 class StoredMsg(msgspec.Struct, frozen=True):
@@ -131,13 +165,13 @@ class StoredMsg(msgspec.Struct, frozen=True):
 class Nats:
     """One NATS connection, with the JetStream calls the rest of oqron_nats uses."""
 
-    def __init__(
-        self, nc: DirectClient, *, request_timeout: float, publish_deadline: float
-    ) -> None:
+    def __init__(self, nc: DirectClient, *, request_timeout: float, retry_deadline: float) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=request_timeout)
+        self.js = nc.jetstream(timeout=request_timeout)
+        """nats-py's JetStream context, for tests and tools; oqron_nats itself asks through
+        :meth:`_ask`, which rides out elections."""
         self.request_timeout = request_timeout
-        self.publish_deadline = publish_deadline
+        self.retry_deadline = retry_deadline
         self._reconnect_listeners: list[Callable[[], None]] = []
         self._requests = Requests(nc, request_timeout)
         self.closing = False
@@ -149,7 +183,7 @@ class Nats:
         *,
         name: str,
         request_timeout: float = 5.0,
-        publish_deadline: float = 30.0,
+        retry_deadline: float = 30.0,
         options: Mapping[str, Any] | None = None,
     ) -> Nats:
         """Connect, reconnecting forever after a loss; nats-py options may be overridden."""
@@ -189,7 +223,7 @@ class Nats:
                 f"could not connect to NATS at {', '.join(servers)}: {exc!r}"
             ) from exc
         nc.options["max_reconnect_attempts"] = reconnects  # once up, reconnect as configured
-        conn = cls(nc, request_timeout=request_timeout, publish_deadline=publish_deadline)
+        conn = cls(nc, request_timeout=request_timeout, retry_deadline=retry_deadline)
         await conn._requests.start()
         holder.append(conn)
         return conn
@@ -211,6 +245,11 @@ class Nats:
         return str(self.nc._server_info.get("server_name", ""))
 
     @property
+    def has_jetstream(self) -> bool:
+        """Whether the connected server runs JetStream (from its INFO)."""
+        return bool(self.nc._server_info.get("jetstream", False))
+
+    @property
     def max_payload(self) -> int:
         """The largest message the server accepts, in bytes."""
         return int(self.nc.max_payload)
@@ -230,10 +269,57 @@ class Nats:
         except (nats.errors.Error, TimeoutError, OSError):
             await self.nc.close()
 
-    async def _request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> Msg:
-        return await self._requests.request(subject, payload, headers)
+    # -- the one request path ---------------------------------------------------------------
+
+    async def _ask(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> tuple[Msg, bool]:
+        """Send a request and return its reply, asked again while NATS cannot answer (see the
+        module docstring) until ``deadline`` seconds (default: the retry deadline) have passed.
+
+        Also returns whether a try timed out (a write may then have landed before its retry).
+        Raises Unavailable once the deadline has passed.
+        """
+        backoff = Backoff(self.retry_deadline if deadline is None else deadline)
+        timed_out = False
+        while True:
+            try:
+                msg = await self._requests.request(subject, payload, headers)
+            except nats.errors.NoRespondersError:
+                cause = "no responders"  # nothing stored; a replicated stream between leaders
+            except TimeoutError:
+                cause, timed_out = "no reply in time", True
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable("the NATS connection is closed") from None
+            except nats.errors.OutboundBufferLimitError:
+                cause = "reconnecting, and the outgoing buffer is full"
+            else:
+                refused = transient_error(msg.data)
+                if refused is None:
+                    return msg, timed_out
+                cause = refused
+            if not await backoff.pause():
+                raise Unavailable(
+                    f"NATS did not answer a request on {subject} within the retry deadline "
+                    f"(last try: {cause}); is the cluster electing leaders, or a node down?",
+                    outcome_unknown=timed_out,
+                )
+            log.debug("no answer from NATS yet; asking again", subject=subject, cause=cause)
+
+    async def _api(
+        self, subject: str, body: object, kind: type[S], *, deadline: float | None = None
+    ) -> S:
+        """A JetStream API request with a JSON body; its reply decoded as ``kind``."""
+        payload = b"" if body is None else msgspec.json.encode(body)
+        msg, _ = await self._ask(subject, payload, deadline=deadline)
+        return decoded(msg.data, kind)
+
+    # -- core NATS ----------------------------------------------------------------------------
 
     def new_inbox(self) -> str:
         """A unique inbox subject."""
@@ -258,44 +344,24 @@ class Nats:
         """A core NATS publish: fire and forget."""
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
 
+    # -- streams and messages -----------------------------------------------------------------
+
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> PubAck:
-        """A JetStream publish, retried on timeout (send a Nats-Msg-Id so a retry cannot duplicate).
+        """A JetStream publish, asked again while NATS cannot answer (send a Nats-Msg-Id or an
+        expected revision, so a retry cannot store it twice).
 
-        Raises TimeoutError when every try timed out within the publish deadline: the outcome is
-        then unknown. No responders (no stream, or a replicated stream between leaders) is tried
-        again until the deadline, then raises NoStream: nothing was stored. A KV compare-and-set
-        that fails raises CasConflict.
+        Raises Unavailable when no try was answered within the retry deadline
+        (``outcome_unknown`` if one timed out: it may have been stored), CasConflict when a
+        compare-and-set fails, JetStreamError when the stream refuses the message.
         """
-        deadline = time.monotonic() + self.publish_deadline
-        timed_out = False
-        pause = NO_LEADER_FIRST_PAUSE
-        while True:
-            try:
-                msg = await self._request(subject, payload, headers)
-            except nats.errors.NoRespondersError:
-                # Nothing was stored. In a cluster this is a stream between leaders (its leader
-                # was lost, an election takes seconds), so try again until the deadline.
-                if time.monotonic() + pause > deadline:
-                    raise NoStream(subject) from None
-                log.debug("no stream leader answered the publish; retrying", subject=subject)
-                await asyncio.sleep(pause)  # a retry's back-off: no event announces the leader
-                pause = min(2 * pause, NO_LEADER_MAX_PAUSE)
-                continue
-            except TimeoutError:
-                if time.monotonic() + self.request_timeout > deadline:
-                    raise
-                log.debug("publish timed out, retrying", subject=subject)
-                timed_out = True
-                continue
-            ack = _pub_ack.decode(msg.data)
-            if ack.error is not None:
-                error = api_error(ack.error)
-                if isinstance(error, CasConflict):
-                    error.after_timeout = timed_out
-                raise error
-            return ack
+        msg, timed_out = await self._ask(subject, payload, headers)
+        try:
+            return decoded(msg.data, PubAck)
+        except CasConflict as conflict:
+            conflict.after_timeout = timed_out
+            raise
 
     async def increment(self, subject: str, by: int = 1) -> int:
         """Add to a JetStream counter (a stream with allow_msg_counter); return the new total."""
@@ -305,105 +371,17 @@ class Nats:
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
         request = msgspec.json.encode({"last_by_subj": last_by_subject})
-        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
+        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}", request)
         return stored_msg(msg)
 
     async def has_message(self, stream: str, seq: int) -> bool:
         """Whether the message with sequence ``seq`` is still in the stream."""
-        request = msgspec.json.encode({"seq": seq})
-        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
+        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode({"seq": seq}))
         return stored_msg(msg) is not None
-
-    async def _read(self, subject: str, payload: bytes) -> Msg:
-        """An API read that only a stream's leader answers, tried again when it times out until
-        the publish deadline (a replicated stream answers nothing while it elects a leader)."""
-        deadline = time.monotonic() + self.publish_deadline
-        while True:
-            try:
-                return await self._request(subject, payload)
-            except TimeoutError:
-                if time.monotonic() + self.request_timeout > deadline:
-                    raise
-                log.debug("no answer to a JetStream read, retrying", subject=subject)
-
-    async def stream_state(self, stream: str) -> StreamState:
-        """How many messages the stream holds, and its first and last sequence."""
-        msg = await self._read(f"$JS.API.STREAM.INFO.{stream}", b"")
-        info = _stream_info.decode(msg.data)
-        if info.error is not None:
-            raise api_error(info.error)
-        return info.state
-
-    async def purge_later(self, stream: str, subject: str) -> None:
-        """Ask the server to purge ``subject`` without waiting for the answer. The server runs
-        purges apart from storing messages: one can overtake a message sent just before it."""
-        await self.nc.publish(
-            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
-        )
-
-    async def stream_names(self, *, subject: str) -> list[str]:
-        """The names of the streams that hold subjects matching ``subject``."""
-        names: list[str] = []
-        while True:
-            request = msgspec.json.encode({"subject": subject, "offset": len(names)})
-            page = _stream_names.decode((await self._read("$JS.API.STREAM.NAMES", request)).data)
-            if page.error is not None:
-                raise api_error(page.error)
-            names += page.streams or []
-            if not page.streams or len(names) >= page.total:
-                return names
-
-    async def subjects(self, stream: str, subject_filter: str) -> dict[str, int]:
-        """Every subject matching the filter that holds messages, with its message count."""
-        found: dict[str, int] = {}
-        while True:
-            request = {"subjects_filter": subject_filter, "offset": len(found)}
-            msg = await self._read(f"$JS.API.STREAM.INFO.{stream}", msgspec.json.encode(request))
-            page = _stream_info.decode(msg.data)
-            if page.error is not None:
-                raise api_error(page.error)
-            found.update(page.state.subjects or {})
-            if not page.state.subjects or len(found) >= page.total:
-                return found
-
-    async def direct_batch(
-        self, stream: str, *, start: int, batch: int, subject: str | None = None
-    ) -> tuple[list[StoredMsg], int]:
-        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on,
-        in order, and how many more there are after them."""
-        inbox = self.new_inbox()
-        found: list[StoredMsg] = []
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        async def received(msg: Msg) -> None:
-            headers = msg.headers or {}
-            if headers.get("Status"):  # 204: end of batch; 404: nothing (more) matches
-                if not done.done():
-                    done.set_result(0)
-                return
-            stored = stored_msg(msg)
-            if stored is not None:
-                found.append(stored)
-            pending = int(headers.get("Nats-Num-Pending", "0"))
-            if (len(found) >= batch or pending == 0) and not done.done():
-                done.set_result(pending)
-
-        sub = await self.nc.subscribe(inbox, cb=received)
-        try:
-            request: dict[str, object] = {"seq": start, "batch": batch}
-            if subject is not None:
-                request["next_by_subj"] = subject
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request), reply=inbox
-            )
-            more = await asyncio.wait_for(done, self.request_timeout)
-        finally:
-            await sub.unsubscribe()
-        return found, more
 
     async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
         """The newest message on one exact subject, or None (the fast KV read path)."""
-        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
+        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}.{subject}")
         return stored_msg(msg)
 
     async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
@@ -415,37 +393,167 @@ class Nats:
         taken on alone.
         """
         try:
-            msg = await self.js.get_msg(stream, subject=subject)
-        except nats.js.errors.NotFoundError:
-            return None
+            reply = await self._api(
+                f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, _MsgGet
+            )
+        except JetStreamError as exc:
+            if exc.err_code in NO_MESSAGE:
+                return None
+            raise
+        raw = reply.message or _RawMessage()
+        head = base64.b64decode(raw.hdrs) if raw.hdrs else None
         return StoredMsg(
-            subject=msg.subject or subject,
-            seq=int(msg.seq or 0),
-            data=msg.data or b"",
-            headers=dict(msg.headers or {}),
+            subject=raw.subject or subject,
+            seq=raw.seq,
+            data=base64.b64decode(raw.data) if raw.data else b"",
+            headers=parse_headers(head) or {},
         )
 
     async def delete_msg(self, stream: str, seq: int) -> bool:
         """Delete one message by sequence; False if it was already gone."""
-        msg = await self._request(
-            f"$JS.API.STREAM.MSG.DELETE.{stream}",
-            msgspec.json.encode({"seq": seq, "no_erase": True}),
-        )
-        result = _success.decode(msg.data)
-        if result.error is not None:
-            if result.error.err_code == 10057:  # no message found
+        try:
+            reply = await self._api(
+                f"$JS.API.STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True}, _Success
+            )
+        except JetStreamError as exc:
+            if exc.err_code in NO_MESSAGE:
                 return False
-            raise api_error(result.error)
-        return result.success
+            raise
+        return reply.success
 
     async def purge_subject(self, stream: str, subject: str) -> None:
         """Remove every message on ``subject`` from ``stream``."""
-        msg = await self._request(
+        await self._api(f"$JS.API.STREAM.PURGE.{stream}", {"filter": subject}, _Success)
+
+    async def purge_later(self, stream: str, subject: str) -> None:
+        """Ask the server to purge ``subject`` without waiting for the answer. The server runs
+        purges apart from storing messages: one can overtake a message sent just before it."""
+        await self.nc.publish(
             f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
         )
-        result = _success.decode(msg.data)
-        if result.error is not None:
-            raise api_error(result.error)
+
+    async def stream_state(self, stream: str) -> StreamState:
+        """How many messages the stream holds, and its first and last sequence."""
+        return (await self._api(f"$JS.API.STREAM.INFO.{stream}", None, _StreamInfo)).state
+
+    async def stream_exists(self, stream: str) -> bool:
+        """Whether the stream exists."""
+        try:
+            await self.stream_state(stream)
+        except JetStreamError as exc:
+            if exc.err_code in NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def stream_names(self, *, subject: str) -> list[str]:
+        """The names of the streams that hold subjects matching ``subject``."""
+        names: list[str] = []
+        while True:
+            body = {"subject": subject, "offset": len(names)}
+            page = await self._api("$JS.API.STREAM.NAMES", body, _StreamNames)
+            names += page.streams or []
+            if not page.streams or len(names) >= page.total:
+                return names
+
+    async def subjects(self, stream: str, subject_filter: str) -> dict[str, int]:
+        """Every subject matching the filter that holds messages, with its message count."""
+        found: dict[str, int] = {}
+        while True:
+            body = {"subjects_filter": subject_filter, "offset": len(found)}
+            page = await self._api(f"$JS.API.STREAM.INFO.{stream}", body, _StreamInfo)
+            found.update(page.state.subjects or {})
+            if not page.state.subjects or len(found) >= page.total:
+                return found
+
+    async def create_stream(self, config: Mapping[str, Any]) -> None:
+        """Create a stream; one that exists with an equal configuration is left as it is
+        (JetStreamError err_code 10058 if it exists with another one)."""
+        await self._api(f"$JS.API.STREAM.CREATE.{config['name']}", config, _Reply)
+
+    async def direct_batch(
+        self, stream: str, *, start: int, batch: int, subject: str | None = None
+    ) -> tuple[list[StoredMsg], int]:
+        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on,
+        in order, and how many more there are after them; asked again while no replica answers."""
+        request: dict[str, object] = {"seq": start, "batch": batch}
+        if subject is not None:
+            request["next_by_subj"] = subject
+        backoff = Backoff(self.retry_deadline)
+        while True:
+            try:
+                return await self._direct_batch_once(stream, msgspec.json.encode(request), batch)
+            except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                if not await backoff.pause():
+                    raise Unavailable(
+                        f"no replica of stream {stream} answered a batch read within the retry "
+                        f"deadline ({exc!r})"
+                    ) from None
+
+    async def _direct_batch_once(
+        self, stream: str, request: bytes, batch: int
+    ) -> tuple[list[StoredMsg], int]:
+        inbox = self.new_inbox()
+        found: list[StoredMsg] = []
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def received(msg: Msg) -> None:
+            if done.done():
+                return
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status in ("204", "404"):  # end of batch; nothing (more) matches
+                done.set_result(0)
+                return
+            if status:  # 503: no replica answers (an election); 408: the request timed out
+                done.set_exception(nats.errors.NoRespondersError())
+                return
+            stored = stored_msg(msg)
+            if stored is not None:
+                found.append(stored)
+            pending = int(headers.get("Nats-Num-Pending", "0"))
+            if len(found) >= batch or pending == 0:
+                done.set_result(pending)
+
+        sub = await self.nc.subscribe(inbox, cb=received)
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            more = await asyncio.wait_for(done, self.request_timeout)
+        finally:
+            await sub.unsubscribe()
+        return found, more
+
+    # -- consumers ----------------------------------------------------------------------------
+
+    async def create_consumer(
+        self, stream: str, config: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """Create the durable consumer, or update it to ``config``."""
+        body = {"stream_name": stream, "config": config}
+        await self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{config['name']}", body, _Reply,
+                        deadline=deadline)  # fmt: skip
+
+    async def consumer_names(self, stream: str) -> list[str]:
+        """The names of the stream's consumers."""
+        names: list[str] = []
+        while True:
+            body = {"offset": len(names)}
+            page = await self._api(f"$JS.API.CONSUMER.NAMES.{stream}", body, _ConsumerNames)
+            names += page.consumers or []
+            if not page.consumers or len(names) >= page.total:
+                return names
+
+    async def pause_consumer(self, stream: str, consumer: str, until: str | None) -> bool:
+        """Pause the consumer until ``until`` (RFC 3339), or resume it (None); False if it does
+        not exist."""
+        body = {"pause_until": until or RESUMED}
+        try:
+            await self._api(f"$JS.API.CONSUMER.PAUSE.{stream}.{consumer}", body, _Reply)
+        except JetStreamError as exc:
+            if exc.err_code in NOT_FOUND:
+                return False
+            raise
+        return True
 
 
 def stored_msg(msg: Msg) -> StoredMsg | None:

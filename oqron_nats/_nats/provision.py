@@ -1,13 +1,18 @@
-"""Create the streams, buckets and consumers a queue needs; idempotent, safe to race."""
+"""Create the streams, buckets and consumers a queue needs; idempotent, safe to race.
+
+The configurations are built with nats-py's typed ``nats.js.api`` classes (which know the wire
+format); they are sent through :class:`.conn.Nats`, so a creation rides out an election like
+every other request.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nats.js.errors
 from nats.js import api
 
-from .conn import JetStreamError, Nats
+from ..errors import JetStreamError
+from .conn import ALREADY_EXISTS, Nats
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +24,6 @@ class ConsumerSpec:
     filter_subject: str
     ack_wait: float
     replicas: int
-
-
-def _error(exc: nats.js.errors.APIError) -> JetStreamError:
-    return JetStreamError(exc.code or 0, exc.err_code or 0, exc.description or str(exc))
 
 
 async def ensure_stream(
@@ -41,11 +42,6 @@ async def ensure_stream(
     max_age: float | None = None,
 ) -> None:
     """Create the stream unless it exists; an existing stream is left as it is."""
-    try:
-        await conn.js.stream_info(name)
-        return
-    except nats.js.errors.NotFoundError:
-        pass
     config = api.StreamConfig(
         name=name,
         subjects=subjects,
@@ -67,38 +63,45 @@ async def ensure_stream(
             else None
         ),
     )
-    try:
-        await conn.js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # 10058: created meanwhile by another process
-            raise _error(exc) from exc
+    await _create_unless_exists(conn, config)
 
 
 async def ensure_bucket(conn: Nats, *, bucket: str, replicas: int, max_value_size: int) -> None:
-    """Create the KV bucket (history 1, direct reads) unless it exists."""
-    try:
-        await conn.js.stream_info(f"KV_{bucket}")
+    """Create the KV bucket (history 1, direct reads, per-key TTLs) unless it exists."""
+    config = api.StreamConfig(
+        name=f"KV_{bucket}",
+        subjects=[f"$KV.{bucket}.>"],
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        max_msgs_per_subject=1,
+        max_msg_size=max_value_size,
+        discard=api.DiscardPolicy.NEW,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        duplicate_window=120.0,
+        max_consumers=-1,
+        max_msgs=-1,
+    )
+    await _create_unless_exists(conn, config)
+
+
+async def _create_unless_exists(conn: Nats, config: api.StreamConfig) -> None:
+    assert config.name is not None
+    if await conn.stream_exists(config.name):
         return
-    except nats.js.errors.NotFoundError:
-        pass
     try:
-        await conn.js.create_key_value(
-            api.KeyValueConfig(
-                bucket=bucket,
-                history=1,
-                direct=True,
-                replicas=replicas,
-                max_value_size=max_value_size,
-            )
-        )
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:
-            raise _error(exc) from exc
+        await conn.create_stream(config.as_dict())
+    except JetStreamError as exc:
+        if exc.err_code != ALREADY_EXISTS:  # created meanwhile by another process
+            raise
 
 
-async def ensure_consumer(conn: Nats, spec: ConsumerSpec, pause_until: str | None = None) -> None:
-    """Create or update the durable pull consumer to match ``spec`` (paused until a time)."""
-    config = api.ConsumerConfig(
+def consumer_config(spec: ConsumerSpec, pause_until: str | None) -> dict[str, object]:
+    """The wire configuration of a queue's durable pull consumer."""
+    return api.ConsumerConfig(
+        name=spec.durable,
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
         ack_policy=api.AckPolicy.EXPLICIT,
@@ -108,14 +111,12 @@ async def ensure_consumer(conn: Nats, spec: ConsumerSpec, pause_until: str | Non
         max_ack_pending=-1,
         num_replicas=spec.replicas,
         pause_until=pause_until,
-    )
-    try:
-        await conn.js.add_consumer(spec.stream, config)
-    except nats.js.errors.APIError as exc:
-        raise _error(exc) from exc
+    ).as_dict()
 
 
-async def consumer_names(conn: Nats, stream: str) -> list[str]:
-    """The names of the stream's consumers."""
-    infos = await conn.js.consumers_info(stream)
-    return [info.name for info in infos]
+async def ensure_consumer(
+    conn: Nats, spec: ConsumerSpec, pause_until: str | None = None, *, deadline: float | None = None
+) -> None:
+    """Create or update the durable pull consumer to match ``spec`` (paused until a time);
+    ``deadline`` bounds the tries (default: the connection's retry deadline)."""
+    await conn.create_consumer(spec.stream, consumer_config(spec, pause_until), deadline=deadline)

@@ -112,12 +112,14 @@ class Puller:
         *,
         on_delivery: Callable[[Delivery], None],
         on_change: Callable[[], None],
+        on_alive: Callable[[], None] | None = None,
     ) -> None:
         self.conn = conn
         self.stream = stream
         self.consumer = consumer
         self._on_delivery = on_delivery
         self._on_change = on_change
+        self._on_alive = on_alive
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = ""
         self._sub: Subscription | None = None
@@ -242,6 +244,8 @@ class Puller:
             request = self._state.requests.get(token)
             if request is not None:
                 request.heard = time.monotonic()
+                if self._on_alive is not None:
+                    self._on_alive()
             return
         deleted = status == "409" and "Consumer Deleted" in str(headers.get("Description", ""))
         if deleted or status == "503":  # 503: no responders, the consumer does not exist
