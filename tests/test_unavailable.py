@@ -1,0 +1,252 @@
+"""NATS that does not answer for a while (issue 10): a stalled server, a dropped connection, a
+cluster without quorum. Nothing is fatal before the retry deadline, every wait of the claim
+loop ends, a reconnect sends no consumer update, and a claim slower than its lease runs nothing.
+
+The leader kills of a real cluster under load are in the cluster chaos suite; these tests pin
+down each mechanism on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from oqron_nats import Client, JobContext, JobState, OqronError, Unavailable, queue
+from oqron_nats._nats import Bucket
+from oqron_nats._nats.conn import transient_error
+from oqron_nats.cluster import LocalCluster
+from oqron_nats.server import LocalServer
+from oqron_nats.store import JobStore
+
+from .helpers import eventually, wait_for_state
+from .proxy import TcpProxy
+from .test_runner import WorkerCli
+
+
+async def nothing(ctx: JobContext[Any]) -> None:
+    return None
+
+
+def test_only_what_a_cluster_answers_while_it_elects_is_asked_again() -> None:
+    def error(code: int, err_code: int) -> bytes:
+        return b'{"error":{"code":%d,"err_code":%d,"description":"x"}}' % (code, err_code)
+
+    assert transient_error(b'{"stream":"S","seq":3}') is None
+    assert transient_error(error(503, 10008)) is not None  # no meta leader
+    assert transient_error(error(500, 10009)) is not None  # not the leader any more
+    assert transient_error(error(503, 10163)) is not None  # a new leader, CAS not ready yet
+    assert transient_error(error(404, 10059)) is None  # stream not found: an answer
+    assert transient_error(error(503, 10077)) is None  # maximum messages exceeded: an answer
+    assert transient_error(error(400, 10071)) is None  # wrong last sequence: a CAS conflict
+
+
+class GuardedServer(LocalServer):
+    """A server with an admin user and a worker user whose consumer creations can be denied
+    (the config is rewritten and reloaded with SIGHUP)."""
+
+    deny_consumer_create = False
+
+    def _extra_config(self) -> str:
+        deny = '"$JS.API.CONSUMER.CREATE.>"' if self.deny_consumer_create else '"nothing.denied"'
+        return (
+            "authorization {\n  users = [\n    {user: admin, password: admin}\n"
+            "    {user: worker, password: worker, "
+            f"permissions: {{publish: {{deny: [{deny}]}}}}}}\n"
+            "  ]\n}\n"
+        )
+
+    def reload(self, *, deny_consumer_create: bool) -> None:
+        """Change what the worker user may do, on the running server."""
+        self.deny_consumer_create = deny_consumer_create
+        self._write_config()
+        os.kill(self.pid, signal.SIGHUP)
+
+    def url_for(self, user: str) -> str:
+        return f"nats://{user}:{user}@127.0.0.1:{self.port}"
+
+
+async def test_a_worker_claims_again_after_its_consumer_was_lost_and_recreating_it_failed() -> None:
+    """The issue's stuck worker: its consumer was gone (its pull request with it), making sure
+    it exists failed, and no pull request was open any more: the loop must look again by itself
+    (nothing else wakes a fifo worker for a new job)."""
+    with GuardedServer() as server:
+        admin = Client(server.url_for("admin"), namespace="lost")
+        client = Client(server.url_for("worker"), namespace="lost", request_timeout=0.5)
+        q = queue("lost", nothing, client=client)
+        async with admin, client, q:
+            await q.add({}, job_id="before")
+            await wait_for_state(q, "before", JobState.COMPLETED)
+            server.reload(deny_consumer_create=True)
+            await asyncio.sleep(0.5)
+            conn = await admin.connect()
+            await conn.js.delete_consumer(admin.names("lost").stream, "fifo")
+            await asyncio.sleep(3.0)  # re-creating it fails (denied: no answer) meanwhile
+            server.reload(deny_consumer_create=False)
+            await queue("lost", client=admin).add({}, job_id="after")
+            await wait_for_state(q, "after", JobState.COMPLETED, timeout=15)
+
+
+async def test_calls_that_nats_does_not_answer_fail_as_unavailable_after_the_deadline() -> None:
+    with LocalServer() as server:
+        client = Client(server.url, namespace="mute", request_timeout=0.3, retry_deadline=1.5)
+        async with client:
+            q = queue("mute", client=client)
+            job = await q.add({"n": 1})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                for call in (q.pause(), q.get_job(job.id), q.get_jobs(), q.count()):
+                    with pytest.raises(Unavailable) as info:
+                        await call
+                    assert isinstance(info.value, OqronError)
+                    assert "retry deadline" in str(info.value)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert (await q.get_job(job.id)) is not None, "all is well once it answers"
+
+
+async def test_a_reconnect_sends_no_consumer_pause_or_resume(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """After a reconnect the worker reads the queue state again; a state its consumers already
+    have must not send a pause or resume (it would fight a failover for nothing)."""
+    seen: list[str] = []
+
+    async def spy(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(nats_server.url, namespace=namespace) as admin,
+    ):
+        await (await admin.connect()).subscribe("$JS.API.CONSUMER.PAUSE.>", spy)
+        worker_client = Client(proxy.url, namespace=namespace)
+        q = queue("follow", nothing, client=worker_client, strategy="priority")
+        async with worker_client, q:
+            for n in range(3):
+                connections = proxy.connections
+                proxy.cut()
+                await eventually(
+                    lambda c=connections: _true(proxy.connections > c and worker_client.connected),
+                    what="the worker to reconnect",
+                )
+                await q.add({}, job_id=f"j{n}")
+                await wait_for_state(q, f"j{n}", JobState.COMPLETED)
+            await asyncio.sleep(0.5)
+            assert seen == [], "a reconnect paused or resumed consumers"
+            await queue("follow", client=admin).pause()
+            await eventually(lambda: _true(len(seen) >= 10), what="the pause of 10 lanes")
+
+
+async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        ran.append(ctx.id)
+
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(nats_server.url, namespace=namespace) as admin,
+    ):
+        worker_client = Client(proxy.url, namespace=namespace)
+        q = queue("missed", handler, client=worker_client)
+        publisher = queue("missed", client=admin)
+        async with worker_client, q:
+            await publisher.add({}, job_id="first")
+            await wait_for_state(publisher, "first", JobState.COMPLETED)
+            proxy.refusing = True  # the worker stays cut off while the queue is paused
+            proxy.cut()
+            await publisher.pause()
+            proxy.refusing = False
+            await eventually(lambda: _true(worker_client.connected), what="the reconnect")
+            conn = await admin.connect()
+            names = admin.names("missed")
+
+            async def consumer_paused() -> bool:
+                info = await conn.js.consumer_info(names.stream, "fifo")
+                return bool(info.paused)
+
+            await eventually(consumer_paused, what="the worker to pause its consumer")
+            await publisher.add({}, job_id="held")
+            await asyncio.sleep(1.0)
+            assert ran == ["first"], "a job ran on a paused queue"
+            await publisher.resume()
+            await wait_for_state(publisher, "held", JobState.COMPLETED)
+
+
+async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record write of a claim waits out an election longer than lock_ttl: the lease may
+    be gone (or another worker's) by then, so the handler must not run on that claim."""
+    lock_ttl, heartbeat = 2.0, 0.5
+    update = JobStore.update
+    held_back: list[str] = []
+
+    async def slow_active_write(self: JobStore, job: Any, *args: Any, **kwargs: Any) -> int:
+        if args[1] == "active" and not held_back:
+            held_back.append(job.id)
+            await asyncio.sleep(lock_ttl + 0.5)  # the lease's TTL runs out meanwhile
+        return await update(self, job, *args, **kwargs)
+
+    monkeypatch.setattr(JobStore, "update", slow_active_write)
+    names = client.names("slow-claim")
+    locks = Bucket(await client.connect(), names.locks_bucket)
+    lease_seen: list[int | None] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        entry = await locks.get(names.key(ctx.id))
+        lease_seen.append(entry.revision if entry else None)
+        assert entry is not None and entry.revision == ctx.fencing_token
+
+    q = queue("slow-claim", handler, client=client, lock_ttl=lock_ttl, heartbeat=heartbeat)
+    async with q:
+        await q.add({}, job_id="j")
+        done = await wait_for_state(q, "j", JobState.COMPLETED, timeout=20)
+    assert held_back == ["j"]
+    assert len(lease_seen) == 1, f"the handler ran {len(lease_seen)} times"
+    assert lease_seen[0] is not None, "the handler ran without its lease"
+    assert done.stalled_count == 1, "the slow claim's record was taken over as a stall"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+async def test_a_worker_waits_for_a_cluster_without_quorum_and_gives_up_with_exit_3(
+    namespace: str,
+) -> None:
+    with LocalCluster(3) as cluster:
+        first, *others = cluster.nodes
+        for node in others:
+            cluster.kill(node.name)  # one node of three: no meta leader, JetStream cannot answer
+        os.environ["OQRON_RETRY_DEADLINE"] = "4"
+        try:
+            impatient = WorkerCli(first.url, namespace, "quorum", "tests.cli_worker:plain")
+        finally:
+            del os.environ["OQRON_RETRY_DEADLINE"]
+        assert await asyncio.to_thread(impatient.wait, 60) == 3
+        output = "".join(impatient.lines)
+        assert "NATS did not answer" in output
+        assert "Traceback" not in output, output
+
+        patient = WorkerCli(cluster.url, namespace, "quorum", "tests.cli_worker:plain")
+        try:
+            await asyncio.sleep(2.0)  # waiting, not exiting
+            assert patient.process.poll() is None, "".join(patient.lines)
+            for node in others:
+                await asyncio.to_thread(cluster.restart, node.name)
+            await patient.said("workers running", timeout=60)
+            async with Client(cluster.urls, namespace=namespace) as client:
+                job = await queue("quorum", client=client).add({"n": 1})
+                await wait_for_state(queue("quorum", client=client), job.id, JobState.COMPLETED)
+        finally:
+            patient.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(patient.wait, 60) == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
