@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 
 from ._nats import ConsumerSpec, Delivery, JetStreamError, Puller, ensure_consumer, jittered
 from .backend import Backend
+from .background import finish
 from .codec import PayloadCodec
 from .config import QueueConfig, seconds
 from .context import JobContext
@@ -54,8 +55,6 @@ LOOK_AGAIN = PULL_EXPIRES
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 """Seconds the claim loop pauses while claiming fails: doubling from the first, up to the cap."""
-LOOP_STOP_WAIT = 5.0
-"""Seconds stop() lets the claim loop finish what it is doing before cancelling it."""
 
 
 def backoff(trouble: int) -> float:
@@ -193,7 +192,7 @@ class Consumer:
             self.backend.store, self.backend.client.metrics_interval
         )
         presence = Presence(conn, names, self.config.concurrency)
-        await presence.start()
+        presence.start()
         self._cleanups.append(presence.stop)
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
@@ -410,11 +409,7 @@ class Consumer:
             return
         self._stopping.set()
         self._wake.set()
-        if self._loop_task is not None:  # it may be waiting for an answer NATS does not give
-            _, busy = await asyncio.wait({self._loop_task}, timeout=LOOP_STOP_WAIT)
-            for task in busy:
-                task.cancel()
-                await asyncio.wait({task}, timeout=ABORT_WAIT)
+        await finish(self._loop_task)  # it may be waiting for an answer NATS does not give
         for puller in self._pullers:  # no open pull may catch the jobs handed back below
             await puller.stop()
         if self._tasks:
@@ -445,8 +440,7 @@ class Consumer:
         return {task for task in running if not task.done()}
 
     async def _close(self) -> None:
-        if self._pausing is not None:
-            self._pausing.cancel()
+        await finish(self._pausing, grace=0)
         if self._gauges is not None:
             await self._gauges.stop()
         if self._lag is not None:

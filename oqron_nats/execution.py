@@ -137,6 +137,7 @@ class Execution:
         self._progress = ProgressWriter(self._store_progress)
         self._settling = False
         self._ctx: JobContext[Any] | None = None
+        self._heartbeat: Heartbeat | None = None
 
     @property
     def job_id(self) -> str | None:
@@ -375,37 +376,44 @@ class Execution:
             correlation_id=job.correlation_id,
             attempt=job.attempt,
         )
+        # the heartbeat goes on until the attempt's final record is written (see _commit): that
+        # write may wait out an election, and the lease must not expire meanwhile
         heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
+        self._heartbeat = heartbeat
         heartbeat.start()
+        try:
+            await self._run_and_settle(job)
+        finally:
+            heartbeat.stop()
+
+    async def _run_and_settle(self, job: RawJob) -> None:
+        rt = self.rt
         metrics = rt.backend.metrics
         metrics.consumed()
         started = time.monotonic()
         value: Any = job.data
-        try:
-            with rt.backend.tracing.processing(
-                queue=rt.config.name,
-                job_id=job.id,
-                correlation_id=job.correlation_id,
-                attempt=job.attempt,
-                consumer=rt.consumer,
-                carrier=self.delivery.headers or job.trace,
-            ) as span:
-                try:
-                    value = rt.codec.decode(job.data)
-                    if rt.config.secret_fields:  # masked in whatever this task logs from now
-                        redaction.hide(redaction.values_of(value, rt.config.secret_fields))
-                    result, error = await self._call_handler(job, value), None
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    result, error = None, None  # the handler was stopped by abort()
-                except Exception as exc:
-                    result, error = None, exc
-                if error is not None:
-                    mark_failed(span, error)
-        finally:
-            heartbeat.stop()
+        with rt.backend.tracing.processing(
+            queue=rt.config.name,
+            job_id=job.id,
+            correlation_id=job.correlation_id,
+            attempt=job.attempt,
+            consumer=rt.consumer,
+            carrier=self.delivery.headers or job.trace,
+        ) as span:
+            try:
+                value = rt.codec.decode(job.data)
+                if rt.config.secret_fields:  # masked in whatever this task logs from now
+                    redaction.hide(redaction.values_of(value, rt.config.secret_fields))
+                result, error = await self._call_handler(job, value), None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                result, error = None, None  # the handler was stopped by abort()
+            except Exception as exc:
+                result, error = None, exc
+            if error is not None:
+                mark_failed(span, error)
         duration = time.monotonic() - started
         if self.signal.aborted:
             metrics.processed(duration, aborted_type(self.signal.reason))
@@ -499,6 +507,9 @@ class Execution:
             except CasConflict:
                 await self._lost_the_record(final.id)
                 return None
+            finally:  # settled (or taken over): the ack or release comes next
+                if self._heartbeat is not None:
+                    self._heartbeat.stop()
             self._job = final
             return final
 

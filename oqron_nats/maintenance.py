@@ -31,6 +31,7 @@ import structlog
 from . import dag
 from ._nats import CasConflict
 from .backend import Backend
+from .background import finish
 from .config import Reconciliation, seconds
 from .job import JobState, moved
 from .lease import Lease, LeaseLost
@@ -203,7 +204,8 @@ class Maintenance:
     async def stop(self) -> None:
         """Stop the timers and hand the roles back."""
         self._stopping.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._tasks:
+            await finish(task)
         for lease in self._leases.values():
             with contextlib.suppress(Exception):
                 await lease.release()

@@ -53,6 +53,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.util.types import Attributes
 
 from ._version import __version__
+from .background import finish
 from .job import JobState
 from .store import JobStore
 from .tracing import CONSUMER_GROUP, DESTINATION, ERROR_TYPE, OPERATION_NAME, SYSTEM
@@ -259,8 +260,7 @@ class QueueWatch:
         """Stop refreshing and reporting."""
         self.queue.metrics.watches.discard(self)
         self._stopping.set()
-        if self._task is not None:
-            await self._task
+        await finish(self._task)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -19,12 +19,15 @@ import msgspec
 import structlog
 
 from ._nats import Bucket, CasConflict, Nats
+from .background import finish
 from .names import Names
 
 log = structlog.get_logger("oqron_nats")
 
 INTERVAL = 10.0
 TTL = 3 * INTERVAL
+FORGET_WAIT = 5.0
+"""Seconds a stopping worker tries to delete its key (else it expires after TTL)."""
 ROLE = "=worker"
 
 
@@ -50,36 +53,32 @@ class Presence:
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Write the key and keep it alive (informational: a failed write is tried again later,
-        it never keeps the worker from consuming)."""
-        try:
-            await self._write()
-        except Exception as exc:
-            log.warning("worker presence not written yet", key=self.key, error=repr(exc))
+    def start(self) -> None:
+        """Write the key now and keep it alive, in the background (informational: a failed
+        write is tried again later, and it never keeps the worker from consuming)."""
         self._stopped.clear()
         self._task = asyncio.create_task(self._keep_alive(), name=f"oqron-presence-{self.key}")
 
     async def stop(self) -> None:
         """Stop renewing and delete the key."""
         self._stopped.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await finish(self._task)
+        self._task = None
         if self._revision:
-            with contextlib.suppress(Exception):  # it expires anyway
-                await self._bucket.delete(self.key, last=self._revision, ttl=1.0)
+            with contextlib.suppress(Exception):  # it expires anyway (NATS may not answer now)
+                async with asyncio.timeout(FORGET_WAIT):
+                    await self._bucket.delete(self.key, last=self._revision, ttl=1.0)
             self._revision = 0
 
     async def _keep_alive(self) -> None:
         while not self._stopped.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), INTERVAL)
-                return
             try:
                 await self._write()
             except Exception as exc:  # NATS down for now: try again next interval
-                log.warning("worker presence not renewed", key=self.key, error=repr(exc))
+                log.warning("worker presence not written", key=self.key, error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INTERVAL):
+                    await self._stopped.wait()
 
     async def _write(self) -> None:
         value = msgspec.json.encode(self.info)

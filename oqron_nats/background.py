@@ -1,0 +1,27 @@
+"""Stopping a background task within a bound, even while NATS does not answer.
+
+A background loop (presence, gauges, maintenance, the claim loop) is told to stop by a flag it
+checks, and usually ends at once; one that waits for an answer NATS does not give (a cluster
+electing leaders) would hold a shutdown up to the retry deadline, so after ``grace`` seconds it
+is cancelled. A loop's own flag is checked as well as the cancel, because Python 3.11's
+``asyncio.wait_for`` can swallow a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+STOP_GRACE = 5.0
+"""Seconds a stopping background task gets to end by itself before it is cancelled."""
+
+
+async def finish(task: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -> None:
+    """Wait up to ``grace`` seconds for ``task`` to end, then cancel it (its errors are its own
+    to log; nothing is raised here)."""
+    if task is None:
+        return
+    _, busy = await asyncio.wait({task}, timeout=grace)
+    for late in busy:
+        late.cancel()
+        await asyncio.wait({late}, timeout=grace)
