@@ -25,6 +25,8 @@ log = structlog.get_logger("oqron_nats")
 
 PAUSED_FOREVER = "2999-01-01T00:00:00Z"
 """A consumer's pause_until for a queue paused until someone resumes it."""
+APPLY_ROUNDS = 5
+"""How often apply_to_consumers follows a state that keeps changing under it."""
 
 
 class QueueState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -63,9 +65,9 @@ class Control:
         self.listeners: list[Callable[[QueueState], None]] = []
         """Called with every new state that ``follow`` sees."""
 
-    async def read(self) -> QueueState:
-        """The current state, read from KV."""
-        entry = await self.bucket.get(self.names.queue)
+    async def read(self, *, fresh: bool = False) -> QueueState:
+        """The current state, read from KV (``fresh``: as the bucket's leader has it)."""
+        entry = await self.bucket.get(self.names.queue, fresh=fresh)
         self.state = decode_state(entry.value if entry else None)
         return self.state
 
@@ -97,11 +99,22 @@ class Control:
             self.state = new
             return True
 
-    async def apply_to_consumers(self, paused: bool) -> None:
-        """Pause or resume every consumer of the queue's stream on the server."""
-        until = PAUSED_FOREVER if paused else None
-        for name in await self.conn.consumer_names(self.names.stream):
-            await self.conn.pause_consumer(self.names.stream, name, until)
+    async def apply_to_consumers(self) -> None:
+        """Pause or resume every consumer of the queue's stream as the queue state is now.
+
+        The state is read again after applying it: a pause and a resume from two processes
+        can reach the consumers in the other order than the state, and the last one to look
+        sets them as the state ended.
+        """
+        applied: bool | None = None
+        for _ in range(APPLY_ROUNDS):
+            paused = (await self.read(fresh=True)).paused
+            if paused == applied:
+                return
+            until = PAUSED_FOREVER if paused else None
+            for name in await self.conn.consumer_names(self.names.stream):
+                await self.conn.pause_consumer(self.names.stream, name, until)
+            applied = paused
 
     async def follow(self) -> Callable[[], Awaitable[None]]:
         """Keep ``state`` fresh and tell the listeners of every change; returns the stop call.

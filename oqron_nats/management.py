@@ -27,14 +27,14 @@ ACTIVE_LIMIT = 100_000
 async def pause(backend: Backend) -> bool:
     """Pause the queue cluster-wide (persisted); True if it was running."""
     changed = await backend.control.set_paused(True)
-    await backend.control.apply_to_consumers(True)
+    await backend.control.apply_to_consumers()
     return changed
 
 
 async def resume(backend: Backend) -> int:
     """Resume the queue cluster-wide and release the jobs held meanwhile; how many released."""
     await backend.control.set_paused(False)
-    await backend.control.apply_to_consumers(False)
+    await backend.control.apply_to_consumers()
     held = await backend.conn.subjects(backend.names.stream, backend.names.helds)
     released = 0
     for subject in held:

@@ -186,3 +186,42 @@ async def test_drain_waits_for_jobs_running_in_other_processes(
         assert await q.is_paused()
     finally:
         worker.close()
+
+
+async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
+    nats_server: LocalServer, client: Client, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pause and a resume from two processes can reach the consumers in the other order than
+    they reached the state (here the pauser is held up between the two); the consumers must end
+    as the state ended, or a running queue's workers would get nothing from the server."""
+
+    async def handler(ctx) -> None:
+        return None
+
+    other = Client(nats_server.url, namespace=namespace)
+    pauser, resumer = queue("race", client=client), queue("race", client=other)
+    worker = queue("race", handler, client=client, strategy="priority")
+    control = (await pauser._open()).control
+    apply = control.apply_to_consumers
+
+    async def held_up() -> None:
+        await asyncio.sleep(0.5)  # the resume's state write and consumer updates go first
+        await apply()
+
+    monkeypatch.setattr(control, "apply_to_consumers", held_up)
+    conn = await client.connect()
+    stream = client.names("race").stream
+
+    async def consumers_agree() -> bool:
+        paused = await resumer.is_paused()
+        infos = await conn.js.consumers_info(stream)
+        return len(infos) == 10 and all(bool(info.paused) == paused for info in infos)
+
+    async with other, worker:
+        pausing = asyncio.create_task(pauser.pause())
+        await asyncio.sleep(0.1)  # the pause's state write lands first
+        await resumer.resume()
+        await pausing
+        assert not await resumer.is_paused()
+        await asyncio.sleep(0.5)
+        assert await consumers_agree(), "the consumers stayed paused on a running queue"
