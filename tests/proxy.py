@@ -24,6 +24,8 @@ class TcpProxy:
         """How many client connections came through so far."""
         self.refusing = False
         """While set, a new connection is closed at once (the client keeps trying)."""
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -36,6 +38,14 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def stall(self) -> None:
+        """Forward nothing until :meth:`flow` (a hung link: bytes wait in the proxy)."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        """Forward again."""
+        self._flowing.set()
+
     def cut(self) -> None:
         """Drop every connection that goes through the proxy now."""
         for writer in list(self._writers):
@@ -44,6 +54,7 @@ class TcpProxy:
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
+        self.flow()
         if self._server is not None:
             self._server.close()
         self.cut()
@@ -57,8 +68,17 @@ class TcpProxy:
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy bytes until either side closes; then close the other side too."""
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
 
     async def __aenter__(self) -> TcpProxy:
         return await self.start()
@@ -70,12 +90,3 @@ class TcpProxy:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy bytes until either side closes; then close the other side too."""
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.transport.abort()

@@ -250,3 +250,22 @@ async def test_a_worker_waits_for_a_cluster_without_quorum_and_gives_up_with_exi
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_requests_lost_with_a_connection_are_asked_again_at_once(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """A request whose connection dropped has lost its reply: it is asked again as soon as the
+    client has reconnected, not after the request timeout (30 s here)."""
+    async with TcpProxy(nats_server.port) as proxy:
+        client = Client(proxy.url, namespace=namespace, request_timeout=30.0)
+        async with client:
+            q = queue("lost-reply", client=client)
+            job = await q.add({"n": 1})
+            proxy.stall()  # the request goes out, its reply does not come back
+            reading = asyncio.create_task(q.get_job(job.id))
+            await asyncio.sleep(0.3)
+            proxy.cut()
+            proxy.flow()
+            found = await asyncio.wait_for(reading, 10)
+            assert found is not None and found.id == job.id

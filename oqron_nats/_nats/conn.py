@@ -195,6 +195,7 @@ class Nats:
         async def on_disconnected() -> None:
             if holder and not holder[0].closing:
                 log.warning("nats disconnected")
+                holder[0]._requests.abandon()
 
         async def on_reconnected() -> None:
             log.info("nats reconnected")

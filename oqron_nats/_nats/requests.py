@@ -64,6 +64,13 @@ class Requests:
             raise nats.errors.NoRespondersError
         return msg
 
+    def abandon(self) -> None:
+        """Time out every request waiting now: the connection was lost, and their replies with
+        it (the caller asks again at once, instead of waiting out the timeout)."""
+        for future, _ in self._waiting.values():
+            if not future.done():
+                future.set_exception(TimeoutError("the connection was lost"))
+
     def _expire_overdue(self) -> None:
         """Time out the requests whose deadline passed; wait again for the oldest of the rest."""
         self._timer = None
