@@ -8,6 +8,7 @@ import nats
 import nats.errors
 import pytest
 
+from oqron_nats import Client
 from oqron_nats._nats.direct import DirectClient, parse_headers
 from oqron_nats._nats.requests import Requests
 from oqron_nats.server import LocalServer
@@ -142,3 +143,32 @@ async def test_the_short_publish_path_sends_what_nats_py_sends(
             await nc.publish(f"{namespace}.pub", b"x" * (nc.max_payload + 1))
     finally:
         await nc.close()
+
+
+async def test_a_leader_read_returns_what_a_direct_read_returns(client: Client) -> None:
+    """leader_get (STREAM.MSG.GET, base64 in JSON) and direct_get_subject (DIRECT.GET, headers)
+    decode to the same stored message: a value with headers, a delete marker, a missing key."""
+    from oqron_nats._nats import Bucket, ensure_bucket
+
+    conn = await client.connect()
+    bucket = Bucket(conn, f"{client.namespace}_reads")
+    await ensure_bucket(conn, bucket=bucket.name, replicas=1, max_value_size=1024)
+    revision = await bucket.create("live", b'{"v": "\\u00e9"}', ttl=60)
+    gone = await bucket.create("gone", b"x")
+    await bucket.delete("gone", last=gone, epitaph=b"last words")
+    for key in ("live", "gone", "never"):
+        subject = f"$KV.{bucket.name}.{key}"
+        direct = await conn.direct_get_subject(bucket.stream, subject)
+        leader = await conn.leader_get(bucket.stream, subject)
+        if direct is None:
+            assert leader is None
+            continue
+        assert leader is not None
+        assert (leader.subject, leader.seq) == (direct.subject, direct.seq)
+        assert leader.data == direct.data
+        stored = {k: v for k, v in direct.headers.items() if not k.startswith("Nats-") or
+                  k in ("Nats-TTL", "Nats-Expected-Last-Subject-Sequence")}  # fmt: skip
+        assert stored, direct.headers  # the stored headers, not only the direct get's own
+        assert {k: leader.headers[k] for k in stored} == stored
+    assert (await bucket.get("live", fresh=True)).revision == revision  # type: ignore[union-attr]
+    assert (await bucket.tombstone("gone")).value == b"last words"  # type: ignore[union-attr]

@@ -97,7 +97,7 @@ class Bucket:
         except CasConflict as conflict:
             if not conflict.after_timeout:
                 raise
-            current = await self.get(key)
+            current = await self.get(key, fresh=True)  # a lagging replica may miss it
             if current is not None and current.value == value:
                 return current.revision  # our own write landed on an earlier try
             raise
