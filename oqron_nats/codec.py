@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -12,11 +13,30 @@ T = TypeVar("T")
 
 
 def encode_value(value: object, what: str) -> bytes:
-    """JSON-encode ``value``; a value msgspec cannot encode raises PayloadError."""
+    """JSON-encode ``value``; a value msgspec cannot encode, or one holding NaN or infinity
+    (which JSON has no way to write: msgspec would store null), raises PayloadError."""
     try:
-        return msgspec.json.encode(value)
+        raw = msgspec.json.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise PayloadError(f"{what} cannot be encoded as JSON: {exc}") from None
+    if b"null" in raw and _holds_non_finite(msgspec.to_builtins(value)):  # nulls are rare
+        raise PayloadError(f"{what} holds NaN or infinity, which JSON cannot represent")
+    return raw
+
+
+def _holds_non_finite(value: object) -> bool:
+    """Whether a value of builtins (dicts, lists, scalars) holds a float NaN or infinity."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 class PayloadCodec(Generic[T]):

@@ -37,8 +37,8 @@ def seconds(value: Duration, what: str) -> float:
         result = float(value)
     else:
         raise ConfigError(f"{what} must be seconds (int or float) or a timedelta, not {value!r}")
-    if result < 0 or math.isnan(result):
-        raise ConfigError(f"{what} must be zero or positive, not {value!r}")
+    if not math.isfinite(result) or result < 0:
+        raise ConfigError(f"{what} must be zero or positive and finite, not {value!r}")
     return result
 
 

@@ -91,6 +91,8 @@ PAGE_SLACK = 16
 BULK_WINDOW = 512
 """How many add_bulk() jobs are in flight at once."""
 MAX_CORRELATION_ID = 128
+MAX_DELAY = 100 * 365.25 * 86400
+"""The longest delay add() takes, in seconds: a run time far inside what a schedule can name."""
 
 
 def new_job_id() -> str:
@@ -241,7 +243,7 @@ class Queue(Generic[T, S]):
         )
         value, raw = self._codec.encode(data)
         now = datetime.now(UTC)
-        delay = 0.0 if options.delay is None else _option_seconds(options.delay)
+        delay = 0.0 if options.delay is None else _delay_seconds(options.delay)
         priority = (
             self.config.priority
             if options.priority is None
@@ -628,11 +630,16 @@ def _job_ids(ids: Sequence[str] | None) -> list[str] | None:
     return None if ids is None else list(ids)
 
 
-def _option_seconds(value: float | timedelta) -> float:
+def _delay_seconds(value: float | timedelta) -> float:
     try:
-        return seconds(value, "delay")
+        delay = seconds(value, "delay")
     except ConfigError as exc:
         raise InvalidOption(str(exc)) from None
+    if delay > MAX_DELAY:
+        raise InvalidOption(
+            f"delay must be at most {MAX_DELAY:.0f} seconds (100 years), not {value!r}"
+        )
+    return delay
 
 
 def _correlation_id(given: str | None) -> str:

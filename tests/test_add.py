@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -12,9 +14,11 @@ from oqron_nats import (
     Client,
     InvalidName,
     InvalidOption,
+    JobContext,
     JobState,
     PayloadError,
     PayloadTooLarge,
+    RetryPolicy,
     queue,
 )
 from oqron_nats.job import Job
@@ -65,6 +69,28 @@ async def test_unencodable_payload_is_rejected(client: Client) -> None:
     await assert_nothing_stored(client, "raw")
 
 
+async def test_nan_and_infinity_are_rejected_not_stored_as_null(client: Client) -> None:
+    """JSON has no NaN or infinity; msgspec would write null, and the job would run with None."""
+    q = queue("nan", client=client)
+    for data in ({"f": math.nan}, {"g": [1.0, math.inf]}, {"deep": {"x": [{"y": -math.inf}]}}):
+        with pytest.raises(PayloadError, match="NaN or infinity"):
+            await q.add(data)
+    await assert_nothing_stored(client, "nan")
+    job = await q.add({"none": None, "f": 1.5})  # a real null is fine
+    assert job.data == {"none": None, "f": 1.5}
+
+
+async def test_a_result_with_nan_fails_the_job_instead_of_storing_null(client: Client) -> None:
+    async def handler(ctx: JobContext[Any]) -> float:
+        return math.nan
+
+    q = queue("nan-result", handler, client=client, retries=RetryPolicy(max=0))
+    async with q:
+        job = await q.add({})
+        done = await wait_for_state(q, job.id, JobState.FAILED)
+    assert done.error is not None and "NaN or infinity" in done.error.message
+
+
 async def test_oversized_payload_is_rejected_before_any_io(client: Client) -> None:
     q = queue("big", max_payload_size=1024, client=client)
     with pytest.raises(PayloadTooLarge) as info:
@@ -93,6 +119,14 @@ async def test_payload_over_the_servers_limit_is_rejected(client: Client) -> Non
         ({"priority": "high"}, InvalidOption),
         ({"delay": -1}, InvalidOption),
         ({"delay": "soon"}, InvalidOption),
+        ({"delay": math.inf}, InvalidOption),
+        ({"delay": math.nan}, InvalidOption),
+        ({"delay": 1e13}, InvalidOption),
+        ({"delay": 1e300}, InvalidOption),
+        ({"delay": timedelta(days=999_999_999)}, InvalidOption),
+        ({"delay": timedelta(days=366 * 100)}, InvalidOption),
+        ({"priority": math.nan}, InvalidOption),
+        ({"priority": 1.0}, InvalidOption),
         ({"attempts": 0}, InvalidOption),
         ({"correlation_id": "has space"}, InvalidOption),
         ({"correlation_id": "line\nbreak"}, InvalidOption),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from datetime import timedelta
 
 import msgspec
 
@@ -37,16 +39,20 @@ async def test_bulk_reports_bad_items_and_keeps_good_ones(client: Client) -> Non
             {"data": {"url": "e"}, "opts": {"colour": "red"}},  # unknown option
             {"nodata": True},  # not an item
             {"data": {"url": "g"}, "opts": {"delay": 60}},
+            {"data": {"url": "h"}, "opts": {"delay": math.inf}},  # out of any schedule's range
+            {"data": {"url": "i"}, "opts": {"delay": timedelta(days=999_999_999)}},
         ]
     )
     assert not result.ok
-    assert [o.ok for o in result] == [True, False, True, False, False, False, True]
+    assert [o.ok for o in result] == [True, False, True, False, False, False, True, False, False]
+    assert isinstance(result.errors[7], InvalidOption)
+    assert isinstance(result.errors[8], InvalidOption)
     assert isinstance(result.errors[1], PayloadError)
     assert isinstance(result.errors[3], InvalidOption)
     assert isinstance(result.errors[4], InvalidOption)
     assert "colour" in str(result.errors[4])
     assert isinstance(result.errors[5], InvalidOption)
-    assert [o.index for o in result] == list(range(7))
+    assert [o.index for o in result] == list(range(9))
     assert result[2].job is not None and result[2].job.id == "c-1"
     assert result[2].job.priority == 1
     assert result[6].job is not None and result[6].job.state == JobState.DELAYED

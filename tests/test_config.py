@@ -27,6 +27,8 @@ async def handler(ctx: Any) -> None:
         ({"heartbeat": 0}, "heartbeat"),
         ({"lock_ttl": 0.5, "heartbeat": 0.1}, "at least 1 second"),
         ({"lock_ttl": "30s"}, "lock_ttl"),
+        ({"lock_ttl": float("inf")}, "finite"),
+        ({"heartbeat": float("nan")}, "heartbeat"),
         ({"tags": "mail"}, "tags"),
         ({"max_stalled_count": -1}, "max_stalled_count"),
         ({"max_payload_size": 0}, "max_payload_size"),
