@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 
 from .client import Client
-from .errors import JobNotFound
+from .errors import CorruptRecord, JobNotFound
 from .job import Job, JobFailure, JobState
 from .names import Names, check_name
 from .presence import workers_online
 from .queue import Queue, queue
-from .store import decode_record
+from .store import CorruptJob, decode_record
 
 DLQ_BATCH = 256
 
@@ -93,6 +93,15 @@ async def find_job(client: Client, job_id: str) -> tuple[Queue[Any], Job[Any]]:
     raise JobNotFound(f"there is no job {job_id!r} in namespace {client.namespace!r}")
 
 
+async def list_jobs(
+    client: Client, name: str, status: str | None, limit: int
+) -> list[Job[Any] | CorruptJob]:
+    """The newest jobs of a queue (see Queue.get_jobs), then the listed records that do not
+    decode, shown as such."""
+    jobs, corrupt = await admin_queue(client, name)._listing(status, limit, 0)
+    return [*jobs, *corrupt]
+
+
 async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter]:
     """The queue's dead letters, oldest first."""
     conn = await client.connect()
@@ -106,22 +115,29 @@ async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter
             batch=min(DLQ_BATCH, limit - len(found)),
             subject=names.dead_letter("*"),
         )
-        for msg in batch:
-            job = decode_record(msg.subject, msg.data)
-            found.append(
-                DeadLetter(
-                    id=job.id,
-                    queue=job.queue,
-                    attempts=job.attempt,
-                    failed_at=job.finished_at,
-                    error=job.error,
-                    correlation_id=job.correlation_id,
-                )
-            )
+        found += [_dead_letter(name, msg.subject, msg.data) for msg in batch]
         if not batch or not more:
             return found
         start = batch[-1].seq + 1
     return found
+
+
+def _dead_letter(queue_name: str, subject: str, data: bytes) -> DeadLetter:
+    """A dead letter as listed; one that does not decode is shown as such."""
+    try:
+        job = decode_record(subject, data)
+    except CorruptRecord as exc:
+        failure = JobFailure(type="CorruptRecord", message=f"{exc.size} bytes: {exc.reason}")
+        return DeadLetter(id=subject.rsplit(".", 1)[-1], queue=queue_name, attempts=0,
+                          failed_at=None, error=failure, correlation_id="")  # fmt: skip
+    return DeadLetter(
+        id=job.id,
+        queue=job.queue,
+        attempts=job.attempt,
+        failed_at=job.finished_at,
+        error=job.error,
+        correlation_id=job.correlation_id,
+    )
 
 
 async def replay(client: Client, name: str, job_ids: list[str] | None = None) -> list[str]:

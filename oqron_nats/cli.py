@@ -25,6 +25,7 @@ from .client import Client
 from .cluster import LocalCluster
 from .errors import (
     ConfigError,
+    CorruptRecord,
     InvalidInput,
     InvalidState,
     JetStreamError,
@@ -33,6 +34,7 @@ from .errors import (
     ServerVersionError,
     Unavailable,
 )
+from .job import Job
 from .queue import Queue
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
 from .server import LocalServer, ServerError
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (JobNotFound, InvalidState, JetStreamError) as exc:
+    except (JobNotFound, InvalidState, JetStreamError, CorruptRecord) as exc:
         return _fail(exc, EXIT_REFUSED)
     except (Unavailable, ServerVersionError) as exc:
         return _fail(exc, EXIT_UNREACHABLE)
@@ -185,7 +187,7 @@ async def _queues(client: Client, _args: argparse.Namespace) -> list[admin.Queue
 
 
 async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:
-    return await admin.admin_queue(client, args.queue).get_jobs(args.status, limit=args.limit)
+    return await admin.list_jobs(client, args.queue, args.status, args.limit)
 
 
 async def _jobs_show(client: Client, args: argparse.Namespace) -> Any:
@@ -258,8 +260,12 @@ def _queues_table(summaries: list[admin.QueueSummary]) -> str:
 
 def _jobs_table(jobs: list[Any]) -> str:
     header = ("ID", "STATE", "ATTEMPT", "CREATED", "CORRELATION ID")
-    rows = [(j.id, j.state, j.attempt, f"{j.created_at:%Y-%m-%d %H:%M:%S}", j.correlation_id)
-            for j in jobs]  # fmt: skip
+    rows = [
+        (j.id, j.state, j.attempt, f"{j.created_at:%Y-%m-%d %H:%M:%S}", j.correlation_id)
+        if isinstance(j, Job)
+        else (j.id, "CORRUPT", "-", "-", f"{j.size} bytes: {j.error}"[:80])
+        for j in jobs
+    ]
     return _table(header, rows) if rows else "no jobs"
 
 

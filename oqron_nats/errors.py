@@ -16,6 +16,8 @@
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
     ├── JobNotFound              no job with that id in the queue
+    ├── CorruptRecord            a stored record that does not decode (written by something else,
+    │                            or damaged); listings show it as such and go on
     ├── InvalidState             the job's state does not allow the operation (e.g. promote a
     │                            job that is not delayed)
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
@@ -99,6 +101,20 @@ class QueuePaused(OqronError):
 
 class JobNotFound(OqronError, LookupError):
     """There is no job with that id in the queue."""
+
+
+class CorruptRecord(OqronError):
+    """A stored job record (or dead letter) that does not decode.
+
+    ``key`` names it, ``size`` is its length in bytes and ``reason`` the decode error; the
+    stored bytes themselves are never repeated (they may hold anything).
+    """
+
+    def __init__(self, key: str, size: int, reason: str) -> None:
+        super().__init__(f"record {key} ({size} bytes) does not decode: {reason}")
+        self.key = key
+        self.size = size
+        self.reason = reason
 
 
 class InvalidState(OqronError):

@@ -110,6 +110,10 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     triggered_by: str = "api"
     timeline: list[Transition] = msgspec.field(default_factory=list)
     v: int = 1
+    data_error: str | None = None
+    """Set when the stored payload does not match the reading queue's payload type (a job that
+    failed with PayloadError): ``data`` then holds the raw JSON value, and this says why. Never
+    stored."""
 
     @property
     def is_terminal(self) -> bool:

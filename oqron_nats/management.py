@@ -150,7 +150,7 @@ async def promote(backend: Backend, job_id: str) -> None:
 async def active_jobs(backend: Backend) -> list[RawJob]:
     """The queue's running jobs: its active index entries, checked against their records."""
     entries = await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
-    return await backend.store.listed(entries)
+    return (await backend.store.listed(entries)).jobs
 
 
 def _now() -> datetime:

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
 import msgspec
+import structlog
 from typing_extensions import TypeVar
 
 from . import dag, management
@@ -61,6 +62,7 @@ from .errors import (
     InvalidState,
     JobNotFound,
     OqronError,
+    PayloadError,
     QueuePaused,
     Unavailable,
 )
@@ -77,8 +79,10 @@ from .job import (
     with_data,
 )
 from .names import check_name
-from .store import RawJob
+from .store import CorruptJob, RawJob
 from .tracing import mark_failed
+
+log = structlog.get_logger("oqron_nats")
 
 T = TypeVar("T", default=Any)
 """The payload type; Any for a queue defined without one."""
@@ -345,7 +349,8 @@ class Queue(Generic[T, S]):
     # -- reading --------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job[T] | None:
-        """The job's record, or None if there is no such job."""
+        """The job's record, or None if there is no such job (CorruptRecord if its stored
+        record does not decode)."""
         check_name(job_id, "job id")
         backend = await self._open()
         record = await backend.store.get(job_id)
@@ -357,8 +362,20 @@ class Queue(Generic[T, S]):
         """Jobs of the queue, the most recent first, optionally only those in ``status``.
 
         "Recent" is when a job entered its current state (read from the state index, not by
-        scanning records); ``offset`` skips that many of the most recent.
+        scanning records); ``offset`` skips that many of the most recent. A record that does
+        not decode is left out with a warning (``oqron jobs list`` shows it); a job whose
+        payload does not match the queue's type is listed with ``data_error`` set.
         """
+        jobs, corrupt = await self._listing(status, limit, offset)
+        for bad in corrupt:  # shown as such by `oqron jobs list`; here they are left out
+            log.warning("corrupt job record left out", job_id=bad.id, size=bad.size,
+                        error=bad.error)  # fmt: skip
+        return jobs
+
+    async def _listing(
+        self, status: JobState | str | None, limit: int, offset: int
+    ) -> tuple[list[Job[T]], list[CorruptJob]]:
+        """A page of jobs (see get_jobs), and the records on it that do not decode."""
         state = parse_status(status)
         for name, value in (("limit", limit), ("offset", offset)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -367,8 +384,9 @@ class Queue(Generic[T, S]):
         states = [state] if state is not None else list(JobState)
         want = offset + limit + PAGE_SLACK  # a few entries may belong to jobs that moved on
         pages = await asyncio.gather(*(backend.store.index.newest(s, want) for s in states))
-        jobs = await backend.store.listed(newest_across(pages, want))
-        return [self._typed(job) for job in jobs[offset : offset + limit]]
+        listing = await backend.store.listed(newest_across(pages, want))
+        page = [self._typed(job) for job in listing.jobs[offset : offset + limit]]
+        return page, listing.corrupt
 
     async def count(self, status: JobState | str | None = None) -> int:
         """How many jobs the queue holds, optionally only those in ``status`` (from the index)."""
@@ -382,7 +400,14 @@ class Queue(Generic[T, S]):
         return await (await self._open()).store.entered_first(JobState.WAITING)
 
     def _typed(self, job: RawJob) -> Job[T]:
-        return self._own(with_data(job, self._codec.decode(job.data)))
+        """The job with its payload decoded; one that does not match the payload type (it
+        failed for that) keeps its raw JSON value, with ``data_error`` saying why."""
+        try:
+            data = self._codec.decode(job.data)
+        except PayloadError as exc:
+            raw: Any = msgspec.json.decode(job.data)
+            return self._own(with_data(job, raw, data_error=str(exc)))
+        return self._own(with_data(job, data))
 
     def _own(self, job: Job[T]) -> Job[T]:
         job.__dict__["_queue"] = self  # lets the caller await job.wait()

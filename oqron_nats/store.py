@@ -10,6 +10,7 @@ from typing import NamedTuple
 import msgspec
 
 from ._nats import Bucket, CasConflict
+from .errors import CorruptRecord
 from .events import EventBus
 from .index import IndexEntry, StateIndex
 from .job import Job, JobState
@@ -34,10 +35,6 @@ def settled(job: RawJob) -> bool:
     return (datetime.now(UTC) - changed).total_seconds() > INDEX_SETTLE
 
 
-class CorruptRecord(Exception):
-    """A stored record that does not decode (written by something other than oqron_nats)."""
-
-
 class Record(NamedTuple):
     """A job record with the revision it was read at (the token for the next CAS)."""
 
@@ -45,12 +42,29 @@ class Record(NamedTuple):
     revision: int
 
 
+class CorruptJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A job whose stored record does not decode, as a listing shows it."""
+
+    id: str
+    size: int
+    """The stored record's length in bytes."""
+    error: str
+    state: str = "corrupt"
+
+
 def decode_record(key: str, value: bytes) -> RawJob:
     """Decode a stored record, raising CorruptRecord if it is not one."""
     try:
         return _decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise CorruptRecord(f"record {key} does not decode: {exc}") from None
+        raise CorruptRecord(key, len(value), str(exc)) from None
+
+
+class Listing(NamedTuple):
+    """The jobs read for some index entries, and those whose records do not decode."""
+
+    jobs: list[RawJob]
+    corrupt: list[CorruptJob]
 
 
 class JobStore:
@@ -129,23 +143,34 @@ class JobStore:
             return None
         return decode_record(tombstone.key, tombstone.value)
 
-    async def listed(self, entries: list[IndexEntry]) -> list[RawJob]:
-        """The records of these index entries, where record and entry agree (each job once).
+    async def listed(self, entries: list[IndexEntry]) -> Listing:
+        """The records of these index entries, where record and entry agree (each job once),
+        and the entries whose records do not decode (shown as such; the rest go on).
 
         An entry of a job that settled in another state (a crash cut its move short) is
         repaired; one whose job moved moments ago is only skipped (its update is on its way).
         """
-        records = await asyncio.gather(*(self.get(entry.job_id) for entry in entries))
+        found = await asyncio.gather(
+            *(self.get(entry.job_id) for entry in entries), return_exceptions=True
+        )
         jobs: list[RawJob] = []
+        corrupt: dict[str, CorruptJob] = {}
         seen: set[str] = set()
-        for entry, record in zip(entries, records, strict=True):
+        for entry, record in zip(entries, found, strict=True):
+            if isinstance(record, CorruptRecord):
+                corrupt[entry.job_id] = CorruptJob(
+                    id=entry.job_id, size=record.size, error=record.reason
+                )
+                continue
+            if isinstance(record, BaseException):
+                raise record
             if record is not None and record.job.state == entry.state:
                 if record.job.id not in seen:
                     seen.add(record.job.id)
                     jobs.append(record.job)
             elif record is None or settled(record.job):
                 await self.index.repair(entry.job_id, record.job.state if record else None)
-        return jobs
+        return Listing(jobs, list(corrupt.values()))
 
     async def entered_first(self, state: JobState, slack: int = 16) -> datetime | None:
         """When the job that has been in ``state`` longest entered it; None if no job is.
@@ -154,7 +179,7 @@ class JobStore:
         behind by a job that moved on does not count.
         """
         entries = await self.index.oldest(state, slack)
-        still = {job.id for job in await self.listed(entries)}
+        still = {job.id for job in (await self.listed(entries)).jobs}
         return next((e.entered_at for e in entries if e.job_id in still), None)
 
     async def scan(self) -> AsyncIterator[Record]:
@@ -166,4 +191,13 @@ class JobStore:
                 continue
 
 
-__all__ = ["CasConflict", "CorruptRecord", "JobStore", "RawJob", "Record", "decode_record"]
+__all__ = [
+    "CasConflict",
+    "CorruptJob",
+    "CorruptRecord",
+    "JobStore",
+    "Listing",
+    "RawJob",
+    "Record",
+    "decode_record",
+]

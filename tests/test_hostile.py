@@ -1,0 +1,149 @@
+"""Hostile or corrupt data never crashes a reader (issue 11): records that do not decode are
+shown as such, and a typed queue can always list the jobs whose payload failed its type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from oqron_nats import (
+    Client,
+    CorruptRecord,
+    DeadLetter,
+    JobContext,
+    JobState,
+    OqronError,
+    PayloadError,
+    RetryPolicy,
+    queue,
+)
+from oqron_nats._nats import Bucket
+from oqron_nats.server import LocalServer
+
+from .helpers import wait_for_state
+from .test_cli import oqron, oqron_json
+
+GARBAGE = {
+    "bad-json": b'{"id": "x", "state": ',
+    "wrong-type": b'{"id": 5, "queue": "q", "state": "waiting"}',
+    "bad-state": msgspec.json.encode(
+        {"id": "x", "queue": "q", "state": "exploded", "data": 1,
+         "created_at": "2026-01-01T00:00:00Z", "correlation_id": "c", "max_attempts": 1}
+    ),
+}  # fmt: skip
+
+
+async def corrupt(client: Client, name: str, job_id: str, value: bytes) -> None:
+    """Overwrite a job's stored record with ``value`` behind the library's back."""
+    names = client.names(name)
+    bucket = Bucket(await client.connect(), names.jobs_bucket)
+    entry = await bucket.get(names.key(job_id))
+    assert entry is not None
+    await bucket.update(names.key(job_id), value, last=entry.revision)
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+async def test_a_corrupt_record_is_a_typed_error_alone_and_left_out_of_lists(
+    nats_server: LocalServer,
+    client: Client,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    q = queue("hostile", client=client)
+    good = await q.add({"n": 1})
+    bad = await q.add({"n": 2})
+    await corrupt(client, "hostile", bad.id, GARBAGE[kind])
+
+    with pytest.raises(CorruptRecord) as info:
+        await q.get_job(bad.id)
+    assert isinstance(info.value, OqronError)
+    assert info.value.size == len(GARBAGE[kind])
+    assert bad.id in str(info.value)
+    assert [job.id for job in await q.get_jobs()] == [good.id]
+    assert [job.id for job in await q.get_jobs(JobState.WAITING)] == [good.id]
+    assert await q.count(JobState.WAITING) == 2, "the index still lists it: counted, not read"
+    assert await q.oldest_waiting() is not None
+
+    rows = await oqron_json(capsys, nats_server, namespace, "jobs", "list", "hostile")
+    assert {row["id"]: row["state"] for row in rows} == {good.id: "waiting", bad.id: "corrupt"}
+    corrupt_row = next(row for row in rows if row["id"] == bad.id)
+    assert corrupt_row["size"] == len(GARBAGE[kind]) and corrupt_row["error"]
+    code, out, _ = await oqron(capsys, nats_server, namespace, "jobs", "list", "hostile")
+    assert code == 0 and "CORRUPT" in out
+    [summary] = await oqron_json(capsys, nats_server, namespace, "queues")
+    assert summary["waiting"] == 2
+    code, _, err = await oqron(capsys, nats_server, namespace, "jobs", "show", bad.id)
+    assert code == 1 and "does not decode" in err
+
+
+async def test_a_worker_removes_the_message_of_a_corrupt_record_and_goes_on(
+    client: Client,
+) -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        ran.append(ctx.id)
+
+    publisher = queue("hostile-run", client=client)
+    bad = await publisher.add({"n": 0})
+    await corrupt(client, "hostile-run", bad.id, GARBAGE["bad-json"])
+    q = queue("hostile-run", handler, client=client)
+    async with q:
+        good = await publisher.add({"n": 1})
+        await wait_for_state(q, good.id, JobState.COMPLETED)
+    assert ran == [good.id]
+
+
+class Order(msgspec.Struct):
+    sku: str
+    quantity: int
+
+
+async def test_a_typed_queue_lists_and_shows_jobs_whose_payload_failed_its_type(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    untyped = queue("orders", client=client)  # another service, with no payload type
+    job = await untyped.add({"sku": "A-1", "quantity": "three"})
+
+    async def handler(ctx: JobContext[Order]) -> None:
+        return None
+
+    typed = queue("orders", handler, payload=Order, client=client, retries=RetryPolicy(max=0))
+    async with typed:
+        await wait_for_state(untyped, job.id, JobState.FAILED)
+    [failed] = await typed.get_jobs(status="failed")
+    assert failed.id == job.id
+    assert failed.data == {"sku": "A-1", "quantity": "three"}, "the raw value is shown"
+    assert failed.data_error is not None and "quantity" in failed.data_error
+    assert failed.error is not None and failed.error.type == PayloadError.__name__
+    shown = await typed.get_job(job.id)
+    assert shown is not None and shown.data_error == failed.data_error
+    good = await typed.add(Order(sku="B-2", quantity=2))
+    assert (await typed.get_job(good.id)).data_error is None  # type: ignore[union-attr]
+    rows = await oqron_json(capsys, nats_server, namespace, "jobs", "list", "orders", "--status",
+                            "failed")  # fmt: skip
+    assert [row["id"] for row in rows] == [job.id]
+
+
+async def test_a_corrupt_dead_letter_is_listed_as_such(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def fail(ctx: JobContext[Any]) -> None:
+        raise RuntimeError("no")
+
+    q = queue("hostile-dlq", fail, client=client, retries=RetryPolicy(max=0),
+              dead_letter=DeadLetter())  # fmt: skip
+    async with q:
+        job = await q.add({"n": 1})
+        await wait_for_state(q, job.id, JobState.FAILED)
+    names = client.names("hostile-dlq")
+    conn = await client.connect()
+    await conn.publish(names.dead_letter("forged"), b"not a record")
+    rows = await oqron_json(capsys, nats_server, namespace, "dlq", "list", "hostile-dlq")
+    by_id = {row["id"]: row for row in rows}
+    assert set(by_id) == {job.id, "forged"}
+    assert by_id["forged"]["error"]["type"] == "CorruptRecord"
+    assert by_id[job.id]["error"]["type"] == "RuntimeError"
