@@ -18,6 +18,7 @@ from .job import Job, JobFailure, JobState
 from .names import Names, check_name
 from .presence import workers_online
 from .queue import Queue, queue
+from .rejects import RejectedSample, rejected_count, rejected_samples
 from .store import CorruptJob, decode_record
 
 DLQ_BATCH = 256
@@ -38,6 +39,8 @@ class QueueSummary(msgspec.Struct, kw_only=True):
     oldest_waiting_seconds: float | None
     workers: int
     """Worker processes consuming it now."""
+    rejected: int
+    """Messages on its subjects that were not its jobs, removed unrun (see ``dlq rejected``)."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -62,6 +65,7 @@ async def queue_names(client: Client) -> list[str]:
 async def summary(client: Client, name: str) -> QueueSummary:
     """Counts, pause state, the oldest waiting job's age and the workers online of one queue."""
     q = admin_queue(client, name)
+    conn, names = await client.connect(), client.names(name)
     states = (JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.FAILED)
     counts = await asyncio.gather(*(q.count(s) for s in (*states, JobState.PAUSED)))
     oldest = await q.oldest_waiting()
@@ -75,7 +79,8 @@ async def summary(client: Client, name: str) -> QueueSummary:
         paused_jobs=counts[4],
         paused=await q.is_paused(),
         oldest_waiting_seconds=round(age, 3) if age is not None else None,
-        workers=await workers_online(await client.connect(), client.names(name)),
+        workers=await workers_online(conn, names),
+        rejected=await rejected_count(conn, names),
     )
 
 
@@ -138,6 +143,11 @@ def _dead_letter(queue_name: str, subject: str, data: bytes) -> DeadLetter:
         error=job.error,
         correlation_id=job.correlation_id,
     )
+
+
+async def rejected(client: Client, name: str) -> list[RejectedSample]:
+    """The latest message of each reason that the queue rejected (not one of its jobs)."""
+    return await rejected_samples(await client.connect(), client.names(check_name(name)))
 
 
 async def replay(client: Client, name: str, job_ids: list[str] | None = None) -> list[str]:

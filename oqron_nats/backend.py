@@ -14,6 +14,7 @@ from .index import StateIndex
 from .lease import Leases
 from .metrics import QueueMetrics
 from .names import Names
+from .rejects import Rejects
 from .store import JobStore
 from .tracing import Tracing
 
@@ -31,6 +32,7 @@ class Backend:
     tracing: Tracing
     metrics: QueueMetrics
     control: Control
+    rejects: Rejects
     payload_limit: int
 
     @classmethod
@@ -39,6 +41,7 @@ class Backend:
         names = client.names(config.name)
         conn = await client.prepare_queue(names)
         replicated = client.replicas > 1
+        metrics = client.metrics.queue(config.name, consumer_group=config.strategy)
         return cls(
             client=client,
             conn=conn,
@@ -53,7 +56,8 @@ class Backend:
             broker=Broker(conn, names),
             leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
             tracing=client.tracing,
-            metrics=client.metrics.queue(config.name, consumer_group=config.strategy),
+            metrics=metrics,
             control=Control(conn, names),
+            rejects=Rejects(conn, names, metrics),
             payload_limit=client.payload_limit(conn, config.max_payload_size),
         )

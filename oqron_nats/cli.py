@@ -36,6 +36,7 @@ from .errors import (
 )
 from .job import Job
 from .queue import Queue
+from .rejects import RejectedSample
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
 from .server import LocalServer, ServerError
 from .worker import Worker
@@ -82,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--timeout", type=float, help="drain: give up after these seconds")
     _connection_arguments(queue)
 
-    dlq = commands.add_parser("dlq", help="the dead letters of a queue")
-    dlq.add_argument("action", choices=("list", "replay"))
+    dlq = commands.add_parser(
+        "dlq", help="the dead letters of a queue, and the messages it rejected (not its jobs)"
+    )
+    dlq.add_argument("action", choices=("list", "replay", "rejected"))
     dlq.add_argument("queue")
     dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
     dlq.add_argument("--id", dest="ids", action="append", help="replay: only this job (repeat)")
@@ -221,6 +224,8 @@ async def _queue(client: Client, args: argparse.Namespace) -> dict[str, Any]:
 async def _dlq(client: Client, args: argparse.Namespace) -> Any:
     if args.action == "list":
         return await admin.dead_letters(client, args.queue, args.limit)
+    if args.action == "rejected":
+        return await admin.rejected(client, args.queue)
     return {"queue": args.queue, "replayed": await admin.replay(client, args.queue, args.ids)}
 
 
@@ -247,12 +252,13 @@ def _text(args: argparse.Namespace, result: Any) -> str:
 
 
 def _queues_table(summaries: list[admin.QueueSummary]) -> str:
-    header = ("QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS")
+    header = ("QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS",
+              "REJECTED")  # fmt: skip
     rows = [
         (s.name, s.waiting, s.active, s.delayed, s.failed,
          f"yes ({s.paused_jobs} held)" if s.paused else "no",
          "-" if s.oldest_waiting_seconds is None else f"{s.oldest_waiting_seconds:.1f}s",
-         s.workers)
+         s.workers, s.rejected)
         for s in summaries
     ]  # fmt: skip
     return _table(header, rows) if rows else "no queues in this namespace"
@@ -277,10 +283,18 @@ def _dlq_table(letters: list[admin.DeadLetter]) -> str:
     return _table(header, rows) if rows else "no dead letters"
 
 
+def _rejected_table(samples: list[RejectedSample]) -> str:
+    header = ("REASON", "AT", "SUBJECT", "SIZE", "BODY")
+    rows = [(s.reason, f"{s.at:%Y-%m-%d %H:%M:%S}", s.subject, s.size, repr(s.body[:40]))
+            for s in samples]  # fmt: skip
+    return _table(header, rows) if rows else "no rejected messages"
+
+
 _TABLES: dict[str, Callable[[Any], str]] = {
     "queues": _queues_table,
     "jobs list": _jobs_table,
     "dlq list": _dlq_table,
+    "dlq rejected": _rejected_table,
 }
 
 

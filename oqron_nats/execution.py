@@ -48,6 +48,7 @@ from .lease import Lease
 from .names import check_name
 from .progress import ProgressWriter
 from .ratelimit import ClusterRateLimit
+from .rejects import FOREIGN_SCHEDULE, NO_RECORD, NOT_A_JOB_ID, foreign_schedule
 from .retry import retry_delay
 from .store import CorruptRecord, RawJob
 from .tracing import mark_failed
@@ -187,17 +188,18 @@ class Execution:
         return self.rt.config.guaranteed_worker
 
     async def _job_id(self) -> str | None:
-        """The job id the message carries; a message that carries none is removed."""
+        """The job id the message carries; a message that is not a job of the queue (no id,
+        or fired by a foreign schedule) is rejected: removed, counted and sampled."""
+        rejects = self.rt.backend.rejects
         try:
-            return check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
+            job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
         except InvalidName:
-            log.error(
-                "poison message: not a job id",
-                queue=self.rt.config.name,
-                body=self.delivery.body[:64],
-            )
-            await self.delivery.term()
+            await rejects.reject(self.delivery, NOT_A_JOB_ID)
             return None
+        if foreign_schedule(self.delivery, self.rt.backend.names, job_id):
+            await rejects.reject(self.delivery, FOREIGN_SCHEDULE)
+            return None
+        return job_id
 
     async def _acquire_lease(self, job_id: str) -> Lease | None:
         return await self.rt.backend.leases.acquire(job_id, self.rt.worker_id)
@@ -210,8 +212,7 @@ class Execution:
             await self.delivery.term()
             return None
         if record is None:
-            log.warning("message for a job without record; removed", job_id=job_id)
-            await self.delivery.ack()
+            await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
             return None
         job, self._revision = record
         if self._would_drop(job) and self.rt.backend.store.replicated:
@@ -219,7 +220,7 @@ class Execution:
             # the message is dropped only on what the bucket's leader says
             record = await self.rt.backend.store.get(job_id, fresh=True)
             if record is None:
-                await self.delivery.ack()
+                await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
                 return None
             job, self._revision = record
         if job.is_terminal:

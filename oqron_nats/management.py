@@ -158,7 +158,8 @@ def _now() -> datetime:
 
 
 async def obliterate(backend: Backend, force: bool = False) -> int:
-    """Remove every job, record, message, schedule, lease, edge and dead letter of the queue.
+    """Remove every job, record, message, schedule, lease, edge and dead letter of the queue
+    (and its rejected-message samples and count).
 
     Refuses while jobs are active unless ``force``; then their handlers are told to stop
     (their ``ctx.signal`` fires) and none of their later writes can bring a record back (every
@@ -186,6 +187,8 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     for state in JobState:
         await conn.purge_subject(names.index_stream(state), ">")
     await conn.purge_subject(names.dlq_stream, names.dead_letter("*"))
+    await conn.purge_subject(names.dlq_stream, names.rejected_samples)
+    await conn.purge_subject(names.rate_stream, names.rejections)
     if not was_paused:
         await resume(backend)
     log.warning("queue obliterated", queue=names.queue, jobs=removed)

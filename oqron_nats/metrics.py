@@ -68,6 +68,8 @@ FAILED = "oqron.jobs.failed"
 RETRIED = "oqron.jobs.retried"
 STALLED = "oqron.jobs.stalled"
 DEAD_LETTERED = "oqron.jobs.dead_lettered"
+REJECTED = "oqron.messages.rejected"
+REASON = "reason"
 QUEUE_JOBS = "oqron.queue.jobs"
 OLDEST_WAITING_AGE = "oqron.queue.oldest_waiting_age"
 QUEUE = "queue"
@@ -104,6 +106,11 @@ class Metrics:
         self.retried = outcome(RETRIED, "Failed attempts scheduled to run again.")
         self.stalled = outcome(STALLED, "Attempts whose worker died or lost the lease.")
         self.dead_lettered = outcome(DEAD_LETTERED, "Failed jobs copied to the dead letters.")
+        self.rejected = meter.create_counter(
+            REJECTED,
+            unit="{message}",
+            description="Messages on a queue's subjects that were not its jobs, removed unrun.",
+        )
         self.watches: set[QueueWatch] = set()
         """The running queues whose gauges are reported."""
         meter.create_observable_gauge(
@@ -220,6 +227,10 @@ class QueueMetrics:
     def dead_lettered(self) -> None:
         """A failed job was copied to the dead letters."""
         self.metrics.dead_lettered.add(1, self._queue)
+
+    def rejected(self, reason: str) -> None:
+        """A message that was not a job of the queue was removed (``reason`` says why)."""
+        self.metrics.rejected.add(1, {QUEUE: self.name, REASON: reason})
 
     def watch(self, store: JobStore, interval: float = DEFAULT_INTERVAL) -> QueueWatch:
         """Start reporting the queue's gauges from a snapshot refreshed every ``interval``."""

@@ -50,6 +50,12 @@ SCHEDULE_TARGET_HEADER: Final = "Nats-Schedule-Target"
 TTL_HEADER: Final = "Nats-TTL"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 KV_OPERATION_HEADER: Final = "KV-Operation"
+SCHEDULER_HEADER: Final = "Nats-Scheduler"
+"""The schedule subject that fired a message (set by the server on every fired copy)."""
+SCHEDULE_NEXT_HEADER: Final = "Nats-Schedule-Next"
+"""On a fired copy: when its schedule fires next, or "purge" for a one-shot schedule."""
+REJECTED: Final = "=rejected"
+"""A subject token no queue name or job id can be: where rejected messages are counted."""
 
 
 def check_name(value: str, what: str = "queue name") -> str:
@@ -190,6 +196,21 @@ class Names:
     def dead_letter(self, job_id: str) -> str:
         """The subject holding a job's dead letter (one per job)."""
         return f"oqron.{self.namespace}.dlq.{self.queue}.{job_id}"
+
+    def rejected(self, reason: str) -> str:
+        """The subject holding the latest sample of a message rejected for ``reason`` (in the
+        dead-letter stream, beside the dead letters but not among them)."""
+        return f"oqron.{self.namespace}.dlq.{self.queue}.{REJECTED}.{reason}"
+
+    @property
+    def rejected_samples(self) -> str:
+        """Every rejected-message sample of the queue."""
+        return f"oqron.{self.namespace}.dlq.{self.queue}.{REJECTED}.*"
+
+    @property
+    def rejections(self) -> str:
+        """The counter of the queue's rejected messages (in the counter stream)."""
+        return f"oqron.{self.namespace}.rate.{self.queue}.{REJECTED}"
 
     @property
     def jobs_bucket(self) -> str:

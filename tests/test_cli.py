@@ -66,6 +66,7 @@ async def test_queues_shows_counts_pause_oldest_job_and_workers(
         assert by_name["cli-idle"] | {"oldest_waiting_seconds": None} == {
             "name": "cli-idle", "waiting": 3, "active": 0, "delayed": 1, "failed": 0,
             "paused_jobs": 1, "paused": True, "oldest_waiting_seconds": None, "workers": 0,
+            "rejected": 0,
         }  # fmt: skip
         assert by_name["cli-idle"]["oldest_waiting_seconds"] >= 0
         assert by_name["cli-busy"]["active"] == 1
@@ -76,7 +77,8 @@ async def test_queues_shows_counts_pause_oldest_job_and_workers(
         assert code == 0
         header, *lines = out.splitlines()
         assert header.split() == [
-            "QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS"
+            "QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS",
+            "REJECTED",
         ]  # fmt: skip
         assert any(line.startswith("cli-idle") and "yes (1 held)" in line for line in lines)
     finally:

@@ -3,10 +3,13 @@ shown as such, and a typed queue can always list the jobs whose payload failed i
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from oqron_nats import (
     Client,
@@ -22,7 +25,7 @@ from oqron_nats import (
 from oqron_nats._nats import Bucket
 from oqron_nats.server import LocalServer
 
-from .helpers import wait_for_state
+from .helpers import eventually, wait_for_state
 from .test_cli import oqron, oqron_json
 
 GARBAGE = {
@@ -147,3 +150,90 @@ async def test_a_corrupt_dead_letter_is_listed_as_such(
     assert set(by_id) == {job.id, "forged"}
     assert by_id["forged"]["error"]["type"] == "CorruptRecord"
     assert by_id[job.id]["error"]["type"] == "RuntimeError"
+
+
+async def rejected_state(
+    capsys: pytest.CaptureFixture[str], server: LocalServer, namespace: str, name: str
+) -> tuple[int, dict[str, Any]]:
+    """The queue's rejected count (oqron queues) and its samples by reason (oqron dlq rejected)."""
+    summaries = await oqron_json(capsys, server, namespace, "queues")
+    [summary] = [s for s in summaries if s["name"] == name]
+    samples = await oqron_json(capsys, server, namespace, "dlq", "rejected", name)
+    return summary["rejected"], {sample["reason"]: sample for sample in samples}
+
+
+async def test_garbage_on_the_lanes_is_removed_counted_and_sampled(
+    nats_server: LocalServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader = InMemoryMetricReader()
+    client = Client(nats_server.url, namespace=namespace,
+                    meter_provider=MeterProvider(metric_readers=[reader]))  # fmt: skip
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        ran.append(ctx.id)
+
+    async with client:
+        publisher = queue("garbage", client=client)
+        job = await publisher.add({"n": 1})
+        names = client.names("garbage")
+        conn = await client.connect()
+        await conn.publish(names.lane(0, "a"), b"\x00\xff not an id")
+        await conn.publish(names.lane(3, "b"), b"x" * 900_000)
+        await conn.publish(names.lane(0, "c"), b"no-such-job")
+        q = queue("garbage", handler, client=client)
+        async with q:
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+
+            async def all_rejected() -> bool:
+                return (await conn.stream_state(names.stream)).messages == 0
+
+            await eventually(all_rejected, what="the garbage to be removed")
+        count, samples = await rejected_state(capsys, nats_server, namespace, "garbage")
+    assert ran == [job.id]
+    assert count == 3
+    assert set(samples) == {"not-a-job-id", "no-record"}
+    assert samples["no-record"]["body"] == "no-such-job"
+    assert samples["no-record"]["subject"] == names.lane(0, "c")
+    assert len(samples["not-a-job-id"]["body"]) <= 256
+    rejected = {
+        point.attributes["reason"]: point.value
+        for metric in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        if metric.name == "oqron.messages.rejected"
+        for point in metric.data.data_points
+    }
+    assert rejected == {"not-a-job-id": 2, "no-record": 1}
+
+
+async def test_a_foreign_schedule_firing_into_a_lane_is_deleted_and_stops_firing(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
+        return None
+
+    publisher = queue("foreign", client=client)
+    job = await publisher.add({"n": 1})
+    names = client.names("foreign")
+    conn = await client.connect()
+    q = queue("foreign", handler, client=client)
+    async with q:
+        await wait_for_state(q, job.id, JobState.COMPLETED)
+        for schedule_subject, body in ((names.schedule("evil"), b"garbage!"),
+                                       (names.schedule(job.id), job.id.encode())):  # fmt: skip
+            await conn.publish(schedule_subject, body, {
+                "Nats-Schedule": "@every 1s",
+                "Nats-Schedule-Target": names.lane(0, "fired"),
+            })  # fmt: skip
+
+        async def schedules_gone() -> bool:
+            left = await conn.subjects(names.stream, names.schedules)
+            return not left
+
+        await eventually(schedules_gone, timeout=15, what="both schedules to be deleted")
+        count, samples = await rejected_state(capsys, nats_server, namespace, "foreign")
+        await asyncio.sleep(2.5)  # a schedule still there would fire twice more
+        assert (await rejected_state(capsys, nats_server, namespace, "foreign"))[0] == count
+    assert set(samples) == {"not-a-job-id", "foreign-schedule"}
+    assert samples["foreign-schedule"]["headers"]["Nats-Scheduler"] == names.schedule(job.id)
+    done = await q.get_job(job.id)
+    assert done is not None and done.attempt == 1, "the completed job did not run again"

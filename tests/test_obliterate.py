@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from oqron_nats import Client, InvalidState, JobState, RetryPolicy, queue
+from oqron_nats.rejects import rejected_count, rejected_samples
 
 from .helpers import eventually, stream_message_count
 
@@ -26,6 +27,9 @@ async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
         failed = await q.add({"fail": True})
         await done.wait(10)
         await failed.wait(10)
+        conn = await client.connect()
+        await conn.publish(client.names("doomed").lane(0, "junk"), b"not a job!")
+        await eventually(lambda: _rejected(client), what="the junk to be rejected")
     waiting = await q.add({"n": 2})
     delayed = await q.add({"n": 3}, delay=3600)
     names = client.names("doomed")
@@ -40,10 +44,16 @@ async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
         await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
         is None
     )
+    assert not await _rejected(client), "the rejected count and sample went too"
     assert await neighbour.get_job(kept.id) is not None, "other queues keep their jobs"
     assert not await q.is_paused()
     again = await q.add({"n": 4}, job_id=done.id)  # the ids are free again
     assert again.state == JobState.WAITING
+
+
+async def _rejected(client: Client) -> bool:
+    conn, names = await client.connect(), client.names("doomed")
+    return bool(await rejected_count(conn, names) or await rejected_samples(conn, names))
 
 
 async def test_obliterate_refuses_active_jobs_unless_forced(client: Client) -> None:

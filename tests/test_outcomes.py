@@ -475,9 +475,8 @@ async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: byte
         with capture_logs() as logs:
             await conn.publish(names.lane(0, "poison"), body, {"Nats-Msg-Id": "poison-1"})
             await wait_until_empty(client, "poison")
-        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
-            "poison message: not a job id"
-        ]
+        rejected = [e for e in logs if e["event"] == "message rejected: not a job of this queue"]
+        assert [e["reason"] for e in rejected] == ["not-a-job-id"]
         job = await q.add({"n": 1})
         await wait_for_state(q, job.id, JobState.COMPLETED)
     assert runs == [job.id]

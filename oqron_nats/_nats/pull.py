@@ -49,8 +49,18 @@ class Delivery:
 
     @property
     def headers(self) -> dict[str, str]:
-        """The message headers (empty if none)."""
+        """The message headers (a copy; empty if none)."""
         return dict(self._msg.headers or {})
+
+    @property
+    def raw_headers(self) -> dict[str, str] | None:
+        """The message headers as received (not a copy: do not change them), or None."""
+        return self._msg.headers
+
+    @property
+    def subject(self) -> str:
+        """The subject the message was published on."""
+        return self._msg.subject
 
     @property
     def num_delivered(self) -> int:
