@@ -253,9 +253,9 @@ class QueueConfig:
     disabled_behavior: DisabledBehavior = "hold"
     """What add() does while the queue is paused: hold the job, reject it, or skip it."""
     remove_on_complete: Retention | None = None
-    """Retention of completed jobs (None: keep them all)."""
+    """Retention of completed jobs (None: the default, a day; False keeps them all)."""
     remove_on_fail: Retention | None = None
-    """Retention of failed jobs (None: keep them all)."""
+    """Retention of failed jobs (None: the default, 14 days; False keeps them all)."""
     throttle: Throttle | None = None
     rate_limit: RateLimit | None = None
     secret_fields: frozenset[str] = frozenset()

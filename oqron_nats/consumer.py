@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
+from . import retention
 from ._nats import ConsumerSpec, Delivery, JetStreamError, Puller, ensure_consumer, jittered
 from .backend import Backend
 from .background import finish
@@ -36,6 +37,7 @@ from .context import JobContext
 from .control import PAUSED_FOREVER, QueueState
 from .errors import ConsumerConflict
 from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
+from .job import JobState
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .maintenance import Maintenance, reconcile, scan_stalls
@@ -136,6 +138,8 @@ class Consumer:
             "worker started",
             queue=self.config.name, strategy=self.config.strategy,
             concurrency=self.config.concurrency, worker_id=self.worker_id,
+            keep_completed=retention.describe(self.config, JobState.COMPLETED),
+            keep_failed=retention.describe(self.config, JobState.FAILED),
         )  # fmt: skip
 
     async def _start(self) -> None:

@@ -6,7 +6,10 @@
 * an ``int`` N: after a finish, if more than N jobs are in that state, the oldest beyond N are
   removed; the state index says how many there are and which are oldest, so this never reads
   every record.
-* ``False`` (or unset): kept.
+* ``False``: kept.
+* unset (on the job and on the worker's queue): the defaults, ``DEFAULT_RETENTION``: completed
+  jobs are kept for a day and failed ones for 14 days, so the job store does not grow without
+  bound by default.
 
 A removed job's id can be used again by a new add().
 """
@@ -24,6 +27,11 @@ from .store import RawJob
 
 TRIM_BATCH = 100
 """At most this many old jobs are removed after one finish (the next finish removes more)."""
+DEFAULT_RETENTION: dict[JobState, Retention] = {
+    JobState.COMPLETED: timedelta(days=1),
+    JobState.FAILED: timedelta(days=14),
+}
+"""How long a finished job is kept when neither it nor its worker's queue says."""
 
 
 def policy_for(job: RawJob, state: JobState, config: QueueConfig) -> Retention | None:
@@ -34,7 +42,23 @@ def policy_for(job: RawJob, state: JobState, config: QueueConfig) -> Retention |
         own, queue_wide = job.remove_on_fail, config.remove_on_fail
     else:
         return None
-    return own if own is not None else queue_wide
+    if own is not None:
+        return own
+    return queue_wide if queue_wide is not None else DEFAULT_RETENTION[state]
+
+
+def describe(config: QueueConfig, state: JobState) -> str:
+    """How long the queue keeps jobs finished in ``state`` (when a job does not say), in words."""
+    policy = config.remove_on_complete if state == JobState.COMPLETED else config.remove_on_fail
+    if policy is None:
+        policy = DEFAULT_RETENTION[state]
+    if policy is True:
+        return "removed at once"
+    if policy is False:
+        return "kept"
+    if isinstance(policy, timedelta):
+        return f"{policy.total_seconds():g} s"
+    return f"the newest {policy}"
 
 
 def ttl_of(policy: Retention | None) -> float | None:

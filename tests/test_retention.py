@@ -126,3 +126,29 @@ def test_bad_retention_settings_are_refused() -> None:
     for bad in (-1, timedelta(0), "1h", 1.5):
         with pytest.raises(ConfigError):
             queue("bad", remove_on_complete=bad)  # type: ignore[arg-type]
+
+
+async def _stored_ttl(client: Client, name: str, job_id: str) -> str | None:
+    """The Nats-TTL a job's record was written with (None: kept until removed)."""
+    conn, names = await client.connect(), client.names(name)
+    stored = await conn.direct_get_subject(
+        f"KV_{names.jobs_bucket}", f"$KV.{names.jobs_bucket}.{names.key(job_id)}"
+    )
+    assert stored is not None
+    return stored.headers.get("Nats-TTL")
+
+
+async def test_unset_retention_keeps_finished_jobs_a_day_or_two_weeks(client: Client) -> None:
+    """By default the job store does not grow without bound: a finished record expires."""
+    q = queue("defaults", ok, client=client)
+    failing = queue("defaults-fail", boom, client=client, retries=RetryPolicy(max=0))
+    kept = queue("kept", ok, client=client, remove_on_complete=False)
+    async with q, failing, kept:
+        done = await (await q.add({})).wait(10)
+        failed = await (await failing.add({})).wait(10)
+        forever = await (await kept.add({})).wait(10)
+        per_job = await (await q.add({}, remove_on_complete=False)).wait(10)
+    assert await _stored_ttl(client, "defaults", done.id) == f"{24 * 3600 * 1000}ms"
+    assert await _stored_ttl(client, "defaults-fail", failed.id) == f"{14 * 24 * 3600 * 1000}ms"
+    assert await _stored_ttl(client, "kept", forever.id) is None
+    assert await _stored_ttl(client, "defaults", per_job.id) is None, "the job's own setting wins"
