@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._nats import Bucket, Nats
+from .admission import Admission
 from .broker import Broker
 from .client import Client
 from .config import QueueConfig
 from .control import Control
+from .errors import ConfigError
 from .events import EventBus
 from .index import StateIndex
 from .lease import Leases
@@ -34,12 +36,15 @@ class Backend:
     control: Control
     rejects: Rejects
     payload_limit: int
+    admission: Admission | None = None
+    """The bound of a queue with max_jobs."""
 
     @classmethod
     async def open(cls, client: Client, config: QueueConfig) -> Backend:
         """Connect, create the queue's streams and buckets, and wire the parts."""
         names = client.names(config.name)
         conn = await client.prepare_queue(names)
+        await refuse_dropping_streams(conn, names)
         replicated = client.replicas > 1
         metrics = client.metrics.queue(config.name, consumer_group=config.strategy)
         return cls(
@@ -60,4 +65,17 @@ class Backend:
             control=Control(conn, names),
             rejects=Rejects(conn, names, metrics),
             payload_limit=client.payload_limit(conn, config.max_payload_size),
+            admission=Admission(conn, names, config.max_jobs) if config.max_jobs else None,
+        )
+
+
+async def refuse_dropping_streams(conn: Nats, names: Names) -> None:
+    """ConfigError if someone gave the queue's work stream limits under which the server drops
+    the oldest messages (discard old): a dropped message is a job that never runs."""
+    dropping = (await conn.stream_limits(names.stream)).drops_old
+    if dropping:
+        raise ConfigError(
+            f"stream {names.stream} has {', '.join(dropping)} with discard=old: the server would "
+            "drop the oldest job messages without a word, and those jobs would never run. Remove "
+            "those limits (`nats stream edit`); bound a queue with max_jobs instead"
         )

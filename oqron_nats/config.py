@@ -122,6 +122,31 @@ class StallScanner:
 
 
 @dataclass(frozen=True, slots=True)
+class OrphanSweep:
+    """Re-publishes waiting jobs whose message is gone (on by default).
+
+    A job's record is stored before its message is published; if the publish never landed (the
+    adding process died, or its caller ignored an EnqueueError), or a message was removed
+    behind the library's back, the record waits for nothing. Every ``interval`` seconds one
+    worker of the queue (the leader, by a KV lease) checks up to ``batch`` waiting jobs, oldest
+    first and moving on through the backlog pass by pass, and publishes again each one that has
+    waited ``waiting_for`` seconds with no message. A backlog within ``batch`` jobs is thus
+    healed within ``waiting_for + interval`` seconds.
+    """
+
+    interval: Duration = 30.0
+    waiting_for: Duration = 60.0
+    batch: int = 1000
+
+    def __post_init__(self) -> None:
+        if seconds(self.interval, "orphan_sweep.interval") <= 0:
+            raise ConfigError("orphan_sweep.interval must be positive")
+        seconds(self.waiting_for, "orphan_sweep.waiting_for")
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
+            raise ConfigError(f"orphan_sweep.batch must be an int >= 1, not {self.batch!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Reconciliation:
     """Periodic repair of the split-brain cases between job records and stream messages.
 
@@ -218,7 +243,9 @@ class QueueOptions(TypedDict, total=False):
     max_stalled_count: int
     tags: Sequence[str]
     max_payload_size: int
+    max_jobs: int
     cross_node_stall_scanner: bool | StallScanner
+    orphan_sweep: bool | OrphanSweep
     reconciliation: bool | Reconciliation
     lag_monitor: bool | LagMonitor
     remove_on_complete: Retention
@@ -247,7 +274,11 @@ class QueueConfig:
     tags: tuple[str, ...] = ()
     payload: type[Any] | None = None
     max_payload_size: int = DEFAULT_MAX_PAYLOAD
+    max_jobs: int | None = None
+    """At most this many unfinished jobs; add() beyond raises QueueFull (None: no bound)."""
     stall_scanner: StallScanner | None = None
+    orphan_sweep: OrphanSweep | None = field(default_factory=OrphanSweep)
+    """On by default: waiting jobs whose message is gone are published again."""
     reconciliation: Reconciliation | None = None
     lag_monitor: LagMonitor | None = None
     disabled_behavior: DisabledBehavior = "hold"
@@ -347,9 +378,11 @@ def make_config(
         tags=tuple(tags),
         payload=payload,
         max_payload_size=_positive_int(options, "max_payload_size", DEFAULT_MAX_PAYLOAD, 1),
+        max_jobs=_positive_int(options, "max_jobs", 1, 1) if "max_jobs" in options else None,
         stall_scanner=_group(
             options.get("cross_node_stall_scanner"), StallScanner, "cross_node_stall_scanner"
         ),
+        orphan_sweep=_group(options.get("orphan_sweep", True), OrphanSweep, "orphan_sweep"),
         reconciliation=_group(options.get("reconciliation"), Reconciliation, "reconciliation"),
         lag_monitor=_group(options.get("lag_monitor"), LagMonitor, "lag_monitor"),
         disabled_behavior=disabled_behavior,

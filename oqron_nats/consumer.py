@@ -40,7 +40,7 @@ from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .job import JobState
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
-from .maintenance import Maintenance, reconcile, scan_stalls
+from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
 from .metrics import QueueWatch
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
@@ -204,10 +204,14 @@ class Consumer:
 
     def _start_maintenance(self) -> None:
         scanner, reconciliation = self.config.stall_scanner, self.config.reconciliation
-        if scanner is None and reconciliation is None:
+        sweep = self.config.orphan_sweep
+        if scanner is None and reconciliation is None and sweep is None:
             return
         backend = self.backend
         self._maintenance = Maintenance(backend, self.worker_id)
+        if sweep is not None:
+            sweeper = OrphanSweeper(backend, sweep)
+            self._maintenance.start("orphan-sweep", sweeper.interval, sweeper.sweep)
         if scanner is not None:
             interval = seconds(scanner.interval, "interval")
             self._maintenance.start("stall-scanner", interval, lambda: scan_stalls(backend))

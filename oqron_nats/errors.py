@@ -15,6 +15,7 @@
     │                            election); carries the server's code, err_code and description
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
+    ├── QueueFull                add() on a queue that holds max_jobs unfinished jobs
     ├── JobNotFound              no job with that id in the queue
     ├── CorruptRecord            a stored record that does not decode (written by something else,
     │                            or damaged); listings show it as such and go on
@@ -97,6 +98,10 @@ class ServerVersionError(OqronError):
 
 class QueuePaused(OqronError):
     """The queue is paused and refuses new jobs (disabled_behavior="reject"); nothing was stored."""
+
+
+class QueueFull(OqronError):
+    """The queue holds ``max_jobs`` unfinished jobs; nothing was stored."""
 
 
 class JobNotFound(OqronError, LookupError):

@@ -5,9 +5,13 @@ a worker takes (or renews) the role's lease in the locks bucket, and one that do
 skips the pass. Every change a pass makes is a compare-and-set on the revision it read, so a
 pass racing with a worker (or with a stale leader) changes nothing the worker already moved.
 
-Normal operation needs neither: a crashed worker's job comes back through the consumer's
+Normal operation needs none of them: a crashed worker's job comes back through the consumer's
 redelivery. The passes heal what redelivery cannot:
 
+* **orphan sweep** (on by default): a waiting record whose message is gone (its add stopped
+  between record and message, or the message was removed behind the library's back),
+  waiting for longer than ``waiting_for``: published again. It reads the waiting jobs through
+  the state index, ``batch`` of them per pass, so its cost does not grow with the queue.
 * **stall scanner**: a record that is active and held a lease that is now gone, whose claimed
   message is no longer in the stream (an ack that landed for the wrong delivery, a message
   removed by hand, a broker that lost it): marked stalled and re-enqueued.
@@ -32,7 +36,8 @@ from . import dag
 from ._nats import CasConflict
 from .backend import Backend
 from .background import finish
-from .config import Reconciliation, seconds
+from .config import OrphanSweep, Reconciliation, seconds
+from .index import entry as index_entry
 from .job import JobState, moved
 from .lease import Lease, LeaseLost
 from .store import RawJob, settled
@@ -70,6 +75,61 @@ async def scan_stalls(backend: Backend) -> int:
             backend.metrics.stalled()
             healed += 1
     return healed
+
+
+class OrphanSweeper:
+    """Publishes waiting jobs again that have no message, a batch of the backlog per pass."""
+
+    def __init__(self, backend: Backend, policy: OrphanSweep) -> None:
+        self.backend = backend
+        self.interval = seconds(policy.interval, "orphan_sweep.interval")
+        self.waiting_for = timedelta(seconds=seconds(policy.waiting_for, "waiting_for"))
+        self.batch = policy.batch
+        self._next_seq = 0
+        """Where the next pass goes on reading the waiting index (0: from its start)."""
+
+    async def sweep(self) -> int:
+        """One pass; returns how many jobs it published again."""
+        backend = self.backend
+        stream = backend.names.index_stream(JobState.WAITING)
+        bounds = await backend.conn.stream_state(stream)
+        if not bounds.messages:
+            return 0
+        start = max(self._next_seq, bounds.first_seq)
+        stored, more = await backend.conn.direct_batch(stream, start=start, batch=self.batch)
+        self._next_seq = stored[-1].seq + 1 if stored and more else 0
+        due = datetime.now(UTC) - self.waiting_for
+        healed = 0
+        for entry in (index_entry(msg, JobState.WAITING) for msg in stored):
+            if entry.entered_at < due and await self._requeue_if_orphaned(entry.job_id):
+                healed += 1
+        return healed
+
+    async def _requeue_if_orphaned(self, job_id: str) -> bool:
+        backend = self.backend
+        if await self._has_message(job_id):
+            return False
+        record = await backend.store.get(job_id, fresh=True)
+        if record is None or record.job.state != JobState.WAITING:
+            return False
+        changed = record.job.timeline[-1].at if record.job.timeline else record.job.created_at
+        if changed > datetime.now(UTC) - self.waiting_for or await self._has_message(job_id):
+            return False  # it moved (and came back) meanwhile, or its message just landed
+        if not await _requeue(
+            backend, record.job, record.revision, JobState.WAITING, "no message: published again"
+        ):
+            return False
+        log.warning("orphan sweep published a waiting job again", job_id=job_id,
+                    queue=backend.names.queue)  # fmt: skip
+        return True
+
+    async def _has_message(self, job_id: str) -> bool:
+        """Whether the job has a message on a lane or on the run lane (lifo)."""
+        conn, names = self.backend.conn, self.backend.names
+        for subject in (names.lane_of(job_id), names.run(job_id)):
+            if await conn.direct_get(names.stream, last_by_subject=subject) is not None:
+                return True
+        return False
 
 
 async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:

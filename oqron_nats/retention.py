@@ -57,7 +57,7 @@ def describe(config: QueueConfig, state: JobState) -> str:
     if policy is False:
         return "kept"
     if isinstance(policy, timedelta):
-        return f"{policy.total_seconds():g} s"
+        return f"for {policy}"
     return f"the newest {policy}"
 
 

@@ -1,7 +1,7 @@
 """The only package that imports nats-py: connection, KV, raw pulls and provisioning."""
 
 from ..errors import JetStreamError
-from .conn import CasConflict, Nats, PubAck, StoredMsg, StreamState
+from .conn import CasConflict, Nats, PubAck, StoredMsg, StreamLimits, StreamState
 from .kv import Bucket, Entry
 from .provision import ConsumerSpec, ensure_bucket, ensure_consumer, ensure_stream
 from .pull import Delivery, Puller
@@ -18,6 +18,7 @@ __all__ = [
     "PubAck",
     "Puller",
     "StoredMsg",
+    "StreamLimits",
     "StreamState",
     "ensure_bucket",
     "ensure_consumer",

@@ -93,8 +93,33 @@ class StreamState(msgspec.Struct):
     subjects: dict[str, int] | None = None
 
 
+class StreamLimits(msgspec.Struct):
+    """What a stream's configuration says about discarding messages."""
+
+    discard: str = "old"
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_age: int = 0
+    """Nanoseconds (0: none)."""
+    max_msgs_per_subject: int = -1
+
+    @property
+    def drops_old(self) -> list[str]:
+        """The limits under which the server removes old messages to make room (discard old)."""
+        if self.discard != "old":
+            return []
+        limits = {
+            "max_msgs": self.max_msgs,
+            "max_bytes": self.max_bytes,
+            "max_age": self.max_age,
+            "max_msgs_per_subject": self.max_msgs_per_subject,
+        }
+        return [f"{name}={value}" for name, value in limits.items() if value > 0]
+
+
 class _StreamInfo(_Reply):
     state: StreamState = msgspec.field(default_factory=StreamState)
+    config: StreamLimits = msgspec.field(default_factory=StreamLimits)
     total: int = 0
 
 
@@ -436,6 +461,10 @@ class Nats:
     async def stream_state(self, stream: str) -> StreamState:
         """How many messages the stream holds, and its first and last sequence."""
         return (await self._api(f"$JS.API.STREAM.INFO.{stream}", None, _StreamInfo)).state
+
+    async def stream_limits(self, stream: str) -> StreamLimits:
+        """The stream's limits and discard policy, as configured now."""
+        return (await self._api(f"$JS.API.STREAM.INFO.{stream}", None, _StreamInfo)).config
 
     async def stream_exists(self, stream: str) -> bool:
         """Whether the stream exists."""

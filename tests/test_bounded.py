@@ -1,0 +1,118 @@
+"""No silent loss (issue 11, item 6): a waiting job whose message is gone is published again
+by default, a work stream an operator gave discard=old limits is refused, and a queue bounded
+with max_jobs refuses adds with QueueFull instead of dropping anything."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from oqron_nats import (
+    Client,
+    ConfigError,
+    JobContext,
+    JobState,
+    OqronError,
+    OrphanSweep,
+    QueueFull,
+    queue,
+)
+from oqron_nats.backend import Backend
+from oqron_nats.config import QueueConfig
+from oqron_nats.maintenance import OrphanSweeper
+from oqron_nats.queue import parse_options
+
+from .helpers import stream_message_count, wait_for_state
+
+FAST_SWEEP = OrphanSweep(interval=0.5, waiting_for=1.0)
+
+
+async def done(ctx: JobContext[Any]) -> str:
+    return "ok"
+
+
+def test_the_orphan_sweep_is_on_by_default() -> None:
+    assert QueueConfig(name="q").orphan_sweep == OrphanSweep()
+    assert queue("q", done).config.orphan_sweep == OrphanSweep()
+    assert queue("q", done, orphan_sweep=False).config.orphan_sweep is None
+
+
+async def test_waiting_jobs_whose_messages_were_dropped_behind_our_back_run_anyway(
+    client: Client,
+) -> None:
+    publisher = queue("dropped", client=client)
+    jobs = [await publisher.add({"n": n}) for n in range(5)]
+    names = client.names("dropped")
+    conn = await client.connect()
+    await conn.purge_subject(names.stream, names.lanes)  # an operator, or a bounded stream
+    assert await stream_message_count(client, names.stream) == 0
+    q = queue("dropped", done, client=client, orphan_sweep=FAST_SWEEP)
+    async with q:
+        for job in jobs:
+            finished = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=15)
+            assert finished.enqueued == 2, "published once more, by the sweep"
+            assert finished.attempt == 1
+
+
+async def test_a_record_stored_without_its_message_is_published_by_the_sweep(
+    client: Client,
+) -> None:
+    """The add() that stopped between the record and the message (the process died)."""
+    q = queue("half", done, client=client, orphan_sweep=FAST_SWEEP)
+    backend = await Backend.open(client, q.config)
+    _, record = q._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
+    await backend.store.create(record)
+    async with q:
+        finished = await wait_for_state(q, "half-added", JobState.COMPLETED, timeout=15)
+    assert finished.result == "ok"
+
+
+async def test_the_sweep_leaves_queued_jobs_alone(client: Client) -> None:
+    publisher = queue("healthy", client=client)
+    jobs = [await publisher.add({"n": n}) for n in range(3)]
+    q = queue("healthy", done, client=client, orphan_sweep=FAST_SWEEP, concurrency=1)
+    backend = await Backend.open(client, q.config)
+    await asyncio.sleep(1.2)  # the jobs are older than waiting_for, their messages are there
+    assert await OrphanSweeper(backend, FAST_SWEEP).sweep() == 0
+    async with q:
+        for job in jobs:
+            finished = await wait_for_state(q, job.id, JobState.COMPLETED)
+            assert finished.enqueued == 1
+
+
+async def test_a_work_stream_with_discard_old_limits_is_refused(client: Client) -> None:
+    publisher = queue("bounded-by-hand", client=client)
+    await publisher.add({"n": 1})
+    conn = await client.connect()
+    names = client.names("bounded-by-hand")
+    info = await conn.js.stream_info(names.stream)
+    config = info.config
+    config.max_msgs = 100  # what an operator might do with `nats stream edit`
+    await conn.js.update_stream(config)
+    fresh = Client(client.urls, namespace=client.namespace)
+    async with fresh:
+        for q in (queue("bounded-by-hand", client=fresh),
+                  queue("bounded-by-hand", done, client=fresh)):  # fmt: skip
+            with pytest.raises(ConfigError, match="max_msgs=100 with discard=old"):
+                await (q.add({"n": 2}) if q.handler is None else q.start())
+
+
+async def test_max_jobs_refuses_adds_with_queue_full_and_stores_nothing(client: Client) -> None:
+    q = queue("capped", client=client, max_jobs=5)
+    jobs = [await q.add({"n": n}) for n in range(5)]
+    with pytest.raises(QueueFull) as info:
+        await q.add({"n": 5})
+    assert isinstance(info.value, OqronError)
+    assert "5" in str(info.value)
+    assert await q.count() == 5
+    result = await q.add_bulk([{"data": {"n": n}} for n in range(6, 9)])
+    assert [type(item.error) for item in result] == [QueueFull] * 3
+    assert await q.count() == 5, "nothing was stored"
+    async with queue("capped", done, client=client) as worker:
+        for job in jobs:
+            await wait_for_state(worker, job.id, JobState.COMPLETED)
+    await q.add(
+        {"n": 9}
+    )  # room again (read again, being near the bound): finished jobs do not count
