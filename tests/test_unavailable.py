@@ -269,3 +269,21 @@ async def test_requests_lost_with_a_connection_are_asked_again_at_once(
             proxy.flow()
             found = await asyncio.wait_for(reading, 10)
             assert found is not None and found.id == job.id
+
+
+async def test_a_hung_connection_is_given_up_within_seconds(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """A server that hangs (SIGSTOP, a dead link that sends no reset) keeps the TCP connection
+    open; only the missing PONGs tell. A worker must give such a connection up and fail over
+    within seconds (nats-py's default: 2 minutes between PINGs)."""
+    async with TcpProxy(nats_server.port) as proxy:
+        client = Client(proxy.url, namespace=namespace)
+        async with client:
+            q = queue("hung", client=client)
+            job = await q.add({"n": 1})
+            proxy.stall()
+            await eventually(lambda: _true(proxy.connections > 1), timeout=10,
+                             what="the client to give the hung connection up")  # fmt: skip
+            proxy.flow()
+            assert (await q.get_job(job.id)) is not None

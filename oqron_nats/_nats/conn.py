@@ -33,6 +33,8 @@ log = structlog.get_logger("oqron_nats")
 
 INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""
+PING_INTERVAL = 2.0
+"""Seconds between the client's PINGs: two unanswered, and the connection is given up."""
 
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
@@ -234,6 +236,10 @@ class Nats:
             "reconnect_time_wait": 0.5,
             "connect_timeout": 5,
             "drain_timeout": 10,
+            # a hung server (stopped, or cut off without a reset) is found by its missing PONGs:
+            # after at most (1 + max_outstanding_pings) x ping_interval = 6 s, not nats-py's 6 min
+            "ping_interval": PING_INTERVAL,
+            "max_outstanding_pings": 2,
             "skip_subject_validation": True,  # every subject is built from validated names
             "error_cb": on_error,
             "disconnected_cb": on_disconnected,
