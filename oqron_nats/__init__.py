@@ -25,6 +25,7 @@ from .config import (
     Throttle,
 )
 from .context import JobContext, Signal
+from .credentials import TLS, Credentials
 from .errors import (
     ConfigError,
     ConnectionFailed,
@@ -51,12 +52,14 @@ from .worker import Worker, worker
 
 __all__ = [
     "TERMINAL_STATES",
+    "TLS",
     "AddOutcome",
     "BulkResult",
     "Client",
     "ConfigError",
     "ConnectionFailed",
     "ConsumerConflict",
+    "Credentials",
     "DeadLetter",
     "EnqueueError",
     "Event",
