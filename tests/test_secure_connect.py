@@ -499,8 +499,24 @@ async def test_malformed_credential_files_are_config_errors_that_name_the_file_o
         assert secret_line not in str(bad.value)
     with pytest.raises(ConfigError, match="cannot use the TLS CA file"):
         await Client(url, tls=TLS(ca_file=bad_seed)).connect()
+    encrypted = secured.file("encrypted-key.pem", encrypted_key(secured.pki.path("client-key")))
+    tls = TLS(cert_file=secured.pki.path("client"), key_file=encrypted)
+    with pytest.raises(ConfigError, match="is encrypted; give it unencrypted"):  # no prompt
+        await asyncio.wait_for(Client(secured.mtls.url, tls=tls).connect(), HANG_BOUND)
     argv = ["queues", "--url", url, "--password-file", str(missing), "--user", "alice"]
     assert await asyncio.to_thread(main, argv) == 2
+
+
+def encrypted_key(path: Path) -> str:
+    """The PEM key at ``path``, encrypted with a passphrase."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    ).decode()
 
 
 def test_credentials_are_one_kind_and_hide_their_secrets() -> None:
