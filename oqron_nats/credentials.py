@@ -13,10 +13,10 @@ Settable three ways, all ending in the two frozen settings types of this module:
 
 Secret rules: a credential file (``.creds``, nkey seed, password or token file, TLS key) is read
 (the connection's files when connecting) and its content is never logged nor put in an error; a
-password or token never appears in an error, a log line or a stored record; URLs are shown with their userinfo masked
-(``nats://alice:***@host:4222``, ``nats://***@host`` for a token). A password or token written
-into a URL is moved out of it before the URL goes to nats-py, so every server of a cluster,
-discovered ones included, gets the credentials.
+password or token never appears in an error, a log line or a stored record; URLs are shown with
+their userinfo masked (``nats://alice:***@host:4222``, ``nats://***@host`` for a token). A
+password or token written into a URL is moved out of it before the URL goes to nats-py, so every
+server of a cluster, discovered ones included, gets the credentials.
 """
 
 from __future__ import annotations
