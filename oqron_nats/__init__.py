@@ -26,6 +26,7 @@ from .config import (
     Throttle,
 )
 from .context import JobContext, Signal
+from .credentials import TLS, Credentials
 from .errors import (
     ConfigError,
     ConnectionFailed,
@@ -54,6 +55,7 @@ from .worker import Worker, worker
 
 __all__ = [
     "TERMINAL_STATES",
+    "TLS",
     "AddOutcome",
     "BulkResult",
     "Client",
@@ -61,6 +63,7 @@ __all__ = [
     "ConnectionFailed",
     "ConsumerConflict",
     "CorruptRecord",
+    "Credentials",
     "DeadLetter",
     "EnqueueError",
     "Event",

@@ -10,6 +10,7 @@ is cancelled. A loop's own flag is checked as well as the cancel, because Python
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 STOP_GRACE = 5.0
@@ -25,3 +26,22 @@ async def finish(task: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -> N
     for late in busy:
         late.cancel()
         await asyncio.wait({late}, timeout=grace)
+
+
+async def unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` until it ends or ``stop`` is set, which cancels it (a signal while a worker
+    starts: a connect that is slow or never answers ends at once). Returns whether ``work`` ran
+    to its end; its exception is raised."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_GRACE)
+    if task.cancelled() or not task.done():
+        return False
+    task.result()
+    return True

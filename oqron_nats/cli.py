@@ -2,9 +2,10 @@
 
 Exit codes: 0 done; 1 the job or queue is not there, or refused the operation (a job in the wrong
 state, or JetStream refused the request); 2 bad usage or configuration; 3 NATS cannot be
-reached or did not answer within the retry deadline (a request is asked again meanwhile, as
-through a cluster's leader election). ``--json`` prints what a script
-would parse, on one line per command.
+connected to (no server, refused credentials, a TLS failure: one line says why) or did not
+answer within the retry deadline (a request is asked again meanwhile, as through a cluster's
+leader election). ``--json`` prints what a script would parse, on one line per command.
+Credentials and TLS come from flags (``--creds``, ``--tls-ca``, ...) or ``OQRON_NATS_*``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 from . import admin
 from .client import Client
 from .cluster import LocalCluster
+from .credentials import add_security_arguments, security_from
 from .errors import (
     ConfigError,
     CorruptRecord,
@@ -108,6 +110,7 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="NATS URL(s), comma-separated (default: OQRON_NATS_URL)")
     parser.add_argument("--namespace", help="default: OQRON_NAMESPACE or 'default'")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_security_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,7 +178,9 @@ def _as_worker(item: object, target: str) -> Worker[Any]:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    async with Client(args.url, namespace=args.namespace) as client:
+    credentials, tls = security_from(args)
+    connection = Client(args.url, namespace=args.namespace, credentials=credentials, tls=tls)
+    async with connection as client:
         command = _ADMIN[args.command if args.command != "jobs" else f"jobs {args.action}"]
         result = await command(client, args)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
+from .credentials import TLS, Credentials, mask_url, split_userinfo
 from .errors import ConfigError, ConsumerConflict, ServerVersionError, Unavailable
 from .job import JobState
 from .metrics import DEFAULT_INTERVAL, metrics_for
@@ -58,13 +60,30 @@ def env_number(name: str, kind: type[N], default: N) -> N:
         raise ConfigError(f"{name} must be a number, not {text!r}") from None
 
 
+def _security(
+    in_url: Credentials | None, credentials: Credentials | None, tls: TLS | ssl.SSLContext | None
+) -> tuple[Credentials | None, TLS | ssl.SSLContext | None]:
+    """The credentials and TLS settings a client uses: as given, else from the environment."""
+    if credentials is None:
+        credentials = Credentials.from_env()
+        if in_url is not None and credentials is not None:
+            raise ConfigError(
+                f"NATS credentials are in the URL and in the environment ({credentials.kind}); "
+                "give them one way"
+            )
+    elif in_url is not None:
+        raise ConfigError("NATS credentials are in the URL and in credentials=; give them one way")
+    return credentials or in_url, tls if tls is not None else TLS.from_env()
+
+
 class Client:
     """A lazily opened NATS connection for one namespace.
 
     ``request_timeout`` is how long one request waits for its reply; ``retry_deadline`` how long
     an operation is asked again while NATS cannot answer (a cluster electing leaders, a node
     restarting, a failover) before it fails with :class:`~oqron_nats.errors.Unavailable`
-    (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds).
+    (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds). ``credentials`` and ``tls`` (see
+    :mod:`oqron_nats.credentials`) default to the ``OQRON_NATS_*`` environment variables.
     """
 
     def __init__(
@@ -79,9 +98,16 @@ class Client:
         metrics_interval: float = DEFAULT_INTERVAL,
         request_timeout: float = 5.0,
         retry_deadline: float | None = None,
+        credentials: Credentials | None = None,
+        tls: TLS | ssl.SSLContext | None = None,
         connect_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.urls = urls_from(url)
+        given = urls_from(url)
+        self.urls, in_url = split_userinfo(given)
+        """The server URLs, without userinfo: credentials in a URL move to ``credentials``."""
+        self.label = ", ".join(mask_url(u) for u in given)
+        """The URLs as errors and logs show them: userinfo masked."""
+        self._credentials, self._tls = _security(in_url, credentials, tls)
         self.namespace = check_namespace(
             namespace or os.environ.get("OQRON_NAMESPACE") or "default"
         )
@@ -121,12 +147,15 @@ class Client:
                     name=self.name,
                     request_timeout=self._request_timeout,
                     retry_deadline=self._retry_deadline,
+                    credentials=self._credentials,
+                    tls=self._tls,
+                    label=self.label,
                     options=self._connect_options,
                 )
                 if not conn.has_jetstream:
                     await conn.close()
                     raise Unavailable(
-                        f"the NATS server {conn.server_name or 'at ' + ', '.join(self.urls)} "
+                        f"the NATS server {conn.server_name or 'at ' + self.label} "
                         "runs without JetStream; start it with -js (or a jetstream {} block)"
                     )
                 if conn.server_version < MIN_SERVER_VERSION:
@@ -138,6 +167,18 @@ class Client:
                     )
                 self._conn = conn
         return self._conn
+
+    def _override_security(
+        self, credentials: Credentials | None, tls: TLS | ssl.SSLContext | None
+    ) -> None:
+        """Replace the credentials and TLS settings given (the worker runner's flags); before
+        the first connect only."""
+        if self._conn is not None:
+            raise ConfigError("credentials and TLS cannot change once the client is connected")
+        if credentials is not None:
+            self._credentials = credentials
+        if tls is not None:
+            self._tls = tls
 
     @property
     def connected(self) -> bool:

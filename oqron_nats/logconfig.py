@@ -6,8 +6,8 @@ with ``trace_id``/``span_id`` of the current span on every line and the job's co
 out: tracebacks never show local variables, and a redaction step masks the values of secret
 keys (``password``, ``token``, ``secret``, ... and the payload fields a queue marks with
 ``secret_fields``), the values of those fields wherever they appear in a line logged while the
-job runs (an exception text, an f-string), and strings that look like credentials (bearer
-tokens, JWTs, ``sk-`` keys).
+job runs (an exception text, an f-string), strings that look like credentials (bearer
+tokens, JWTs, ``sk-`` keys, nkey seeds), and the userinfo of URLs (``nats://alice:***@host``).
 nats-py and OpenTelemetry log through the standard library: their lines are rendered the same way.
 """
 
@@ -23,6 +23,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor
 
+from .credentials import mask_url
 from .redaction import MASK, hidden, scrub
 
 LogFormat = Literal["auto", "json", "console"]
@@ -34,6 +35,7 @@ SECRET_PATTERNS = re.compile(
     r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"  # Authorization: Bearer ...
     r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWT
     r"|\bsk[-_](?:live[-_]|test[-_])?[A-Za-z0-9]{8,}"  # API keys in the sk- style
+    r"|\bS[UAONCX][A-Z2-7]{56}\b"  # NATS nkey seeds (user, account, operator, ...)
 )
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -59,7 +61,7 @@ class Redactor:
         if self.is_secret(key) and value is not None:
             return MASK
         if isinstance(value, str):
-            return SECRET_PATTERNS.sub(MASK, scrub(value, hidden()))
+            return SECRET_PATTERNS.sub(MASK, mask_url(scrub(value, hidden())))
         if isinstance(value, MutableMapping | dict):
             return {k: self.clean(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

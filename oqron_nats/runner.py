@@ -1,10 +1,13 @@
 """Running workers as a process: what ``oqron worker`` and ``python -m workers.<name>`` share.
 
 start      configure logging (unless told not to), serve the health port, start every worker
+           (connect with the credentials and TLS of the flags, else of OQRON_NATS_*)
 SIGTERM    (or SIGINT) stop claiming; running jobs get the shutdown timeout to finish, then
-           are handed back (record back to waiting, lease released, message nak'ed)
+           are handed back (record back to waiting, lease released, message nak'ed); while
+           starting (connecting), the start stops at once
 2nd signal stop at once: running jobs are handed back now
-exit code  0 after a stop; 3 when NATS does not answer at start within the retry deadline (every
+exit code  0 after a stop; 3 when NATS cannot be connected to (refused credentials, a TLS
+           failure, no server) or does not answer at start within the retry deadline (every
            request is asked again meanwhile: a cluster electing leaders, a node restarting);
            2 for a bad configuration
 """
@@ -21,7 +24,9 @@ from typing import Any, get_args
 
 import structlog
 
-from .errors import ConfigError, OqronError, Unavailable
+from .background import unless_stopped
+from .credentials import TLS, Credentials, add_security_arguments, security_from
+from .errors import ConfigError, ConnectionFailed, OqronError, Unavailable
 from .health import HealthServer
 from .logconfig import LEVELS, LogFormat, configure_logging
 from .worker import Worker
@@ -44,6 +49,8 @@ class RunOptions:
     configure_logging: bool = True
     health_port: int | None = None
     metrics_port: int | None = None
+    credentials: Credentials | None = None
+    tls: TLS | None = None
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +96,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=port_number, default=env("OQRON_METRICS_PORT"),
                         help="serve Prometheus metrics on this port; needs oqron-nats[prometheus] "
                         "(OQRON_METRICS_PORT)")  # fmt: skip
+    add_security_arguments(parser)
 
 
 def options_from(args: argparse.Namespace) -> RunOptions:
-    """The run options parsed by :func:`add_run_arguments`."""
+    """The run options parsed by :func:`add_run_arguments` (ConfigError if a credential file
+    given cannot be read)."""
+    credentials, tls = security_from(args)
     return RunOptions(
         concurrency=args.concurrency,
         shutdown_timeout=args.shutdown_timeout,
@@ -101,6 +111,8 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         configure_logging=args.configure_logging,
         health_port=args.health_port,
         metrics_port=args.metrics_port,
+        credentials=credentials,
+        tls=tls,
     )
 
 
@@ -108,7 +120,12 @@ def run_main(*workers: Worker[Any], argv: Sequence[str] | None = None) -> int:
     """The ``__main__`` of a worker module: parse the worker options from argv, run, exit code."""
     parser = argparse.ArgumentParser(description=f"run {', '.join(w.name for w in workers)}")
     add_run_arguments(parser)
-    return run(list(workers), options_from(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    try:
+        options = options_from(args)
+    except ConfigError as exc:
+        parser.exit(EXIT_USAGE, f"{parser.prog}: {exc}\n")
+    return run(list(workers), options)
 
 
 def run(workers: Sequence[Worker[Any]], options: RunOptions) -> int:
@@ -121,8 +138,16 @@ def run(workers: Sequence[Worker[Any]], options: RunOptions) -> int:
         )
     try:
         for w in workers:
-            w.override(concurrency=options.concurrency, shutdown_timeout=options.shutdown_timeout)
+            w.override(
+                concurrency=options.concurrency,
+                shutdown_timeout=options.shutdown_timeout,
+                credentials=options.credentials,
+                tls=options.tls,
+            )
         return asyncio.run(Process(workers, options).serve())
+    except ConnectionFailed as exc:  # its message says why, credentials masked
+        log.error("cannot connect to NATS; giving up", error=str(exc))
+        return EXIT_UNREACHABLE
     except Unavailable as exc:
         log.error("NATS did not answer; giving up", error=str(exc))
         return EXIT_UNREACHABLE
@@ -173,11 +198,14 @@ class Process:
                 log.info("health endpoints up", port=health.port, paths="/livez /readyz")
             self._install_metrics()
             try:
-                for w in self.workers:
-                    await w.start()
-                self._serving = True
-                log.info("workers running", queues=[w.name for w in self.workers], pid=os.getpid())
-                await self._stop.wait()
+                if await unless_stopped(self._start_workers(), self._stop):
+                    self._serving = True
+                    log.info(
+                        "workers running", queues=[w.name for w in self.workers], pid=os.getpid()
+                    )
+                    await self._stop.wait()
+                else:
+                    log.info("stopped while starting")
             finally:
                 self._serving = False
                 await self._stop_workers()
@@ -187,6 +215,10 @@ class Process:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return EXIT_OK
+
+    async def _start_workers(self) -> None:
+        for w in self.workers:
+            await w.start()
 
     async def _stop_workers(self) -> None:
         stopping = asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

@@ -7,8 +7,10 @@ import dataclasses
 import signal
 from typing import Generic, TypeVar, Unpack
 
+from .background import unless_stopped
 from .client import Client
 from .config import Duration, QueueOptions, seconds
+from .credentials import TLS, Credentials
 from .errors import ConfigError
 from .queue import Handler, Queue, queue
 
@@ -38,9 +40,17 @@ class Worker(Generic[T]):
         return self.queue.is_consuming and self.queue.client.connected
 
     def override(
-        self, *, concurrency: int | None = None, shutdown_timeout: Duration | None = None
+        self,
+        *,
+        concurrency: int | None = None,
+        shutdown_timeout: Duration | None = None,
+        credentials: Credentials | None = None,
+        tls: TLS | None = None,
     ) -> None:
-        """Change the concurrency or shutdown timeout before start (what the CLI options do)."""
+        """Change the concurrency, shutdown timeout, credentials or TLS before start (what the
+        CLI options do)."""
+        if credentials is not None or tls is not None:
+            self.queue.client._override_security(credentials, tls)
         if concurrency is not None:
             if concurrency < 1:
                 raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
@@ -85,9 +95,9 @@ class Worker(Generic[T]):
                 pass
         try:
             try:
-                await self.start()
-                self.ready.set()
-                await self._stop.wait()
+                if await unless_stopped(self.start(), self._stop):  # a signal stops a slow start
+                    self.ready.set()
+                    await self._stop.wait()
             finally:
                 self.ready.clear()
                 await self.stop()

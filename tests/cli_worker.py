@@ -52,3 +52,11 @@ secretive = worker(
     retries=RetryPolicy(max=1, base_delay=0.05),
     dead_letter=DeadLetter(enabled=True),
 )
+
+
+if __name__ == "__main__":  # python -m tests.cli_worker [runner options]: as workers/video.py
+    import sys
+
+    from oqron_nats.runner import run_main
+
+    sys.exit(run_main(plain))

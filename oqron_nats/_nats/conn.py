@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -24,7 +26,9 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ..credentials import TLS, Credentials, conceal
 from ..errors import ConnectionFailed, JetStreamError, Unavailable
+from .auth import describe, is_refusal, nats_options
 from .direct import DirectClient, Handler, parse_headers
 from .requests import Requests
 from .retry import TRANSIENT_ERR_CODES, Backoff
@@ -35,6 +39,8 @@ INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""
 PING_INTERVAL = 2.0
 """Seconds between the client's PINGs: two unanswered, and the connection is given up."""
+ABANDON_TIMEOUT = 1.0
+"""Seconds a failed first connection's close may take."""
 
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
@@ -211,13 +217,28 @@ class Nats:
         name: str,
         request_timeout: float = 5.0,
         retry_deadline: float = 30.0,
+        credentials: Credentials | None = None,
+        tls: TLS | ssl.SSLContext | None = None,
+        label: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> Nats:
-        """Connect, reconnecting forever after a loss; nats-py options may be overridden."""
+        """Connect, reconnecting forever after a loss; nats-py options may be overridden.
+
+        ``servers`` carry no userinfo (see :func:`~oqron_nats.credentials.split_userinfo`);
+        ``label`` is how errors name them. The first connection fails fast with
+        :class:`ConnectionFailed` saying why (a refusal of the credentials or a TLS failure at
+        once; unreachable servers after a few tries), and never shows a credential.
+        """
         holder: list[Nats] = []
+        label = label or ", ".join(servers)
+        first_errors: list[BaseException] = []
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error", error=str(exc), error_type=type(exc).__name__)
+            if not holder:  # the first connection: its errors go into ConnectionFailed, once
+                first_errors.append(exc)
+                return
+            kind = type(exc).__name__
+            log.warning("nats error", error=conceal(str(exc), credentials), error_type=kind)
 
         async def on_disconnected() -> None:
             if holder and not holder[0].closing:
@@ -229,6 +250,7 @@ class Nats:
             for listener in list(holder[0]._reconnect_listeners) if holder else []:
                 listener()
 
+        auth = nats_options(credentials, tls)
         settings: dict[str, Any] = {
             "servers": list(servers),
             "name": name,
@@ -244,19 +266,25 @@ class Nats:
             "error_cb": on_error,
             "disconnected_cb": on_disconnected,
             "reconnected_cb": on_reconnected,
+            **auth.options,
         }
         settings.update(options or {})
-        reconnects = settings["max_reconnect_attempts"]
-        try:  # a first connection gives up, so a wrong URL is an error, not a hang
-            nc = DirectClient()
-            await nc.connect(**{**settings, "max_reconnect_attempts": INITIAL_ATTEMPTS})
-        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-            raise ConnectionFailed(
-                f"could not connect to NATS at {', '.join(servers)}: {exc!r}"
-            ) from exc
-        nc.options["max_reconnect_attempts"] = reconnects  # once up, reconnect as configured
+        wants_tls = auth.wants_tls or any(s.startswith("tls://") for s in servers)
+        try:
+            nc = await _first_connection(settings, wants_tls, first_errors)
+        except _Failed as failed:
+            reason = conceal(describe(failed.cause, auth), credentials)
+            raise ConnectionFailed(f"could not connect to NATS at {label}: {reason}") from None
+        # once up, reconnect as configured: forever, by default
+        nc.options["allow_reconnect"] = settings.get("allow_reconnect", True)
+        nc.options["max_reconnect_attempts"] = settings["max_reconnect_attempts"]
         conn = cls(nc, request_timeout=request_timeout, retry_deadline=retry_deadline)
-        await conn._requests.start()
+        try:
+            await conn._requests.start()
+        except BaseException:  # cancelled (a signal while starting): leave no connection open
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), ABANDON_TIMEOUT)
+            raise
         holder.append(conn)
         return conn
 
@@ -606,3 +634,66 @@ def stored_msg(msg: Msg) -> StoredMsg | None:
         data=msg.data,
         headers=headers,
     )
+
+
+class _Failed(Exception):
+    """The first connection failed; ``cause`` is the error that tells why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _first_connection(
+    settings: Mapping[str, Any], wants_tls: bool, errors: list[BaseException]
+) -> DirectClient:
+    """The first connection, tried a few rounds; raises _Failed with the telling error.
+
+    nats-py's own first-connect loop retries a refused TLS handshake or refused credentials,
+    and after a failed TLS handshake it waits forever for the socket to close (its transport's
+    ``wait_closed`` on a stream whose TLS upgrade failed never returns): connect hangs. So each
+    round connects with ``allow_reconnect=False``, which raises the first handshake error
+    without that wait; nats-py still tries each server a few times while it cannot be reached.
+    A refusal (credentials, TLS) ends at once; other failures (a timeout, a reset) get another
+    round on a fresh client.
+    """
+    cause: BaseException = ConnectionError("no server could be reached")
+    for attempt in range(INITIAL_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(float(settings["reconnect_time_wait"]))
+        errors.clear()
+        nc = DirectClient(require_tls=wants_tls)
+        try:
+            await nc.connect(
+                **{**settings, "allow_reconnect": False, "max_reconnect_attempts": INITIAL_ATTEMPTS}
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            _abandon(nc)
+            unreachable = isinstance(exc, nats.errors.NoServersError)
+            cause = errors[-1] if unreachable and errors else exc
+            if unreachable or is_refusal(cause):
+                break
+            continue
+        except BaseException:  # cancelled (a signal while starting), or a bug: no socket left
+            _abandon(nc)
+            raise
+        if nc.is_connected:
+            return nc
+        # the server closed the connection while it was being set up (nats-py returns then)
+        cause = nc.last_error or ConnectionError("the server closed the connection")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), ABANDON_TIMEOUT)
+        if is_refusal(cause):
+            break
+    raise _Failed(cause)
+
+
+def _abandon(nc: DirectClient) -> None:
+    """Close the socket of a client whose first connection failed, waiting for nothing.
+
+    Its reading, ping and flusher tasks start only once connected, so the socket is all
+    there is to release; nats-py's close() would wait on it (see :func:`_first_connection`).
+    """
+    transport = nc._transport
+    if transport is not None:
+        transport.close()  # type: ignore[no-untyped-call]

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import BadHeaderError
+from nats.errors import BadHeaderError, SecureConnWantedError
 
 log = structlog.get_logger("oqron_nats")
 
@@ -32,10 +33,25 @@ HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 class DirectClient(Client):
     """A nats-py client that can also call a handler inline for a subscription's messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_tls: bool = False) -> None:
         super().__init__()
         self._direct: dict[int, Handler] = {}
         self._header_names: set[str] = set()
+        self.require_tls = require_tls
+        """Refuse a server that offers no TLS, before any credential is sent (nats-py would
+        connect in plaintext whenever the server's INFO does not ask for TLS)."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        """nats-py's INFO handling; with ``require_tls``, a first INFO without TLS is refused
+        (on every connect and reconnect, before CONNECT and its credentials go out)."""
+        if (
+            initial_connection
+            and self.require_tls
+            and not info.get("tls_required")
+            and not self.options.get("tls_handshake_first")
+        ):
+            raise SecureConnWantedError
+        await super()._process_info(info, initial_connection)
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """Subscribe; ``handler`` is called in the reading task for each message."""
