@@ -159,6 +159,12 @@ async def replay(client: Client, name: str, job_ids: list[str] | None = None) ->
     return ids
 
 
+async def provision(client: Client, name: str) -> None:
+    """Create the streams and buckets of queue ``name`` where missing (consumers come with the
+    workers, which know the strategy)."""
+    await client.prepare_queue(client.names(check_name(name)))
+
+
 def admin_queue(client: Client, name: str) -> Queue[Any]:
     """A publisher-only handle on queue ``name`` (payloads stay raw JSON values)."""
     return queue(check_name(name), client=client)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,8 @@ from .errors import (
     Unavailable,
 )
 from .job import Job
+from .names import check_name, check_namespace
+from .permissions import ROLES, for_role
 from .queue import Queue
 from .rejects import RejectedSample
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
@@ -95,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_arguments(dlq)
 
     commands.add_parser("demo", help="run the demo: its own local NATS server and real jobs")
+    provision = commands.add_parser(
+        "provision", help="create the streams and buckets of queues (an admin or worker step)"
+    )
+    provision.add_argument("queues", nargs="+", metavar="QUEUE")
+    _connection_arguments(provision)
+
+    permissions = commands.add_parser(
+        "permissions", help="print the nats-server permissions block of a role"
+    )
+    permissions.add_argument("--role", choices=ROLES, required=True)
+    permissions.add_argument("--queue", dest="queues", action="append", default=[],
+                             help="a queue of the role (repeat); not for admin")  # fmt: skip
+    permissions.add_argument("--namespace", help="default: OQRON_NAMESPACE or 'default'")
+    permissions.add_argument("--inbox", default="_INBOX", help="the user's inbox prefix")
+    permissions.add_argument("--maintenance", action="store_true",
+                             help="worker: may read every record of the namespace (the stall "
+                             "scanner and reconciliation need it)")  # fmt: skip
+
     server = commands.add_parser("server", help="run a local JetStream server for development")
     server.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
     server.add_argument("--store", type=Path, help="JetStream store directory (default: temporary)")
@@ -135,7 +156,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo())
     if args.command == "server":
         return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
+    if args.command == "permissions":
+        return _permissions(args)
     return asyncio.run(_admin(args))
+
+
+def _permissions(args: argparse.Namespace) -> int:
+    if args.role != "admin" and not args.queues:
+        raise ConfigError(f"a {args.role} needs at least one --queue")
+    namespace = check_namespace(args.namespace or os.environ.get("OQRON_NAMESPACE") or "default")
+    queues = [check_name(q) for q in args.queues]
+    block = for_role(args.role, namespace, queues, inbox=args.inbox, maintenance=args.maintenance)
+    print(block.config())
+    return 0
 
 
 def _fail(problem: Exception | str, code: int) -> int:
@@ -234,7 +267,14 @@ async def _dlq(client: Client, args: argparse.Namespace) -> Any:
     return {"queue": args.queue, "replayed": await admin.replay(client, args.queue, args.ids)}
 
 
+async def _provision(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    for name in args.queues:
+        await admin.provision(client, name)
+    return {"provisioned": args.queues}
+
+
 _ADMIN: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
+    "provision": _provision,
     "queues": _queues,
     "jobs list": _jobs_list,
     "jobs show": _jobs_show,

@@ -19,7 +19,14 @@ from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
 from .credentials import TLS, Credentials, mask_url, split_userinfo
-from .errors import ConfigError, ConsumerConflict, ServerVersionError, Unavailable
+from .errors import (
+    ConfigError,
+    ConsumerConflict,
+    PermissionDenied,
+    QueueNotFound,
+    ServerVersionError,
+    Unavailable,
+)
 from .job import JobState
 from .metrics import DEFAULT_INTERVAL, metrics_for
 from .names import Names, check_namespace
@@ -194,13 +201,27 @@ class Client:
         return max(1, min(configured, conn.max_payload - RECORD_HEADROOM))
 
     async def prepare_queue(self, names: Names) -> Nats:
-        """Connect and create the queue's stream, the namespace's buckets and dead-letter stream."""
+        """Connect and create the queue's streams and the namespace's buckets where missing.
+
+        A user whose permissions do not allow creating them (a least-privilege publisher)
+        only checks they exist, and gets QueueNotFound naming the queue if they do not.
+        """
         conn = await self.connect()
         if names.stream in self._ready:
             return conn
         async with self._lock:
             if names.stream not in self._ready:
-                await self._provision(conn, names)
+                try:
+                    await self._provision(conn, names)
+                except PermissionDenied as exc:
+                    if ".STREAM.CREATE." not in exc.subject.upper():
+                        raise  # it may not even look: not a missing queue
+                    raise QueueNotFound(
+                        f"queue {names.queue!r} is not provisioned in namespace "
+                        f"{self.namespace!r}, and this NATS user may not create it "
+                        f"({exc.subject}): run `oqron provision {names.queue}` as an admin, or "
+                        "start one of its workers first"
+                    ) from exc
                 self._ready.add(names.stream)
         return conn
 

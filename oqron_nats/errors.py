@@ -11,12 +11,16 @@
     │   │                        a cluster electing leaders for longer than the deadline), or
     │   │                        cannot (a server without JetStream); trying again is safe
     │   └── ConnectionFailed     no NATS server could be reached when first connecting
+    ├── PermissionDenied         the NATS user may not publish to (or subscribe to) a subject the
+    │                            operation needs (see ``oqron permissions``); the subject is named
     ├── JetStreamError           the JetStream API refused a request for good (not a passing
     │                            election); carries the server's code, err_code and description
     ├── ServerVersionError       the NATS server is too old for the features oqron_nats needs
     ├── QueuePaused              add() on a paused queue whose disabled_behavior is "reject"
     ├── QueueFull                add() on a queue that holds max_jobs unfinished jobs
     ├── JobNotFound              no job with that id in the queue
+    ├── QueueNotFound            the queue's streams do not exist, and this user may not create
+    │                            them (a publisher: an admin or a worker provisions a queue)
     ├── CorruptRecord            a stored record that does not decode (written by something else,
     │                            or damaged); listings show it as such and go on
     ├── InvalidState             the job's state does not allow the operation (e.g. promote a
@@ -82,6 +86,14 @@ class ConnectionFailed(Unavailable):
     """No NATS server answered the first connection (later losses are reconnected forever)."""
 
 
+class PermissionDenied(OqronError):
+    """The NATS user's permissions do not allow a subject this operation needs."""
+
+    def __init__(self, message: str, *, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
 class JetStreamError(OqronError):
     """The JetStream API refused a request (an answer, not a passing election)."""
 
@@ -102,6 +114,10 @@ class QueuePaused(OqronError):
 
 class QueueFull(OqronError):
     """The queue holds ``max_jobs`` unfinished jobs; nothing was stored."""
+
+
+class QueueNotFound(OqronError, LookupError):
+    """The queue is not provisioned, and this NATS user may not create it."""
 
 
 class JobNotFound(OqronError, LookupError):

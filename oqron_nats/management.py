@@ -43,8 +43,12 @@ async def resume(backend: Backend) -> int:
     return released
 
 
-async def release(backend: Backend, job_id: str) -> bool:
-    """Enqueue a held job with its original delay and priority; True if this call released it."""
+async def release(backend: Backend, job_id: str, *, purge_marker: bool = True) -> bool:
+    """Enqueue a held job with its original delay and priority; True if this call released it.
+
+    ``purge_marker=False`` leaves its held marker (a publisher may not purge the work stream);
+    the next resume() or obliterate() removes it, and it runs nothing.
+    """
     record = await backend.store.get(job_id)
     released = False
     if record is not None and record.job.state == JobState.PAUSED:
@@ -55,7 +59,8 @@ async def release(backend: Backend, job_id: str) -> bool:
             await backend.store.update(again, record.revision, "resumed", job.state)
             await backend.broker.enqueue(again)
             released = True
-    await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
+    if purge_marker:
+        await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
     return released
 
 

@@ -94,6 +94,11 @@ class Names:
         """The subject of a job's entry in the index of ``state``."""
         return f"oqron.{self.namespace}.ix.{self.queue}.{state}.{job_id}"
 
+    @property
+    def index_entries_of_queue(self) -> str:
+        """Every state-index entry of the queue, in any state."""
+        return f"oqron.{self.namespace}.ix.{self.queue}.>"
+
     def index_entries(self, state: str) -> str:
         """A wildcard over the index of ``state``."""
         return f"oqron.{self.namespace}.ix.{self.queue}.{state}.*"
@@ -179,6 +184,11 @@ class Names:
         """Every rate-limit counter of the namespace."""
         return f"oqron.{self.namespace}.rate.>"
 
+    @property
+    def rate_of_queue(self) -> str:
+        """Every counter of the queue (rate-limit windows, rejected messages)."""
+        return f"oqron.{self.namespace}.rate.{self.queue}.>"
+
     def rate(self, group: str, window: int) -> str:
         """The counter of one group's starts in one window."""
         return f"oqron.{self.namespace}.rate.{self.queue}.{group}.{window}"
@@ -192,6 +202,11 @@ class Names:
     def dlq_subjects(self) -> str:
         """Every dead-letter subject of the namespace."""
         return f"oqron.{self.namespace}.dlq.>"
+
+    @property
+    def dlq_of_queue(self) -> str:
+        """Every dead letter and rejected-message sample of the queue."""
+        return f"oqron.{self.namespace}.dlq.{self.queue}.>"
 
     def dead_letter(self, job_id: str) -> str:
         """The subject holding a job's dead letter (one per job)."""

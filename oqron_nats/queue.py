@@ -328,8 +328,8 @@ class Queue(Generic[T, S]):
     async def _hold(self, backend: Backend, job: RawJob) -> None:
         """Mark a job held; if the queue was resumed meanwhile, release it at once."""
         await backend.broker.hold(job)
-        if not (await backend.control.read()).paused:
-            await management.release(backend, job.id)
+        if not (await backend.control.read()).paused:  # resumed meanwhile: release it now
+            await management.release(backend, job.id, purge_marker=False)
 
     async def _existing(self, backend: Backend, job_id: str) -> Job[T]:
         record = await backend.store.get(job_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..credentials import TLS, Credentials, conceal
-from ..errors import ConnectionFailed, JetStreamError, Unavailable
+from ..errors import ConnectionFailed, JetStreamError, PermissionDenied, Unavailable
 from .auth import describe, is_refusal, nats_options
 from .direct import DirectClient, Handler, parse_headers
 from .requests import Requests
@@ -207,6 +208,8 @@ class Nats:
         self.retry_deadline = retry_deadline
         self._reconnect_listeners: list[Callable[[], None]] = []
         self._requests = Requests(nc, request_timeout)
+        self._refused: dict[str, PermissionDenied] = {}
+        """Subjects (lowercased, as the server names them) the server refused us to publish to."""
         self.closing = False
 
     @classmethod
@@ -239,6 +242,7 @@ class Nats:
                 return
             kind = type(exc).__name__
             log.warning("nats error", error=conceal(str(exc), credentials), error_type=kind)
+            holder[0]._on_server_error(str(exc))
 
         async def on_disconnected() -> None:
             if holder and not holder[0].closing:
@@ -287,6 +291,17 @@ class Nats:
             raise
         holder.append(conn)
         return conn
+
+    def _on_server_error(self, text: str) -> None:
+        """A -ERR from the server: a permissions violation fails the requests it refused at
+        once (the server answers them nothing), instead of letting them wait out the deadline."""
+        refused = PUBLISH_DENIED.search(text)
+        if refused is not None:
+            subject = refused.group(1)
+            self._refused[subject.lower()] = denied(subject, "publish to")
+            self._requests.refuse(subject, self._refused[subject.lower()])
+        elif (reply := REPLY_DENIED.search(text)) is not None:
+            self._requests.refuse(None, denied(reply.group(1), "receive replies on"))
 
     def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every reconnect; returns a function that removes it."""
@@ -356,6 +371,8 @@ class Nats:
                 cause, timed_out = "no reply in time", True
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("the NATS connection is closed") from None
+            except PermissionDenied:
+                raise  # an answer, not silence: asking again changes nothing
             except nats.errors.OutboundBufferLimitError:
                 cause = "reconnecting, and the outgoing buffer is full"
             else:
@@ -544,10 +561,13 @@ class Nats:
         if subject is not None:
             request["next_by_subj"] = subject
         backoff = Backoff(self.retry_deadline)
+        subject = f"$JS.API.DIRECT.GET.{stream}"
         while True:
             try:
-                return await self._direct_batch_once(stream, msgspec.json.encode(request), batch)
+                return await self._direct_batch_once(subject, msgspec.json.encode(request), batch)
             except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                if (refusal := self._refused.get(subject.lower())) is not None:
+                    raise refusal from None
                 if not await backoff.pause():
                     raise Unavailable(
                         f"no replica of stream {stream} answered a batch read within the retry "
@@ -555,7 +575,7 @@ class Nats:
                     ) from None
 
     async def _direct_batch_once(
-        self, stream: str, request: bytes, batch: int
+        self, subject: str, request: bytes, batch: int
     ) -> tuple[list[StoredMsg], int]:
         inbox = self.new_inbox()
         found: list[StoredMsg] = []
@@ -581,7 +601,7 @@ class Nats:
 
         sub = await self.nc.subscribe(inbox, cb=received)
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            await self.nc.publish(subject, request, reply=inbox)
             more = await asyncio.wait_for(done, self.request_timeout)
         finally:
             await sub.unsubscribe()
@@ -618,6 +638,20 @@ class Nats:
                 return False
             raise
         return True
+
+
+PUBLISH_DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+REPLY_DENIED = re.compile(r'permissions violation for publish with reply of "([^"]+)"', re.I)
+
+
+def denied(subject: str, action: str) -> PermissionDenied:
+    """The error of a request the user's permissions refused (the server lowercases the
+    subject in its error; the subject is named as it says)."""
+    return PermissionDenied(
+        f"NATS refused: this user may not {action} {subject} (its permissions; see "
+        "`oqron permissions` for what each role needs)",
+        subject=subject,
+    )
 
 
 def stored_msg(msg: Msg) -> StoredMsg | None:

@@ -30,7 +30,7 @@ class Requests:
         self._prefix = nc.new_inbox() + "."
         self._tokens = itertools.count()
         # insertion order is deadline order: every request waits `timeout` seconds
-        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub: Subscription | None = None
 
@@ -43,6 +43,11 @@ class Requests:
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
 
+    @property
+    def reply_prefix(self) -> str:
+        """The subjects replies come back on: this prefix and a token."""
+        return self._prefix
+
     async def request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Msg:
@@ -52,7 +57,7 @@ class Requests:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         deadline = loop.time() + self._timeout
-        self._waiting[token] = (future, deadline)
+        self._waiting[token] = (future, deadline, subject)
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire_overdue)
         try:
@@ -67,16 +72,24 @@ class Requests:
     def abandon(self) -> None:
         """Time out every request waiting now: the connection was lost, and their replies with
         it (the caller asks again at once, instead of waiting out the timeout)."""
-        for future, _ in self._waiting.values():
+        for future, _, _ in self._waiting.values():
             if not future.done():
                 future.set_exception(TimeoutError("the connection was lost"))
+
+    def refuse(self, subject: str | None, error: Exception) -> None:
+        """Fail the requests sent to ``subject`` (compared without case: the server's error
+        comes lowercased), or every request (None), with ``error``: the server refused them."""
+        wanted = subject.lower() if subject is not None else None
+        for future, _, sent_to in self._waiting.values():
+            if not future.done() and (wanted is None or sent_to.lower() == wanted):
+                future.set_exception(error)
 
     def _expire_overdue(self) -> None:
         """Time out the requests whose deadline passed; wait again for the oldest of the rest."""
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for future, deadline in self._waiting.values():
+        for future, deadline, _ in self._waiting.values():
             if deadline > now:
                 self._timer = loop.call_at(deadline, self._expire_overdue)
                 return

@@ -1,0 +1,171 @@
+"""Least-privilege NATS permissions for the three roles, built from the names the code uses.
+
+``oqron permissions --role publisher --queue video-encode`` prints a ``permissions`` block for
+nats-server's configuration (or an account's user JWT). It comes from :class:`~.names.Names`,
+which every part of oqron_nats builds its subjects with, so it cannot drift from what the code
+needs; tests/test_roles.py runs each role against a server configured with these blocks.
+
+* **publisher** of some queues: add jobs (and delayed, held, dependent ones), read their records,
+  counts, pages, events and ``wait()``. It never creates streams (an admin or a worker
+  provisions a queue; a publisher gets QueueNotFound until then), consumes, takes leases,
+  touches another queue, or purges a queue's work stream.
+* **worker** of some queues: the publisher's rights on those queues, and provisioning them,
+  consuming, leases, retries, dead letters, counters, presence and the maintenance passes.
+* **admin** of a namespace: everything in it (the CLI's admin commands, ``oqron provision``,
+  pause, resume, obliterate), and the JetStream API of the account.
+
+What NATS permissions cannot express (they allow subjects, not operations or headers):
+
+* a KV write is a publish on the key's subject, so whoever may create a queue's records may also
+  overwrite, delete or purge them (``KV-Operation`` headers), and may write its state-index
+  entries and events: a publisher can damage its own queue's records and listings, never
+  another queue's;
+* a read at a stream's leader (``STREAM.MSG.GET``) names the key in its body, not its subject,
+  so a worker on a replicated cluster (which reads a record at the leader before it drops a
+  delivery) may read every record of the namespace; so may the opt-in stall scanner and
+  reconciliation, which read every record (``--maintenance``);
+* replies come back on the ``_INBOX.>`` subjects, which every role subscribes to; give each
+  application its own prefix (``connect_options={"inbox_prefix": ...}``, and ``--inbox`` here)
+  where users must not see each other's replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .job import JobState
+from .names import Names
+
+Role = Literal["publisher", "worker", "admin"]
+ROLES: tuple[Role, ...] = ("publisher", "worker", "admin")
+API = "$JS.API"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Subjects a user may publish to and subscribe to."""
+
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+
+    def config(self) -> str:
+        """The nats-server configuration block."""
+
+        def allow(subjects: list[str]) -> str:
+            return "".join(f'      "{subject}"\n' for subject in subjects)
+
+        return (
+            "permissions: {\n"
+            f"  publish: {{\n    allow: [\n{allow(self.publish)}    ]\n  }}\n"
+            f"  subscribe: {{\n    allow: [\n{allow(self.subscribe)}    ]\n  }}\n"
+            "}"
+        )
+
+
+def for_role(
+    role: Role,
+    namespace: str,
+    queues: Sequence[str] = (),
+    *,
+    inbox: str = "_INBOX",
+    maintenance: bool = False,
+) -> Permissions:
+    """The permissions of ``role`` on ``queues`` of ``namespace`` (admin: the whole namespace)."""
+    if role == "admin":
+        return _admin(namespace, inbox)
+    publish: list[str] = []
+    subscribe = [f"{inbox}.>"]
+    for queue in queues:
+        names = Names(namespace, queue)
+        publish += _publisher_publish(names)
+        subscribe += _publisher_subscribe(names)
+        if role == "worker":
+            publish += _worker_publish(names, maintenance)
+            subscribe += _worker_subscribe(names)
+    return Permissions(_unique(publish), _unique(subscribe))
+
+
+def _streams(names: Names) -> list[str]:
+    """Every stream a queue uses, its own and its namespace's."""
+    buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
+    return [
+        names.stream,
+        *(names.index_stream(state) for state in JobState),
+        *(f"KV_{bucket}" for bucket in buckets),
+        names.rate_stream,
+        names.dlq_stream,
+    ]
+
+
+def _publisher_publish(names: Names) -> list[str]:
+    jobs, queues, deps = names.jobs_bucket, names.queues_bucket, names.deps_bucket
+    index = [names.index_stream(state) for state in JobState]
+    return [
+        *(f"{API}.STREAM.INFO.{stream}" for stream in _streams(names)),  # exists? counts
+        f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
+        f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
+        f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
+        f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}",
+        f"$KV.{deps}.{names.queue}.>",  # flows: edges to parents
+        f"{API}.DIRECT.GET.KV_{deps}.$KV.{deps}.{names.queue}.>",
+        f"{API}.DIRECT.GET.KV_{deps}",  # a parent's edges, read in batches
+        *(f"{API}.DIRECT.GET.{stream}" for stream in index),  # pages
+        *(f"{API}.STREAM.PURGE.{stream}" for stream in index),  # a page repairs stale entries
+        names.index_entries_of_queue,
+        names.events,
+        names.lanes,
+        names.schedules,
+        names.helds,
+    ]
+
+
+def _publisher_subscribe(names: Names) -> list[str]:
+    return [f"$KV.{names.queues_bucket}.{names.queue}", names.events]
+
+
+def _worker_publish(names: Names, maintenance: bool) -> list[str]:
+    jobs, locks, queues = names.jobs_bucket, names.locks_bucket, names.queues_bucket
+    stream = names.stream
+    subjects = [
+        *(f"{API}.STREAM.CREATE.{s}" for s in _streams(names)),  # provisioning
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{API}.CONSUMER.NAMES.{stream}",
+        f"{API}.CONSUMER.PAUSE.{stream}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.>",
+        f"{API}.DIRECT.GET.{stream}",  # lifo pops, the orphan sweep
+        f"{API}.STREAM.MSG.DELETE.{stream}",  # lifo pops, foreign schedules
+        f"{API}.STREAM.PURGE.{stream}",  # held jobs released, delays promoted
+        f"$KV.{locks}.{names.queue}.>",  # leases and roles
+        f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
+        f"$KV.{queues}.{names.queue}.>",  # presence
+        f"{API}.STREAM.MSG.GET.KV_{jobs}",  # reads at the leader (replicated clusters)
+        f"{API}.STREAM.MSG.GET.KV_{queues}",
+        names.run_lane,
+        names.rate_of_queue,
+        names.dlq_of_queue,
+        names.controls,
+    ]
+    if maintenance:
+        subjects.append(f"{API}.DIRECT.GET.KV_{jobs}")  # every record of the namespace
+    return subjects
+
+
+def _worker_subscribe(names: Names) -> list[str]:
+    return [names.controls, names.bell, f"$KV.{names.queues_bucket}.{names.queue}"]
+
+
+def _admin(namespace: str, inbox: str) -> Permissions:
+    names = Names(namespace, "x")
+    buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
+    everything = f"oqron.{namespace}.>"
+    return Permissions(
+        publish=[f"{API}.>", "$JS.ACK.>", everything, *(f"$KV.{b}.>" for b in buckets)],
+        subscribe=[f"{inbox}.>", everything, *(f"$KV.{b}.>" for b in buckets)],
+    )
+
+
+def _unique(subjects: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(subjects))

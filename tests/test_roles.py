@@ -1,0 +1,190 @@
+"""Least-privilege roles (issue 11, item 3), against a nats-server whose users have exactly the
+permission blocks ``oqron permissions`` prints: each role can do its job, and nothing outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from oqron_nats import (
+    Client,
+    Credentials,
+    DeadLetter,
+    JobContext,
+    JobState,
+    PermissionDenied,
+    QueueNotFound,
+    RetryPolicy,
+    queue,
+)
+from oqron_nats.cli import main
+from oqron_nats.permissions import for_role
+
+from .helpers import eventually, wait_for_state
+from .secured import SecuredServer
+
+NS = "roles"
+QUEUES = ("orders", "stack")
+"""The publisher's and the worker's queues; "billing" belongs to nobody here."""
+FAST = {"retry_deadline": 3.0, "request_timeout": 1.0}
+
+
+def user(name: str, role: str, queues: tuple[str, ...] = ()) -> str:
+    block = for_role(role, NS, list(queues)).config()  # type: ignore[arg-type]
+    return f"{{user: {name}, password: {name}-pw\n{block}}}\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
+    users = (
+        user("admin", "admin")
+        + user("publisher", "publisher", QUEUES)
+        + user("worker", "worker", QUEUES)
+    )
+    config = f"authorization {{\n  users = [\n{users}  ]\n}}\n"
+    store: Path = tmp_path_factory.mktemp("roles")
+    with SecuredServer(config, store) as running:
+        yield running
+
+
+def client_of(server: SecuredServer, name: str) -> Client:
+    return Client(server.url, namespace=NS, credentials=Credentials(user=name,
+                  password=f"{name}-pw"), **FAST)  # type: ignore[arg-type]  # fmt: skip
+
+
+def admin_cli(server: SecuredServer, *argv: str) -> int:
+    return main([*argv, "--url", f"nats://admin:admin-pw@127.0.0.1:{server.port}",
+                 "--namespace", NS])  # fmt: skip
+
+
+async def test_each_role_does_its_job(server: SecuredServer) -> None:
+    with capture_logs() as logs:
+        await _do_each_role_s_job(server)
+    violations = [e["error"] for e in logs if "permissions violation" in str(e.get("error", ""))]
+    # a fire-and-forget publish (an index entry, an ack, an event) refused would fail silently:
+    # the only refusal allowed is the publisher's create of the unprovisioned queue
+    assert violations, "the publisher's create was refused"
+    assert all(".stream.create." in v for v in violations), violations
+
+
+async def _do_each_role_s_job(server: SecuredServer) -> None:
+    publisher = client_of(server, "publisher")
+    async with publisher:
+        orders = queue("orders", client=publisher)
+        started = time.monotonic()
+        with pytest.raises(QueueNotFound, match="orders") as missing:
+            await orders.add({"n": 0})  # nothing provisioned the queue yet
+        assert "oqron provision orders" in str(missing.value)
+        assert time.monotonic() - started < 3.0, "refused at once, not after the deadline"
+
+        assert await asyncio.to_thread(admin_cli, server, "provision", *QUEUES) == 0
+        orders = queue("orders", client=publisher)  # opened anew, now that the queue exists
+        parent = await orders.add({"n": 1})
+        child = await orders.add({"n": 2}, depends_on=[parent.id])
+        later = await orders.add({"n": 3}, delay=0.5)
+        flaky = await orders.add({"fail": 1})
+        doomed = await orders.add({"fail": 99})
+        assert await orders.count() == 5
+        assert (await orders.get_job(parent.id)) is not None
+        stacked = await queue("stack", client=publisher).add({"n": 4})
+
+        worker = client_of(server, "worker")
+        seen: list[str] = []
+
+        async def handle(ctx: JobContext[Any]) -> str:
+            seen.append(ctx.id)
+            if ctx.attempt <= int(ctx.data.get("fail", 0)):
+                raise RuntimeError("not yet")
+            return "done"
+
+        retries = RetryPolicy(max=1, strategy="fixed", base_delay=0.2)
+        async with (
+            worker,
+            queue(
+                "orders", handle, client=worker, retries=retries, dead_letter=DeadLetter()
+            ) as consumer,  # fmt: skip
+            queue("stack", handle, client=worker, strategy="lifo"),
+        ):
+            for job in (parent, child, later, flaky):
+                await wait_for_state(consumer, job.id, JobState.COMPLETED, timeout=15)
+            await wait_for_state(consumer, doomed.id, JobState.FAILED, timeout=15)
+            await eventually(
+                lambda: _state(queue("stack", client=publisher), stacked.id, JobState.COMPLETED),
+                timeout=15,
+                what="the lifo job",
+            )
+            assert (await orders.wait(parent.id, timeout=5)).state == JobState.COMPLETED
+            assert [j.id for j in await orders.get_jobs(JobState.FAILED)] == [doomed.id]
+
+            assert await asyncio.to_thread(admin_cli, server, "queue", "pause", "orders") == 0
+            held = await orders.add({"n": 5})
+            assert held.state == JobState.PAUSED
+            assert await asyncio.to_thread(admin_cli, server, "queue", "resume", "orders") == 0
+            await wait_for_state(consumer, held.id, JobState.COMPLETED, timeout=15)
+        for command in (("queues",), ("jobs", "list", "orders"), ("dlq", "list", "orders")):
+            assert await asyncio.to_thread(admin_cli, server, *command) == 0
+
+
+async def _state(q: Any, job_id: str, state: JobState) -> bool:
+    job = await q.get_job(job_id)
+    return job is not None and job.state == state
+
+
+async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(
+    server: SecuredServer,
+) -> None:
+    assert await asyncio.to_thread(admin_cli, server, "provision", "orders", "billing") == 0
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        return None
+
+    async with client_of(server, "publisher") as publisher:
+        conn = await publisher.connect()
+        names = publisher.names("orders")
+        job = await queue("orders", client=publisher).add({"n": 1})
+        refusals = {
+            "consume": queue("orders", handle, client=publisher).start(),
+            "read another queue": queue("billing", client=publisher).get_job("x"),
+            "add to another queue": queue("billing", client=publisher).add({"n": 1}),
+            "write another queue's record": conn.publish(
+                f"$KV.{names.jobs_bucket}.billing.x", b"{}"
+            ),
+            "take a lease": conn.publish(f"$KV.{names.locks_bucket}.{names.key(job.id)}", b"x"),
+            "purge the work stream": conn.purge_subject(names.stream, names.lanes),
+            "delete a message": conn.delete_msg(names.stream, 1),
+            "read records at the leader": conn.leader_get(
+                f"KV_{names.jobs_bucket}", f"$KV.{names.jobs_bucket}.billing.x"
+            ),
+        }
+        for what, attempt in refusals.items():
+            started = time.monotonic()
+            with pytest.raises(PermissionDenied):
+                await attempt
+            assert time.monotonic() - started < 2.0, f"{what}: refused at once"
+        assert (await queue("orders", client=publisher).get_job(job.id)) is not None
+
+
+async def test_a_worker_cannot_touch_other_queues(server: SecuredServer) -> None:
+    assert await asyncio.to_thread(admin_cli, server, "provision", "billing") == 0
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        return None
+
+    async with client_of(server, "worker") as worker:
+        conn = await worker.connect()
+        names = worker.names("billing")
+        for attempt in (
+            queue("billing", handle, client=worker).start(),
+            queue("billing", client=worker).add({"n": 1}),
+            conn.publish(f"$KV.{names.locks_bucket}.{names.key('x')}", b"x"),
+            conn.purge_subject(names.stream, names.lanes),
+        ):
+            with pytest.raises(PermissionDenied):
+                await attempt
