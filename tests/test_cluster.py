@@ -138,6 +138,47 @@ async def test_every_stream_bucket_and_consumer_has_three_replicas(
             await q.stop()
 
 
+async def test_the_cluster_says_who_leads_what_and_who_is_connected_where(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
+        return None
+
+    async with Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as client:
+        q = queue(QUEUE, handler, client=client)
+        await q.add({"n": 1})
+        await q.start()
+        try:
+            conn = await client.connect()
+            names = client.names(QUEUE)
+            stream = await conn.js.stream_info(names.stream)
+            consumer = await conn.js.consumer_info(names.stream, "fifo")
+            assert stream.cluster is not None and consumer.cluster is not None
+            assert cluster.stream_leader(names.stream) == stream.cluster.leader
+            assert cluster.consumer_leader(names.stream, "fifo") == consumer.cluster.leader
+            assert cluster.stream_leader("NO_SUCH_STREAM") is None
+            assert cluster.meta_leader() in {node.name for node in cluster.nodes}
+            assert cluster.connected_node(client.name) == conn.server_name
+            assert cluster.connected_node("nobody") is None
+        finally:
+            await q.stop()
+
+
+def test_a_suspended_node_answers_nothing_until_resumed(cluster: LocalCluster) -> None:
+    node = cluster.nodes[0]
+    cluster.suspend(node.name)
+    try:
+        assert node.is_running() and not node.answering
+        assert not node.healthy()
+        assert node.monitor("/varz") is None
+        assert node not in cluster.answering()
+        cluster.wait_healthy()  # the others; a suspended node is not waited for
+    finally:
+        cluster.resume(node.name)
+    cluster.wait_healthy([node])
+    assert node.monitor("/varz") is not None
+
+
 async def test_killing_a_leader_mid_load_loses_no_job_and_completes_none_twice(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
