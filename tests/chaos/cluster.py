@@ -374,6 +374,8 @@ class Mark:
     ready: float = 0.0
     """From when every worker is expected to complete jobs again: ``elected``, or later for a
     hung node (when it was continued) and a paused queue (when it was resumed)."""
+    ready_after: str = "the new leaders"
+    """What ``ready`` waited for last."""
     electing: asyncio.Task[float | None] | None = None
 
     def label(self) -> str:
@@ -397,6 +399,7 @@ class RunResult:
     """What happened, for the reader (placement, which add was in flight, ...)."""
     drift: dict[str, int]
     wall: float
+    resume_limit: float
 
     def failures(self) -> list[str]:
         """Every failed check, one line each (empty: the run passed)."""
@@ -411,12 +414,13 @@ class RunResult:
             if back.stuck:
                 out.append(
                     f"{mark.label()}: workers {list(back.stuck)} completed nothing within "
-                    f"the resume limit after the new leaders were elected (stuck)"
+                    f"{self.resume_limit:.0f} s after {mark.ready_after} (stuck)"
                 )
             elif back.after_ready is not None and back.after_ready > RESUME_TARGET:
                 out.append(
                     f"{mark.label()}: every worker completed a job again only "
-                    f"{back.after_ready:.1f} s after the new leaders (target {RESUME_TARGET:.0f} s)"
+                    f"{back.after_ready:.1f} s after {mark.ready_after} "
+                    f"(target {RESUME_TARGET:.0f} s)"
                 )
         out += self.problems
         if self.drift:
@@ -432,7 +436,7 @@ class RunResult:
             out.append(
                 f"  {mark.label()}: new leaders after {elected}; first completion "
                 f"{_s(back.first)}, every worker again {_s(back.every, back)} after the fault, "
-                f"{_s(back.after_ready, back)} after ready; stuck {list(back.stuck)}"
+                f"{_s(back.after_ready, back)} after {mark.ready_after}; stuck {list(back.stuck)}"
             )
         out += [f"  {line}" for line in self.report.lines()]
         failures = self.failures()
@@ -592,10 +596,11 @@ class ClusterRun:
         """A separate connection (not a worker's, not the publisher's), on a node not in
         ``avoid`` (a hung node would hold its requests)."""
         urls = [n.url for n in self.cluster.nodes if n.name not in avoid and n.answering]
-        return await nats.connect(
+        connecting = nats.connect(
             servers=urls, dont_randomize=True, name="chaos-observer", connect_timeout=2,
-            reconnect_time_wait=0.1, max_reconnect_attempts=-1, allow_reconnect=True,
+            reconnect_time_wait=0.1, max_reconnect_attempts=10,
         )  # fmt: skip
+        return await asyncio.wait_for(connecting, 15.0)
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -643,8 +648,9 @@ class ClusterRun:
         mark.back = time.time()
         assert mark.electing is not None
         mark.elected = await mark.electing
-        ready = mark.elected if mark.elected is not None else mark.t + ELECTION_LIMIT
-        mark.ready = max(ready, mark.back) if mark.how == "hang" else ready
+        mark.ready = mark.elected if mark.elected is not None else mark.t + ELECTION_LIMIT
+        if mark.how == "hang" and mark.back > mark.ready:
+            mark.ready, mark.ready_after = mark.back, "SIGCONT"
 
     async def wait_elected(self, mark: Mark) -> float | None:
         """When every role the node held had a new leader, polled from a separate client: one
@@ -940,7 +946,7 @@ async def meta_leader_kill(run: ClusterRun) -> None:
         await asyncio.wait_for(run.q.resume(), 60.0)
     except Exception as exc:
         run.problems.append(f"resume() raised {exc!r}")
-    second.ready = max(second.ready, time.time())
+    second.ready, second.ready_after = max(second.ready, time.time()), "resume()"
     await run.check_paused_state("after resume()", expected=False)
     await run.wait_resumed(second)
     run.expect(second, {"meta"})
@@ -1007,7 +1013,7 @@ async def run_once(name: str, workdir: Path, size: Size, seed: int = 1) -> RunRe
     ]
     result = RunResult(
         name, report, run.marks, resumptions, run.workers.exits, run.problems, run.notes, drift,
-        time.monotonic() - started,
+        time.monotonic() - started, size.resume_limit,
     )  # fmt: skip
     (workdir / "result.txt").write_text("\n".join(result.lines()) + "\n")
     return result
