@@ -341,8 +341,9 @@ def test_resumption_times_the_first_completion_and_every_workers_return() -> Non
     assert back.every == 10.0  # worker 2 at 20.0: its completion at 12.0 came before ready
     assert back.after_ready == 4.0
     assert back.stuck == ()
+    assert back.last == 2
     stuck = resumption(completions, [1, 2, 3, 4], fault=10.0, ready=16.0)
-    assert (stuck.every, stuck.after_ready, stuck.stuck) == (None, None, (4,))
+    assert (stuck.every, stuck.after_ready, stuck.stuck, stuck.last) == (None, None, (4,), None)
     assert stuck.first == 0.5
     assert resumption([], [1], fault=10.0, ready=12.0).first is None
     early = resumption(completions, [2], fault=10.0, ready=5.0)  # ready is never before it

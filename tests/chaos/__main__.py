@@ -115,7 +115,7 @@ async def cluster_main(names: list[str], full: bool, seed: int, workdir: Path | 
         outcome = await cluster.run_scenario(name, workdir, full, seed)
         outcomes.append(outcome)
         print(cluster.table_row(outcome), flush=True)
-    print()
+    print(f"\n{cluster.TABLE_NOTE}\n")
     for outcome in outcomes:
         print("\n".join(outcome.lines()))
     print(f"\nhistories, node stores and result.txt files: {workdir}")

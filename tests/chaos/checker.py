@@ -161,6 +161,8 @@ class Resumption(msgspec.Struct, frozen=True, kw_only=True):
     """From ``ready`` until every worker had completed a job after it."""
     stuck: tuple[int, ...]
     """The workers (pids) with no completion after ``ready``."""
+    last: int | None = None
+    """The worker (pid) that came back last, when every worker did."""
 
 
 class Latency(msgspec.Struct, frozen=True, kw_only=True):
@@ -646,14 +648,16 @@ def resumption(
             again.setdefault(c.pid, c.t)
     wanted = sorted(set(pids))
     stuck = tuple(pid for pid in wanted if pid not in again)
-    last = None if stuck or not wanted else max(again[pid] for pid in wanted)
+    last = None if stuck or not wanted else max(wanted, key=lambda pid: again[pid])
+    back = None if last is None else again[last]
     return Resumption(
         fault=fault,
         ready=ready,
         first=None if first is None else first - fault,
-        every=None if last is None else last - fault,
-        after_ready=None if last is None else last - ready,
+        every=None if back is None else back - fault,
+        after_ready=None if back is None else back - ready,
         stuck=stuck,
+        last=last,
     )
 
 

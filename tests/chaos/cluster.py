@@ -109,9 +109,9 @@ class Size:
     """A ceiling on the jobs one run adds."""
 
 
-CI = Size(rate=15.0, down=3.0, hang=8.0, hold=2.0, runs=1, resume_limit=20.0, warm=3.0,
+CI = Size(rate=15.0, down=3.0, hang=20.0, hold=2.0, runs=1, resume_limit=20.0, warm=3.0,
           tail=5.0, max_jobs=2_000)  # fmt: skip
-"""The size CI runs: one run of each scenario, about 20-50 s each."""
+"""The size CI runs: one run of each scenario, 20-45 s each."""
 FULL = Size(rate=30.0, down=5.0, hang=20.0, hold=5.0, runs=3, resume_limit=30.0, warm=5.0,
             tail=10.0, max_jobs=20_000)  # fmt: skip
 """The full size: three runs of each scenario, longer outages, twice the load."""
@@ -372,8 +372,8 @@ class Mark:
     back: float | None = None
     """When it was healthy again (restarted or continued)."""
     ready: float = 0.0
-    """From when every worker is expected to complete jobs again: ``elected``, or later for a
-    hung node (when it was continued) and a paused queue (when it was resumed)."""
+    """From when every worker is expected to complete jobs again: ``elected`` (for a hung node
+    too: a worker connected to it has to notice), or, for a paused queue, when it was resumed."""
     ready_after: str = "the new leaders"
     """What ``ready`` waited for last."""
     electing: asyncio.Task[float | None] | None = None
@@ -412,15 +412,18 @@ class RunResult:
             if mark.elected is None:
                 out.append(f"{mark.label()}: no new leader within {ELECTION_LIMIT:.0f} s")
             if back.stuck:
+                on = {pid: mark.placement.get(pid, "not running yet") for pid in back.stuck}
                 out.append(
                     f"{mark.label()}: workers {list(back.stuck)} completed nothing within "
-                    f"{self.resume_limit:.0f} s after {mark.ready_after} (stuck)"
+                    f"{self.resume_limit:.0f} s after {mark.ready_after} (stuck; connected "
+                    f"before the fault to {on})"
                 )
             elif back.after_ready is not None and back.after_ready > RESUME_TARGET:
                 out.append(
                     f"{mark.label()}: every worker completed a job again only "
                     f"{back.after_ready:.1f} s after {mark.ready_after} "
-                    f"(target {RESUME_TARGET:.0f} s)"
+                    f"(target {RESUME_TARGET:.0f} s); the last was worker {back.last}, "
+                    f"connected to {mark.placement.get(back.last or 0)} before the fault"
                 )
         out += self.problems
         if self.drift:
@@ -437,11 +440,19 @@ class RunResult:
                 f"  {mark.label()}: new leaders after {elected}; first completion "
                 f"{_s(back.first)}, every worker again {_s(back.every, back)} after the fault, "
                 f"{_s(back.after_ready, back)} after {mark.ready_after}; stuck {list(back.stuck)}"
+                + _after_back(mark, back)
             )
         out += [f"  {line}" for line in self.report.lines()]
         failures = self.failures()
         out += [f"  FAILED: {line}" for line in failures] or ["  passed"]
         return out
+
+
+def _after_back(mark: Mark, back: checker.Resumption) -> str:
+    """For a hung node: how long after SIGCONT every worker was back."""
+    if mark.how != "hang" or mark.back is None or back.every is None:
+        return ""
+    return f" ({mark.t + back.every - mark.back:+.1f} s from SIGCONT)"
 
 
 def _s(value: float | None, back: checker.Resumption | None = None) -> str:
@@ -649,8 +660,6 @@ class ClusterRun:
         assert mark.electing is not None
         mark.elected = await mark.electing
         mark.ready = mark.elected if mark.elected is not None else mark.t + ELECTION_LIMIT
-        if mark.how == "hang" and mark.back > mark.ready:
-            mark.ready, mark.ready_after = mark.back, "SIGCONT"
 
     async def wait_elected(self, mark: Mark) -> float | None:
         """When every role the node held had a new leader, polled from a separate client: one
@@ -1068,9 +1077,18 @@ def table_header() -> list[str]:
     return [
         "| # | scenario | jobs | faults | lost | double completions | duplicates (by cause) "
         "| unexplained | worker exits | stuck | fault → first completion p50 / max "
-        "| fault → every worker p50 / max | elected → every worker p50 / max | verdict |",
+        "| fault → every worker p50 / max | new leaders → every worker p50 / max | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+
+TABLE_NOTE = (
+    "Times per fault, p50 / max over every fault of every run: from the fault to the first "
+    "completion after it; from the fault, and from the new leaders' election (after resume() "
+    f"for the paused queue), until every worker had completed a job again (target: "
+    f"{RESUME_TARGET:.0f} s from the new leaders). Stuck: a worker that completed nothing "
+    "within the resume limit."
+)
 
 
 def table_row(outcome: ClusterOutcome) -> str:
