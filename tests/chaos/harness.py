@@ -224,7 +224,10 @@ async def produce(
 ) -> None:
     """Add the jobs at a steady pace; log every attempt's outcome; retry unknown ones.
 
-    With ``stop``, adding ends early once it is set (``scenario.jobs`` is then a ceiling).
+    An error add() is not documented to raise (anything but EnqueueError and ConnectionFailed)
+    is logged as outcome "unknown" (it may have landed) with an ``error`` field naming it, and
+    the add is tried again. With ``stop``, adding ends early once it is set (``scenario.jobs``
+    is then a ceiling).
     """
     gap = scenario.duration / scenario.jobs
     start = time.monotonic()
@@ -235,16 +238,20 @@ async def produce(
         job_id = f"j{n:06d}"
         async with limit:
             for _ in range(5):
+                line: dict[str, Any] = {"job": job_id}
                 try:
                     await q.add({"work": work}, job_id=job_id)
                 except EnqueueError as exc:
-                    outcome = "unknown" if exc.outcome_unknown else "fail"
+                    line["outcome"] = "unknown" if exc.outcome_unknown else "fail"
                 except ConnectionFailed:
-                    outcome = "fail"
+                    line["outcome"] = "fail"
+                except Exception as exc:  # not an error add() documents: named in the log
+                    line |= {"outcome": "unknown", "error": f"{type(exc).__name__}: {exc}"}
                 else:
-                    Files.append(files.enqueues, {"job": job_id, "outcome": "ok", "t": time.time()})
+                    line["outcome"] = "ok"
+                Files.append(files.enqueues, {**line, "t": time.time()})
+                if line["outcome"] == "ok":
                     return
-                Files.append(files.enqueues, {"job": job_id, "outcome": outcome, "t": time.time()})
 
     for n in range(scenario.jobs):
         if stop is not None and stop.is_set():
