@@ -167,7 +167,7 @@ class WorkerProcess:
         self._ready.wait(timeout)
         return self.said_ready
 
-    def tail(self, lines: int = 15) -> str:
+    def tail(self, lines: int = 40) -> str:
         """The last lines of its output."""
         return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
 
