@@ -17,11 +17,19 @@ killed (SIGKILL, as a crash) and started again on the same ports and store::
         ...
         cluster.kill(leader)        # a server_name, e.g. from stream_info().cluster.leader
         cluster.restart(leader)     # back on its ports and store, caught up
+
+A node can also hang instead of dying (``suspend``: SIGSTOP, ``resume``: SIGCONT). Who leads what
+is read from the nodes' monitoring endpoints, as a node reports about itself: ``meta_leader()``,
+``stream_leader(stream)``, ``consumer_leader(stream, consumer)``; ``connected_node(name)`` is the
+node a client with that connection name is connected to (``/connz``). These answer ``None``
+while no node claims the role, e.g. during an election.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -30,6 +38,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .server import LocalServer, ServerError
 
@@ -39,6 +48,8 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Opens loopback URLs without any proxy the environment names."""
 START_ATTEMPTS = 3
 """How often a cluster start is tried on fresh ports when one of its ports was taken."""
+MONITOR_TIMEOUT = 1.0
+"""Seconds a monitoring request may take (a suspended node never answers)."""
 
 
 class ClusterNode(LocalServer):
@@ -67,6 +78,8 @@ class ClusterNode(LocalServer):
         self.cluster_port = cluster_port
         self.routes = routes
         self.monitor_port: int | None = None
+        self.suspended = False
+        """Whether the node was stopped with SIGSTOP (and not continued since)."""
 
     def _extra_config(self) -> str:
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes)
@@ -82,10 +95,15 @@ class ClusterNode(LocalServer):
         if match and self.monitor_port is None:
             self.monitor_port = int(match.group(1))
 
+    @property
+    def answering(self) -> bool:
+        """Whether the node runs and is not suspended."""
+        return self.is_running() and not self.suspended
+
     def healthy(self) -> bool:
         """Whether the node runs and its ``/healthz`` says ok: it knows a JetStream meta leader
         and its replicas of streams and consumers are current."""
-        if not self.is_running() or self.monitor_port is None:
+        if not self.answering or self.monitor_port is None:
             return False
         url = f"http://127.0.0.1:{self.monitor_port}/healthz"
         try:
@@ -93,6 +111,41 @@ class ClusterNode(LocalServer):
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):  # 503 (not healthy yet), refused, timed out
             return False
+
+    def monitor(self, path: str, timeout: float = MONITOR_TIMEOUT) -> dict[str, Any] | None:
+        """The JSON object a monitoring endpoint (``/jsz``, ``/connz?...``) returns, or None if
+        the node does not answer in time."""
+        if not self.answering or self.monitor_port is None:
+            return None
+        try:
+            with _DIRECT.open(f"http://127.0.0.1:{self.monitor_port}{path}", timeout=timeout) as r:
+                value = json.load(r)
+        except (urllib.error.URLError, OSError, ValueError):  # refused, timed out, not JSON
+            return None
+        return value if isinstance(value, dict) else None
+
+    def suspend(self) -> None:
+        """Stop the node's process (SIGSTOP): a hung node, holding its connections open."""
+        if self.process is not None and self.is_running():
+            self.process.send_signal(signal.SIGSTOP)
+            self.suspended = True
+
+    def resume(self) -> None:
+        """Continue a suspended node (SIGCONT)."""
+        if self.process is not None and self.is_running():
+            self.process.send_signal(signal.SIGCONT)
+        self.suspended = False
+
+    def kill(self) -> None:
+        """Kill the node at once (SIGKILL), suspended or not."""
+        super().kill()
+        self.suspended = False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the node gracefully (SIGTERM), continuing it first if it was suspended."""
+        if self.suspended:
+            self.resume()
+        super().stop(timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the node's log."""
@@ -153,6 +206,46 @@ class LocalCluster:
                 return node
         raise ServerError(f"no node named {name!r} in cluster {self.name}")
 
+    def answering(self) -> list[ClusterNode]:
+        """The nodes that run and are not suspended."""
+        return [node for node in self.nodes if node.answering]
+
+    def meta_leader(self) -> str | None:
+        """The node that says it leads the JetStream meta group (``/jsz``), if one does."""
+        for node in self.answering():
+            jsz = node.monitor("/jsz")
+            if jsz and (jsz.get("meta_cluster") or {}).get("leader") == node.name:
+                return node.name
+        return None
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The node that says it leads ``stream`` (``/jsz``), if one does."""
+        for node in self.answering():
+            for detail in _stream_details(node):
+                if detail.get("name") == stream and _leader(detail) == node.name:
+                    return node.name
+        return None
+
+    def consumer_leader(self, stream: str, consumer: str) -> str | None:
+        """The node that says it leads the durable ``consumer`` of ``stream``, if one does."""
+        for node in self.answering():
+            for detail in _stream_details(node):
+                if detail.get("name") != stream:
+                    continue
+                for info in detail.get("consumer_detail") or []:
+                    if info.get("name") == consumer and _leader(info) == node.name:
+                        return node.name
+        return None
+
+    def connected_node(self, client_name: str) -> str | None:
+        """The node a client with this connection name is connected to (``/connz``), if any."""
+        for node in self.answering():
+            connz = node.monitor("/connz?limit=100000")
+            for conn in (connz or {}).get("connections") or []:
+                if conn.get("name") == client_name:
+                    return node.name
+        return None
+
     def start(self) -> LocalCluster:
         """Start every node that is not running and wait until all of them are healthy."""
         if not self.nodes:
@@ -193,9 +286,9 @@ class LocalCluster:
                 return
 
     def wait_healthy(self, nodes: list[ClusterNode] | None = None) -> None:
-        """Wait until ``nodes`` (default: every running node) are healthy; ServerError if one
-        is not running, or not healthy within the startup timeout."""
-        waiting = list(nodes if nodes is not None else [n for n in self.nodes if n.is_running()])
+        """Wait until ``nodes`` (default: every running node not suspended) are healthy;
+        ServerError if one is not running, or not healthy within the startup timeout."""
+        waiting = list(nodes if nodes is not None else self.answering())
         deadline = time.monotonic() + self.startup_timeout
         while waiting:
             for node in waiting:
@@ -218,6 +311,18 @@ class LocalCluster:
         """Kill one node at once (SIGKILL), as a crash would."""
         node = self.node(name)
         node.kill()
+        return node
+
+    def suspend(self, name: str) -> ClusterNode:
+        """Hang one node (SIGSTOP): it keeps its sockets open but answers nothing."""
+        node = self.node(name)
+        node.suspend()
+        return node
+
+    def resume(self, name: str) -> ClusterNode:
+        """Continue a suspended node (SIGCONT); it is not waited for (see ``wait_healthy``)."""
+        node = self.node(name)
+        node.resume()
         return node
 
     def restart(self, name: str) -> ClusterNode:
@@ -249,6 +354,22 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _stream_details(node: ClusterNode) -> list[dict[str, Any]]:
+    """Every stream (with its consumers) the node's ``/jsz`` reports, over all accounts."""
+    jsz = node.monitor("/jsz?accounts=true&streams=true&consumers=true&config=false")
+    return [
+        detail
+        for account in (jsz or {}).get("account_details") or []
+        for detail in account.get("stream_detail") or []
+    ]
+
+
+def _leader(detail: dict[str, Any]) -> str | None:
+    """The leader a stream's or consumer's ``cluster`` block names."""
+    leader = (detail.get("cluster") or {}).get("leader")
+    return leader if isinstance(leader, str) and leader else None
 
 
 def _free_ports(count: int) -> list[int]:

@@ -25,6 +25,7 @@ from tests.chaos.checker import (
     load_jsonl,
     parse_handler_log,
     percentile,
+    resumption,
 )
 
 
@@ -59,9 +60,9 @@ def final(job: str, state: str = "completed", by: int | None = None) -> FinalRec
     return FinalRecord(job=job, state=state, attempt=1, completed_by=by)
 
 
-def fault(t: float, kind: Any, pid: int | None = None) -> Fault:
+def fault(t: float, kind: Any, pid: int | None = None, node: str | None = None) -> Fault:
     """A nemesis fault."""
-    return Fault(t=t, kind=kind, pid=pid)
+    return Fault(t=t, kind=kind, pid=pid, node=node)
 
 
 def verdict(
@@ -72,9 +73,12 @@ def verdict(
     faults: Iterable[Fault] = (),
     finals: Iterable[FinalRecord] = (),
     dead_letters: Iterable[str] = (),
+    node_grace: float = 10.0,
 ) -> Report:
     """``check()`` with empty defaults."""
-    return check(enqueues, executions, completions, faults, finals, set(dead_letters))
+    return check(
+        enqueues, executions, completions, faults, finals, set(dead_letters), node_grace=node_grace
+    )
 
 
 def completed_job(job: str, pid: int, start: float) -> dict[str, Any]:
@@ -247,6 +251,105 @@ def test_worker_killed_beats_stalled_beats_broker_restart(kinds: list[str], caus
     assert report.duplicates[0].fault.kind in {"kill_worker", "term_worker", "stop_worker"}
 
 
+@pytest.mark.parametrize(
+    ("faults", "cause"),
+    [
+        # the outage (fault until the node is back, plus the grace) overlaps the two starts
+        ([fault(0.2, "kill_server", 1, "n1"), fault(0.5, "restart_server", 2, "n1")],
+         "node_outage"),  # back at 0.5, + grace 1 reaches the first start (1)
+        ([fault(0.2, "term_server", 1, "n1"), fault(0.5, "restart_server", 2, "n1")],
+         "node_outage"),
+        ([fault(0.2, "stop_server", 1, "n1"), fault(0.9, "cont_server", 1, "n1")],
+         "node_outage"),
+        ([fault(3, "stop_server", 1, "n1"), fault(9, "cont_server", 1, "n1")], "node_outage"),
+        ([fault(3, "term_server", 1, "n1")], "node_outage"),  # between the starts
+        ([fault(0.2, "kill_server", 1, "n1"), fault(0.3, "restart_server", 2, "n2")],
+         "node_outage"),  # another node came back: n1 is still down
+        ([fault(3, "kill_server", 1, "n1")], "broker_restart"),  # kept for a kill in between
+        # too early (back and settled before the first start), too late, or no outage at all
+        ([fault(-2, "kill_server", 1, "n1"), fault(-0.5, "restart_server", 2, "n1")],
+         "unexplained"),  # back at -0.5, + grace 1 ends before the first start (1)
+        ([fault(-2, "stop_server", 1, "n1"), fault(-0.1, "cont_server", 1, "n1")],
+         "unexplained"),
+        ([fault(5.5, "stop_server", 1, "n1")], "unexplained"),  # after the second start
+        ([fault(3, "cont_server", 1, "n1"), fault(3.5, "restart_server", 2, "n2")],
+         "unexplained"),  # a node coming back is not an outage
+    ],
+)  # fmt: skip
+def test_a_node_outage_explains_duplicates_whose_starts_it_overlaps(
+    faults: list[Fault], cause: str
+) -> None:
+    report = verdict(
+        ok("a"),
+        executions=[run("a", 10, 1), run("a", 11, 5, 6)],
+        faults=faults,
+        finals=[final("a", by=11)],
+        node_grace=1.0,
+    )
+    assert causes(report) == [cause]
+    assert report.ok == (cause != "unexplained")
+    duplicate = report.duplicates[0]
+    assert duplicate.latency is None, "only worker faults have a recovery latency"
+    if cause != "unexplained":
+        assert duplicate.fault is not None and duplicate.fault.kind.endswith("_server")
+
+
+def test_a_node_outage_far_from_a_duplicate_does_not_explain_it() -> None:
+    outage = [fault(0, "kill_server", 1, "n1"), fault(3, "restart_server", 2, "n1")]
+    report = verdict(
+        ok("a"),
+        executions=[run("a", 10, 13.5), run("a", 11, 20, 21)],  # 10.5 s after the restart
+        faults=outage,
+        finals=[final("a", by=11)],
+    )
+    assert causes(report) == ["unexplained"]
+    assert not report.ok
+    near = verdict(
+        ok("a"),
+        executions=[run("a", 10, 12.5), run("a", 11, 20, 21)],  # within the default grace
+        faults=outage,
+        finals=[final("a", by=11)],
+    )
+    assert causes(near) == ["node_outage"]
+    assert near.by_cause["node_outage"] == 1
+
+
+def test_a_node_outage_is_ended_by_its_own_kind_of_recovery() -> None:
+    # a SIGSTOP is ended by SIGCONT of the same node, not by a restart of it
+    timeline = [fault(0, "stop_server", 1, "n1"), fault(1, "restart_server", 1, "n1")]
+    report = verdict(
+        ok("a"),
+        executions=[run("a", 10, 50), run("a", 11, 60, 61)],
+        faults=timeline,
+        finals=[final("a", by=11)],
+        node_grace=1.0,
+    )
+    assert causes(report) == ["node_outage"], "never continued: the outage lasts"
+
+
+def test_resumption_times_the_first_completion_and_every_workers_return() -> None:
+    completions = [
+        done("a", 1, 9.0),  # before the fault
+        done("b", 1, 10.5),  # a job worker 1 had claimed before the fault
+        done("c", 2, 12.0),
+        done("d", 1, 17.0),
+        done("e", 3, 19.0),
+        done("f", 2, 20.0),
+    ]
+    back = resumption(completions, [1, 2, 3], fault=10.0, ready=16.0)
+    assert back.first == 0.5
+    assert back.every == 10.0  # worker 2 at 20.0: its completion at 12.0 came before ready
+    assert back.after_ready == 4.0
+    assert back.stuck == ()
+    assert back.last == 2
+    stuck = resumption(completions, [1, 2, 3, 4], fault=10.0, ready=16.0)
+    assert (stuck.every, stuck.after_ready, stuck.stuck, stuck.last) == (None, None, (4,), None)
+    assert stuck.first == 0.5
+    assert resumption([], [1], fault=10.0, ready=12.0).first is None
+    early = resumption(completions, [2], fault=10.0, ready=5.0)  # ready is never before it
+    assert (early.ready, early.every, early.after_ready) == (10.0, 2.0, 2.0)
+
+
 def test_each_extra_run_is_matched_against_the_run_before_it() -> None:
     report = verdict(
         ok("a"),
@@ -380,7 +483,10 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     )
     faults = write_jsonl(
         tmp_path / "faults.jsonl",
-        [{"t": 2.0, "kind": "kill_worker", "pid": 10}, {"t": 3.0, "kind": "restart_server"}],
+        [
+            {"t": 2.0, "kind": "kill_worker", "pid": 10},
+            {"t": 3.0, "kind": "restart_server", "node": "c1-2"},
+        ],
     )
     finals = write_jsonl(
         tmp_path / "finals.jsonl",
@@ -412,6 +518,7 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     assert dumped["counts"]["accepted"] == 1 and dumped["counts"]["duplicates"] == 2
     assert dumped["faults"] == {"kill_worker": 1, "restart_server": 1}
     assert dumped["duplicates"][0]["fault"] == {"t": 2.0, "kind": "kill_worker", "pid": 10}
+    assert faults_from_lines(load_jsonl(faults))[1].node == "c1-2"
 
 
 def test_ends_pair_with_the_earliest_open_start_of_their_key() -> None:

@@ -2,6 +2,11 @@
 
 CI runs the reduced sizes through pytest (``tests/test_chaos.py``); ``--full`` runs the sizes
 quoted in the README. Each run keeps its history and report.json under ``--workdir``.
+
+``python -m tests.chaos --cluster [leader rolling ...] [--full]`` runs the cluster scenarios
+instead (``tests/chaos/cluster.py``; CI runs them through ``tests/test_cluster_chaos.py``) and
+prints their markdown table, then each run's account; each run keeps its history, its nodes'
+stores and a result.txt under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import structlog
 from oqron_nats import __version__
 from oqron_nats.server import find_binary
 
+from . import cluster
 from .harness import Outcome, run, scenarios
 
 
@@ -41,15 +47,21 @@ def row(outcome: Outcome) -> str:
     )
 
 
-def header() -> list[str]:
-    """The table header and the run's environment."""
+def environment() -> str:
+    """The versions and the date of a run."""
     server = subprocess.run(
         [find_binary(), "--version"], capture_output=True, text=True, check=False
     )
-    return [
+    return (
         f"oqron_nats {__version__}, {server.stdout.strip()}, nats-py {version('nats-py')}, "
-        f"Python {platform.python_version()}, {platform.machine()}, "
-        f"{datetime.now(UTC):%Y-%m-%d}; sync_interval: always",
+        f"Python {platform.python_version()}, {platform.machine()}, {datetime.now(UTC):%Y-%m-%d}"
+    )
+
+
+def header() -> list[str]:
+    """The table header and the run's environment."""
+    return [
+        f"{environment()}; sync_interval: always",
         "",
         "| scenario | jobs | faults | lost | double completions | completed jobs run again "
         "| duplicate executions (by cause) | unexplained | recovery p50 / p99 | drain | verdict |",
@@ -62,11 +74,16 @@ async def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos")
     parser.add_argument("names", nargs="*", help="scenarios (default: all)")
     parser.add_argument("--full", action="store_true", help="full size instead of the CI size")
+    parser.add_argument(
+        "--cluster", action="store_true", help="the 3-node cluster scenarios instead"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
     args = parser.parse_args()
     # this process is an application: keep the harness's own client quiet (workers log to files)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    if args.cluster:
+        return await cluster_main(args.names, args.full, args.seed, args.workdir)
     chosen = scenarios(args.full)
     names = args.names or list(chosen)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oqron-chaos-"))
@@ -81,6 +98,28 @@ async def main() -> int:
             print(f"    {line}", flush=True)
     print(f"\nhistories and report.json files: {workdir}")
     return 0 if ok else 1
+
+
+async def cluster_main(names: list[str], full: bool, seed: int, workdir: Path | None) -> int:
+    """Run the cluster scenarios; print the table, then every run's account."""
+    unknown = set(names) - set(cluster.SCENARIOS)
+    if unknown:
+        print(f"unknown cluster scenarios {sorted(unknown)}; known: {list(cluster.SCENARIOS)}")
+        return 2
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="oqron-cluster-chaos-"))
+    size = cluster.FULL if full else cluster.CI
+    print(f"{environment()}; 3 nodes on loopback, R3; {'full' if full else 'CI'} size: {size}")
+    print("", *cluster.table_header(), sep="\n", flush=True)
+    outcomes = []
+    for name in names or list(cluster.SCENARIOS):
+        outcome = await cluster.run_scenario(name, workdir, full, seed)
+        outcomes.append(outcome)
+        print(cluster.table_row(outcome), flush=True)
+    print(f"\n{cluster.TABLE_NOTE}\n")
+    for outcome in outcomes:
+        print("\n".join(outcome.lines()))
+    print(f"\nhistories, node stores and result.txt files: {workdir}")
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ unknown extra fields are ignored, missing or mistyped fields raise ``ValueError`
 
     faults.jsonl     one line per injected fault, logged right after the signal is sent:
         {"t": ..., "kind": "kill_worker", "pid": 4242}
+        {"t": ..., "kind": "kill_server", "pid": 77, "node": "c1-2"}
         kind: kill_worker, stop_worker, cont_worker, term_worker (pid = worker pid),
-        kill_server, restart_server (pid = server pid, or null).
+        kill_server (SIGKILL), term_server (graceful stop), restart_server (started again),
+        stop_server (SIGSTOP), cont_server (SIGCONT) (pid = server pid, or null).
+        node names a cluster node (its server_name); null for the single server.
 
     finals.jsonl     the job records read from KV after the drain, one per job id:
         {"job": "j1", "state": "completed", "attempt": 1, "stalled_count": 0,
@@ -35,6 +38,16 @@ unknown extra fields are ignored, missing or mistyped fields raise ``ValueError`
         (null if not completed); attempt and stalled_count default to 0.
 
     dead_letters.jsonl   one line per dead-letter stream entry: {"job": "j1"}
+
+Duplicate executions are explained by the fault timeline (``classify``): a worker kill or
+SIGSTOP of the previous run's own worker between the two starts, a server kill between them
+(``broker_restart``), or a node outage that overlapped the time between the two starts
+(``node_outage``): the outage lasts from a node's kill, graceful stop or SIGSTOP until it is
+started again or continued, plus ``node_grace`` seconds for what it set off (leader elections,
+expired leases, redeliveries) to play out. Anything else is ``unexplained``.
+
+``resumption()`` measures how the workers came back after a fault: from the completions, when
+the first job completed after it, and when every worker had completed one again.
 
 Percentiles use the nearest-rank method, so they are always observed values.
 """
@@ -55,13 +68,22 @@ from oqron_nats.job import TERMINAL_STATES
 
 Outcome = Literal["ok", "unknown", "fail"]
 FaultKind = Literal[
-    "kill_worker", "stop_worker", "cont_worker", "kill_server", "restart_server", "term_worker"
-]
-Cause = Literal["worker_killed", "worker_stalled", "broker_restart", "unexplained"]
-CAUSES: tuple[Cause, ...] = ("worker_killed", "worker_stalled", "broker_restart", "unexplained")
+    "kill_worker", "stop_worker", "cont_worker", "term_worker",
+    "kill_server", "term_server", "restart_server", "stop_server", "cont_server",
+]  # fmt: skip
+Cause = Literal["worker_killed", "worker_stalled", "broker_restart", "node_outage", "unexplained"]
+CAUSES: tuple[Cause, ...] = (
+    "worker_killed", "worker_stalled", "broker_restart", "node_outage", "unexplained"
+)  # fmt: skip
 """Duplicate causes, in classification priority order (``unexplained`` last)."""
+NODE_GRACE = 10.0
+"""Seconds after a node is back during which its outage still explains a duplicate."""
 
 _KILLS = frozenset({"kill_worker", "term_worker"})
+_OUTAGE_ENDS: dict[str, str] = {
+    "kill_server": "restart_server", "term_server": "restart_server", "stop_server": "cont_server"
+}  # fmt: skip
+"""The fault kinds that start a node outage, and the kind that ends each."""
 _S = TypeVar("_S", bound=msgspec.Struct)
 
 
@@ -93,12 +115,13 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     t: float
 
 
-class Fault(msgspec.Struct, frozen=True, kw_only=True):
+class Fault(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One fault injected by the nemesis."""
 
     t: float
     kind: FaultKind
     pid: int | None = None
+    node: str | None = None
 
 
 class FinalRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +143,26 @@ class Duplicate(msgspec.Struct, frozen=True, kw_only=True):
     fault: Fault | None = None
     latency: float | None = None
     """Seconds from a worker fault to this execution's start (killed or stalled only)."""
+
+
+class Resumption(msgspec.Struct, frozen=True, kw_only=True):
+    """How the workers came back after one fault (see ``resumption``); seconds, None if never."""
+
+    fault: float
+    """When the fault struck (wall clock)."""
+    ready: float
+    """From when the workers could resume: new leaders elected, a node continued, a queue
+    resumed; at least ``fault``."""
+    first: float | None
+    """From the fault to the first completion after it, by any worker."""
+    every: float | None
+    """From the fault until every worker had completed a job after ``ready``."""
+    after_ready: float | None
+    """From ``ready`` until every worker had completed a job after it."""
+    stuck: tuple[int, ...]
+    """The workers (pids) with no completion after ``ready``."""
+    last: int | None = None
+    """The worker (pid) that came back last, when every worker did."""
 
 
 class Latency(msgspec.Struct, frozen=True, kw_only=True):
@@ -376,6 +419,8 @@ def check(  # noqa: PLR0917 - the harness's contract: one argument per history p
     faults: Iterable[Fault],
     finals: Iterable[FinalRecord],
     dead_letters: Collection[str],
+    *,
+    node_grace: float = NODE_GRACE,
 ) -> Report:
     """Check a history against the delivery promise and classify every extra execution."""
     enqueues, executions, completions = list(enqueues), list(executions), list(completions)
@@ -386,7 +431,7 @@ def check(  # noqa: PLR0917 - the harness's contract: one argument per history p
     accepted = {e.job for e in enqueues if e.outcome == "ok"}
     unknown = {e.job for e in enqueues} - accepted
     recovered = unknown & runs.keys()
-    extras = [d for job in sorted(runs) for d in _extras(runs[job], timeline)]
+    extras = [d for job in sorted(runs) for d in _extras(runs[job], timeline, node_grace)]
     duplicates = tuple(d for d in extras if d is not None)
     return Report(
         accepted=tuple(sorted(accepted)),
@@ -512,21 +557,30 @@ def _dead_letter_problems(
 # Duplicate classification
 
 
-def _extras(runs: Sequence[Execution], timeline: Sequence[Fault]) -> list[Duplicate | None]:
+def _extras(
+    runs: Sequence[Execution], timeline: Sequence[Fault], node_grace: float
+) -> list[Duplicate | None]:
     """Each execution after a job's first, classified (None for an ordinary retry)."""
-    return [classify(prev, cur, timeline) for prev, cur in itertools.pairwise(runs)]
+    return [classify(prev, cur, timeline, node_grace) for prev, cur in itertools.pairwise(runs)]
 
 
 def classify(
-    previous: Execution, current: Execution, timeline: Sequence[Fault]
+    previous: Execution,
+    current: Execution,
+    timeline: Sequence[Fault],
+    node_grace: float = NODE_GRACE,
 ) -> Duplicate | None:
     """Why ``current`` ran after ``previous``: None for a retry, else a classified Duplicate."""
     if _is_retry(previous, current):
         return None
     for cause in CAUSES[:-1]:
-        fault = _first_fault(cause, previous, current, timeline)
+        if cause == "node_outage":
+            fault = _overlapping_outage(previous, current, timeline, node_grace)
+        else:
+            fault = _first_fault(cause, previous, current, timeline)
         if fault is not None:
-            latency = None if cause == "broker_restart" else current.start - fault.t
+            worker_fault = cause in ("worker_killed", "worker_stalled")
+            latency = current.start - fault.t if worker_fault else None
             return Duplicate(
                 execution=current, previous=previous, cause=cause, fault=fault, latency=latency
             )
@@ -549,12 +603,62 @@ def _first_fault(
     return None
 
 
+def _overlapping_outage(
+    previous: Execution, current: Execution, timeline: Sequence[Fault], grace: float
+) -> Fault | None:
+    """The earliest node fault whose outage (until the node is back, plus ``grace``) overlaps
+    the time from the previous run's start to this one's."""
+    for index, fault in enumerate(timeline):
+        end_kind = _OUTAGE_ENDS.get(fault.kind)
+        if end_kind is None or fault.t > current.start:
+            continue
+        back = next(
+            (f.t for f in timeline[index + 1 :] if f.kind == end_kind and f.node == fault.node),
+            math.inf,
+        )
+        if previous.start <= back + grace:
+            return fault
+    return None
+
+
 def _fault_matches(cause: Cause, fault: Fault, previous: Execution) -> bool:
     """Whether a fault is of a cause and, for worker faults, hit the previous run's pid."""
     if cause == "broker_restart":
         return fault.kind == "kill_server"
     kinds = _KILLS if cause == "worker_killed" else {"stop_worker"}
     return fault.kind in kinds and fault.pid == previous.pid
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumption after a fault
+
+
+def resumption(
+    completions: Iterable[Completion], pids: Iterable[int], fault: float, ready: float
+) -> Resumption:
+    """How the workers ``pids`` came back after a fault at ``fault``: the first completion after
+    it (any worker), and each worker's first completion at or after ``ready`` (when the fault's
+    effects had passed: a completion before that may be a job the worker had already claimed)."""
+    ready = max(ready, fault)
+    ordered = sorted(completions, key=lambda c: c.t)
+    first = next((c.t for c in ordered if c.t >= fault), None)
+    again: dict[int, float] = {}
+    for c in ordered:
+        if c.t >= ready:
+            again.setdefault(c.pid, c.t)
+    wanted = sorted(set(pids))
+    stuck = tuple(pid for pid in wanted if pid not in again)
+    last = None if stuck or not wanted else max(wanted, key=lambda pid: again[pid])
+    back = None if last is None else again[last]
+    return Resumption(
+        fault=fault,
+        ready=ready,
+        first=None if first is None else first - fault,
+        every=None if back is None else back - fault,
+        after_ready=None if back is None else back - ready,
+        stuck=stuck,
+        last=last,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,12 +136,7 @@ class Workers:
 
     def spawn(self) -> subprocess.Popen[str]:
         """Start one worker and wait until its consumers are bound."""
-        s = self.scenario
-        args = [
-            sys.executable, "-m", "tests.chaos.worker", "--queue", QUEUE, "--log", str(self.log),
-            "--concurrency", str(s.concurrency), "--lock-ttl", str(s.lock_ttl),
-            "--heartbeat", str(s.heartbeat),
-        ]  # fmt: skip
+        args = worker_args(self.scenario, self.log)
         env = {**os.environ, "OQRON_NATS_URL": self.url, "OQRON_NAMESPACE": NAMESPACE}
         output = self.log.with_name(f"worker-{len(self.processes)}.out")
         process = start_process(args, env, output)
@@ -163,6 +158,15 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def worker_args(scenario: Scenario, log: Path, *extra: str) -> list[str]:
+    """The command line of a chaos worker process for a scenario."""
+    return [
+        sys.executable, "-m", "tests.chaos.worker", "--queue", QUEUE, "--log", str(log),
+        "--concurrency", str(scenario.concurrency), "--lock-ttl", str(scenario.lock_ttl),
+        "--heartbeat", str(scenario.heartbeat), *extra,
+    ]  # fmt: skip
 
 
 async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
@@ -211,8 +215,20 @@ async def run(scenario: Scenario, workdir: Path, seed: int = 1) -> Outcome:
     return outcome
 
 
-async def produce(scenario: Scenario, q: Queue[Any, Any], files: Files, rng: random.Random) -> None:
-    """Add the jobs at a steady pace; log every attempt's outcome; retry unknown ones."""
+async def produce(
+    scenario: Scenario,
+    q: Queue[Any, Any],
+    files: Files,
+    rng: random.Random,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Add the jobs at a steady pace; log every attempt's outcome; retry unknown ones.
+
+    An error add() is not documented to raise (anything but EnqueueError and ConnectionFailed)
+    is logged as outcome "unknown" (it may have landed) with an ``error`` field naming it, and
+    the add is tried again. With ``stop``, adding ends early once it is set (``scenario.jobs``
+    is then a ceiling).
+    """
     gap = scenario.duration / scenario.jobs
     start = time.monotonic()
     in_flight: set[asyncio.Task[None]] = set()
@@ -222,18 +238,24 @@ async def produce(scenario: Scenario, q: Queue[Any, Any], files: Files, rng: ran
         job_id = f"j{n:06d}"
         async with limit:
             for _ in range(5):
+                line: dict[str, Any] = {"job": job_id}
                 try:
                     await q.add({"work": work}, job_id=job_id)
                 except EnqueueError as exc:
-                    outcome = "unknown" if exc.outcome_unknown else "fail"
+                    line["outcome"] = "unknown" if exc.outcome_unknown else "fail"
                 except ConnectionFailed:
-                    outcome = "fail"
+                    line["outcome"] = "fail"
+                except Exception as exc:  # not an error add() documents: named in the log
+                    line |= {"outcome": "unknown", "error": f"{type(exc).__name__}: {exc}"}
                 else:
-                    Files.append(files.enqueues, {"job": job_id, "outcome": "ok", "t": time.time()})
+                    line["outcome"] = "ok"
+                Files.append(files.enqueues, {**line, "t": time.time()})
+                if line["outcome"] == "ok":
                     return
-                Files.append(files.enqueues, {"job": job_id, "outcome": outcome, "t": time.time()})
 
     for n in range(scenario.jobs):
+        if stop is not None and stop.is_set():
+            break
         delay = start + n * gap - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)  # pacing, not synchronisation

@@ -4,6 +4,9 @@ Its handler appends the side-effect lines the checker reads (``tests/chaos/check
 ``start`` line when it begins, an ``end`` line when it returns (``fenced`` if its lease was lost
 meanwhile), and its success hook a ``completed`` line (the hook runs after the terminal write and
 the ack). Each line is one O_APPEND write, so several processes share one file safely.
+
+``--dont-randomize`` connects to the first URL of ``OQRON_NATS_URL`` (nats-py otherwise shuffles
+them), so a cluster test can place each worker on a node of its choice.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from oqron_nats import Hooks, Job, JobContext, RetryPolicy, worker
+from oqron_nats import Client, Hooks, Job, JobContext, RetryPolicy, worker
 
 
 def append(path: str, record: dict[str, Any]) -> None:
@@ -35,6 +38,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--lock-ttl", type=float, default=3.0)
     parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument(
+        "--dont-randomize", action="store_true", help="connect to the first URL, not any"
+    )
     args = parser.parse_args()
     pid = os.getpid()
 
@@ -59,6 +65,7 @@ def main() -> None:
         retries=RetryPolicy(max=4, strategy="exponential", base_delay=0.2, max_delay=2.0),
         hooks=Hooks(on_success=completed),
         shutdown_timeout=5.0,
+        client=Client(connect_options={"dont_randomize": True}) if args.dont_randomize else None,
     )
 
     async def run() -> None:
