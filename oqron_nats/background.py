@@ -18,14 +18,14 @@ STOP_GRACE = 5.0
 
 
 async def finish(task: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -> None:
-    """Wait up to ``grace`` seconds for ``task`` to end, then cancel it (its errors are its own
-    to log; nothing is raised here)."""
+    """Wait up to ``grace`` seconds for ``task`` to end, then cancel it (0: at once) and wait
+    for the cancel to land (its errors are its own to log; nothing is raised here)."""
     if task is None:
         return
     _, busy = await asyncio.wait({task}, timeout=grace)
     for late in busy:
         late.cancel()
-        await asyncio.wait({late}, timeout=grace)
+        await asyncio.wait({late}, timeout=STOP_GRACE)  # the cancel lands at its next await
 
 
 async def unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

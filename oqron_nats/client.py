@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -38,6 +38,11 @@ MIN_SERVER_VERSION = (2, 12, 0)
 """Message schedules (delays and retries) need nats-server 2.12."""
 DEFAULT_RETRY_DEADLINE = 30.0
 """Seconds an operation is asked again while NATS cannot answer (an election takes 5-7 s)."""
+JOB_MESSAGE_LIMIT = 16 * 1024
+"""Bytes a message on a queue's work stream may have: a job id and its headers (the record holds
+the payload); anything larger is refused by the server before it is stored."""
+DEAD_LETTERS_KEPT = 30 * 24 * 3600.0
+"""Seconds a dead letter is kept (the failed record itself: 14 days by default, see retention)."""
 RATE_WINDOWS_KEPT = 24 * 3600.0
 """Seconds a rate-limit window's counter is kept (longer than any sensible window)."""
 RECORD_HEADROOM = 64 * 1024
@@ -226,38 +231,10 @@ class Client:
         return conn
 
     async def _provision(self, conn: Nats, names: Names) -> None:
-        if names.jobs_bucket not in self._ready:
-            buckets = (
-                names.jobs_bucket,
-                names.locks_bucket,
-                names.queues_bucket,
-                names.deps_bucket,
-            )
-            for bucket in buckets:
-                await ensure_bucket(
-                    conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
-                )
-            await ensure_stream(
-                conn,
-                name=names.rate_stream,
-                subjects=[names.rate_subjects],
-                replicas=self.replicas,
-                work_queue=False,
-                max_msgs_per_subject=1,
-                counter=True,
-                max_age=RATE_WINDOWS_KEPT,
-            )
-            await ensure_stream(
-                conn,
-                name=names.dlq_stream,
-                subjects=[names.dlq_subjects],
-                replicas=self.replicas,
-                work_queue=False,
-                max_msgs_per_subject=1,
-            )
-            self._ready.add(names.jobs_bucket)
-        for state in JobState:
-            await ensure_stream(
+        """Create what is missing, all at once: a request lost to an election then costs its
+        timeout once, not once per stream."""
+        creations = [
+            ensure_stream(
                 conn,
                 name=names.index_stream(state),
                 subjects=[names.index_entries(state)],
@@ -266,15 +243,55 @@ class Client:
                 max_msgs_per_subject=1,
                 ttl=True,
             )
-        await ensure_stream(
-            conn,
-            name=names.stream,
-            subjects=[names.lanes, names.schedules, names.run_lane, names.helds],
-            replicas=self.replicas,
-            work_queue=True,
-            schedules=True,
-            republish=(names.lanes, names.bell),
+            for state in JobState
+        ]
+        creations.append(
+            ensure_stream(
+                conn,
+                name=names.stream,
+                subjects=[names.lanes, names.schedules, names.run_lane, names.helds],
+                replicas=self.replicas,
+                work_queue=True,
+                schedules=True,
+                republish=(names.lanes, names.bell),
+                max_msg_size=JOB_MESSAGE_LIMIT,
+            )
         )
+        if names.jobs_bucket not in self._ready:
+            creations += self._namespace_streams(conn, names)
+        await asyncio.gather(*creations)
+        self._ready.add(names.jobs_bucket)
+
+    def _namespace_streams(self, conn: Nats, names: Names) -> list[Coroutine[Any, Any, None]]:
+        """The creations of what every queue of the namespace shares."""
+        buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
+        return [
+            *(
+                ensure_bucket(
+                    conn, bucket=bucket, replicas=self.replicas, max_value_size=conn.max_payload
+                )
+                for bucket in buckets
+            ),
+            ensure_stream(
+                conn,
+                name=names.rate_stream,
+                subjects=[names.rate_subjects],
+                replicas=self.replicas,
+                work_queue=False,
+                max_msgs_per_subject=1,
+                counter=True,
+                max_age=RATE_WINDOWS_KEPT,
+            ),
+            ensure_stream(
+                conn,
+                name=names.dlq_stream,
+                subjects=[names.dlq_subjects],
+                replicas=self.replicas,
+                work_queue=False,
+                max_msgs_per_subject=1,
+                max_age=DEAD_LETTERS_KEPT,
+            ),
+        ]
 
     def claim_consumer(self, queue: str) -> None:
         """Register a consumer of ``queue`` on this client; a second one is refused."""

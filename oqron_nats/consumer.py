@@ -371,17 +371,22 @@ class Consumer:
 
     async def _follow_pause(self) -> None:
         """Pause or resume the consumers until they match the queue state (it may change
-        meanwhile); a failure is left to the next state change or reconnect, while the claim
-        loop already honours the state."""
+        meanwhile), trying again after a failure until it works or the worker stops: a
+        consumer left paused on a running queue would deliver nothing."""
+        failures = 0
         while (paused := self.backend.control.state.paused) != self._paused_on_server:
+            if self._stopping.is_set():
+                return
             until = PAUSED_FOREVER if paused else None
             try:
                 for spec in self._specs:
                     await self.backend.conn.pause_consumer(spec.stream, spec.durable, until)
             except Exception as exc:
-                log.warning("could not (un)pause the consumers", queue=self.config.name,
-                            error=repr(exc))  # fmt: skip
-                return
+                failures += 1
+                log.warning("could not (un)pause the consumers; trying again",
+                            queue=self.config.name, error=repr(exc))  # fmt: skip
+                await _wait(self._stopping, backoff(failures))
+                continue
             self._paused_on_server = paused
 
     async def _on_command(self, msg: Msg) -> None:

@@ -18,13 +18,17 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from ._nats import Bucket, CasConflict, Nats
+from ._nats import Bucket, CasConflict, Nats, jittered
+from .background import finish
 from .names import Names
 
 log = structlog.get_logger("oqron_nats")
 
 PAUSED_FOREVER = "2999-01-01T00:00:00Z"
 """A consumer's pause_until for a queue paused until someone resumes it."""
+FIRST_REREAD_PAUSE = 0.2
+MAX_REREAD_PAUSE = 5.0
+"""Seconds between the tries of a state read that failed: doubling up to the cap."""
 APPLY_ROUNDS = 5
 """How often apply_to_consumers follows a state that keeps changing under it."""
 
@@ -122,28 +126,39 @@ class Control:
         Every write of a KV key is also published on its subject, so a core subscription hears
         each write attempt as it happens; the key is then read again, because an attempt that
         lost its compare-and-set is heard too. After a reconnect (changes may have been missed
-        meanwhile) the key is read again as well.
+        meanwhile) the key is read again as well. One task does the reading: what it is told
+        while it reads makes it read once more, and a read that fails is tried again (a change
+        must not be missed because NATS did not answer for a while).
         """
         subject = f"$KV.{self.bucket.name}.{self.names.queue}"
-        pending: set[asyncio.Task[None]] = set()
+        stale = asyncio.Event()
 
-        async def reread() -> None:
-            with contextlib.suppress(Exception):
-                self._set(await self.read())
-
-        def look_again() -> None:
-            task = asyncio.ensure_future(reread())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        async def keep_reading() -> None:
+            pause = FIRST_REREAD_PAUSE
+            while True:
+                await stale.wait()
+                stale.clear()
+                try:
+                    self._set(await self.read())
+                except Exception as exc:
+                    log.warning("queue state not read; trying again", queue=self.names.queue,
+                                error=repr(exc))  # fmt: skip
+                    stale.set()
+                    await asyncio.sleep(jittered(pause))
+                    pause = min(2 * pause, MAX_REREAD_PAUSE)
+                else:
+                    pause = FIRST_REREAD_PAUSE
 
         async def heard(_msg: Msg) -> None:
-            look_again()
+            stale.set()
 
+        reader = asyncio.create_task(keep_reading(), name=f"oqron-state-{self.names.queue}")
         sub = await self.conn.subscribe(subject, heard)
-        forget = self.conn.on_reconnect(look_again)
+        forget = self.conn.on_reconnect(stale.set)
 
         async def stop() -> None:
             forget()
+            await finish(reader, grace=0)
             with contextlib.suppress(Exception):  # a closed connection has nothing to undo
                 await sub.unsubscribe()
 

@@ -15,6 +15,7 @@ from oqron_nats import (
     Client,
     CorruptRecord,
     DeadLetter,
+    JetStreamError,
     JobContext,
     JobState,
     OqronError,
@@ -179,7 +180,9 @@ async def test_garbage_on_the_lanes_is_removed_counted_and_sampled(
         names = client.names("garbage")
         conn = await client.connect()
         await conn.publish(names.lane(0, "a"), b"\x00\xff not an id")
-        await conn.publish(names.lane(3, "b"), b"x" * 900_000)
+        with pytest.raises(JetStreamError, match="maximum"):  # refused: 16 KiB a message
+            await conn.publish(names.lane(3, "b"), b"x" * 900_000)
+        await conn.publish(names.lane(3, "b"), b"x" * 9_000)
         await conn.publish(names.lane(0, "c"), b"no-such-job")
         q = queue("garbage", handler, client=client)
         async with q:
