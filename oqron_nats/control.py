@@ -126,9 +126,11 @@ class Control:
         Every write of a KV key is also published on its subject, so a core subscription hears
         each write attempt as it happens; the key is then read again, because an attempt that
         lost its compare-and-set is heard too. After a reconnect (changes may have been missed
-        meanwhile) the key is read again as well. One task does the reading: what it is told
-        while it reads makes it read once more, and a read that fails is tried again (a change
-        must not be missed because NATS did not answer for a while).
+        meanwhile) the key is read again as well. One task does the reading, at the bucket's
+        leader (a lagging replica answered a resume with the paused state, and the workers
+        stayed paused for good): what it is told while it reads makes it read once more, and a
+        read that fails is tried again (a change must not be missed because NATS did not answer
+        for a while).
         """
         subject = f"$KV.{self.bucket.name}.{self.names.queue}"
         stale = asyncio.Event()
@@ -138,8 +140,8 @@ class Control:
             while True:
                 await stale.wait()
                 stale.clear()
-                try:
-                    self._set(await self.read())
+                try:  # at the leader: a replica behind it would show the state before the change
+                    self._set(await self.read(fresh=True))
                 except Exception as exc:
                     log.warning("queue state not read; trying again", queue=self.names.queue,
                                 error=repr(exc))  # fmt: skip

@@ -23,7 +23,9 @@ What NATS permissions cannot express (they allow subjects, not operations or hea
 * a read at a stream's leader (``STREAM.MSG.GET``) names the key in its body, not its subject,
   so a worker on a replicated cluster (which reads a record at the leader before it drops a
   delivery) may read every record of the namespace; so may the opt-in stall scanner and
-  reconciliation, which read every record (``--maintenance``);
+  reconciliation, which read every record (``--maintenance``); and every role may read every
+  queue's state key (paused or not) and presence keys (the hosts of its workers), because a
+  queue's state is followed at the leader;
 * replies come back on the ``_INBOX.>`` subjects, which every role subscribes to; give each
   application its own prefix (``connect_options={"inbox_prefix": ...}``, and ``--inbox`` here)
   where users must not see each other's replies.
@@ -108,6 +110,7 @@ def _publisher_publish(names: Names) -> list[str]:
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
         f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
         f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}",
+        f"{API}.STREAM.MSG.GET.KV_{queues}",  # the state followed, read at the leader
         f"$KV.{deps}.{names.queue}.>",  # flows: edges to parents
         f"{API}.DIRECT.GET.KV_{deps}.$KV.{deps}.{names.queue}.>",
         f"{API}.DIRECT.GET.KV_{deps}",  # a parent's edges, read in batches
@@ -142,7 +145,6 @@ def _worker_publish(names: Names, maintenance: bool) -> list[str]:
         f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
         f"$KV.{queues}.{names.queue}.>",  # presence
         f"{API}.STREAM.MSG.GET.KV_{jobs}",  # reads at the leader (replicated clusters)
-        f"{API}.STREAM.MSG.GET.KV_{queues}",
         names.run_lane,
         names.rate_of_queue,
         names.dlq_of_queue,
