@@ -69,9 +69,15 @@ class Control:
         self.listeners: list[Callable[[QueueState], None]] = []
         """Called with every new state that ``follow`` sees."""
 
-    async def read(self, *, fresh: bool = False) -> QueueState:
-        """The current state, read from KV (``fresh``: as the bucket's leader has it)."""
-        entry = await self.bucket.get(self.names.queue, fresh=fresh)
+    async def read(self) -> QueueState:
+        """The current state, as the bucket's leader has it.
+
+        Always at the leader: any replica answers a direct read, and one behind it showed a
+        resume the state before it (the workers stayed paused), or a resume() a queue that
+        looked running already, so that it changed nothing. State reads are rare (a change, a
+        reconnect, an admin call), never on the job path.
+        """
+        entry = await self.bucket.get(self.names.queue, fresh=True)
         self.state = decode_state(entry.value if entry else None)
         return self.state
 
@@ -87,7 +93,7 @@ class Control:
     async def _change(self, **fields: bool) -> bool:
         key = self.names.queue
         while True:
-            entry = await self.bucket.get(key)
+            entry = await self.bucket.get(key, fresh=True)  # see read()
             current = decode_state(entry.value if entry else None)
             if all(getattr(current, name) == value for name, value in fields.items()):
                 self.state = current
@@ -112,7 +118,7 @@ class Control:
         """
         applied: bool | None = None
         for _ in range(APPLY_ROUNDS):
-            paused = (await self.read(fresh=True)).paused
+            paused = (await self.read()).paused
             if paused == applied:
                 return
             until = PAUSED_FOREVER if paused else None
@@ -140,8 +146,8 @@ class Control:
             while True:
                 await stale.wait()
                 stale.clear()
-                try:  # at the leader: a replica behind it would show the state before the change
-                    self._set(await self.read(fresh=True))
+                try:
+                    self._set(await self.read())
                 except Exception as exc:
                     log.warning("queue state not read; trying again", queue=self.names.queue,
                                 error=repr(exc))  # fmt: skip

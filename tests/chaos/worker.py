@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -68,7 +70,24 @@ def main() -> None:
         client=Client(connect_options={"dont_randomize": True}) if args.dont_randomize else None,
     )
 
+    def dump() -> None:
+        """SIGUSR1: print what the worker is doing (the harness asks a stuck worker)."""
+        consumer, backend = video.queue._consumer, video.queue._backend
+        lines = [f"dump: paused={backend.control.state.paused if backend else None}"]
+        if consumer is not None:
+            pullers = [(p.outstanding, p.has_open_request, p.suspect) for p in consumer._pullers]
+            lines.append(
+                f"dump: running={consumer.running} trouble={consumer._trouble} "
+                f"paused_on_server={consumer._paused_on_server} pullers={pullers}"
+            )
+        for task in asyncio.all_tasks():
+            stack = io.StringIO()
+            task.print_stack(limit=6, file=stack)
+            lines.append(f"dump: task {task.get_name()}: {stack.getvalue()!r}")
+        print("\n".join(lines), flush=True)
+
     async def run() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
         task = asyncio.create_task(video.run())
         ready = asyncio.create_task(video.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
