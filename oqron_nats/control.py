@@ -26,6 +26,10 @@ log = structlog.get_logger("oqron_nats")
 
 PAUSED_FOREVER = "2999-01-01T00:00:00Z"
 """A consumer's pause_until for a queue paused until someone resumes it."""
+RECHECK_PAUSED = 5.0
+RECHECK_RUNNING = 30.0
+"""Seconds after which the state is read again though no change was heard, while the queue is
+paused or running (a missed pause is also on the consumers, paused on the server)."""
 FIRST_REREAD_PAUSE = 0.2
 MAX_REREAD_PAUSE = 5.0
 """Seconds between the tries of a state read that failed: doubling up to the cap."""
@@ -132,11 +136,11 @@ class Control:
         Every write of a KV key is also published on its subject, so a core subscription hears
         each write attempt as it happens; the key is then read again, because an attempt that
         lost its compare-and-set is heard too. After a reconnect (changes may have been missed
-        meanwhile) the key is read again as well. One task does the reading, at the bucket's
-        leader (a lagging replica answered a resume with the paused state, and the workers
-        stayed paused for good): what it is told while it reads makes it read once more, and a
-        read that fails is tried again (a change must not be missed because NATS did not answer
-        for a while).
+        meanwhile) the key is read again as well, and every RECHECK_PAUSED (RECHECK_RUNNING)
+        seconds regardless: a change can be missed while the cluster moves (a resume missed so
+        held every worker in the cluster chaos suite). One task does the reading, at the
+        bucket's leader: what it is told while it reads makes it read once more, and a read that
+        fails is tried again.
         """
         subject = f"$KV.{self.bucket.name}.{self.names.queue}"
         stale = asyncio.Event()
@@ -144,7 +148,13 @@ class Control:
         async def keep_reading() -> None:
             pause = FIRST_REREAD_PAUSE
             while True:
-                await stale.wait()
+                # a change is heard at most once (core NATS), and one can be missed while the
+                # cluster moves: the state is read again now and then regardless, soon while
+                # paused (a missed resume would hold every worker)
+                recheck = RECHECK_PAUSED if self.state.paused else RECHECK_RUNNING
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(recheck):
+                        await stale.wait()
                 stale.clear()
                 try:
                     self._set(await self.read())
