@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from ._nats import Bucket, CasConflict, Nats, jittered
 from .background import finish
-from .names import Names
+from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, Names
 
 log = structlog.get_logger("oqron_nats")
 
@@ -30,6 +30,10 @@ RECHECK_PAUSED = 5.0
 RECHECK_RUNNING = 30.0
 """Seconds after which the state is read again though no change was heard, while the queue is
 paused or running (a missed pause is also on the consumers, paused on the server)."""
+WRITE_SETTLE = 2.0
+WRITE_SETTLE_POLL = 0.05
+"""Seconds a heard write is waited for at the leader (read again every poll), before it is
+taken as a compare-and-set that lost."""
 FIRST_REREAD_PAUSE = 0.2
 MAX_REREAD_PAUSE = 5.0
 """Seconds between the tries of a state read that failed: doubling up to the cap."""
@@ -81,9 +85,13 @@ class Control:
         looked running already, so that it changed nothing. State reads are rare (a change, a
         reconnect, an admin call), never on the job path.
         """
+        return (await self._read_at_revision())[0]
+
+    async def _read_at_revision(self) -> tuple[QueueState, int]:
+        """The current state and its revision (0: never written), as the leader has it."""
         entry = await self.bucket.get(self.names.queue, fresh=True)
         self.state = decode_state(entry.value if entry else None)
-        return self.state
+        return self.state, entry.revision if entry else 0
 
     async def set_paused(self, paused: bool) -> bool:
         """Pause or resume; True if this call changed the state."""
@@ -139,11 +147,24 @@ class Control:
         meanwhile) the key is read again as well, and every RECHECK_PAUSED (RECHECK_RUNNING)
         seconds regardless: a change can be missed while the cluster moves (a resume missed so
         held every worker in the cluster chaos suite). One task does the reading, at the
-        bucket's leader: what it is told while it reads makes it read once more, and a read that
-        fails is tried again.
+        bucket's leader, and waits for a heard write to be stored (its core copy can come
+        first): what it is told while it reads makes it read once more, and a read that fails
+        is tried again.
         """
         subject = f"$KV.{self.bucket.name}.{self.names.queue}"
         stale = asyncio.Event()
+        awaited = [0]
+        """The revision a heard write will have once stored: the core copy of a write can reach
+        us before the stream has stored it, and a read then shows the state before it."""
+
+        async def read_heard() -> None:
+            settle_until = asyncio.get_running_loop().time() + WRITE_SETTLE
+            while True:
+                state, revision = await self._read_at_revision()
+                if revision >= awaited[0] or asyncio.get_running_loop().time() > settle_until:
+                    break  # stored (or its compare-and-set lost: nothing more will come)
+                await asyncio.sleep(WRITE_SETTLE_POLL)
+            self._set(state)
 
         async def keep_reading() -> None:
             pause = FIRST_REREAD_PAUSE
@@ -157,7 +178,7 @@ class Control:
                         await stale.wait()
                 stale.clear()
                 try:
-                    self._set(await self.read())
+                    await read_heard()
                 except Exception as exc:
                     log.warning("queue state not read; trying again", queue=self.names.queue,
                                 error=repr(exc))  # fmt: skip
@@ -167,7 +188,10 @@ class Control:
                 else:
                     pause = FIRST_REREAD_PAUSE
 
-        async def heard(_msg: Msg) -> None:
+        async def heard(msg: Msg) -> None:
+            expected = (msg.headers or {}).get(EXPECTED_LAST_SUBJECT_SEQ_HEADER, "")
+            if expected.isdigit():  # a compare-and-set write: stored, it is past that revision
+                awaited[0] = max(awaited[0], int(expected) + 1)
             stale.set()
 
         reader = asyncio.create_task(keep_reading(), name=f"oqron-state-{self.names.queue}")
