@@ -25,8 +25,6 @@ timeline reasons) is metadata and stays plaintext.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -108,14 +106,16 @@ def check_codec(codec: object, what: str) -> Codec | None:
 
 
 class Envelope(msgspec.Struct, frozen=True, rename={"codec": MARK}):
-    """A sealed value as stored in a record: codec name, key id, base64 of the codec's bytes."""
+    """A sealed value as stored in a record: codec name, key id, the codec's bytes (base64 in
+    JSON)."""
 
     codec: str
     kid: str
-    ct: str
+    ct: bytes
 
 
 _encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
 _sealed_error = msgspec.json.Decoder(dict[str, str])
 
 
@@ -130,9 +130,12 @@ def _sealed_value(value: Any) -> bool:
 
 
 def _as_envelope(value: Any) -> Envelope:
+    """The envelope in stored JSON bytes, or in a decoded value (a record's result)."""
     try:
+        if isinstance(value, bytes | msgspec.Raw):
+            return _envelope_decoder.decode(value)
         return msgspec.convert(value, Envelope)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecryptionFailed(f"its envelope is malformed: {exc}") from None
 
 
@@ -176,7 +179,7 @@ class Sealer:
         if not is_sealed(raw):
             self._plaintext(field)
             return raw
-        return self._open(job_id, field, _as_envelope(msgspec.json.decode(raw)))
+        return self._open(job_id, field, _as_envelope(raw))
 
     def open_value(self, job_id: str, field: str, value: Any) -> Any:
         """A decoded stored value (a record's ``result``) opened and decoded; None stays None."""
@@ -215,8 +218,7 @@ class Sealer:
         assert self.codec is not None
         if not isinstance(sealed, Sealed) or not _KEY_ID.fullmatch(sealed.key_id):
             raise CodecError(f"codec {self.codec.name!r} returned no Sealed with a valid key id")
-        text = base64.b64encode(sealed.data).decode("ascii")
-        return Envelope(codec=self.codec.name, kid=sealed.key_id, ct=text)
+        return Envelope(codec=self.codec.name, kid=sealed.key_id, ct=sealed.data)
 
     def _plaintext(self, field: str) -> None:
         if self.codec is not None and not self.codec.accept_plaintext:
@@ -240,11 +242,8 @@ class Sealer:
                 f"this queue's codec is {self.codec.name!r}"
             )
         try:
-            data = base64.b64decode(envelope.ct, validate=True)
-        except (binascii.Error, ValueError):
-            raise DecryptionFailed(f"the {noun}'s ciphertext is not base64") from None
-        try:
-            return self.codec.decode(Sealed(envelope.kid, data), self.context(job_id, field))
+            sealed = Sealed(envelope.kid, envelope.ct)
+            return self.codec.decode(sealed, self.context(job_id, field))
         except CodecError as exc:
             raise prefixed(exc, f"the {noun}") from None
 
