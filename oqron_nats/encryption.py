@@ -48,7 +48,7 @@ ENCRYPTED = "(encrypted)"
 """The message a sealed error shows to a reader without the key."""
 FORMAT = b"oqron-nats/1"
 """The first part of every seal's context: the layout of what is bound."""
-_ENVELOPE = re.compile(rb'\s*\{\s*"\$oqron_codec"\s*:')
+_ENVELOPE = re.compile(rb'\s*\{\s*"\$oqron_codec"\s*:').match
 _CODEC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -121,7 +121,7 @@ _sealed_error = msgspec.json.Decoder(dict[str, str])
 
 def is_sealed(raw: bytes | msgspec.Raw) -> bool:
     """Whether JSON ``raw`` is an envelope: an object whose first member is ``$oqron_codec``."""
-    return _ENVELOPE.match(raw) is not None
+    return _ENVELOPE(raw) is not None
 
 
 def _sealed_value(value: Any) -> bool:
@@ -148,12 +148,10 @@ class Sealer:
 
     def __init__(self, codec: Codec | None, namespace: str, queue: str) -> None:
         self.codec = codec
-        self._prefix = b"\0".join((FORMAT, namespace.encode(), queue.encode()))
-
-    @property
-    def active(self) -> bool:
+        self.active = codec is not None
         """Whether values are sealed (a codec is configured)."""
-        return self.codec is not None
+        self._strict = codec is not None and not codec.accept_plaintext
+        self._prefix = b"\0".join((FORMAT, namespace.encode(), queue.encode()))
 
     def context(self, job_id: str, field: str) -> bytes:
         """What a seal is bound to: format, namespace, queue, job id and field, NUL-separated
@@ -165,7 +163,7 @@ class Sealer:
 
         A value shaped like an envelope is refused (PayloadError): it would be taken for one.
         """
-        if is_sealed(raw):
+        if _ENVELOPE(raw) is not None:
             raise PayloadError(
                 f"a {_NOUN[field]} may not be an object whose first key is {MARK!r}: that key "
                 "marks encrypted values"
@@ -176,8 +174,9 @@ class Sealer:
 
     def open(self, job_id: str, field: str, raw: bytes | msgspec.Raw) -> bytes | msgspec.Raw:
         """The plaintext JSON of stored ``raw``; CodecError if it cannot be opened here."""
-        if not is_sealed(raw):
-            self._plaintext(field)
+        if _ENVELOPE(raw) is None:  # plaintext
+            if self._strict:
+                self._refuse_plaintext(field)
             return raw
         return self._open(job_id, field, _as_envelope(raw))
 
@@ -186,7 +185,8 @@ class Sealer:
         if value is None:
             return None
         if not _sealed_value(value):
-            self._plaintext(field)
+            if self._strict:
+                self._refuse_plaintext(field)
             return value
         return msgspec.json.decode(self._open(job_id, field, _as_envelope(value)))
 
@@ -220,12 +220,12 @@ class Sealer:
             raise CodecError(f"codec {self.codec.name!r} returned no Sealed with a valid key id")
         return Envelope(codec=self.codec.name, kid=sealed.key_id, ct=sealed.data)
 
-    def _plaintext(self, field: str) -> None:
-        if self.codec is not None and not self.codec.accept_plaintext:
-            raise NotEncrypted(
-                f"the {_NOUN[field]} is stored unencrypted, and the queue's codec "
-                f"({self.codec.name}) requires encryption (accept_plaintext=False)"
-            )
+    def _refuse_plaintext(self, field: str) -> None:
+        assert self.codec is not None
+        raise NotEncrypted(
+            f"the {_NOUN[field]} is stored unencrypted, and the queue's codec "
+            f"({self.codec.name}) requires encryption (accept_plaintext=False)"
+        )
 
     def _open(self, job_id: str, field: str, envelope: Envelope) -> bytes:
         noun = _NOUN[field]

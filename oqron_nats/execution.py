@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -91,19 +91,18 @@ class Runtime:
     consumer: str
     executor: ThreadPoolExecutor | None
     limiter: ClusterRateLimit | None = None
+    sealer: Sealer = field(init=False)
+    """Seals and opens the queue's stored values (the codec's, set by the queue)."""
+
+    def __post_init__(self) -> None:
+        if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
+            raise RuntimeError("the queue's sealer was not set before consuming")
+        object.__setattr__(self, "sealer", self.codec.sealer)
 
     @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function (else it runs in a thread)."""
         return self.executor is None
-
-    @property
-    def sealer(self) -> Sealer:
-        """Seals and opens the queue's stored values (set by the queue before it consumes)."""
-        sealer = self.codec.sealer
-        if sealer is None:  # never write a result unsealed because of a wiring mistake
-            raise RuntimeError("the queue's sealer was not set before consuming")
-        return sealer
 
 
 def stalled_too_often(job: RawJob) -> JobFailure:
