@@ -67,7 +67,9 @@ def main() -> None:
         value = {"blob": "x" * (size - 11)}
         payload = msgspec.json.encode(value)
         result = b'{"ok":true}'
-        json_cost = per_call(lambda: msgspec.json.decode(msgspec.json.encode(value)), args.seconds)
+        json_cost = per_call(
+            lambda v=value: msgspec.json.decode(msgspec.json.encode(v)), args.seconds
+        )
         none = per_call(job_path(plain, payload, result), args.seconds)
         aes = per_call(job_path(sealed, payload, result), args.seconds)
         print(f"{len(payload):,} B | {json_cost:.2f} µs | {none:.2f} µs | {aes:.2f} µs")

@@ -232,7 +232,7 @@ class Sealer:
         kid = envelope.kid[:64]
         if self.codec is None:
             raise MissingKey(
-                f"the {noun} is encrypted ({envelope.codec[:64]}, key id {kid!r}) and this "
+                f"the {noun} is encrypted (codec {envelope.codec[:64]!r}, key id {kid!r}) and this "
                 "process has no codec to decrypt it: give the queue, worker or Client codec=, "
                 "or set OQRON_PAYLOAD_KEYS_FILE"
             )

@@ -226,7 +226,7 @@ async def test_key_rotation_old_jobs_still_open_new_jobs_use_the_new_key(client:
 @pytest.mark.parametrize(
     ("worker_codec", "error", "says"),
     [
-        (None, MissingKey, "is encrypted (aes-gcm, key id 'k1') and this process has no codec"),
+        (None, MissingKey, "encrypted (codec 'aes-gcm', key id 'k1') and this process has no"),
         ("k2 only", MissingKey, "key id 'k1', which this codec does not hold (it holds 'k2')"),
         ("another k1", DecryptionFailed, "does not authenticate with key 'k1'"),
     ],
