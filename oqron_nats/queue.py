@@ -570,8 +570,8 @@ class Queue(Generic[T, S]):
             raise ConfigError(f"queue {self.name!r} is publisher-only: it has no handler to run")
         if self._consumer is not None:
             return
+        self._sealing()  # the consumer seals with it; a bad keys file fails before connecting
         backend = await self._open()
-        self._sealing()  # the consumer seals results and errors with it
         consumer = Consumer(self.config, backend, self._codec, self.handler)
         await consumer.start()
         self._consumer = consumer

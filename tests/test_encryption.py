@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -43,6 +45,7 @@ from oqron_nats.server import LocalServer
 
 from .helpers import eventually, wait_for_state
 from .test_cli import oqron, oqron_json
+from .test_runner import WorkerCli
 
 KEY1 = AesGcmCodec.generate_key()
 KEY2 = AesGcmCodec.generate_key()
@@ -476,6 +479,42 @@ async def test_a_custom_codec_is_used_through_the_protocol(client: Client) -> No
     assert done.data == {"hello": "world"} and done.result == "fine"
     bound = b"oqron-nats/1\0" + client.namespace.encode() + b"\0custom\0" + job.id.encode()
     assert custom.contexts == [bound + b"\0data", bound + b"\0result"]
+
+
+async def test_oqron_worker_takes_its_keys_from_the_keys_file_variable(
+    nats_server: LocalServer,
+    client: Client,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = tmp_path / "payload-keys"
+    short = base64.b64encode(KEY1[:20]).decode()
+    keys.write_text(f"k1:{short}\n")
+    monkeypatch.setenv("OQRON_PAYLOAD_KEYS_FILE", str(keys))
+    bad = WorkerCli(nats_server.url, namespace, "cli-keys", "tests.cli_worker:plain")
+    try:
+        assert bad.wait(30) == 2, "a bad keys file is a configuration error"
+    finally:
+        bad.close()
+    output = "".join(bad.lines)
+    assert "payload key 'k1' is 20 bytes" in output and short not in output
+
+    keys.write_text(f"# rotated\nk1:{b64(KEY1)}\n")
+    canary = f"CANARY-{namespace}-cli"
+    cli = WorkerCli(nats_server.url, namespace, "cli-keys", "tests.cli_worker:plain")
+    try:
+        await cli.said("workers running", timeout=20)
+        q = queue("cli-keys", client=client, codec=codec("k1"))
+        job = await q.add({"n": 1, "secret": canary})
+        done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=20)
+        assert done.result == {"n": 1, "secret": canary}, "the worker decrypted and echoed it"
+        assert canary.encode() not in await raw_record(client, "cli-keys", job.id)
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(30) == 0
+    finally:
+        cli.close()
+    assert canary not in "".join(cli.lines) and b64(KEY1) not in "".join(cli.lines)
 
 
 # -- no server: the codec itself ---------------------------------------------------------------
