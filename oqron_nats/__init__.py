@@ -11,6 +11,7 @@ async with emails:
 """
 
 from ._version import __version__
+from .aesgcm import AesGcmCodec
 from .bulk import AddOutcome, BulkResult
 from .client import Client
 from .config import (
@@ -27,11 +28,14 @@ from .config import (
 )
 from .context import JobContext, Signal
 from .credentials import TLS, Credentials
+from .encryption import Codec, Sealed
 from .errors import (
+    CodecError,
     ConfigError,
     ConnectionFailed,
     ConsumerConflict,
     CorruptRecord,
+    DecryptionFailed,
     EnqueueError,
     InvalidInput,
     InvalidName,
@@ -39,6 +43,8 @@ from .errors import (
     InvalidState,
     JetStreamError,
     JobNotFound,
+    MissingKey,
+    NotEncrypted,
     OqronError,
     PayloadError,
     PayloadTooLarge,
@@ -59,14 +65,18 @@ __all__ = [
     "TERMINAL_STATES",
     "TLS",
     "AddOutcome",
+    "AesGcmCodec",
     "BulkResult",
     "Client",
+    "Codec",
+    "CodecError",
     "ConfigError",
     "ConnectionFailed",
     "ConsumerConflict",
     "CorruptRecord",
     "Credentials",
     "DeadLetter",
+    "DecryptionFailed",
     "EnqueueError",
     "Event",
     "Hooks",
@@ -81,6 +91,8 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LagMonitor",
+    "MissingKey",
+    "NotEncrypted",
     "OqronError",
     "OrphanSweep",
     "PayloadError",
@@ -94,6 +106,7 @@ __all__ = [
     "RateLimit",
     "Reconciliation",
     "RetryPolicy",
+    "Sealed",
     "ServerVersionError",
     "Signal",
     "Skipped",

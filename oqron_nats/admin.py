@@ -7,12 +7,14 @@ queues of every service in the cluster, not only those this process defined.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from .client import Client
+from .encryption import Sealer
 from .errors import CorruptRecord, JobNotFound
 from .job import Job, JobFailure, JobState
 from .names import Names, check_name
@@ -111,6 +113,7 @@ async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter
     """The queue's dead letters, oldest first."""
     conn = await client.connect()
     names = Names(client.namespace, check_name(name))
+    sealer = Sealer(client.codec, client.namespace, name)  # opens the errors it can
     found: list[DeadLetter] = []
     start = 1
     while len(found) < limit:
@@ -120,27 +123,32 @@ async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter
             batch=min(DLQ_BATCH, limit - len(found)),
             subject=names.dead_letter("*"),
         )
-        found += [_dead_letter(name, msg.subject, msg.data) for msg in batch]
+        found += [_dead_letter(name, msg.subject, msg.data, sealer) for msg in batch]
         if not batch or not more:
             return found
         start = batch[-1].seq + 1
     return found
 
 
-def _dead_letter(queue_name: str, subject: str, data: bytes) -> DeadLetter:
-    """A dead letter as listed; one that does not decode is shown as such."""
+def _dead_letter(queue_name: str, subject: str, data: bytes, sealer: Sealer) -> DeadLetter:
+    """A dead letter as listed; one that does not decode is shown as such, an encrypted error
+    is shown decrypted if the client holds its key (else as "(encrypted)")."""
     try:
         job = decode_record(subject, data)
     except CorruptRecord as exc:
         failure = JobFailure(type="CorruptRecord", message=f"{exc.size} bytes: {exc.reason}")
         return DeadLetter(id=subject.rsplit(".", 1)[-1], queue=queue_name, attempts=0,
                           failed_at=None, error=failure, correlation_id="")  # fmt: skip
+    error = job.error
+    if error is not None and error.sealed is not msgspec.UNSET:
+        with contextlib.suppress(Exception):
+            error = sealer.open_failure(job.id, error)
     return DeadLetter(
         id=job.id,
         queue=job.queue,
         attempts=job.attempt,
         failed_at=job.finished_at,
-        error=job.error,
+        error=error,
         correlation_id=job.correlation_id,
     )
 

@@ -19,6 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
 from .credentials import TLS, Credentials, mask_url, split_userinfo
+from .encryption import Codec, check_codec
 from .errors import (
     ConfigError,
     ConsumerConflict,
@@ -72,6 +73,12 @@ def env_number(name: str, kind: type[N], default: N) -> N:
         raise ConfigError(f"{name} must be a number, not {text!r}") from None
 
 
+def _codec_variables() -> dict[str, str]:
+    """The payload-key variables set now (read into a codec when a queue first needs it)."""
+    names = ("OQRON_PAYLOAD_KEYS", "OQRON_PAYLOAD_KEYS_FILE")
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
 def _security(
     in_url: Credentials | None, credentials: Credentials | None, tls: TLS | ssl.SSLContext | None
 ) -> tuple[Credentials | None, TLS | ssl.SSLContext | None]:
@@ -95,7 +102,9 @@ class Client:
     an operation is asked again while NATS cannot answer (a cluster electing leaders, a node
     restarting, a failover) before it fails with :class:`~oqron_nats.errors.Unavailable`
     (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds). ``credentials`` and ``tls`` (see
-    :mod:`oqron_nats.credentials`) default to the ``OQRON_NATS_*`` environment variables.
+    :mod:`oqron_nats.credentials`) default to the ``OQRON_NATS_*`` environment variables;
+    ``codec`` (payload encryption for every queue of the client that sets none) to
+    ``OQRON_PAYLOAD_KEYS_FILE`` / ``OQRON_PAYLOAD_KEYS`` (an AesGcmCodec).
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class Client:
         credentials: Credentials | None = None,
         tls: TLS | ssl.SSLContext | None = None,
         connect_options: Mapping[str, Any] | None = None,
+        codec: Codec | None = None,
     ) -> None:
         given = urls_from(url)
         self.urls, in_url = split_userinfo(given)
@@ -143,6 +153,8 @@ class Client:
         self._request_timeout = request_timeout
         self._retry_deadline = retry_deadline
         self._connect_options = dict(connect_options or {})
+        self._codec = check_codec(codec, "Client codec")
+        self._codec_env = None if codec is not None else _codec_variables()
         self._conn: Nats | None = None
         self._lock = asyncio.Lock()
         self._ready: set[str] = set()
@@ -191,6 +203,18 @@ class Client:
             self._credentials = credentials
         if tls is not None:
             self._tls = tls
+
+    @property
+    def codec(self) -> Codec | None:
+        """The payload codec of this client's queues: as given, else an AesGcmCodec from
+        ``OQRON_PAYLOAD_KEYS_FILE`` or ``OQRON_PAYLOAD_KEYS`` as they were when the client was
+        created (the file is read on first use), else None."""
+        if self._codec_env is not None:
+            from .aesgcm import AesGcmCodec
+
+            self._codec = AesGcmCodec.from_env(self._codec_env) if self._codec_env else None
+            self._codec_env = None
+        return self._codec
 
     @property
     def connected(self) -> bool:

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from .client import RECORD_HEADROOM
+from .encryption import Sealer
 from .errors import PayloadError, PayloadTooLarge
 
 T = TypeVar("T")
@@ -50,6 +52,8 @@ class PayloadCodec(Generic[T]):
     def __init__(self, payload_type: type[T] | None, max_size: int) -> None:
         self.payload_type = payload_type
         self.max_size = max_size
+        self.sealer: Sealer | None = None
+        """Seals and opens stored values with the queue's codec; set by the queue on first use."""
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             payload_type if payload_type is not None else Any
         )
@@ -73,7 +77,13 @@ class PayloadCodec(Generic[T]):
         return value
 
 
-def check_size(raw: bytes | msgspec.Raw, limit: int) -> None:
+def check_size(raw: bytes | msgspec.Raw, limit: int, what: str = "payload") -> None:
     """Raise PayloadTooLarge if ``raw`` is over ``limit`` bytes."""
     if len(raw) > limit:
-        raise PayloadTooLarge(len(raw), limit)
+        raise PayloadTooLarge(len(raw), limit, what)
+
+
+def stored_limit(max_payload: int) -> int:
+    """The largest sealed value a record can hold on a server with ``max_payload``: a codec's
+    output is checked against this, while ``max_payload_size`` applies to the plaintext."""
+    return max(1, max_payload - RECORD_HEADROOM)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
 
+from .encryption import Codec, check_codec
 from .errors import ConfigError, InvalidName
 from .job import Job, JobFailure, Retention, Strategy
 from .names import PRIORITY_LEVELS, check_name
@@ -253,6 +254,7 @@ class QueueOptions(TypedDict, total=False):
     throttle: Throttle
     rate_limit: RateLimit
     secret_fields: Sequence[str]
+    codec: Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +293,8 @@ class QueueConfig:
     rate_limit: RateLimit | None = None
     secret_fields: frozenset[str] = frozenset()
     """Payload fields whose values are masked in logs, stored errors and dead letters."""
+    codec: Codec | None = None
+    """Encrypts payloads, results and errors (None: the client's codec, if any)."""
 
     @property
     def ack_wait(self) -> float:
@@ -391,6 +395,7 @@ def make_config(
         throttle=_instance(options.get("throttle"), Throttle, "throttle"),
         rate_limit=_instance(options.get("rate_limit"), RateLimit, "rate_limit"),
         secret_fields=frozenset(secret_fields),
+        codec=check_codec(options.get("codec"), "codec"),
     )
 
 

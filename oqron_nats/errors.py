@@ -23,6 +23,12 @@
     │                            them (a publisher: an admin or a worker provisions a queue)
     ├── CorruptRecord            a stored record that does not decode (written by something else,
     │                            or damaged); listings show it as such and go on
+    ├── CodecError               an encrypted payload, result or error cannot be opened (a job
+    │   │                        failing with one is failed for good, never run)
+    │   ├── MissingKey           sealed with a codec or key id this process does not hold
+    │   ├── DecryptionFailed     the ciphertext does not authenticate: tampered, moved from
+    │   │                        another job, or another key under the same id
+    │   └── NotEncrypted         stored in plaintext where the queue's codec requires encryption
     ├── InvalidState             the job's state does not allow the operation (e.g. promote a
     │                            job that is not delayed)
     ├── ConsumerConflict         the queue is already consumed in another way (strategy mismatch,
@@ -63,8 +69,8 @@ class PayloadError(InvalidInput):
 class PayloadTooLarge(PayloadError):
     """The encoded payload is larger than the queue's limit."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"payload is {size} bytes, over the limit of {limit} bytes")
+    def __init__(self, size: int, limit: int, what: str = "payload") -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
         self.size = size
         self.limit = limit
 
@@ -136,6 +142,27 @@ class CorruptRecord(OqronError):
         self.key = key
         self.size = size
         self.reason = reason
+
+
+class CodecError(OqronError):
+    """An encrypted value (payload, result or error) cannot be opened, or a value sealed.
+
+    Its message names the codec and key id, never a key or the plaintext. A worker fails a job
+    whose payload raises one for good, without running the handler (it is not transient).
+    """
+
+
+class MissingKey(CodecError):
+    """The value is sealed with a codec or key id that this process does not hold."""
+
+
+class DecryptionFailed(CodecError):
+    """The ciphertext does not authenticate: tampered with, moved from another job or field, or
+    sealed with another key under the same key id."""
+
+
+class NotEncrypted(CodecError):
+    """A plaintext value where the queue's codec requires encryption (``accept_plaintext``)."""
 
 
 class InvalidState(OqronError):

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,11 +37,12 @@ import structlog
 from . import dag, redaction, retention
 from ._nats import CasConflict, Delivery
 from .backend import Backend
-from .codec import PayloadCodec, check_size, encode_value
+from .codec import PayloadCodec, check_size, encode_value, stored_limit
 from .config import QueueConfig
 from .context import JobContext, Signal
 from .correlation import current_correlation_id
-from .errors import EnqueueError, InvalidName, PayloadError
+from .encryption import Sealer, is_sealed, prefixed
+from .errors import CodecError, EnqueueError, InvalidName, PayloadError
 from .heartbeat import Heartbeat
 from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
 from .lease import Lease
@@ -90,6 +91,13 @@ class Runtime:
     consumer: str
     executor: ThreadPoolExecutor | None
     limiter: ClusterRateLimit | None = None
+    sealer: Sealer = field(init=False)
+    """Seals and opens the queue's stored values (the codec's, set by the queue)."""
+
+    def __post_init__(self) -> None:
+        if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
+            raise RuntimeError("the queue's sealer was not set before consuming")
+        object.__setattr__(self, "sealer", self.codec.sealer)
 
     @property
     def is_async(self) -> bool:
@@ -265,7 +273,11 @@ class Execution:
         """Within the cluster-wide rate limit? If not, the job goes back until its window ends."""
         if self.rt.limiter is None:
             return True
-        wait = await self.rt.limiter.admit(self._payload(job))
+        try:
+            data = self._decoded(job)
+        except (PayloadError, CodecError):  # the run fails it at once, saying why
+            return True
+        wait = await self.rt.limiter.admit(data)
         if wait is None:
             return True
         await self.delivery.nak(delay=wait)
@@ -296,7 +308,8 @@ class Execution:
                 log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
                 self._job = job
-                await self._fail_for_good(self._payload(job), stalled_too_often(job))
+                poison = stalled_too_often(job)  # holds no payload: stored readable
+                await self._fail_for_good(self._payload(job), poison, stored=poison)
                 return False
             active = moved(
                 job,
@@ -346,11 +359,15 @@ class Execution:
             return False
         return True
 
+    def _decoded(self, job: RawJob) -> Any:
+        """The payload, decrypted and decoded (CodecError or PayloadError if it cannot be)."""
+        return self.rt.codec.decode(self.rt.sealer.open(job.id, "data", job.data))
+
     def _payload(self, job: RawJob) -> Any:
         """The decoded payload for hooks, or the raw bytes if it does not decode."""
         try:
-            return self.rt.codec.decode(job.data)
-        except PayloadError:
+            return self._decoded(job)
+        except (PayloadError, CodecError):
             return job.data
 
     async def _on_lease_held(self, job_id: str) -> None:
@@ -402,7 +419,7 @@ class Execution:
             carrier=self.delivery.headers or job.trace,
         ) as span:
             try:
-                value = rt.codec.decode(job.data)
+                value = self._decoded(job)
                 if rt.config.secret_fields:  # masked in whatever this task logs from now
                     redaction.hide(redaction.values_of(value, rt.config.secret_fields))
                 result, error = await self._call_handler(job, value), None
@@ -413,8 +430,8 @@ class Execution:
                 result, error = None, None  # the handler was stopped by abort()
             except Exception as exc:
                 result, error = None, exc
-            if error is not None:
-                mark_failed(span, error)
+            if error is not None:  # an encrypted queue's error text stays out of traces
+                mark_failed(span, error, detail=not rt.sealer.active)
         duration = time.monotonic() - started
         if self.signal.aborted:
             metrics.processed(duration, aborted_type(self.signal.reason))
@@ -429,6 +446,11 @@ class Execution:
     async def _call_handler(self, job: RawJob, value: Any) -> Any:
         rt = self.rt
         parents = await dag.parent_results(rt.backend, job) if job.depends_on else {}
+        for parent_id, result in parents.items():
+            try:
+                parents[parent_id] = rt.sealer.open_value(parent_id, "result", result)
+            except CodecError as exc:  # the handler does not run without its inputs
+                raise prefixed(exc, f"parent job {parent_id}") from None
         ctx = JobContext(
             id=job.id,
             parent_results=parents,
@@ -525,10 +547,15 @@ class Execution:
             log.warning("job was taken over; this attempt commits nothing", job_id=job_id)
 
     async def _complete(self, value: Any, result: Any, duration: float) -> None:
+        backend, sealer, job = self.rt.backend, self.rt.sealer, self._job
+        assert job is not None
         try:
             raw = encode_value(result, "the handler's result")
-            check_size(raw, self.rt.backend.payload_limit)
-        except PayloadError as exc:
+            check_size(raw, backend.payload_limit)  # the plaintext, as for payloads
+            raw = sealer.seal(job.id, "result", raw)
+            if sealer.active:
+                check_size(raw, stored_limit(backend.conn.max_payload), "the encrypted result")
+        except (PayloadError, CodecError) as exc:
             await self._fail(value, exc, duration)
             return
         done = await self._commit(
@@ -560,10 +587,16 @@ class Execution:
         job = self._job
         assert job is not None
         failure = self._failure(error)
+        # a codec's own error holds no payload (it could not open it): stored readable
+        stored = failure if isinstance(error, CodecError) else self._sealed(failure)
         discarded = self._ctx is not None and self._ctx.discarded is not None
-        final = discarded or isinstance(error, PayloadError) or job.attempt >= job.max_attempts
+        final = (
+            discarded
+            or isinstance(error, PayloadError | CodecError)  # not transient: never retried
+            or job.attempt >= job.max_attempts
+        )
         if final:
-            await self._fail_for_good(value, failure)
+            await self._fail_for_good(value, failure, stored=stored)
             return
         try:
             delay = retry_delay(self.rt.config.retries, job.attempt)
@@ -575,7 +608,7 @@ class Execution:
             JobState.DELAYED,
             "retried",
             f"{failure.type}: retry in {delay:.3g}s",
-            error=failure,
+            error=stored,
             run_at=utcnow() + timedelta(seconds=delay),
             enqueued=job.enqueued + 1,
             worker=None,
@@ -587,7 +620,7 @@ class Execution:
         log.warning(
             "job failed; will retry",
             job_id=retry.id, attempt=retry.attempt, max_attempts=retry.max_attempts,
-            retry_in=round(delay, 3), error=failure.message,
+            retry_in=round(delay, 3), error=stored.message,
         )  # fmt: skip
         try:
             await self.rt.backend.broker.enqueue(retry)
@@ -617,16 +650,25 @@ class Execution:
             traceback=redaction.scrub(failure.traceback, values),
         )
 
-    async def _fail_for_good(self, value: Any, failure: JobFailure) -> None:
+    def _sealed(self, failure: JobFailure) -> JobFailure:
+        """The failure as stored: its message and traceback sealed on an encrypted queue."""
+        assert self._job is not None
+        return self.rt.sealer.seal_failure(self._job.id, failure)
+
+    async def _fail_for_good(
+        self, value: Any, failure: JobFailure, *, stored: JobFailure | None = None
+    ) -> None:
+        """Fail the job for good; ``stored`` is the failure as written (default: sealed)."""
+        stored = self._sealed(failure) if stored is None else stored
         failed = await self._commit(
-            JobState.FAILED, "failed", failure.type, error=failure, finished_at=utcnow()
+            JobState.FAILED, "failed", failure.type, error=stored, finished_at=utcnow()
         )
         if failed is None:
             return
         self.rt.backend.metrics.failed()
         log.error(
             "job failed", job_id=failed.id, queue=failed.queue, attempt=failed.attempt,
-            error_type=failure.type, error=failure.message,
+            error_type=failure.type, error=stored.message,
         )  # fmt: skip
         dead = await self._dead_letter(failed)
         if not dead:
@@ -636,7 +678,7 @@ class Execution:
         await self.delivery.ack()
         await self._release()
         await self._retain(failed)
-        job = with_data(failed, value)
+        job = with_data(failed, value, error=failure)  # hooks see the plaintext
         if self.rt.config.dead_letter.enabled:
             await self._hook(self.rt.config.dead_letter.on_dead, job)
         await self._hook(self.rt.config.hooks.on_fail, job, failure)
@@ -658,7 +700,7 @@ class Execution:
         if not self.rt.config.dead_letter.enabled:
             return True
         fields = self.rt.config.secret_fields
-        if fields:  # the copy is for people and tools to read: no secret values in it
+        if fields and not is_sealed(job.data):  # the copy is for people and tools to read
             job = msgspec.structs.replace(
                 job, data=msgspec.Raw(redaction.masked_json(job.data, fields))
             )

@@ -13,6 +13,8 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
+from .encryption import Envelope
+
 T = TypeVar("T")
 J = TypeVar("J", bound="Job[Any]")
 
@@ -47,11 +49,17 @@ CLAIMABLE_STATES = frozenset(
 
 
 class JobFailure(msgspec.Struct, frozen=True, kw_only=True):
-    """Why an attempt failed: the exception's type, message and (truncated) traceback."""
+    """Why an attempt failed: the exception's type, message and (truncated) traceback.
+
+    On a queue with a codec the stored message reads ``(encrypted)`` and ``sealed`` holds the
+    message and traceback encrypted; reading the job with the key opens them.
+    """
 
     type: str
     message: str
     traceback: str = ""
+    sealed: Envelope | msgspec.UnsetType = msgspec.UNSET
+    """The encrypted message and traceback, as stored (unset when they are readable)."""
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -112,8 +120,12 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     v: int = 1
     data_error: str | None = None
     """Set when the stored payload does not match the reading queue's payload type (a job that
-    failed with PayloadError): ``data`` then holds the raw JSON value, and this says why. Never
-    stored."""
+    failed with PayloadError), or cannot be decrypted by its codec (no key, an unknown key id,
+    tampered): ``data`` then holds the raw JSON value (the envelope, if encrypted), and this says
+    why. Never stored."""
+    result_error: str | None = None
+    """Set when the stored result cannot be decrypted by the reading queue's codec: ``result``
+    then holds the envelope, and this says why. Never stored."""
 
     @property
     def is_terminal(self) -> bool:

@@ -40,7 +40,7 @@ from ._nats import CasConflict, JetStreamError
 from .backend import Backend
 from .bulk import AddOutcome, BulkResult, split_item
 from .client import Client
-from .codec import PayloadCodec, check_size
+from .codec import PayloadCodec, check_size, stored_limit
 from .config import (
     DisabledBehavior,
     Duration,
@@ -54,6 +54,7 @@ from .config import (
 from .consumer import Consumer
 from .context import JobContext
 from .correlation import current_correlation_id
+from .encryption import Sealer, unreadable
 from .errors import (
     ConfigError,
     EnqueueError,
@@ -62,7 +63,6 @@ from .errors import (
     InvalidState,
     JobNotFound,
     OqronError,
-    PayloadError,
     QueuePaused,
     Unavailable,
 )
@@ -127,6 +127,7 @@ class Queue(Generic[T, S]):
         self._client = client
         self._owns_client = client is None
         self._codec: PayloadCodec[T] = PayloadCodec(config.payload, config.max_payload_size)
+        self._sealer: Sealer | None = None
         self._backend: Backend | None = None
         self._consumer: Consumer | None = None
         self._stopping_consumer: Consumer | None = None
@@ -148,6 +149,14 @@ class Queue(Generic[T, S]):
     def is_consuming(self) -> bool:
         """Whether this queue's handler is running in this process."""
         return self._consumer is not None
+
+    def _sealing(self) -> Sealer:
+        """What seals and opens this queue's stored values: its codec, else its client's."""
+        if self._sealer is None:
+            codec = self.config.codec if self.config.codec is not None else self.client.codec
+            self._sealer = Sealer(codec, self.client.namespace, self.name)
+            self._codec.sealer = self._sealer
+        return self._sealer
 
     async def _open(self) -> Backend:
         if self._backend is None:
@@ -247,7 +256,8 @@ class Queue(Generic[T, S]):
         job_id = (
             check_name(options.job_id, "job id") if options.job_id is not None else new_job_id()
         )
-        value, raw = self._codec.encode(data)
+        value, raw = self._codec.encode(data)  # the size limit applies to this plaintext
+        raw = self._sealing().seal(job_id, "data", raw)
         now = datetime.now(UTC)
         delay = 0.0 if options.delay is None else _delay_seconds(options.delay)
         priority = (
@@ -280,8 +290,12 @@ class Queue(Generic[T, S]):
         return value, moved(job, job.state, "added")
 
     def _check_server_limit(self, backend: Backend, job: RawJob) -> None:
-        """Re-check the payload size against the connected server's limit."""
-        check_size(job.data, backend.payload_limit)
+        """Re-check the payload size against the connected server's limit (an encrypted one:
+        its sealed size, the plaintext having been held to max_payload_size)."""
+        if self._sealing().active:
+            check_size(job.data, stored_limit(backend.conn.max_payload), "the encrypted payload")
+        else:
+            check_size(job.data, backend.payload_limit)
 
     async def _enqueue(self, backend: Backend, value: T, job: RawJob) -> Job[T]:
         """Store and publish a job in its PRODUCER span, counted as one message sent."""
@@ -402,14 +416,30 @@ class Queue(Generic[T, S]):
         return await (await self._open()).store.entered_first(JobState.WAITING)
 
     def _typed(self, job: RawJob) -> Job[T]:
-        """The job with its payload decoded; one that does not match the payload type (it
-        failed for that) keeps its raw JSON value, with ``data_error`` saying why."""
+        """The job with its payload decoded (and its result and error decrypted); a payload
+        that does not match the payload type (it failed for that) or cannot be decrypted keeps
+        its raw JSON value, with ``data_error`` saying why (a result: ``result_error``)."""
+        sealer = self._sealing()
+        changes: dict[str, Any] = {}
+        raw: bytes | msgspec.Raw = job.data
         try:
-            data = self._codec.decode(job.data)
-        except PayloadError as exc:
-            raw: Any = msgspec.json.decode(job.data)
-            return self._own(with_data(job, raw, data_error=str(exc)))
-        return self._own(with_data(job, data))
+            raw = sealer.open(job.id, "data", job.data)
+            data = self._codec.decode(raw)
+        except Exception as exc:  # CodecError, PayloadError, or whatever a codec raised
+            changes["data_error"] = unreadable(exc)
+            try:
+                data = msgspec.json.decode(raw)
+            except msgspec.DecodeError:  # a codec that opened it into something else
+                data = msgspec.json.decode(job.data)
+        if job.result is not None:
+            try:
+                changes["result"] = sealer.open_value(job.id, "result", job.result)
+            except Exception as exc:
+                changes["result_error"] = unreadable(exc)
+        if job.error is not None and job.error.sealed is not msgspec.UNSET:
+            with contextlib.suppress(Exception):  # unopened, it reads "(encrypted)"
+                changes["error"] = sealer.open_failure(job.id, job.error)
+        return self._own(with_data(job, data, **changes))
 
     def _own(self, job: Job[T]) -> Job[T]:
         job.__dict__["_queue"] = self  # lets the caller await job.wait()
@@ -493,9 +523,15 @@ class Queue(Generic[T, S]):
     async def events(self) -> AsyncIterator[Event]:
         """Every lifecycle event of the queue's jobs, from any process, as it happens."""
         backend = await self._open()
+        sealer = self._sealing()
         async with backend.store.events.listen(backend.names.events) as inbox:
             while True:
-                yield await inbox.get()
+                event = await inbox.get()
+                if event.error is not None and event.error.sealed is not msgspec.UNSET:
+                    with contextlib.suppress(Exception):  # unopened, it reads "(encrypted)"
+                        error = sealer.open_failure(event.job_id, event.error)
+                        event = msgspec.structs.replace(event, error=error)
+                yield event
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job[T]:
         """Wait until the job is completed, failed or cancelled, and return it (no polling).
@@ -534,6 +570,7 @@ class Queue(Generic[T, S]):
             raise ConfigError(f"queue {self.name!r} is publisher-only: it has no handler to run")
         if self._consumer is not None:
             return
+        self._sealing()  # the consumer seals with it; a bad keys file fails before connecting
         backend = await self._open()
         consumer = Consumer(self.config, backend, self._codec, self.handler)
         await consumer.start()

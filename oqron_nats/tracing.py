@@ -116,8 +116,11 @@ class Tracing:
             context.detach(token)
 
 
-def mark_failed(span: Span, exc: BaseException) -> None:
-    """Record a failed attempt on its span."""
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+def mark_failed(span: Span, exc: BaseException, *, detail: bool = True) -> None:
+    """Record a failed attempt on its span; without ``detail`` only the exception's type (its
+    message and traceback may hold payload values of an encrypted queue)."""
+    if detail:
+        span.record_exception(exc)
+    description = str(exc)[:200] if detail else type(exc).__name__
+    span.set_status(Status(StatusCode.ERROR, description))
     span.set_attribute(ERROR_TYPE, type(exc).__name__)
