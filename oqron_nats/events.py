@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
 from ._nats import Nats
+from .errors import Unavailable
 from .job import Job, JobFailure, JobState
 from .names import Names
 
@@ -67,7 +67,7 @@ class EventBus:
         )
         try:
             await self.conn.publish_core(self.names.event(job.id, name), msgspec.json.encode(event))
-        except (nats.errors.Error, OSError) as exc:
+        except (Unavailable, OSError) as exc:
             log.debug("event not published", job_id=job.id, event=name, error=repr(exc))
 
     @contextlib.asynccontextmanager
@@ -85,5 +85,5 @@ class EventBus:
         try:
             yield inbox
         finally:
-            with contextlib.suppress(nats.errors.Error):
+            with contextlib.suppress(Exception):  # a closed connection has nothing to undo
                 await sub.unsubscribe()

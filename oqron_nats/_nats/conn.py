@@ -17,7 +17,7 @@ import base64
 import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -404,11 +404,13 @@ class Nats:
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core NATS subscription delivering to ``cb``."""
-        return await self.nc.subscribe(subject, cb=cb)
+        with _as_unavailable():
+            return await self.nc.subscribe(subject, cb=cb)
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """A subscription whose messages go straight to ``handler`` (see :mod:`.direct`)."""
-        return await self.nc.subscribe_direct(subject, handler)
+        with _as_unavailable():
+            return await self.nc.subscribe_direct(subject, handler)
 
     async def publish_core(
         self,
@@ -419,7 +421,8 @@ class Nats:
         headers: dict[str, str] | None = None,
     ) -> None:
         """A core NATS publish: fire and forget."""
-        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        with _as_unavailable():
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
 
     # -- streams and messages -----------------------------------------------------------------
 
@@ -668,6 +671,16 @@ def stored_msg(msg: Msg) -> StoredMsg | None:
         data=msg.data,
         headers=headers,
     )
+
+
+@contextlib.contextmanager
+def _as_unavailable() -> Iterator[None]:
+    """nats-py's errors of a core call (a closed connection, a full reconnect buffer) as the
+    typed Unavailable: a user never meets a raw nats error."""
+    try:
+        yield
+    except nats.errors.Error as exc:
+        raise Unavailable(f"NATS could not take the message: {exc}") from exc
 
 
 class _Failed(Exception):
