@@ -89,11 +89,8 @@ async def summary(client: Client, name: str) -> QueueSummary:
 async def find_job(client: Client, job_id: str) -> tuple[Queue[Any], Job[Any]]:
     """The job ``job_id`` and the queue that holds it, wherever it is; JobNotFound if none."""
     check_name(job_id, "job id")
-    conn = await client.connect()
-    bucket = Names(client.namespace, "x").jobs_bucket  # one bucket per namespace
-    keys = await conn.subjects(f"KV_{bucket}", f"$KV.{bucket}.*.{job_id}")
-    for subject in sorted(keys):
-        q = admin_queue(client, subject.split(".")[-2])
+    for name in await queue_names(client):  # a bucket of records per queue
+        q = admin_queue(client, name)
         job = await q.get_job(job_id)
         if job is not None:
             return q, job

@@ -10,7 +10,7 @@ from .broker import Broker
 from .client import Client
 from .config import QueueConfig
 from .control import Control
-from .errors import ConfigError
+from .errors import ConfigError, JetStreamError, PermissionDenied
 from .events import EventBus
 from .index import StateIndex
 from .lease import Leases
@@ -37,7 +37,7 @@ class Backend:
     rejects: Rejects
     payload_limit: int
     admission: Admission | None = None
-    """The bound of a queue with max_jobs."""
+    """The bounds of a queue with max_jobs or max_bytes."""
 
     @classmethod
     async def open(cls, client: Client, config: QueueConfig) -> Backend:
@@ -45,6 +45,7 @@ class Backend:
         names = client.names(config.name)
         conn = await client.prepare_queue(names)
         await refuse_dropping_streams(conn, names)
+        await refuse_shared_records(conn, names)
         replicated = client.replicas > 1
         metrics = client.metrics.queue(config.name, consumer_group=config.strategy)
         return cls(
@@ -65,7 +66,11 @@ class Backend:
             control=Control(conn, names),
             rejects=Rejects(conn, names, metrics),
             payload_limit=client.payload_limit(conn, config.max_payload_size),
-            admission=Admission(conn, names, config.max_jobs) if config.max_jobs else None,
+            admission=(
+                Admission(conn, names, max_jobs=config.max_jobs, max_bytes=config.max_bytes)
+                if config.max_jobs or config.max_bytes
+                else None
+            ),
         )
 
 
@@ -78,4 +83,22 @@ async def refuse_dropping_streams(conn: Nats, names: Names) -> None:
             f"stream {names.stream} has {', '.join(dropping)} with discard=old: the server would "
             "drop the oldest job messages without a word, and those jobs would never run. Remove "
             "those limits (`nats stream edit`); bound a queue with max_jobs instead"
+        )
+
+
+async def refuse_shared_records(conn: Nats, names: Names) -> None:
+    """ConfigError if oqron_nats 0.1.0 left records of this queue in the namespace's shared
+    jobs bucket: they would be neither read nor run (each queue has its own bucket now)."""
+    try:
+        left = await conn.subjects(
+            f"KV_{names.shared_jobs_bucket}", f"$KV.{names.shared_jobs_bucket}.{names.keys}"
+        )
+    except (JetStreamError, PermissionDenied):  # no such bucket (or this user may not look)
+        return
+    if left:
+        raise ConfigError(
+            f"{len(left)} job record(s) of queue {names.queue!r} are in the bucket "
+            f"{names.shared_jobs_bucket!r}, where oqron_nats 0.1.0 kept them; this version keeps "
+            f"them in {names.jobs_bucket!r}. Drain the queue with 0.1.0 before upgrading, or "
+            "delete those keys"
         )

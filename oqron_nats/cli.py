@@ -112,9 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a queue of the role (repeat); not for admin")  # fmt: skip
     permissions.add_argument("--namespace", help="default: OQRON_NAMESPACE or 'default'")
     permissions.add_argument("--inbox", default="_INBOX", help="the user's inbox prefix")
-    permissions.add_argument("--maintenance", action="store_true",
-                             help="worker: may read every record of the namespace (the stall "
-                             "scanner and reconciliation need it)")  # fmt: skip
 
     server = commands.add_parser("server", help="run a local JetStream server for development")
     server.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
@@ -166,7 +163,7 @@ def _permissions(args: argparse.Namespace) -> int:
         raise ConfigError(f"a {args.role} needs at least one --queue")
     namespace = check_namespace(args.namespace or os.environ.get("OQRON_NAMESPACE") or "default")
     queues = [check_name(q) for q in args.queues]
-    block = for_role(args.role, namespace, queues, inbox=args.inbox, maintenance=args.maintenance)
+    block = for_role(args.role, namespace, queues, inbox=args.inbox)
     print(block.config())
     return 0
 

@@ -39,6 +39,8 @@ MIN_SERVER_VERSION = (2, 12, 0)
 """Message schedules (delays and retries) need nats-server 2.12."""
 DEFAULT_RETRY_DEADLINE = 30.0
 """Seconds an operation is asked again while NATS cannot answer (an election takes 5-7 s)."""
+NAMESPACE_READY = "=namespace"
+"""Marks, in ``_ready``, that the namespace's shared streams and buckets exist."""
 JOB_MESSAGE_LIMIT = 16 * 1024
 """Bytes a message on a queue's work stream may have: a job id and its headers (the record holds
 the payload); anything larger is refused by the server before it is stored."""
@@ -281,14 +283,20 @@ class Client:
                 max_msg_size=JOB_MESSAGE_LIMIT,
             )
         )
-        if names.jobs_bucket not in self._ready:
+        creations.append(
+            ensure_bucket(
+                conn, bucket=names.jobs_bucket, replicas=self.replicas,
+                max_value_size=conn.max_payload,
+            )
+        )  # fmt: skip
+        if NAMESPACE_READY not in self._ready:
             creations += self._namespace_streams(conn, names)
         await asyncio.gather(*creations)
-        self._ready.add(names.jobs_bucket)
+        self._ready.add(NAMESPACE_READY)
 
     def _namespace_streams(self, conn: Nats, names: Names) -> list[Coroutine[Any, Any, None]]:
         """The creations of what every queue of the namespace shares."""
-        buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
+        buckets = (names.locks_bucket, names.queues_bucket, names.deps_bucket)
         return [
             *(
                 ensure_bucket(

@@ -245,6 +245,7 @@ class QueueOptions(TypedDict, total=False):
     tags: Sequence[str]
     max_payload_size: int
     max_jobs: int
+    max_bytes: int
     cross_node_stall_scanner: bool | StallScanner
     orphan_sweep: bool | OrphanSweep
     reconciliation: bool | Reconciliation
@@ -278,6 +279,8 @@ class QueueConfig:
     max_payload_size: int = DEFAULT_MAX_PAYLOAD
     max_jobs: int | None = None
     """At most this many unfinished jobs; add() beyond raises QueueFull (None: no bound)."""
+    max_bytes: int | None = None
+    """At most this many bytes of job records; add() beyond raises QueueFull (None: no bound)."""
     stall_scanner: StallScanner | None = None
     orphan_sweep: OrphanSweep | None = field(default_factory=OrphanSweep)
     """On by default: waiting jobs whose message is gone are published again."""
@@ -383,6 +386,7 @@ def make_config(
         payload=payload,
         max_payload_size=_positive_int(options, "max_payload_size", DEFAULT_MAX_PAYLOAD, 1),
         max_jobs=_positive_int(options, "max_jobs", 1, 1) if "max_jobs" in options else None,
+        max_bytes=_positive_int(options, "max_bytes", 1, 1) if "max_bytes" in options else None,
         stall_scanner=_group(
             options.get("cross_node_stall_scanner"), StallScanner, "cross_node_stall_scanner"
         ),

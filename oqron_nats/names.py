@@ -229,7 +229,13 @@ class Names:
 
     @property
     def jobs_bucket(self) -> str:
-        """The KV bucket of job records."""
+        """The KV bucket of the queue's job records (one per queue: its size is the queue's
+        storage, and permissions scope to it)."""
+        return f"oqron_{self.namespace}_jobs_{self.queue}"
+
+    @property
+    def shared_jobs_bucket(self) -> str:
+        """Where oqron_nats 0.1.0 kept every queue's records (one bucket per namespace)."""
         return f"oqron_{self.namespace}_jobs"
 
     @property

@@ -12,7 +12,7 @@ needs; tests/test_roles.py runs each role against a server configured with these
 * **worker** of some queues: the publisher's rights on those queues, and provisioning them,
   consuming, leases, retries, dead letters, counters, presence and the maintenance passes.
 * **admin** of a namespace: everything in it (the CLI's admin commands, ``oqron provision``,
-  pause, resume, obliterate), and the JetStream API of the account.
+  pause, resume, obliterate), and the JetStream API and KV subjects of the account.
 
 What NATS permissions cannot express (they allow subjects, not operations or headers):
 
@@ -21,11 +21,9 @@ What NATS permissions cannot express (they allow subjects, not operations or hea
   entries and events: a publisher can damage its own queue's records and listings, never
   another queue's;
 * a read at a stream's leader (``STREAM.MSG.GET``) names the key in its body, not its subject,
-  so a worker on a replicated cluster (which reads a record at the leader before it drops a
-  delivery) may read every record of the namespace; so may the opt-in stall scanner and
-  reconciliation, which read every record (``--maintenance``); and every role may read every
-  queue's state key (paused or not) and presence keys (the hosts of its workers), because a
-  queue's state is followed at the leader;
+  and the queue states share one bucket, so every role may read every queue's state key
+  (paused or not) and presence keys (the hosts of its workers): a queue's state is followed at
+  the leader (each queue's records have a bucket of their own, so record reads stay scoped);
 * replies come back on the ``_INBOX.>`` subjects, which every role subscribes to; give each
   application its own prefix (``connect_options={"inbox_prefix": ...}``, and ``--inbox`` here)
   where users must not see each other's replies.
@@ -72,7 +70,6 @@ def for_role(
     queues: Sequence[str] = (),
     *,
     inbox: str = "_INBOX",
-    maintenance: bool = False,
 ) -> Permissions:
     """The permissions of ``role`` on ``queues`` of ``namespace`` (admin: the whole namespace)."""
     if role == "admin":
@@ -84,7 +81,7 @@ def for_role(
         publish += _publisher_publish(names)
         subscribe += _publisher_subscribe(names)
         if role == "worker":
-            publish += _worker_publish(names, maintenance)
+            publish += _worker_publish(names)
             subscribe += _worker_subscribe(names)
     return Permissions(_unique(publish), _unique(subscribe))
 
@@ -106,6 +103,7 @@ def _publisher_publish(names: Names) -> list[str]:
     index = [names.index_stream(state) for state in JobState]
     return [
         *(f"{API}.STREAM.INFO.{stream}" for stream in _streams(names)),  # exists? counts
+        f"{API}.STREAM.INFO.KV_{names.shared_jobs_bucket}",  # records left by 0.1.0?
         f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
         f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
@@ -128,10 +126,10 @@ def _publisher_subscribe(names: Names) -> list[str]:
     return [f"$KV.{names.queues_bucket}.{names.queue}", names.events]
 
 
-def _worker_publish(names: Names, maintenance: bool) -> list[str]:
+def _worker_publish(names: Names) -> list[str]:
     jobs, locks, queues = names.jobs_bucket, names.locks_bucket, names.queues_bucket
     stream = names.stream
-    subjects = [
+    return [
         *(f"{API}.STREAM.CREATE.{s}" for s in _streams(names)),  # provisioning
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.NAMES.{stream}",
@@ -145,14 +143,12 @@ def _worker_publish(names: Names, maintenance: bool) -> list[str]:
         f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
         f"$KV.{queues}.{names.queue}.>",  # presence
         f"{API}.STREAM.MSG.GET.KV_{jobs}",  # reads at the leader (replicated clusters)
+        f"{API}.DIRECT.GET.KV_{jobs}",  # the queue's records in batches (maintenance passes)
         names.run_lane,
         names.rate_of_queue,
         names.dlq_of_queue,
         names.controls,
     ]
-    if maintenance:
-        subjects.append(f"{API}.DIRECT.GET.KV_{jobs}")  # every record of the namespace
-    return subjects
 
 
 def _worker_subscribe(names: Names) -> list[str]:
@@ -160,12 +156,11 @@ def _worker_subscribe(names: Names) -> list[str]:
 
 
 def _admin(namespace: str, inbox: str) -> Permissions:
-    names = Names(namespace, "x")
-    buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
     everything = f"oqron.{namespace}.>"
+    kv = "$KV.>"  # every queue's records have their own bucket: no wildcard names them all
     return Permissions(
-        publish=[f"{API}.>", "$JS.ACK.>", everything, *(f"$KV.{b}.>" for b in buckets)],
-        subscribe=[f"{inbox}.>", everything, *(f"$KV.{b}.>" for b in buckets)],
+        publish=[f"{API}.>", "$JS.ACK.>", everything, kv],
+        subscribe=[f"{inbox}.>", everything, kv],
     )
 
 

@@ -209,7 +209,7 @@ class Queue(Generic[T, S]):
             if not job.depends_on:  # a child waits for its parents either way
                 job = moved(job, JobState.PAUSED, "held: the queue is paused")
         if backend.admission is not None:
-            await backend.admission.admit()
+            await backend.admission.admit(len(msgspec.json.encode(job)))
         if job.depends_on:
             await dag.check_parents(backend, job.id, job.depends_on)
             await backend.control.note_flows()

@@ -19,6 +19,7 @@ from oqron_nats import (
     QueueFull,
     queue,
 )
+from oqron_nats._nats import Bucket, ensure_bucket
 from oqron_nats.backend import Backend
 from oqron_nats.config import QueueConfig
 from oqron_nats.maintenance import OrphanSweeper
@@ -116,3 +117,37 @@ async def test_max_jobs_refuses_adds_with_queue_full_and_stores_nothing(client: 
     await q.add(
         {"n": 9}
     )  # room again (read again, being near the bound): finished jobs do not count
+
+
+async def test_max_bytes_bounds_the_storage_of_a_queue_s_records(client: Client) -> None:
+    q = queue("heavy", client=client, max_bytes=20_000)
+    stored, refused = 0, None
+    for n in range(100):
+        try:
+            await q.add({"blob": "x" * 1000, "n": n})
+        except QueueFull as exc:
+            refused = exc
+            break
+        stored += 1
+    assert refused is not None and "max_bytes" in str(refused)
+    assert 10 <= stored < 20, stored
+    assert await q.count() == stored, "nothing was stored for the refused add"
+    light = queue("light", client=client, max_bytes=20_000)
+    await light.add({"n": 1})  # another queue's records have a bucket of their own
+    names = client.names("heavy")
+    state = await (await client.connect()).stream_state(f"KV_{names.jobs_bucket}")
+    assert state.bytes <= 20_000 + 2_000, "over by at most one record"
+
+
+async def test_records_left_in_the_old_shared_bucket_are_refused_not_ignored(
+    client: Client,
+) -> None:
+    """oqron_nats 0.1.0 kept every queue's records in one bucket per namespace: a queue whose
+    records are still there must not start as if it had none."""
+    conn = await client.connect()
+    names = client.names("upgraded")
+    await ensure_bucket(conn, bucket=names.shared_jobs_bucket, replicas=1, max_value_size=1024)
+    await Bucket(conn, names.shared_jobs_bucket).create(names.key("old-job"), b"{}")
+    with pytest.raises(ConfigError, match=r"0\.1\.0"):
+        await queue("upgraded", client=client).add({"n": 1})
+    await queue("fresh", client=client).add({"n": 1})  # another queue had none there: fine

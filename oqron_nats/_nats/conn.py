@@ -97,6 +97,7 @@ class StreamState(msgspec.Struct):
     """The message counts and sequence range of a stream."""
 
     messages: int = 0
+    bytes: int = 0
     first_seq: int = 0
     last_seq: int = 0
     subjects: dict[str, int] | None = None
