@@ -267,6 +267,8 @@ class QueueConfig:
     strategy: Strategy = "fifo"
     priority: int = 0
     retries: RetryPolicy = field(default_factory=RetryPolicy)
+    retries_given: bool = False
+    """Whether ``retries=`` was given (then the jobs this queue adds carry its attempts)."""
     dead_letter: DeadLetter = field(default_factory=DeadLetter)
     hooks: Hooks = field(default_factory=Hooks)
     guaranteed_worker: bool = True
@@ -306,8 +308,18 @@ class QueueConfig:
 
     @property
     def max_attempts(self) -> int:
-        """Total attempts of a job that does not override them."""
+        """Total attempts of a job that does not say otherwise (its worker's policy)."""
         return self.retries.max + 1
+
+    def attempts_of(self, job_max_attempts: int | None) -> int:
+        """The total attempts of a job on this worker: its own, else this queue's policy."""
+        return job_max_attempts if job_max_attempts is not None else self.max_attempts
+
+    @property
+    def stamped_attempts(self) -> int | None:
+        """What a job this queue adds records as its total attempts: only a policy given with
+        ``retries=`` (a publisher decides only what it sets; the worker decides the rest)."""
+        return self.max_attempts if self.retries_given else None
 
 
 def _positive_int(options: QueueOptions, key: str, default: int, minimum: int) -> int:
@@ -376,6 +388,7 @@ def make_config(
         strategy=strategy,
         priority=check_priority(options.get("priority", 0), ConfigError),
         retries=_group(options.get("retries"), RetryPolicy, "retries") or RetryPolicy(),
+        retries_given=options.get("retries") is not None,
         dead_letter=_group(options.get("dead_letter"), DeadLetter, "dead_letter") or DeadLetter(),
         hooks=_group(options.get("hooks"), Hooks, "hooks") or Hooks(),
         guaranteed_worker=bool(options.get("guaranteed_worker", True)),

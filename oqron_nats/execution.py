@@ -457,7 +457,7 @@ class Execution:
             queue=rt.config.name,
             data=value,
             attempt=job.attempt,
-            max_attempts=job.max_attempts,
+            max_attempts=rt.config.attempts_of(job.max_attempts),
             correlation_id=job.correlation_id,
             created_at=job.created_at,
             priority=job.priority,
@@ -593,7 +593,7 @@ class Execution:
         final = (
             discarded
             or isinstance(error, PayloadError | CodecError)  # not transient: never retried
-            or job.attempt >= job.max_attempts
+            or job.attempt >= self.rt.config.attempts_of(job.max_attempts)
         )
         if final:
             await self._fail_for_good(value, failure, stored=stored)
@@ -619,7 +619,8 @@ class Execution:
         self.rt.backend.metrics.retried()
         log.warning(
             "job failed; will retry",
-            job_id=retry.id, attempt=retry.attempt, max_attempts=retry.max_attempts,
+            job_id=retry.id, attempt=retry.attempt,
+            max_attempts=self.rt.config.attempts_of(retry.max_attempts),
             retry_in=round(delay, 3), error=stored.message,
         )  # fmt: skip
         try:

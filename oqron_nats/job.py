@@ -88,7 +88,9 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     data: T
     created_at: datetime
     correlation_id: str
-    max_attempts: int
+    max_attempts: int | None = None
+    """Total attempts, when the job or the queue that added it said (``attempts=`` on add, or
+    the adding queue's own ``retries=``); None: the retry policy of the worker that runs it."""
     priority: int = 0
     attempt: int = 0
     run_at: datetime | None = None

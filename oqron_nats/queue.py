@@ -277,7 +277,7 @@ class Queue(Generic[T, S]):
             created_at=now,
             run_at=now + timedelta(seconds=delay) if delay > 0 else None,
             correlation_id=_correlation_id(options.correlation_id),
-            max_attempts=options.attempts or self.config.max_attempts,
+            max_attempts=options.attempts or self.config.stamped_attempts,
             priority=priority,
             tags=list(self.config.tags),
             remove_on_complete=_retention(

@@ -286,3 +286,40 @@ async def test_a_thousand_jobs_in_a_one_hour_backoff_do_not_block_fresh_jobs(
         assert len(completed) == 20
         assert max(completed) - added < 10, "fresh jobs run promptly behind 1,000 backoffs"
         assert await q.count("delayed") == 1000
+
+
+# -- who decides the number of attempts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("publisher_options", "add_options", "worker_max", "runs"),
+    [
+        ({}, {}, 0, 1),  # the worker's policy: one attempt
+        ({}, {}, 2, 3),
+        ({"retries": RetryPolicy(max=3, base_delay=0.05, max_delay=0.05)}, {}, 0, 4),
+        ({}, {"attempts": 2}, 0, 2),  # what the publisher sets explicitly wins
+    ],
+)
+async def test_a_publisher_decides_only_the_attempts_it_sets(
+    client: Client,
+    publisher_options: dict[str, Any],
+    add_options: dict[str, Any],
+    worker_max: int,
+    runs: int,
+) -> None:
+    publisher = queue("attempts", client=client, **publisher_options)
+    job = await publisher.add({"n": 1}, **add_options)
+    expected = runs if publisher_options or add_options else None
+    assert job.max_attempts == expected, "stamped only when the publisher set it"
+    seen: list[tuple[int, int]] = []
+
+    async def always_fails(ctx: Any) -> None:
+        seen.append((ctx.attempt, ctx.max_attempts))
+        raise RuntimeError("no")
+
+    retries = RetryPolicy(max=worker_max, strategy="fixed", base_delay=0.05, max_delay=0.05)
+    worker = queue("attempts", always_fails, client=client, retries=retries)
+    async with worker:
+        done = await wait_for_state(worker, job.id, JobState.FAILED, timeout=15)
+    assert done.attempt == runs
+    assert seen == [(n, runs) for n in range(1, runs + 1)]
