@@ -6,6 +6,7 @@ Durations are accepted as seconds (int or float) or ``timedelta`` and converted 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -439,3 +440,32 @@ def check_priority(priority: object, error: type[Exception]) -> int:
     if not 0 <= priority < PRIORITY_LEVELS:
         raise error(f"priority must be between 0 and {PRIORITY_LEVELS - 1}, not {priority}")
     return priority
+
+
+def check_handler(handler: object) -> None:
+    """ConfigError unless ``handler`` can be called with the job's context and return a
+    result: a function (``async def`` or plain) or callable object taking one argument."""
+    if not callable(handler):
+        raise ConfigError(f"handler must be callable, not {handler!r}")
+    plain = inspect.isfunction(handler) or inspect.ismethod(handler)
+    call: Any = handler if plain else getattr(handler, "__call__", handler)  # noqa: B004
+    if inspect.isasyncgenfunction(call) or inspect.isgeneratorfunction(call):
+        raise ConfigError(
+            f"handler {_name(handler)} is a generator: it must return (or await) its result, "
+            "not yield it"
+        )
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # a builtin without a signature: it is called and seen
+        return
+    try:
+        signature.bind(object())
+    except TypeError:
+        raise ConfigError(
+            f"handler {_name(handler)}{signature} must take one argument, the job's context "
+            "(def handler(ctx): ...)"
+        ) from None
+
+
+def _name(handler: object) -> str:
+    return getattr(handler, "__qualname__", None) or repr(handler)

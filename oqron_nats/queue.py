@@ -46,6 +46,7 @@ from .config import (
     Duration,
     QueueConfig,
     QueueOptions,
+    check_handler,
     check_priority,
     check_retention,
     make_config,
@@ -656,8 +657,8 @@ def queue(
     ``client`` the connection (default: from OQRON_NATS_URL); ``disabled_behavior`` what add()
     does while the queue is paused; ``options`` are QueueOptions.
     """
-    if handler is not None and not callable(handler):
-        raise ConfigError(f"handler must be callable, not {handler!r}")
+    if handler is not None:
+        check_handler(handler)
     return Queue(make_config(name, payload, options, disabled_behavior), handler, client)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -84,3 +85,61 @@ def test_durations_and_option_groups_resolve() -> None:
 def test_bad_option_groups_raise_config_error(make: Any) -> None:
     with pytest.raises(ConfigError):
         make()
+
+
+async def _async_gen(ctx: Any) -> Any:
+    yield 1
+
+
+def _sync_gen(ctx: Any) -> Any:
+    yield 1
+
+
+async def _no_context() -> None:
+    return None
+
+
+def _two(ctx: Any, extra: Any) -> None:
+    return None
+
+
+class _Callable:
+    async def __call__(self, ctx: Any) -> None:
+        return None
+
+
+class _GenCallable:
+    async def __call__(self, ctx: Any) -> Any:
+        yield 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_async_gen, "generator"),
+        (_sync_gen, "generator"),
+        (_GenCallable(), "generator"),
+        (_no_context, "one argument"),
+        (_two, "one argument"),
+        (lambda: None, "one argument"),
+        ("handler", "callable"),
+    ],
+)
+def test_a_handler_that_cannot_take_a_context_or_yields_is_refused_when_defined(
+    bad: Any, message: str
+) -> None:
+    """Caught at definition, not when a job runs (a generator was reported as a result that
+    cannot be encoded as JSON)."""
+    with pytest.raises(ConfigError, match=message):
+        queue("q", bad)
+    with pytest.raises(ConfigError, match=message):
+        worker("q", bad)
+
+
+def test_handlers_of_every_good_kind_are_accepted() -> None:
+    def plain(ctx: Any) -> None:
+        return None
+
+    for good in (handler, plain, _Callable(), lambda ctx: None, functools.partial(_two, extra=1),
+                 print):  # fmt: skip
+        queue("q", good)
