@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from . import retention
 from ._nats import ConsumerSpec, Delivery, JetStreamError, Puller, ensure_consumer, jittered
 from .backend import Backend
-from .background import finish
+from .background import STOP_GRACE, finish
 from .codec import PayloadCodec
 from .config import QueueConfig, seconds
 from .context import JobContext
@@ -422,7 +422,8 @@ class Consumer:
             return
         self._stopping.set()
         self._wake.set()
-        await finish(self._loop_task)  # it may be waiting for an answer NATS does not give
+        # it may be waiting for an answer NATS does not give (none at all while disconnected)
+        await finish(self._loop_task, grace=STOP_GRACE if self.backend.conn.is_connected else 0)
         for puller in self._pullers:  # no open pull may catch the jobs handed back below
             await puller.stop()
         if self._tasks:

@@ -35,7 +35,7 @@ import structlog
 from . import dag
 from ._nats import CasConflict
 from .backend import Backend
-from .background import finish
+from .background import STOP_GRACE, finish
 from .config import OrphanSweep, Reconciliation, seconds
 from .index import entry as index_entry
 from .job import JobState, moved
@@ -265,7 +265,7 @@ class Maintenance:
         """Stop the timers and hand the roles back."""
         self._stopping.set()
         for task in self._tasks:
-            await finish(task)
+            await finish(task, grace=STOP_GRACE if self.backend.conn.is_connected else 0)
         for lease in self._leases.values():
             with contextlib.suppress(Exception):
                 await lease.release()

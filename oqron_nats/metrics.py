@@ -271,7 +271,7 @@ class QueueWatch:
         """Stop refreshing and reporting."""
         self.queue.metrics.watches.discard(self)
         self._stopping.set()
-        await finish(self._task)
+        await finish(self._task, grace=0)  # informational: a read under way is dropped
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

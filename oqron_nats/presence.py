@@ -62,9 +62,9 @@ class Presence:
     async def stop(self) -> None:
         """Stop renewing and delete the key."""
         self._stopped.set()
-        await finish(self._task)
+        await finish(self._task, grace=0)  # informational: a write under way is dropped
         self._task = None
-        if self._revision:
+        if self._revision and self._bucket.conn.is_connected:  # else: it expires on its own
             with contextlib.suppress(Exception):  # it expires anyway (NATS may not answer now)
                 async with asyncio.timeout(FORGET_WAIT):
                     await self._bucket.delete(self.key, last=self._revision, ttl=1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -103,3 +104,27 @@ async def test_counts_wait_out_a_server_that_does_not_answer_for_a_while() -> No
                     await q.count(JobState.WAITING)
             finally:
                 os.kill(server.pid, signal.SIGCONT)
+
+
+async def test_stopping_and_closing_after_the_server_died_is_quiet_and_prompt() -> None:
+    """A worker whose server died stops and closes without an exception (a raw
+    BrokenPipeError came out of close()) and without waiting out its requests."""
+
+    async def handler(ctx) -> None:
+        return None
+
+    server = LocalServer().start()
+    client = Client(server.url, namespace="gone")
+    q = queue("gone", handler, client=client)
+    try:
+        await q.add({"n": 1})
+        await q.start()
+        server.kill()
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await q.stop(1.0)
+        await client.close()
+        assert time.monotonic() - started < 8.0
+        await client.close()  # twice is fine too
+    finally:
+        server.close()

@@ -40,6 +40,8 @@ INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""
 PING_INTERVAL = 2.0
 """Seconds between the client's PINGs: two unanswered, and the connection is given up."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close waits for the drain, then for the close itself."""
 ABANDON_TIMEOUT = 1.0
 """Seconds a failed first connection's close may take."""
 
@@ -336,14 +338,25 @@ class Nats:
         return bool(self.nc.is_connected)
 
     async def close(self) -> None:
-        """Drain subscriptions and pending publishes, then close."""
+        """Drain subscriptions and pending publishes, then close; never raises, and returns
+        within ``CLOSE_TIMEOUT`` (twice at most) even when the server is gone."""
         if self.nc.is_closed:
             return
         self.closing = True
+        if self.nc.is_connected:  # a connection that is down has nothing to drain
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.nc.drain()
+            except Exception:  # a server gone meanwhile: close below
+                log.debug("draining the connection failed; closing it", exc_info=True)
+            if self.nc.is_closed:
+                return
         try:
-            await self.nc.drain()
-        except (nats.errors.Error, TimeoutError, OSError):
-            await self.nc.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.nc.close()
+        except Exception:  # a broken socket: nothing is left to send on it
+            log.debug("closing the connection failed; it is dropped", exc_info=True)
+            _abandon(self.nc)
 
     # -- the one request path ---------------------------------------------------------------
 
