@@ -59,11 +59,16 @@ class PayloadCodec(Generic[T]):
         )
 
     def encode(self, data: object) -> tuple[T, bytes]:
-        """Validate ``data``; return it (typed) with its JSON bytes."""
+        """Validate ``data``; return it as stored (decoded back: typed, or the JSON value of a
+        queue without a payload type) with its JSON bytes.
+
+        What the caller gets back is what ``get_job`` and the handler will see: without a
+        payload type, bytes come back as base64 text, sets and tuples as lists, datetimes as
+        ISO text (JSON cannot carry them as they were); a payload type keeps them typed.
+        """
         raw = encode_value(data, "payload")
         check_size(raw, self.max_size)
-        value: T = self.decode(raw) if self.payload_type is not None else data  # type: ignore[assignment]
-        return value, raw
+        return self.decode(raw), raw
 
     def decode(self, raw: bytes) -> T:
         """Decode stored payload bytes strictly into the payload type."""

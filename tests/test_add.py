@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -58,6 +58,28 @@ async def test_valid_typed_payload_is_stored_and_returned_typed(client: Client) 
     assert stored is not None
     assert stored.data == Email(to="a@example.com", subject="hi")
     assert stored.state == JobState.WAITING
+
+
+async def test_an_untyped_payload_comes_back_as_it_was_stored(client: Client) -> None:
+    """Without a payload type, JSON carries the data: bytes become base64 text, sets and tuples
+    lists, datetimes ISO text. What add() returns is what get_job() and the handler see (it
+    used to return the objects given, while every later read showed the JSON form)."""
+    when = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    data = {"blob": b"\x00\xff", "tags": {"a"}, "pair": (1, 2), "when": when, "n": 1.5}
+    stored_form = {"blob": "AP8=", "tags": ["a"], "pair": [1, 2],
+                   "when": "2026-12-06T12:00:00Z", "n": 1.5}  # fmt: skip
+    seen: list[Any] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        seen.append(ctx.data)
+
+    q = queue("faithful", handler, client=client)
+    job = await q.add(data)
+    assert job.data == stored_form
+    assert (await q.get_job(job.id)).data == stored_form  # type: ignore[union-attr]
+    async with q:
+        await wait_for_state(q, job.id, JobState.COMPLETED)
+    assert seen == [stored_form]
 
 
 async def test_unencodable_payload_is_rejected(client: Client) -> None:
