@@ -68,7 +68,7 @@ class EventBus:
         try:
             await self.conn.publish_core(self.names.event(job.id, name), msgspec.json.encode(event))
         except (Unavailable, OSError) as exc:
-            log.debug("event not published", job_id=job.id, event=name, error=repr(exc))
+            log.debug("event not published", job_id=job.id, name=name, error=repr(exc))
 
     @contextlib.asynccontextmanager
     async def listen(self, subject: str) -> AsyncIterator[asyncio.Queue[Event]]:
