@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
-import structlog
 from nats.aio.msg import Msg
 
 from ._nats import Nats
 from .errors import Unavailable
 from .job import Job, JobFailure, JobState
+from .log import logger
 from .names import Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "removed"})
 
