@@ -2,10 +2,10 @@
 the demo) set up. The library itself never calls this: it logs through the standard library
 (:mod:`oqron_nats.log`), and this is one way for an application to render those lines.
 
-The root logger gets one handler, on stdout, whose structlog ``ProcessorFormatter`` renders every
+The root logger gets one handler, on stderr, whose structlog ``ProcessorFormatter`` renders every
 record the same way: the library's, the application's own structlog lines (structlog is set up
 to hand them to the standard library), and those of nats-py and OpenTelemetry. One line per
-event, JSON when stdout is not a terminal and readable console output when it is, with
+event, JSON when stderr is not a terminal and readable console output when it is, with
 ``trace_id``/``span_id`` of the current span on every line and the job's context (``job_id``,
 ``queue``, ``correlation_id``, ``attempt``) bound by the worker. Secrets are kept out:
 tracebacks never show local variables, and a redaction step masks the values of secret keys
@@ -92,11 +92,11 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Set up the standard library's logging, and structlog on top of it, for a process: every
-    line at ``level`` or above goes to ``stream`` (default: stdout), rendered by the root
-    logger's one handler."""
+    line at ``level`` or above goes to ``stream`` (default: stderr, so stdout stays the
+    program's output), rendered by the root logger's one handler."""
     if level.lower() not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-    out = stream or sys.stdout
+    out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -1,5 +1,5 @@
 """The library logs through the standard library (issue 12, item 2): silent until the
-application configures logging, then at the levels it chose.
+application configures logging, then at the levels it chose; the entry points log on stderr.
 
 Each application runs in a subprocess of its own (``python -c``), as a user's would: logging is
 global, and this test process has pytest's handlers on the root logger.
@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from oqron_nats import Client, JobState, queue
+from oqron_nats.permissions import for_role
 from oqron_nats.server import LocalServer
 
-from .helpers import ROOT
+from .helpers import ROOT, wait_for_state
+from .secured import SecuredServer
 
 APP = """
 import asyncio, logging, os, sys
@@ -181,3 +190,77 @@ assert record.getMessage() == (
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+# -- the entry points: logs on stderr, stdout for the output ------------------------------------
+
+NS = "logs"
+
+
+def _user(name: str, role: str, queues: list[str]) -> str:
+    block = for_role(role, NS, queues).config()  # type: ignore[arg-type]
+    return f"{{user: {name}, password: {name}-pw\n{block}}}\n"
+
+
+@pytest.fixture(scope="module")
+def roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
+    users = _user("admin", "admin", []) + _user("publisher", "publisher", ["orders"])
+    config = f"authorization {{\n  users = [\n{users}  ]\n}}\n"
+    with SecuredServer(config, tmp_path_factory.mktemp("logs")) as running:
+        yield running
+
+
+def oqron(server: SecuredServer, who: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    url = f"nats://{who}:{who}-pw@127.0.0.1:{server.port}"
+    return subprocess.run(
+        [sys.executable, "-m", "oqron_nats", *argv, "--url", url, "--namespace", NS],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_cli_logs_on_stderr_and_keeps_json_output_parseable(roles: SecuredServer) -> None:
+    done = oqron(roles, "admin", "provision", "orders", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"provisioned": ["orders"]}
+
+    # the publisher may not list streams: NATS refuses, the library logs a warning
+    refused = oqron(roles, "publisher", "queues", "--json")
+    assert refused.returncode != 0
+    assert refused.stdout == "", "nothing a script would try to parse"
+    lines = refused.stderr.splitlines()
+    [warning] = [json.loads(line) for line in lines if line.startswith("{")]
+    assert warning["event"] == "nats error" and warning["level"] == "warning"
+    assert "permissions violation" in warning["error"]
+    assert lines[-1].startswith("oqron: "), "and the one line that says why"
+
+    allowed = oqron(roles, "publisher", "jobs", "list", "orders", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout) == []
+
+
+async def test_a_worker_process_logs_on_stderr_only(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    env = {**os.environ, "OQRON_NATS_URL": nats_server.url, "OQRON_NAMESPACE": namespace,
+           "CLI_TEST_QUEUE": "logs-worker", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "oqron_nats", "worker", "tests.cli_worker:plain"],
+            cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            q = queue("logs-worker", client=client)
+            job = await q.add({"n": 1})
+            await wait_for_state(q, job.id, JobState.COMPLETED, timeout=30)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        out.seek(0)
+        err.seek(0)
+        assert out.read() == ""
+        events: list[dict[str, Any]] = [json.loads(line) for line in err]  # stderr: a file
+    said = [e["event"] for e in events]
+    assert {"workers running", "working", "worker stopped"} <= set(said)
