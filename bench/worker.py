@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from oqron_nats import Client, JobContext, worker
+from oqron_nats.logconfig import configure_logging
 
 from .procs import peak_rss_kb
 
@@ -103,16 +101,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def log_like_production() -> None:
-    """JSON lines at INFO, as a deployed worker logs."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-    )
+    """JSON lines at INFO on stderr, as a deployed worker logs (``oqron worker``)."""
+    configure_logging(level="info", fmt="json")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ from .errors import (
     Unavailable,
 )
 from .job import Job
+from .logconfig import configure_logging
 from .names import check_name, check_namespace
 from .permissions import ROLES, for_role
 from .queue import Queue
@@ -151,6 +153,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return asyncio.run(run_demo())
+    _log_to_stderr()
     if args.command == "server":
         return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
     if args.command == "permissions":
@@ -166,6 +169,14 @@ def _permissions(args: argparse.Namespace) -> int:
     block = for_role(args.role, namespace, queues, inbox=args.inbox)
     print(block.config())
     return 0
+
+
+def _log_to_stderr() -> None:
+    """Warnings and errors as log lines on stderr, so that stdout holds only the command's
+    output (``--json`` stays parseable); left alone if the process has set up logging already
+    (``main`` called by an application, or in a test)."""
+    if not logging.getLogger().handlers:
+        configure_logging(level="warning")
 
 
 def _fail(problem: Exception | str, code: int) -> int:

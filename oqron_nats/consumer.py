@@ -24,7 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import structlog
 from nats.aio.msg import Msg
 
 from . import retention
@@ -40,13 +39,14 @@ from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .job import JobState
 from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
+from .log import logger
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
 from .metrics import QueueWatch
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 PULL_EXPIRES = 10.0
 """Seconds a lingering pull request stays open at the server."""

@@ -15,9 +15,8 @@ from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-import structlog
-
 from .errors import InvalidOption
+from .log import logger
 
 T = TypeVar("T")
 
@@ -134,8 +133,9 @@ class JobContext(Generic[T]):
 
     @functools.cached_property
     def logger(self) -> Any:
-        """A structlog logger bound to this job (made on first use)."""
-        return structlog.get_logger("oqron_nats.job").bind(
+        """This job's logger, ``oqron_nats.job`` (structlog's API over the standard library's
+        ``logging``), bound to its id, queue, correlation id and attempt (made on first use)."""
+        return logger("oqron_nats.job").bind(
             job_id=self.id,
             queue=self.queue,
             correlation_id=self.correlation_id,
@@ -158,7 +158,8 @@ class JobContext(Generic[T]):
         return Saved(None)
 
     def log(self, level: str, msg: str, **fields: Any) -> None:
-        """Log through structlog, bound to job_id, queue, correlation_id and attempt."""
+        """Log a line of :attr:`logger`: bound to job_id, queue, correlation_id and attempt, and
+        shown as the application set up logging (by default, warnings and errors only)."""
         if level not in LOG_LEVELS:
             raise InvalidOption(f"log level must be one of {sorted(LOG_LEVELS)}, not {level!r}")
         getattr(self.logger, level)(msg, **fields)

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
-import structlog
 from nats.aio.msg import Msg
 
 from ._nats import Bucket, CasConflict, Nats, jittered
 from .background import finish
+from .log import logger
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 PAUSED_FOREVER = "2999-01-01T00:00:00Z"
 """A consumer's pause_until for a queue paused until someone resumes it."""

@@ -18,15 +18,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from ._nats import Bucket, CasConflict
 from .backend import Backend
 from .errors import InvalidOption, JobNotFound
 from .job import JobFailure, JobState, moved
+from .log import logger
 from .store import RawJob
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 MAX_ANCESTRY = 1000
 """How many ancestors a cycle check walks before it gives up (and refuses the job)."""

@@ -7,17 +7,16 @@ succeeds, and a job that fails for good and lands in the dead-letter stream.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
 import msgspec
-import structlog
 
 from .client import Client
 from .config import DeadLetter, Hooks, RetryPolicy
 from .context import JobContext
 from .job import TERMINAL_STATES, Job, JobFailure
+from .logconfig import configure_logging
 from .queue import queue
 from .server import LocalServer
 
@@ -76,7 +75,7 @@ class Demo:
 
 async def run_demo() -> int:
     """Run the whole demo; returns the process exit code."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    configure_logging(level="critical")  # the story is the output: log lines only if all fails
     demo = Demo()
     with LocalServer() as server:
         demo.say(f"started a local nats-server with JetStream at {server.url}")

@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
-import structlog
 from nats.aio.msg import Msg
 
 from ._nats import Nats
 from .errors import Unavailable
 from .job import Job, JobFailure, JobState
+from .log import logger
 from .names import Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "removed"})
 
@@ -68,7 +68,7 @@ class EventBus:
         try:
             await self.conn.publish_core(self.names.event(job.id, name), msgspec.json.encode(event))
         except (Unavailable, OSError) as exc:
-            log.debug("event not published", job_id=job.id, event=name, error=repr(exc))
+            log.debug("event not published", job_id=job.id, name=name, error=repr(exc))
 
     @contextlib.asynccontextmanager
     async def listen(self, subject: str) -> AsyncIterator[asyncio.Queue[Event]]:

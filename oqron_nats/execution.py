@@ -46,6 +46,7 @@ from .errors import CodecError, EnqueueError, InvalidName, PayloadError
 from .heartbeat import Heartbeat
 from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
 from .lease import Lease
+from .log import logger
 from .names import check_name
 from .progress import ProgressWriter
 from .ratelimit import ClusterRateLimit
@@ -54,7 +55,7 @@ from .retry import retry_delay
 from .store import CorruptRecord, RawJob
 from .tracing import mark_failed
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 MAX_ERROR_MESSAGE = 2000
 MAX_TRACEBACK = 8000

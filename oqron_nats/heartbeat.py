@@ -6,11 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from .lease import LeaseLost
+from .log import logger
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 
 class Heartbeat:

@@ -14,11 +14,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import structlog
-
 from .config import LagMonitor, seconds
+from .log import logger
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 
 class LagWatch:

@@ -1,14 +1,18 @@
-"""Logging for applications: what the worker entry points set up. The library never calls this.
+"""Logging for applications: what the entry points (the worker runner, the ``oqron`` command,
+the demo) set up. The library itself never calls this: it logs through the standard library
+(:mod:`oqron_nats.log`), and this is one way for an application to render those lines.
 
-One line per event, JSON when stdout is not a terminal and readable console output when it is,
-with ``trace_id``/``span_id`` of the current span on every line and the job's context
-(``job_id``, ``queue``, ``correlation_id``, ``attempt``) bound by the worker. Secrets are kept
-out: tracebacks never show local variables, and a redaction step masks the values of secret
-keys (``password``, ``token``, ``secret``, ... and the payload fields a queue marks with
+The root logger gets one handler, on stderr, whose structlog ``ProcessorFormatter`` renders every
+record the same way: the library's, the application's own structlog lines (structlog is set up
+to hand them to the standard library), and those of nats-py and OpenTelemetry. One line per
+event, JSON when stderr is not a terminal and readable console output when it is, with
+``trace_id``/``span_id`` of the current span on every line and the job's context (``job_id``,
+``queue``, ``correlation_id``, ``attempt``) bound by the worker. Secrets are kept out:
+tracebacks never show local variables, and a redaction step masks the values of secret keys
+(``password``, ``token``, ``secret``, ... and the payload fields a queue marks with
 ``secret_fields``), the values of those fields wherever they appear in a line logged while the
-job runs (an exception text, an f-string), strings that look like credentials (bearer
-tokens, JWTs, ``sk-`` keys, nkey seeds), and the userinfo of URLs (``nats://alice:***@host``).
-nats-py and OpenTelemetry log through the standard library: their lines are rendered the same way.
+job runs (an exception text, an f-string), strings that look like credentials (bearer tokens,
+JWTs, ``sk-`` keys, nkey seeds), and the userinfo of URLs (``nats://alice:***@host``).
 """
 
 from __future__ import annotations
@@ -87,10 +91,12 @@ def configure_logging(
     secret_fields: Iterable[str] = (),
     stream: TextIO | None = None,
 ) -> None:
-    """Set up structlog and the standard library's logging for a worker process."""
+    """Set up the standard library's logging, and structlog on top of it, for a process: every
+    line at ``level`` or above goes to ``stream`` (default: stderr, so stdout stays the
+    program's output), rendered by the root logger's one handler."""
     if level.lower() not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-    out = stream or sys.stdout
+    out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -114,10 +120,15 @@ def configure_logging(
             structlog.processors.JSONRenderer(),
         ]
     numeric = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[*shared, *tail],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+    structlog.configure(  # structlog's stdlib setup: the handler below renders its lines too
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)

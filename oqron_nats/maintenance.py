@@ -30,8 +30,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import structlog
-
 from . import dag
 from ._nats import CasConflict
 from .backend import Backend
@@ -40,9 +38,10 @@ from .config import OrphanSweep, Reconciliation, seconds
 from .index import entry as index_entry
 from .job import JobState, moved
 from .lease import Lease, LeaseLost
+from .log import logger
 from .store import RawJob, settled
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,15 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
-import structlog
-
 from . import dag
 from ._nats import CasConflict
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
+from .log import logger
 from .store import RawJob
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 ACTIVE_LIMIT = 100_000
 """At most this many active jobs are listed (to drain, or to stop them when obliterating)."""

@@ -47,7 +47,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.util.types import Attributes
@@ -55,10 +54,11 @@ from opentelemetry.util.types import Attributes
 from ._version import __version__
 from .background import finish
 from .job import JobState
+from .log import logger
 from .store import JobStore
 from .tracing import CONSUMER_GROUP, DESTINATION, ERROR_TYPE, OPERATION_NAME, SYSTEM
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 PROCESS_DURATION = "messaging.process.duration"
 CONSUMED = "messaging.client.consumed.messages"

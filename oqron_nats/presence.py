@@ -16,13 +16,13 @@ import socket
 from datetime import UTC, datetime
 
 import msgspec
-import structlog
 
 from ._nats import Bucket, CasConflict, Nats
 from .background import finish
+from .log import logger
 from .names import Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 INTERVAL = 10.0
 TTL = 3 * INTERVAL

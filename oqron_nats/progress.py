@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import structlog
+from .log import logger
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 Store = Callable[[float, str | None], Awaitable[bool]]
 """Writes one progress value; returns False once the attempt may write no more."""

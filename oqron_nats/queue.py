@@ -32,7 +32,6 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
 import msgspec
-import structlog
 from typing_extensions import TypeVar
 
 from . import dag, management
@@ -79,11 +78,12 @@ from .job import (
     moved,
     with_data,
 )
+from .log import logger
 from .names import check_name
 from .store import CorruptJob, RawJob
 from .tracing import mark_failed
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 T = TypeVar("T", default=Any)
 """The payload type; Any for a queue defined without one."""

@@ -13,14 +13,13 @@ import hashlib
 import time
 from typing import Any
 
-import structlog
-
 from ._nats import JetStreamError, Nats
 from .config import RateLimit, seconds
 from .errors import Unavailable
+from .log import logger
 from .names import Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 RETRY_WHEN_UNREACHABLE = 1.0
 """Seconds a job waits when the counter cannot be reached and the limit fails closed."""

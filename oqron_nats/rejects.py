@@ -18,14 +18,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import msgspec
-import structlog
 
 from ._nats import Delivery, Nats
 from .errors import OqronError
+from .log import logger
 from .metrics import QueueMetrics
 from .names import SCHEDULE_HEADER, SCHEDULE_NEXT_HEADER, SCHEDULER_HEADER, Names
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 SAMPLE_BYTES = 256
 """How much of a rejected message's body its sample keeps."""

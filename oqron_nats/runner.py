@@ -22,16 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-import structlog
-
 from .background import unless_stopped
 from .credentials import TLS, Credentials, add_security_arguments, security_from
 from .errors import ConfigError, ConnectionFailed, OqronError, Unavailable
 from .health import HealthServer
+from .log import logger
 from .logconfig import LEVELS, LogFormat, configure_logging
 from .worker import Worker
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2

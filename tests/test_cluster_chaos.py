@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from .chaos.cluster import ClusterOutcome, run_scenario
 
@@ -29,13 +28,11 @@ FULL = os.environ.get("OQRON_CLUSTER_FULL") == "1"
 def quiet_publisher() -> Iterator[None]:
     """Keep the publisher's debug lines (thousands during an election) out of a failure's
     report; the workers log to their own output files."""
-    configured, saved = structlog.is_configured(), structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    library = logging.getLogger("oqron_nats")
+    saved = library.level
+    library.setLevel(logging.WARNING)
     yield
-    if configured:
-        structlog.configure(**saved)
-    else:
-        structlog.reset_defaults()
+    library.setLevel(saved)
 
 
 async def check(name: str, tmp_path: Path) -> ClusterOutcome:

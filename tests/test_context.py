@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
 
 import msgspec
+import pytest
 from structlog.testing import capture_logs
 
 from oqron_nats import (
@@ -376,7 +378,10 @@ async def test_progress_is_saved_and_visible_while_the_job_runs(client: Client) 
 # -- ctx.log ----------------------------------------------------------------------------------
 
 
-async def test_log_is_bound_to_the_job_and_rejects_bad_levels(client: Client) -> None:
+async def test_log_is_bound_to_the_job_and_rejects_bad_levels(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oqron_nats")  # the standard library's default: WARNING
     bad_levels: list[str] = []
 
     async def handler(ctx: JobContext[Any]) -> None:
@@ -466,8 +471,9 @@ async def test_discard_fails_the_job_at_once_and_skips_the_retries(client: Clien
 
 
 async def test_sync_handler_gets_the_same_ctx_and_its_calls_work_from_the_thread(
-    client: Client,
+    client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="oqron_nats")  # ctx.log's info line
     reported = threading.Event()
     go_on = threading.Event()
     seen: dict[str, Any] = {}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from oqron_nats import Client, JobState, RetryPolicy, queue
+from oqron_nats import Client, JobState, RetryPolicy, Unavailable, queue
 from oqron_nats.events import Event
 from oqron_nats.server import LocalServer
 
@@ -124,3 +127,25 @@ async def test_the_record_keeps_a_timeline_of_its_state_changes(client: Client) 
     assert stamps == sorted(stamps)
     assert done.timeline[0].reason == "added"
     assert "RuntimeError" in (done.timeline[2].reason or "")
+
+
+async def test_an_event_that_cannot_be_published_is_logged_not_raised(
+    client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Announcing is best effort: a failed publish is a debug line. (It raised TypeError: the
+    log call named a field ``event``, structlog's argument for the message.)"""
+    q = queue("event-refused", client=client)
+    job = await q.add({"n": 1})
+    backend = await q._open()
+    record = await backend.store.get(job.id)
+    assert record is not None
+
+    async def refused(*_args: Any, **_kw: Any) -> None:
+        raise Unavailable("connection closed")
+
+    monkeypatch.setattr(backend.store.events.conn, "publish_core", refused)
+    caplog.set_level(logging.DEBUG, logger="oqron_nats")
+    with capture_logs() as logs:
+        await backend.store.events.announce(record.job, "completed")
+    [line] = [e for e in logs if e["event"] == "event not published"]
+    assert line["name"] == "completed" and "connection closed" in line["error"]

@@ -23,18 +23,18 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 import nats.errors
-import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..credentials import TLS, Credentials, conceal
 from ..errors import ConnectionFailed, JetStreamError, PermissionDenied, Unavailable
+from ..log import logger
 from .auth import describe, is_refusal, nats_options
 from .direct import DirectClient, Handler, parse_headers
 from .requests import Requests
 from .retry import TRANSIENT_ERR_CODES, Backoff
 
-log = structlog.get_logger("oqron_nats")
+log = logger(__name__)
 
 INITIAL_ATTEMPTS = 4
 """Connection attempts per server before the first connect gives up."""

@@ -18,13 +18,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, SecureConnWantedError
 
-log = structlog.get_logger("oqron_nats")
+from ..log import logger
+
+log = logger(__name__)
 
 Handler = Callable[[Msg], None]
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

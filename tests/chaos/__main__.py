@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-import structlog
-
 from oqron_nats import __version__
 from oqron_nats.server import find_binary
 
@@ -81,7 +79,7 @@ async def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
     args = parser.parse_args()
     # this process is an application: keep the harness's own client quiet (workers log to files)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("oqron_nats").setLevel(logging.ERROR)
     if args.cluster:
         return await cluster_main(args.names, args.full, args.seed, args.workdir)
     chosen = scenarios(args.full)
