@@ -1,7 +1,9 @@
 """What the admin commands of the CLI read and do, on any queue of a namespace.
 
 Every function takes a connected :class:`Client` and works from what NATS holds, so it sees the
-queues of every service in the cluster, not only those this process defined.
+queues of every service in the cluster, not only those this process defined. A function that
+names a queue acts only on a queue that exists (QueueNotFound otherwise): a queue's streams are
+created by ``provision`` (or its first publisher or worker), never by looking at it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import msgspec
 
 from .client import Client
 from .encryption import Sealer
-from .errors import CorruptRecord, JobNotFound
+from .errors import CorruptRecord, JobNotFound, QueueNotFound
 from .job import Job, JobFailure, JobState
 from .names import Names, check_name
 from .presence import workers_online
@@ -66,7 +68,7 @@ async def queue_names(client: Client) -> list[str]:
 
 async def summary(client: Client, name: str) -> QueueSummary:
     """Counts, pause state, the oldest waiting job's age and the workers online of one queue."""
-    q = admin_queue(client, name)
+    q = admin_queue(client, name)  # listed by queue_names: it exists
     conn, names = await client.connect(), client.names(name)
     states = (JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.FAILED)
     counts = await asyncio.gather(*(q.count(s) for s in (*states, JobState.PAUSED)))
@@ -98,18 +100,19 @@ async def find_job(client: Client, job_id: str) -> tuple[Queue[Any], Job[Any]]:
 
 
 async def list_jobs(
-    client: Client, name: str, status: str | None, limit: int
+    client: Client, name: str, status: str | None, limit: int, offset: int = 0
 ) -> list[Job[Any] | CorruptJob]:
     """The newest jobs of a queue (see Queue.get_jobs), then the listed records that do not
     decode, shown as such."""
-    jobs, corrupt = await admin_queue(client, name)._listing(status, limit, 0)
+    q = await existing_queue(client, name)
+    jobs, corrupt = await q._listing(status, limit, offset)
     return [*jobs, *corrupt]
 
 
 async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter]:
     """The queue's dead letters, oldest first."""
+    names = await existing(client, name)
     conn = await client.connect()
-    names = Names(client.namespace, check_name(name))
     sealer = Sealer(client.codec, client.namespace, name)  # opens the errors it can
     found: list[DeadLetter] = []
     start = 1
@@ -152,12 +155,13 @@ def _dead_letter(queue_name: str, subject: str, data: bytes, sealer: Sealer) -> 
 
 async def rejected(client: Client, name: str) -> list[RejectedSample]:
     """The latest message of each reason that the queue rejected (not one of its jobs)."""
-    return await rejected_samples(await client.connect(), client.names(check_name(name)))
+    names = await existing(client, name)
+    return await rejected_samples(await client.connect(), names)
 
 
 async def replay(client: Client, name: str, job_ids: list[str] | None = None) -> list[str]:
     """Run dead-lettered jobs again (all of the queue's, or ``job_ids``); returns their ids."""
-    q = admin_queue(client, name)
+    q = await existing_queue(client, name)
     ids = job_ids or [d.id for d in await dead_letters(client, name, limit=1_000_000)]
     for job_id in ids:
         await q.retry(job_id)
@@ -170,6 +174,27 @@ async def provision(client: Client, name: str) -> None:
     await client.prepare_queue(client.names(check_name(name)))
 
 
+async def existing(client: Client, name: str) -> Names:
+    """The names of queue ``name``, which must exist: QueueNotFound if its work stream does not
+    (a queue that was never provisioned, or a typo)."""
+    names = client.names(check_name(name))
+    conn = await client.connect()
+    if not await conn.stream_exists(names.stream):
+        raise QueueNotFound(
+            f"no such queue {name!r} in namespace {client.namespace!r} (`oqron queues` lists "
+            f"them; `oqron provision {name}` creates one)"
+        )
+    return names
+
+
+async def existing_queue(client: Client, name: str) -> Queue[Any]:
+    """A publisher-only handle on queue ``name``, which must exist (QueueNotFound otherwise):
+    a Queue creates its streams on first use, and looking must not create a queue."""
+    await existing(client, name)
+    return admin_queue(client, name)
+
+
 def admin_queue(client: Client, name: str) -> Queue[Any]:
-    """A publisher-only handle on queue ``name`` (payloads stay raw JSON values)."""
+    """A publisher-only handle on queue ``name`` (payloads stay raw JSON values); its first use
+    creates the queue's streams if missing, so check first with ``existing_queue``."""
     return queue(check_name(name), client=client)

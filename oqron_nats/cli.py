@@ -1,6 +1,7 @@
 """The ``oqron`` command (also ``python -m oqron_nats``): workers, admin commands, demo, server.
 
-Exit codes: 0 done; 1 the job or queue is not there, or refused the operation (a job in the wrong
+Exit codes: 0 done; 1 the job or queue is not there (a command that names a queue acts only on
+one that exists: ``oqron provision`` creates queues), or refused the operation (a job in the wrong
 state, or JetStream refused the request); 2 bad usage or configuration; 3 NATS cannot be
 connected to (no server, refused credentials, a TLS failure: one line says why) or did not
 answer within the retry deadline (a request is asked again meanwhile, as through a cluster's
@@ -35,6 +36,7 @@ from .errors import (
     JetStreamError,
     JobNotFound,
     OqronError,
+    QueueNotFound,
     ServerVersionError,
     Unavailable,
 )
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (JobNotFound, InvalidState, JetStreamError, CorruptRecord) as exc:
+    except (JobNotFound, QueueNotFound, InvalidState, JetStreamError, CorruptRecord) as exc:
         return _fail(exc, EXIT_REFUSED)
     except (Unavailable, ServerVersionError) as exc:
         return _fail(exc, EXIT_UNREACHABLE)
@@ -256,7 +258,7 @@ def _job_action(name: str) -> Callable[[Client, argparse.Namespace], Awaitable[d
 
 
 async def _queue(client: Client, args: argparse.Namespace) -> dict[str, Any]:
-    q = admin.admin_queue(client, args.name)
+    q = await admin.existing_queue(client, args.name)
     result: dict[str, Any] = {"queue": q.name, "done": args.action}
     if args.action == "pause":
         await q.pause()

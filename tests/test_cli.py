@@ -129,6 +129,8 @@ async def test_queue_pause_resume_drain(
     nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     q = queue("cli-control", client=client)
+    provisioned = await oqron_json(capsys, nats_server, namespace, "provision", "cli-control")
+    assert provisioned == {"provisioned": ["cli-control"]}
     assert await oqron_json(capsys, nats_server, namespace, "queue", "pause", "cli-control")
     assert await q.is_paused()
     await q.add({"n": 1})
@@ -188,6 +190,33 @@ async def test_dlq_list_and_replay(
         await eventually(emptied, what="replayed dead letters to be gone")
     finally:
         await failing.stop()
+
+
+QUEUE_COMMANDS = [
+    ["queue", "pause"], ["queue", "resume"], ["queue", "drain", "--timeout", "5"],
+    ["jobs", "list"], ["dlq", "list"], ["dlq", "replay"], ["dlq", "rejected"],
+]  # fmt: skip
+"""Every admin command that names a queue (the queue's name goes last)."""
+
+
+async def test_a_command_on_a_queue_that_does_not_exist_is_refused_and_creates_nothing(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def streams() -> list[str]:
+        conn = await client.connect()
+        return sorted(await conn.stream_names(subject=f"oqron.{namespace}.>"))
+
+    for provisioned in (False, True):  # an empty namespace, then one with another queue
+        if provisioned:
+            await queue("real", client=client).add({"n": 1})
+        before = await streams()
+        for command in QUEUE_COMMANDS:
+            code, out, err = await oqron(capsys, nats_server, namespace, *command, "nosuchqueue")
+            assert (code, out) == (1, ""), (command, code, out, err)
+            assert "no such queue 'nosuchqueue'" in err, (command, err)
+        assert await streams() == before, "nothing was created"
+        names = [row["name"] for row in await oqron_json(capsys, nats_server, namespace, "queues")]
+        assert names == (["real"] if provisioned else [])
 
 
 async def test_connection_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
