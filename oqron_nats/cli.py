@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ from .errors import (
     ServerVersionError,
     Unavailable,
 )
-from .job import Job
+from .job import Job, JobState
 from .logconfig import configure_logging
 from .names import check_name, check_namespace
 from .permissions import ROLES, for_role
@@ -86,11 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("job_id", metavar="ID")
         _connection_arguments(one)
 
-    queue = commands.add_parser("queue", help="pause, resume or drain a queue")
-    queue.add_argument("action", choices=("pause", "resume", "drain"))
-    queue.add_argument("name")
-    queue.add_argument("--timeout", type=float, help="drain: give up after these seconds")
-    _connection_arguments(queue)
+    queue = commands.add_parser("queue", help="pause, resume, drain or obliterate a queue")
+    queue_commands = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("pause", "pause the queue in the whole cluster (running jobs finish)"),
+        ("resume", "resume it (jobs held while paused are released)"),
+        ("drain", "pause it, then wait until no job is active"),
+        ("obliterate", "remove every job, message, schedule and dead letter of the queue"),
+    ):
+        one = queue_commands.add_parser(action, help=text)
+        one.add_argument("name", metavar="QUEUE")
+        if action == "drain":
+            one.add_argument(
+                "--timeout", type=_seconds, metavar="S",
+                help="give up after S seconds (exit 1; the queue stays paused)",
+            )  # fmt: skip
+        if action == "obliterate":
+            one.add_argument(
+                "--force", action="store_true",
+                help="also while jobs run (their handlers are told to stop); without it, "
+                "nothing is removed while a job is active",
+            )  # fmt: skip
+        _connection_arguments(one)
 
     dlq = commands.add_parser(
         "dlq", help="the dead letters of a queue, and the messages it rejected (not its jobs)"
@@ -126,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="three clustered nodes on free ports instead (try OQRON_REPLICAS=3)",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, more than 0 and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds, and finite")
+    return value
 
 
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,8 +293,23 @@ async def _queue(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         await q.pause()
     elif args.action == "resume":
         result["released"] = await q.resume()
+    elif args.action == "drain":
+        try:
+            await q.drain(args.timeout)
+        except TimeoutError:
+            raise InvalidState(
+                f"queue {q.name!r} still has active jobs after {args.timeout:g} s; it stays "
+                f"paused (`oqron queue resume {q.name}` resumes it)"
+            ) from None
     else:
-        await q.drain(args.timeout)
+        active = await q.count(JobState.ACTIVE)
+        if active and not args.force:  # obliterate() refuses too; this says how from here
+            raise InvalidState(
+                f"queue {q.name!r} has {active} active job(s), so nothing was removed: stop its "
+                f"workers or `oqron queue drain {q.name}` first, or --force (their handlers are "
+                "told to stop)"
+            )
+        result["removed"] = await q.obliterate(force=args.force)
     return result
 
 

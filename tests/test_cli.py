@@ -153,6 +153,65 @@ async def test_queue_pause_resume_drain(
         await consumer.stop()
 
 
+async def test_queue_obliterate_refuses_while_a_job_runs_unless_forced(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = asyncio.Event()
+    stopped: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        running.set()
+        stopped.append(await ctx.signal)
+
+    busy = worker("cli-doomed", handler, client=client, concurrency=1, shutdown_timeout=0.5)
+    await busy.start()
+    try:
+        active = await busy.queue.add({"n": 0})
+        await asyncio.wait_for(running.wait(), 10)
+        queued = [await busy.queue.add({"n": n}) for n in range(1, 3)]
+
+        # (the worker in this process logs to stdout meanwhile: only the exit code and stderr)
+        code, _, err = await oqron(
+            capsys, nats_server, namespace, "queue", "drain", "cli-doomed", "--timeout", "0.3"
+        )
+        assert code == 1 and "still has active jobs after 0.3 s" in err
+        assert await busy.queue.is_paused(), "a drain that timed out leaves the queue paused"
+
+        code, _, err = await oqron(
+            capsys, nats_server, namespace, "queue", "obliterate", "cli-doomed"
+        )
+        assert code == 1
+        assert "1 active job(s), so nothing was removed" in err and "--force" in err
+        for job in (active, *queued):
+            assert await busy.queue.get_job(job.id) is not None, "nothing removed"
+        assert await busy.queue.count() == 3
+
+        gone = await oqron_json(
+            capsys, nats_server, namespace, "queue", "obliterate", "cli-doomed", "--force"
+        )
+        assert gone == {"queue": "cli-doomed", "done": "obliterate", "removed": 3}
+        for job in (active, *queued):
+            assert await busy.queue.get_job(job.id) is None
+        await eventually(lambda: _told(stopped), what="the running handler to be told to stop")
+    finally:
+        await busy.stop()
+    assert await busy.queue.is_paused(), "obliterate keeps the pause it found"
+
+
+async def _told(stopped: list[str]) -> bool:
+    return stopped == ["cancelled"]
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_drain_timeout_must_be_a_positive_number_of_seconds(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["queue", "drain", "q", "--timeout", timeout])
+    assert usage.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
 async def test_dlq_list_and_replay(
     nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,6 +253,7 @@ async def test_dlq_list_and_replay(
 
 QUEUE_COMMANDS = [
     ["queue", "pause"], ["queue", "resume"], ["queue", "drain", "--timeout", "5"],
+    ["queue", "obliterate"], ["queue", "obliterate", "--force"],
     ["jobs", "list"], ["dlq", "list"], ["dlq", "replay"], ["dlq", "rejected"],
 ]  # fmt: skip
 """Every admin command that names a queue (the queue's name goes last)."""
