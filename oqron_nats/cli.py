@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = jobs_commands.add_parser("list", help="the most recent jobs of a queue")
     listing.add_argument("queue")
     listing.add_argument("--status", help="only jobs in this state (waiting, active, failed, ...)")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=_limit, default=20, help="at most this many (20)")
+    listing.add_argument("--offset", type=_offset, default=0,
+                         help="skip this many of the most recent first (0)")  # fmt: skip
     _connection_arguments(listing)
     for action, text in (
         ("show", "one job's record"),
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dlq.add_argument("action", choices=("list", "replay", "rejected"))
     dlq.add_argument("queue")
-    dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
+    dlq.add_argument("--limit", type=_limit, default=100, help="list: at most this many (100)")
     dlq.add_argument("--id", dest="ids", action="append", help="replay: only this job (repeat)")
     _connection_arguments(dlq)
 
@@ -144,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="three clustered nodes on free ports instead (try OQRON_REPLICAS=3)",
     )
     return parser
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+    return value
+
+
+def _limit(text: str) -> int:
+    """An argparse type: how many at most (1 or more); every --limit takes it."""
+    return _whole_number(text, 1)
+
+
+def _offset(text: str) -> int:
+    """An argparse type: how many to skip (0 or more); every --offset takes it."""
+    return _whole_number(text, 0)
 
 
 def _seconds(text: str) -> float:
@@ -267,7 +289,7 @@ async def _queues(client: Client, _args: argparse.Namespace) -> list[admin.Queue
 
 
 async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:
-    return await admin.list_jobs(client, args.queue, args.status, args.limit)
+    return await admin.list_jobs(client, args.queue, args.status, args.limit, args.offset)
 
 
 async def _jobs_show(client: Client, args: argparse.Namespace) -> Any:

@@ -125,6 +125,45 @@ async def test_jobs_list_show_and_actions(
     assert code == 2 and "job id" in err
 
 
+async def test_jobs_list_pages_with_limit_and_offset(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    q = queue("cli-pages", client=client)
+    jobs = [await q.add({"n": n}) for n in range(4)]
+    newest_first = [job.id for job in reversed(jobs)]
+
+    async def page(*argv: str) -> list[str]:
+        rows = await oqron_json(capsys, nats_server, namespace, "jobs", "list", "cli-pages", *argv)
+        return [row["id"] for row in rows]
+
+    assert await page() == newest_first
+    assert await page("--limit", "2") == newest_first[:2]
+    assert await page("--offset", "1", "--limit", "2") == newest_first[1:3]
+    assert await page("--offset", "3") == newest_first[3:]
+    assert await page("--offset", "4") == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "says"),
+    [
+        (["dlq", "list", "q", "--limit", "-5"], "--limit", "must be 1 or more, not -5"),
+        (["dlq", "list", "q", "--limit", "0"], "--limit", "must be 1 or more, not 0"),
+        (["dlq", "list", "q", "--limit", "ten"], "--limit", "'ten' is not a whole number"),
+        (["jobs", "list", "q", "--limit", "-1"], "--limit", "must be 1 or more, not -1"),
+        (["jobs", "list", "q", "--limit", "2.5"], "--limit", "'2.5' is not a whole number"),
+        (["jobs", "list", "q", "--offset", "-1"], "--offset", "must be 0 or more, not -1"),
+        (["jobs", "list", "q", "--offset", "x"], "--offset", "'x' is not a whole number"),
+    ],
+)
+def test_every_limit_and_offset_is_checked_the_same_way(
+    argv: list[str], flag: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(argv)  # refused before connecting to anything
+    assert usage.value.code == 2
+    assert f"argument {flag}: {says}" in capsys.readouterr().err
+
+
 async def test_queue_pause_resume_drain(
     nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
