@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -249,6 +250,91 @@ def test_drain_timeout_must_be_a_positive_number_of_seconds(
         main(["queue", "drain", "q", "--timeout", timeout])
     assert usage.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+async def test_without_json_every_command_answers_in_sentences(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def said(*argv: str) -> str:
+        code, out, err = await oqron(capsys, nats_server, namespace, *argv)
+        assert code == 0, err
+        # the last line: the library may log on stdout too (until logging is configured apart)
+        answer = out.splitlines()[-1]
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(answer)  # for people; --json is for scripts
+        return answer
+
+    assert await said("provision", "cli-plain") == (
+        "provisioned (its streams and buckets exist): cli-plain"
+    )
+    q = queue("cli-plain", client=client)
+    assert await said("queue", "pause", "cli-plain") == (
+        "queue cli-plain paused: running jobs finish, no job starts until it is resumed"
+    )
+    held = await q.add({"n": 1})
+    assert await said("queue", "resume", "cli-plain") == (
+        "queue cli-plain resumed; 1 held job released"
+    )
+    delayed = await q.add({"n": 2}, delay=3600)
+    assert await said("jobs", "promote", delayed.id) == (
+        f"job {delayed.id} of queue cli-plain promoted: it runs now"
+    )
+    assert await said("jobs", "cancel", held.id) == f"job {held.id} of queue cli-plain cancelled"
+    assert await said("jobs", "retry", held.id) == (
+        f"job {held.id} of queue cli-plain will run again"
+    )
+    assert await said("dlq", "replay", "cli-plain") == (
+        "queue cli-plain has no dead letters to replay"
+    )
+    assert await said("queue", "drain", "cli-plain") == (
+        "queue cli-plain drained: it is paused and no job is active"
+    )
+    assert await said("queue", "obliterate", "cli-plain") == (
+        "queue cli-plain obliterated: 2 jobs removed"
+    )
+
+
+async def test_jobs_show_lists_the_important_fields_the_error_and_the_timeline(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
+        await ctx.progress(40, "halfway")
+        raise RuntimeError(f"broken input {ctx.data['n']}")
+
+    failing = worker("cli-show", handler, client=client, retries=RetryPolicy(max=0))
+    await failing.start()
+    try:
+        job = await failing.queue.add({"n": 7}, correlation_id="req-show-1")
+        await wait_for_state(failing.queue, job.id, JobState.FAILED)
+    finally:
+        await failing.stop()
+    capsys.readouterr()  # what the worker logged meanwhile
+
+    code, out, err = await oqron(capsys, nats_server, namespace, "jobs", "show", job.id)
+    assert code == 0, err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+    fields = dict(re.findall(r"^(\w[\w ]*?)  +(.*)$", out, re.M))
+    assert fields["job"] == job.id
+    assert fields["queue"] == "cli-show"
+    assert fields["state"] == "failed"
+    assert re.fullmatch(r"1 of \d+", fields["attempt"])
+    assert fields["progress"] == "40% halfway"
+    assert fields["correlation id"] == "req-show-1"
+    assert fields["data"] == '{"n":7}'
+    assert fields["error"] == "RuntimeError: broken input 7"
+    assert "Traceback" in out and "in handler" in out, "the stored traceback, indented"
+    timeline = re.findall(r"^(?:timeline)? +[-\d]+ [:.\d]+ UTC  (\S+) +(.*)$", out, re.M)
+    assert [state for state, _ in timeline] == ["waiting", "active", "failed"], out
+    assert timeline[0][1] == "added" and timeline[2][1] == "RuntimeError"
+    assert out.splitlines()[-3].startswith("timeline  ")
+    width = out.index(job.id)
+    assert all(line[width - 2 : width] == "  " for line in out.splitlines()), "aligned"
+
+    shown = await oqron_json(capsys, nats_server, namespace, "jobs", "show", job.id)
+    assert (shown["id"], shown["state"], shown["error"]["message"]) == (
+        job.id, "failed", "broken input 7",
+    )  # fmt: skip
 
 
 async def test_dlq_list_and_replay(
