@@ -35,6 +35,8 @@ class QueueSummary(msgspec.Struct, kw_only=True):
     waiting: int
     active: int
     delayed: int
+    completed: int
+    """Completed jobs still kept (see retention: a day by default)."""
     failed: int
     paused_jobs: int
     """Jobs added while the queue was paused (held until resume)."""
@@ -70,8 +72,11 @@ async def summary(client: Client, name: str) -> QueueSummary:
     """Counts, pause state, the oldest waiting job's age and the workers online of one queue."""
     q = admin_queue(client, name)  # listed by queue_names: it exists
     conn, names = await client.connect(), client.names(name)
-    states = (JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.FAILED)
-    counts = await asyncio.gather(*(q.count(s) for s in (*states, JobState.PAUSED)))
+    states = (
+        JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.COMPLETED, JobState.FAILED,
+        JobState.PAUSED,
+    )  # fmt: skip
+    counts = await asyncio.gather(*(q.count(s) for s in states))
     oldest = await q.oldest_waiting()
     age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
     return QueueSummary(
@@ -79,8 +84,9 @@ async def summary(client: Client, name: str) -> QueueSummary:
         waiting=counts[0],
         active=counts[1],
         delayed=counts[2],
-        failed=counts[3],
-        paused_jobs=counts[4],
+        completed=counts[3],
+        failed=counts[4],
+        paused_jobs=counts[5],
         paused=await q.is_paused(),
         oldest_waiting_seconds=round(age, 3) if age is not None else None,
         workers=await workers_online(conn, names),

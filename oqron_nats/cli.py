@@ -370,10 +370,10 @@ def _text(args: argparse.Namespace, result: Any) -> str:
 
 
 def _queues_table(summaries: list[admin.QueueSummary]) -> str:
-    header = ("QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS",
-              "REJECTED")  # fmt: skip
+    header = ("QUEUE", "WAITING", "ACTIVE", "DELAYED", "COMPLETED", "FAILED", "PAUSED", "OLDEST",
+              "WORKERS", "REJECTED")  # fmt: skip
     rows = [
-        (s.name, s.waiting, s.active, s.delayed, s.failed,
+        (s.name, s.waiting, s.active, s.delayed, s.completed, s.failed,
          f"yes ({s.paused_jobs} held)" if s.paused else "no",
          "-" if s.oldest_waiting_seconds is None else f"{s.oldest_waiting_seconds:.1f}s",
          s.workers, s.rejected)
@@ -383,13 +383,14 @@ def _queues_table(summaries: list[admin.QueueSummary]) -> str:
 
 
 def _jobs_table(jobs: list[Any]) -> str:
-    header = ("ID", "STATE", "ATTEMPT", "CREATED", "CORRELATION ID")
+    header = ("ID", "STATE", "ATTEMPT", "PROGRESS", "CREATED", "CORRELATION ID")
     rows = [
-        (j.id, j.state, j.attempt, f"{j.created_at:%Y-%m-%d %H:%M:%S}", j.correlation_id)
+        (j.id, j.state, j.attempt, _progress(j)[:30] or "-", f"{j.created_at:%Y-%m-%d %H:%M:%S}",
+         j.correlation_id)
         if isinstance(j, Job)
-        else (j.id, "CORRUPT", "-", "-", f"{j.size} bytes: {j.error}"[:80])
+        else (j.id, "CORRUPT", "-", "-", "-", f"{j.size} bytes: {j.error}"[:80])
         for j in jobs
-    ]
+    ]  # fmt: skip
     return _table(header, rows) if rows else "no jobs"
 
 
@@ -450,6 +451,9 @@ def _attempts(job: Job[Any]) -> str:
 
 
 def _progress(job: Job[Any]) -> str:
+    """What the handler last reported ("" if it reported nothing)."""
+    if not job.progress and not job.progress_label:
+        return ""
     label = f" {job.progress_label}" if job.progress_label else ""
     return f"{job.progress:g}%{label}"
 

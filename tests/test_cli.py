@@ -65,7 +65,8 @@ async def test_queues_shows_counts_pause_oldest_job_and_workers(
         by_name = {row["name"]: row for row in rows}
         assert set(by_name) == {"cli-idle", "cli-busy"}
         assert by_name["cli-idle"] | {"oldest_waiting_seconds": None} == {
-            "name": "cli-idle", "waiting": 3, "active": 0, "delayed": 1, "failed": 0,
+            "name": "cli-idle", "waiting": 3, "active": 0, "delayed": 1, "completed": 0,
+            "failed": 0,
             "paused_jobs": 1, "paused": True, "oldest_waiting_seconds": None, "workers": 0,
             "rejected": 0,
         }  # fmt: skip
@@ -78,14 +79,61 @@ async def test_queues_shows_counts_pause_oldest_job_and_workers(
         assert code == 0
         header, *lines = out.splitlines()
         assert header.split() == [
-            "QUEUE", "WAITING", "ACTIVE", "DELAYED", "FAILED", "PAUSED", "OLDEST", "WORKERS",
-            "REJECTED",
+            "QUEUE", "WAITING", "ACTIVE", "DELAYED", "COMPLETED", "FAILED", "PAUSED", "OLDEST",
+            "WORKERS", "REJECTED",
         ]  # fmt: skip
         assert any(line.startswith("cli-idle") and "yes (1 held)" in line for line in lines)
     finally:
         await busy.stop()
     rows = await oqron_json(capsys, nats_server, namespace, "queues")
     assert {row["name"]: row["workers"] for row in rows}["cli-busy"] == 0, "presence removed"
+
+
+async def test_queues_count_completed_jobs_and_jobs_list_shows_progress(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(ctx: JobContext[Any]) -> str:
+        if ctx.data["n"] == "slow":
+            await ctx.progress(30, "encoding")
+            await release.wait()
+        return "done"
+
+    busy = worker("cli-progress", handler, client=client, concurrency=2, shutdown_timeout=0.5)
+    await busy.start()
+    try:
+        done = [await busy.queue.add({"n": n}) for n in range(2)]
+        for job in done:
+            await wait_for_state(busy.queue, job.id, JobState.COMPLETED)
+        slow = await busy.queue.add({"n": "slow"})
+
+        async def in_progress() -> bool:
+            job = await busy.queue.get_job(slow.id)
+            return job is not None and job.progress == 30
+
+        await eventually(in_progress, what="the slow job to report progress")
+        [row] = await oqron_json(capsys, nats_server, namespace, "queues")
+        assert (row["completed"], row["active"]) == (2, 1)
+        code, out, _ = await oqron(capsys, nats_server, namespace, "queues")
+        assert code == 0
+        header, line = (x.split() for x in out.splitlines()[-2:])
+        assert header[:5] == ["QUEUE", "WAITING", "ACTIVE", "DELAYED", "COMPLETED"]
+        assert line[:5] == ["cli-progress", "0", "1", "0", "2"]
+
+        code, out, _ = await oqron(capsys, nats_server, namespace, "jobs", "list", "cli-progress")
+        assert code == 0
+        table = out.splitlines()[-4:]  # the header and three jobs
+        assert table[0].split()[:4] == ["ID", "STATE", "ATTEMPT", "PROGRESS"]
+        column = table[0].index("PROGRESS")
+        rows = {line.split()[0]: line for line in table[1:]}
+        assert rows[slow.id][column:].startswith("30% encoding ")
+        for job in done:
+            assert rows[job.id].split()[1] == "completed"
+            assert rows[job.id][column:].split()[0] == "-", "its handler reported no progress"
+    finally:
+        release.set()
+        await busy.stop()
 
 
 async def test_jobs_list_show_and_actions(
