@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import itertools
 import logging
 import math
 import os
@@ -53,6 +55,8 @@ from .server import LocalServer, ServerError
 from .worker import Worker
 
 EXIT_REFUSED = 1
+WATCH_INTERVAL = 1.0
+"""Seconds between two redraws of ``oqron queues --watch``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(worker)
 
     queues = commands.add_parser("queues", help="every queue: counts, oldest job, workers")
+    queues.add_argument("--watch", action="store_true",
+                        help="redraw every second until Ctrl-C or SIGTERM (with --json: one "
+                        "line per refresh)")  # fmt: skip
+    queues.add_argument("--interval", type=_seconds, metavar="S",
+                        help=f"--watch: seconds between redraws ({WATCH_INTERVAL:g})")  # fmt: skip
+    queues.add_argument("--count", type=_limit, metavar="N", help="--watch: stop after N redraws")
     _connection_arguments(queues)
 
     jobs = commands.add_parser("jobs", help="list, show, retry, cancel or promote jobs")
@@ -189,7 +199,10 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "queues" and not args.watch and (args.interval or args.count):
+        parser.error("--interval and --count go with --watch")
     try:
         return _dispatch(args)
     except (JobNotFound, QueueNotFound, InvalidState, JetStreamError, CorruptRecord) as exc:
@@ -276,6 +289,9 @@ async def _admin(args: argparse.Namespace) -> int:
     credentials, tls = security_from(args)
     connection = Client(args.url, namespace=args.namespace, credentials=credentials, tls=tls)
     async with connection as client:
+        if args.command == "queues" and args.watch:
+            await _watch(client, args)
+            return 0
         command = _ADMIN[args.command if args.command != "jobs" else f"jobs {args.action}"]
         result = await command(client, args)
     if args.json:
@@ -287,6 +303,49 @@ async def _admin(args: argparse.Namespace) -> int:
 
 async def _queues(client: Client, _args: argparse.Namespace) -> list[admin.QueueSummary]:
     return [await admin.summary(client, name) for name in await admin.queue_names(client)]
+
+
+async def _watch(client: Client, args: argparse.Namespace) -> None:
+    """``oqron queues --watch``: a fresh summary every interval until Ctrl-C or SIGTERM (or
+    ``--count`` redraws); a redraw that is slow to answer is cut short by the signal too."""
+    interval: float = args.interval or WATCH_INTERVAL
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            task.cancel()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread: --count ends
+            loop.add_signal_handler(sig, stop)
+            handled.append(sig)
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""  # a terminal: redraw in place
+    try:
+        for shown in itertools.count(1):
+            started = loop.time()
+            summaries = await _queues(client, args)
+            if args.json:
+                print(msgspec.json.encode(summaries).decode(), flush=True)
+            else:
+                heading = (f"{datetime.now():%H:%M:%S}  namespace {client.namespace}, every "
+                           f"{interval:g}s (Ctrl-C stops)")  # fmt: skip
+                print(f"{clear}{heading}\n\n{_queues_table(summaries)}\n", flush=True)
+            if args.count is not None and shown >= args.count:
+                return
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        task.uncancel()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, qu
 from oqron_nats.cli import main
 from oqron_nats.server import LocalServer, find_binary
 
-from .helpers import eventually, wait_for_state
+from .helpers import ROOT, eventually, wait_for_state
 
 
 async def oqron(
@@ -134,6 +135,80 @@ async def test_queues_count_completed_jobs_and_jobs_list_shows_progress(
     finally:
         release.set()
         await busy.stop()
+
+
+async def test_queues_watch_redraws_until_its_count(
+    nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await queue("cli-watch", client=client).add({"n": 0})
+    started = time.monotonic()
+    code, out, err = await oqron(
+        capsys, nats_server, namespace, "queues", "--watch", "--count", "3", "--interval", "0.1",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert [[row["name"] for row in frame] for frame in frames] == [["cli-watch"]] * 3
+    assert time.monotonic() - started >= 0.2, "it waited the interval between redraws"
+
+    code, out, err = await oqron(
+        capsys, nats_server, namespace, "queues", "--watch", "--count", "2", "--interval", "0.1"
+    )
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("QUEUE")] == [
+        "QUEUE", "QUEUE"
+    ]  # fmt: skip
+    assert len([line for line in out.splitlines() if line.startswith("cli-watch ")]) == 2
+    assert "every 0.1s (Ctrl-C stops)" in out
+
+    for argv in (["--count", "2"], ["--interval", "2"]):
+        with pytest.raises(SystemExit) as usage:
+            main(["queues", *argv])
+        assert usage.value.code == 2
+        assert "go with --watch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sig", "as_json"), [(signal.SIGTERM, True), (signal.SIGINT, False)])
+async def test_queues_watch_shows_changes_and_stops_on_ctrl_c_or_sigterm(
+    nats_server: LocalServer, client: Client, namespace: str, sig: signal.Signals, as_json: bool
+) -> None:
+    q = queue("cli-watch", client=client)
+    await q.add({"n": 0})
+    argv = [sys.executable, "-m", "oqron_nats", "queues", "--watch", "--interval", "0.2",
+            "--url", nats_server.url, "--namespace", namespace]  # fmt: skip
+    watching = await asyncio.create_subprocess_exec(
+        *argv, *(["--json"] if as_json else []), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert watching.stdout is not None
+
+    async def until_waiting(count: int) -> None:
+        """Read redraws until one shows ``count`` waiting jobs."""
+        while True:
+            line = (await asyncio.wait_for(watching.stdout.readline(), 10)).decode()
+            assert line, "the watch ended early"
+            if as_json:
+                [row] = json.loads(line)
+                waiting = row["waiting"]
+            elif line.startswith("cli-watch "):
+                waiting = int(line.split()[1])
+            else:
+                continue
+            if waiting == count:
+                return
+
+    try:
+        await until_waiting(1)
+        await q.add({"n": 1})
+        await until_waiting(2)  # each redraw reads NATS again
+        watching.send_signal(sig)
+        _, err = await asyncio.wait_for(watching.communicate(), 10)
+        assert watching.returncode == 0, err
+        assert err == b""
+    finally:
+        if watching.returncode is None:
+            watching.kill()
+            await watching.wait()
 
 
 async def test_jobs_list_show_and_actions(
