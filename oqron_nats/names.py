@@ -16,10 +16,14 @@ Layout for namespace ``ns`` and queue ``q``::
     stream  OQRON_<ns>_RATE      rate-limit counters, oqron.<ns>.rate.<q>.<group>.<window>
     stream  OQRON_<ns>_X<c>_<q>  the index of the jobs in one state (c: a letter per state),
                                  subject oqron.<ns>.ix.<q>.<state>.<job_id>, one per job
-    bucket  oqron_<ns>_jobs      job records, key <q>.<job_id>
+    bucket  oqron_<ns>_jobs_<q>  the queue's job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
     bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
     bucket  oqron_<ns>_deps      flow edges, key <q>.<parent_id>.<child_id>
+
+``resources()`` lists them for people: the README's "What is in NATS" table is
+``markdown_table()`` (``python -c 'from oqron_nats.names import markdown_table as t; print(t())'``
+prints it), and tests/test_readme.py compares the two.
 
 Names are validated before they reach a subject or key: a ``.``, ``*``, ``>`` or space would
 change what a subject matches. Namespaces may not contain ``_`` so that stream and bucket names
@@ -86,9 +90,20 @@ class Names:
         """The queue's WorkQueue stream."""
         return f"OQRON_{self.namespace}_Q_{self.queue}"
 
+    @classmethod
+    def placeholders(cls) -> Names:
+        """The names of queue ``<q>`` in namespace ``<ns>``: not valid names, for documentation
+        (see ``resources``)."""
+        names = cls.__new__(cls)
+        names.namespace, names.queue = "<ns>", "<q>"
+        return names
+
     def index_stream(self, state: str) -> str:
         """The stream indexing the queue's jobs in ``state`` (a JobState value)."""
-        return f"OQRON_{self.namespace}_X{STATE_CODES[state]}_{self.queue}"
+        return self._index_stream(STATE_CODES[state])
+
+    def _index_stream(self, code: str) -> str:
+        return f"OQRON_{self.namespace}_X{code}_{self.queue}"
 
     def index_entry(self, state: str, job_id: str) -> str:
         """The subject of a job's entry in the index of ``state``."""
@@ -273,3 +288,74 @@ class Names:
     def keys(self) -> str:
         """A KV key filter over every job of the queue."""
         return f"{self.queue}.*"
+
+
+def resources() -> list[tuple[str, str]]:
+    """What oqron_nats keeps in NATS for a queue ``<q>`` of namespace ``<ns>``, for people: rows
+    of (what, where), every name built by the methods above."""
+    from .presence import ROLE, TTL  # presence imports this module
+
+    n, job = Names.placeholders(), "<id>"
+    codes = ", ".join(f"{code} {state}" for state, code in STATE_CODES.items())
+    top = PRIORITY_LEVELS - 1
+    return [
+        (
+            "work-queue stream of the queue",
+            f"`{n.stream}`: lanes `{n.lane(0, job)}`..`{n.lane(top, job)}`, schedules "
+            f"`{n.schedule(job)}`, lifo run lane `{n.run(job)}`, jobs held while paused "
+            f"`{n.held(job)}` (the job id ends every subject, so `nats stream view` shows which "
+            "jobs are queued)",
+        ),
+        ("consumers", f"on the queue's stream: `fifo`, or `p0`..`p{top}` (priority), or `lifo`"),
+        (
+            "state index (counts, `oqron jobs list`)",
+            f"{len(STATE_CODES)} streams per queue, `{n._index_stream('<c>')}` for each state "
+            f"(`<c>`: {codes}); subject `{n.index_entry('<state>', job)}`, one per job",
+        ),
+        (
+            "job records",
+            f"KV bucket `{n.jobs_bucket}` (one per queue), key `{n.key(job)}` (JSON: `nats kv "
+            f"get {n.jobs_bucket} {n.key(job)}`); oqron_nats 0.1.0 kept them in "
+            f"`{n.shared_jobs_bucket}` (a queue with records left there is refused at start: "
+            "drain it with 0.1.0 before upgrading)",
+        ),
+        (
+            "leases",
+            f"KV bucket `{n.locks_bucket}` (one per namespace), key `{n.key(job)}` per running "
+            f"job, per-key TTL; `{n.role_key('<role>')}` while a worker leads a maintenance pass "
+            "(stall-scanner, orphan-sweep, ...)",
+        ),
+        (
+            "queue state, workers online",
+            f"KV bucket `{n.queues_bucket}` (one per namespace): key `{n.queue}` (paused or "
+            f"not), keys `{n.queue}.{ROLE}.<host>-<pid>` (one per consuming process, TTL "
+            f"{TTL:g} s)",
+        ),
+        (
+            "flow edges (`depends_on`)",
+            f"KV bucket `{n.deps_bucket}` (one per namespace), key "
+            f"`{n.edge('<parent_id>', '<child_id>')}`",
+        ),
+        (
+            "dead letters",
+            f"stream `{n.dlq_stream}` (one per namespace), subject `{n.dead_letter(job)}` (one "
+            f"per job); the latest message rejected for each reason at `{n.rejected('<reason>')}`",
+        ),
+        (
+            "rate-limit counters",
+            f"stream `{n.rate_stream}` (one per namespace), subjects `{n.rate_of_queue}` (a "
+            f"counter per group and window) and `{n.rejections}` (messages rejected)",
+        ),
+        (
+            "core NATS, not stored",
+            f"events `{n.event(job, '<event>')}`, commands to the workers "
+            f"`{n.control('<command>', job)}` (cancel), wake-ups of lifo workers `{n.bell}`",
+        ),
+    ]
+
+
+def markdown_table() -> str:
+    """``resources()`` as the markdown table of the README's "What is in NATS"."""
+    lines = ["| what | name |", "| --- | --- |"]
+    lines += [f"| {what} | {where} |" for what, where in resources()]
+    return "\n".join(lines)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+from oqron_nats import Client
+from oqron_nats.names import STATE_CODES, markdown_table
 from oqron_nats.server import LocalServer
 
 from .helpers import ROOT
@@ -24,3 +26,29 @@ def test_the_fifteen_line_example_runs(nats_server: LocalServer, namespace: str)
     assert done.returncode == 0, done.stderr
     assert "state=<JobState.COMPLETED: 'completed'>" in done.stdout
     assert "'message_id': 'ses-welcome-1'" in done.stdout
+
+
+def test_the_what_is_in_nats_table_is_the_one_generated_from_names() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## What is in NATS\n") :]
+    section = section[: section.index("\n## ", 1)]
+    assert markdown_table() in section, (
+        "the README's table differs from the names the code builds: paste the output of "
+        "python -c 'from oqron_nats.names import markdown_table as t; print(t())'"
+    )
+
+
+async def test_the_table_names_every_stream_and_bucket_of_a_queue(
+    client: Client, namespace: str
+) -> None:
+    await client.prepare_queue(client.names("orders"))  # what `oqron provision orders` does
+    conn = await client.connect()
+    found = {name for name in await conn.stream_names(subject=">") if f"_{namespace}_" in name}
+    written = set(re.findall(r"`([^`]+)`", markdown_table()))
+    for placeholder in list(written):  # the index streams, one per state
+        if "X<c>" in placeholder:
+            written |= {placeholder.replace("<c>", code) for code in STATE_CODES.values()}
+    named = {n.replace("<ns>", namespace).replace("<q>", "orders") for n in written}
+    named |= {f"KV_{n}" for n in named}  # a KV bucket is a stream named KV_<bucket>
+    assert len(found) == 9 + 1 + 1 + 3 + 2, found  # index, work, records, shared buckets, DLQ, RATE
+    assert found <= named, f"not in the table: {sorted(found - named)}"
