@@ -59,6 +59,7 @@ from .events import Event
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
 from .prometheus import serve_prometheus
 from .queue import Queue, Skipped, queue
+from .runner import run_main
 from .worker import Worker, worker
 
 __all__ = [
@@ -116,6 +117,7 @@ __all__ = [
     "Worker",
     "__version__",
     "queue",
+    "run_main",
     "serve_prometheus",
     "worker",
 ]

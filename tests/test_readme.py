@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import oqron_nats
 from oqron_nats import Client
 from oqron_nats.names import STATE_CODES, markdown_table
 from oqron_nats.server import LocalServer
@@ -52,3 +53,22 @@ async def test_the_table_names_every_stream_and_bucket_of_a_queue(
     named |= {f"KV_{n}" for n in named}  # a KV bucket is a stream named KV_<bucket>
     assert len(found) == 9 + 1 + 1 + 3 + 2, found  # index, work, records, shared buckets, DLQ, RATE
     assert found <= named, f"not in the table: {sorted(found - named)}"
+
+
+def test_the_readme_imports_what_its_python_examples_call() -> None:
+    """Every `from oqron_nats import ...` of the README runs, and a block that imports from
+    oqron_nats imports every public name it calls (run_main was called but not exported)."""
+    assert "run_main" in oqron_nats.__all__
+    public = set(oqron_nats.__all__)
+    readme = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", readme, re.S):
+        imports = re.findall(r"^from oqron_nats\S* import (?:\([^)]*\)|.*)$", block, re.M)
+        if not imports:
+            continue
+        imported: set[str] = set()
+        for statement in imports:
+            namespace: dict[str, object] = {}
+            exec(statement, namespace)  # the README's own import lines
+            imported |= set(namespace) - {"__builtins__"}
+        called = set(re.findall(r"\b([A-Za-z_]\w*)\(", block)) & public  # comments too
+        assert called <= imported, f"called, not imported: {sorted(called - imported)}"
