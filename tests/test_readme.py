@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
+import tomllib
 
 import oqron_nats
 from oqron_nats import Client
+from oqron_nats.cli import build_parser
 from oqron_nats.names import STATE_CODES, markdown_table
 from oqron_nats.server import LocalServer
 
@@ -72,3 +75,51 @@ def test_the_readme_imports_what_its_python_examples_call() -> None:
             imported |= set(namespace) - {"__builtins__"}
         called = set(re.findall(r"\b([A-Za-z_]\w*)\(", block)) & public  # comments too
         assert called <= imported, f"called, not imported: {sorted(called - imported)}"
+
+
+def test_the_readme_says_how_to_use_the_environment_dev_py_creates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    opening = readme[: readme.index("## Fifteen lines")]
+    dev = runpy.run_path(str(ROOT / "dev.py"), run_name="dev")  # its __main__ does not run
+    venv = dev["VENV"].relative_to(ROOT)
+    assert f"source {venv}/bin/activate" in opening
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "oqron" in scripts
+    assert f"{venv}/bin/oqron queues" in opening
+    assert f"{venv}/bin/python -m oqron_nats server" in opening
+
+
+async def test_the_connect_options_example_reaches_nats_py(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    [example] = re.findall(r"connect_options=(\{[^}]*\})\)", readme)
+    options = eval(example, {"__builtins__": {}})  # the README's literal, e.g. 8 * 1024 * 1024
+    assert options["inbox_prefix"] == "_INBOX_billing"
+    async with Client(nats_server.url, namespace=namespace, connect_options=options) as client:
+        conn = await client.prepare_queue(client.names("billing"))  # requests: replies arrive
+        assert conn.new_inbox().startswith("_INBOX_billing.")
+        assert conn.nc._max_pending_size == options["pending_size"]
+
+
+def test_every_admin_command_of_the_readme_parses() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Admin commands\n") :]
+    [block] = re.findall(r"```sh\n(.*?)```", section[: section.index("\n## ", 1)], re.S)
+    placeholders = {"ID": "job-1", "S": "5", "N": "3", "...": ""}
+    parsed = 0
+    for line in block.splitlines():
+        command = line.split("#")[0].replace("[", "").replace("]", "").split()
+        assert command[0] == "oqron", line
+        words = [placeholders.get(word, word) for word in command[1:]]
+        words = [word for word in words if word]
+        for n, word in enumerate(words):
+            if "|" in word:  # alternatives: each must parse
+                for choice in word.split("|"):
+                    build_parser().parse_args([*words[:n], choice, *words[n + 1 :]])
+                    parsed += 1
+                break
+        else:
+            build_parser().parse_args(words)
+            parsed += 1
+    assert parsed >= 15
