@@ -123,3 +123,10 @@ def test_every_admin_command_of_the_readme_parses() -> None:
             build_parser().parse_args(words)
             parsed += 1
     assert parsed >= 15
+
+
+def test_the_readme_gives_one_duration_for_the_full_chaos_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    said = re.findall(r"tests\.chaos --full`?[^(]{0,60}\(about (\d+) minutes", readme)
+    assert len(said) >= 2, said  # Reliability and Development
+    assert len(set(said)) == 1, f"the full chaos run takes {' or '.join(said)} minutes"
