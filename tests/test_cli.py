@@ -451,6 +451,13 @@ async def test_jobs_show_lists_the_important_fields_the_error_and_the_timeline(
     width = out.index(job.id)
     assert all(line[width - 2 : width] == "  " for line in out.splitlines()), "aligned"
 
+    published = await queue("cli-show", client=client).add({"n": 8})  # attempts: the worker's
+    code, out, err = await oqron(capsys, nats_server, namespace, "jobs", "show", published.id)
+    assert code == 0, err
+    fields = dict(re.findall(r"^(\w[\w ]*?)  +(.*)$", out, re.M))
+    assert fields["attempt"] == "0 (the worker's retry policy says how many)"
+    assert "progress" not in fields and "error" not in fields, "nothing reported, nothing failed"
+
     shown = await oqron_json(capsys, nats_server, namespace, "jobs", "show", job.id)
     assert (shown["id"], shown["state"], shown["error"]["message"]) == (
         job.id, "failed", "broken input 7",
