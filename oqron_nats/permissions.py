@@ -24,6 +24,9 @@ What NATS permissions cannot express (they allow subjects, not operations or hea
   and the queue states share one bucket, so every role may read every queue's state key
   (paused or not) and presence keys (the hosts of its workers): a queue's state is followed at
   the leader (each queue's records have a bucket of their own, so record reads stay scoped);
+* a read that no replica answered is asked of the stream's leader (a hung replica loses the
+  direct gets routed to it); where a role may not read a stream at its leader (the locks bucket,
+  shared by the namespace's queues), it keeps asking the replicas until the retry deadline;
 * replies come back on the ``_INBOX.>`` subjects, which every role subscribes to; give each
   application its own prefix (``connect_options={"inbox_prefix": ...}``, and ``--inbox`` here)
   where users must not see each other's replies.
@@ -106,6 +109,7 @@ def _publisher_publish(names: Names) -> list[str]:
         f"{API}.STREAM.INFO.KV_{names.shared_jobs_bucket}",  # records left by 0.1.0?
         f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
+        f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader, while a replica hangs
         f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
         f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}",
         f"{API}.STREAM.MSG.GET.KV_{queues}",  # the state followed, read at the leader
@@ -137,6 +141,7 @@ def _worker_publish(names: Names) -> list[str]:
         f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
         f"$JS.ACK.{stream}.>",
         f"{API}.DIRECT.GET.{stream}",  # lifo pops, the orphan sweep
+        f"{API}.STREAM.MSG.GET.{stream}",  # ... at the leader, while a replica hangs
         f"{API}.STREAM.MSG.DELETE.{stream}",  # lifo pops, foreign schedules
         f"{API}.STREAM.PURGE.{stream}",  # held jobs released, delays promoted
         f"$KV.{locks}.{names.queue}.>",  # leases and roles

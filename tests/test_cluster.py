@@ -7,7 +7,9 @@ chaos suite: ``tests/test_cluster_chaos.py`` (``tests/chaos/cluster.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -105,3 +107,46 @@ def test_a_suspended_node_answers_nothing_until_resumed(cluster: LocalCluster) -
         cluster.resume(node.name)
     cluster.wait_healthy([node])
     assert node.monitor("/varz") is not None
+
+
+async def test_record_reads_ride_out_a_hung_leader(cluster: LocalCluster, namespace: str) -> None:
+    """A hung node keeps its place among the replicas answering direct gets until its routes
+    time out (minutes): a quarter of the reads routed through the cluster were lost, each
+    waiting out its timeout, long after a new leader was elected. The first lost read sends
+    the stream's reads to the leader, so at most one read waits."""
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        return None
+
+    timeout = 1.0
+    async with Client(cluster.urls[0], namespace=namespace, replicas=REPLICAS,
+                      request_timeout=timeout) as client:  # fmt: skip
+        q = queue(QUEUE, handler, client=client)
+        job = await q.add({"n": 1})
+        conn = await client.connect()
+        bucket = f"KV_{client.names(QUEUE).jobs_bucket}"
+        if cluster.stream_leader(bucket) == cluster.nodes[0].name:  # read through a follower
+            await conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{bucket}", b"", timeout=5)
+            await until(lambda: cluster.stream_leader(bucket) not in (None, cluster.nodes[0].name))
+        hung = cluster.node(str(cluster.stream_leader(bucket)))
+        cluster.suspend(hung.name)
+        try:
+            await until(lambda: cluster.stream_leader(bucket) not in (None, hung.name))
+            waited = 0
+            for _ in range(40):
+                started = time.monotonic()
+                found = await q.get_job(job.id)
+                assert found is not None and found.data == {"n": 1}
+                waited += time.monotonic() - started >= timeout
+            assert waited <= 1
+        finally:
+            cluster.resume(hung.name)
+        cluster.wait_healthy([hung])
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (polled; it may block briefly)."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.2)

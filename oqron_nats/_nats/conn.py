@@ -17,6 +17,7 @@ import base64
 import contextlib
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -53,6 +54,11 @@ ALREADY_EXISTS = 10058
 """Stream name already in use (created meanwhile, or with another configuration)."""
 NO_MESSAGE = frozenset({10037, 10057})
 """No message found (a get, a delete)."""
+DETOUR = 30.0
+"""Seconds that single-message reads of a stream go to its leader after a direct get of it went
+unanswered. Every replica answers direct gets, and a hung one (stopped, not crashed) keeps its
+place among them until its routes time out, minutes later: the requests the cluster routes to
+it are lost. The leader is re-elected within seconds, and answers."""
 RESUMED = "1970-01-01T00:00:00Z"
 """A consumer's ``pause_until`` in the past: not paused."""
 
@@ -213,6 +219,8 @@ class Nats:
         self._requests = Requests(nc, request_timeout)
         self._refused: dict[str, PermissionDenied] = {}
         """Subjects (lowercased, as the server names them) the server refused us to publish to."""
+        self._detours: dict[str, float] = {}
+        """Stream -> until when (monotonic) its single-message reads go to its leader."""
         self.closing = False
 
     @classmethod
@@ -464,19 +472,16 @@ class Nats:
 
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
-        request = msgspec.json.encode({"last_by_subj": last_by_subject})
-        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}", request)
-        return stored_msg(msg)
+        return await self._read_one(stream, {"last_by_subj": last_by_subject})
 
     async def has_message(self, stream: str, seq: int) -> bool:
         """Whether the message with sequence ``seq`` is still in the stream."""
-        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode({"seq": seq}))
-        return stored_msg(msg) is not None
+        return await self._read_one(stream, {"seq": seq}) is not None
 
     async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
-        """The newest message on one exact subject, or None (the fast KV read path)."""
-        msg, _ = await self._ask(f"$JS.API.DIRECT.GET.{stream}.{subject}")
-        return stored_msg(msg)
+        """The newest message on one exact subject, or None (the fast KV read path: the
+        subject is in the request's subject, which permissions can scope)."""
+        return await self._read_one(stream, {"last_by_subj": subject}, in_subject=True)
 
     async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
         """The newest message on one exact subject, or None, as the stream's leader has it.
@@ -486,10 +491,39 @@ class Nats:
         server answers, through the JetStream API): for the reads a decision must not be
         taken on alone.
         """
+        return await self._leader_read(stream, {"last_by_subj": subject})
+
+    async def _read_one(
+        self, stream: str, query: dict[str, object], *, in_subject: bool = False
+    ) -> StoredMsg | None:
+        """One message by ``query``: a direct get (the query's subject in the request's subject
+        if ``in_subject``, else the query in its body), or at the leader while the stream is on
+        a detour (see :data:`DETOUR`)."""
+        direct = f"$JS.API.DIRECT.GET.{stream}"
+        if in_subject:
+            direct, body = f"{direct}.{query['last_by_subj']}", b""
+        else:
+            body = msgspec.json.encode(query)
+        if self._detours.get(stream, 0.0) <= time.monotonic():
+            try:
+                return stored_msg(await self._requests.request(direct, body))
+            except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                if (refusal := self._refused.get(direct.lower())) is not None:
+                    raise refusal from None
+                log.debug("no replica answered a direct get; asking the leader",
+                          stream=stream, cause=type(exc).__name__)  # fmt: skip
+                self._detours[stream] = time.monotonic() + DETOUR
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable("the NATS connection is closed") from None
+        if f"$js.api.stream.msg.get.{stream}".lower() not in self._refused:
+            with contextlib.suppress(PermissionDenied):
+                return await self._leader_read(stream, query)
+        msg, _ = await self._ask(direct, body)  # this user may read through direct gets only
+        return stored_msg(msg)
+
+    async def _leader_read(self, stream: str, query: dict[str, object]) -> StoredMsg | None:
         try:
-            reply = await self._api(
-                f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, _MsgGet
-            )
+            reply = await self._api(f"$JS.API.STREAM.MSG.GET.{stream}", query, _MsgGet)
         except JetStreamError as exc:
             if exc.err_code in NO_MESSAGE:
                 return None
@@ -497,7 +531,7 @@ class Nats:
         raw = reply.message or _RawMessage()
         head = base64.b64decode(raw.hdrs) if raw.hdrs else None
         return StoredMsg(
-            subject=raw.subject or subject,
+            subject=raw.subject or str(query.get("last_by_subj", "")),
             seq=raw.seq,
             data=base64.b64decode(raw.data) if raw.data else b"",
             headers=parse_headers(head) or {},

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import os
 import signal
 import time
@@ -45,6 +46,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     pid = os.getpid()
+    # warnings with the wall clock, to place them against the faults (faults.jsonl)
+    logging.basicConfig(format="%(created).3f %(message)s", level=logging.WARNING)
+    if os.environ.get("OQRON_CHAOS_DEBUG"):
+        logging.getLogger("oqron_nats._nats").setLevel(logging.DEBUG)
 
     async def handle(ctx: JobContext[dict[str, Any]]) -> dict[str, int]:
         token = ctx.fencing_token
