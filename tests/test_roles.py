@@ -149,7 +149,7 @@ async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(
 
     async with client_of(server, "publisher") as publisher:
         conn = await publisher.connect()
-        names = publisher.names("orders")
+        names, billing = publisher.names("orders"), publisher.names("billing")
         job = await queue("orders", client=publisher).add({"n": 1})
         refusals = {
             "consume": queue("orders", handle, client=publisher).start(),
@@ -161,8 +161,8 @@ async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(
             "take a lease": conn.publish(f"$KV.{names.locks_bucket}.{names.key(job.id)}", b"x"),
             "purge the work stream": conn.purge_subject(names.stream, names.lanes),
             "delete a message": conn.delete_msg(names.stream, 1),
-            "read records at the leader": conn.leader_get(
-                f"KV_{names.jobs_bucket}", f"$KV.{names.jobs_bucket}.billing.x"
+            "read another queue's records at the leader": conn.leader_get(
+                f"KV_{billing.jobs_bucket}", f"$KV.{billing.jobs_bucket}.billing.x"
             ),
         }
         for what, attempt in refusals.items():
@@ -171,6 +171,9 @@ async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(
                 await attempt
             assert time.monotonic() - started < 2.0, f"{what}: refused at once"
         assert (await queue("orders", client=publisher).get_job(job.id)) is not None
+        # its own records, at the leader (where reads go while a replica hangs)
+        own = f"$KV.{names.jobs_bucket}.{names.key(job.id)}"
+        assert await conn.leader_get(f"KV_{names.jobs_bucket}", own) is not None
 
 
 async def test_a_worker_cannot_touch_other_queues(server: SecuredServer) -> None:
