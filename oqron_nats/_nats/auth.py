@@ -228,7 +228,19 @@ def describe(exc: BaseException, auth: Auth) -> str:
         return _refusal(str(exc), auth)
     if isinstance(exc, TimeoutError):
         return "no answer within the connect timeout"
+    if auth.wants_tls and isinstance(exc, CUT_AFTER_HANDSHAKE):
+        return f"TLS: {CLOSED_AFTER_HANDSHAKE} ({str(exc) or type(exc).__name__})"
     return str(exc) or type(exc).__name__
+
+
+CUT_AFTER_HANDSHAKE = (ConnectionResetError, BrokenPipeError, nats.errors.UnexpectedEOF)
+CLOSED_AFTER_HANDSHAKE = (
+    "the server closed the connection after the TLS handshake; a server that requires a client "
+    "certificate (mutual TLS) does so when none is given (--tls-cert and --tls-key) or when it "
+    "does not trust the one given"
+)
+"""With TLS 1.3 the server checks the client certificate after the handshake; its alert saying
+why is lost when the connection is reset before the client reads it."""
 
 
 TLS_HINTS = {
