@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from ._nats import Nats
+from ._nats import Nats, stream_of
 from .errors import QueueFull
 from .names import Names
 
@@ -58,7 +58,9 @@ class Admission:
         self.names = names
         self._jobs = Gauge(conn, names.stream, max_jobs, in_bytes=False) if max_jobs else None
         self._bytes = (
-            Gauge(conn, f"KV_{names.jobs_bucket}", max_bytes, in_bytes=True) if max_bytes else None
+            Gauge(conn, stream_of(names.jobs_bucket), max_bytes, in_bytes=True)
+            if max_bytes
+            else None
         )
 
     async def admit(self, record_size: int) -> None:

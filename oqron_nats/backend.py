@@ -90,9 +90,7 @@ async def refuse_shared_records(conn: Nats, names: Names) -> None:
     """ConfigError if oqron_nats 0.1.0 left records of this queue in the namespace's shared
     jobs bucket: they would be neither read nor run (each queue has its own bucket now)."""
     try:
-        left = await conn.subjects(
-            f"KV_{names.shared_jobs_bucket}", f"$KV.{names.shared_jobs_bucket}.{names.keys}"
-        )
+        left = await Bucket(conn, names.shared_jobs_bucket).keys(names.keys)
     except (JetStreamError, PermissionDenied):  # no such bucket (or this user may not look)
         return
     if left:

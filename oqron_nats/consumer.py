@@ -24,10 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from . import retention
-from ._nats import ConsumerSpec, Delivery, JetStreamError, Puller, ensure_consumer, jittered
+from ._nats import ConsumerSpec, Delivery, JetStreamError, Msg, Puller, ensure_consumer, jittered
 from .backend import Backend
 from .background import STOP_GRACE, finish
 from .codec import PayloadCodec

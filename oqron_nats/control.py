@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
-from nats.aio.msg import Msg
 
-from ._nats import Bucket, CasConflict, Nats, jittered
+from ._nats import Bucket, CasConflict, Msg, Nats, jittered
 from .background import finish
 from .log import logger
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, Names
@@ -151,7 +150,7 @@ class Control:
         first): what it is told while it reads makes it read once more, and a read that fails
         is tried again.
         """
-        subject = f"$KV.{self.bucket.name}.{self.names.queue}"
+        subject = self.bucket.subject(self.names.queue)
         stale = asyncio.Event()
         awaited = [0]
         """The revision a heard write will have once stored: the core copy of a write can reach

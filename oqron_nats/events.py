@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
-from nats.aio.msg import Msg
 
-from ._nats import Nats
+from ._nats import Msg, Nats
 from .errors import Unavailable
 from .job import Job, JobFailure, JobState
 from .log import logger

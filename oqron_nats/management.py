@@ -10,7 +10,7 @@ import contextlib
 from datetime import UTC, datetime
 
 from . import dag
-from ._nats import CasConflict
+from ._nats import Bucket, CasConflict
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
@@ -187,7 +187,7 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
         (names.locks_bucket, names.keys),
         (names.deps_bucket, f"{names.queue}.>"),
     ):
-        await conn.purge_subject(f"KV_{bucket}", f"$KV.{bucket}.{keys}")
+        await Bucket(conn, bucket).purge(keys)
     for state in JobState:
         await conn.purge_subject(names.index_stream(state), ">")
     await conn.purge_subject(names.dlq_stream, names.dead_letter("*"))

@@ -101,9 +101,8 @@ class Presence:
 async def workers_online(conn: Nats, names: Names) -> int:
     """How many processes keep a presence key of the queue alive now."""
     bucket = Bucket(conn, names.queues_bucket)
-    prefix = f"$KV.{names.queues_bucket}."
-    subjects = await conn.subjects(f"KV_{names.queues_bucket}", f"{prefix}{names.queue}.{ROLE}.>")
-    entries = await asyncio.gather(*(bucket.get(s.removeprefix(prefix)) for s in subjects))
+    keys = await bucket.keys(f"{names.queue}.{ROLE}.>")
+    entries = await asyncio.gather(*(bucket.get(key) for key in keys))
     return sum(1 for e in entries if e is not None)
 
 

@@ -1,8 +1,10 @@
 """The only package that imports nats-py: connection, KV, raw pulls and provisioning."""
 
+from nats.aio.msg import Msg
+
 from ..errors import JetStreamError
 from .conn import CasConflict, Nats, PubAck, StoredMsg, StreamLimits, StreamState
-from .kv import Bucket, Entry
+from .kv import Bucket, Entry, stream_of
 from .provision import ConsumerSpec, ensure_bucket, ensure_consumer, ensure_stream
 from .pull import Delivery, Puller
 from .retry import jittered
@@ -14,6 +16,7 @@ __all__ = [
     "Delivery",
     "Entry",
     "JetStreamError",
+    "Msg",
     "Nats",
     "PubAck",
     "Puller",
@@ -24,4 +27,5 @@ __all__ = [
     "ensure_consumer",
     "ensure_stream",
     "jittered",
+    "stream_of",
 ]

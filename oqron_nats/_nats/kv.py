@@ -3,7 +3,7 @@
 nats-py's ``KeyValue.update`` cannot set a TTL, and its CAS errors come in two classes; here every
 write is a publish with ``Nats-Expected-Last-Subject-Sequence`` and every failed CAS is a
 :class:`CasConflict`. A write whose first try timed out is retried; if the retry then conflicts,
-the key is read back: finding our own value means the first try landed (notes R14).
+the key is read back: finding our own value means the first try landed (README, Reliability).
 """
 
 from __future__ import annotations
@@ -30,14 +30,32 @@ class Entry:
         self.revision = revision
 
 
+def stream_of(bucket: str) -> str:
+    """The stream that holds a KV bucket."""
+    return f"KV_{bucket}"
+
+
 class Bucket:
     """One KV bucket."""
 
     def __init__(self, conn: Nats, name: str) -> None:
         self.conn = conn
         self.name = name
-        self.stream = f"KV_{name}"
+        self.stream = stream_of(name)
         self._prefix = f"$KV.{name}."
+
+    def subject(self, key: str) -> str:
+        """The subject a key's writes are published on (a filter, for a key filter)."""
+        return self._prefix + key
+
+    async def keys(self, key_filter: str) -> list[str]:
+        """The keys matching ``key_filter`` that hold a message (a delete marker counts)."""
+        subjects = await self.conn.subjects(self.stream, self.subject(key_filter))
+        return [subject.removeprefix(self._prefix) for subject in subjects]
+
+    async def purge(self, key_filter: str) -> None:
+        """Remove every message of the keys matching ``key_filter``."""
+        await self.conn.purge_subject(self.stream, self.subject(key_filter))
 
     async def get(self, key: str, *, fresh: bool = False) -> Entry | None:
         """The current value of ``key``, or None if it is missing, deleted or expired.
