@@ -21,7 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from oqron_nats import __version__
-from oqron_nats.server import LocalServer, find_binary
+from oqron_nats.testing.server import LocalServer, find_binary
 
 from . import floor, ours, peers
 from .report import Row, rate, ratio_row, render

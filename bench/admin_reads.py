@@ -19,7 +19,7 @@ import msgspec
 from oqron_nats import Client, JobState, queue
 from oqron_nats.backend import Backend
 from oqron_nats.job import Job, moved
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 
 def kept_job(n: int, now: datetime) -> Job[msgspec.Raw]:

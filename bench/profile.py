@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from . import ours
 

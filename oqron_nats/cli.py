@@ -30,7 +30,6 @@ import msgspec
 
 from . import admin
 from .client import Client
-from .cluster import LocalCluster
 from .credentials import add_security_arguments, security_from
 from .errors import (
     ConfigError,
@@ -51,7 +50,8 @@ from .permissions import ROLES, for_role
 from .queue import Queue
 from .rejects import RejectedSample
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
-from .server import LocalServer, ServerError
+from .testing.cluster import LocalCluster
+from .testing.server import LocalServer, ServerError
 from .worker import Worker
 
 EXIT_REFUSED = 1

@@ -18,7 +18,7 @@ from .context import JobContext
 from .job import TERMINAL_STATES, Job, JobFailure
 from .logconfig import configure_logging
 from .queue import queue
-from .server import LocalServer
+from .testing.server import LocalServer
 
 STEPS = ("download", "resize 256px", "resize 1024px", "upload")
 IMAGES = ["cat.jpg", "beach.png", "flaky.png", "corrupt.png", "receipt.pdf", "team.jpg"]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from oqron_nats import Client
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 
 @pytest.fixture(scope="session")

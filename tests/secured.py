@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 # -- certificates ---------------------------------------------------------------------------------
 

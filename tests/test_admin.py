@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from oqron_nats import Client, InvalidState, JobNotFound, JobState, RetryPolicy, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
 

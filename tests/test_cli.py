@@ -18,7 +18,7 @@ import pytest
 
 from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, queue, worker
 from oqron_nats.cli import main
-from oqron_nats.server import LocalServer, find_binary
+from oqron_nats.testing.server import LocalServer, find_binary
 
 from .helpers import ROOT, eventually, wait_for_state
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, queue
-from oqron_nats.cluster import LocalCluster
+from oqron_nats.testing.cluster import LocalCluster
 
 from .chaos.harness import QUEUE
 

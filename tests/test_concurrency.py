@@ -14,7 +14,7 @@ import pytest
 
 from oqron_nats import Client, JobState, queue, worker
 from oqron_nats._nats import Nats
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from oqron_nats import Client, JobState, QueuePaused, Skipped, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
 

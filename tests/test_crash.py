@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, wait_for_state
 

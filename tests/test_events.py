@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from oqron_nats import Client, JobState, RetryPolicy, Unavailable, queue
 from oqron_nats.events import Event
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 from payloads.video import QUEUE, Encoded, VideoJob
 
 from .helpers import ROOT, wait_for_state

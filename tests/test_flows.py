@@ -16,7 +16,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, wait_for_state
 

@@ -24,7 +24,7 @@ from oqron_nats import (
     queue,
 )
 from oqron_nats._nats import Bucket
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state
 from .test_cli import oqron, oqron_json

@@ -11,7 +11,7 @@ import pytest
 from oqron_nats import Client, JobState, queue
 from oqron_nats._nats import Delivery
 from oqron_nats.config import RateLimit, Throttle
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 from oqron_nats.throttle import StartWindow
 
 from .helpers import WorkerProcess, eventually, read_log

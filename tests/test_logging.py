@@ -21,7 +21,7 @@ import pytest
 
 from oqron_nats import Client, JobState, queue
 from oqron_nats.permissions import for_role
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, wait_for_state
 from .secured import SecuredServer

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from oqron_nats import Client, ConfigError, RetryPolicy, queue
 from oqron_nats.metrics import DURATION_BUCKETS, metrics_for
 from oqron_nats.prometheus import serve_prometheus
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, start_process
 

@@ -11,7 +11,7 @@ import pytest
 
 from oqron_nats import Client, ConfigError, ConnectionFailed, InvalidOption, JobState, queue
 from oqron_nats._nats import Nats
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
 

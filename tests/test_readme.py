@@ -13,7 +13,7 @@ import oqron_nats
 from oqron_nats import Client
 from oqron_nats.cli import build_parser
 from oqron_nats.names import STATE_CODES, markdown_table
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT
 

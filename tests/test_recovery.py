@@ -21,7 +21,7 @@ from oqron_nats.backend import Backend
 from oqron_nats.config import Reconciliation
 from oqron_nats.maintenance import Maintenance, Reconciled, reconcile, scan_stalls
 from oqron_nats.queue import parse_options
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
 

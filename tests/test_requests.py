@@ -11,7 +11,7 @@ import pytest
 from oqron_nats import Client
 from oqron_nats._nats.direct import DirectClient, parse_headers
 from oqron_nats._nats.requests import Requests
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 TIMEOUT = 0.3
 

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from oqron_nats import Client, JobState, queue
 from oqron_nats._nats import Bucket
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, eventually, wait_for_state
 

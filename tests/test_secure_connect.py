@@ -32,7 +32,7 @@ from oqron_nats._nats.auth import CLOSED_AFTER_HANDSHAKE, describe, nats_options
 from oqron_nats.cli import main
 from oqron_nats.credentials import TLS, Credentials, mask_url, split_userinfo
 from oqron_nats.logconfig import Redactor
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, wait_for_state
 from .secured import USER, Operator, Pki, SecuredServer, new_key, public, tls_block

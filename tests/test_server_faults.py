@@ -11,7 +11,7 @@ import time
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobState, Unavailable, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import stream_message_count, wait_for_state
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oqron_nats import Client, ServerVersionError, queue
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT
 

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from oqron_nats import Client, JobState, RetryPolicy, queue
 from oqron_nats.queue import parse_options
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import wait_for_state
 

@@ -23,7 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from oqron_nats import __version__
-from oqron_nats.server import find_binary
+from oqron_nats.testing.server import find_binary
 
 from . import cluster
 from .harness import Outcome, run, scenarios

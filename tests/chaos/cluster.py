@@ -1,10 +1,10 @@
 """The cluster chaos suite (issue 10): node faults on a 3-node R3 JetStream cluster under load.
 
-Each run starts its own :class:`~oqron_nats.cluster.LocalCluster`, a publisher in this process
-(a Client given every URL, ``replicas=3``) adding jobs at a steady pace, and three worker
-processes (``tests.chaos.worker``, ``OQRON_REPLICAS=3``), each given the URL list rotated so
-that its first URL is another node, and told not to shuffle it: one worker per node, checked on
-the nodes' ``/connz``. The scenario's nemesis then injects node faults; for each it records
+Each run starts its own :class:`~oqron_nats.testing.cluster.LocalCluster`, a publisher in this
+process (a Client given every URL, ``replicas=3``) adding jobs at a steady pace, and three
+worker processes (``tests.chaos.worker``, ``OQRON_REPLICAS=3``), each given the URL list rotated
+so that its first URL is another node, and told not to shuffle it: one worker per node, checked
+on the nodes' ``/connz``. The scenario's nemesis then injects node faults; for each it records
 
 * when every role the node held (meta leader, leader of the queue's stream, of its consumer, of
   the jobs and locks buckets' streams) had a new leader, polled from a separate client
@@ -51,7 +51,7 @@ import nats
 import nats.errors
 
 from oqron_nats import Client, Queue, queue
-from oqron_nats.cluster import LocalCluster
+from oqron_nats.testing.cluster import LocalCluster
 
 from ..helpers import ROOT
 from . import checker

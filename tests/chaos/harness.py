@@ -24,7 +24,7 @@ from typing import Any
 
 from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, Queue, queue
 from oqron_nats.job import TERMINAL_STATES
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from ..helpers import start_process
 from . import checker

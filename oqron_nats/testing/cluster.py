@@ -1,12 +1,12 @@
 """A local JetStream cluster on loopback: three nats-server processes, for tests and for trying
 ``replicas=3`` on one machine.
 
-Each node is a :class:`~oqron_nats.server.LocalServer` with a cluster block: its own client port
-(picked by the server, read from its log), cluster port, monitoring port and store directory, a
-distinct ``server_name``, a shared cluster name, and routes to every node (itself included; the
-server drops that route). Cluster ports must be known before any node starts, because every
-node's routes name them, so they are taken from the free ports the kernel hands out; the rare
-race for one of them is met by starting again on other ports.
+Each node is a :class:`~oqron_nats.testing.server.LocalServer` with a cluster block: its own
+client port (picked by the server, read from its log), cluster port, monitoring port and store
+directory, a distinct ``server_name``, a shared cluster name, and routes to every node (itself
+included; the server drops that route). Cluster ports must be known before any node starts,
+because every node's routes name them, so they are taken from the free ports the kernel hands
+out; the rare race for one of them is met by starting again on other ports.
 
 ``start()`` returns once every node reports healthy on its monitoring port (``/healthz``: a
 JetStream meta leader is known and the node's streams and consumers are current). A node can be
