@@ -69,3 +69,39 @@ def test_comments_cite_nothing_outside_the_repository() -> None:
         if outside.search(line)
     ]
     assert cited == [], cited
+
+
+STORAGE = ["store", "index", "broker", "control", "lease", "presence", "rejects", "admission"]
+RUNTIME = {"consumer", "execution", "heartbeat", "progress", "lanes", "throttle", "ratelimit",
+           "lag", "maintenance"}  # fmt: skip
+RUNTIME_AND_FACE = RUNTIME | {"queue", "worker", "client", "context"}
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package's modules (first level) that ``path`` imports."""
+    found: set[str] = set()
+    inside = SEAM in path.parents or path.parent.name == "testing"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        if inside and node.level == 1:
+            continue  # a sibling in the same subpackage
+        if node.module:
+            found.add(node.module.split(".")[0])
+        else:
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_storage_never_reaches_up_into_the_runtime_or_the_public_face() -> None:
+    reaching = {m: package_imports(PACKAGE / f"{m}.py") & RUNTIME_AND_FACE for m in STORAGE}
+    assert {m: up for m, up in reaching.items() if up} == {}
+
+
+def test_only_the_entry_points_import_the_local_server_and_cluster() -> None:
+    importing = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in modules()
+        if p.parent.name != "testing" and "testing" in package_imports(p)
+    )
+    assert importing == ["cli.py", "demo.py"]
