@@ -80,30 +80,36 @@ async def notify_children(backend: Backend, parent_id: str) -> None:
 
 async def resolve(backend: Backend, child_id: str) -> None:
     """Release, fail or keep a waiting child, by compare-and-set on its record."""
-    while True:
-        record = await backend.store.get(child_id)
-        if record is None or record.job.state != JobState.WAITING_CHILDREN:
-            return  # gone, or already decided by someone else
-        child = record.job
+
+    async def decided(child: RawJob) -> RawJob | None:
+        if child.state != JobState.WAITING_CHILDREN:
+            return None  # already decided by someone else
         verdict, reason = await _verdict(backend, child)
+        if verdict == JobState.FAILED:
+            return moved(
+                child, JobState.FAILED, reason, finished_at=datetime.now(UTC),
+                error=JobFailure(type="ParentFailed", message=reason),
+            )  # fmt: skip
         if verdict is None:
-            return
-        try:
-            if verdict == JobState.FAILED:
-                failed = moved(
-                    child, JobState.FAILED, reason, finished_at=datetime.now(UTC),
-                    error=JobFailure(type="ParentFailed", message=reason),
-                )  # fmt: skip
-                await backend.store.update(failed, record.revision, "failed", child.state)
-                await notify_children(backend, child.id)  # the cascade goes on
-            else:
-                state = JobState.DELAYED if child.run_at is not None else JobState.WAITING
-                ready = moved(child, state, reason, enqueued=child.enqueued + 1)
-                await backend.store.update(ready, record.revision, "waiting", child.state)
-                await backend.broker.enqueue(ready)
-        except CasConflict:
-            continue  # it moved meanwhile: decide again
+            return None
+        state = JobState.DELAYED if child.run_at is not None else JobState.WAITING
+        return moved(child, state, reason, enqueued=child.enqueued + 1)
+
+    try:
+        changed = await backend.store.transition(child_id, decided, _event_of)
+    except JobNotFound:
+        return  # gone
+    if changed is None:
         return
+    if changed[1].state == JobState.FAILED:
+        await notify_children(backend, child_id)  # the cascade goes on
+    else:
+        await backend.broker.enqueue(changed[1])
+
+
+def _event_of(child: RawJob) -> str:
+    """The event of a decided child: failed (its parents failed it) or waiting (released)."""
+    return "failed" if child.state == JobState.FAILED else "waiting"
 
 
 async def _verdict(backend: Backend, child: RawJob) -> tuple[JobState | None, str]:

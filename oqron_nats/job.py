@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 import msgspec
 
 from .encryption import Envelope
+from .errors import InvalidState
 
 T = TypeVar("T")
 J = TypeVar("J", bound="Job[Any]")
@@ -41,6 +42,30 @@ class JobState(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 """A job in one of these states never runs again (unless an admin retries it)."""
+
+
+def _to(*states: str) -> frozenset[JobState]:
+    return frozenset(JobState(state) for state in states)
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # a record is added in its first state, and written in it again with the "added" entry
+    JobState.WAITING: _to("waiting", "active", "paused", "failed", "cancelled"),
+    JobState.DELAYED: _to("delayed", "waiting", "active", "paused", "failed", "cancelled"),
+    JobState.WAITING_CHILDREN: _to("waiting-children", "waiting", "delayed", "failed", "cancelled"),
+    JobState.PAUSED: _to("waiting", "delayed", "cancelled"),
+    JobState.ACTIVE: _to("completed", "failed", "delayed", "waiting", "stalled", "cancelled"),
+    JobState.STALLED: _to("active", "waiting", "failed", "cancelled"),
+    JobState.COMPLETED: _to("waiting"),
+    JobState.FAILED: _to("waiting"),
+    JobState.CANCELLED: _to("waiting"),
+}
+"""Every legal change of a job's state, the one place that declares them. Pending jobs run,
+are held while their queue is paused, or fail before they run (a poison job, stalled too
+often); a running job settles (completed, failed, a retry now or later), is handed back at
+shutdown, or stalls when its worker dies; a stalled job runs again; children wait for their
+parents; anything unfinished can be cancelled; a finished job only goes back to waiting (an
+operator's retry or rerun). :func:`moved` refuses any other change with InvalidState."""
 
 CLAIMABLE_STATES = frozenset(
     {JobState.WAITING, JobState.DELAYED, JobState.STALLED, JobState.ACTIVE}
@@ -147,7 +172,10 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
 
 
 def moved(job: J, state: JobState, reason: str | None = None, **changes: Any) -> J:
-    """The record in ``state``, its timeline extended; ``changes`` replace other fields."""
+    """The record in ``state``, its timeline extended; ``changes`` replace other fields.
+    InvalidState if :data:`TRANSITIONS` does not allow the change."""
+    if state not in TRANSITIONS[job.state]:
+        raise InvalidState(f"job {job.id!r} cannot move from {job.state} to {state}")
     entry = Transition(at=datetime.now(UTC), state=state, reason=reason)
     timeline = [*job.timeline[-(TIMELINE_LIMIT - 1) :], entry]
     return msgspec.structs.replace(job, state=state, timeline=timeline, **changes)

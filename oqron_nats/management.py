@@ -6,11 +6,10 @@ the methods of :class:`oqron_nats.Queue`.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 
 from . import dag
-from ._nats import Bucket, CasConflict
+from ._nats import Bucket
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
@@ -48,19 +47,22 @@ async def release(backend: Backend, job_id: str, *, purge_marker: bool = True) -
     ``purge_marker=False`` leaves its held marker (a publisher may not purge the work stream);
     the next resume() or obliterate() removes it, and it runs nothing.
     """
-    record = await backend.store.get(job_id)
-    released = False
-    if record is not None and record.job.state == JobState.PAUSED:
-        job = record.job
+
+    async def resumed(job: RawJob) -> RawJob | None:
+        if job.state != JobState.PAUSED:
+            return None  # someone else released it
         state = JobState.DELAYED if job.run_at is not None else JobState.WAITING
-        again = moved(job, state, "queue resumed", enqueued=job.enqueued + 1)
-        with contextlib.suppress(CasConflict):  # someone else released it
-            await backend.store.update(again, record.revision, "resumed", job.state)
-            await backend.broker.enqueue(again)
-            released = True
+        return moved(job, state, "queue resumed", enqueued=job.enqueued + 1)
+
+    try:
+        changed = await backend.store.transition(job_id, resumed, "resumed")
+    except JobNotFound:
+        changed = None  # removed meanwhile: only its marker is left
+    if changed is not None:
+        await backend.broker.enqueue(changed[1])
     if purge_marker:
         await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
-    return released
+    return changed is not None
 
 
 async def cancel(backend: Backend, job_id: str) -> bool:
@@ -71,20 +73,16 @@ async def cancel(backend: Backend, job_id: str) -> bool:
     writes fail their compare-and-set), then every worker of the queue is told, and the one
     running it fires the handler's ``ctx.signal``.
     """
-    while True:
-        record = await backend.store.get(job_id)
-        if record is None:
-            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
-        job = record.job
+
+    async def cancelled(job: RawJob) -> RawJob | None:
         if job.is_terminal:
-            return False
-        cancelled = moved(job, JobState.CANCELLED, "cancelled", finished_at=_now(), leased=False)
-        try:
-            await backend.store.update(cancelled, record.revision, "cancelled", job.state)
-        except CasConflict:
-            continue  # it moved meanwhile (claimed, finished): decide again
-        break
-    if job.state == JobState.ACTIVE:
+            return None
+        return moved(job, JobState.CANCELLED, "cancelled", finished_at=_now(), leased=False)
+
+    changed = await backend.store.transition(job_id, cancelled, "cancelled")
+    if changed is None:
+        return False
+    if changed[0].state == JobState.ACTIVE:
         await backend.conn.publish_core(backend.names.control("cancel", job_id))
     await remove_messages(backend, job_id)
     if backend.control.state.flows:
@@ -108,47 +106,35 @@ async def run_again(
     backend: Backend, job_id: str, reason: str, *, allowed: frozenset[JobState]
 ) -> None:
     """Put a finished job back on its queue under the same id, attempts reset, history kept."""
-    while True:
-        record = await backend.store.get(job_id)
-        if record is None:
-            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
-        job = record.job
+
+    async def again(job: RawJob) -> RawJob:
         if job.state not in allowed:
             raise InvalidState(f"job {job_id!r} is {job.state}; {reason} needs {sorted(allowed)}")
-        again = moved(
+        return moved(
             job, JobState.WAITING, reason,
             attempt=0, stalled_count=0, enqueued=job.enqueued + 1, run_at=None,
             started_at=None, finished_at=None, result=None, error=None, progress=0.0,
             progress_label=None, worker=None, leased=False, msg_seq=0,
         )  # fmt: skip
-        try:
-            await backend.store.update(again, record.revision, "retried", job.state)
-        except CasConflict:
-            continue
-        await backend.conn.purge_subject(
-            backend.names.dlq_stream, backend.names.dead_letter(job_id)
-        )
-        await backend.broker.enqueue(again)
-        return
+
+    changed = await backend.store.transition(job_id, again, "retried")
+    assert changed is not None  # again() never leaves a job as it is
+    await backend.conn.purge_subject(backend.names.dlq_stream, backend.names.dead_letter(job_id))
+    await backend.broker.enqueue(changed[1])
 
 
 async def promote(backend: Backend, job_id: str) -> None:
     """Run a delayed job now (its schedule is removed)."""
-    while True:
-        record = await backend.store.get(job_id)
-        if record is None:
-            raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
-        job = record.job
+
+    async def promoted(job: RawJob) -> RawJob:
         if job.state != JobState.DELAYED:
             raise InvalidState(f"job {job_id!r} is {job.state}, not delayed")
-        now = moved(job, JobState.WAITING, "promoted", run_at=None, enqueued=job.enqueued + 1)
-        try:
-            await backend.store.update(now, record.revision, "promoted", job.state)
-        except CasConflict:
-            continue
-        await backend.conn.purge_subject(backend.names.stream, backend.names.schedule(job_id))
-        await backend.broker.enqueue(now)
-        return
+        return moved(job, JobState.WAITING, "promoted", run_at=None, enqueued=job.enqueued + 1)
+
+    changed = await backend.store.transition(job_id, promoted, "promoted")
+    assert changed is not None  # promoted() never leaves a job as it is
+    await backend.conn.purge_subject(backend.names.stream, backend.names.schedule(job_id))
+    await backend.broker.enqueue(changed[1])
 
 
 async def active_jobs(backend: Backend) -> list[RawJob]:

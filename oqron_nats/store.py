@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
 
 from ._nats import Bucket, CasConflict
-from .errors import CorruptRecord
+from .errors import CorruptRecord, JobNotFound, Unavailable
 from .events import EventBus
 from .index import IndexEntry, StateIndex
 from .job import Job, JobState
@@ -24,6 +24,13 @@ TOMBSTONE_TTL = 60.0
 """Seconds a removed record's tombstone stays, holding the last record (for ``Queue.wait``);
 then the key is free again, without a trace."""
 
+
+CAS_TRIES = 100
+"""Compare-and-set writes of one change that may lose in a row (each to another writer's
+progress) before :meth:`JobStore.transition` gives up."""
+
+Change = Callable[[RawJob], Awaitable[RawJob | None]]
+"""Decides a job's next record from its current one (None: leave it as it is)."""
 
 INDEX_SETTLE = 5.0
 """Seconds after a state change when a disagreeing index entry is taken as stale, not in flight."""
@@ -128,6 +135,32 @@ class JobStore:
         await self.index.moved(job, was, job.state, ttl=ttl)
         await self.events.announce(job, event)
         return new_revision
+
+    async def transition(
+        self, job_id: str, change: Change, event: str | Callable[[RawJob], str]
+    ) -> tuple[RawJob, RawJob] | None:
+        """Read the job, ``change`` it, and write the change by compare-and-set, reading and
+        deciding again while other writers win; announce ``event`` (or the event named for the
+        new record); returns the record before and after, or None if ``change`` left it as it
+        is. JobNotFound if there is no such job; Unavailable if CAS_TRIES writes in a row lost.
+        """
+        for _ in range(CAS_TRIES):
+            record = await self.get(job_id)
+            if record is None:
+                raise JobNotFound(f"there is no job {job_id!r} in queue {self.names.queue!r}")
+            after = await change(record.job)
+            if after is None:
+                return None
+            named = event if isinstance(event, str) else event(after)
+            try:
+                await self.update(after, record.revision, named, record.job.state)
+            except CasConflict:
+                continue  # it moved meanwhile: decide again on what it is now
+            return record.job, after
+        raise Unavailable(
+            f"job {job_id!r} kept changing: {CAS_TRIES} writes in a row lost their "
+            "compare-and-set to other writers"
+        )
 
     async def remove(self, job: RawJob, revision: int) -> None:
         """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""

@@ -98,7 +98,7 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
     backend = await q._open()
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     job: Job[msgspec.Raw] = Job(
-        id=job_id, queue=q.name, state=JobState.COMPLETED, data=msgspec.Raw(b"1"),
+        id=job_id, queue=q.name, state=JobState.ACTIVE, data=msgspec.Raw(b"1"),
         created_at=long_ago, correlation_id="c", max_attempts=1,
     )  # fmt: skip
     job = moved(job, JobState.COMPLETED, "done")
