@@ -1,4 +1,5 @@
-"""Publishing job messages: to a lane now, through a message schedule later, or to the DLQ.
+"""Job messages: published to a lane now, through a message schedule later, held while the
+queue is paused, or copied to the DLQ; and removed again.
 
 A job message carries only the job id; the record in KV is the truth. Its ``Nats-Msg-Id`` is
 ``<job_id>:<enqueued>`` so a publish retried after a timeout cannot queue the job twice, while a
@@ -39,7 +40,7 @@ def job_headers(job: RawJob) -> dict[str, str]:
 
 
 class Broker:
-    """Sends one queue's job messages."""
+    """Sends and removes one queue's job messages (its work stream and dead letters)."""
 
     def __init__(self, conn: Nats, names: Names) -> None:
         self.conn = conn
@@ -66,6 +67,39 @@ class Broker:
         await self._publish(
             job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers
         )
+
+    async def held_jobs(self) -> list[str]:
+        """The ids of the jobs held while the queue was paused."""
+        subjects = await self.conn.subjects(self.names.stream, self.names.helds)
+        return [subject.rsplit(".", 1)[1] for subject in subjects]
+
+    async def forget_held(self, job_id: str) -> None:
+        """Remove a job's held marker."""
+        await self.conn.purge_subject(self.names.stream, self.names.held(job_id))
+
+    async def unschedule(self, job_id: str) -> None:
+        """Remove a delayed job's schedule."""
+        await self.conn.purge_subject(self.names.stream, self.names.schedule(job_id))
+
+    async def remove_messages(self, job_id: str) -> None:
+        """Remove every message of a job (lane, schedule, run lane, held marker)."""
+        names = self.names
+        for subject in (
+            names.lane_of(job_id),
+            names.schedule(job_id),
+            names.run(job_id),
+            names.held(job_id),
+        ):
+            await self.conn.purge_subject(names.stream, subject)
+
+    async def forget_dead_letter(self, job_id: str) -> None:
+        """Remove a job's dead letter (it runs again)."""
+        await self.conn.purge_subject(self.names.dlq_stream, self.names.dead_letter(job_id))
+
+    async def remove_all(self) -> None:
+        """Remove every message and dead letter of the queue."""
+        await self.conn.purge_subject(self.names.stream, ">")
+        await self.conn.purge_subject(self.names.dlq_stream, self.names.dead_letter("*"))
 
     async def _publish(
         self, job_id: str, subject: str, body: bytes, headers: dict[str, str]

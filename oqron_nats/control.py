@@ -120,6 +120,10 @@ class Control:
             self.state = new
             return True
 
+    async def tell_cancel(self, job_id: str) -> None:
+        """Tell every worker of the queue that a job was cancelled (its holder stops it)."""
+        await self.conn.publish_core(self.names.control("cancel", job_id))
+
     async def apply_to_consumers(self) -> None:
         """Pause or resume every consumer of the queue's stream as the queue state is now.
 

@@ -102,6 +102,11 @@ class StateIndex:
             self.names.index_stream(state), self.names.index_entry(state, job_id)
         )
 
+    async def remove_all(self) -> None:
+        """Remove every entry of the queue's index."""
+        for state in JobState:
+            await self.conn.purge_subject(self.names.index_stream(state), ">")
+
     async def count(self, state: JobState) -> int:
         """How many jobs are in ``state``."""
         return (await self.conn.stream_state(self.names.index_stream(state))).messages

@@ -85,6 +85,10 @@ class Leases:
         """Take a cluster-wide role of this queue (one holder at a time), or None."""
         return await Lease.acquire(self._bucket, self._names.role_key(role), {"owner": owner}, ttl)
 
+    async def remove_all(self) -> None:
+        """Remove every lease of the queue."""
+        await self._bucket.purge(self._names.keys)
+
     async def is_held(self, job_id: str) -> bool:
         """Whether someone holds the lease of ``job_id`` right now."""
         return await self._bucket.get(self._names.key(job_id)) is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from . import dag
-from ._nats import Bucket
 from .backend import Backend
 from .errors import InvalidState, JobNotFound
 from .job import JobState, moved
@@ -33,10 +32,9 @@ async def resume(backend: Backend) -> int:
     """Resume the queue cluster-wide and release the jobs held meanwhile; how many released."""
     await backend.control.set_paused(False)
     await backend.control.apply_to_consumers()
-    held = await backend.conn.subjects(backend.names.stream, backend.names.helds)
     released = 0
-    for subject in held:
-        if await release(backend, subject.rsplit(".", 1)[1]):
+    for job_id in await backend.broker.held_jobs():
+        if await release(backend, job_id):
             released += 1
     return released
 
@@ -61,7 +59,7 @@ async def release(backend: Backend, job_id: str, *, purge_marker: bool = True) -
     if changed is not None:
         await backend.broker.enqueue(changed[1])
     if purge_marker:
-        await backend.conn.purge_subject(backend.names.stream, backend.names.held(job_id))
+        await backend.broker.forget_held(job_id)
     return changed is not None
 
 
@@ -83,23 +81,11 @@ async def cancel(backend: Backend, job_id: str) -> bool:
     if changed is None:
         return False
     if changed[0].state == JobState.ACTIVE:
-        await backend.conn.publish_core(backend.names.control("cancel", job_id))
-    await remove_messages(backend, job_id)
+        await backend.control.tell_cancel(job_id)
+    await backend.broker.remove_messages(job_id)
     if backend.control.state.flows:
         await dag.notify_children(backend, job_id)
     return True
-
-
-async def remove_messages(backend: Backend, job_id: str) -> None:
-    """Remove every message of a job from the queue's stream (lanes, schedule, run lane, held)."""
-    names = backend.names
-    for subject in (
-        names.lane_of(job_id),
-        names.schedule(job_id),
-        names.run(job_id),
-        names.held(job_id),
-    ):
-        await backend.conn.purge_subject(names.stream, subject)
 
 
 async def run_again(
@@ -119,7 +105,7 @@ async def run_again(
 
     changed = await backend.store.transition(job_id, again, "retried")
     assert changed is not None  # again() never leaves a job as it is
-    await backend.conn.purge_subject(backend.names.dlq_stream, backend.names.dead_letter(job_id))
+    await backend.broker.forget_dead_letter(job_id)
     await backend.broker.enqueue(changed[1])
 
 
@@ -133,7 +119,7 @@ async def promote(backend: Backend, job_id: str) -> None:
 
     changed = await backend.store.transition(job_id, promoted, "promoted")
     assert changed is not None  # promoted() never leaves a job as it is
-    await backend.conn.purge_subject(backend.names.stream, backend.names.schedule(job_id))
+    await backend.broker.unschedule(job_id)
     await backend.broker.enqueue(changed[1])
 
 
@@ -155,7 +141,7 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     (their ``ctx.signal`` fires) and none of their later writes can bring a record back (every
     write is a compare-and-set on a revision that no longer exists). Returns how many jobs went.
     """
-    names, conn = backend.names, backend.conn
+    names = backend.names
     active = await active_jobs(backend)
     if active and not force:
         raise InvalidState(
@@ -166,19 +152,13 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     await pause(backend)  # nothing new starts while it goes
     removed = sum([await backend.store.index.count(state) for state in JobState])
     for job in active:
-        await conn.publish_core(names.control("cancel", job.id))
-    await conn.purge_subject(names.stream, ">")
-    for bucket, keys in (
-        (names.jobs_bucket, names.keys),
-        (names.locks_bucket, names.keys),
-        (names.deps_bucket, f"{names.queue}.>"),
-    ):
-        await Bucket(conn, bucket).purge(keys)
-    for state in JobState:
-        await conn.purge_subject(names.index_stream(state), ">")
-    await conn.purge_subject(names.dlq_stream, names.dead_letter("*"))
-    await conn.purge_subject(names.dlq_stream, names.rejected_samples)
-    await conn.purge_subject(names.rate_stream, names.rejections)
+        await backend.control.tell_cancel(job.id)
+    await backend.broker.remove_all()
+    await backend.store.remove_all()
+    await backend.leases.remove_all()
+    await dag.edges(backend).purge(f"{names.queue}.>")
+    await backend.store.index.remove_all()
+    await backend.rejects.forget()
     if not was_paused:
         await resume(backend)
     log.warning("queue obliterated", queue=names.queue, jobs=removed)

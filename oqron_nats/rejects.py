@@ -97,6 +97,11 @@ class Rejects:
         except OqronError as exc:  # removed all the same; the count and sample are for people
             log.warning("rejected message not counted", reason=reason, error=str(exc))
 
+    async def forget(self) -> None:
+        """Remove the queue's rejected-message samples and count."""
+        await self.conn.purge_subject(self.names.dlq_stream, self.names.rejected_samples)
+        await self.conn.purge_subject(self.names.rate_stream, self.names.rejections)
+
     async def _stop_schedule(self, scheduler: str) -> None:
         """Delete the schedule message on ``scheduler`` unless it is a job's own delay."""
         stored = await self.conn.direct_get(self.names.stream, last_by_subject=scheduler)

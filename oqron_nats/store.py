@@ -162,6 +162,10 @@ class JobStore:
             "compare-and-set to other writers"
         )
 
+    async def remove_all(self) -> None:
+        """Remove every record of the queue (its index is the StateIndex's to clear)."""
+        await self.bucket.purge(self.names.keys)
+
     async def remove(self, job: RawJob, revision: int) -> None:
         """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""
         key, last_words = self.names.key(job.id), msgspec.json.encode(job)
