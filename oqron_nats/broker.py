@@ -68,6 +68,25 @@ class Broker:
             job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers
         )
 
+    async def has_message(self, seq: int) -> bool:
+        """Whether the work stream still holds the message with sequence ``seq``."""
+        return await self.conn.has_message(self.names.stream, seq)
+
+    async def has_message_of(self, job_id: str) -> bool:
+        """Whether the job has a message on a lane or on the run lane (lifo)."""
+        for subject in (self.names.lane_of(job_id), self.names.run(job_id)):
+            if await self.conn.direct_get(self.names.stream, last_by_subject=subject) is not None:
+                return True
+        return False
+
+    async def subjects(self) -> list[str]:
+        """Every subject of the work stream that holds a message (the job id comes last)."""
+        return list(await self.conn.subjects(self.names.stream, ">"))
+
+    async def remove(self, subject: str) -> None:
+        """Remove the messages on one subject of the work stream."""
+        await self.conn.purge_subject(self.names.stream, subject)
+
     async def held_jobs(self) -> list[str]:
         """The ids of the jobs held while the queue was paused."""
         subjects = await self.conn.subjects(self.names.stream, self.names.helds)

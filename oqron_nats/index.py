@@ -124,6 +124,27 @@ class StateIndex:
             end = start - 1
         return found[:count]
 
+    async def read_on(
+        self, state: JobState, start: int, batch: int
+    ) -> tuple[list[IndexEntry], int]:
+        """Up to ``batch`` entries of ``state``, oldest first, from sequence ``start`` on (from
+        the first if it is gone), and where the next read goes on (0: from the first again)."""
+        stream = self.names.index_stream(state)
+        bounds = await self.conn.stream_state(stream)
+        if not bounds.messages:
+            return [], 0
+        stored, more = await self.conn.direct_batch(
+            stream, start=max(start, bounds.first_seq), batch=batch
+        )
+        return [entry(m, state) for m in stored], stored[-1].seq + 1 if stored and more else 0
+
+    async def listed(self, state: JobState) -> list[str]:
+        """The ids of the jobs with an entry in ``state``."""
+        subjects = await self.conn.subjects(
+            self.names.index_stream(state), self.names.index_entries(state)
+        )
+        return [subject.rsplit(".", 1)[1] for subject in subjects]
+
     async def oldest(self, state: JobState, count: int) -> list[IndexEntry]:
         """The ``count`` entries that entered ``state`` first, oldest first."""
         stream = self.names.index_stream(state)

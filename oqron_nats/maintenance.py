@@ -35,7 +35,6 @@ from ._nats import CasConflict
 from .backend import Backend
 from .background import STOP_GRACE, finish
 from .config import OrphanSweep, Reconciliation, seconds
-from .index import entry as index_entry
 from .job import JobState, moved
 from .lease import Lease, LeaseLost
 from .log import logger
@@ -65,7 +64,7 @@ async def scan_stalls(backend: Backend) -> int:
             continue  # only jobs that took a lease can be judged by its absence
         if await backend.leases.is_held(job.id):
             continue  # a live lease: its worker is running it
-        if job.msg_seq and await backend.conn.has_message(backend.names.stream, job.msg_seq):
+        if job.msg_seq and await backend.broker.has_message(job.msg_seq):
             continue  # the consumer will redeliver its message
         if await _requeue(
             backend, job, record.revision, JobState.STALLED, "orphaned: lease and message gone"
@@ -89,30 +88,25 @@ class OrphanSweeper:
 
     async def sweep(self) -> int:
         """One pass; returns how many jobs it published again."""
-        backend = self.backend
-        stream = backend.names.index_stream(JobState.WAITING)
-        bounds = await backend.conn.stream_state(stream)
-        if not bounds.messages:
-            return 0
-        start = max(self._next_seq, bounds.first_seq)
-        stored, more = await backend.conn.direct_batch(stream, start=start, batch=self.batch)
-        self._next_seq = stored[-1].seq + 1 if stored and more else 0
+        index = self.backend.store.index
+        entries, self._next_seq = await index.read_on(JobState.WAITING, self._next_seq, self.batch)
         due = datetime.now(UTC) - self.waiting_for
         healed = 0
-        for entry in (index_entry(msg, JobState.WAITING) for msg in stored):
+        for entry in entries:
             if entry.entered_at < due and await self._requeue_if_orphaned(entry.job_id):
                 healed += 1
         return healed
 
     async def _requeue_if_orphaned(self, job_id: str) -> bool:
         backend = self.backend
-        if await self._has_message(job_id):
+        if await backend.broker.has_message_of(job_id):
             return False
         record = await backend.store.get(job_id, fresh=True)
         if record is None or record.job.state != JobState.WAITING:
             return False
         changed = record.job.timeline[-1].at if record.job.timeline else record.job.created_at
-        if changed > datetime.now(UTC) - self.waiting_for or await self._has_message(job_id):
+        just_moved = changed > datetime.now(UTC) - self.waiting_for
+        if just_moved or await backend.broker.has_message_of(job_id):
             return False  # it moved (and came back) meanwhile, or its message just landed
         if not await _requeue(
             backend, record.job, record.revision, JobState.WAITING, "no message: published again"
@@ -122,19 +116,10 @@ class OrphanSweeper:
                     queue=backend.names.queue)  # fmt: skip
         return True
 
-    async def _has_message(self, job_id: str) -> bool:
-        """Whether the job has a message on a lane or on the run lane (lifo)."""
-        conn, names = self.backend.conn, self.backend.names
-        for subject in (names.lane_of(job_id), names.run(job_id)):
-            if await conn.direct_get(names.stream, last_by_subject=subject) is not None:
-                return True
-        return False
-
 
 async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
     """One reconciliation pass over the queue's records and stream messages."""
-    names = backend.names
-    subjects = await backend.conn.subjects(names.stream, ">")  # listed before the records are read
+    subjects = await backend.broker.subjects()  # listed before the records are read
     queued = {subject.rsplit(".", 1)[1] for subject in subjects}
     now = datetime.now(UTC)
     waited = timedelta(seconds=seconds(policy.waiting_threshold, "waiting_threshold"))
@@ -158,7 +143,7 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
     for subject in subjects:
         state = states.get(subject.rsplit(".", 1)[1])
         if state is None or state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
-            await backend.conn.purge_subject(names.stream, subject)
+            await backend.broker.remove(subject)
             log.warning("reconciliation removed a message without live job", subject=subject)
             removed += 1
     return Reconciled(requeued=requeued, removed=removed, reindexed=await reindex(backend, states))
@@ -166,12 +151,11 @@ async def reconcile(backend: Backend, policy: Reconciliation) -> Reconciled:
 
 async def reindex(backend: Backend, states: dict[str, JobState]) -> int:
     """Repair the state index where it disagrees with the records (``states``, just read)."""
-    names, index = backend.names, backend.store.index
+    index = backend.store.index
     listed: dict[str, set[JobState]] = {}
     for state in JobState:
-        entries = await backend.conn.subjects(names.index_stream(state), names.index_entries(state))
-        for subject in entries:
-            listed.setdefault(subject.rsplit(".", 1)[1], set()).add(state)
+        for job_id in await index.listed(state):
+            listed.setdefault(job_id, set()).add(state)
     suspects = {i for i, seen in listed.items() if seen != {states.get(i)}}
     suspects |= {i for i, state in states.items() if listed.get(i) != {state}}
     repaired = 0
