@@ -39,7 +39,6 @@ from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .log import logger
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
-from .metrics import QueueWatch
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
@@ -101,15 +100,15 @@ class Consumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[None], Execution] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._cleanups: list[Callable[[], Any]] = []
+        self._parts = contextlib.AsyncExitStack()
+        """What _start set up, undone in reverse order by _close (each part quietly: a closed
+        connection has nothing left to undo)."""
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: Runtime | None = None
         self._specs = consumer_specs(config, backend.names, backend.client.replicas)
         self._lag: LagWatch | None = None
         self._throttle = StartWindow(config.throttle) if config.throttle else None
         self._refill_at = max(1, config.concurrency // 4)
-        self._maintenance: Maintenance | None = None
-        self._gauges: QueueWatch | None = None
         self._paused_on_server: bool | None = None
         """Whether this worker last created or set its consumers paused (None: not yet)."""
         self._pausing: asyncio.Task[None] | None = None
@@ -143,12 +142,12 @@ class Consumer:
     async def _start(self) -> None:
         conn, names, client = self.backend.conn, self.backend.names, self.backend.client
         client.claim_consumer(self.config.name)
-        self._cleanups.append(lambda: client.release_consumer(self.config.name))
+        self._undo(lambda: client.release_consumer(self.config.name))
         specs = self._specs
         await self._check_strategy()
         control = self.backend.control
         control.listeners.append(self._on_state)
-        self._cleanups.append(lambda: control.listeners.remove(self._on_state))
+        self._undo(lambda: control.listeners.remove(self._on_state))
         await self._ensure_consumers(specs)
         if not is_async_handler(self._handler):
             self._executor = ThreadPoolExecutor(
@@ -179,23 +178,26 @@ class Consumer:
             )
             await puller.start()
             self._pullers.append(puller)
+            self._undo(puller.stop)
         commands = await conn.subscribe(names.controls, self._on_command)
-        self._cleanups.append(commands.unsubscribe)
+        self._undo(commands.unsubscribe)
         if self.config.strategy == "lifo":
             self._popper = StackPopper(conn, names)
             bell = await conn.subscribe(names.bell, self._on_bell)
-            self._cleanups.append(bell.unsubscribe)
-        self._cleanups.append(conn.on_reconnect(self._on_reconnect))
+            self._undo(bell.unsubscribe)
+        self._undo(conn.on_reconnect(self._on_reconnect))
         if self.config.lag_monitor is not None:
             self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
             self._lag.start()
+            self._undo(self._lag.stop)
         self._start_maintenance()
-        self._gauges = self.backend.metrics.watch(
+        gauges = self.backend.metrics.watch(
             self.backend.store, self.backend.client.metrics_interval
         )
+        self._undo(gauges.stop)
         presence = Presence(conn, names, self.config.concurrency)
         presence.start()
-        self._cleanups.append(presence.stop)
+        self._undo(presence.stop)
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
@@ -206,16 +208,17 @@ class Consumer:
         if scanner is None and reconciliation is None and sweep is None:
             return
         backend = self.backend
-        self._maintenance = Maintenance(backend, self.worker_id)
+        maintenance = Maintenance(backend, self.worker_id)
+        self._undo(maintenance.stop)
         if sweep is not None:
             sweeper = OrphanSweeper(backend, sweep)
-            self._maintenance.start("orphan-sweep", sweeper.interval, sweeper.sweep)
+            maintenance.start("orphan-sweep", sweeper.interval, sweeper.sweep)
         if scanner is not None:
             interval = seconds(scanner.interval, "interval")
-            self._maintenance.start("stall-scanner", interval, lambda: scan_stalls(backend))
+            maintenance.start("stall-scanner", interval, lambda: scan_stalls(backend))
         if reconciliation is not None:
             interval = seconds(reconciliation.interval, "interval")
-            self._maintenance.start(
+            maintenance.start(
                 "reconciliation", interval, lambda: reconcile(backend, reconciliation)
             )
 
@@ -451,22 +454,20 @@ class Consumer:
         hurried.cancel()
         return {task for task in running if not task.done()}
 
-    async def _close(self) -> None:
-        await finish(self._pausing, grace=0)
-        if self._gauges is not None:
-            await self._gauges.stop()
-        if self._lag is not None:
-            await self._lag.stop()
-        if self._maintenance is not None:
-            await self._maintenance.stop()
-        for puller in self._pullers:
-            await puller.stop()
-        for cleanup in reversed(self._cleanups):
+    def _undo(self, cleanup: Callable[[], Any]) -> None:
+        """Have _close call ``cleanup`` (awaited if it returns an awaitable), quietly."""
+
+        async def quietly() -> None:
             with contextlib.suppress(Exception):  # a closed connection has nothing left to undo
                 outcome = cleanup()
                 if inspect.isawaitable(outcome):
                     await outcome
-        self._cleanups.clear()
+
+        self._parts.push_async_callback(quietly)
+
+    async def _close(self) -> None:
+        await finish(self._pausing, grace=0)
+        await self._parts.aclose()
         if self._background:
             await asyncio.wait(list(self._background), timeout=ABORT_WAIT)
         if self._executor is not None:
