@@ -378,10 +378,8 @@ class Consumer:
         while (paused := self.backend.control.state.paused) != self._paused_on_server:
             if self._stopping.is_set():
                 return
-            until = PAUSED_FOREVER if paused else None
             try:
-                for spec in self._specs:
-                    await self.backend.conn.pause_consumer(spec.stream, spec.durable, until)
+                await self.backend.control.set_consumers(paused, [s.durable for s in self._specs])
             except Exception as exc:
                 failures += 1
                 log.warning("could not (un)pause the consumers; trying again",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
 import msgspec
@@ -136,10 +136,15 @@ class Control:
             paused = (await self.read()).paused
             if paused == applied:
                 return
-            until = PAUSED_FOREVER if paused else None
-            for name in await self.conn.consumer_names(self.names.stream):
-                await self.conn.pause_consumer(self.names.stream, name, until)
+            await self.set_consumers(paused, await self.conn.consumer_names(self.names.stream))
             applied = paused
+
+    async def set_consumers(self, paused: bool, consumers: Iterable[str]) -> None:
+        """Pause (until the far future) or resume the named consumers of the queue's stream;
+        one that does not exist is skipped."""
+        until = PAUSED_FOREVER if paused else None
+        for name in consumers:
+            await self.conn.pause_consumer(self.names.stream, name, until)
 
     async def follow(self) -> Callable[[], Awaitable[None]]:
         """Keep ``state`` fresh and tell the listeners of every change; returns the stop call.
