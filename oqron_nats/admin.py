@@ -62,7 +62,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 
 async def queue_names(client: Client) -> list[str]:
     """The queues of the client's namespace that exist in NATS, sorted."""
-    conn = await client.connect()
+    conn = await client._connection()
     prefix = Names(client.namespace, "x").stream.removesuffix("x")  # OQRON_<ns>_Q_
     names = await conn.stream_names(subject=f"oqron.{client.namespace}.q.>")
     return sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix))
@@ -71,7 +71,7 @@ async def queue_names(client: Client) -> list[str]:
 async def summary(client: Client, name: str) -> QueueSummary:
     """Counts, pause state, the oldest waiting job's age and the workers online of one queue."""
     q = admin_queue(client, name)  # listed by queue_names: it exists
-    conn, names = await client.connect(), client.names(name)
+    conn, names = await client._connection(), client.names(name)
     states = (
         JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.COMPLETED, JobState.FAILED,
         JobState.PAUSED,
@@ -118,7 +118,7 @@ async def list_jobs(
 async def dead_letters(client: Client, name: str, limit: int) -> list[DeadLetter]:
     """The queue's dead letters, oldest first."""
     names = await existing(client, name)
-    conn = await client.connect()
+    conn = await client._connection()
     sealer = Sealer(client.codec, client.namespace, name)  # opens the errors it can
     found: list[DeadLetter] = []
     start = 1
@@ -162,7 +162,7 @@ def _dead_letter(queue_name: str, subject: str, data: bytes, sealer: Sealer) -> 
 async def rejected(client: Client, name: str) -> list[RejectedSample]:
     """The latest message of each reason that the queue rejected (not one of its jobs)."""
     names = await existing(client, name)
-    return await rejected_samples(await client.connect(), names)
+    return await rejected_samples(await client._connection(), names)
 
 
 async def replay(client: Client, name: str, job_ids: list[str] | None = None) -> list[str]:
@@ -177,14 +177,14 @@ async def replay(client: Client, name: str, job_ids: list[str] | None = None) ->
 async def provision(client: Client, name: str) -> None:
     """Create the streams and buckets of queue ``name`` where missing (consumers come with the
     workers, which know the strategy)."""
-    await client.prepare_queue(client.names(check_name(name)))
+    await client._prepare_queue(client.names(check_name(name)))
 
 
 async def existing(client: Client, name: str) -> Names:
     """The names of queue ``name``, which must exist: QueueNotFound if its work stream does not
     (a queue that was never provisioned, or a typo)."""
     names = client.names(check_name(name))
-    conn = await client.connect()
+    conn = await client._connection()
     if not await conn.stream_exists(names.stream):
         raise QueueNotFound(
             f"no such queue {name!r} in namespace {client.namespace!r} (`oqron queues` lists "

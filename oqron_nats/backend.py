@@ -43,7 +43,7 @@ class Backend:
     async def open(cls, client: Client, config: QueueConfig) -> Backend:
         """Connect, create the queue's streams and buckets, and wire the parts."""
         names = client.names(config.name)
-        conn = await client.prepare_queue(names)
+        conn = await client._prepare_queue(names)
         await refuse_dropping_streams(conn, names)
         await refuse_shared_records(conn, names)
         replicated = client.replicas > 1

@@ -1,6 +1,6 @@
 """The connection shared by queues and workers: NATS URL, namespace, replicas, telemetry.
 
-Creating a Client does no I/O; it connects on first use (or ``await client.connect()``), checks
+Creating a Client does no I/O; it connects on first use (or ``await client._connection()``), checks
 that the server is new enough, and creates each queue's streams and buckets once.
 """
 
@@ -162,7 +162,12 @@ class Client:
         self._ready: set[str] = set()
         self._consumed: set[str] = set()
 
-    async def connect(self) -> Nats:
+    async def connect(self) -> None:
+        """Connect now and check the server (otherwise done on first use); ConnectionFailed,
+        ServerVersionError or Unavailable say why it cannot be used."""
+        await self._connection()
+
+    async def _connection(self) -> Nats:
         """The open connection, connecting (and checking the server version) on first use."""
         if self._conn is not None:
             return self._conn
@@ -231,13 +236,13 @@ class Client:
         """The largest payload a job may carry on this server."""
         return max(1, min(configured, conn.max_payload - RECORD_HEADROOM))
 
-    async def prepare_queue(self, names: Names) -> Nats:
+    async def _prepare_queue(self, names: Names) -> Nats:
         """Connect and create the queue's streams and the namespace's buckets where missing.
 
         A user whose permissions do not allow creating them (a least-privilege publisher)
         only checks they exist, and gets QueueNotFound naming the queue if they do not.
         """
-        conn = await self.connect()
+        conn = await self._connection()
         if names.stream in self._ready:
             return conn
         async with self._lock:
@@ -325,7 +330,7 @@ class Client:
             ),
         ]
 
-    def claim_consumer(self, queue: str) -> None:
+    def _claim_consumer(self, queue: str) -> None:
         """Register a consumer of ``queue`` on this client; a second one is refused."""
         if queue in self._consumed:
             raise ConsumerConflict(
@@ -334,7 +339,7 @@ class Client:
             )
         self._consumed.add(queue)
 
-    def release_consumer(self, queue: str) -> None:
+    def _release_consumer(self, queue: str) -> None:
         """Forget a stopped consumer of ``queue``."""
         self._consumed.discard(queue)
 

@@ -141,8 +141,8 @@ class Consumer:
 
     async def _start(self) -> None:
         conn, names, client = self.backend.conn, self.backend.names, self.backend.client
-        client.claim_consumer(self.config.name)
-        self._undo(lambda: client.release_consumer(self.config.name))
+        client._claim_consumer(self.config.name)
+        self._undo(lambda: client._release_consumer(self.config.name))
         specs = self._specs
         await self._check_strategy()
         control = self.backend.control

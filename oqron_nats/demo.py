@@ -119,6 +119,6 @@ async def summary(demo: Demo, thumbnails: Any, client: Client) -> None:
         )
         name, state = job.data.name, str(job.state)
         print(f"{'':9}{job.id:<12} {name:<14} {state:<10} attempts={job.attempt}  {outcome}")
-    conn = await client.connect()
+    conn = await client._connection()
     dead = await conn.stream_state(client.names("thumbnails").dlq_stream)
     demo.say(f"dead-letter stream holds {dead.messages} job(s)")

@@ -31,7 +31,7 @@ def namespace() -> str:
 async def client(nats_server: LocalServer, namespace: str) -> AsyncIterator[Client]:
     """A connected client in the test's namespace, checked to talk to our own server."""
     async with Client(nats_server.url, namespace=namespace) as c:
-        conn = await c.connect()
+        conn = await c._connection()
         assert nats_server.is_running()
         assert conn.server_name == nats_server.name, "connected to a server we did not start"
         yield c

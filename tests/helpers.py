@@ -47,7 +47,7 @@ async def wait_for_state(
 
 async def stream_message_count(client: Client, stream: str) -> int:
     """How many messages a stream holds right now."""
-    conn = await client.connect()
+    conn = await client._connection()
     info = await conn.js.stream_info(stream)
     return int(info.state.messages)
 

@@ -173,7 +173,7 @@ async def test_record_is_created_waiting_and_its_id_published(client: Client) ->
     assert stored.priority == 3
     assert stored.attempt == 0
     assert stored.max_attempts is None  # not set by the publisher: the worker's policy decides
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names("flow")
     msg = await conn.direct_get(names.stream, last_by_subject=names.lane(3, job.id))
     assert msg is not None

@@ -46,7 +46,7 @@ async def test_waiting_jobs_whose_messages_were_dropped_behind_our_back_run_anyw
     publisher = queue("dropped", client=client)
     jobs = [await publisher.add({"n": n}) for n in range(5)]
     names = client.names("dropped")
-    conn = await client.connect()
+    conn = await client._connection()
     await conn.purge_subject(names.stream, names.lanes)  # an operator, or a bounded stream
     assert await stream_message_count(client, names.stream) == 0
     q = queue("dropped", done, client=client, orphan_sweep=FAST_SWEEP)
@@ -86,7 +86,7 @@ async def test_the_sweep_leaves_queued_jobs_alone(client: Client) -> None:
 async def test_a_work_stream_with_discard_old_limits_is_refused(client: Client) -> None:
     publisher = queue("bounded-by-hand", client=client)
     await publisher.add({"n": 1})
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names("bounded-by-hand")
     info = await conn.js.stream_info(names.stream)
     config = info.config
@@ -135,7 +135,7 @@ async def test_max_bytes_bounds_the_storage_of_a_queue_s_records(client: Client)
     light = queue("light", client=client, max_bytes=20_000)
     await light.add({"n": 1})  # another queue's records have a bucket of their own
     names = client.names("heavy")
-    state = await (await client.connect()).stream_state(f"KV_{names.jobs_bucket}")
+    state = await (await client._connection()).stream_state(f"KV_{names.jobs_bucket}")
     assert state.bytes <= 20_000 + 2_000, "over by at most one record"
 
 
@@ -144,7 +144,7 @@ async def test_records_left_in_the_old_shared_bucket_are_refused_not_ignored(
 ) -> None:
     """oqron_nats 0.1.0 kept every queue's records in one bucket per namespace: a queue whose
     records are still there must not start as if it had none."""
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names("upgraded")
     await ensure_bucket(conn, bucket=names.shared_jobs_bucket, replicas=1, max_value_size=1024)
     await Bucket(conn, names.shared_jobs_bucket).create(names.key("old-job"), b"{}")

@@ -515,7 +515,7 @@ async def test_a_command_on_a_queue_that_does_not_exist_is_refused_and_creates_n
     nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def streams() -> list[str]:
-        conn = await client.connect()
+        conn = await client._connection()
         return sorted(await conn.stream_names(subject=f"oqron.{namespace}.>"))
 
     for provisioned in (False, True):  # an empty namespace, then one with another queue

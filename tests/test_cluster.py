@@ -41,7 +41,7 @@ async def test_every_stream_bucket_and_consumer_has_three_replicas(
         await q.add({"n": 1})
         await q.start()  # binds the consumers, one per priority lane
         try:
-            conn = await client.connect()
+            conn = await client._connection()
             streams = [
                 info
                 for info in await conn.js.streams_info()
@@ -79,7 +79,7 @@ async def test_the_cluster_says_who_leads_what_and_who_is_connected_where(
         await q.add({"n": 1})
         await q.start()
         try:
-            conn = await client.connect()
+            conn = await client._connection()
             names = client.names(QUEUE)
             stream = await conn.js.stream_info(names.stream)
             consumer = await conn.js.consumer_info(names.stream, "fifo")
@@ -123,7 +123,7 @@ async def test_record_reads_ride_out_a_hung_leader(cluster: LocalCluster, namesp
                       request_timeout=timeout) as client:  # fmt: skip
         q = queue(QUEUE, handler, client=client)
         job = await q.add({"n": 1})
-        conn = await client.connect()
+        conn = await client._connection()
         bucket = f"KV_{client.names(QUEUE).jobs_bucket}"
         if cluster.stream_leader(bucket) == cluster.nodes[0].name:  # read through a follower
             await conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{bucket}", b"", timeout=5)

@@ -296,7 +296,7 @@ async def test_a_deleted_consumer_is_recreated_and_claiming_goes_on(client: Clie
 
     q = queue("phoenix", handler, client=client)
     async with q:
-        conn = await client.connect()
+        conn = await client._connection()
         stream = client.names("phoenix").stream
         await conn.js.delete_consumer(stream, "fifo")
         await eventually(

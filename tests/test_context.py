@@ -87,7 +87,7 @@ async def expire_lease(locks: Bucket, key: str) -> None:
 
 async def record_entry(client: Client, name: str, job_id: str) -> Entry:
     """The raw stored record of a job with its revision."""
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     entry = await Bucket(conn, names.jobs_bucket).get(names.key(job_id))
     assert entry is not None
@@ -206,7 +206,7 @@ async def test_lease_loss_fires_the_signal_and_the_attempt_commits_nothing(
 
     name = "ctx-lease"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     locks = locks_of(conn, client, name)
     async with q:
@@ -255,7 +255,7 @@ async def test_await_signal_in_an_async_handler_returns_why_it_fired(client: Cli
 
     name = "ctx-await"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client.connect()
+    conn = await client._connection()
     async with q:
         job = await q.add({"n": 1})
         await set_within(started, "the handler to start")
@@ -292,7 +292,7 @@ async def test_signal_fires_on_shutdown_and_the_job_is_handed_back(client: Clien
 
     name = "ctx-shutdown"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     try:
         await q.start()
@@ -553,7 +553,7 @@ async def test_sync_handler_sees_the_signal_through_wait_blocking_on_lease_loss(
 
     name = "ctx-sync-lease"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     locks = locks_of(conn, client, name)
     jobs = Bucket(conn, names.jobs_bucket)
@@ -598,7 +598,7 @@ async def test_heartbeats_keep_going_while_a_sync_handler_blocks(client: Client)
 
     name = "ctx-sync-block"
     q = queue(name, handler, lock_ttl=1.5, heartbeat=0.3, client=client)
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     async with q:
         job = await q.add({"n": 1})

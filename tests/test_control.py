@@ -80,7 +80,7 @@ async def test_held_jobs_keep_their_delay_and_priority_and_are_never_dropped(
     assert many.ok
     assert await q.count(JobState.PAUSED) == 151, "no held job is deleted (OqronKit kept 100)"
     names = client.names("held")
-    conn = await client.connect()
+    conn = await client._connection()
     lanes = await conn.subjects(names.stream, names.lanes)
     assert lanes == {}, "held jobs are not on any lane"
     assert await q.resume() == 151
@@ -209,7 +209,7 @@ async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
         await apply()
 
     monkeypatch.setattr(control, "apply_to_consumers", held_up)
-    conn = await client.connect()
+    conn = await client._connection()
     stream = client.names("race").stream
 
     async def consumers_agree() -> bool:

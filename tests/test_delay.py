@@ -27,7 +27,7 @@ async def test_delayed_job_waits_visibly_and_never_starts_early(client: Client) 
         assert waiting.run_at is not None
         assert abs(waiting.run_at.timestamp() - (added_at + 1.5)) < 0.2
         names = client.names("later")
-        conn = await client.connect()
+        conn = await client._connection()
         schedule = await conn.direct_get(names.stream, last_by_subject=names.schedule(job.id))
         assert schedule is not None, "the delay is a message schedule in the stream"
         assert schedule.headers["Nats-Schedule"].startswith("@at ")
@@ -67,7 +67,7 @@ async def test_an_early_copy_of_a_delayed_job_does_not_run_it_early(client: Clie
     q = queue("early", handler, client=client, lock_ttl=2, heartbeat=0.5)
     job = await q.add({"n": 1}, delay=2.0)
     names = client.names("early")
-    conn = await client.connect()
+    conn = await client._connection()
     await conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "stray-copy"})
     async with q:
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=10)

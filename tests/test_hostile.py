@@ -42,7 +42,7 @@ GARBAGE = {
 async def corrupt(client: Client, name: str, job_id: str, value: bytes) -> None:
     """Overwrite a job's stored record with ``value`` behind the library's back."""
     names = client.names(name)
-    bucket = Bucket(await client.connect(), names.jobs_bucket)
+    bucket = Bucket(await client._connection(), names.jobs_bucket)
     entry = await bucket.get(names.key(job_id))
     assert entry is not None
     await bucket.update(names.key(job_id), value, last=entry.revision)
@@ -144,7 +144,7 @@ async def test_a_corrupt_dead_letter_is_listed_as_such(
         job = await q.add({"n": 1})
         await wait_for_state(q, job.id, JobState.FAILED)
     names = client.names("hostile-dlq")
-    conn = await client.connect()
+    conn = await client._connection()
     await conn.publish(names.dead_letter("forged"), b"not a record")
     rows = await oqron_json(capsys, nats_server, namespace, "dlq", "list", "hostile-dlq")
     by_id = {row["id"]: row for row in rows}
@@ -178,7 +178,7 @@ async def test_garbage_on_the_lanes_is_removed_counted_and_sampled(
         publisher = queue("garbage", client=client)
         job = await publisher.add({"n": 1})
         names = client.names("garbage")
-        conn = await client.connect()
+        conn = await client._connection()
         await conn.publish(names.lane(0, "a"), b"\x00\xff not an id")
         with pytest.raises(JetStreamError, match="maximum"):  # refused: 16 KiB a message
             await conn.publish(names.lane(3, "b"), b"x" * 900_000)
@@ -217,7 +217,7 @@ async def test_a_foreign_schedule_firing_into_a_lane_is_deleted_and_stops_firing
     publisher = queue("foreign", client=client)
     job = await publisher.add({"n": 1})
     names = client.names("foreign")
-    conn = await client.connect()
+    conn = await client._connection()
     q = queue("foreign", handler, client=client)
     async with q:
         await wait_for_state(q, job.id, JobState.COMPLETED)

@@ -51,13 +51,13 @@ async def states_of(q: Queue[Any], ids: list[str]) -> list[JobState]:
 
 async def deliveries(client: Client, name: str) -> int:
     """How many deliveries the queue's fifo consumer made so far (redeliveries included)."""
-    conn = await client.connect()
+    conn = await client._connection()
     info = await conn.js.consumer_info(client.names(name).stream, "fifo")
     return int(info.delivered.consumer_seq)
 
 
 async def lease_of(client: Client, name: str, job_id: str) -> Any:
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     return await Bucket(conn, names.locks_bucket).get(names.key(job_id))
 
@@ -324,7 +324,7 @@ async def redelivered_promptly(client: Client, q: Queue[Any], name: str, job_id:
     try:
         return await wait_for_state(q, job_id, JobState.COMPLETED, timeout=5)
     except AssertionError:
-        conn = await client.connect()
+        conn = await client._connection()
         info = await conn.js.consumer_info(client.names(name).stream, "fifo")
         raise AssertionError(
             f"job {job_id} was handed back at stop() but did not run again within 5 s of a "

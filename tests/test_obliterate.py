@@ -27,13 +27,13 @@ async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
         failed = await q.add({"fail": True})
         await done.wait(10)
         await failed.wait(10)
-        conn = await client.connect()
+        conn = await client._connection()
         await conn.publish(client.names("doomed").lane(0, "junk"), b"not a job!")
         await eventually(lambda: _rejected(client), what="the junk to be rejected")
     waiting = await q.add({"n": 2})
     delayed = await q.add({"n": 3}, delay=3600)
     names = client.names("doomed")
-    conn = await client.connect()
+    conn = await client._connection()
     assert await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
     assert await q.obliterate() == 4
     for job in (done, failed, waiting, delayed):
@@ -52,7 +52,7 @@ async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
 
 
 async def _rejected(client: Client) -> bool:
-    conn, names = await client.connect(), client.names("doomed")
+    conn, names = await client._connection(), client.names("doomed")
     return bool(await rejected_count(conn, names) or await rejected_samples(conn, names))
 
 

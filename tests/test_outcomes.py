@@ -44,7 +44,7 @@ async def wait_until_empty(client: Client, name: str) -> None:
 
 async def dead_letter_of(client: Client, name: str, job_id: str) -> dict[str, Any] | None:
     names = client.names(name)
-    conn = await client.connect()
+    conn = await client._connection()
     msg = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job_id))
     return None if msg is None else msgspec.json.decode(msg.data)
 
@@ -289,7 +289,7 @@ async def test_results_are_stored_encoded_and_on_success_gets_them(client: Clien
     assert hooked["dict"][1] == {"total": 12.5, "lines": 3, "ok": True}
     assert all(job.state == JobState.COMPLETED for job, _ in hooked.values())
     # stored as msgspec JSON in the jobs bucket
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names("results")
     entry = await Bucket(conn, names.jobs_bucket).get(names.key(jobs["struct"].id))
     assert entry is not None
@@ -370,7 +370,7 @@ async def test_the_terminal_state_is_written_before_the_ack(client: Client) -> N
 
     q = queue("order", handler, client=client)
     names = client.names("order")
-    conn = await client.connect()
+    conn = await client._connection()
     events: list[tuple[str, Any]] = []
 
     async def on_record(msg) -> None:
@@ -417,7 +417,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
         hooks=Hooks(on_fail=on_fail),
     )
     names = client.names("dups")
-    conn = await client.connect()
+    conn = await client._connection()
     async with q:
         done = await q.add("ok")
         await wait_for_state(q, done.id, JobState.COMPLETED)
@@ -451,7 +451,7 @@ async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: C
 
     q = queue("ghosts", handler, client=client)
     names = client.names("ghosts")
-    conn = await client.connect()
+    conn = await client._connection()
     async with q:
         await conn.publish(names.lane(0, "no-such-job"), b"no-such-job", {"Nats-Msg-Id": "ghost-1"})
         await wait_until_empty(client, "ghosts")
@@ -470,7 +470,7 @@ async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: byte
 
     q = queue("poison", handler, client=client)
     names = client.names("poison")
-    conn = await client.connect()
+    conn = await client._connection()
     async with q:
         with capture_logs() as logs:
             await conn.publish(names.lane(0, "poison"), body, {"Nats-Msg-Id": "poison-1"})
@@ -491,7 +491,7 @@ async def test_a_record_that_does_not_decode_does_not_crash_the_worker(client: C
     q = queue("corrupt", handler, client=client)
     names = client.names("corrupt")
     async with q:
-        conn = await client.connect()
+        conn = await client._connection()
         with capture_logs() as logs:
             for n, garbage in enumerate([b"garbage", b'{"id": "bad-1"}', b"[1, 2, 3]"]):
                 job_id = f"bad-{n}"

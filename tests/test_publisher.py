@@ -32,7 +32,7 @@ def count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def assert_not_consumed(client: Client, name: str, pulls: list[str]) -> None:
     """No consumer on the queue's stream, no pull request sent, no lease ever written."""
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     consumers = await conn.js.consumers_info(names.stream)
     assert [c.name for c in consumers] == [], "a publisher-only queue created a consumer"

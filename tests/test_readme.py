@@ -45,8 +45,8 @@ def test_the_what_is_in_nats_table_is_the_one_generated_from_names() -> None:
 async def test_the_table_names_every_stream_and_bucket_of_a_queue(
     client: Client, namespace: str
 ) -> None:
-    await client.prepare_queue(client.names("orders"))  # what `oqron provision orders` does
-    conn = await client.connect()
+    await client._prepare_queue(client.names("orders"))  # what `oqron provision orders` does
+    conn = await client._connection()
     found = {name for name in await conn.stream_names(subject=">") if f"_{namespace}_" in name}
     written = set(re.findall(r"`([^`]+)`", markdown_table()))
     for placeholder in list(written):  # the index streams, one per state
@@ -97,7 +97,7 @@ async def test_the_connect_options_example_reaches_nats_py(
     options = eval(example, {"__builtins__": {}})  # the README's literal, e.g. 8 * 1024 * 1024
     assert options["inbox_prefix"] == "_INBOX_billing"
     async with Client(nats_server.url, namespace=namespace, connect_options=options) as client:
-        conn = await client.prepare_queue(client.names("billing"))  # requests: replies arrive
+        conn = await client._prepare_queue(client.names("billing"))  # requests: replies arrive
         assert conn.new_inbox().startswith("_INBOX_billing.")
         assert conn.nc._max_pending_size == options["pending_size"]
 

@@ -67,7 +67,7 @@ async def current(q: Queue[Any], job_id: str) -> Job[Any]:
 
 async def lane_subjects(client: Client, name: str) -> dict[str, int]:
     """The subjects holding messages in the queue's stream, with their counts."""
-    conn = await client.connect()
+    conn = await client._connection()
     return await conn.subjects(client.names(name).stream, ">")
 
 
@@ -117,7 +117,7 @@ async def test_stall_recovery_writes_stalled_between_the_two_runs(
     log = tmp_path / "executions.jsonl"
     q = queue(name, client=client, **FAST)
     await q.count()  # provisions the buckets and the stream
-    conn = await client.connect()
+    conn = await client._connection()
     writes: list[dict[str, Any]] = []
 
     async def on_write(msg: Msg) -> None:
@@ -206,7 +206,7 @@ async def test_a_job_that_kills_its_workers_fails_as_stalled_and_is_dead_lettere
     assert survivor is not None and survivor.pid not in killed, "the last worker did not run it"
     for job in healthy:
         assert len(starts(log, job.id)) == 1, "a healthy job ran once"
-    conn = await client.connect()
+    conn = await client._connection()
     dead = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(poison.id))
     assert dead is not None, "the poison job is in the dead-letter stream"
     letter = msgspec.json.decode(dead.data)
@@ -224,7 +224,7 @@ async def test_the_stall_scanner_heals_an_active_job_whose_lease_and_message_are
     names = client.names(name)
     log = tmp_path / "executions.jsonl"
     q = queue(name, client=client, **FAST)
-    conn = await client.connect()
+    conn = await client._connection()
     doomed = await spawn(nats_server, namespace, log, queue=name, sleep=60, **FAST)
     plain = scanner = None
     try:
@@ -554,7 +554,7 @@ async def test_without_guaranteed_worker_jobs_complete_with_no_lease_traffic(
         jobs = [await q.add({"n": i}) for i in range(5)]
         done = [await wait_for_state(q, j.id, JobState.COMPLETED, timeout=WAIT) for j in jobs]
     assert all(j.result == "ok" and j.leased is False for j in done)
-    conn = await client.connect()
+    conn = await client._connection()
     locks = await conn.js.stream_info(f"KV_{names.locks_bucket}")
     assert locks.state.messages == 0
     assert locks.state.last_seq == 0, "no lease was ever written"
@@ -588,6 +588,6 @@ async def test_without_guaranteed_worker_a_killed_workers_job_still_runs_again(
     first, rerun = starts(log, job.id)
     assert (first["pid"], rerun["pid"]) == (doomed.pid, survivor.pid)
     assert rerun["t"] - killed_at >= q.config.ack_wait - 1.0, "it came back through ack_wait"
-    conn = await client.connect()
+    conn = await client._connection()
     locks = await conn.js.stream_info(f"KV_{names.locks_bucket}")
     assert locks.state.last_seq == 0, "no lease was written by either worker"

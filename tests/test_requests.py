@@ -150,7 +150,7 @@ async def test_a_leader_read_returns_what_a_direct_read_returns(client: Client) 
     decode to the same stored message: a value with headers, a delete marker, a missing key."""
     from oqron_nats._nats import Bucket, ensure_bucket
 
-    conn = await client.connect()
+    conn = await client._connection()
     bucket = Bucket(conn, f"{client.namespace}_reads")
     await ensure_bucket(conn, bucket=bucket.name, replicas=1, max_value_size=1024)
     revision = await bucket.create("live", b'{"v": "\\u00e9"}', ttl=60)

@@ -269,7 +269,7 @@ async def test_a_thousand_jobs_in_a_one_hour_backoff_do_not_block_fresh_jobs(
             assert 3600 <= ahead <= 3600 + 60, f"retry about one hour ahead, not {ahead}"
 
         names = client.names("backoff")
-        conn = await client.connect()
+        conn = await client._connection()
 
         async def settled() -> bool:  # acked, not nak-delayed: no delivery holds a pending slot
             info = await conn.js.consumer_info(names.stream, "fifo")

@@ -148,7 +148,7 @@ async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(
         return None
 
     async with client_of(server, "publisher") as publisher:
-        conn = await publisher.connect()
+        conn = await publisher._connection()
         names, billing = publisher.names("orders"), publisher.names("billing")
         job = await queue("orders", client=publisher).add({"n": 1})
         refusals = {
@@ -183,7 +183,7 @@ async def test_a_worker_cannot_touch_other_queues(server: SecuredServer) -> None
         return None
 
     async with client_of(server, "worker") as worker:
-        conn = await worker.connect()
+        conn = await worker._connection()
         names = worker.names("billing")
         for attempt in (
             queue("billing", handle, client=worker).start(),

@@ -157,7 +157,7 @@ async def test_a_second_signal_hands_running_jobs_back_at_once(
         assert time.monotonic() - began < 10, "the second signal does not wait out the timeout"
         back = await q.get_job(job.id)
         assert back is not None and back.state == JobState.WAITING and back.attempt == 0
-        conn = await client.connect()
+        conn = await client._connection()
         names = client.names("run-long")
         lease = await Bucket(conn, names.locks_bucket).get(names.key(job.id))
         assert lease is None, "the abandoned job's lease is released"
@@ -219,7 +219,7 @@ async def test_a_canary_secret_reaches_no_log_line_record_or_dead_letter(
         assert canary not in output
         record = {k: v for k, v in _record(failed).items() if k != "data"}
         assert canary not in json.dumps(record), "error fields and timeline"
-        conn = await client.connect()
+        conn = await client._connection()
         names = client.names(name)
         letter = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job.id))
         assert letter is not None and b'"order":7' in letter.data

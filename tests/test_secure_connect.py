@@ -178,7 +178,7 @@ async def run_a_job(client: Client, name: str) -> None:
 
 async def raw_store(client: Client, name: str) -> bytes:
     """Every byte in the namespace's job records and queue state (presence included)."""
-    conn = await client.connect()
+    conn = await client._connection()
     names = client.names(name)
     found = b""
     for bucket in (names.jobs_bucket, names.queues_bucket, names.locks_bucket):
@@ -468,7 +468,7 @@ async def test_nats_errors_after_connecting_are_logged_with_urls_masked(
     secured: Secured, logs: LogCapture
 ) -> None:
     client = Client(secured.users.url, credentials=Credentials(user="alice", password=PASSWORD))
-    conn = await client.connect()
+    conn = await client._connection()
     try:
         text = f"nats: lost nats://alice:{PASSWORD}@10.0.0.9:4222 and nats://{TOKEN}@h:4222"
         await conn.nc._error_cb(Exception(text))  # what nats-py hands its error callback
@@ -666,7 +666,7 @@ async def test_a_password_in_the_url_reaches_a_discovered_server_too(
     client = Client(nats_server.url.replace("nats://", "nats://bob:pw@"))
     assert client.urls == [nats_server.url]
     assert client._credentials == Credentials(user="bob", password="pw")
-    conn = await client.connect()  # a server without authorization ignores them
+    conn = await client._connection()  # a server without authorization ignores them
     await client.close()
     assert conn.server_name == nats_server.name
 

@@ -50,5 +50,5 @@ async def test_an_old_server_is_refused_at_connect(old_server_binary: Path) -> N
 
 
 async def test_the_bundled_server_is_accepted(client: Client) -> None:
-    conn = await client.connect()
+    conn = await client._connection()
     assert conn.server_version >= (2, 12, 0)

@@ -82,7 +82,7 @@ async def test_a_worker_claims_again_after_its_consumer_was_lost_and_recreating_
             await wait_for_state(q, "before", JobState.COMPLETED)
             server.reload(deny_consumer_create=True)
             await asyncio.sleep(0.5)
-            conn = await admin.connect()
+            conn = await admin._connection()
             await conn.js.delete_consumer(admin.names("lost").stream, "fifo")
             await asyncio.sleep(3.0)  # re-creating it fails (denied: no answer) meanwhile
             server.reload(deny_consumer_create=False)
@@ -122,7 +122,7 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,
     ):
-        await (await admin.connect()).subscribe("$JS.API.CONSUMER.PAUSE.>", spy)
+        await (await admin._connection()).subscribe("$JS.API.CONSUMER.PAUSE.>", spy)
         worker_client = Client(proxy.url, namespace=namespace)
         q = queue("follow", nothing, client=worker_client, strategy="priority")
         async with worker_client, q:
@@ -164,7 +164,7 @@ async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect
             await publisher.pause()
             proxy.refusing = False
             await eventually(lambda: _true(worker_client.connected), what="the reconnect")
-            conn = await admin.connect()
+            conn = await admin._connection()
             names = admin.names("missed")
 
             async def consumer_paused() -> bool:
@@ -196,7 +196,7 @@ async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
 
     monkeypatch.setattr(JobStore, "update", slow_active_write)
     names = client.names("slow-claim")
-    locks = Bucket(await client.connect(), names.locks_bucket)
+    locks = Bucket(await client._connection(), names.locks_bucket)
     lease_seen: list[int | None] = []
 
     async def handler(ctx: JobContext[Any]) -> None:

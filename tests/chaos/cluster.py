@@ -496,7 +496,7 @@ class ClusterRun:
 
     async def provision(self) -> None:
         """Create the queue's streams and buckets (as the publisher's first add would)."""
-        await settled(lambda: self.client.prepare_queue(self.names))
+        await settled(lambda: self.client._prepare_queue(self.names))
 
     async def setup(self) -> None:
         """Provision the queue, start a worker on each node and check where each is connected."""

@@ -398,7 +398,7 @@ class RedeliveryWatch:
 
     async def run(self) -> None:
         """Sample until stopped."""
-        conn = await self.client.connect()
+        conn = await self.client._connection()
         stream = self.client.names(QUEUE).stream
         while not self._stopped.is_set():
             await asyncio.sleep(0.5)
