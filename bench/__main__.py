@@ -80,7 +80,8 @@ async def measure(url: str, sizes: Sizes, with_peers: bool) -> list[Row]:
                 run.per_s, "raw fetch(100)+ack", raw["raw_fetch_ack"], target,
             )  # fmt: skip
             cpu = (f"; CPU per job: worker {run.cpu_per_job * 1e6:.0f} µs, "
-                   f"raw client {raw['raw_fetch_ack_cpu'] * 1e6:.0f} µs")  # fmt: skip
+                   f"raw client {raw['raw_fetch_ack_cpu'] * 1e6:.0f} µs; "
+                   f"requests per job: {run.requests_per_job:.1f}")  # fmt: skip
             rows.append(dataclasses.replace(row, compared=row.compared + cpu))
             progress("process", rows[-1])
     one = runs[100, True]

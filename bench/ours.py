@@ -30,6 +30,13 @@ class ProcessRun:
     workers: list[dict[str, Any]]
 
     @property
+    def requests_per_job(self) -> float:
+        """Requests (awaited round trips) per job, over all worker processes."""
+        return sum(w["requests_per_job"] * w["count"] for w in self.workers) / sum(
+            w["count"] for w in self.workers
+        )
+
+    @property
     def cpu_per_job(self) -> float:
         """Worker CPU seconds per job, over all worker processes."""
         return sum(w["cpu_per_job"] * w["count"] for w in self.workers) / sum(

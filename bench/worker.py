@@ -7,6 +7,9 @@ one JSON line of what it measured, taken before shutting down:
   and the last handler end (throughput is measured inside the worker, without startup);
 * ``cpu_per_job``: this process's CPU seconds from the first handler start on, per job, read
   every CPU_EVERY jobs (reading the process's CPU clock is a system call);
+* ``requests_per_job``: the requests its connection sent (awaited round trips: KV reads and
+  writes, acked publishes, API calls; background ones too) from the first handler start on,
+  per job, read with the CPU clock;
 * ``latencies``: for jobs whose data carries ``t`` (the publisher's clock just before add()),
   the p50 and p99 seconds from then to the handler start;
 * ``idle_cpu``: CPU seconds per wall second since ``ready`` (meaningful with an empty queue);
@@ -21,6 +24,7 @@ import json
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +47,16 @@ class Stats:
     cpu_last: float = 0.0
     cpu_count: int = 0
     latencies: list[float] = field(default_factory=list)
+    requests: Callable[[], int] = lambda: 0
+    requests_first: int = 0
+    requests_last: int = 0
 
     def started(self, data: Any) -> None:
         """Note a handler start."""
         now = time.time()
         if not self.first:
             self.first, self.cpu_first = now, time.process_time()
+            self.requests_first = self.requests()
         if isinstance(data, dict) and "t" in data:
             self.latencies.append(now - data["t"])
 
@@ -58,6 +66,7 @@ class Stats:
         self.last = time.time()
         if self.count % CPU_EVERY == 0:
             self.cpu_last, self.cpu_count = time.process_time(), self.count
+            self.requests_last = self.requests()
 
     def report(self, ready_at: float, ready_cpu: float) -> dict[str, Any]:
         """The JSON-ready figures."""
@@ -66,6 +75,7 @@ class Stats:
             "first": self.first,
             "last": self.last,
             "cpu_per_job": (self.cpu_last - self.cpu_first) / max(self.cpu_count, 1),
+            "requests_per_job": (self.requests_last - self.requests_first) / max(self.cpu_count, 1),
             "idle_cpu": (time.process_time() - ready_cpu) / max(time.time() - ready_at, 1e-9),
             "maxrss_kb": peak_rss_kb(),
         }
@@ -93,6 +103,8 @@ async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await consumer.start()
+    conn = await consumer.queue.client._connection()
+    stats.requests = lambda: conn.requests_sent
     ready_at, ready_cpu = time.time(), time.process_time()
     print("ready", flush=True)
     await stop.wait()

@@ -303,6 +303,11 @@ class Nats:
         holder.append(conn)
         return conn
 
+    @property
+    def requests_sent(self) -> int:
+        """How many requests (awaited round trips, each try counted) this connection sent."""
+        return self._requests.sent
+
     def _on_server_error(self, text: str) -> None:
         """A -ERR from the server: a permissions violation fails the requests it refused at
         once (the server answers them nothing), instead of letting them wait out the deadline."""

@@ -33,6 +33,8 @@ class Requests:
         self._waiting: dict[str, tuple[asyncio.Future[Msg], float, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub: Subscription | None = None
+        self.sent = 0
+        """Requests sent so far (each an awaited round trip; the benchmark counts them)."""
 
     async def start(self) -> None:
         """Subscribe to the replies."""
@@ -54,6 +56,7 @@ class Requests:
         """Send a request and return the reply; TimeoutError if none came within the timeout,
         NoRespondersError if nobody listens on ``subject``."""
         token = str(next(self._tokens))
+        self.sent += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         deadline = loop.time() + self._timeout
