@@ -57,6 +57,7 @@ from .errors import (
 )
 from .events import Event
 from .job import TERMINAL_STATES, Job, JobFailure, JobState
+from .middleware import Middleware
 from .prometheus import serve_prometheus
 from .queue import Queue, Skipped, queue
 from .runner import run_main
@@ -92,6 +93,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LagMonitor",
+    "Middleware",
     "MissingKey",
     "NotEncrypted",
     "OqronError",

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
 from .encryption import Codec, check_codec
 from .errors import ConfigError, InvalidName
 from .job import Job, JobFailure, Retention, Strategy
+from .middleware import Middleware
 from .names import PRIORITY_LEVELS, check_name
 
 Duration: TypeAlias = float | int | timedelta
@@ -257,6 +258,7 @@ class QueueOptions(TypedDict, total=False):
     rate_limit: RateLimit
     secret_fields: Sequence[str]
     codec: Codec
+    middleware: Sequence[Middleware]
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,8 @@ class QueueConfig:
     """Payload fields whose values are masked in logs, stored errors and dead letters."""
     codec: Codec | None = None
     """Encrypts payloads, results and errors (None: the client's codec, if any)."""
+    middleware: tuple[Middleware, ...] = ()
+    """The user's middlewares, run after the built-in ones (see :mod:`.middleware`)."""
 
     @property
     def ack_wait(self) -> float:
@@ -414,7 +418,19 @@ def make_config(
         rate_limit=_instance(options.get("rate_limit"), RateLimit, "rate_limit"),
         secret_fields=frozenset(secret_fields),
         codec=check_codec(options.get("codec"), "codec"),
+        middleware=_middlewares(options.get("middleware", ())),
     )
+
+
+def _middlewares(value: object) -> tuple[Middleware, ...]:
+    if isinstance(value, Middleware) or not isinstance(value, Sequence | set | frozenset):
+        raise ConfigError(f"middleware must be a list of Middleware instances, not {value!r}")
+    wrong = [m for m in value if not isinstance(m, Middleware)]
+    if wrong:
+        raise ConfigError(
+            f"middleware must be instances of oqron_nats.Middleware (subclass it): {wrong[0]!r}"
+        )
+    return tuple(value)
 
 
 def check_retention(

@@ -39,6 +39,7 @@ from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .log import logger
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
+from .middleware import chain_of
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
@@ -166,6 +167,7 @@ class Consumer:
                 if self.config.rate_limit
                 else None
             ),
+            middleware=chain_of(self.config, self.backend.metrics),
         )
         for spec in specs:
             puller = Puller(
@@ -201,6 +203,9 @@ class Consumer:
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
+        chain = self._runtime.middleware
+        await chain.run("on_worker_start", self.config.name)
+        self._undo(lambda: chain.run("on_worker_stop", self.config.name))
 
     def _start_maintenance(self) -> None:
         scanner, reconciliation = self.config.stall_scanner, self.config.reconciliation

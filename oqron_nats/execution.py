@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +46,7 @@ from .heartbeat import Heartbeat
 from .job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
 from .lease import Lease
 from .log import logger
+from .middleware import Chain
 from .names import check_name
 from .progress import ProgressWriter
 from .ratelimit import ClusterRateLimit
@@ -92,6 +92,8 @@ class Runtime:
     consumer: str
     executor: ThreadPoolExecutor | None
     limiter: ClusterRateLimit | None = None
+    middleware: Chain = field(default_factory=lambda: Chain([]))
+    """Metrics, the user's callbacks and middlewares (see :mod:`.middleware`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
 
@@ -305,7 +307,7 @@ class Execution:
                 self._revision = await rt.backend.store.update(
                     job, self._revision, "stalled", JobState.ACTIVE
                 )
-                rt.backend.metrics.stalled()
+                await rt.middleware.run("on_stall", job, job_id=job.id)
                 log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
                 self._job = job
@@ -407,8 +409,7 @@ class Execution:
 
     async def _run_and_settle(self, job: RawJob) -> None:
         rt = self.rt
-        metrics = rt.backend.metrics
-        metrics.consumed()
+        await rt.middleware.run("before_process", job, job_id=job.id)
         started = time.monotonic()
         value: Any = job.data
         with rt.backend.tracing.processing(
@@ -435,13 +436,15 @@ class Execution:
                 mark_failed(span, error, detail=not rt.sealer.active)
         duration = time.monotonic() - started
         if self.signal.aborted:
-            metrics.processed(duration, aborted_type(self.signal.reason))
+            outcome: str | None = aborted_type(self.signal.reason)
+        else:
+            outcome = None if error is None else type(error).__name__
+        await rt.middleware.run("after_process", job, duration, outcome, job_id=job.id)
+        if self.signal.aborted:
             await self._on_aborted()
         elif error is None:
-            metrics.processed(duration)
             await self._complete(value, result, duration)
         else:
-            metrics.processed(duration, type(error).__name__)
             await self._fail(value, error, duration)
 
     async def _call_handler(self, job: RawJob, value: Any) -> Any:
@@ -568,7 +571,6 @@ class Execution:
         )
         if done is None:
             return
-        self.rt.backend.metrics.completed()
         await self._notify_children(done)
         await self.delivery.ack()
         await self._release()
@@ -580,8 +582,8 @@ class Execution:
             attempt=done.attempt,
             seconds=round(duration, 4),
         )
-        await self._hook(
-            self.rt.config.hooks.on_success, with_data(done, value, result=result), result
+        await self.rt.middleware.run(
+            "on_complete", with_data(done, value, result=result), result, job_id=done.id
         )
 
     async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
@@ -617,7 +619,6 @@ class Execution:
         )
         if retry is None:
             return
-        self.rt.backend.metrics.retried()
         log.warning(
             "job failed; will retry",
             job_id=retry.id, attempt=retry.attempt,
@@ -638,6 +639,9 @@ class Execution:
         self.rt.backend.metrics.sent()
         await self.delivery.ack()
         await self._release()
+        await self.rt.middleware.run(
+            "on_retry", with_data(retry, value, error=failure), failure, job_id=retry.id
+        )
 
     def _failure(self, exc: BaseException) -> JobFailure:
         """The stored description of ``exc``, with the job's secret values masked (those this
@@ -667,7 +671,6 @@ class Execution:
         )
         if failed is None:
             return
-        self.rt.backend.metrics.failed()
         log.error(
             "job failed", job_id=failed.id, queue=failed.queue, attempt=failed.attempt,
             error_type=failure.type, error=stored.message,
@@ -681,9 +684,7 @@ class Execution:
         await self._release()
         await self._retain(failed)
         job = with_data(failed, value, error=failure)  # hooks see the plaintext
-        if self.rt.config.dead_letter.enabled:
-            await self._hook(self.rt.config.dead_letter.on_dead, job)
-        await self._hook(self.rt.config.hooks.on_fail, job, failure)
+        await self.rt.middleware.run("on_fail", job, failure, job_id=job.id)
 
     async def _notify_children(self, job: RawJob) -> None:
         """Let the job's children (flows) react to its end, before the ack (redelivery retries)."""
@@ -711,7 +712,7 @@ class Execution:
         except EnqueueError as exc:
             log.warning("dead letter could not be written yet", job_id=job.id, error=str(exc))
             return False
-        self.rt.backend.metrics.dead_lettered()
+        await self.rt.middleware.run("on_dead_letter", job, job_id=job.id)
         return True
 
     async def _on_aborted(self) -> None:
@@ -745,18 +746,3 @@ class Execution:
                 await lease.release(confirmed=confirmed)
             except Exception as exc:  # it expires on its own after lock_ttl
                 log.warning("lease release failed", job_id=self.job_id, error=repr(exc))
-
-    async def _hook(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
-        if hook is None:
-            return
-        try:
-            if inspect.iscoroutinefunction(hook):
-                await hook(*args)
-            else:
-                outcome = await asyncio.to_thread(hook, *args)
-                if inspect.isawaitable(outcome):
-                    await outcome
-        except Exception:
-            log.exception(
-                "hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=self.job_id
-            )

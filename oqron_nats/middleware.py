@@ -1,0 +1,207 @@
+"""Middleware: cross-cutting behaviour around a worker's jobs, in dramatiq's style.
+
+A middleware overrides the hooks it needs; every hook of :class:`Middleware` does nothing. A
+hook may be a plain ``def`` or an ``async def``. A queue runs its built-in middlewares (metrics,
+then the user's ``hooks=`` and ``dead_letter=`` callbacks) and then those given with
+``middleware=[...]``, in that order. A hook that raises is logged and does not change the job:
+its state is decided and stored before the hooks run.
+
+When each hook runs, in a worker process:
+
+``on_worker_start(queue)`` / ``on_worker_stop(queue)``
+    once the consumers are bound / once the worker has stopped.
+``before_process(job)``
+    the job was claimed (its record says active) and its handler is about to run.
+``after_process(job, seconds, outcome)``
+    the handler returned, raised or was stopped; ``outcome`` is None for a success, else the
+    exception's type name, or ``cancelled``, ``shutdown``, ``lease_lost``.
+``on_complete(job, result)``
+    the completed record is stored and the message acked.
+``on_retry(job, failure)``
+    the failed attempt is stored and the next one scheduled.
+``on_fail(job, failure)``
+    the job failed for good (stored, dead letter written where enabled, acked).
+``on_dead_letter(job)``
+    the job's dead letter was written (before ``on_fail``), with its data as the dead letter
+    stores it.
+``on_stall(job)``
+    a job whose worker died or lost its lease was recorded stalled by the worker claiming it.
+
+``before_process``, ``after_process`` and ``on_stall`` get the record as claimed (its data
+still encoded); ``on_complete``, ``on_retry`` and ``on_fail`` get the job with its decoded data,
+as ``hooks=`` callbacks do (secret fields are not masked there: a middleware that logs data
+should mask them itself, see :class:`~oqron_nats.logconfig.Redactor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .job import Job, JobFailure
+from .log import logger
+
+if TYPE_CHECKING:  # config names Middleware in its options
+    from .config import QueueConfig
+    from .metrics import QueueMetrics
+
+log = logger(__name__)
+
+HookResult = Awaitable[None] | None
+HOOKS = (
+    "on_worker_start",
+    "on_worker_stop",
+    "before_process",
+    "after_process",
+    "on_complete",
+    "on_retry",
+    "on_fail",
+    "on_dead_letter",
+    "on_stall",
+)
+
+
+class Middleware:
+    """Base class of middlewares: override the hooks you need (plain or ``async def``)."""
+
+    def on_worker_start(self, queue: str) -> HookResult:
+        """The worker's consumers are bound."""
+
+    def on_worker_stop(self, queue: str) -> HookResult:
+        """The worker has stopped."""
+
+    def before_process(self, job: Job[Any]) -> HookResult:
+        """The job was claimed; its handler runs next."""
+
+    def after_process(self, job: Job[Any], seconds: float, outcome: str | None) -> HookResult:
+        """The handler ended: ``outcome`` None for a success, else why it did not succeed."""
+
+    def on_complete(self, job: Job[Any], result: Any) -> HookResult:
+        """The job completed (stored and acked)."""
+
+    def on_retry(self, job: Job[Any], failure: JobFailure) -> HookResult:
+        """The attempt failed and the next one is scheduled."""
+
+    def on_fail(self, job: Job[Any], failure: JobFailure) -> HookResult:
+        """The job failed for good."""
+
+    def on_dead_letter(self, job: Job[Any]) -> HookResult:
+        """The job's dead letter was written."""
+
+    def on_stall(self, job: Job[Any]) -> HookResult:
+        """A job was found stalled (its worker died or lost the lease)."""
+
+
+class Metrics(Middleware):
+    """The queue's OpenTelemetry job counters and durations (see :mod:`.metrics`)."""
+
+    def __init__(self, metrics: QueueMetrics) -> None:
+        self.metrics = metrics
+
+    def before_process(self, job: Job[Any]) -> None:
+        """Count a consumed job."""
+        self.metrics.consumed()
+
+    def after_process(self, job: Job[Any], seconds: float, outcome: str | None) -> None:
+        """Record the handler's duration and outcome."""
+        self.metrics.processed(seconds, outcome)
+
+    def on_complete(self, job: Job[Any], result: Any) -> None:
+        """Count a completion."""
+        self.metrics.completed()
+
+    def on_retry(self, job: Job[Any], failure: JobFailure) -> None:
+        """Count a retry."""
+        self.metrics.retried()
+
+    def on_fail(self, job: Job[Any], failure: JobFailure) -> None:
+        """Count a failure for good."""
+        self.metrics.failed()
+
+    def on_dead_letter(self, job: Job[Any]) -> None:
+        """Count a dead letter."""
+        self.metrics.dead_lettered()
+
+    def on_stall(self, job: Job[Any]) -> None:
+        """Count a stall."""
+        self.metrics.stalled()
+
+
+class UserHooks(Middleware):
+    """The queue's ``hooks=`` (on_success, on_fail) and ``dead_letter=`` (on_dead) callbacks;
+    a plain function runs in a thread."""
+
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def wanted(config: QueueConfig) -> bool:
+        """Whether the queue has any such callback."""
+        hooks = config.hooks
+        return bool(hooks.on_success or hooks.on_fail or config.dead_letter.on_dead)
+
+    async def on_complete(self, job: Job[Any], result: Any) -> None:
+        """``hooks.on_success(job, result)``."""
+        await _call(self.config.hooks.on_success, job, result)
+
+    async def on_fail(self, job: Job[Any], failure: JobFailure) -> None:
+        """``dead_letter.on_dead(job)`` where dead letters are on, then ``hooks.on_fail``."""
+        if self.config.dead_letter.enabled:
+            await _call(self.config.dead_letter.on_dead, job)
+        await _call(self.config.hooks.on_fail, job, failure)
+
+
+async def _call(hook: Callable[..., Any] | None, job: Job[Any], *args: Any) -> None:
+    """Call a user callback; one that raises is logged."""
+    if hook is None:
+        return
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await hook(job, *args)
+            return
+        outcome = await asyncio.to_thread(hook, job, *args)  # a plain hook may block
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception:
+        log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=job.id)
+
+
+def chain_of(config: QueueConfig, metrics: QueueMetrics) -> Chain:
+    """The queue's middlewares: metrics, the user's callbacks, then ``middleware=``."""
+    built_in: list[Middleware] = [Metrics(metrics)]
+    if UserHooks.wanted(config):
+        built_in.append(UserHooks(config))
+    return Chain([*built_in, *config.middleware])
+
+
+class Chain:
+    """A queue's middlewares, in order; each hook calls only those that override it."""
+
+    def __init__(self, middlewares: Sequence[Middleware]) -> None:
+        self.middlewares = tuple(middlewares)
+        self._hooks: dict[str, tuple[Callable[..., HookResult], ...]] = {
+            name: tuple(
+                getattr(m, name)
+                for m in self.middlewares
+                if getattr(type(m), name) is not getattr(Middleware, name)
+            )
+            for name in HOOKS
+        }
+
+    async def run(self, hook: str, *args: Any, job_id: str | None = None) -> None:
+        """Call ``hook`` on every middleware that has it; one that raises is logged."""
+        for call in self._hooks[hook]:
+            try:
+                outcome = call(*args)
+                if outcome is not None:
+                    await outcome
+            except Exception:
+                log.exception("middleware failed", hook=hook, middleware=_name(call),
+                              job_id=job_id)  # fmt: skip
+
+
+def _name(call: Callable[..., Any]) -> str:
+    owner = getattr(call, "__self__", None)
+    return type(owner).__qualname__ if owner is not None else repr(call)
