@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -24,6 +24,11 @@ Retention = bool | int | timedelta
 """What to keep of finished jobs: True removes at once, False keeps, an int keeps the newest N
 (per queue and state), a timedelta keeps each for that long."""
 ParentFailurePolicy = Literal["block", "cascade-fail", "ignore"]
+
+WAITER = "_queue"
+"""The key in a job's ``__dict__`` of the queue it waits through (see :func:`bind`). msgspec
+encodes, compares and shows every field, the instance dict never: the link stays out of the
+stored record, ``==`` and repr. It must name no attribute of Job (the entry would hide it)."""
 
 
 class JobState(enum.StrEnum):
@@ -164,11 +169,29 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
 
         Raises TimeoutError after ``timeout`` seconds.
         """
-        queue = self.__dict__.get("_queue")
-        if queue is None:
+        waiter = self._waiter()
+        if waiter is None:
             raise RuntimeError("only a job returned by a queue can wait; use queue.wait(job_id)")
-        job: Job[T] = await queue.wait(self.id, timeout)
-        return job
+        return await waiter.wait(self.id, timeout)
+
+    def _waiter(self) -> Waiter[T] | None:
+        """The queue this job waits through (the one that returned it); None if none did."""
+        waiter: Waiter[T] | None = self.__dict__.get(WAITER)
+        return waiter
+
+
+class Waiter(Protocol[T]):
+    """What a job waits through: the queue that returned it (a ``Queue[T]``)."""
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job[T]:
+        """Wait until the job is completed, failed or cancelled, and return it."""
+        ...
+
+
+def bind(job: Job[T], waiter: Waiter[T]) -> Job[T]:
+    """The job, able to ``wait()`` through ``waiter`` from now on."""
+    job.__dict__[WAITER] = waiter
+    return job
 
 
 def moved(job: J, state: JobState, reason: str | None = None, **changes: Any) -> J:
@@ -184,9 +207,8 @@ def moved(job: J, state: JobState, reason: str | None = None, **changes: Any) ->
 def with_data(job: Job[Any], data: T, **changes: Any) -> Job[T]:
     """The same record carrying ``data`` (e.g. the decoded payload) and any other ``changes``."""
     copy = cast("Job[T]", msgspec.structs.replace(job, data=data, **changes))
-    if "_queue" in job.__dict__:
-        copy.__dict__["_queue"] = job.__dict__["_queue"]
-    return copy
+    waiter = job._waiter()
+    return copy if waiter is None else bind(copy, waiter)
 
 
 class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -75,6 +75,7 @@ from .job import (
     JobState,
     ParentFailurePolicy,
     Retention,
+    bind,
     moved,
     with_data,
 )
@@ -443,8 +444,7 @@ class Queue(Generic[T, S]):
         return self._own(with_data(job, data, **changes))
 
     def _own(self, job: Job[T]) -> Job[T]:
-        job.__dict__["_queue"] = self  # lets the caller await job.wait()
-        return job
+        return bind(job, self)  # lets the caller await job.wait()
 
     # -- managing -------------------------------------------------------------------------
 
