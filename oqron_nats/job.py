@@ -167,11 +167,12 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     async def wait(self, timeout: float | None = None) -> Job[T]:
         """Wait (without polling) until the job is completed, failed or cancelled; return it.
 
-        Raises TimeoutError after ``timeout`` seconds.
+        Raises TimeoutError after ``timeout`` seconds, and InvalidState for a job that no queue
+        returned (decoded or built by hand: use ``queue.wait(job_id)``).
         """
         waiter = self._waiter()
         if waiter is None:
-            raise RuntimeError("only a job returned by a queue can wait; use queue.wait(job_id)")
+            raise InvalidState("only a job returned by a queue can wait; use queue.wait(job_id)")
         return await waiter.wait(self.id, timeout)
 
     def _waiter(self) -> Waiter[T] | None:

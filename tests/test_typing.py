@@ -22,6 +22,7 @@ import msgspec
 import pytest
 
 import oqron_nats
+from oqron_nats.errors import InvalidState
 from oqron_nats.job import Job, JobState, bind, with_data
 
 PACKAGE_ROOT = Path(oqron_nats.__file__).resolve().parents[1]
@@ -224,5 +225,5 @@ def test_the_link_stays_out_of_the_record_equality_and_repr() -> None:
     assert bound == plain
     assert repr(bound) == repr(plain)
     decoded = msgspec.json.decode(msgspec.json.encode(bound), type=Job[Any])
-    with pytest.raises(RuntimeError, match="only a job returned by a queue"):
+    with pytest.raises(InvalidState, match="only a job returned by a queue"):
         asyncio.run(decoded.wait(1))
