@@ -28,6 +28,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor
 
 from .credentials import mask_url
+from .errors import ConfigError
 from .redaction import MASK, hidden, scrub
 
 LogFormat = Literal["auto", "json", "console"]
@@ -95,7 +96,7 @@ def configure_logging(
     line at ``level`` or above goes to ``stream`` (default: stderr, so stdout stays the
     program's output), rendered by the root logger's one handler."""
     if level.lower() not in LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+        raise ConfigError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Processor] = [

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..errors import ConfigError
 from .server import LocalServer, ServerError
 
 _MONITOR = re.compile(r"Starting http monitor on [^\s]*:(\d+)")
@@ -166,7 +167,7 @@ class LocalCluster:
         startup_timeout: float = 30.0,
     ) -> None:
         if size < 1:
-            raise ValueError(f"a cluster needs at least one node, not {size}")
+            raise ConfigError(f"a cluster needs at least one node, not {size}")
         self.size = size
         self.name = name or f"oqron-{uuid.uuid4().hex[:8]}"
         """The cluster name; nodes are ``<name>-1`` ... ``<name>-<size>``. Give the same name to
