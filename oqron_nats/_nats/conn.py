@@ -31,7 +31,7 @@ from ..credentials import TLS, Credentials, conceal
 from ..errors import ConnectionFailed, JetStreamError, PermissionDenied, Unavailable
 from ..log import logger
 from .auth import describe, is_refusal, nats_options
-from .direct import DirectClient, Handler, parse_headers
+from .direct import DirectClient, Handler, new_client, parse_headers
 from .requests import Requests
 from .retry import TRANSIENT_ERR_CODES, Backoff
 
@@ -762,7 +762,7 @@ async def _first_connection(
         if attempt:
             await asyncio.sleep(float(settings["reconnect_time_wait"]))
         errors.clear()
-        nc = DirectClient(require_tls=wants_tls)
+        nc = new_client(require_tls=wants_tls)
         try:
             await nc.connect(
                 **{**settings, "allow_reconnect": False, "max_reconnect_attempts": INITIAL_ATTEMPTS}

@@ -10,18 +10,32 @@ decode and one split (nats-py decodes every name and value apart).
 
 A publish while connected takes a shorter path too: the same protocol bytes as nats-py's, with
 each header name checked once per client instead of by a regular expression on every publish.
+
+Both take nats-py's private members (see :func:`problems`): its parser must call
+``_process_msg``, and ``_build_message``, ``_send_command``, ``_flush_pending``, ``_remove_sub``,
+``_flush_queue``, ``_status``, ``_max_payload`` and ``Subscription._id`` must be what they were in
+nats-py 2.16. The pin is ``nats-py~=2.16.0`` and tests/test_nats_contract.py checks each of them;
+:func:`new_client` checks them too, once per process, and when one is not as expected it warns
+and returns a :class:`PlainClient`: the same client on nats-py's public paths only (a direct
+subscription is a plain one there), slower but never silent (a parser that stopped calling
+``_process_msg`` would leave every request and pull unanswered).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nats.aio import client as nats_client
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, SecureConnWantedError
+from nats.protocol.parser import Parser
 
 from ..log import logger
 
@@ -106,15 +120,112 @@ class DirectClient(Client):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        msg = self._build_message(sid, subject, reply, data, parse_headers(headers))
-        try:
-            handler(msg)
-        except Exception:
-            log.exception("a message handler failed; the message is dropped", subject=msg.subject)
+        deliver(handler, self._build_message(sid, subject, reply, data, parse_headers(headers)))
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self._direct.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
+
+
+class PlainClient(DirectClient):
+    """A DirectClient on nats-py's public paths: its direct subscriptions are plain ones."""
+
+    # nats-py's own methods again: this class must work whatever nats-py's internals look like
+    _process_msg = Client._process_msg  # type: ignore[assignment]
+    _remove_sub = Client._remove_sub
+    publish = Client.publish
+
+    async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
+        """Subscribe; ``handler`` is called in the subscription's task for each message."""
+
+        async def callback(msg: Msg) -> None:
+            deliver(handler, msg)
+
+        return await self.subscribe(subject, cb=callback)
+
+
+def deliver(handler: Handler, msg: Msg) -> None:
+    """Call a direct subscription's handler; what it raises is logged, and the message dropped."""
+    try:
+        handler(msg)
+    except Exception:
+        log.exception("a message handler failed; the message is dropped", subject=msg.subject)
+
+
+def new_client(*, require_tls: bool = False) -> DirectClient:
+    """A DirectClient, or a PlainClient (with a warning) when nats-py's internals differ."""
+    if _problems_once():
+        return PlainClient(require_tls=require_tls)
+    return DirectClient(require_tls=require_tls)
+
+
+@functools.cache
+def _problems_once() -> tuple[str, ...]:
+    found = tuple(problems())
+    if found:
+        log.warning(
+            "nats-py's internals are not as oqron_nats expects: direct subscriptions fall back "
+            "to plain nats-py subscriptions (slower); install nats-py~=2.16.0",
+            nats_py=getattr(nats_client, "__version__", "unknown"),
+            problems="; ".join(found),
+        )
+    return found
+
+
+METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "_process_msg": (("self", "sid", "subject", "reply", "data", "headers"), True),
+    "_build_message": (("self", "sid", "subject", "reply", "data", "headers"), False),
+    "_send_command": (("self", "cmd", "priority"), True),
+    "_flush_pending": (("self", "force_flush"), True),
+    "_remove_sub": (("self", "sid", "max_msgs"), False),
+}
+"""nats-py's private methods that DirectClient overrides or calls: their parameters as we call
+them (positionally), and whether they are coroutine functions (awaited)."""
+ATTRIBUTES = ("_flush_queue", "_status", "_max_payload", "stats")
+"""The attributes of nats-py's client that DirectClient reads, set in its ``__init__``."""
+USES: tuple[tuple[type, str, str], ...] = (
+    (Parser, "parse", "_process_msg"),  # a message read goes to _process_msg
+    (Subscription, "unsubscribe", "_remove_sub"),  # DirectClient forgets the handler there
+    (Subscription, "_drain", "_remove_sub"),
+    (Subscription, "__init__", "_id"),  # the sid DirectClient keys its handlers by
+)
+"""(class, method, name): where nats-py must use (call, or set) a member DirectClient needs."""
+
+
+def problems(client: type[Client] = Client) -> list[str]:
+    """What in nats-py's internals is not as DirectClient expects (an empty list: all is)."""
+    found = []
+    for name, (params, coroutine) in METHODS.items():
+        method = inspect.getattr_static(client, name, None)
+        if not inspect.isfunction(method):
+            found.append(f"no method {name}")
+            continue
+        got = tuple(inspect.signature(method).parameters)
+        if got != params:
+            found.append(f"{name}({', '.join(got)}), expected {name}({', '.join(params)})")
+        if inspect.iscoroutinefunction(method) != coroutine:
+            found.append(f"{name} is {'not ' if coroutine else ''}a coroutine function")
+    for name in ATTRIBUTES:
+        if not uses(client, "__init__", name):
+            found.append(f"Client.__init__ does not set {name}")
+    for owner, method, name in USES:
+        if not uses(owner, method, name):
+            found.append(f"{owner.__name__}.{method} does not use {name}")
+    if not isinstance(getattr(client, "CONNECTED", None), int):
+        found.append("no Client.CONNECTED")
+    return found
+
+
+def uses(owner: type, method: str, name: str) -> bool:
+    """Whether ``owner.method`` (or a function nested in it) names attribute or global ``name``."""
+    code = getattr(inspect.getattr_static(owner, method, None), "__code__", None)
+    stack = [code] if isinstance(code, types.CodeType) else []
+    while stack:
+        code = stack.pop()
+        if name in code.co_names:
+            return True
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
 
 
 def one_line(value: str) -> str:
