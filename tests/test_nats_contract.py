@@ -30,7 +30,7 @@ from oqron_nats._nats import Nats, direct
 from oqron_nats._nats.conn import _abandon
 from oqron_nats._nats.direct import DirectClient, PlainClient, new_client
 from oqron_nats._nats.requests import Requests
-from oqron_nats.server import LocalServer
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import wait_for_state
 from .proxy import TcpProxy
@@ -246,7 +246,7 @@ async def test_jobs_run_on_the_fallback(nats_server: LocalServer, namespace: str
         done.append(ctx.data["n"])
 
     async with Client(nats_server.url, namespace=namespace) as client:
-        conn = await client.connect()
+        conn = await client._connection()
         assert type(conn.nc) is PlainClient
         q = queue("fallback", handler, client=client)
         async with q:
