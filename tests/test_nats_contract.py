@@ -25,7 +25,7 @@ from nats.js.api import Header
 from nats.protocol.parser import Parser
 from structlog.testing import capture_logs
 
-from oqron_nats import Client, JobState, queue
+from oqron_nats import Client, ConfigError, JobState, queue
 from oqron_nats._nats import Nats, direct
 from oqron_nats._nats.conn import _abandon
 from oqron_nats._nats.direct import DirectClient, PlainClient, new_client
@@ -254,3 +254,23 @@ async def test_jobs_run_on_the_fallback(nats_server: LocalServer, namespace: str
             for job in jobs:
                 await wait_for_state(q, job.id, JobState.COMPLETED)
     assert sorted(done) == list(range(5))
+
+
+def test_the_require_tls_check_is_in_place_and_a_nats_py_without_it_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """require_tls keeps credentials off a plaintext connection through DirectClient's
+    _process_info: with a nats-py that would skip it, a client wanting TLS is not made."""
+    assert direct.tls_problems() == []
+
+    class Renamed(NatsClient):
+        async def _process_connect_init(self) -> None:  # INFO handled without _process_info
+            return None
+
+    assert direct.tls_problems(Renamed) == [
+        "Client._process_connect_init does not call _process_info"
+    ]
+    monkeypatch.setattr(direct, "tls_problems", lambda: ["changed"])
+    with pytest.raises(ConfigError, match="cannot make sure the server speaks TLS"):
+        direct.new_client(require_tls=True)
+    assert isinstance(direct.new_client(require_tls=False), direct.DirectClient)

@@ -37,6 +37,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, SecureConnWantedError
 from nats.protocol.parser import Parser
 
+from ..errors import ConfigError
 from ..log import logger
 
 log = logger(__name__)
@@ -153,7 +154,17 @@ def deliver(handler: Handler, msg: Msg) -> None:
 
 
 def new_client(*, require_tls: bool = False) -> DirectClient:
-    """A DirectClient, or a PlainClient (with a warning) when nats-py's internals differ."""
+    """A DirectClient, or a PlainClient (with a warning) when nats-py's internals differ.
+
+    With ``require_tls``, a nats-py whose INFO handling is not as expected is refused
+    (ConfigError): the check that keeps credentials off a plaintext connection lives there, and
+    it must never be skipped silently.
+    """
+    if require_tls and (found := tls_problems()):
+        raise ConfigError(
+            "cannot make sure the server speaks TLS before credentials are sent with this "
+            f"nats-py ({'; '.join(found)}); install nats-py~=2.16.0"
+        )
     if _problems_once():
         return PlainClient(require_tls=require_tls)
     return DirectClient(require_tls=require_tls)
@@ -213,6 +224,21 @@ def problems(client: type[Client] = Client) -> list[str]:
             found.append(f"{owner.__name__}.{method} does not use {name}")
     if not isinstance(getattr(client, "CONNECTED", None), int):
         found.append("no Client.CONNECTED")
+    return found
+
+
+def tls_problems(client: type[Client] = Client) -> list[str]:
+    """What keeps DirectClient's ``require_tls`` check from running on this nats-py: its
+    ``_process_info`` override must have nats-py's signature and be called on connect."""
+    found = []
+    method = inspect.getattr_static(client, "_process_info", None)
+    expected = ("self", "info", "initial_connection")
+    if not inspect.iscoroutinefunction(method):
+        found.append("no coroutine method _process_info")
+    elif tuple(inspect.signature(method).parameters) != expected:
+        found.append(f"_process_info does not take ({', '.join(expected)})")
+    if not uses(client, "_process_connect_init", "_process_info"):
+        found.append("Client._process_connect_init does not call _process_info")
     return found
 
 
