@@ -39,7 +39,7 @@ from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .log import logger
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
-from .middleware import chain_of
+from .middleware import KeepPresence, Middleware, WatchLag, chain_of
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
@@ -167,7 +167,7 @@ class Consumer:
                 if self.config.rate_limit
                 else None
             ),
-            middleware=chain_of(self.config, self.backend.metrics),
+            middleware=chain_of(self.config, self.backend.metrics, *self._worker_parts()),
         )
         for spec in specs:
             puller = Puller(
@@ -188,24 +188,28 @@ class Consumer:
             bell = await conn.subscribe(names.bell, self._on_bell)
             self._undo(bell.unsubscribe)
         self._undo(conn.on_reconnect(self._on_reconnect))
-        if self.config.lag_monitor is not None:
-            self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
-            self._lag.start()
-            self._undo(self._lag.stop)
         self._start_maintenance()
         gauges = self.backend.metrics.watch(
             self.backend.store, self.backend.client.metrics_interval
         )
         self._undo(gauges.stop)
-        presence = Presence(conn, names, self.config.concurrency)
-        presence.start()
-        self._undo(presence.stop)
         self._loop_task = asyncio.create_task(
             self._claim_loop(), name=f"oqron-claim-{self.config.name}"
         )
         chain = self._runtime.middleware
         await chain.run("on_worker_start", self.config.name)
         self._undo(lambda: chain.run("on_worker_stop", self.config.name))
+
+    def _worker_parts(self) -> list[Middleware]:
+        """The middlewares of this worker process: its presence key and its lag monitor."""
+        backend = self.backend
+        parts: list[Middleware] = [
+            KeepPresence(Presence(backend.conn, backend.names, self.config.concurrency))
+        ]
+        if self.config.lag_monitor is not None:
+            self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
+            parts.append(WatchLag(self._lag))
+        return parts
 
     def _start_maintenance(self) -> None:
         scanner, reconciliation = self.config.stall_scanner, self.config.reconciliation

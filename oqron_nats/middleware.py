@@ -2,9 +2,9 @@
 
 A middleware overrides the hooks it needs; every hook of :class:`Middleware` does nothing. A
 hook may be a plain ``def`` or an ``async def``. A queue runs its built-in middlewares (metrics,
-then the user's ``hooks=`` and ``dead_letter=`` callbacks) and then those given with
-``middleware=[...]``, in that order. A hook that raises is logged and does not change the job:
-its state is decided and stored before the hooks run.
+the user's ``hooks=`` and ``dead_letter=`` callbacks, the worker's presence key and its lag
+monitor) and then those given with ``middleware=[...]``, in that order. A hook that raises is
+logged and does not change the job: its state is decided and stored before the hooks run.
 
 When each hook runs, in a worker process:
 
@@ -45,7 +45,9 @@ from .log import logger
 
 if TYPE_CHECKING:  # config names Middleware in its options
     from .config import QueueConfig
+    from .lag import LagWatch
     from .metrics import QueueMetrics
+    from .presence import Presence
 
 log = logger(__name__)
 
@@ -129,6 +131,37 @@ class Metrics(Middleware):
         self.metrics.stalled()
 
 
+class KeepPresence(Middleware):
+    """Keeps the worker's presence key alive (who consumes the queue) while it runs."""
+
+    def __init__(self, presence: Presence) -> None:
+        self.presence = presence
+
+    def on_worker_start(self, queue: str) -> None:
+        """Write the presence key, and keep it alive."""
+        self.presence.start()
+
+    async def on_worker_stop(self, queue: str) -> None:
+        """Remove the presence key."""
+        await self.presence.stop()
+
+
+class WatchLag(Middleware):
+    """Watches the event loop's lag while the worker runs (the worker claims nothing while it
+    lags, see ``lag_monitor=``)."""
+
+    def __init__(self, watch: LagWatch) -> None:
+        self.watch = watch
+
+    def on_worker_start(self, queue: str) -> None:
+        """Start sampling."""
+        self.watch.start()
+
+    async def on_worker_stop(self, queue: str) -> None:
+        """Stop sampling."""
+        await self.watch.stop()
+
+
 class UserHooks(Middleware):
     """The queue's ``hooks=`` (on_success, on_fail) and ``dead_letter=`` (on_dead) callbacks;
     a plain function runs in a thread."""
@@ -168,12 +201,13 @@ async def _call(hook: Callable[..., Any] | None, job: Job[Any], *args: Any) -> N
         log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=job.id)
 
 
-def chain_of(config: QueueConfig, metrics: QueueMetrics) -> Chain:
-    """The queue's middlewares: metrics, the user's callbacks, then ``middleware=``."""
+def chain_of(config: QueueConfig, metrics: QueueMetrics, *parts: Middleware) -> Chain:
+    """The queue's middlewares: metrics, the user's callbacks, the worker's ``parts`` (presence,
+    lag monitor), then ``middleware=``."""
     built_in: list[Middleware] = [Metrics(metrics)]
     if UserHooks.wanted(config):
         built_in.append(UserHooks(config))
-    return Chain([*built_in, *config.middleware])
+    return Chain([*built_in, *parts, *config.middleware])
 
 
 class Chain:
