@@ -635,10 +635,10 @@ class Execution:
                 error=str(exc),
             )
             await self._release()
-            return
-        self.rt.backend.metrics.sent()
-        await self.delivery.ack()
-        await self._release()
+        else:
+            self.rt.backend.metrics.sent()
+            await self.delivery.ack()
+            await self._release()
         await self.rt.middleware.run(
             "on_retry", with_data(retry, value, error=failure), failure, job_id=retry.id
         )

@@ -18,7 +18,8 @@ When each hook runs, in a worker process:
 ``on_complete(job, result)``
     the completed record is stored and the message acked.
 ``on_retry(job, failure)``
-    the failed attempt is stored and the next one scheduled.
+    the failed attempt is stored as a retry (its next run is scheduled, or, if that publish
+    failed, comes with the message's redelivery).
 ``on_fail(job, failure)``
     the job failed for good (stored, dead letter written where enabled, acked).
 ``on_dead_letter(job)``
