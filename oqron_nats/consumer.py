@@ -39,7 +39,7 @@ from .lag import LagWatch
 from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
 from .log import logger
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
-from .middleware import KeepPresence, Middleware, WatchLag, chain_of
+from .middleware import Middleware, WhileRunning, chain_of
 from .presence import Presence
 from .ratelimit import ClusterRateLimit
 from .throttle import StartWindow
@@ -204,11 +204,11 @@ class Consumer:
         """The middlewares of this worker process: its presence key and its lag monitor."""
         backend = self.backend
         parts: list[Middleware] = [
-            KeepPresence(Presence(backend.conn, backend.names, self.config.concurrency))
+            WhileRunning(Presence(backend.conn, backend.names, self.config.concurrency))
         ]
         if self.config.lag_monitor is not None:
             self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: self._wake.set())
-            parts.append(WatchLag(self._lag))
+            parts.append(WhileRunning(self._lag))
         return parts
 
     def _start_maintenance(self) -> None:

@@ -39,16 +39,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .job import Job, JobFailure
 from .log import logger
 
 if TYPE_CHECKING:  # config names Middleware in its options
     from .config import QueueConfig
-    from .lag import LagWatch
     from .metrics import QueueMetrics
-    from .presence import Presence
 
 log = logger(__name__)
 
@@ -132,35 +130,30 @@ class Metrics(Middleware):
         self.metrics.stalled()
 
 
-class KeepPresence(Middleware):
-    """Keeps the worker's presence key alive (who consumes the queue) while it runs."""
+class Background(Protocol):
+    """A part that runs in the background while the worker runs."""
 
-    def __init__(self, presence: Presence) -> None:
-        self.presence = presence
+    def start(self) -> None:
+        """Start running."""
 
-    def on_worker_start(self, queue: str) -> None:
-        """Write the presence key, and keep it alive."""
-        self.presence.start()
-
-    async def on_worker_stop(self, queue: str) -> None:
-        """Remove the presence key."""
-        await self.presence.stop()
+    async def stop(self) -> None:
+        """Stop, within a bound."""
 
 
-class WatchLag(Middleware):
-    """Watches the event loop's lag while the worker runs (the worker claims nothing while it
-    lags, see ``lag_monitor=``)."""
+class WhileRunning(Middleware):
+    """Runs a background part of the worker (its presence key, its lag monitor) from the
+    worker's start to its stop."""
 
-    def __init__(self, watch: LagWatch) -> None:
-        self.watch = watch
+    def __init__(self, part: Background) -> None:
+        self.part = part
 
     def on_worker_start(self, queue: str) -> None:
-        """Start sampling."""
-        self.watch.start()
+        """Start the part."""
+        self.part.start()
 
     async def on_worker_stop(self, queue: str) -> None:
-        """Stop sampling."""
-        await self.watch.stop()
+        """Stop the part."""
+        await self.part.stop()
 
 
 class UserHooks(Middleware):

@@ -109,7 +109,7 @@ def _publisher_publish(names: Names) -> list[str]:
         f"{API}.STREAM.INFO.KV_{names.shared_jobs_bucket}",  # records left by 0.1.0?
         f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
-        f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader, while a replica hangs
+        f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader (fresh reads, a hung replica)
         f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
         f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}",
         f"{API}.STREAM.MSG.GET.KV_{queues}",  # the state followed, read at the leader
@@ -147,7 +147,6 @@ def _worker_publish(names: Names) -> list[str]:
         f"$KV.{locks}.{names.queue}.>",  # leases and roles
         f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
         f"$KV.{queues}.{names.queue}.>",  # presence
-        f"{API}.STREAM.MSG.GET.KV_{jobs}",  # reads at the leader (replicated clusters)
         f"{API}.DIRECT.GET.KV_{jobs}",  # the queue's records in batches (maintenance passes)
         names.run_lane,
         names.rate_of_queue,
