@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats.backend import Backend
-from oqron_nats.job import Job, moved
+from oqron_nats.core.job import Job, moved
+from oqron_nats.storage.backend import Backend
 from oqron_nats.testing.server import LocalServer
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from oqron_nats.aesgcm import AesGcmCodec
-from oqron_nats.encryption import Sealer
+from oqron_nats.core.aesgcm import AesGcmCodec
+from oqron_nats.core.encryption import Sealer
 
 SIZES = (64, 1024, 10 * 1024, 100 * 1024)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oqron_nats import Client, JobContext, worker
-from oqron_nats.logconfig import configure_logging
+from oqron_nats.observe.logconfig import configure_logging
 
 from .procs import peak_rss_kb
 

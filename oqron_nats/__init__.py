@@ -11,10 +11,10 @@ async with emails:
 """
 
 from ._version import __version__
-from .aesgcm import AesGcmCodec
 from .bulk import AddOutcome, BulkResult
 from .client import Client
-from .config import (
+from .core.aesgcm import AesGcmCodec
+from .core.config import (
     DeadLetter,
     Hooks,
     LagMonitor,
@@ -26,10 +26,9 @@ from .config import (
     StallScanner,
     Throttle,
 )
-from .context import JobContext, Signal
-from .credentials import TLS, Credentials
-from .encryption import Codec, Sealed
-from .errors import (
+from .core.credentials import TLS, Credentials
+from .core.encryption import Codec, Sealed
+from .core.errors import (
     CodecError,
     ConfigError,
     ConnectionFailed,
@@ -55,12 +54,13 @@ from .errors import (
     ServerVersionError,
     Unavailable,
 )
-from .events import Event
-from .job import TERMINAL_STATES, Job, JobFailure, JobState
-from .middleware import Middleware
-from .prometheus import serve_prometheus
+from .core.job import TERMINAL_STATES, Job, JobFailure, JobState
+from .core.middleware import Middleware
+from .observe.events import Event
+from .observe.prometheus import serve_prometheus
+from .ops.runner import run_main
 from .queue import Queue, Skipped, queue
-from .runner import run_main
+from .runtime.context import JobContext, Signal
 from .worker import Worker, worker
 
 __all__ = [

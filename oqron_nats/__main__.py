@@ -1,7 +1,7 @@
-"""``python -m oqron_nats``: see :mod:`oqron_nats.cli`."""
+"""``python -m oqron_nats``: see :mod:`oqron_nats.ops.cli`."""
 
 import sys
 
-from .cli import main
+from .ops.cli import main
 
 sys.exit(main())

@@ -8,8 +8,8 @@ from typing import Any, Generic, overload
 
 from typing_extensions import TypeVar
 
-from .errors import InvalidOption, OqronError
-from .job import Job
+from .core.errors import InvalidOption, OqronError
+from .core.job import Job
 
 T = TypeVar("T", default=Any)
 

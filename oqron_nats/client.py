@@ -18,20 +18,23 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._nats import Nats, ensure_bucket, ensure_stream
-from .credentials import TLS, Credentials, mask_url, split_userinfo
-from .encryption import Codec, check_codec
-from .errors import (
+from ._nats.names import Names
+from .core.codec import stored_limit
+from .core.config import QueueConfig
+from .core.credentials import TLS, Credentials, mask_url, split_userinfo
+from .core.encryption import Codec, check_codec
+from .core.errors import (
     ConfigError,
-    ConsumerConflict,
     PermissionDenied,
     QueueNotFound,
     ServerVersionError,
     Unavailable,
 )
-from .job import JobState
-from .metrics import DEFAULT_INTERVAL, metrics_for
-from .names import Names, check_namespace
-from .tracing import Tracing
+from .core.job import JobState
+from .core.naming import check_namespace
+from .observe.metrics import DEFAULT_INTERVAL, metrics_for
+from .observe.tracing import Tracing
+from .storage.backend import Backend, Consumers, Shared
 
 N = TypeVar("N", int, float)
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -48,8 +51,6 @@ DEAD_LETTERS_KEPT = 30 * 24 * 3600.0
 """Seconds a dead letter is kept (the failed record itself: 14 days by default, see retention)."""
 RATE_WINDOWS_KEPT = 24 * 3600.0
 """Seconds a rate-limit window's counter is kept (longer than any sensible window)."""
-RECORD_HEADROOM = 64 * 1024
-"""Bytes of a job record kept for everything but the payload (state, error, trace context)."""
 
 
 def urls_from(value: str | Sequence[str] | None) -> list[str]:
@@ -102,9 +103,9 @@ class Client:
 
     ``request_timeout`` is how long one request waits for its reply; ``retry_deadline`` how long
     an operation is asked again while NATS cannot answer (a cluster electing leaders, a node
-    restarting, a failover) before it fails with :class:`~oqron_nats.errors.Unavailable`
+    restarting, a failover) before it fails with :class:`~oqron_nats.core.errors.Unavailable`
     (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds). ``credentials`` and ``tls`` (see
-    :mod:`oqron_nats.credentials`) default to the ``OQRON_NATS_*`` environment variables;
+    :mod:`oqron_nats.core.credentials`) default to the ``OQRON_NATS_*`` environment variables;
     ``codec`` (payload encryption for every queue of the client that sets none) to
     ``OQRON_PAYLOAD_KEYS_FILE`` / ``OQRON_PAYLOAD_KEYS`` (an AesGcmCodec).
     """
@@ -160,7 +161,7 @@ class Client:
         self._conn: Nats | None = None
         self._lock = asyncio.Lock()
         self._ready: set[str] = set()
-        self._consumed: set[str] = set()
+        self._shared = Shared(self.replicas, self.tracing, metrics_interval, Consumers())
 
     async def connect(self) -> None:
         """Connect now and check the server (otherwise done on first use); ConnectionFailed,
@@ -217,7 +218,7 @@ class Client:
         ``OQRON_PAYLOAD_KEYS_FILE`` or ``OQRON_PAYLOAD_KEYS`` as they were when the client was
         created (the file is read on first use), else None."""
         if self._codec_env is not None:
-            from .aesgcm import AesGcmCodec
+            from .core.aesgcm import AesGcmCodec
 
             self._codec = AesGcmCodec.from_env(self._codec_env) if self._codec_env else None
             self._codec_env = None
@@ -234,7 +235,20 @@ class Client:
 
     def payload_limit(self, conn: Nats, configured: int) -> int:
         """The largest payload a job may carry on this server."""
-        return max(1, min(configured, conn.max_payload - RECORD_HEADROOM))
+        return max(1, min(configured, stored_limit(conn.max_payload)))
+
+    async def _open_queue(self, config: QueueConfig) -> Backend:
+        """Connect, prepare the queue's streams and buckets, and wire its parts."""
+        names = self.names(config.name)
+        conn = await self._prepare_queue(names)
+        return await Backend.open(
+            conn,
+            names,
+            config,
+            self._shared,
+            metrics=self.metrics.queue(config.name, consumer_group=config.strategy),
+            payload_limit=self.payload_limit(conn, config.max_payload_size),
+        )
 
     async def _prepare_queue(self, names: Names) -> Nats:
         """Connect and create the queue's streams and the namespace's buckets where missing.
@@ -329,19 +343,6 @@ class Client:
                 max_age=DEAD_LETTERS_KEPT,
             ),
         ]
-
-    def _claim_consumer(self, queue: str) -> None:
-        """Register a consumer of ``queue`` on this client; a second one is refused."""
-        if queue in self._consumed:
-            raise ConsumerConflict(
-                f"queue {queue!r} already has a running consumer on this client; "
-                "raise its concurrency instead of starting it twice"
-            )
-        self._consumed.add(queue)
-
-    def _release_consumer(self, queue: str) -> None:
-        """Forget a stopped consumer of ``queue``."""
-        self._consumed.discard(queue)
 
     async def close(self) -> None:
         """Drain and close the connection (a later use connects again)."""

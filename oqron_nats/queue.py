@@ -34,13 +34,11 @@ from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 import msgspec
 from typing_extensions import TypeVar
 
-from . import dag, management
 from ._nats import CasConflict, JetStreamError
-from .backend import Backend
 from .bulk import AddOutcome, BulkResult, split_item
 from .client import Client
-from .codec import PayloadCodec, check_size, stored_limit
-from .config import (
+from .core.codec import PayloadCodec, check_size, stored_limit
+from .core.config import (
     DisabledBehavior,
     Duration,
     QueueConfig,
@@ -51,11 +49,9 @@ from .config import (
     make_config,
     seconds,
 )
-from .consumer import Consumer
-from .context import JobContext
-from .correlation import current_correlation_id
-from .encryption import Sealer, unreadable
-from .errors import (
+from .core.correlation import current_correlation_id
+from .core.encryption import Sealer, unreadable
+from .core.errors import (
     ConfigError,
     EnqueueError,
     InvalidInput,
@@ -66,9 +62,7 @@ from .errors import (
     QueuePaused,
     Unavailable,
 )
-from .events import TERMINAL_EVENTS, Event
-from .index import newest_across
-from .job import (
+from .core.job import (
     TERMINAL_STATES,
     AddOptions,
     Job,
@@ -79,10 +73,16 @@ from .job import (
     moved,
     with_data,
 )
-from .log import logger
-from .names import check_name
-from .store import CorruptJob, RawJob
-from .tracing import mark_failed
+from .core.naming import check_name
+from .observe.events import TERMINAL_EVENTS, Event
+from .observe.log import logger
+from .observe.tracing import mark_failed
+from .runtime import dag, management
+from .runtime.consumer import Consumer
+from .runtime.context import JobContext
+from .storage.backend import Backend
+from .storage.index import newest_across
+from .storage.store import CorruptJob, RawJob
 
 log = logger(__name__)
 
@@ -162,7 +162,7 @@ class Queue(Generic[T, S]):
 
     async def _open(self) -> Backend:
         if self._backend is None:
-            backend = await Backend.open(self.client, self.config)
+            backend = await self.client._open_queue(self.config)
             self._unfollow = await backend.control.follow()
             await backend.control.read()  # subscribed first: no change slips between the two
             self._backend = backend

@@ -7,11 +7,11 @@ import dataclasses
 import signal
 from typing import Generic, TypeVar, Unpack
 
-from .background import unless_stopped
 from .client import Client
-from .config import Duration, QueueOptions, seconds
-from .credentials import TLS, Credentials
-from .errors import ConfigError
+from .core.background import unless_stopped
+from .core.config import Duration, QueueOptions, seconds
+from .core.credentials import TLS, Credentials
+from .core.errors import ConfigError
 from .queue import Handler, Queue, queue
 
 T = TypeVar("T")
@@ -83,7 +83,7 @@ class Worker(Generic[T]):
     async def run(self) -> None:
         """Consume until SIGTERM/SIGINT (or request_stop()), then shut down gracefully; a second
         signal hands the running jobs back at once. For a whole process, with logging and health
-        endpoints, use :func:`oqron_nats.runner.run_main`."""
+        endpoints, use :func:`oqron_nats.ops.runner.run_main`."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         installed = []

@@ -57,6 +57,6 @@ secretive = worker(
 if __name__ == "__main__":  # python -m tests.cli_worker [runner options]: as workers/video.py
     import sys
 
-    from oqron_nats.runner import run_main
+    from oqron_nats.ops.runner import run_main
 
     sys.exit(run_main(plain))

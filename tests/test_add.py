@@ -21,7 +21,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats.job import Job
+from oqron_nats.core.job import Job
 from oqron_nats.queue import new_job_id
 
 from .helpers import eventually, stream_message_count, wait_for_state

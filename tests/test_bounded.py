@@ -20,10 +20,9 @@ from oqron_nats import (
     queue,
 )
 from oqron_nats._nats import Bucket, ensure_bucket
-from oqron_nats.backend import Backend
-from oqron_nats.config import QueueConfig
-from oqron_nats.maintenance import OrphanSweeper
+from oqron_nats.core.config import QueueConfig
 from oqron_nats.queue import parse_options
+from oqron_nats.runtime.maintenance import OrphanSweeper
 
 from .helpers import stream_message_count, wait_for_state
 
@@ -62,7 +61,7 @@ async def test_a_record_stored_without_its_message_is_published_by_the_sweep(
 ) -> None:
     """The add() that stopped between the record and the message (the process died)."""
     q = queue("half", done, client=client, orphan_sweep=FAST_SWEEP)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     _, record = q._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
     await backend.store.create(record)
     async with q:
@@ -74,7 +73,7 @@ async def test_the_sweep_leaves_queued_jobs_alone(client: Client) -> None:
     publisher = queue("healthy", client=client)
     jobs = [await publisher.add({"n": n}) for n in range(3)]
     q = queue("healthy", done, client=client, orphan_sweep=FAST_SWEEP, concurrency=1)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     await asyncio.sleep(1.2)  # the jobs are older than waiting_for, their messages are there
     assert await OrphanSweeper(backend, FAST_SWEEP).sweep() == 0
     async with q:

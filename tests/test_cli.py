@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, queue, worker
-from oqron_nats.cli import main
+from oqron_nats.ops.cli import main
 from oqron_nats.testing.server import LocalServer, find_binary
 
 from .helpers import ROOT, eventually, wait_for_state
@@ -538,7 +538,7 @@ async def test_connection_and_usage_errors(capsys: pytest.CaptureFixture[str]) -
     code = await asyncio.to_thread(main, ["worker", "no_such_module_here:thing"])
     assert code == 2
     assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
-    code = await asyncio.to_thread(main, ["worker", "oqron_nats.cli:main"])
+    code = await asyncio.to_thread(main, ["worker", "oqron_nats.ops.cli:main"])
     assert code == 2
     assert "not a worker" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:

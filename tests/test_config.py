@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import ConfigError, queue, worker
-from oqron_nats.config import LagMonitor, Reconciliation, StallScanner
+from oqron_nats.core.config import LagMonitor, Reconciliation, StallScanner
 
 
 async def handler(ctx: Any) -> None:

@@ -40,7 +40,7 @@ from oqron_nats import (
     queue,
 )
 from oqron_nats._nats import Bucket
-from oqron_nats.encryption import Sealer
+from oqron_nats.core.encryption import Sealer
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state

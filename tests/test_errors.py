@@ -8,13 +8,13 @@ import inspect
 import pkgutil
 
 import oqron_nats
-from oqron_nats import errors
-from oqron_nats.errors import OqronError
+from oqron_nats.core import errors
+from oqron_nats.core.errors import OqronError
 
 INTERNAL = {
     "oqron_nats._nats.conn._Failed": "turned into ConnectionFailed by Connection.connect",
-    "oqron_nats.execution.Discarded": "ctx.discard(): the worker fails the job with it",
-    "oqron_nats.lease.LeaseLost": "caught by the heartbeat and the maintenance leader",
+    "oqron_nats.runtime.execution.Discarded": "ctx.discard(): the worker fails the job with it",
+    "oqron_nats.storage.lease.LeaseLost": "caught by the heartbeat and the maintenance leader",
 }
 """Exception classes that are not OqronErrors, and what keeps each from reaching a user."""
 
@@ -37,7 +37,7 @@ def test_every_exported_exception_is_an_oqron_error() -> None:
         for name, value in exported.items()
         if inspect.isclass(value) and issubclass(value, BaseException)
     }
-    assert len(exceptions) >= 20  # the tree of oqron_nats.errors, not a listing gone empty
+    assert len(exceptions) >= 20  # the tree of oqron_nats.core.errors, not a listing gone empty
     assert [name for name, cls in exceptions.items() if not issubclass(cls, OqronError)] == []
 
 

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from oqron_nats import Client, JobState, RetryPolicy, Unavailable, queue
-from oqron_nats.events import Event
+from oqron_nats.observe.events import Event
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess

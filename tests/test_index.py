@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from oqron_nats import Client, InvalidOption, JobState, RetryPolicy, queue
-from oqron_nats.store import JobStore
+from oqron_nats.storage.store import JobStore
 
 from .helpers import eventually
 
@@ -61,8 +61,8 @@ async def test_a_job_that_moved_on_is_not_listed_in_its_old_state(client: Client
 
 
 async def test_a_stale_entry_is_repaired_by_a_listing_and_by_reconciliation(client: Client) -> None:
-    from oqron_nats.config import Reconciliation
-    from oqron_nats.maintenance import reconcile
+    from oqron_nats.core.config import Reconciliation
+    from oqron_nats.runtime.maintenance import reconcile
 
     q = queue("drifted", client=client)
     backend = await q._open()
@@ -93,7 +93,7 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
 
     import msgspec
 
-    from oqron_nats.job import Job, moved
+    from oqron_nats.core.job import Job, moved
 
     backend = await q._open()
     long_ago = datetime.now(UTC) - timedelta(hours=1)

@@ -21,9 +21,9 @@ import pytest
 
 from oqron_nats import Client, JobContext, JobState, Queue, queue
 from oqron_nats._nats import Bucket
-from oqron_nats.config import LagMonitor
-from oqron_nats.execution import ABORT_GRACE
-from oqron_nats.lag import LagWatch
+from oqron_nats.core.config import LagMonitor
+from oqron_nats.runtime.execution import ABORT_GRACE
+from oqron_nats.runtime.lag import LagWatch
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state

@@ -1,9 +1,9 @@
 """The house plan, checked: what may touch NATS, and where the storage layout is spelled.
 
-See ARCHITECTURE.md. nats-py is imported only by the seam, ``oqron_nats/_nats/``; subjects of KV
-keys and the streams behind buckets are built there and in ``names.py`` (with
-``permissions.py``, which lists them for nats-server). Comments cite the README or module
-docstrings, never notes kept outside the repository.
+See ARCHITECTURE.md. nats-py is imported only by the seam, ``oqron_nats/_nats/``, and subjects of
+KV keys and the streams behind buckets are built only there (``names.py``, with
+``permissions.py``, which lists them for nats-server). Each part imports only the parts below
+it. Comments cite the README or module docstrings, never notes kept outside the repository.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "oqron_nats"
 SEAM = PACKAGE / "_nats"
-LAYOUT_OWNERS = {SEAM, PACKAGE / "names.py", PACKAGE / "permissions.py"}
+LAYOUT_OWNERS = {SEAM}
 KV_LAYOUT = re.compile(r"""["'](?:KV_|\$KV\.)""")
 """A string literal that starts spelling a bucket's stream (``KV_x``) or a key's subject."""
 
@@ -71,37 +71,69 @@ def test_comments_cite_nothing_outside_the_repository() -> None:
     assert cited == [], cited
 
 
-STORAGE = ["store", "index", "broker", "control", "lease", "presence", "rejects", "admission"]
-RUNTIME = {"consumer", "execution", "heartbeat", "progress", "lanes", "throttle", "ratelimit",
-           "lag", "maintenance"}  # fmt: skip
-RUNTIME_AND_FACE = RUNTIME | {"queue", "worker", "client", "context"}
+LAYERS = ("core", "_nats", "observe", "storage", "runtime", "face", "ops")
+"""The parts from the bottom up: a part imports only parts at or below its own (ARCHITECTURE.md).
+``face`` is the package's top-level modules (``queue.py``, ``client.py``, ...)."""
+SHARED = {"observe.log", "_version"}
+"""Leaves every part may import: logging and the version."""
+FACADES = {"__init__.py", "__main__.py"}
+"""The package's entry points, which re-export every part."""
 
 
-def package_imports(path: Path) -> set[str]:
-    """The package's modules (first level) that ``path`` imports."""
+def part_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else "face"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The package's modules ``path`` imports, dotted from the package (``storage.store``)."""
+    here = path.relative_to(PACKAGE).parent.parts
     found: set[str] = set()
-    inside = SEAM in path.parents or path.parent.name == "testing"
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.ImportFrom) or not node.level:
             continue
-        if inside and node.level == 1:
-            continue  # a sibling in the same subpackage
+        base = list(here[: len(here) - (node.level - 1)])
         if node.module:
-            found.add(node.module.split(".")[0])
+            found.add(".".join([*base, node.module]))
         else:
-            found.update(alias.name for alias in node.names)
+            found.update(".".join([*base, alias.name]) for alias in node.names)
     return found
 
 
-def test_storage_never_reaches_up_into_the_runtime_or_the_public_face() -> None:
-    reaching = {m: package_imports(PACKAGE / f"{m}.py") & RUNTIME_AND_FACE for m in STORAGE}
-    assert {m: up for m, up in reaching.items() if up} == {}
+def part_of_module(dotted: str) -> str:
+    first = dotted.split(".", maxsplit=1)[0]
+    return first if first in {*LAYERS, "testing"} else "face"
 
 
-def test_only_the_entry_points_import_the_local_server_and_cluster() -> None:
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    reaching = []
+    for path in modules():
+        part = part_of(path)
+        if (path.name in FACADES and part == "face") or part == "testing":
+            continue
+        for dotted in imported_modules(path):
+            target = part_of_module(dotted)
+            if dotted in SHARED or target == "testing":
+                continue
+            if LAYERS.index(target) > LAYERS.index(part):
+                reaching.append(f"{path.relative_to(PACKAGE)} ({part}) imports {dotted} ({target})")
+    assert reaching == [], "\n".join(reaching)
+
+
+def test_the_layers_check_sees_the_imports() -> None:
+    imported = imported_modules(PACKAGE / "runtime" / "execution.py")
+    assert {"storage.store", "core.job", "runtime.middlewares"} <= imported
+
+
+def test_the_local_server_and_cluster_stay_off_the_job_path() -> None:
     importing = sorted(
         str(p.relative_to(PACKAGE))
         for p in modules()
-        if p.parent.name != "testing" and "testing" in package_imports(p)
+        if part_of(p) != "testing"
+        and any(part_of_module(m) == "testing" for m in imported_modules(p))
     )
-    assert importing == ["cli.py", "demo.py"]
+    assert importing == ["ops/cli.py", "ops/demo.py"]
+    testing = {
+        part_of_module(m) for p in (PACKAGE / "testing").glob("*.py") for m in imported_modules(p)
+    }
+    assert testing <= {"core", "testing"}, "the testing helpers need nothing but the core"

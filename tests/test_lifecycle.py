@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from oqron_nats import Client, InvalidState, JobState, queue
-from oqron_nats.job import TERMINAL_STATES, TRANSITIONS, Job, moved
+from oqron_nats.core.job import TERMINAL_STATES, TRANSITIONS, Job, moved
 
 RawJob = Job[msgspec.Raw]
 

@@ -10,9 +10,9 @@ import pytest
 
 from oqron_nats import Client, JobState, queue
 from oqron_nats._nats import Delivery
-from oqron_nats.config import RateLimit, Throttle
+from oqron_nats.core.config import RateLimit, Throttle
+from oqron_nats.runtime.throttle import StartWindow
 from oqron_nats.testing.server import LocalServer
-from oqron_nats.throttle import StartWindow
 
 from .helpers import WorkerProcess, eventually, read_log
 

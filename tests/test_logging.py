@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats.permissions import for_role
+from oqron_nats._nats.permissions import for_role
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, wait_for_state
@@ -121,7 +121,7 @@ def test_a_basic_config_gets_the_library_lines_at_its_levels(
     lines = err.splitlines()
     [completed] = [line for line in lines if " job completed " in line]
     # the record of the module that logged, under oqron_nats, with the event's fields
-    assert completed.startswith("DEBUG oqron_nats.execution execution:")
+    assert completed.startswith("DEBUG oqron_nats.runtime.execution execution:")
     message = completed.split(" ", 3)[3]
     assert message.startswith("job completed job_id=")
     assert " queue=logs attempt=1 seconds=" in message
@@ -131,7 +131,7 @@ def test_a_basic_config_gets_the_library_lines_at_its_levels(
     out, err, _ = application(nats_server, namespace, "basic", "fail", tmp_path)
     assert out == ""
     [failed] = [line for line in err.splitlines() if " job failed " in line]
-    assert failed.startswith("ERROR oqron_nats.execution ")
+    assert failed.startswith("ERROR oqron_nats.runtime.execution ")
 
 
 def test_a_structlog_setup_renders_the_library_lines_as_its_own(
@@ -142,10 +142,10 @@ def test_a_structlog_setup_renders_the_library_lines_as_its_own(
     events = [json.loads(line) for line in err.splitlines()]  # every line rendered as JSON
     # a plain handler next to it reads a line, not the dict handed to the ProcessorFormatter
     [line] = [line for line in plain.read_text().splitlines() if "job completed" in line]
-    assert line.startswith("DEBUG oqron_nats.execution execution job completed job_id=")
+    assert line.startswith("DEBUG oqron_nats.runtime.execution execution job completed job_id=")
     [completed] = [e for e in events if e["event"] == "job completed"]
     assert completed["level"] == "debug"
-    assert completed["logger"] == "oqron_nats.execution"
+    assert completed["logger"] == "oqron_nats.runtime.execution"
     assert completed["queue"] == "logs" and completed["attempt"] == 1
     assert completed["correlation_id"] == "req-7"
     assert {"timestamp", "job_id"} <= completed.keys()
@@ -160,7 +160,7 @@ def test_a_disabled_line_builds_no_event() -> None:
     """The standard library's level decides, before any processor, record or context merge."""
     code = """
 import logging, structlog
-from oqron_nats import execution
+from oqron_nats.runtime import execution
 structlog.contextvars.bind_contextvars(job_id="j", queue="q", correlation_id="c", attempt=1)
 records = []
 class Keep(logging.Handler):
@@ -180,7 +180,7 @@ logging.getLogger("oqron_nats").setLevel(logging.DEBUG)  # now they are built
 structlog.reset_defaults()
 execution.log.debug("job completed", job_id="j", queue="q", attempt=1, seconds=0.01)
 [record] = records
-assert record.name == "oqron_nats.execution" and record.levelno == logging.DEBUG
+assert record.name == "oqron_nats.runtime.execution" and record.levelno == logging.DEBUG
 assert record.getMessage() == (
     "job completed job_id=j queue=q attempt=1 seconds=0.01 correlation_id=c"
 )

@@ -16,8 +16,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from oqron_nats import Client, ConfigError, RetryPolicy, queue
-from oqron_nats.metrics import DURATION_BUCKETS, metrics_for
-from oqron_nats.prometheus import serve_prometheus
+from oqron_nats.observe.metrics import DURATION_BUCKETS, metrics_for
+from oqron_nats.observe.prometheus import serve_prometheus
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, start_process
@@ -184,7 +184,7 @@ async def test_prometheus_scrape_serves_the_process_duration_histogram(
 SCRAPED_WORKER = """
 import asyncio, sys
 from oqron_nats import Client, queue
-from oqron_nats.prometheus import serve_prometheus
+from oqron_nats.observe.prometheus import serve_prometheus
 
 async def handler(ctx):
     return "ok"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from oqron_nats import Client, InvalidState, JobState, RetryPolicy, queue
-from oqron_nats.rejects import rejected_count, rejected_samples
+from oqron_nats.storage.rejects import rejected_count, rejected_samples
 
 from .helpers import eventually, stream_message_count
 

@@ -11,8 +11,8 @@ import tomllib
 
 import oqron_nats
 from oqron_nats import Client
-from oqron_nats.cli import build_parser
-from oqron_nats.names import STATE_CODES, markdown_table
+from oqron_nats._nats.names import STATE_CODES, markdown_table
+from oqron_nats.ops.cli import build_parser
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT
@@ -38,7 +38,7 @@ def test_the_what_is_in_nats_table_is_the_one_generated_from_names() -> None:
     section = section[: section.index("\n## ", 1)]
     assert markdown_table() in section, (
         "the README's table differs from the names the code builds: paste the output of "
-        "python -c 'from oqron_nats.names import markdown_table as t; print(t())'"
+        "python -c 'from oqron_nats._nats.names import markdown_table as t; print(t())'"
     )
 
 

@@ -17,10 +17,9 @@ from nats.aio.msg import Msg
 
 from oqron_nats import Client, Job, JobContext, JobState, Queue, queue
 from oqron_nats._nats import Bucket
-from oqron_nats.backend import Backend
-from oqron_nats.config import Reconciliation
-from oqron_nats.maintenance import Maintenance, Reconciled, reconcile, scan_stalls
+from oqron_nats.core.config import Reconciliation
 from oqron_nats.queue import parse_options
+from oqron_nats.runtime.maintenance import Maintenance, Reconciled, reconcile, scan_stalls
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
@@ -258,7 +257,7 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
     name = "orphan-pass"
     names = client.names(name)
     publisher = queue(name, client=client, **FAST)
-    backend = await Backend.open(client, publisher.config)
+    backend = await client._open_queue(publisher.config)
     conn = backend.conn
     job = await publisher.add({"n": 1})
     message = await conn.direct_get(names.stream, last_by_subject=names.lane(0, job.id))
@@ -309,7 +308,7 @@ async def test_the_scanner_never_touches_a_job_with_a_live_lease(client: Client)
     runs: list[str] = []
     running, release = asyncio.Event(), asyncio.Event()
     q = queue(name, blocking_handler(runs, running, release), client=client, **FAST)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
@@ -343,7 +342,7 @@ async def test_the_scanner_never_touches_a_job_that_took_no_lease(client: Client
         guaranteed_worker=False,
         **FAST,
     )
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
@@ -380,8 +379,8 @@ async def test_only_one_maintenance_instance_runs_a_role_until_it_stops(
         return one_pass
 
     async with Client(nats_server.url, namespace=namespace) as other_client:
-        first = Maintenance(await Backend.open(client, config), "worker-1")
-        second = Maintenance(await Backend.open(other_client, config), "worker-2")
+        first = Maintenance(await client._open_queue(config), "worker-1")
+        second = Maintenance(await other_client._open_queue(config), "worker-2")
         try:
             first.start("stall-scanner", 0.2, recording("worker-1"))
             second.start("stall-scanner", 0.2, recording("worker-2"))
@@ -418,7 +417,7 @@ async def test_reconciliation_finds_nothing_to_heal_in_a_healthy_queue(client: C
         return "ok"
 
     q = queue(name, handler, client=client, concurrency=1, **FAST)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     async with q:
         completed = await q.add({"n": 1})
         await wait_for_state(q, completed.id, JobState.COMPLETED, timeout=WAIT)
@@ -449,7 +448,7 @@ async def test_reconciliation_re_enqueues_a_waiting_record_without_message(
 ) -> None:
     name = "no-message"
     publisher = queue(name, client=client, **FAST)
-    backend = await Backend.open(client, publisher.config)
+    backend = await client._open_queue(publisher.config)
     # an add that stopped between the record and the publish
     _, record = publisher._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
     await backend.store.create(record)
@@ -473,7 +472,7 @@ async def test_reconciliation_re_enqueues_an_overdue_delayed_job_whose_schedule_
 ) -> None:
     name = "lost-schedule"
     publisher = queue(name, client=client, **FAST)
-    backend = await Backend.open(client, publisher.config)
+    backend = await client._open_queue(publisher.config)
     names = backend.names
     job = await publisher.add({"n": 1}, delay=1.5)
     assert await lane_subjects(client, name) == {names.schedule(job.id): 1}
@@ -494,7 +493,7 @@ async def test_reconciliation_re_enqueues_an_overdue_delayed_job_whose_schedule_
 async def test_reconciliation_removes_a_message_whose_record_was_deleted(client: Client) -> None:
     name = "no-record"
     publisher = queue(name, client=client, **FAST)
-    backend = await Backend.open(client, publisher.config)
+    backend = await client._open_queue(publisher.config)
     names = backend.names
     kept = await publisher.add({"n": 1})
     gone = await publisher.add({"n": 2})
@@ -511,7 +510,7 @@ async def test_reconciliation_removes_a_message_whose_record_was_deleted(client:
 async def test_reconciliation_removes_a_message_of_a_completed_job(client: Client) -> None:
     name = "done-copy"
     q = queue(name, _ok, client=client, **FAST)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     names = backend.names
     async with q:
         job = await q.add({"n": 1})
@@ -531,7 +530,7 @@ async def test_a_worker_with_reconciliation_heals_a_half_added_job_by_itself(
     name = "self-heal"
     reconciliation = Reconciliation(interval=0.3, waiting_threshold=0, delayed_grace=0)
     q = queue(name, _ok, client=client, reconciliation=reconciliation, **FAST)
-    backend = await Backend.open(client, q.config)
+    backend = await client._open_queue(q.config)
     _, record = q._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
     await backend.store.create(record)
     assert await stream_message_count(client, backend.names.stream) == 0

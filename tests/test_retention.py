@@ -16,7 +16,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats.store import JobStore
+from oqron_nats.storage.store import JobStore
 
 from .helpers import eventually
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, ConfigError, JobState, RetryPolicy, queue
-from oqron_nats.retry import retry_delay
+from oqron_nats.core.retry import retry_delay
 
 from .helpers import eventually, stream_message_count, wait_for_state
 

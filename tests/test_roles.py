@@ -24,8 +24,8 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats.cli import main
-from oqron_nats.permissions import for_role
+from oqron_nats._nats.permissions import for_role
+from oqron_nats.ops.cli import main
 
 from .helpers import eventually, wait_for_state
 from .secured import SecuredServer

@@ -29,9 +29,9 @@ from structlog.testing import capture_logs
 
 from oqron_nats import Client, ConfigError, ConnectionFailed, JobContext, JobState, queue, worker
 from oqron_nats._nats.auth import CLOSED_AFTER_HANDSHAKE, describe, nats_options
-from oqron_nats.cli import main
-from oqron_nats.credentials import TLS, Credentials, mask_url, split_userinfo
-from oqron_nats.logconfig import Redactor
+from oqron_nats.core.credentials import TLS, Credentials, mask_url, split_userinfo
+from oqron_nats.observe.logconfig import Redactor
+from oqron_nats.ops.cli import main
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, wait_for_state

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats.lanes import FAIRNESS_EVERY, PriorityPlan
+from oqron_nats.runtime.lanes import FAIRNESS_EVERY, PriorityPlan
 
 from .helpers import eventually
 

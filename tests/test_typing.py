@@ -22,8 +22,8 @@ import msgspec
 import pytest
 
 import oqron_nats
-from oqron_nats.errors import InvalidState
-from oqron_nats.job import Job, JobState, bind, with_data
+from oqron_nats.core.errors import InvalidState
+from oqron_nats.core.job import Job, JobState, bind, with_data
 
 PACKAGE_ROOT = Path(oqron_nats.__file__).resolve().parents[1]
 """The directory holding the oqron_nats under test (this checkout)."""
@@ -52,14 +52,14 @@ async def main() -> None:
     emails = queue("x", send, payload=Email)
     reveal_type(emails)  # reveals: oqron_nats.queue.Queue[user.Email, Never]
     job = await emails.add(Email(to="a@example.com", subject="hi"))
-    reveal_type(job)  # reveals: oqron_nats.job.Job[user.Email]
+    reveal_type(job)  # reveals: oqron_nats.core.job.Job[user.Email]
     reveal_type(job.data)  # reveals: user.Email
-    reveal_type(await job.wait(10))  # reveals: oqron_nats.job.Job[user.Email]
-    reveal_type(await emails.wait(job.id))  # reveals: oqron_nats.job.Job[user.Email]
-    reveal_type(await emails.get_job(job.id))  # reveals: oqron_nats.job.Job[user.Email] | None
+    reveal_type(await job.wait(10))  # reveals: oqron_nats.core.job.Job[user.Email]
+    reveal_type(await emails.wait(job.id))  # reveals: oqron_nats.core.job.Job[user.Email]
+    reveal_type(await emails.get_job(job.id))  # reveals: oqron_nats.core.job.Job[user.Email] | None
     skipping = queue("y", send, payload=Email, disabled_behavior="skip")
     added = await skipping.add(Email(to="b@example.com", subject="hi"))
-    reveal_type(added)  # reveals: oqron_nats.job.Job[user.Email] | oqron_nats.queue.Skipped
+    reveal_type(added)  # reveals: oqron_nats.core.job.Job[user.Email] | oqron_nats.queue.Skipped
     publisher = queue("z", payload=Email)
     reveal_type(publisher)  # reveals: oqron_nats.queue.Queue[user.Email, Never]
     untyped = queue("w")

@@ -18,7 +18,7 @@ import pytest
 from oqron_nats import Client, JobContext, JobState, OqronError, Unavailable, queue
 from oqron_nats._nats import Bucket
 from oqron_nats._nats.conn import transient_error
-from oqron_nats.store import JobStore
+from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
 from oqron_nats.testing.server import LocalServer
 

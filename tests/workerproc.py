@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from oqron_nats import JobContext, worker
-from oqron_nats.config import RateLimit, StallScanner
+from oqron_nats.core.config import RateLimit, StallScanner
 
 
 def append(path: str, record: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from oqron_nats import JobContext, RetryPolicy, worker
-from oqron_nats.runner import run_main
+from oqron_nats.ops.runner import run_main
 from payloads.video import QUEUE, Encoded, VideoJob
 
 STEP_SECONDS = float(os.environ.get("VIDEO_STEP_SECONDS", "0.2"))

@@ -2,7 +2,7 @@
 
 from nats.aio.msg import Msg
 
-from ..errors import JetStreamError
+from ..core.errors import JetStreamError
 from .conn import CasConflict, Nats, PubAck, StoredMsg, StreamLimits, StreamState
 from .kv import Bucket, Entry, stream_of
 from .provision import ConsumerSpec, ensure_bucket, ensure_consumer, ensure_stream

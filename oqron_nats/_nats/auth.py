@@ -19,8 +19,8 @@ from typing import Any
 
 import nats.errors
 
-from ..credentials import ENV_TLS_CA, ENV_TLS_CERT, TLS, Credentials
-from ..errors import ConfigError
+from ..core.credentials import ENV_TLS_CA, ENV_TLS_CERT, TLS, Credentials
+from ..core.errors import ConfigError
 
 JWT_BEGIN = b"BEGIN NATS USER JWT"
 SEED_BEGIN = b"BEGIN USER NKEY SEED"

@@ -3,11 +3,11 @@
 Every JetStream request goes through one path, :meth:`Nats._ask`: a request that nobody
 answered (a timeout, no responders) or that a cluster refused for the moment (no meta leader,
 not the leader any more, see :data:`.retry.TRANSIENT_ERR_CODES`) is asked again with capped,
-jittered pauses until the retry deadline, and only then raises :class:`~oqron_nats.errors.
+jittered pauses until the retry deadline, and only then raises :class:`~oqron_nats.core.errors.
 Unavailable`. Requests are safe to ask again: reads, creates that accept an equal config,
 publishes with a ``Nats-Msg-Id`` or an expected revision (a compare-and-set write that finds its
 own earlier try is recognised, see :mod:`.kv`). API errors that are answers become
-:class:`~oqron_nats.errors.JetStreamError` with the server's ``err_code``.
+:class:`~oqron_nats.core.errors.JetStreamError` with the server's ``err_code``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ..credentials import TLS, Credentials, conceal
-from ..errors import ConnectionFailed, JetStreamError, PermissionDenied, Unavailable
-from ..log import logger
+from ..core.credentials import TLS, Credentials, conceal
+from ..core.errors import ConnectionFailed, JetStreamError, PermissionDenied, Unavailable
+from ..observe.log import logger
 from .auth import describe, is_refusal, nats_options
 from .direct import DirectClient, Handler, new_client, parse_headers
 from .requests import Requests
@@ -238,7 +238,7 @@ class Nats:
     ) -> Nats:
         """Connect, reconnecting forever after a loss; nats-py options may be overridden.
 
-        ``servers`` carry no userinfo (see :func:`~oqron_nats.credentials.split_userinfo`);
+        ``servers`` carry no userinfo (see :func:`~oqron_nats.core.credentials.split_userinfo`);
         ``label`` is how errors name them. The first connection fails fast with
         :class:`ConnectionFailed` saying why (a refusal of the credentials or a TLS failure at
         once; unreachable servers after a few tries), and never shows a credential.

@@ -37,8 +37,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, SecureConnWantedError
 from nats.protocol.parser import Parser
 
-from ..errors import ConfigError
-from ..log import logger
+from ..core.errors import ConfigError
+from ..observe.log import logger
 
 log = logger(__name__)
 

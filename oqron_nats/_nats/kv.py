@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from ..names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
 from .conn import CasConflict, Nats, StoredMsg
+from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
 
 
 def ttl_header(seconds: float) -> str:

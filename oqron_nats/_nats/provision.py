@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from nats.js import api
 
-from ..errors import JetStreamError
+from ..core.errors import JetStreamError
 from .conn import ALREADY_EXISTS, Nats
 
 

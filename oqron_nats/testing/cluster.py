@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .server import LocalServer, ServerError
 
 _MONITOR = re.compile(r"Starting http monitor on [^\s]*:(\d+)")

@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import OqronError
+from ..core.errors import OqronError
 
 _LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
 _READY = "Server is ready"

@@ -64,7 +64,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from oqron_nats.job import TERMINAL_STATES
+from oqron_nats.core.job import TERMINAL_STATES
 
 Outcome = Literal["ok", "unknown", "fail"]
 FaultKind = Literal[

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, Queue, queue
-from oqron_nats.job import TERMINAL_STATES
+from oqron_nats.core.job import TERMINAL_STATES
 from oqron_nats.testing.server import LocalServer
 
 from ..helpers import start_process

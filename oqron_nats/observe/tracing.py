@@ -1,0 +1,126 @@
+"""OpenTelemetry spans through the API only, and trace context in NATS headers.
+
+``add()`` opens a PRODUCER span ``publish <queue>`` and injects its context into the job (stored
+on the record, sent as message headers). Each attempt opens a CONSUMER span ``process <queue>``
+whose parent is that context, with a link to it as the messaging conventions ask; both carry the
+correlation id as ``messaging.message.conversation_id``. Without an SDK every span is a cheap
+no-op, and the trace context still passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
+
+from .._version import __version__
+
+SYSTEM = "messaging.system"
+OPERATION_NAME = "messaging.operation.name"
+OPERATION_TYPE = "messaging.operation.type"
+DESTINATION = "messaging.destination.name"
+MESSAGE_ID = "messaging.message.id"
+CONVERSATION_ID = "messaging.message.conversation_id"
+CONSUMER_GROUP = "messaging.consumer.group.name"
+ATTEMPT = "oqron.job.attempt"
+ERROR_TYPE = "error.type"
+
+
+class Tracing:
+    """Spans for publishing and processing jobs."""
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("oqron_nats", __version__, tracer_provider=tracer_provider)
+        self._own_provider = tracer_provider is not None
+
+    @property
+    def recording(self) -> bool:
+        """Whether spans can be recorded: a provider was given, or an SDK set the global one."""
+        provider = trace.get_tracer_provider()
+        return self._own_provider or not isinstance(provider, trace.ProxyTracerProvider)
+
+    def start_publish(
+        self, queue: str, job_id: str, correlation_id: str
+    ) -> tuple[Span, dict[str, str]]:
+        """Start the PRODUCER span of one job; return it with the headers that carry it."""
+        span = self._tracer.start_span(
+            f"publish {queue}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                SYSTEM: "nats",
+                OPERATION_NAME: "publish",
+                OPERATION_TYPE: "send",
+                DESTINATION: queue,
+                MESSAGE_ID: job_id,
+                CONVERSATION_ID: correlation_id,
+            },
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return span, carrier
+
+    @contextmanager
+    def processing(
+        self,
+        *,
+        queue: str,
+        job_id: str,
+        correlation_id: str,
+        attempt: int,
+        consumer: str,
+        carrier: Mapping[str, str],
+    ) -> Iterator[Span]:
+        """The CONSUMER span of one attempt, child of the publisher's context in ``carrier``.
+
+        With nothing to record it, no span is made: the publisher's context is only made
+        current, so the trace still passes through to the jobs the handler adds.
+        """
+        # header names in lower case: Go and .NET clients send ``Traceparent``
+        headers = {key.lower(): value for key, value in carrier.items()}
+        recording = self.recording
+        if not recording and headers.keys().isdisjoint(propagate.get_global_textmap().fields):
+            yield trace.INVALID_SPAN  # nothing to record and no context to pass on
+            return
+        parent = propagate.extract(headers)
+        if not recording:
+            token = context.attach(parent)
+            try:
+                yield trace.INVALID_SPAN
+            finally:
+                context.detach(token)
+            return
+        creation = trace.get_current_span(parent).get_span_context()
+        links = [Link(creation)] if creation.is_valid else []
+        token = context.attach(parent)  # makes the publisher's baggage current as well
+        try:
+            with self._tracer.start_as_current_span(
+                f"process {queue}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    SYSTEM: "nats",
+                    OPERATION_NAME: "process",
+                    OPERATION_TYPE: "process",
+                    DESTINATION: queue,
+                    MESSAGE_ID: job_id,
+                    CONVERSATION_ID: correlation_id,
+                    CONSUMER_GROUP: consumer,
+                    ATTEMPT: attempt,
+                },
+            ) as span:
+                yield span
+        finally:
+            context.detach(token)
+
+
+def mark_failed(span: Span, exc: BaseException, *, detail: bool = True) -> None:
+    """Record a failed attempt on its span; without ``detail`` only the exception's type (its
+    message and traceback may hold payload values of an encrypted queue)."""
+    if detail:
+        span.record_exception(exc)
+    description = str(exc)[:200] if detail else type(exc).__name__
+    span.set_status(Status(StatusCode.ERROR, description))
+    span.set_attribute(ERROR_TYPE, type(exc).__name__)

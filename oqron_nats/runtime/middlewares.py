@@ -1,0 +1,159 @@
+"""The built-in middlewares (metrics, the user's callbacks, background parts) and the chain
+that runs a queue's middlewares in order (see :mod:`oqron_nats.core.middleware`)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..core.job import Job, JobFailure
+from ..core.middleware import HOOKS, HookResult, Middleware
+from ..observe.log import logger
+
+if TYPE_CHECKING:
+    from ..core.config import QueueConfig
+    from ..observe.metrics import QueueMetrics
+
+log = logger(__name__)
+
+
+class Metrics(Middleware):
+    """The queue's OpenTelemetry job counters and durations (see :mod:`.metrics`)."""
+
+    def __init__(self, metrics: QueueMetrics) -> None:
+        self.metrics = metrics
+
+    def before_process(self, job: Job[Any]) -> None:
+        """Count a consumed job."""
+        self.metrics.consumed()
+
+    def after_process(self, job: Job[Any], seconds: float, outcome: str | None) -> None:
+        """Record the handler's duration and outcome."""
+        self.metrics.processed(seconds, outcome)
+
+    def on_complete(self, job: Job[Any], result: Any) -> None:
+        """Count a completion."""
+        self.metrics.completed()
+
+    def on_retry(self, job: Job[Any], failure: JobFailure) -> None:
+        """Count a retry."""
+        self.metrics.retried()
+
+    def on_fail(self, job: Job[Any], failure: JobFailure) -> None:
+        """Count a failure for good."""
+        self.metrics.failed()
+
+    def on_dead_letter(self, job: Job[Any]) -> None:
+        """Count a dead letter."""
+        self.metrics.dead_lettered()
+
+    def on_stall(self, job: Job[Any]) -> None:
+        """Count a stall."""
+        self.metrics.stalled()
+
+
+class Background(Protocol):
+    """A part that runs in the background while the worker runs."""
+
+    def start(self) -> None:
+        """Start running."""
+
+    async def stop(self) -> None:
+        """Stop, within a bound."""
+
+
+class WhileRunning(Middleware):
+    """Runs a background part of the worker (its presence key, its lag monitor) from the
+    worker's start to its stop."""
+
+    def __init__(self, part: Background) -> None:
+        self.part = part
+
+    def on_worker_start(self, queue: str) -> None:
+        """Start the part."""
+        self.part.start()
+
+    async def on_worker_stop(self, queue: str) -> None:
+        """Stop the part."""
+        await self.part.stop()
+
+
+class UserHooks(Middleware):
+    """The queue's ``hooks=`` (on_success, on_fail) and ``dead_letter=`` (on_dead) callbacks;
+    a plain function runs in a thread."""
+
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def wanted(config: QueueConfig) -> bool:
+        """Whether the queue has any such callback."""
+        hooks = config.hooks
+        return bool(hooks.on_success or hooks.on_fail or config.dead_letter.on_dead)
+
+    async def on_complete(self, job: Job[Any], result: Any) -> None:
+        """``hooks.on_success(job, result)``."""
+        await _call(self.config.hooks.on_success, job, result)
+
+    async def on_fail(self, job: Job[Any], failure: JobFailure) -> None:
+        """``dead_letter.on_dead(job)`` where dead letters are on, then ``hooks.on_fail``."""
+        if self.config.dead_letter.enabled:
+            await _call(self.config.dead_letter.on_dead, job)
+        await _call(self.config.hooks.on_fail, job, failure)
+
+
+async def _call(hook: Callable[..., Any] | None, job: Job[Any], *args: Any) -> None:
+    """Call a user callback; one that raises is logged."""
+    if hook is None:
+        return
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await hook(job, *args)
+            return
+        outcome = await asyncio.to_thread(hook, job, *args)  # a plain hook may block
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception:
+        log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=job.id)
+
+
+def chain_of(config: QueueConfig, metrics: QueueMetrics, *parts: Middleware) -> Chain:
+    """The queue's middlewares: metrics, the user's callbacks, the worker's ``parts`` (presence,
+    lag monitor), then ``middleware=``."""
+    built_in: list[Middleware] = [Metrics(metrics)]
+    if UserHooks.wanted(config):
+        built_in.append(UserHooks(config))
+    return Chain([*built_in, *parts, *config.middleware])
+
+
+class Chain:
+    """A queue's middlewares, in order; each hook calls only those that override it."""
+
+    def __init__(self, middlewares: Sequence[Middleware]) -> None:
+        self.middlewares = tuple(middlewares)
+        self._hooks: dict[str, tuple[Callable[..., HookResult], ...]] = {
+            name: tuple(
+                getattr(m, name)
+                for m in self.middlewares
+                if getattr(type(m), name) is not getattr(Middleware, name)
+            )
+            for name in HOOKS
+        }
+
+    async def run(self, hook: str, *args: Any, job_id: str | None = None) -> None:
+        """Call ``hook`` on every middleware that has it; one that raises is logged."""
+        for call in self._hooks[hook]:
+            try:
+                outcome = call(*args)
+                if outcome is not None:
+                    await outcome
+            except Exception:
+                log.exception("middleware failed", hook=hook, middleware=_name(call),
+                              job_id=job_id)  # fmt: skip
+
+
+def _name(call: Callable[..., Any]) -> str:
+    owner = getattr(call, "__self__", None)
+    return type(owner).__qualname__ if owner is not None else repr(call)

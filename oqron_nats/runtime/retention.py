@@ -1,0 +1,89 @@
+"""Retention: what is kept of a finished job, decided per job, then per queue, then kept.
+
+* ``True``: the record is removed as soon as the job finished (after the ack).
+* a ``timedelta``: the final record is written with that per-message TTL (its index entry too),
+  so the server removes both when the time is up; nothing has to run later.
+* an ``int`` N: after a finish, if more than N jobs are in that state, the oldest beyond N are
+  removed; the state index says how many there are and which are oldest, so this never reads
+  every record.
+* ``False``: kept.
+* unset (on the job and on the worker's queue): the defaults, ``DEFAULT_RETENTION``: completed
+  jobs are kept for a day and failed ones for 14 days, so the job store does not grow without
+  bound by default.
+
+A removed job's id can be used again by a new add().
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+from .._nats import CasConflict, JetStreamError
+from ..core.config import QueueConfig
+from ..core.job import JobState, Retention
+from ..storage.backend import Backend
+from ..storage.store import RawJob
+
+TRIM_BATCH = 100
+"""At most this many old jobs are removed after one finish (the next finish removes more)."""
+DEFAULT_RETENTION: dict[JobState, Retention] = {
+    JobState.COMPLETED: timedelta(days=1),
+    JobState.FAILED: timedelta(days=14),
+}
+"""How long a finished job is kept when neither it nor its worker's queue says."""
+
+
+def policy_for(job: RawJob, state: JobState, config: QueueConfig) -> Retention | None:
+    """The retention that applies to ``job`` once it is in ``state``."""
+    if state == JobState.COMPLETED:
+        own, queue_wide = job.remove_on_complete, config.remove_on_complete
+    elif state == JobState.FAILED:
+        own, queue_wide = job.remove_on_fail, config.remove_on_fail
+    else:
+        return None
+    if own is not None:
+        return own
+    return queue_wide if queue_wide is not None else DEFAULT_RETENTION[state]
+
+
+def describe(config: QueueConfig, state: JobState) -> str:
+    """How long the queue keeps jobs finished in ``state`` (when a job does not say), in words."""
+    policy = config.remove_on_complete if state == JobState.COMPLETED else config.remove_on_fail
+    if policy is None:
+        policy = DEFAULT_RETENTION[state]
+    if policy is True:
+        return "removed at once"
+    if policy is False:
+        return "kept"
+    if isinstance(policy, timedelta):
+        return f"for {policy}"
+    return f"the newest {policy}"
+
+
+def ttl_of(policy: Retention | None) -> float | None:
+    """The TTL to write a final record with, for an age-based policy."""
+    return policy.total_seconds() if isinstance(policy, timedelta) else None
+
+
+async def apply(backend: Backend, job: RawJob, revision: int, policy: Retention | None) -> None:
+    """Remove the job, or trim its state to N jobs, as the policy says (after the ack)."""
+    if policy is True:
+        await backend.store.remove(job, revision)
+    elif isinstance(policy, int) and not isinstance(policy, bool):
+        await backend.store.index.settle(job.id, job.state)  # the count must include this job
+        await trim(backend, job.state, keep=policy)
+
+
+async def trim(backend: Backend, state: JobState, keep: int) -> int:
+    """Remove the oldest jobs in ``state`` beyond the newest ``keep``; returns how many."""
+    extra = await backend.store.index.count(state) - keep
+    removed = 0
+    for entry in await backend.store.index.oldest(state, min(extra, TRIM_BATCH)):
+        record = await backend.store.get(entry.job_id)
+        if record is None or record.job.state != state:
+            continue  # moved on meanwhile
+        with contextlib.suppress(CasConflict, JetStreamError):
+            await backend.store.remove(record.job, record.revision)
+            removed += 1
+    return removed

@@ -1,0 +1,137 @@
+"""The connected parts of one queue: connection, record store, broker, leases, telemetry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._nats import Bucket, Nats
+from .._nats.names import Names
+from ..core.config import QueueConfig
+from ..core.errors import ConfigError, ConsumerConflict, JetStreamError, PermissionDenied
+from ..observe.events import EventBus
+from ..observe.metrics import QueueMetrics
+from ..observe.tracing import Tracing
+from .admission import Admission
+from .broker import Broker
+from .control import Control
+from .index import StateIndex
+from .lease import Leases
+from .rejects import Rejects
+from .store import JobStore
+
+
+class Consumers:
+    """The queues that have a running consumer on one client: a second one is refused."""
+
+    def __init__(self) -> None:
+        self._queues: set[str] = set()
+
+    def claim(self, queue: str) -> None:
+        """Register a consumer of ``queue``; ConsumerConflict if it already has one."""
+        if queue in self._queues:
+            raise ConsumerConflict(
+                f"queue {queue!r} already has a running consumer on this client; "
+                "raise its concurrency instead of starting it twice"
+            )
+        self._queues.add(queue)
+
+    def release(self, queue: str) -> None:
+        """Forget a stopped consumer of ``queue``."""
+        self._queues.discard(queue)
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every queue of one client shares: set on the client, handed to each backend."""
+
+    replicas: int
+    tracing: Tracing
+    metrics_interval: float
+    consumers: Consumers
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Everything a queue talks to, created once it has connected."""
+
+    shared: Shared
+    conn: Nats
+    names: Names
+    store: JobStore
+    broker: Broker
+    leases: Leases
+    tracing: Tracing
+    metrics: QueueMetrics
+    control: Control
+    rejects: Rejects
+    payload_limit: int
+    admission: Admission | None = None
+    """The bounds of a queue with max_jobs or max_bytes."""
+
+    @classmethod
+    async def open(
+        cls,
+        conn: Nats,
+        names: Names,
+        config: QueueConfig,
+        shared: Shared,
+        *,
+        metrics: QueueMetrics,
+        payload_limit: int,
+    ) -> Backend:
+        """Check the queue's prepared streams and buckets, and wire the parts."""
+        await refuse_dropping_streams(conn, names)
+        await refuse_shared_records(conn, names)
+        replicated = shared.replicas > 1
+        return cls(
+            shared=shared,
+            conn=conn,
+            names=names,
+            store=JobStore(
+                Bucket(conn, names.jobs_bucket),
+                names,
+                EventBus(conn, names),
+                StateIndex(conn, names, confirm_final=replicated),
+                replicated=replicated,
+            ),
+            broker=Broker(conn, names),
+            leases=Leases(Bucket(conn, names.locks_bucket), names, config.lock_ttl),
+            tracing=shared.tracing,
+            metrics=metrics,
+            control=Control(conn, names),
+            rejects=Rejects(conn, names, metrics),
+            payload_limit=payload_limit,
+            admission=(
+                Admission(conn, names, max_jobs=config.max_jobs, max_bytes=config.max_bytes)
+                if config.max_jobs or config.max_bytes
+                else None
+            ),
+        )
+
+
+async def refuse_dropping_streams(conn: Nats, names: Names) -> None:
+    """ConfigError if someone gave the queue's work stream limits under which the server drops
+    the oldest messages (discard old): a dropped message is a job that never runs."""
+    dropping = (await conn.stream_limits(names.stream)).drops_old
+    if dropping:
+        raise ConfigError(
+            f"stream {names.stream} has {', '.join(dropping)} with discard=old: the server would "
+            "drop the oldest job messages without a word, and those jobs would never run. Remove "
+            "those limits (`nats stream edit`); bound a queue with max_jobs instead"
+        )
+
+
+async def refuse_shared_records(conn: Nats, names: Names) -> None:
+    """ConfigError if oqron_nats 0.1.0 left records of this queue in the namespace's shared
+    jobs bucket: they would be neither read nor run (each queue has its own bucket now)."""
+    try:
+        left = await Bucket(conn, names.shared_jobs_bucket).keys(names.keys)
+    except (JetStreamError, PermissionDenied):  # no such bucket (or this user may not look)
+        return
+    if left:
+        raise ConfigError(
+            f"{len(left)} job record(s) of queue {names.queue!r} are in the bucket "
+            f"{names.shared_jobs_bucket!r}, where oqron_nats 0.1.0 kept them; this version keeps "
+            f"them in {names.jobs_bucket!r}. Drain the queue with 0.1.0 before upgrading, or "
+            "delete those keys"
+        )

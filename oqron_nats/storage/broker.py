@@ -1,0 +1,138 @@
+"""Job messages: published to a lane now, through a message schedule later, held while the
+queue is paused, or copied to the DLQ; and removed again.
+
+A job message carries only the job id; the record in KV is the truth. Its ``Nats-Msg-Id`` is
+``<job_id>:<enqueued>`` so a publish retried after a timeout cannot queue the job twice, while a
+later re-enqueue (a retry, an admin rerun) gets a new generation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from .._nats import JetStreamError, Nats
+from .._nats.names import (
+    CORRELATION_HEADER,
+    MSG_ID_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_TARGET_HEADER,
+    Names,
+)
+from ..core.errors import EnqueueError, Unavailable
+from ..core.job import JobState
+from .store import RawJob
+
+
+def schedule_at(when: datetime) -> str:
+    """A ``Nats-Schedule`` value firing once at ``when`` (millisecond precision, UTC)."""
+    utc = when.astimezone(UTC)
+    return "@at " + utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_headers(job: RawJob) -> dict[str, str]:
+    """The headers every message of ``job`` carries: trace context and correlation id."""
+    headers = dict(job.trace)
+    headers[CORRELATION_HEADER] = job.correlation_id
+    headers[MSG_ID_HEADER] = f"{job.id}:{job.enqueued}"
+    return headers
+
+
+class Broker:
+    """Sends and removes one queue's job messages (its work stream and dead letters)."""
+
+    def __init__(self, conn: Nats, names: Names) -> None:
+        self.conn = conn
+        self.names = names
+
+    async def enqueue(self, job: RawJob) -> None:
+        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``."""
+        headers = job_headers(job)
+        subject = self.names.lane(job.priority, job.id)
+        if job.state == JobState.DELAYED and job.run_at is not None:
+            headers[SCHEDULE_HEADER] = schedule_at(job.run_at)
+            headers[SCHEDULE_TARGET_HEADER] = subject
+            subject = self.names.schedule(job.id)
+        await self._publish(job.id, subject, job.id.encode(), headers)
+
+    async def hold(self, job: RawJob) -> None:
+        """Mark the job as held while the queue is paused (resume releases it)."""
+        await self._publish(job.id, self.names.held(job.id), job.id.encode(), job_headers(job))
+
+    async def dead_letter(self, job: RawJob) -> None:
+        """Copy the failed record to the dead-letter stream (one entry per job id)."""
+        headers = job_headers(job)
+        headers[MSG_ID_HEADER] += ":dead"
+        await self._publish(
+            job.id, self.names.dead_letter(job.id), msgspec.json.encode(job), headers
+        )
+
+    async def has_message(self, seq: int) -> bool:
+        """Whether the work stream still holds the message with sequence ``seq``."""
+        return await self.conn.has_message(self.names.stream, seq)
+
+    async def has_message_of(self, job_id: str) -> bool:
+        """Whether the job has a message on a lane or on the run lane (lifo)."""
+        for subject in (self.names.lane_of(job_id), self.names.run(job_id)):
+            if await self.conn.direct_get(self.names.stream, last_by_subject=subject) is not None:
+                return True
+        return False
+
+    async def subjects(self) -> list[str]:
+        """Every subject of the work stream that holds a message (the job id comes last)."""
+        return list(await self.conn.subjects(self.names.stream, ">"))
+
+    async def remove(self, subject: str) -> None:
+        """Remove the messages on one subject of the work stream."""
+        await self.conn.purge_subject(self.names.stream, subject)
+
+    async def held_jobs(self) -> list[str]:
+        """The ids of the jobs held while the queue was paused."""
+        subjects = await self.conn.subjects(self.names.stream, self.names.helds)
+        return [subject.rsplit(".", 1)[1] for subject in subjects]
+
+    async def forget_held(self, job_id: str) -> None:
+        """Remove a job's held marker."""
+        await self.conn.purge_subject(self.names.stream, self.names.held(job_id))
+
+    async def unschedule(self, job_id: str) -> None:
+        """Remove a delayed job's schedule."""
+        await self.conn.purge_subject(self.names.stream, self.names.schedule(job_id))
+
+    async def remove_messages(self, job_id: str) -> None:
+        """Remove every message of a job (lane, schedule, run lane, held marker)."""
+        names = self.names
+        for subject in (
+            names.lane_of(job_id),
+            names.schedule(job_id),
+            names.run(job_id),
+            names.held(job_id),
+        ):
+            await self.conn.purge_subject(names.stream, subject)
+
+    async def forget_dead_letter(self, job_id: str) -> None:
+        """Remove a job's dead letter (it runs again)."""
+        await self.conn.purge_subject(self.names.dlq_stream, self.names.dead_letter(job_id))
+
+    async def remove_all(self) -> None:
+        """Remove every message and dead letter of the queue."""
+        await self.conn.purge_subject(self.names.stream, ">")
+        await self.conn.purge_subject(self.names.dlq_stream, self.names.dead_letter("*"))
+
+    async def _publish(
+        self, job_id: str, subject: str, body: bytes, headers: dict[str, str]
+    ) -> None:
+        try:
+            await self.conn.publish(subject, body, headers)
+        except Unavailable as exc:
+            maybe = "; it may still have been queued" if exc.outcome_unknown else ""
+            raise EnqueueError(
+                f"publishing job {job_id} failed: {exc}{maybe}",
+                job_id=job_id,
+                outcome_unknown=exc.outcome_unknown,
+            ) from exc
+        except JetStreamError as exc:
+            raise EnqueueError(
+                f"publishing job {job_id} failed: {exc}", job_id=job_id, outcome_unknown=False
+            ) from exc
