@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from .conn import CasConflict, Nats, StoredMsg
+from .facade import Nats
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
+from .replies import CasConflict, StoredMsg
 
 
 def ttl_header(seconds: float) -> str:

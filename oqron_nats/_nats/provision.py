@@ -1,7 +1,7 @@
 """Create the streams, buckets and consumers a queue needs; idempotent, safe to race.
 
 The configurations are built with nats-py's typed ``nats.js.api`` classes (which know the wire
-format); they are sent through :class:`.conn.Nats`, so a creation rides out an election like
+format); they are sent through :class:`.facade.Nats`, so a creation rides out an election like
 every other request.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from nats.js import api
 
 from ..core.errors import JetStreamError
-from .conn import ALREADY_EXISTS, Nats
+from .facade import Nats
+from .replies import ALREADY_EXISTS
 
 
 @dataclass(frozen=True, slots=True)

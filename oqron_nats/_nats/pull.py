@@ -25,7 +25,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .conn import Nats
+from .facade import Nats
 
 EXPIRY_GRACE = 5.0
 """Seconds after its expiry that an unanswered request is given up (its reply was lost)."""

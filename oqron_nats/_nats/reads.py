@@ -1,0 +1,165 @@
+"""Reading single messages and batches straight from a stream, with the leader detour.
+
+A direct get is answered by any replica; a hung replica (stopped, not crashed) loses the
+requests the cluster routes to it until its routes time out. So after a direct get of a stream
+went unanswered, that stream's single-message reads go to its leader for :data:`DETOUR` seconds
+(a leader is re-elected within seconds, and answers). A user whose permissions allow only direct
+gets keeps reading through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from ..core.errors import JetStreamError, PermissionDenied, Unavailable
+from ..observe.log import logger
+from .conn import Connection
+from .direct import DirectClient, parse_headers
+from .replies import NO_MESSAGE, MsgGet, RawMessage, StoredMsg, stored_msg
+from .retry import Backoff
+
+log = logger(__name__)
+
+DETOUR = 30.0
+"""Seconds that single-message reads of a stream go to its leader after a direct get of it went
+unanswered. Every replica answers direct gets, and a hung one (stopped, not crashed) keeps its
+place among them until its routes time out, minutes later: the requests the cluster routes to
+it are lost. The leader is re-elected within seconds, and answers."""
+
+
+class Reads(Connection):
+    """The connection's reads of stored messages: direct gets, leader reads and batches."""
+
+    def __init__(self, nc: DirectClient, *, request_timeout: float, retry_deadline: float) -> None:
+        super().__init__(nc, request_timeout=request_timeout, retry_deadline=retry_deadline)
+        self._detours: dict[str, float] = {}
+        """Stream -> until when (monotonic) its single-message reads go to its leader."""
+
+    async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
+        """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
+        return await self._read_one(stream, {"last_by_subj": last_by_subject})
+
+    async def has_message(self, stream: str, seq: int) -> bool:
+        """Whether the message with sequence ``seq`` is still in the stream."""
+        return await self._read_one(stream, {"seq": seq}) is not None
+
+    async def direct_get_subject(self, stream: str, subject: str) -> StoredMsg | None:
+        """The newest message on one exact subject, or None (the fast KV read path: the
+        subject is in the request's subject, which permissions can scope)."""
+        return await self._read_one(stream, {"last_by_subj": subject}, in_subject=True)
+
+    async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
+        """The newest message on one exact subject, or None, as the stream's leader has it.
+
+        A direct get is answered by any replica, and a replica of a replicated stream may not
+        have the last acknowledged writes yet; the leader has every one of them. Slower (one
+        server answers, through the JetStream API): for the reads a decision must not be
+        taken on alone.
+        """
+        return await self._leader_read(stream, {"last_by_subj": subject})
+
+    async def _read_one(
+        self, stream: str, query: dict[str, object], *, in_subject: bool = False
+    ) -> StoredMsg | None:
+        """One message by ``query``: a direct get (the query's subject in the request's subject
+        if ``in_subject``, else the query in its body), or at the leader while the stream is on
+        a detour (see :data:`DETOUR`)."""
+        direct = f"$JS.API.DIRECT.GET.{stream}"
+        if in_subject:
+            direct, body = f"{direct}.{query['last_by_subj']}", b""
+        else:
+            body = msgspec.json.encode(query)
+        if self._detours.get(stream, 0.0) <= time.monotonic():
+            try:
+                return stored_msg(await self._requests.request(direct, body))
+            except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                if (refusal := self._refused.get(direct.lower())) is not None:
+                    raise refusal from None
+                log.debug("no replica answered a direct get; asking the leader",
+                          stream=stream, cause=type(exc).__name__)  # fmt: skip
+                self._detours[stream] = time.monotonic() + DETOUR
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable("the NATS connection is closed") from None
+        if f"$js.api.stream.msg.get.{stream}".lower() not in self._refused:
+            with contextlib.suppress(PermissionDenied):
+                return await self._leader_read(stream, query)
+        msg, _ = await self._ask(direct, body)  # this user may read through direct gets only
+        return stored_msg(msg)
+
+    async def _leader_read(self, stream: str, query: dict[str, object]) -> StoredMsg | None:
+        try:
+            reply = await self._api(f"$JS.API.STREAM.MSG.GET.{stream}", query, MsgGet)
+        except JetStreamError as exc:
+            if exc.err_code in NO_MESSAGE:
+                return None
+            raise
+        raw = reply.message or RawMessage()
+        head = base64.b64decode(raw.hdrs) if raw.hdrs else None
+        return StoredMsg(
+            subject=raw.subject or str(query.get("last_by_subj", "")),
+            seq=raw.seq,
+            data=base64.b64decode(raw.data) if raw.data else b"",
+            headers=parse_headers(head) or {},
+        )
+
+    async def direct_batch(
+        self, stream: str, *, start: int, batch: int, subject: str | None = None
+    ) -> tuple[list[StoredMsg], int]:
+        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on,
+        in order, and how many more there are after them; asked again while no replica answers."""
+        request: dict[str, object] = {"seq": start, "batch": batch}
+        if subject is not None:
+            request["next_by_subj"] = subject
+        backoff = Backoff(self.retry_deadline)
+        subject = f"$JS.API.DIRECT.GET.{stream}"
+        while True:
+            try:
+                return await self._direct_batch_once(subject, msgspec.json.encode(request), batch)
+            except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                if (refusal := self._refused.get(subject.lower())) is not None:
+                    raise refusal from None
+                if not await backoff.pause():
+                    raise Unavailable(
+                        f"no replica of stream {stream} answered a batch read within the retry "
+                        f"deadline ({exc!r})"
+                    ) from None
+
+    async def _direct_batch_once(
+        self, subject: str, request: bytes, batch: int
+    ) -> tuple[list[StoredMsg], int]:
+        inbox = self.new_inbox()
+        found: list[StoredMsg] = []
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def received(msg: Msg) -> None:
+            if done.done():
+                return
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status in ("204", "404"):  # end of batch; nothing (more) matches
+                done.set_result(0)
+                return
+            if status:  # 503: no replica answers (an election); 408: the request timed out
+                done.set_exception(nats.errors.NoRespondersError())
+                return
+            stored = stored_msg(msg)
+            if stored is not None:
+                found.append(stored)
+            pending = int(headers.get("Nats-Num-Pending", "0"))
+            if len(found) >= batch or pending == 0:
+                done.set_result(pending)
+
+        sub = await self.nc.subscribe(inbox, cb=received)
+        try:
+            await self.nc.publish(subject, request, reply=inbox)
+            more = await asyncio.wait_for(done, self.request_timeout)
+        finally:
+            await sub.unsubscribe()
+        return found, more
