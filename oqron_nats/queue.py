@@ -295,7 +295,7 @@ class Queue(Generic[T, S]):
         """Re-check the payload size against the connected server's limit (an encrypted one:
         its sealed size, the plaintext having been held to max_payload_size)."""
         if self._sealing().active:
-            check_size(job.data, stored_limit(backend.conn.max_payload), "the encrypted payload")
+            check_size(job.data, stored_limit(backend.max_payload), "the encrypted payload")
         else:
             check_size(job.data, backend.payload_limit)
 

@@ -104,4 +104,4 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
     job = moved(job, JobState.COMPLETED, "done")
     job.timeline[-1] = msgspec.structs.replace(job.timeline[-1], at=long_ago)
     await backend.store.create(job)
-    await backend.conn.publish_core(backend.names.index_entry("active", job_id))
+    await (await q.client._connection()).publish_core(backend.names.index_entry("active", job_id))

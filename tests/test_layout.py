@@ -137,3 +137,52 @@ def test_the_local_server_and_cluster_stay_off_the_job_path() -> None:
         part_of_module(m) for p in (PACKAGE / "testing").glob("*.py") for m in imported_modules(p)
     }
     assert testing <= {"core", "testing"}, "the testing helpers need nothing but the core"
+
+
+CONNECTION = {"conn", "_conn"}
+"""The attribute names under which the seam's ``Nats`` connection is kept."""
+
+
+def backend_connection_reads(source: str) -> list[str]:
+    """Where ``source`` reads the connection of a backend (``backend.conn``,
+    ``self.rt.backend.store.events.conn``, ...)."""
+    return [
+        ast.unparse(node)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and node.attr in CONNECTION
+        and "backend" in ast.unparse(node.value).lower()
+    ]
+
+
+def test_only_storage_and_the_seam_reach_a_backends_connection() -> None:
+    owners = {PACKAGE / "storage", SEAM}
+    reading = [
+        f"{p.relative_to(PACKAGE)}: {read}"
+        for p in modules()
+        if not any(owner in p.parents for owner in owners)
+        for read in backend_connection_reads(p.read_text())
+    ]
+    assert reading == [], "\n".join(reading)
+    assert backend_connection_reads("self.rt.backend.conn.publish(x)") == ["self.rt.backend.conn"]
+
+
+def test_the_runtime_reads_no_connection_at_all() -> None:
+    reading = [
+        f"{p.relative_to(PACKAGE)}:{node.lineno}"
+        for p in sorted((PACKAGE / "runtime").glob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in CONNECTION
+    ]
+    assert reading == [], "runtime modules go through the storage objects: " + ", ".join(reading)
+
+
+def test_the_backend_hands_out_no_connection() -> None:
+    from dataclasses import fields
+
+    from oqron_nats.storage.backend import Backend
+
+    public = {f.name: str(f.type) for f in fields(Backend) if not f.name.startswith("_")}
+    assert "conn" not in public
+    assert [name for name, kind in public.items() if "Nats" in kind] == []
+    assert {"store", "broker", "control", "leases", "edges", "rates"} <= public.keys()

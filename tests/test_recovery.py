@@ -258,7 +258,7 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
     names = client.names(name)
     publisher = queue(name, client=client, **FAST)
     backend = await client._open_queue(publisher.config)
-    conn = backend.conn
+    conn = await client._connection()
     job = await publisher.add({"n": 1})
     message = await conn.direct_get(names.stream, last_by_subject=names.lane(0, job.id))
     assert message is not None
@@ -312,7 +312,8 @@ async def test_the_scanner_never_touches_a_job_with_a_live_lease(client: Client)
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
-        await backend.conn.purge_subject(names.stream, names.lane(job.priority, job.id))
+        conn = await client._connection()
+        await conn.purge_subject(names.stream, names.lane(job.priority, job.id))
         before = await backend.store.get(job.id)
         assert before is not None and before.job.state == JobState.ACTIVE and before.job.leased
         for _ in range(6):  # 3 s: longer than lock_ttl, so the lease lives by its renewals
@@ -346,7 +347,8 @@ async def test_the_scanner_never_touches_a_job_that_took_no_lease(client: Client
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
-        await backend.conn.purge_subject(names.stream, names.lane(job.priority, job.id))
+        conn = await client._connection()
+        await conn.purge_subject(names.stream, names.lane(job.priority, job.id))
         before = await backend.store.get(job.id)
         assert before is not None and before.job.state == JobState.ACTIVE
         assert before.job.leased is False
@@ -476,7 +478,7 @@ async def test_reconciliation_re_enqueues_an_overdue_delayed_job_whose_schedule_
     names = backend.names
     job = await publisher.add({"n": 1}, delay=1.5)
     assert await lane_subjects(client, name) == {names.schedule(job.id): 1}
-    await backend.conn.purge_subject(names.stream, names.schedule(job.id))
+    await (await client._connection()).purge_subject(names.stream, names.schedule(job.id))
     assert await stream_message_count(client, names.stream) == 0
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=0), "not due yet"
     assert job.run_at is not None
@@ -497,7 +499,7 @@ async def test_reconciliation_removes_a_message_whose_record_was_deleted(client:
     names = backend.names
     kept = await publisher.add({"n": 1})
     gone = await publisher.add({"n": 2})
-    jobs = Bucket(backend.conn, names.jobs_bucket)
+    jobs = Bucket(await client._connection(), names.jobs_bucket)
     entry = await jobs.get(names.key(gone.id))
     assert entry is not None
     await jobs.delete(names.key(gone.id), last=entry.revision)
@@ -517,7 +519,8 @@ async def test_reconciliation_removes_a_message_of_a_completed_job(client: Clien
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
     await eventually(lambda: _lacks(client, name, names.lane(0, job.id)), WAIT, "the ack")
     # a stray copy nobody will consume (no consumer is running now)
-    await backend.conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "copy"})
+    conn = await client._connection()
+    await conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "copy"})
     assert await lane_subjects(client, name) == {names.lane(0, job.id): 1}
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=1)
     assert await stream_message_count(client, names.stream) == 0

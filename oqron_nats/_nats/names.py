@@ -254,6 +254,11 @@ class Names:
         return f"{self.queue}.{parent_id}.*"
 
     @property
+    def all_edges(self) -> str:
+        """A key filter over every edge of the queue's flows."""
+        return f"{self.queue}.>"
+
+    @property
     def queues_bucket(self) -> str:
         """The KV bucket of queue states."""
         return f"oqron_{self.namespace}_queues"

@@ -1,10 +1,10 @@
 """Flows: a job that runs only after the jobs it depends on (its parents) completed.
 
 A child is stored ``waiting-children``. Each parent -> child edge is its own KV key
-(``<queue>.<parent>.<child>`` in the ``oqron_<ns>_deps`` bucket), never a list inside a record
-that a stale writer could overwrite. Whenever a job ends (completed, failed, cancelled) its
-children are looked at again, and so is a child right after it was added: whoever decides moves
-the child by compare-and-set, so two parents that finish together release it exactly once.
+(``storage/edges.py``), never a list inside a record that a stale writer could overwrite.
+Whenever a job ends (completed, failed, cancelled) its children are looked at again, and so is a
+child right after it was added: whoever decides moves the child by compare-and-set, so two
+parents that finish together release it exactly once.
 
 ``parent_failure_policy`` decides what a parent that failed, was cancelled or was dead-lettered
 means for the child: ``block`` (the default) keeps it waiting (a retried parent that completes
@@ -13,12 +13,10 @@ releases it), ``cascade-fail`` fails it, ``ignore`` counts the parent as done.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .._nats import Bucket, CasConflict
 from ..core.errors import InvalidOption, JobNotFound
 from ..core.job import JobFailure, JobState, moved
 from ..observe.log import logger
@@ -29,11 +27,6 @@ log = logger(__name__)
 
 MAX_ANCESTRY = 1000
 """How many ancestors a cycle check walks before it gives up (and refuses the job)."""
-
-
-def edges(backend: Backend) -> Bucket:
-    """The bucket of parent -> child edges."""
-    return Bucket(backend.conn, backend.names.deps_bucket)
 
 
 async def check_parents(backend: Backend, child_id: str, parents: Sequence[str]) -> None:
@@ -65,17 +58,15 @@ async def check_parents(backend: Backend, child_id: str, parents: Sequence[str])
 
 async def link(backend: Backend, child: RawJob) -> None:
     """Write the child's edges, then decide it at once (its parents may have finished)."""
-    bucket = edges(backend)
     for parent in child.depends_on:
-        with contextlib.suppress(CasConflict):  # already linked by an earlier try
-            await bucket.create(backend.names.edge(parent, child.id), b"")
+        await backend.edges.link(parent, child.id)
     await resolve(backend, child.id)
 
 
 async def notify_children(backend: Backend, parent_id: str) -> None:
     """A job ended: look at each of its children again."""
-    async for entry in edges(backend).scan(backend.names.edges_of(parent_id)):
-        await resolve(backend, entry.key.rsplit(".", 1)[1])
+    async for child_id in backend.edges.children(parent_id):
+        await resolve(backend, child_id)
 
 
 async def resolve(backend: Backend, child_id: str) -> None:

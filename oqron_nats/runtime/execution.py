@@ -559,7 +559,7 @@ class Execution:
             check_size(raw, backend.payload_limit)  # the plaintext, as for payloads
             raw = sealer.seal(job.id, "result", raw)
             if sealer.active:
-                check_size(raw, stored_limit(backend.conn.max_payload), "the encrypted result")
+                check_size(raw, stored_limit(backend.max_payload), "the encrypted result")
         except (PayloadError, CodecError) as exc:
             await self._fail(value, exc, duration)
             return

@@ -18,11 +18,12 @@ lane nobody reads.
 
 from __future__ import annotations
 
-from .._nats import ConsumerSpec, Nats
-from .._nats.names import MSG_ID_HEADER, Names
+from .._nats import ConsumerSpec
+from .._nats.names import Names
 from ..core.config import QueueConfig
 from ..core.job import Strategy
 from ..core.naming import PRIORITY_LEVELS
+from ..storage.broker import Broker
 
 FAIRNESS_EVERY = 10
 """Every this many claim rounds, a priority worker starts at a lower lane (anti-starvation)."""
@@ -72,22 +73,14 @@ class PriorityPlan:
 class StackPopper:
     """Moves the newest lane messages of a lifo queue to its run lane."""
 
-    def __init__(self, conn: Nats, names: Names) -> None:
-        self.conn = conn
-        self.names = names
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
         self.maybe_nonempty = True
         """False once a pop found the lanes empty; set again when the bell rings."""
 
     async def pop_one(self) -> bool:
         """Move the newest lane message to the run lane; False if the lanes were empty."""
-        while True:
-            top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
-            if top is None:
-                self.maybe_nonempty = False
-                return False
-            headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
-            headers[MSG_ID_HEADER] = f"pop-{top.seq}"  # two workers popping one top: one copy
-            await self.conn.publish(self.names.run(top.data.decode()), top.data, headers)
-            if await self.conn.delete_msg(self.names.stream, top.seq):
-                return True
-            # another worker moved this one first (its copy was deduplicated): take the next
+        if await self.broker.pop_newest():
+            return True
+        self.maybe_nonempty = False
+        return False

@@ -248,7 +248,7 @@ class Maintenance:
         """Stop the timers and hand the roles back."""
         self._stopping.set()
         for task in self._tasks:
-            await finish(task, grace=STOP_GRACE if self.backend.conn.is_connected else 0)
+            await finish(task, grace=STOP_GRACE if self.backend.connected else 0)
         for lease in self._leases.values():
             with contextlib.suppress(Exception):
                 await lease.release()

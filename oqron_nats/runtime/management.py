@@ -156,7 +156,7 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     await backend.broker.remove_all()
     await backend.store.remove_all()
     await backend.leases.remove_all()
-    await dag.edges(backend).purge(f"{names.queue}.>")
+    await backend.edges.remove_all()
     await backend.store.index.remove_all()
     await backend.rejects.forget()
     if not was_paused:

@@ -13,11 +13,11 @@ import hashlib
 import time
 from typing import Any
 
-from .._nats import JetStreamError, Nats
-from .._nats.names import Names
+from .._nats import JetStreamError
 from ..core.config import RateLimit, seconds
 from ..core.errors import Unavailable
 from ..observe.log import logger
+from ..storage.rates import RateCounters
 
 log = logger(__name__)
 
@@ -33,9 +33,8 @@ def group_token(key: str) -> str:
 class ClusterRateLimit:
     """Admits job starts within the cluster-wide limit of one queue."""
 
-    def __init__(self, conn: Nats, names: Names, policy: RateLimit) -> None:
-        self.conn = conn
-        self.names = names
+    def __init__(self, counters: RateCounters, policy: RateLimit) -> None:
+        self.counters = counters
         self.policy = policy
         self.duration = seconds(policy.duration, "rate_limit.duration")
 
@@ -45,7 +44,7 @@ class ClusterRateLimit:
         window = int(now // self.duration)
         group = "all" if self.policy.key is None else group_token(str(self.policy.key(data)))
         try:
-            count = await self.conn.increment(self.names.rate(group, window))
+            count = await self.counters.count(group, window)
         except (Unavailable, JetStreamError) as exc:
             log.warning("rate limit counter unreachable", error=repr(exc))
             return None if self.policy.fail_open else RETRY_WHEN_UNREACHABLE

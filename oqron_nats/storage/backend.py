@@ -1,8 +1,14 @@
-"""The connected parts of one queue: connection, record store, broker, leases, telemetry."""
+"""The connected parts of one queue: record store, broker, control, leases, edges, telemetry.
+
+A backend hands out these domain objects, never the connection: what the runtime needs to know
+of the connection itself (is it up, did it come back, how large a message may be) it asks the
+backend, and everything else goes through the object that owns the state.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .._nats import Bucket, Nats
 from .._nats.names import Names
@@ -14,8 +20,11 @@ from ..observe.tracing import Tracing
 from .admission import Admission
 from .broker import Broker
 from .control import Control
+from .edges import Edges
 from .index import StateIndex
 from .lease import Leases
+from .presence import Presence
+from .rates import RateCounters
 from .rejects import Rejects
 from .store import JobStore
 
@@ -55,7 +64,6 @@ class Backend:
     """Everything a queue talks to, created once it has connected."""
 
     shared: Shared
-    conn: Nats
     names: Names
     store: JobStore
     broker: Broker
@@ -64,9 +72,31 @@ class Backend:
     metrics: QueueMetrics
     control: Control
     rejects: Rejects
+    edges: Edges
+    rates: RateCounters
     payload_limit: int
+    _conn: Nats = field(repr=False, compare=False)
+    """Only for the narrow facts below; never handed out."""
     admission: Admission | None = None
     """The bounds of a queue with max_jobs or max_bytes."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now."""
+        return self._conn.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts, in bytes."""
+        return self._conn.max_payload
+
+    def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every reconnect; returns the call that stops it."""
+        return self._conn.on_reconnect(listener)
+
+    def presence(self, concurrency: int) -> Presence:
+        """This process's presence key as a consumer of the queue (not started)."""
+        return Presence(self._conn, self.names, concurrency)
 
     @classmethod
     async def open(
@@ -85,7 +115,7 @@ class Backend:
         replicated = shared.replicas > 1
         return cls(
             shared=shared,
-            conn=conn,
+            _conn=conn,
             names=names,
             store=JobStore(
                 Bucket(conn, names.jobs_bucket),
@@ -100,6 +130,8 @@ class Backend:
             metrics=metrics,
             control=Control(conn, names),
             rejects=Rejects(conn, names, metrics),
+            edges=Edges(conn, names),
+            rates=RateCounters(conn, names),
             payload_limit=payload_limit,
             admission=(
                 Admission(conn, names, max_jobs=config.max_jobs, max_bytes=config.max_bytes)

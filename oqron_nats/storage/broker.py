@@ -1,5 +1,6 @@
 """Job messages: published to a lane now, through a message schedule later, held while the
-queue is paused, or copied to the DLQ; and removed again.
+queue is paused, or copied to the DLQ; and removed again. The broker also hands a worker what
+it claims through: the work stream's consumers, their pullers, and the lifo lanes and bell.
 
 A job message carries only the job id; the record in KV is the truth. Its ``Nats-Msg-Id`` is
 ``<job_id>:<enqueued>`` so a publish retried after a timeout cannot queue the job twice, while a
@@ -8,11 +9,12 @@ later re-enqueue (a retry, an admin rerun) gets a new generation.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
 
-from .._nats import JetStreamError, Nats
+from .._nats import ConsumerSpec, Delivery, JetStreamError, Msg, Nats, Puller, ensure_consumer
 from .._nats.names import (
     CORRELATION_HEADER,
     MSG_ID_HEADER,
@@ -22,6 +24,7 @@ from .._nats.names import (
 )
 from ..core.errors import EnqueueError, Unavailable
 from ..core.job import JobState
+from .control import PAUSED_FOREVER
 from .store import RawJob
 
 
@@ -119,6 +122,64 @@ class Broker:
         """Remove every message and dead letter of the queue."""
         await self.conn.purge_subject(self.names.stream, ">")
         await self.conn.purge_subject(self.names.dlq_stream, self.names.dead_letter("*"))
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def consumer_names(self) -> list[str]:
+        """The names of the work stream's consumers."""
+        return await self.conn.consumer_names(self.names.stream)
+
+    async def ensure_consumer(
+        self, spec: ConsumerSpec, *, paused: bool, deadline: float | None = None
+    ) -> None:
+        """Create (or update) one consumer of the work stream, paused for good if ``paused``;
+        ``deadline`` bounds the tries (default: the connection's retry deadline)."""
+        pause_until = PAUSED_FOREVER if paused else None
+        await ensure_consumer(self.conn, spec, pause_until, deadline=deadline)
+
+    def puller(
+        self,
+        spec: ConsumerSpec,
+        *,
+        on_delivery: Callable[[Delivery], None],
+        on_change: Callable[[], None],
+        on_alive: Callable[[], None],
+    ) -> Puller:
+        """Pull requests on one consumer of the work stream (call ``start`` before use)."""
+        return Puller(
+            self.conn,
+            spec.stream,
+            spec.durable,
+            on_delivery=on_delivery,
+            on_change=on_change,
+            on_alive=on_alive,
+        )
+
+    async def pop_newest(self) -> bool:
+        """Move the newest lane message to the run lane (lifo); False if the lanes were empty.
+
+        The copy is published before the original is deleted, so the job is always in the
+        stream; two workers popping the same top make one copy (its message id).
+        """
+        while True:
+            top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
+            if top is None:
+                return False
+            headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
+            headers[MSG_ID_HEADER] = f"pop-{top.seq}"
+            await self.conn.publish(self.names.run(top.data.decode()), top.data, headers)
+            if await self.conn.delete_msg(self.names.stream, top.seq):
+                return True
+            # another worker moved this one first (its copy was deduplicated): take the next
+
+    async def listen_bell(self, rang: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``rang`` whenever a job message lands on a lane; returns the stop call."""
+
+        async def heard(_msg: Msg) -> None:
+            rang()
+
+        sub = await self.conn.subscribe(self.names.bell, heard)
+        return sub.unsubscribe
 
     async def _publish(
         self, job_id: str, subject: str, body: bytes, headers: dict[str, str]

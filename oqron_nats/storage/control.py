@@ -124,6 +124,18 @@ class Control:
         """Tell every worker of the queue that a job was cancelled (its holder stops it)."""
         await self.conn.publish_core(self.names.control("cancel", job_id))
 
+    async def hear_cancels(self, cancelled: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``cancelled`` with the id of every job that ``tell_cancel`` announces, from any
+        process; returns the stop call."""
+
+        async def heard(msg: Msg) -> None:
+            command, job_id = msg.subject.rsplit(".", 2)[-2:]
+            if command == "cancel":
+                cancelled(job_id)
+
+        sub = await self.conn.subscribe(self.names.controls, heard)
+        return sub.unsubscribe
+
     async def apply_to_consumers(self) -> None:
         """Pause or resume every consumer of the queue's stream as the queue state is now.
 

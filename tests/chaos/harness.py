@@ -336,10 +336,11 @@ async def drain(q: Queue[Any, Any], files: Files, timeout: float) -> None:
     is empty (every message acked, including redeliveries of jobs whose ack a kill lost)."""
     wanted = {row["job"] for row in checker.load_jsonl(files.enqueues) if row["outcome"] == "ok"}
     backend = await q._open()
+    conn = await q.client._connection()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = {job.id for job in await records(q) if job.state in TERMINAL_STATES}
-        if wanted <= done and (await backend.conn.stream_state(backend.names.stream)).messages == 0:
+        if wanted <= done and (await conn.stream_state(backend.names.stream)).messages == 0:
             return
         await asyncio.sleep(1.0)
 
@@ -376,7 +377,7 @@ async def read_final_state(q: Queue[Any, Any]) -> tuple[list[checker.FinalRecord
     ]
     backend = await q._open()
     names = backend.names
-    dead = await backend.conn.subjects(names.dlq_stream, names.dead_letter("*"))
+    dead = await (await q.client._connection()).subjects(names.dlq_stream, names.dead_letter("*"))
     return finals, {subject.rsplit(".", 1)[1] for subject in dead}
 
 

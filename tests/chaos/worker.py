@@ -80,10 +80,11 @@ def main() -> None:
         consumer, backend = video.queue._consumer, video.queue._backend
         lines = [f"dump: paused={backend.control.state.paused if backend else None}"]
         if consumer is not None:
-            pullers = [(p.outstanding, p.has_open_request, p.suspect) for p in consumer._pullers]
+            claimer = consumer._claimer
+            pullers = [(p.outstanding, p.has_open_request, p.suspect) for p in claimer.pullers]
             lines.append(
-                f"dump: running={consumer.running} trouble={consumer._trouble} "
-                f"paused_on_server={consumer._paused_on_server} pullers={pullers}"
+                f"dump: running={consumer.running} trouble={claimer.trouble} "
+                f"paused_on_server={claimer.paused_on_server} pullers={pullers}"
             )
         for task in asyncio.all_tasks():
             stack = io.StringIO()
