@@ -4,9 +4,9 @@ A test that proves a guarantee sometimes has to look where the library keeps its
 stored record, the lease, the messages on the work stream) or to break it (a corrupt record, a
 foreign message on a lane, a lost message). It does so here, never with raw subjects: every
 name comes from ``Names`` (``client.names(queue)``), and the state is read and written through
-the domain objects (``Broker``, ``Bucket``, the rejected-message reads) or, where none fits,
-the seam's ``Nats``. Only this module, and the tests whose subject is the seam itself (listed in
-tests/test_layout.py), call ``client._connection()``.
+the domain objects (``Broker``, ``StateIndex``, ``Bucket``, the rejected-message reads) or, where
+none fits, the seam's ``Nats``. Only this module, and the tests whose subject is the seam itself
+(listed in tests/test_layout.py), call ``client._connection()``.
 """
 
 from __future__ import annotations
