@@ -10,6 +10,8 @@ import pytest
 from oqron_nats import Client
 from oqron_nats.testing.server import LocalServer
 
+from .support import server_name
+
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[LocalServer]:
@@ -31,7 +33,6 @@ def namespace() -> str:
 async def client(nats_server: LocalServer, namespace: str) -> AsyncIterator[Client]:
     """A connected client in the test's namespace, checked to talk to our own server."""
     async with Client(nats_server.url, namespace=namespace) as c:
-        conn = await c._connection()
         assert nats_server.is_running()
-        assert conn.server_name == nats_server.name, "connected to a server we did not start"
+        assert await server_name(c) == nats_server.name, "connected to a server we did not start"
         yield c

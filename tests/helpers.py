@@ -1,4 +1,4 @@
-"""Test helpers: waiting for a condition, reading the stream, running worker processes."""
+"""Test helpers: waiting for a condition, running worker processes (NATS itself: support.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from oqron_nats import Client, Job, JobState, Queue
+from oqron_nats import Job, JobState, Queue
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +43,6 @@ async def wait_for_state(
         return job if job is not None and job.state in states else None
 
     return await eventually(check, timeout, f"job {job_id} to be {[str(s) for s in states]}")
-
-
-async def stream_message_count(client: Client, stream: str) -> int:
-    """How many messages a stream holds right now."""
-    conn = await client._connection()
-    info = await conn.js.stream_info(stream)
-    return int(info.state.messages)
 
 
 def start_process(args: list[str], env: dict[str, str], output: Path) -> subprocess.Popen[str]:

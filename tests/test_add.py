@@ -24,7 +24,8 @@ from oqron_nats import (
 from oqron_nats.core.job import Job
 from oqron_nats.queue import new_job_id
 
-from .helpers import eventually, stream_message_count, wait_for_state
+from .helpers import eventually, wait_for_state
+from .support import Backstage
 
 
 class Email(msgspec.Struct):
@@ -36,7 +37,7 @@ class Email(msgspec.Struct):
 async def assert_nothing_stored(client: Client, name: str) -> None:
     q = queue(name, client=client)
     assert await q.count() == 0
-    assert await stream_message_count(client, client.names(name).stream) == 0
+    assert await Backstage(client, name).work_messages() == 0
 
 
 async def test_wrong_payload_type_is_rejected_and_nothing_is_stored(client: Client) -> None:
@@ -173,9 +174,7 @@ async def test_record_is_created_waiting_and_its_id_published(client: Client) ->
     assert stored.priority == 3
     assert stored.attempt == 0
     assert stored.max_attempts is None  # not set by the publisher: the worker's policy decides
-    conn = await client._connection()
-    names = client.names("flow")
-    msg = await conn.direct_get(names.stream, last_by_subject=names.lane(3, job.id))
+    msg = await Backstage(client, "flow").lane_message(job.id, priority=3)
     assert msg is not None
     assert msg.data == job.id.encode()
     assert msg.headers["Oqron-Correlation-Id"] == "req-123"
@@ -211,7 +210,7 @@ async def test_twenty_concurrent_adds_of_one_id_store_and_run_it_once(client: Cl
     assert {j.id for j in jobs} == {"same"}
     winners = {j.data["who"] for j in jobs}
     assert len(winners) == 1, "every caller gets the one stored job"
-    assert await stream_message_count(client, client.names("race").stream) == 1
+    assert await Backstage(client, "race").work_messages() == 1
     async with q:
         await wait_for_state(q, "same", JobState.COMPLETED)
         await asyncio.sleep(0.3)
@@ -227,12 +226,13 @@ async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(
     _, record = q._new_job({"n": 1}, q_options(job_id="orphan"))
     backend = await q._open()
     await backend.store.create(record)
-    assert await stream_message_count(client, client.names("heal").stream) == 0
+    behind = Backstage(client, "heal")
+    assert await behind.work_messages() == 0
     again = await q.add({"n": 1}, job_id="orphan")
     assert again.state == JobState.WAITING
-    assert await stream_message_count(client, client.names("heal").stream) == 1
+    assert await behind.work_messages() == 1
     await q.add({"n": 1}, job_id="orphan")  # deduplicated by its message id
-    assert await stream_message_count(client, client.names("heal").stream) == 1
+    assert await behind.work_messages() == 1
 
 
 def q_options(**kwargs):

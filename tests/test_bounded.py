@@ -19,12 +19,12 @@ from oqron_nats import (
     QueueFull,
     queue,
 )
-from oqron_nats._nats import Bucket, ensure_bucket
 from oqron_nats.core.config import QueueConfig
 from oqron_nats.queue import parse_options
 from oqron_nats.runtime.maintenance import OrphanSweeper
 
-from .helpers import stream_message_count, wait_for_state
+from .helpers import wait_for_state
+from .support import Backstage, leave_record_in_shared_bucket
 
 FAST_SWEEP = OrphanSweep(interval=0.5, waiting_for=1.0)
 
@@ -44,10 +44,9 @@ async def test_waiting_jobs_whose_messages_were_dropped_behind_our_back_run_anyw
 ) -> None:
     publisher = queue("dropped", client=client)
     jobs = [await publisher.add({"n": n}) for n in range(5)]
-    names = client.names("dropped")
-    conn = await client._connection()
-    await conn.purge_subject(names.stream, names.lanes)  # an operator, or a bounded stream
-    assert await stream_message_count(client, names.stream) == 0
+    behind = Backstage(client, "dropped")
+    await behind.purge_lanes()  # an operator, or a bounded stream
+    assert await behind.work_messages() == 0
     q = queue("dropped", done, client=client, orphan_sweep=FAST_SWEEP)
     async with q:
         for job in jobs:
@@ -85,12 +84,7 @@ async def test_the_sweep_leaves_queued_jobs_alone(client: Client) -> None:
 async def test_a_work_stream_with_discard_old_limits_is_refused(client: Client) -> None:
     publisher = queue("bounded-by-hand", client=client)
     await publisher.add({"n": 1})
-    conn = await client._connection()
-    names = client.names("bounded-by-hand")
-    info = await conn.js.stream_info(names.stream)
-    config = info.config
-    config.max_msgs = 100  # what an operator might do with `nats stream edit`
-    await conn.js.update_stream(config)
+    await Backstage(client, "bounded-by-hand").limit_work_stream(max_msgs=100)
     fresh = Client(client.urls, namespace=client.namespace)
     async with fresh:
         for q in (queue("bounded-by-hand", client=fresh),
@@ -133,9 +127,8 @@ async def test_max_bytes_bounds_the_storage_of_a_queue_s_records(client: Client)
     assert await q.count() == stored, "nothing was stored for the refused add"
     light = queue("light", client=client, max_bytes=20_000)
     await light.add({"n": 1})  # another queue's records have a bucket of their own
-    names = client.names("heavy")
-    state = await (await client._connection()).stream_state(f"KV_{names.jobs_bucket}")
-    assert state.bytes <= 20_000 + 2_000, "over by at most one record"
+    stored_bytes = await Backstage(client, "heavy").records_bytes()
+    assert stored_bytes <= 20_000 + 2_000, "over by at most one record"
 
 
 async def test_records_left_in_the_old_shared_bucket_are_refused_not_ignored(
@@ -143,10 +136,7 @@ async def test_records_left_in_the_old_shared_bucket_are_refused_not_ignored(
 ) -> None:
     """oqron_nats 0.1.0 kept every queue's records in one bucket per namespace: a queue whose
     records are still there must not start as if it had none."""
-    conn = await client._connection()
-    names = client.names("upgraded")
-    await ensure_bucket(conn, bucket=names.shared_jobs_bucket, replicas=1, max_value_size=1024)
-    await Bucket(conn, names.shared_jobs_bucket).create(names.key("old-job"), b"{}")
+    await leave_record_in_shared_bucket(client, "upgraded", "old-job")
     with pytest.raises(ConfigError, match=r"0\.1\.0"):
         await queue("upgraded", client=client).add({"n": 1})
     await queue("fresh", client=client).add({"n": 1})  # another queue had none there: fine

@@ -21,6 +21,7 @@ from oqron_nats.ops.cli import main
 from oqron_nats.testing.server import LocalServer, find_binary
 
 from .helpers import ROOT, eventually, wait_for_state
+from .support import namespace_streams
 
 
 async def oqron(
@@ -515,8 +516,7 @@ async def test_a_command_on_a_queue_that_does_not_exist_is_refused_and_creates_n
     nats_server: LocalServer, client: Client, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def streams() -> list[str]:
-        conn = await client._connection()
-        return sorted(await conn.stream_names(subject=f"oqron.{namespace}.>"))
+        return sorted(await namespace_streams(client))
 
     for provisioned in (False, True):  # an empty namespace, then one with another queue
         if provisioned:

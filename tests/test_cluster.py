@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, queue
+from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import LocalCluster
 
 from .chaos.harness import QUEUE
+from .support import Backstage, namespace_stream_infos, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 REPLICAS = 3
@@ -41,24 +43,20 @@ async def test_every_stream_bucket_and_consumer_has_three_replicas(
         await q.add({"n": 1})
         await q.start()  # binds the consumers, one per priority lane
         try:
-            conn = await client._connection()
-            streams = [
-                info
-                for info in await conn.js.streams_info()
-                if f"_{namespace}_" in (info.config.name or "")
-            ]
-            names = client.names(QUEUE)
+            streams = await namespace_stream_infos(client)
+            behind = Backstage(client, QUEUE)
+            names = behind.names
             buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket,
                        names.deps_bucket)  # fmt: skip
             expected = {names.stream, names.dlq_stream, names.rate_stream,
                         *(names.index_stream(state) for state in JobState),
-                        *(f"KV_{bucket}" for bucket in buckets)}  # fmt: skip
+                        *(stream_of(bucket) for bucket in buckets)}  # fmt: skip
             assert expected <= {info.config.name for info in streams}
             for info in streams:
                 assert info.config.num_replicas == REPLICAS, info.config.name
                 assert info.cluster is not None
                 assert len(info.cluster.replicas or []) == REPLICAS - 1, info.config.name
-            consumers = await conn.js.consumers_info(names.stream)
+            consumers = await behind.consumer_infos()
             assert len(consumers) == 10
             for consumer in consumers:
                 assert consumer.config.num_replicas == REPLICAS, consumer.name
@@ -79,16 +77,16 @@ async def test_the_cluster_says_who_leads_what_and_who_is_connected_where(
         await q.add({"n": 1})
         await q.start()
         try:
-            conn = await client._connection()
-            names = client.names(QUEUE)
-            stream = await conn.js.stream_info(names.stream)
-            consumer = await conn.js.consumer_info(names.stream, "fifo")
+            behind = Backstage(client, QUEUE)
+            names = behind.names
+            stream = await behind.work_stream_info()
+            consumer = await behind.consumer_info("fifo")
             assert stream.cluster is not None and consumer.cluster is not None
             assert cluster.stream_leader(names.stream) == stream.cluster.leader
             assert cluster.consumer_leader(names.stream, "fifo") == consumer.cluster.leader
             assert cluster.stream_leader("NO_SUCH_STREAM") is None
             assert cluster.meta_leader() in {node.name for node in cluster.nodes}
-            assert cluster.connected_node(client.name) == conn.server_name
+            assert cluster.connected_node(client.name) == await server_name(client)
             assert cluster.connected_node("nobody") is None
         finally:
             await q.stop()

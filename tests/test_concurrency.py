@@ -17,6 +17,7 @@ from oqron_nats._nats import Nats
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log
+from .support import Backstage
 
 STRATEGIES = ["fifo", "priority", "lifo"]
 LANES = {"fifo": 1, "priority": 10, "lifo": 1}
@@ -296,15 +297,12 @@ async def test_a_deleted_consumer_is_recreated_and_claiming_goes_on(client: Clie
 
     q = queue("phoenix", handler, client=client)
     async with q:
-        conn = await client._connection()
-        stream = client.names("phoenix").stream
-        await conn.js.delete_consumer(stream, "fifo")
-        await eventually(
-            lambda: _has_consumer(conn, stream, "fifo"), what="the consumer to be recreated"
-        )
+        behind = Backstage(client, "phoenix")
+        await behind.delete_consumer("fifo")
+        await eventually(lambda: _has_consumer(behind, "fifo"), what="the consumer to be recreated")
         await q.add({"n": 1})
         await asyncio.wait_for(done.wait(), 10)
 
 
-async def _has_consumer(conn: Any, stream: str, name: str) -> bool:
-    return name in [c.name for c in await conn.js.consumers_info(stream)]
+async def _has_consumer(behind: Backstage, name: str) -> bool:
+    return name in await behind.consumer_names()

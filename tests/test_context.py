@@ -21,9 +21,10 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats._nats import Bucket, CasConflict, Entry
+from oqron_nats._nats import CasConflict
 
-from .helpers import eventually, stream_message_count, wait_for_state
+from .helpers import eventually, wait_for_state
+from .support import Backstage
 
 WAIT = 10.0
 """Generous bound for anything that should happen within a heartbeat or two."""
@@ -58,40 +59,27 @@ async def set_within(event: asyncio.Event | threading.Event, what: str) -> None:
     assert fired, f"timed out after {WAIT}s waiting for {what}"
 
 
-def locks_of(conn: Any, client: Client, name: str) -> Bucket:
-    return Bucket(conn, client.names(name).locks_bucket)
-
-
-async def steal_lease(locks: Bucket, key: str) -> int:
+async def steal_lease(behind: Backstage, job_id: str) -> int:
     """Overwrite the running attempt's lease (as a new holder would); return its revision."""
     while True:
-        entry = await locks.get(key)
+        entry = await behind.lease(job_id)
         assert entry is not None, "the running attempt holds a lease"
         try:
-            return await locks.update(key, THIEF, last=entry.revision, ttl=30)
+            return await behind.overwrite_lease(job_id, THIEF, last=entry.revision, ttl=30)
         except CasConflict:
             continue  # a heartbeat renewed it between our read and write: read again
 
 
-async def expire_lease(locks: Bucket, key: str) -> None:
+async def expire_lease(behind: Backstage, job_id: str) -> None:
     """Remove the running attempt's lease, as if its TTL had run out."""
     while True:
-        entry = await locks.get(key)
+        entry = await behind.lease(job_id)
         assert entry is not None, "the running attempt holds a lease"
         try:
-            await locks.delete(key, last=entry.revision)
+            await behind.delete_lease(job_id, last=entry.revision)
             return
         except CasConflict:
             continue
-
-
-async def record_entry(client: Client, name: str, job_id: str) -> Entry:
-    """The raw stored record of a job with its revision."""
-    conn = await client._connection()
-    names = client.names(name)
-    entry = await Bucket(conn, names.jobs_bucket).get(names.key(job_id))
-    assert entry is not None
-    return entry
 
 
 # -- what ctx carries -------------------------------------------------------------------------
@@ -206,28 +194,26 @@ async def test_lease_loss_fires_the_signal_and_the_attempt_commits_nothing(
 
     name = "ctx-lease"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client._connection()
-    names = client.names(name)
-    locks = locks_of(conn, client, name)
+    behind = Backstage(client, name)
     async with q:
         job = await q.add({"n": 1})
         await set_within(started, "the handler to start")
-        before = await record_entry(client, name, job.id)
+        before = await behind.record(job.id)
         assert msgspec.json.decode(before.value)["state"] == "active"
-        await expire_lease(locks, names.key(job.id))  # the lease is gone: the next renew fails
+        await expire_lease(behind, job.id)  # the lease is gone: the next renew fails
 
         await set_within(stale_returned, "the signal to fire on lease loss")
         await eventually(lambda: idle(q), WAIT, "the stale attempt to settle")
         assert seen["aborted"] is True
         assert seen["reason"] is not None and seen["reason"].startswith("lease lost")
-        after = await record_entry(client, name, job.id)
+        after = await behind.record(job.id)
         assert after.revision == before.revision, "the stale attempt wrote nothing to the record"
         stale = await q.get_job(job.id)
         assert stale is not None
         assert stale.state == JobState.ACTIVE
         assert stale.result is None
         assert stale.finished_at is None
-        assert await stream_message_count(client, names.stream) == 1, "not acked by it"
+        assert await behind.work_messages() == 1, "not acked by it"
 
         # not acked, so the job is not lost: it comes back after ack_wait and runs again
         done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
@@ -255,11 +241,10 @@ async def test_await_signal_in_an_async_handler_returns_why_it_fired(client: Cli
 
     name = "ctx-await"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client._connection()
     async with q:
         job = await q.add({"n": 1})
         await set_within(started, "the handler to start")
-        await steal_lease(locks_of(conn, client, name), client.names(name).key(job.id))
+        await steal_lease(Backstage(client, name), job.id)
         await set_within(ended, "the handler to end")
         await eventually(lambda: idle(q), WAIT, "the attempt to settle")
         await q.stop(timeout=0.5)
@@ -292,8 +277,7 @@ async def test_signal_fires_on_shutdown_and_the_job_is_handed_back(client: Clien
 
     name = "ctx-shutdown"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client._connection()
-    names = client.names(name)
+    behind = Backstage(client, name)
     try:
         await q.start()
         job = await q.add({"n": 1})
@@ -307,8 +291,8 @@ async def test_signal_fires_on_shutdown_and_the_job_is_handed_back(client: Clien
         assert handed_back.attempt == 0, "an attempt stopped by shutdown does not count"
         assert handed_back.result is None
         assert handed_back.worker is None
-        assert await stream_message_count(client, names.stream) == 1, "the message is kept"
-        assert await locks_of(conn, client, name).get(names.key(job.id)) is None, "released"
+        assert await behind.work_messages() == 1, "the message is kept"
+        assert await behind.lease(job.id) is None, "released"
 
         await q.start()
         done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
@@ -440,7 +424,7 @@ async def test_discard_fails_the_job_at_once_and_skips_the_retries(client: Clien
     name = "ctx-discard"
     retries = RetryPolicy(max=3, strategy="fixed", base_delay=0.1)
     q = queue(name, handler, retries=retries, client=client)
-    names = client.names(name)
+    behind = Backstage(client, name)
     async with q:
         returned = await q.add({"mode": "return"})
         raised = await q.add({"mode": "raise"})
@@ -448,7 +432,7 @@ async def test_discard_fails_the_job_at_once_and_skips_the_retries(client: Clien
         failed_raised = await wait_for_state(q, raised.id, JobState.FAILED, timeout=WAIT)
 
         async def acked() -> bool:
-            return await stream_message_count(client, names.stream) == 0
+            return await behind.work_messages() == 0
 
         await eventually(acked, WAIT, "both messages to be acked")
         await asyncio.sleep(0.5)  # five retry delays: a wrongly scheduled retry would run now
@@ -464,7 +448,7 @@ async def test_discard_fails_the_job_at_once_and_skips_the_retries(client: Clien
     assert failed_raised.error is not None
     assert failed_raised.error.type == "ValueError"
     assert failed_raised.error.message == "card declined"
-    assert await stream_message_count(client, names.dlq_stream) == 2, "both dead-lettered"
+    assert await behind.dead_letter_messages() == 2, "both dead-lettered"
 
 
 # -- plain def handlers -----------------------------------------------------------------------
@@ -553,33 +537,31 @@ async def test_sync_handler_sees_the_signal_through_wait_blocking_on_lease_loss(
 
     name = "ctx-sync-lease"
     q = queue(name, handler, lock_ttl=2, heartbeat=0.5, client=client)
-    conn = await client._connection()
-    names = client.names(name)
-    locks = locks_of(conn, client, name)
-    jobs = Bucket(conn, names.jobs_bucket)
-    key = names.key("stolen-job")
+    behind = Backstage(client, name)
     async with q:
         job = await q.add({"n": 1}, job_id="stolen-job")
         await set_within(started, "the handler to start")
         # a thief takes the job over: first the lease, then the record
-        await steal_lease(locks, key)
-        entry = await record_entry(client, name, job.id)
+        await steal_lease(behind, job.id)
+        entry = await behind.record(job.id)
         record = msgspec.json.decode(entry.value)
         record["worker"] = "thief"
-        thief_revision = await jobs.update(key, msgspec.json.encode(record), last=entry.revision)
+        thief_revision = await behind.overwrite_record(
+            job.id, msgspec.json.encode(record), last=entry.revision
+        )
 
         await set_within(returned, "wait_blocking to return on lease loss")
         await eventually(lambda: idle(q), WAIT, "the stale attempt to settle")
-        after = await record_entry(client, name, job.id)
+        after = await behind.record(job.id)
         assert after.revision == thief_revision, "the stale attempt wrote nothing"
         stolen = await q.get_job(job.id)
         assert stolen is not None
         assert stolen.state == JobState.ACTIVE
         assert stolen.worker == "thief"
         assert stolen.result is None
-        lease = await locks.get(key)
+        lease = await behind.lease(job.id)
         assert lease is not None and lease.value == THIEF, "the thief's lease is left alone"
-        assert await stream_message_count(client, names.stream) == 1, "not acked by it"
+        assert await behind.work_messages() == 1, "not acked by it"
         await q.stop(timeout=0.5)
     assert seen["fired"] is True
     assert seen["aborted"] is True
@@ -598,13 +580,11 @@ async def test_heartbeats_keep_going_while_a_sync_handler_blocks(client: Client)
 
     name = "ctx-sync-block"
     q = queue(name, handler, lock_ttl=1.5, heartbeat=0.3, client=client)
-    conn = await client._connection()
-    names = client.names(name)
     async with q:
         job = await q.add({"n": 1})
         await set_within(started, "the handler to start")
         await asyncio.sleep(2.0)  # longer than lock_ttl: only heartbeats keep the lease alive
-        lease = await locks_of(conn, client, name).get(names.key(job.id))
+        lease = await Backstage(client, name).lease(job.id)
         assert lease is not None, "the lease was renewed while the thread blocked"
         running = await q.get_job(job.id)
         assert running is not None and running.state == JobState.ACTIVE

@@ -11,7 +11,8 @@ import pytest
 from oqron_nats import Client, JobState, QueuePaused, Skipped, queue
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
+from .helpers import WorkerProcess, eventually, read_log, wait_for_state
+from .support import Backstage
 
 
 def starts(log: Path) -> list[dict]:
@@ -49,7 +50,7 @@ async def test_pause_stops_every_worker_and_resume_lets_them_go_on(
             assert (await q.get_job(job.id)).state == JobState.PAUSED  # type: ignore[union-attr]
         still_queued = [j for j in backlog if (await q.get_job(j.id)).state == JobState.WAITING]  # type: ignore[union-attr]
         assert len(still_queued) >= 6, "queued jobs stay queued while paused"
-        assert await stream_message_count(client, client.names("paused").stream) >= 6
+        assert await Backstage(client, "paused").work_messages() >= 6
         assert await q.resume() == 6
         assert not await q.is_paused()
         for job in [*queued, *backlog]:
@@ -79,10 +80,8 @@ async def test_held_jobs_keep_their_delay_and_priority_and_are_never_dropped(
     many = await q.add_bulk([{"data": {"n": n}} for n in range(150)])
     assert many.ok
     assert await q.count(JobState.PAUSED) == 151, "no held job is deleted (OqronKit kept 100)"
-    names = client.names("held")
-    conn = await client._connection()
-    lanes = await conn.subjects(names.stream, names.lanes)
-    assert lanes == {}, "held jobs are not on any lane"
+    behind = Backstage(client, "held")
+    assert await behind.lane_subjects() == {}, "held jobs are not on any lane"
     assert await q.resume() == 151
     released = await q.get_job(delayed.id)
     assert released is not None
@@ -90,7 +89,7 @@ async def test_held_jobs_keep_their_delay_and_priority_and_are_never_dropped(
     assert released.run_at == delayed.run_at
     assert released.priority == 3
     assert await q.count(JobState.WAITING) == 150
-    assert await conn.subjects(names.stream, names.helds) == {}
+    assert await behind.held_subjects() == {}
 
 
 async def test_reject_raises_and_stores_nothing(client: Client) -> None:
@@ -163,7 +162,7 @@ async def test_a_worker_started_while_paused_claims_nothing(client: Client) -> N
     async with q:
         await asyncio.sleep(1.0)
         assert ran == []
-        assert await stream_message_count(client, client.names("late").stream) == 1
+        assert await Backstage(client, "late").work_messages() == 1
         await publisher.resume()
         await wait_for_state(q, job.id, JobState.COMPLETED)
     assert ran == [job.id]
@@ -209,12 +208,11 @@ async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
         await apply()
 
     monkeypatch.setattr(control, "apply_to_consumers", held_up)
-    conn = await client._connection()
-    stream = client.names("race").stream
+    behind = Backstage(client, "race")
 
     async def consumers_agree() -> bool:
         paused = await resumer.is_paused()
-        infos = await conn.js.consumers_info(stream)
+        infos = await behind.consumer_infos()
         return len(infos) == 10 and all(bool(info.paused) == paused for info in infos)
 
     async with other, worker:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from oqron_nats import Client, JobState, queue
 
-from .helpers import eventually, stream_message_count, wait_for_state
+from .helpers import eventually, wait_for_state
+from .support import Backstage
 
 
 async def test_delayed_job_waits_visibly_and_never_starts_early(client: Client) -> None:
@@ -26,9 +27,7 @@ async def test_delayed_job_waits_visibly_and_never_starts_early(client: Client) 
         assert waiting.state == JobState.DELAYED
         assert waiting.run_at is not None
         assert abs(waiting.run_at.timestamp() - (added_at + 1.5)) < 0.2
-        names = client.names("later")
-        conn = await client._connection()
-        schedule = await conn.direct_get(names.stream, last_by_subject=names.schedule(job.id))
+        schedule = await Backstage(client, "later").schedule_message(job.id)
         assert schedule is not None, "the delay is a message schedule in the stream"
         assert schedule.headers["Nats-Schedule"].startswith("@at ")
         await asyncio.sleep(1.0)
@@ -66,20 +65,19 @@ async def test_an_early_copy_of_a_delayed_job_does_not_run_it_early(client: Clie
 
     q = queue("early", handler, client=client, lock_ttl=2, heartbeat=0.5)
     job = await q.add({"n": 1}, delay=2.0)
-    names = client.names("early")
-    conn = await client._connection()
-    await conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "stray-copy"})
+    behind = Backstage(client, "early")
+    await behind.publish_on_lane(job.id, msg_id="stray-copy")
     async with q:
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=10)
         # a copy that met the lease of the running one comes back once more, then is acked
-        await eventually(lambda: _empty(client, names.stream), what="both copies to be acked")
+        await eventually(lambda: _empty(behind), what="both copies to be acked")
     assert job.run_at is not None
     assert len(started) == 1
     assert started[0] >= job.run_at.timestamp() - 0.01
 
 
-async def _empty(client: Client, stream: str) -> bool:
-    return await stream_message_count(client, stream) == 0
+async def _empty(behind: Backstage) -> bool:
+    return await behind.work_messages() == 0
 
 
 async def test_a_delay_in_the_past_runs_at_once(client: Client) -> None:

@@ -39,11 +39,11 @@ from oqron_nats import (
     Sealed,
     queue,
 )
-from oqron_nats._nats import Bucket
 from oqron_nats.core.encryption import Sealer
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state
+from .support import Backstage, max_payload
 from .test_cli import oqron, oqron_json
 from .test_runner import WorkerCli
 
@@ -63,29 +63,18 @@ def codec(*kids: str, accept_plaintext: bool = False) -> AesGcmCodec:
 
 async def raw_record(client: Client, name: str, job_id: str) -> bytes:
     """The job's record exactly as KV stores it."""
-    names = client.names(name)
-    entry = await Bucket(await client._connection(), names.jobs_bucket).get(names.key(job_id))
-    assert entry is not None
-    return entry.value
+    return (await Backstage(client, name).record(job_id)).value
 
 
 async def rewrite(
     client: Client, name: str, job_id: str, change: Callable[[dict[str, Any]], None]
 ) -> None:
     """Change a stored record behind the library's back (compare-and-set on its revision)."""
-    names = client.names(name)
-    bucket = Bucket(await client._connection(), names.jobs_bucket)
-    entry = await bucket.get(names.key(job_id))
-    assert entry is not None
-    record = json.loads(entry.value)
-    change(record)
-    await bucket.update(names.key(job_id), json.dumps(record).encode(), last=entry.revision)
+    await Backstage(client, name).rewrite_record(job_id, change)
 
 
 async def raw_dead_letter(client: Client, name: str, job_id: str) -> bytes:
-    names = client.names(name)
-    conn = await client._connection()
-    letter = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job_id))
+    letter = await Backstage(client, name).dead_letter(job_id)
     assert letter is not None
     return letter.data
 
@@ -94,12 +83,11 @@ async def record_events(
     client: Client, name: str, into: list[bytes]
 ) -> Callable[[], Awaitable[None]]:
     """Collect the raw bytes of every event of the queue; returns the unsubscribe."""
-    conn = await client._connection()
 
     async def received(msg: Any) -> None:
         into.append(msg.data)
 
-    sub = await conn.subscribe(client.names(name).events, received)
+    sub = await Backstage(client, name).watch_events(received)
     return sub.unsubscribe
 
 
@@ -433,9 +421,9 @@ async def test_the_size_limit_applies_to_the_plaintext_and_the_sealed_value_must
     assert len(json.loads(await raw_record(client, "sizes", job.id))["data"]["ct"]) > 1000
     with pytest.raises(PayloadTooLarge, match="payload is 1002 bytes, over the limit of 1000"):
         await q.add({"blob": "x" * 991})
-    conn = await client._connection()
-    big = queue("sizes", client=client, codec=codec("k1"), max_payload_size=conn.max_payload)
-    plaintext = conn.max_payload - 100 * 1024  # fits the server unsealed, not sealed
+    limit = await max_payload(client)
+    big = queue("sizes", client=client, codec=codec("k1"), max_payload_size=limit)
+    plaintext = limit - 100 * 1024  # fits the server unsealed, not sealed
     with pytest.raises(PayloadTooLarge, match="the encrypted payload is"):
         await big.add({"blob": "x" * plaintext})
     assert await q.count() == 1

@@ -23,10 +23,10 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats._nats import Bucket
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state
+from .support import Backstage
 from .test_cli import oqron, oqron_json
 
 GARBAGE = {
@@ -41,11 +41,7 @@ GARBAGE = {
 
 async def corrupt(client: Client, name: str, job_id: str, value: bytes) -> None:
     """Overwrite a job's stored record with ``value`` behind the library's back."""
-    names = client.names(name)
-    bucket = Bucket(await client._connection(), names.jobs_bucket)
-    entry = await bucket.get(names.key(job_id))
-    assert entry is not None
-    await bucket.update(names.key(job_id), value, last=entry.revision)
+    await Backstage(client, name).overwrite_record(job_id, value)
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
@@ -143,9 +139,7 @@ async def test_a_corrupt_dead_letter_is_listed_as_such(
     async with q:
         job = await q.add({"n": 1})
         await wait_for_state(q, job.id, JobState.FAILED)
-    names = client.names("hostile-dlq")
-    conn = await client._connection()
-    await conn.publish(names.dead_letter("forged"), b"not a record")
+    await Backstage(client, "hostile-dlq").forge_dead_letter("forged", b"not a record")
     rows = await oqron_json(capsys, nats_server, namespace, "dlq", "list", "hostile-dlq")
     by_id = {row["id"]: row for row in rows}
     assert set(by_id) == {job.id, "forged"}
@@ -177,19 +171,19 @@ async def test_garbage_on_the_lanes_is_removed_counted_and_sampled(
     async with client:
         publisher = queue("garbage", client=client)
         job = await publisher.add({"n": 1})
-        names = client.names("garbage")
-        conn = await client._connection()
-        await conn.publish(names.lane(0, "a"), b"\x00\xff not an id")
+        behind = Backstage(client, "garbage")
+        names = behind.names
+        await behind.publish_on_lane("a", b"\x00\xff not an id")
         with pytest.raises(JetStreamError, match="maximum"):  # refused: 16 KiB a message
-            await conn.publish(names.lane(3, "b"), b"x" * 900_000)
-        await conn.publish(names.lane(3, "b"), b"x" * 9_000)
-        await conn.publish(names.lane(0, "c"), b"no-such-job")
+            await behind.publish_on_lane("b", b"x" * 900_000, priority=3)
+        await behind.publish_on_lane("b", b"x" * 9_000, priority=3)
+        await behind.publish_on_lane("c", b"no-such-job")
         q = queue("garbage", handler, client=client)
         async with q:
             await wait_for_state(q, job.id, JobState.COMPLETED)
 
             async def all_rejected() -> bool:
-                return (await conn.stream_state(names.stream)).messages == 0
+                return await behind.work_messages() == 0
 
             await eventually(all_rejected, what="the garbage to be removed")
         count, samples = await rejected_state(capsys, nats_server, namespace, "garbage")
@@ -216,20 +210,16 @@ async def test_a_foreign_schedule_firing_into_a_lane_is_deleted_and_stops_firing
 
     publisher = queue("foreign", client=client)
     job = await publisher.add({"n": 1})
-    names = client.names("foreign")
-    conn = await client._connection()
+    behind = Backstage(client, "foreign")
+    names = behind.names
     q = queue("foreign", handler, client=client)
     async with q:
         await wait_for_state(q, job.id, JobState.COMPLETED)
-        for schedule_subject, body in ((names.schedule("evil"), b"garbage!"),
-                                       (names.schedule(job.id), job.id.encode())):  # fmt: skip
-            await conn.publish(schedule_subject, body, {
-                "Nats-Schedule": "@every 1s",
-                "Nats-Schedule-Target": names.lane(0, "fired"),
-            })  # fmt: skip
+        for scheduled, body in (("evil", b"garbage!"), (job.id, job.id.encode())):
+            await behind.publish_schedule(scheduled, body, "@every 1s", target="fired")
 
         async def schedules_gone() -> bool:
-            left = await conn.subjects(names.stream, names.schedules)
+            left = await behind.schedule_subjects()
             return not left
 
         await eventually(schedules_gone, timeout=15, what="both schedules to be deleted")

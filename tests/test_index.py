@@ -8,6 +8,7 @@ from oqron_nats import Client, InvalidOption, JobState, RetryPolicy, queue
 from oqron_nats.storage.store import JobStore
 
 from .helpers import eventually
+from .support import Backstage
 
 
 async def test_counts_follow_every_state_change(client: Client) -> None:
@@ -104,4 +105,4 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
     job = moved(job, JobState.COMPLETED, "done")
     job.timeline[-1] = msgspec.structs.replace(job.timeline[-1], at=long_ago)
     await backend.store.create(job)
-    await (await q.client._connection()).publish_core(backend.names.index_entry("active", job_id))
+    await Backstage(q.client, q.name).file_in_index(job_id, JobState.ACTIVE)

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, Queue, queue
-from oqron_nats._nats import Bucket
 from oqron_nats.core.config import LagMonitor
 from oqron_nats.runtime.execution import ABORT_GRACE
 from oqron_nats.runtime.lag import LagWatch
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
+from .helpers import WorkerProcess, eventually, read_log, wait_for_state
+from .support import Backstage
 
 WAIT = 10.0
 """Generous bound for anything that should happen within a second or two."""
@@ -51,15 +51,12 @@ async def states_of(q: Queue[Any], ids: list[str]) -> list[JobState]:
 
 async def deliveries(client: Client, name: str) -> int:
     """How many deliveries the queue's fifo consumer made so far (redeliveries included)."""
-    conn = await client._connection()
-    info = await conn.js.consumer_info(client.names(name).stream, "fifo")
+    info = await Backstage(client, name).consumer_info("fifo")
     return int(info.delivered.consumer_seq)
 
 
 async def lease_of(client: Client, name: str, job_id: str) -> Any:
-    conn = await client._connection()
-    names = client.names(name)
-    return await Bucket(conn, names.locks_bucket).get(names.key(job_id))
+    return await Backstage(client, name).lease(job_id)
 
 
 def starts_of(log: Path, pid: int | None = None) -> list[dict[str, Any]]:
@@ -170,7 +167,7 @@ async def run_with_a_block(
         await eventually(
             lambda: count_is(q, JobState.COMPLETED, len(ids)), WAIT, "every job to complete"
         )
-        assert await stream_message_count(client, client.names(name).stream) == 0
+        assert await Backstage(client, name).work_messages() == 0
     return block_end[0], starts, ids
 
 
@@ -274,7 +271,6 @@ async def test_stop_waits_for_running_jobs_and_claims_nothing_new(client: Client
     name = "stop-graceful"
     # concurrency 4 with 3 running: one slot is free and holds an open pull during stop()
     q = queue(name, handler, client=client, concurrency=4)
-    names = client.names(name)
     try:
         await q.start()
         first = await q.add_bulk([{"data": {"sleep": 0.5}} for _ in range(3)])
@@ -304,7 +300,7 @@ async def test_stop_waits_for_running_jobs_and_claims_nothing_new(client: Client
         for job_id in queued:
             job = await q.get_job(job_id)
             assert job is not None and job.attempt == 0 and job.worker is None
-        assert await stream_message_count(client, names.stream) == 4, "their messages are kept"
+        assert await Backstage(client, name).work_messages() == 4, "their messages are kept"
 
         # a restart runs them at once (none is held by a pull the stopped worker left behind)
         await q.start()
@@ -324,8 +320,7 @@ async def redelivered_promptly(client: Client, q: Queue[Any], name: str, job_id:
     try:
         return await wait_for_state(q, job_id, JobState.COMPLETED, timeout=5)
     except AssertionError:
-        conn = await client._connection()
-        info = await conn.js.consumer_info(client.names(name).stream, "fifo")
+        info = await Backstage(client, name).consumer_info("fifo")
         raise AssertionError(
             f"job {job_id} was handed back at stop() but did not run again within 5 s of a "
             f"restart (ack_wait is {q.config.ack_wait} s): consumer delivered "
@@ -362,7 +357,6 @@ async def test_stop_hands_back_jobs_that_outlive_the_timeout(client: Client, sty
 
     name = f"stop-{style}"
     q = queue(name, handler, client=client, concurrency=20)
-    names = client.names(name)
     every: list[str] = []
     try:
         await q.start()
@@ -384,7 +378,7 @@ async def test_stop_hands_back_jobs_that_outlive_the_timeout(client: Client, sty
                 assert back.error is None and back.result is None and back.worker is None
                 assert not back.leased
                 assert await lease_of(client, name, job_id) is None, "the lease is released"
-            assert await stream_message_count(client, names.stream) == 4, "messages are kept"
+            assert await Backstage(client, name).work_messages() == 4, "messages are kept"
             assert await q.count(JobState.FAILED) == 0
 
             await q.start()
@@ -467,7 +461,7 @@ async def test_sigterm_past_the_timeout_hands_jobs_back_to_another_worker(
             assert job.state == JobState.WAITING, f"handed back, not {job.state}"
             assert job.attempt == 0 and job.error is None and job.worker is None
             assert await lease_of(client, name, job_id) is None, "lease released"
-        assert await stream_message_count(client, client.names(name).stream) == 2
+        assert await Backstage(client, name).work_messages() == 2
 
         second = WorkerProcess(nats_server.url, namespace, log, sleep=0, **options)
         for job_id in ids:

@@ -186,3 +186,32 @@ def test_the_backend_hands_out_no_connection() -> None:
     assert "conn" not in public
     assert [name for name, kind in public.items() if "Nats" in kind] == []
     assert {"store", "broker", "control", "leases", "edges", "rates"} <= public.keys()
+
+
+TESTS = Path(__file__).resolve().parent
+REACHING_THE_CONNECTION = {
+    "support.py": "the test-support module: what tests do behind the library's back",
+    "test_nats_contract.py": "the seam's contract with nats-server",
+    "test_requests.py": "requests over one inbox, a part of the seam",
+    "test_roles.py": "the raw permissions of each role",
+    "test_secure_connect.py": "what nats-py is handed, and the stored bytes that must hide secrets",
+    "test_cluster.py": "a bucket's stream leader stepped down and its node hung, by hand",
+    "chaos/cluster.py": "faults aimed at the leaders of raw streams",
+}
+"""The test files that may call ``client._connection()`` or spell the KV layout, and why; every
+other test reaches NATS through ``tests/support.py`` and the domain objects, not raw subjects."""
+
+
+def test_tests_reach_the_connection_only_through_the_support_module() -> None:
+    files = {
+        str(p.relative_to(TESTS)): p.read_text()
+        for p in sorted(TESTS.rglob("*.py"))
+        if p.name != "test_layout.py"
+    }
+    calling = {name for name, text in files.items() if "._connection()" in text}
+    spelling = {name for name, text in files.items() if KV_LAYOUT.search(text)}
+    allowed = REACHING_THE_CONNECTION.keys()
+    assert calling - allowed == set(), "reach NATS through tests/support.py"
+    assert spelling - allowed == set(), "build names with client.names(queue) in tests/support.py"
+    assert allowed <= files.keys(), "the list names files that exist"
+    assert "support.py" in calling, "the check still finds the calls"

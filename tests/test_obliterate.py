@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from oqron_nats import Client, InvalidState, JobState, RetryPolicy, queue
-from oqron_nats.storage.rejects import rejected_count, rejected_samples
 
-from .helpers import eventually, stream_message_count
+from .helpers import eventually
+from .support import Backstage
 
 
 async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
@@ -22,38 +22,32 @@ async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
     q = queue("doomed", handler, client=client, retries=RetryPolicy(max=0))
     neighbour = queue("neighbour", client=client)
     kept = await neighbour.add({"n": 1})
+    behind = Backstage(client, "doomed")
     async with q:
         done = await q.add({"n": 1})
         failed = await q.add({"fail": True})
         await done.wait(10)
         await failed.wait(10)
-        conn = await client._connection()
-        await conn.publish(client.names("doomed").lane(0, "junk"), b"not a job!")
-        await eventually(lambda: _rejected(client), what="the junk to be rejected")
+        await behind.publish_on_lane("junk", b"not a job!")
+        await eventually(lambda: _rejected(behind), what="the junk to be rejected")
     waiting = await q.add({"n": 2})
     delayed = await q.add({"n": 3}, delay=3600)
-    names = client.names("doomed")
-    conn = await client._connection()
-    assert await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
+    assert await behind.dead_letter(failed.id)
     assert await q.obliterate() == 4
     for job in (done, failed, waiting, delayed):
         assert await q.get_job(job.id) is None
     assert await q.count() == 0
-    assert await stream_message_count(client, names.stream) == 0, "lane messages and schedules"
-    assert (
-        await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(failed.id))
-        is None
-    )
-    assert not await _rejected(client), "the rejected count and sample went too"
+    assert await behind.work_messages() == 0, "lane messages and schedules"
+    assert await behind.dead_letter(failed.id) is None
+    assert not await _rejected(behind), "the rejected count and sample went too"
     assert await neighbour.get_job(kept.id) is not None, "other queues keep their jobs"
     assert not await q.is_paused()
     again = await q.add({"n": 4}, job_id=done.id)  # the ids are free again
     assert again.state == JobState.WAITING
 
 
-async def _rejected(client: Client) -> bool:
-    conn, names = await client._connection(), client.names("doomed")
-    return bool(await rejected_count(conn, names) or await rejected_samples(conn, names))
+async def _rejected(behind: Backstage) -> bool:
+    return bool(await behind.rejected_count() or await behind.rejected_samples())
 
 
 async def test_obliterate_refuses_active_jobs_unless_forced(client: Client) -> None:

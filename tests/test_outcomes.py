@@ -20,9 +20,9 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats._nats import Bucket
 
-from .helpers import eventually, stream_message_count, wait_for_state
+from .helpers import eventually, wait_for_state
+from .support import Backstage
 
 NO_RETRIES = RetryPolicy(max=0)
 
@@ -33,19 +33,18 @@ class Receipt(msgspec.Struct):
     items: list[str]
 
 
-async def stream_empty(client: Client, stream: str) -> bool:
-    return await stream_message_count(client, stream) == 0
+async def stream_empty(behind: Backstage) -> bool:
+    return await behind.work_messages() == 0
 
 
 async def wait_until_empty(client: Client, name: str) -> None:
-    stream = client.names(name).stream
-    await eventually(lambda: stream_empty(client, stream), what=f"stream {stream} to be empty")
+    behind = Backstage(client, name)
+    stream = behind.names.stream
+    await eventually(lambda: stream_empty(behind), what=f"stream {stream} to be empty")
 
 
 async def dead_letter_of(client: Client, name: str, job_id: str) -> dict[str, Any] | None:
-    names = client.names(name)
-    conn = await client._connection()
-    msg = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job_id))
+    msg = await Backstage(client, name).dead_letter(job_id)
     return None if msg is None else msgspec.json.decode(msg.data)
 
 
@@ -168,7 +167,7 @@ async def test_without_dead_letter_nothing_is_written_but_on_fail_runs(client: C
     assert [f.type for f in fails] == ["KeyError"]
     assert dead == []
     assert await dead_letter_of(client, "nodlq", job.id) is None
-    assert await stream_message_count(client, client.names("nodlq").dlq_stream) == 0
+    assert await Backstage(client, "nodlq").dead_letter_messages() == 0
 
 
 # -- hooks --------------------------------------------------------------------------------------
@@ -289,10 +288,7 @@ async def test_results_are_stored_encoded_and_on_success_gets_them(client: Clien
     assert hooked["dict"][1] == {"total": 12.5, "lines": 3, "ok": True}
     assert all(job.state == JobState.COMPLETED for job, _ in hooked.values())
     # stored as msgspec JSON in the jobs bucket
-    conn = await client._connection()
-    names = client.names("results")
-    entry = await Bucket(conn, names.jobs_bucket).get(names.key(jobs["struct"].id))
-    assert entry is not None
+    entry = await Backstage(client, "results").record(jobs["struct"].id)
     assert msgspec.json.decode(entry.value)["result"] == {
         "order": 7,
         "total": 19.99,
@@ -369,8 +365,7 @@ async def test_the_terminal_state_is_written_before_the_ack(client: Client) -> N
         return "done"
 
     q = queue("order", handler, client=client)
-    names = client.names("order")
-    conn = await client._connection()
+    behind = Backstage(client, "order")
     events: list[tuple[str, Any]] = []
 
     async def on_record(msg) -> None:
@@ -381,8 +376,8 @@ async def test_the_terminal_state_is_written_before_the_ack(client: Client) -> N
 
     job = await q.add({"n": 1})
     # both subscriptions on one connection: the worker's writes arrive in the order it sent them
-    record_sub = await conn.subscribe(f"$KV.{names.jobs_bucket}.{names.key(job.id)}", on_record)
-    ack_sub = await conn.subscribe(f"$JS.ACK.{names.stream}.>", on_ack)
+    record_sub = await behind.watch_record(job.id, on_record)
+    ack_sub = await behind.watch_acks(on_ack)
     try:
         async with q:
             await wait_for_state(q, job.id, JobState.COMPLETED)
@@ -416,13 +411,12 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
         retries=NO_RETRIES,
         hooks=Hooks(on_fail=on_fail),
     )
-    names = client.names("dups")
-    conn = await client._connection()
+    behind = Backstage(client, "dups")
     async with q:
         done = await q.add("ok")
         await wait_for_state(q, done.id, JobState.COMPLETED)
         await wait_until_empty(client, "dups")
-        ack = await conn.publish(names.lane(0, done.id), done.id.encode(), {"Nats-Msg-Id": "dup-1"})
+        ack = await behind.publish_on_lane(done.id, msg_id="dup-1")
         assert not ack.duplicate
         await wait_until_empty(client, "dups")
 
@@ -431,16 +425,14 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
         await eventually(lambda: _true(fails), what="on_fail")
         await wait_until_empty(client, "dups")
         for n in range(2):  # a late redelivery and a duplicate on another lane
-            await conn.publish(
-                names.lane(n * 5, failed.id), failed.id.encode(), {"Nats-Msg-Id": f"dup-{n + 2}"}
-            )
+            await behind.publish_on_lane(failed.id, priority=n * 5, msg_id=f"dup-{n + 2}")
         await wait_until_empty(client, "dups")
         await asyncio.sleep(0.3)
         assert (await q.get_job(done.id)).state == JobState.COMPLETED  # type: ignore[union-attr]
         assert (await q.get_job(failed.id)).state == JobState.FAILED  # type: ignore[union-attr]
     assert runs == ["ok", "fail"]
     assert fails == [failed.id]
-    assert await stream_message_count(client, names.dlq_stream) == 1
+    assert await behind.dead_letter_messages() == 1
 
 
 async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: Client) -> None:
@@ -450,10 +442,9 @@ async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: C
         runs.append(ctx.id)
 
     q = queue("ghosts", handler, client=client)
-    names = client.names("ghosts")
-    conn = await client._connection()
+    behind = Backstage(client, "ghosts")
     async with q:
-        await conn.publish(names.lane(0, "no-such-job"), b"no-such-job", {"Nats-Msg-Id": "ghost-1"})
+        await behind.publish_on_lane("no-such-job", msg_id="ghost-1")
         await wait_until_empty(client, "ghosts")
         job = await q.add({"n": 1})
         await wait_for_state(q, job.id, JobState.COMPLETED)
@@ -469,11 +460,10 @@ async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: byte
         runs.append(ctx.id)
 
     q = queue("poison", handler, client=client)
-    names = client.names("poison")
-    conn = await client._connection()
+    behind = Backstage(client, "poison")
     async with q:
         with capture_logs() as logs:
-            await conn.publish(names.lane(0, "poison"), body, {"Nats-Msg-Id": "poison-1"})
+            await behind.publish_on_lane("poison", body, msg_id="poison-1")
             await wait_until_empty(client, "poison")
         rejected = [e for e in logs if e["event"] == "message rejected: not a job of this queue"]
         assert [e["reason"] for e in rejected] == ["not-a-job-id"]
@@ -489,16 +479,13 @@ async def test_a_record_that_does_not_decode_does_not_crash_the_worker(client: C
         runs.append(ctx.id)
 
     q = queue("corrupt", handler, client=client)
-    names = client.names("corrupt")
+    behind = Backstage(client, "corrupt")
     async with q:
-        conn = await client._connection()
         with capture_logs() as logs:
             for n, garbage in enumerate([b"garbage", b'{"id": "bad-1"}', b"[1, 2, 3]"]):
                 job_id = f"bad-{n}"
-                await Bucket(conn, names.jobs_bucket).create(names.key(job_id), garbage)
-                await conn.publish(
-                    names.lane(0, job_id), job_id.encode(), {"Nats-Msg-Id": f"corrupt-{n}"}
-                )
+                await behind.create_record(job_id, garbage)
+                await behind.publish_on_lane(job_id, msg_id=f"corrupt-{n}")
             await wait_until_empty(client, "corrupt")
         undecodable = [
             e for e in logs if e["event"] == "job record does not decode; message removed"

@@ -13,7 +13,8 @@ from oqron_nats import Client, ConfigError, ConnectionFailed, InvalidOption, Job
 from oqron_nats._nats import Nats
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
+from .helpers import WorkerProcess, eventually, read_log, wait_for_state
+from .support import Backstage
 
 
 def count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -32,13 +33,11 @@ def count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def assert_not_consumed(client: Client, name: str, pulls: list[str]) -> None:
     """No consumer on the queue's stream, no pull request sent, no lease ever written."""
-    conn = await client._connection()
-    names = client.names(name)
-    consumers = await conn.js.consumers_info(names.stream)
-    assert [c.name for c in consumers] == [], "a publisher-only queue created a consumer"
+    behind = Backstage(client, name)
+    assert await behind.consumer_names() == [], "a publisher-only queue created a consumer"
     assert pulls == [], "a publisher-only queue sent pull requests"
-    locks = await stream_message_count(client, "KV_" + names.locks_bucket)
-    assert locks == 0, "a publisher-only queue took leases"
+    leases = (await behind.lease_history()).messages
+    assert leases == 0, "a publisher-only queue took leases"
 
 
 async def _count_is(q: Any, status: Any, n: int) -> bool:
@@ -66,7 +65,7 @@ async def test_a_publisher_only_queue_adds_and_reads_without_consuming(
     assert await q.count() == 8
     assert await q.count(JobState.WAITING) == 8
     # the jobs wait in the stream, unclaimed
-    assert await stream_message_count(client, client.names("pub").stream) == 8
+    assert await Backstage(client, "pub").work_messages() == 8
     await asyncio.sleep(0.3)  # anything a consumer would do has had time to happen
     assert await q.count(JobState.WAITING) == 8
     await assert_not_consumed(client, "pub", pulls)

@@ -11,11 +11,13 @@ import tomllib
 
 import oqron_nats
 from oqron_nats import Client
+from oqron_nats._nats import stream_of
 from oqron_nats._nats.names import STATE_CODES, markdown_table
 from oqron_nats.ops.cli import build_parser
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT
+from .support import inbox_and_pending_size, namespace_streams
 
 
 def test_the_fifteen_line_example_runs(nats_server: LocalServer, namespace: str) -> None:
@@ -46,14 +48,13 @@ async def test_the_table_names_every_stream_and_bucket_of_a_queue(
     client: Client, namespace: str
 ) -> None:
     await client._prepare_queue(client.names("orders"))  # what `oqron provision orders` does
-    conn = await client._connection()
-    found = {name for name in await conn.stream_names(subject=">") if f"_{namespace}_" in name}
+    found = await namespace_streams(client)
     written = set(re.findall(r"`([^`]+)`", markdown_table()))
     for placeholder in list(written):  # the index streams, one per state
         if "X<c>" in placeholder:
             written |= {placeholder.replace("<c>", code) for code in STATE_CODES.values()}
     named = {n.replace("<ns>", namespace).replace("<q>", "orders") for n in written}
-    named |= {f"KV_{n}" for n in named}  # a KV bucket is a stream named KV_<bucket>
+    named |= {stream_of(n) for n in named}  # a KV bucket is a stream of its own
     assert len(found) == 9 + 1 + 1 + 3 + 2, found  # index, work, records, shared buckets, DLQ, RATE
     assert found <= named, f"not in the table: {sorted(found - named)}"
 
@@ -97,9 +98,9 @@ async def test_the_connect_options_example_reaches_nats_py(
     options = eval(example, {"__builtins__": {}})  # the README's literal, e.g. 8 * 1024 * 1024
     assert options["inbox_prefix"] == "_INBOX_billing"
     async with Client(nats_server.url, namespace=namespace, connect_options=options) as client:
-        conn = await client._prepare_queue(client.names("billing"))  # requests: replies arrive
-        assert conn.new_inbox().startswith("_INBOX_billing.")
-        assert conn.nc._max_pending_size == options["pending_size"]
+        inbox, pending_size = await inbox_and_pending_size(client, "billing")  # replies arrive
+        assert inbox.startswith("_INBOX_billing.")
+        assert pending_size == options["pending_size"]
 
 
 def test_every_admin_command_of_the_readme_parses() -> None:

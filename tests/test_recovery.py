@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 
 from oqron_nats import Client, Job, JobContext, JobState, Queue, queue
-from oqron_nats._nats import Bucket
+from oqron_nats._nats import Msg
 from oqron_nats.core.config import Reconciliation
 from oqron_nats.queue import parse_options
 from oqron_nats.runtime.maintenance import Maintenance, Reconciled, reconcile, scan_stalls
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
+from .helpers import WorkerProcess, eventually, read_log, wait_for_state
+from .support import Backstage
 
 WAIT = 20.0
 """Generous bound for anything that should happen within a redelivery or two."""
@@ -66,8 +66,7 @@ async def current(q: Queue[Any], job_id: str) -> Job[Any]:
 
 async def lane_subjects(client: Client, name: str) -> dict[str, int]:
     """The subjects holding messages in the queue's stream, with their counts."""
-    conn = await client._connection()
-    return await conn.subjects(client.names(name).stream, ">")
+    return await Backstage(client, name).work_subjects()
 
 
 async def completes(q: Queue[Any], job_id: str) -> Job[Any]:
@@ -112,18 +111,15 @@ async def test_stall_recovery_writes_stalled_between_the_two_runs(
     nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
 ) -> None:
     name, job_id = "stall-seq", "stall-me"
-    names = client.names(name)
     log = tmp_path / "executions.jsonl"
     q = queue(name, client=client, **FAST)
     await q.count()  # provisions the buckets and the stream
-    conn = await client._connection()
     writes: list[dict[str, Any]] = []
 
     async def on_write(msg: Msg) -> None:
         writes.append(msgspec.json.decode(msg.data))
 
-    sub = await conn.nc.subscribe(f"$KV.{names.jobs_bucket}.{names.key(job_id)}", cb=on_write)
-    await conn.nc.flush()
+    sub = await Backstage(client, name).watch_record(job_id, on_write)
     doomed = await spawn(nats_server, namespace, log, queue=name, sleep=60, **FAST)
     survivor = None
     try:
@@ -165,7 +161,6 @@ async def test_a_job_that_kills_its_workers_fails_as_stalled_and_is_dead_lettere
     nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
 ) -> None:
     name = "poison"
-    names = client.names(name)
     log = tmp_path / "executions.jsonl"
     options = {"queue": name, "lock_ttl": 1, "heartbeat": 0.2, "max_stalled_count": 1}
     q = queue(name, client=client, lock_ttl=1, heartbeat=0.2)
@@ -205,8 +200,7 @@ async def test_a_job_that_kills_its_workers_fails_as_stalled_and_is_dead_lettere
     assert survivor is not None and survivor.pid not in killed, "the last worker did not run it"
     for job in healthy:
         assert len(starts(log, job.id)) == 1, "a healthy job ran once"
-    conn = await client._connection()
-    dead = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(poison.id))
+    dead = await Backstage(client, name).dead_letter(poison.id)
     assert dead is not None, "the poison job is in the dead-letter stream"
     letter = msgspec.json.decode(dead.data)
     assert letter["state"] == "failed"
@@ -220,10 +214,9 @@ async def test_the_stall_scanner_heals_an_active_job_whose_lease_and_message_are
     nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
 ) -> None:
     name = "orphan"
-    names = client.names(name)
     log = tmp_path / "executions.jsonl"
     q = queue(name, client=client, **FAST)
-    conn = await client._connection()
+    behind = Backstage(client, name)
     doomed = await spawn(nats_server, namespace, log, queue=name, sleep=60, **FAST)
     plain = scanner = None
     try:
@@ -232,8 +225,8 @@ async def test_the_stall_scanner_heals_an_active_job_whose_lease_and_message_are
         running = await current(q, job.id)
         assert running.state == JobState.ACTIVE and running.leased
         doomed.kill()
-        await conn.purge_subject(names.stream, names.lane(job.priority, job.id))
-        assert await stream_message_count(client, names.stream) == 0, "no redelivery can come"
+        await behind.purge_lane(job.id, job.priority)
+        assert await behind.work_messages() == 0, "no redelivery can come"
 
         plain = await spawn(nats_server, namespace, log, queue=name, sleep=0, **FAST)
         await asyncio.sleep(q.config.ack_wait + 2)
@@ -258,9 +251,9 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
     names = client.names(name)
     publisher = queue(name, client=client, **FAST)
     backend = await client._open_queue(publisher.config)
-    conn = await client._connection()
+    behind = Backstage(client, name)
     job = await publisher.add({"n": 1})
-    message = await conn.direct_get(names.stream, last_by_subject=names.lane(0, job.id))
+    message = await behind.lane_message(job.id)
     assert message is not None
     # the state a worker that died mid-job leaves behind, after its message was lost too
     record = await backend.store.get(job.id)
@@ -274,7 +267,7 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
         msg_seq=message.seq,
     )
     await backend.store.update(orphan, record.revision, "active", record.job.state)
-    await conn.purge_subject(names.stream, names.lane(0, job.id))
+    await behind.purge_lane(job.id)
     assert await backend.leases.is_held(job.id) is False
 
     assert await scan_stalls(backend) == 1
@@ -304,7 +297,6 @@ async def test_scan_stalls_re_enqueues_an_orphan_once_and_it_then_runs(client: C
 
 async def test_the_scanner_never_touches_a_job_with_a_live_lease(client: Client) -> None:
     name = "live"
-    names = client.names(name)
     runs: list[str] = []
     running, release = asyncio.Event(), asyncio.Event()
     q = queue(name, blocking_handler(runs, running, release), client=client, **FAST)
@@ -312,8 +304,7 @@ async def test_the_scanner_never_touches_a_job_with_a_live_lease(client: Client)
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
-        conn = await client._connection()
-        await conn.purge_subject(names.stream, names.lane(job.priority, job.id))
+        await Backstage(client, name).purge_lane(job.id, job.priority)
         before = await backend.store.get(job.id)
         assert before is not None and before.job.state == JobState.ACTIVE and before.job.leased
         for _ in range(6):  # 3 s: longer than lock_ttl, so the lease lives by its renewals
@@ -333,7 +324,6 @@ async def test_the_scanner_never_touches_a_job_with_a_live_lease(client: Client)
 
 async def test_the_scanner_never_touches_a_job_that_took_no_lease(client: Client) -> None:
     name = "no-lease"
-    names = client.names(name)
     runs: list[str] = []
     running, release = asyncio.Event(), asyncio.Event()
     q = queue(
@@ -347,8 +337,7 @@ async def test_the_scanner_never_touches_a_job_that_took_no_lease(client: Client
     async with q:
         job = await q.add({"n": 1})
         await set_within(running, "the handler to start")
-        conn = await client._connection()
-        await conn.purge_subject(names.stream, names.lane(job.priority, job.id))
+        await Backstage(client, name).purge_lane(job.id, job.priority)
         before = await backend.store.get(job.id)
         assert before is not None and before.job.state == JobState.ACTIVE
         assert before.job.leased is False
@@ -454,9 +443,10 @@ async def test_reconciliation_re_enqueues_a_waiting_record_without_message(
     # an add that stopped between the record and the publish
     _, record = publisher._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
     await backend.store.create(record)
-    assert await stream_message_count(client, backend.names.stream) == 0
+    behind = Backstage(client, name)
+    assert await behind.work_messages() == 0
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=1, removed=0)
-    assert await stream_message_count(client, backend.names.stream) == 1
+    assert await behind.work_messages() == 1
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=0)
 
     q = queue(name, _ok, client=client, **FAST)
@@ -478,8 +468,9 @@ async def test_reconciliation_re_enqueues_an_overdue_delayed_job_whose_schedule_
     names = backend.names
     job = await publisher.add({"n": 1}, delay=1.5)
     assert await lane_subjects(client, name) == {names.schedule(job.id): 1}
-    await (await client._connection()).purge_subject(names.stream, names.schedule(job.id))
-    assert await stream_message_count(client, names.stream) == 0
+    behind = Backstage(client, name)
+    await behind.purge_schedule(job.id)
+    assert await behind.work_messages() == 0
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=0), "not due yet"
     assert job.run_at is not None
     await asyncio.sleep(max(0.0, (job.run_at - datetime.now(UTC)).total_seconds()) + 0.3)
@@ -499,10 +490,7 @@ async def test_reconciliation_removes_a_message_whose_record_was_deleted(client:
     names = backend.names
     kept = await publisher.add({"n": 1})
     gone = await publisher.add({"n": 2})
-    jobs = Bucket(await client._connection(), names.jobs_bucket)
-    entry = await jobs.get(names.key(gone.id))
-    assert entry is not None
-    await jobs.delete(names.key(gone.id), last=entry.revision)
+    await Backstage(client, name).delete_record(gone.id)
     assert await publisher.get_job(gone.id) is None
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=1, reindexed=1)
     assert await lane_subjects(client, name) == {names.lane(0, kept.id): 1}, "only its own"
@@ -519,11 +507,11 @@ async def test_reconciliation_removes_a_message_of_a_completed_job(client: Clien
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
     await eventually(lambda: _lacks(client, name, names.lane(0, job.id)), WAIT, "the ack")
     # a stray copy nobody will consume (no consumer is running now)
-    conn = await client._connection()
-    await conn.publish(names.lane(0, job.id), job.id.encode(), {"Nats-Msg-Id": "copy"})
+    behind = Backstage(client, name)
+    await behind.publish_on_lane(job.id, msg_id="copy")
     assert await lane_subjects(client, name) == {names.lane(0, job.id): 1}
     assert await reconcile(backend, HEAL_NOW) == Reconciled(requeued=0, removed=1)
-    assert await stream_message_count(client, names.stream) == 0
+    assert await behind.work_messages() == 0
     assert (await current(q, job.id)).state == JobState.COMPLETED, "the record is untouched"
 
 
@@ -536,7 +524,7 @@ async def test_a_worker_with_reconciliation_heals_a_half_added_job_by_itself(
     backend = await client._open_queue(q.config)
     _, record = q._new_job({"n": 1}, parse_options({"job_id": "half-added"}))
     await backend.store.create(record)
-    assert await stream_message_count(client, backend.names.stream) == 0
+    assert await Backstage(client, name).work_messages() == 0
     async with q:
         done = await wait_for_state(q, "half-added", JobState.COMPLETED, timeout=WAIT)
     assert done.result == "ok"
@@ -550,23 +538,20 @@ async def test_without_guaranteed_worker_jobs_complete_with_no_lease_traffic(
     client: Client,
 ) -> None:
     name = "leaseless"
-    names = client.names(name)
     q = queue(name, _ok, client=client, guaranteed_worker=False, **FAST)
     async with q:
         jobs = [await q.add({"n": i}) for i in range(5)]
         done = [await wait_for_state(q, j.id, JobState.COMPLETED, timeout=WAIT) for j in jobs]
     assert all(j.result == "ok" and j.leased is False for j in done)
-    conn = await client._connection()
-    locks = await conn.js.stream_info(f"KV_{names.locks_bucket}")
-    assert locks.state.messages == 0
-    assert locks.state.last_seq == 0, "no lease was ever written"
+    leases = await Backstage(client, name).lease_history()
+    assert leases.messages == 0
+    assert leases.last_seq == 0, "no lease was ever written"
 
 
 async def test_without_guaranteed_worker_a_killed_workers_job_still_runs_again(
     nats_server: LocalServer, client: Client, namespace: str, tmp_path: Path
 ) -> None:
     name = "leaseless-crash"
-    names = client.names(name)
     log = tmp_path / "executions.jsonl"
     options = {"queue": name, "guaranteed": 0, **FAST}
     q = queue(name, client=client, guaranteed_worker=False, **FAST)
@@ -590,6 +575,5 @@ async def test_without_guaranteed_worker_a_killed_workers_job_still_runs_again(
     first, rerun = starts(log, job.id)
     assert (first["pid"], rerun["pid"]) == (doomed.pid, survivor.pid)
     assert rerun["t"] - killed_at >= q.config.ack_wait - 1.0, "it came back through ack_wait"
-    conn = await client._connection()
-    locks = await conn.js.stream_info(f"KV_{names.locks_bucket}")
-    assert locks.state.last_seq == 0, "no lease was written by either worker"
+    leases = await Backstage(client, name).lease_history()
+    assert leases.last_seq == 0, "no lease was written by either worker"

@@ -19,6 +19,7 @@ from oqron_nats import (
 from oqron_nats.storage.store import JobStore
 
 from .helpers import eventually
+from .support import Backstage
 
 
 async def ok(ctx) -> str:
@@ -106,9 +107,7 @@ async def test_remove_on_fail_removes_the_record_but_keeps_the_dead_letter(clien
         job = await q.add({"n": 1})
         assert (await job.wait(10)).state == JobState.FAILED
         await eventually(lambda: _missing(q, job.id), what="the failed record to be removed")
-    conn = await client._connection()
-    names = client.names("fails")
-    assert await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job.id))
+    assert await Backstage(client, "fails").dead_letter(job.id)
 
 
 async def test_a_publishers_setting_travels_with_the_job(client: Client) -> None:
@@ -130,12 +129,7 @@ def test_bad_retention_settings_are_refused() -> None:
 
 async def _stored_ttl(client: Client, name: str, job_id: str) -> str | None:
     """The Nats-TTL a job's record was written with (None: kept until removed)."""
-    conn, names = await client._connection(), client.names(name)
-    stored = await conn.direct_get_subject(
-        f"KV_{names.jobs_bucket}", f"$KV.{names.jobs_bucket}.{names.key(job_id)}"
-    )
-    assert stored is not None
-    return stored.headers.get("Nats-TTL")
+    return await Backstage(client, name).record_ttl(job_id)
 
 
 async def test_unset_retention_keeps_finished_jobs_a_day_or_two_weeks(client: Client) -> None:

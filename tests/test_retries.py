@@ -13,7 +13,8 @@ import pytest
 from oqron_nats import Client, ConfigError, JobState, RetryPolicy, queue
 from oqron_nats.core.retry import retry_delay
 
-from .helpers import eventually, stream_message_count, wait_for_state
+from .helpers import eventually, wait_for_state
+from .support import Backstage
 
 # -- retry_delay(): the backoff policies --------------------------------------------------------
 
@@ -268,15 +269,14 @@ async def test_a_thousand_jobs_in_a_one_hour_backoff_do_not_block_fresh_jobs(
             ahead = stored.run_at.timestamp() - started
             assert 3600 <= ahead <= 3600 + 60, f"retry about one hour ahead, not {ahead}"
 
-        names = client.names("backoff")
-        conn = await client._connection()
+        behind = Backstage(client, "backoff")
 
         async def settled() -> bool:  # acked, not nak-delayed: no delivery holds a pending slot
-            info = await conn.js.consumer_info(names.stream, "fifo")
+            info = await behind.consumer_info("fifo")
             return info.num_ack_pending == 0 and info.num_pending == 0
 
         await eventually(settled, timeout=10, what="the failed deliveries to be acked")
-        assert await stream_message_count(client, names.stream) == 1000, "one schedule per job"
+        assert await behind.work_messages() == 1000, "one schedule per job"
 
         added = time.monotonic()
         fresh = await asyncio.gather(*(q.add({"ok": True, "n": n}) for n in range(20)))

@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from oqron_nats import Client, JobState, queue
-from oqron_nats._nats import Bucket
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, eventually, wait_for_state
+from .support import Backstage
 
 
 def free_port() -> int:
@@ -157,9 +157,7 @@ async def test_a_second_signal_hands_running_jobs_back_at_once(
         assert time.monotonic() - began < 10, "the second signal does not wait out the timeout"
         back = await q.get_job(job.id)
         assert back is not None and back.state == JobState.WAITING and back.attempt == 0
-        conn = await client._connection()
-        names = client.names("run-long")
-        lease = await Bucket(conn, names.locks_bucket).get(names.key(job.id))
+        lease = await Backstage(client, "run-long").lease(job.id)
         assert lease is None, "the abandoned job's lease is released"
     finally:
         cli.close()
@@ -219,9 +217,7 @@ async def test_a_canary_secret_reaches_no_log_line_record_or_dead_letter(
         assert canary not in output
         record = {k: v for k, v in _record(failed).items() if k != "data"}
         assert canary not in json.dumps(record), "error fields and timeline"
-        conn = await client._connection()
-        names = client.names(name)
-        letter = await conn.direct_get(names.dlq_stream, last_by_subject=names.dead_letter(job.id))
+        letter = await Backstage(client, name).dead_letter(job.id)
         assert letter is not None and b'"order":7' in letter.data
         assert canary.encode() not in letter.data, "the dead letter, payload included"
     finally:

@@ -13,6 +13,7 @@ from oqron_nats import Client, ServerVersionError, queue
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT
+from .support import server_version
 
 OLD_VERSION = "2.11.11"
 
@@ -50,5 +51,4 @@ async def test_an_old_server_is_refused_at_connect(old_server_binary: Path) -> N
 
 
 async def test_the_bundled_server_is_accepted(client: Client) -> None:
-    conn = await client._connection()
-    assert conn.server_version >= (2, 12, 0)
+    assert await server_version(client) >= (2, 12, 0)

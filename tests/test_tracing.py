@@ -14,6 +14,7 @@ from oqron_nats.queue import parse_options
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import wait_for_state
+from .support import Backstage
 
 
 def sdk() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -135,8 +136,7 @@ async def test_a_capitalised_traceparent_from_another_client_is_the_parent(
         _, job = q._new_job({"n": 1}, parse_options({}))
         await backend.store.create(job)  # the record, as another client's add wrote it
         headers = {"Traceparent": f"00-{upstream_trace}-b7ad6b7169203331-01"}
-        conn = await client._connection()
-        await conn.publish(backend.names.lane(0, job.id), job.id.encode(), headers)
+        await Backstage(client, "foreign").publish_on_lane(job.id, headers=headers)
         async with q:
             await wait_for_state(q, job.id, JobState.COMPLETED)
     (consumer,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]

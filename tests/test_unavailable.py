@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, OqronError, Unavailable, queue
-from oqron_nats._nats import Bucket
 from oqron_nats._nats.conn import transient_error
 from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
@@ -24,6 +23,7 @@ from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state
 from .proxy import TcpProxy
+from .support import Backstage
 from .test_runner import WorkerCli
 
 
@@ -82,8 +82,7 @@ async def test_a_worker_claims_again_after_its_consumer_was_lost_and_recreating_
             await wait_for_state(q, "before", JobState.COMPLETED)
             server.reload(deny_consumer_create=True)
             await asyncio.sleep(0.5)
-            conn = await admin._connection()
-            await conn.js.delete_consumer(admin.names("lost").stream, "fifo")
+            await Backstage(admin, "lost").delete_consumer("fifo")
             await asyncio.sleep(3.0)  # re-creating it fails (denied: no answer) meanwhile
             server.reload(deny_consumer_create=False)
             await queue("lost", client=admin).add({}, job_id="after")
@@ -122,7 +121,7 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,
     ):
-        await (await admin._connection()).subscribe("$JS.API.CONSUMER.PAUSE.>", spy)
+        await Backstage(admin, "follow").watch_consumer_pauses(spy)
         worker_client = Client(proxy.url, namespace=namespace)
         q = queue("follow", nothing, client=worker_client, strategy="priority")
         async with worker_client, q:
@@ -164,11 +163,10 @@ async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect
             await publisher.pause()
             proxy.refusing = False
             await eventually(lambda: _true(worker_client.connected), what="the reconnect")
-            conn = await admin._connection()
-            names = admin.names("missed")
+            behind = Backstage(admin, "missed")
 
             async def consumer_paused() -> bool:
-                info = await conn.js.consumer_info(names.stream, "fifo")
+                info = await behind.consumer_info("fifo")
                 return bool(info.paused)
 
             await eventually(consumer_paused, what="the worker to pause its consumer")
@@ -195,12 +193,11 @@ async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
         return await update(self, job, *args, **kwargs)
 
     monkeypatch.setattr(JobStore, "update", slow_active_write)
-    names = client.names("slow-claim")
-    locks = Bucket(await client._connection(), names.locks_bucket)
+    behind = Backstage(client, "slow-claim")
     lease_seen: list[int | None] = []
 
     async def handler(ctx: JobContext[Any]) -> None:
-        entry = await locks.get(names.key(ctx.id))
+        entry = await behind.lease(ctx.id)
         lease_seen.append(entry.revision if entry else None)
         assert entry is not None and entry.revision == ctx.fencing_token
 

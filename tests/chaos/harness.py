@@ -27,6 +27,7 @@ from oqron_nats.core.job import TERMINAL_STATES
 from oqron_nats.testing.server import LocalServer
 
 from ..helpers import start_process
+from ..support import Backstage
 from . import checker
 
 QUEUE = "chaos"
@@ -335,12 +336,11 @@ async def drain(q: Queue[Any, Any], files: Files, timeout: float) -> None:
     """Wait until every job the producer got an answer for is terminal and the queue's stream
     is empty (every message acked, including redeliveries of jobs whose ack a kill lost)."""
     wanted = {row["job"] for row in checker.load_jsonl(files.enqueues) if row["outcome"] == "ok"}
-    backend = await q._open()
-    conn = await q.client._connection()
+    behind = Backstage(q.client, q.name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = {job.id for job in await records(q) if job.state in TERMINAL_STATES}
-        if wanted <= done and (await conn.stream_state(backend.names.stream)).messages == 0:
+        if wanted <= done and await behind.work_messages() == 0:
             return
         await asyncio.sleep(1.0)
 
@@ -375,10 +375,7 @@ async def read_final_state(q: Queue[Any, Any]) -> tuple[list[checker.FinalRecord
         )
         for job in await records(q)
     ]
-    backend = await q._open()
-    names = backend.names
-    dead = await (await q.client._connection()).subjects(names.dlq_stream, names.dead_letter("*"))
-    return finals, {subject.rsplit(".", 1)[1] for subject in dead}
+    return finals, await Backstage(q.client, q.name).dead_letter_ids()
 
 
 class RedeliveryWatch:
@@ -399,12 +396,11 @@ class RedeliveryWatch:
 
     async def run(self) -> None:
         """Sample until stopped."""
-        conn = await self.client._connection()
-        stream = self.client.names(QUEUE).stream
+        behind = Backstage(self.client, QUEUE)
         while not self._stopped.is_set():
             await asyncio.sleep(0.5)
             try:
-                info = await conn.js.consumer_info(stream, "fifo")
+                info = await behind.consumer_info("fifo")
             except Exception:  # the consumer may not exist yet, or the server is restarting
                 continue
             self.peak = max(self.peak, int(info.num_redelivered or 0))

@@ -1,0 +1,320 @@
+"""What tests do behind the library's back: read and change a queue's state in NATS directly.
+
+A test that proves a guarantee sometimes has to look where the library keeps its state (the
+stored record, the lease, the messages on the work stream) or to break it (a corrupt record, a
+foreign message on a lane, a lost message). It does so here, never with raw subjects: every
+name comes from ``Names`` (``client.names(queue)``), and the state is read and written through
+the domain objects (``Broker``, ``StateIndex``, ``Bucket``, the rejected-message reads) or, where
+none fits, the seam's ``Nats``. Only this module, and the tests whose subject is the seam itself
+(listed in tests/test_layout.py), call ``client._connection()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.subscription import Subscription
+
+from oqron_nats import Client
+from oqron_nats._nats import Bucket, Entry, Msg, Nats, PubAck, StoredMsg, StreamState, ensure_bucket
+from oqron_nats._nats.names import (
+    MSG_ID_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_TARGET_HEADER,
+    TTL_HEADER,
+    Names,
+)
+from oqron_nats.core.job import JobState
+from oqron_nats.storage.broker import Broker
+from oqron_nats.storage.index import StateIndex
+from oqron_nats.storage.rejects import RejectedSample, rejected_count, rejected_samples
+
+Received = Callable[[Msg], Awaitable[None]]
+"""A callback of a subscription: called with each message."""
+
+
+class Backstage:
+    """One queue's state in NATS, reached behind the library's back (tests only)."""
+
+    def __init__(self, client: Client, queue: str) -> None:
+        self.client = client
+        self.names: Names = client.names(queue)
+
+    async def _conn(self) -> Nats:
+        return await self.client._connection()
+
+    async def _records(self) -> Bucket:
+        return Bucket(await self._conn(), self.names.jobs_bucket)
+
+    async def _leases(self) -> Bucket:
+        return Bucket(await self._conn(), self.names.locks_bucket)
+
+    async def _broker(self) -> Broker:
+        return Broker(await self._conn(), self.names)
+
+    async def _conn_state(self, stream: str) -> StreamState:
+        return await (await self._conn()).stream_state(stream)
+
+    async def _watch(self, subject: str, received: Received) -> Subscription:
+        conn = await self._conn()
+        sub = await conn.subscribe(subject, received)
+        await conn.nc.flush()  # the server has the subscription before anything it should see
+        return sub
+
+    # -- job records ----------------------------------------------------------------------------
+
+    async def record(self, job_id: str) -> Entry:
+        """The job's record exactly as the jobs bucket stores it, with its revision."""
+        entry = await (await self._records()).get(self.names.key(job_id))
+        assert entry is not None, f"job {job_id} has a record"
+        return entry
+
+    async def create_record(self, job_id: str, value: bytes) -> int:
+        """Store ``value`` as the record of a new job (any bytes); returns its revision."""
+        return await (await self._records()).create(self.names.key(job_id), value)
+
+    async def overwrite_record(self, job_id: str, value: bytes, *, last: int | None = None) -> int:
+        """Replace the job's record with ``value`` by compare-and-set on ``last`` (default: the
+        revision stored now); returns the new revision."""
+        if last is None:
+            last = (await self.record(job_id)).revision
+        return await (await self._records()).update(self.names.key(job_id), value, last=last)
+
+    async def rewrite_record(self, job_id: str, change: Callable[[dict[str, Any]], None]) -> int:
+        """Change the job's record as JSON (compare-and-set on its revision); the new revision."""
+        entry = await self.record(job_id)
+        fields = msgspec.json.decode(entry.value)
+        change(fields)
+        return await self.overwrite_record(job_id, msgspec.json.encode(fields), last=entry.revision)
+
+    async def delete_record(self, job_id: str) -> None:
+        """Delete the job's record (compare-and-set on its revision), as an operator could."""
+        entry = await self.record(job_id)
+        await (await self._records()).delete(self.names.key(job_id), last=entry.revision)
+
+    async def record_ttl(self, job_id: str) -> str | None:
+        """The Nats-TTL the job's record was last written with (None: kept until removed)."""
+        records = await self._records()
+        key = records.subject(self.names.key(job_id))
+        stored = await (await self._conn()).direct_get_subject(records.stream, key)
+        assert stored is not None, f"job {job_id} has a record"
+        return stored.headers.get(TTL_HEADER)
+
+    async def records_bytes(self) -> int:
+        """How many bytes the queue's jobs bucket holds."""
+        return (await self._conn_state((await self._records()).stream)).bytes
+
+    async def watch_record(self, job_id: str, received: Received) -> Subscription:
+        """Subscribe to every write of the job's record (core NATS, as the server stores it)."""
+        records = await self._records()
+        return await self._watch(records.subject(self.names.key(job_id)), received)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def lease(self, job_id: str) -> Entry | None:
+        """The job's lease as stored, or None if nobody holds it."""
+        return await (await self._leases()).get(self.names.key(job_id))
+
+    async def overwrite_lease(self, job_id: str, value: bytes, *, last: int, ttl: float) -> int:
+        """Replace the job's lease if it is still at revision ``last`` (as a new holder would);
+        returns the new revision."""
+        leases = await self._leases()
+        return await leases.update(self.names.key(job_id), value, last=last, ttl=ttl)
+
+    async def delete_lease(self, job_id: str, *, last: int) -> None:
+        """Delete the job's lease if it is still at revision ``last`` (as if its TTL ran out)."""
+        await (await self._leases()).delete(self.names.key(job_id), last=last)
+
+    async def lease_history(self) -> StreamState:
+        """The namespace's lease bucket: leases held now (messages), ever written (last_seq)."""
+        return await self._conn_state((await self._leases()).stream)
+
+    # -- the work stream ------------------------------------------------------------------------
+
+    async def work_messages(self) -> int:
+        """How many messages the queue's work stream holds (lanes, schedules, held jobs)."""
+        return (await self._conn_state(self.names.stream)).messages
+
+    async def work_subjects(self) -> dict[str, int]:
+        """Every subject of the work stream that holds messages, with their counts."""
+        return await (await self._conn()).subjects(self.names.stream, ">")
+
+    async def lane_subjects(self) -> dict[str, int]:
+        """The lane subjects that hold messages, with their counts."""
+        return await (await self._conn()).subjects(self.names.stream, self.names.lanes)
+
+    async def schedule_subjects(self) -> dict[str, int]:
+        """The schedule subjects that hold messages, with their counts."""
+        return await (await self._conn()).subjects(self.names.stream, self.names.schedules)
+
+    async def held_subjects(self) -> dict[str, int]:
+        """The subjects of held jobs that hold messages, with their counts."""
+        return await (await self._conn()).subjects(self.names.stream, self.names.helds)
+
+    async def lane_message(self, job_id: str, priority: int = 0) -> StoredMsg | None:
+        """The newest message on the job's lane subject of ``priority``, or None."""
+        subject = self.names.lane(priority, job_id)
+        return await (await self._conn()).direct_get(self.names.stream, last_by_subject=subject)
+
+    async def schedule_message(self, job_id: str) -> StoredMsg | None:
+        """The job's message schedule, or None."""
+        subject = self.names.schedule(job_id)
+        return await (await self._conn()).direct_get(self.names.stream, last_by_subject=subject)
+
+    async def publish_on_lane(
+        self,
+        job_id: str,
+        body: bytes | None = None,
+        *,
+        priority: int = 0,
+        msg_id: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        """Publish a message the library did not send on the lane subject of ``job_id`` (a stray
+        copy, another client's message, a foreign or malformed body; default: the id)."""
+        headers = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})}
+        body = job_id.encode() if body is None else body
+        subject = self.names.lane(priority, job_id)
+        return await (await self._conn()).publish(subject, body, headers or None)
+
+    async def publish_schedule(self, job_id: str, body: bytes, schedule: str, target: str) -> None:
+        """Publish a schedule the library did not make on the schedule subject of ``job_id``,
+        firing (``Nats-Schedule``: ``schedule``) into the lane-0 subject of job ``target``."""
+        headers = {SCHEDULE_HEADER: schedule, SCHEDULE_TARGET_HEADER: self.names.lane(0, target)}
+        await (await self._conn()).publish(self.names.schedule(job_id), body, headers)
+
+    async def purge_lanes(self) -> None:
+        """Remove every lane message of the queue (an operator, or a bounded stream)."""
+        await (await self._broker()).remove(self.names.lanes)
+
+    async def purge_lane(self, job_id: str, priority: int = 0) -> None:
+        """Remove the job's messages on its lane of ``priority`` (a lost message)."""
+        await (await self._broker()).remove(self.names.lane(priority, job_id))
+
+    async def purge_schedule(self, job_id: str) -> None:
+        """Remove the job's message schedule (a lost schedule)."""
+        await (await self._broker()).unschedule(job_id)
+
+    async def limit_work_stream(self, max_msgs: int) -> None:
+        """Give the work stream a max_msgs limit, as an operator might (``nats stream edit``)."""
+        js = (await self._conn()).js
+        config = (await js.stream_info(self.names.stream)).config
+        config.max_msgs = max_msgs
+        await js.update_stream(config)
+
+    async def watch_acks(self, received: Received) -> Subscription:
+        """Subscribe to the acks of the work stream's messages."""
+        return await self._watch(f"$JS.ACK.{self.names.stream}.>", received)
+
+    # -- the state index ------------------------------------------------------------------------
+
+    async def file_in_index(self, job_id: str, state: JobState) -> None:
+        """File the job under ``state`` in the state index, whatever its record says (the stale
+        entry a crash that cut a move short leaves); returns once it is stored."""
+        await StateIndex(await self._conn(), self.names).settle(job_id, state)
+
+    # -- consumers ------------------------------------------------------------------------------
+
+    async def consumer_names(self) -> list[str]:
+        """The names of the work stream's consumers."""
+        return await (await self._conn()).consumer_names(self.names.stream)
+
+    async def consumer_info(self, consumer: str = "fifo") -> Any:
+        """nats-py's ConsumerInfo of one consumer of the work stream."""
+        return await (await self._conn()).js.consumer_info(self.names.stream, consumer)
+
+    async def consumer_infos(self) -> list[Any]:
+        """nats-py's ConsumerInfo of every consumer of the work stream."""
+        return list(await (await self._conn()).js.consumers_info(self.names.stream))
+
+    async def delete_consumer(self, consumer: str = "fifo") -> None:
+        """Delete a consumer of the work stream, as an operator could."""
+        await (await self._conn()).js.delete_consumer(self.names.stream, consumer)
+
+    async def work_stream_info(self) -> Any:
+        """nats-py's StreamInfo of the work stream (configuration, cluster placement)."""
+        return await (await self._conn()).js.stream_info(self.names.stream)
+
+    async def watch_consumer_pauses(self, received: Received) -> Subscription:
+        """Subscribe to the pause and resume requests of the work stream's consumers."""
+        return await self._watch(f"$JS.API.CONSUMER.PAUSE.{self.names.stream}.>", received)
+
+    # -- dead letters, rejected messages, events ------------------------------------------------
+
+    async def dead_letter(self, job_id: str) -> StoredMsg | None:
+        """The job's dead letter, or None."""
+        subject = self.names.dead_letter(job_id)
+        return await (await self._conn()).direct_get(self.names.dlq_stream, last_by_subject=subject)
+
+    async def dead_letter_ids(self) -> set[str]:
+        """The ids of the queue's jobs that have a dead letter."""
+        conn = await self._conn()
+        subjects = await conn.subjects(self.names.dlq_stream, self.names.dead_letter("*"))
+        return {subject.rsplit(".", 1)[1] for subject in subjects}
+
+    async def dead_letter_messages(self) -> int:
+        """How many messages the namespace's dead-letter stream holds (every queue's dead
+        letters and rejected-message samples)."""
+        return (await self._conn_state(self.names.dlq_stream)).messages
+
+    async def forge_dead_letter(self, job_id: str, body: bytes) -> None:
+        """Store ``body`` as the dead letter of ``job_id`` (not a record, say)."""
+        await (await self._conn()).publish(self.names.dead_letter(job_id), body)
+
+    async def rejected_count(self) -> int:
+        """How many foreign messages the queue has rejected (the counter in NATS)."""
+        return await rejected_count(await self._conn(), self.names)
+
+    async def rejected_samples(self) -> list[RejectedSample]:
+        """The latest rejected message of each reason."""
+        return await rejected_samples(await self._conn(), self.names)
+
+    async def watch_events(self, received: Received) -> Subscription:
+        """Subscribe to every lifecycle event of the queue, as sent."""
+        return await self._watch(self.names.events, received)
+
+
+async def server_name(client: Client) -> str:
+    """The name of the server the client is connected to."""
+    return (await client._connection()).server_name
+
+
+async def server_version(client: Client) -> tuple[int, int, int]:
+    """The version of the server the client is connected to."""
+    return (await client._connection()).server_version
+
+
+async def max_payload(client: Client) -> int:
+    """The largest message the connected server takes."""
+    return (await client._connection()).max_payload
+
+
+async def namespace_streams(client: Client) -> set[str]:
+    """The names of the client's namespace's streams, KV buckets' included (namespaces have no
+    ``_``, so ``_<namespace>_`` in a stream's name is unambiguous: see ``Names``)."""
+    found = await (await client._connection()).stream_names(subject=">")
+    return {name for name in found if f"_{client.namespace}_" in name}
+
+
+async def namespace_stream_infos(client: Client) -> list[Any]:
+    """nats-py's StreamInfo of each stream of the client's namespace."""
+    mine = await namespace_streams(client)
+    infos = await (await client._connection()).js.streams_info()
+    return [info for info in infos if info.config.name in mine]
+
+
+async def leave_record_in_shared_bucket(client: Client, queue: str, job_id: str) -> None:
+    """Put a record of ``queue`` where oqron_nats 0.1.0 kept them: the namespace's shared
+    jobs bucket."""
+    conn, names = await client._connection(), client.names(queue)
+    await ensure_bucket(conn, bucket=names.shared_jobs_bucket, replicas=1, max_value_size=1024)
+    await Bucket(conn, names.shared_jobs_bucket).create(names.key(job_id), b"{}")
+
+
+async def inbox_and_pending_size(client: Client, queue: str) -> tuple[str, int]:
+    """A new inbox of the connection ``queue`` uses (once prepared), and nats-py's limit of
+    bytes pending on it: what the client's connect options set."""
+    conn = await client._prepare_queue(client.names(queue))
+    return conn.new_inbox(), int(conn.nc._max_pending_size)
