@@ -37,15 +37,13 @@ from typing_extensions import TypeVar
 from ._nats import CasConflict, JetStreamError
 from .bulk import AddOutcome, BulkResult, split_item
 from .client import Client
+from .core.checks import check_handler, check_priority, check_retention
 from .core.codec import PayloadCodec, check_size, stored_limit
 from .core.config import (
     DisabledBehavior,
     Duration,
     QueueConfig,
     QueueOptions,
-    check_handler,
-    check_priority,
-    check_retention,
     make_config,
     seconds,
 )
