@@ -1,17 +1,24 @@
-"""add_bulk() outcomes: one per item, in order, saying which were added."""
+"""add_bulk(): its items built one by one, then added in a window; its outcomes, one per item,
+in order, saying which were added."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, overload
 
 from typing_extensions import TypeVar
 
-from .core.errors import InvalidOption, OqronError
-from .core.job import Job
+from .core.errors import InvalidInput, InvalidOption, OqronError
+from .core.job import AddOptions, Job
+from .core.records import parse_options
+from .storage.store import RawJob
 
 T = TypeVar("T", default=Any)
+
+BULK_WINDOW = 512
+"""How many add_bulk() jobs are in flight at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +83,46 @@ def split_item(item: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any] | None]:
     if opts is not None and not isinstance(opts, Mapping):
         raise InvalidOption("an add_bulk() item's 'opts' must be a mapping")
     return item["data"], opts
+
+
+def prepare(
+    items: Iterable[Mapping[str, Any]], build: Callable[[Any, AddOptions], tuple[T, RawJob]]
+) -> tuple[list[AddOutcome[T]], list[tuple[int, T, RawJob]]]:
+    """Build each item's job with ``build(data, options)`` (no I/O): an outcome per item (the
+    error of a bad one), and the jobs to add with their index and payload."""
+    outcomes: list[AddOutcome[T]] = []
+    prepared: list[tuple[int, T, RawJob]] = []
+    for index, item in enumerate(items):
+        try:
+            data, opts = split_item(item)
+            value, job = build(data, parse_options(opts))
+        except InvalidInput as exc:
+            outcomes.append(AddOutcome(index, error=exc))
+            continue
+        outcomes.append(AddOutcome(index))
+        prepared.append((index, value, job))
+    return outcomes, prepared
+
+
+async def add_prepared(
+    outcomes: list[AddOutcome[T]],
+    prepared: list[tuple[int, T, RawJob]],
+    add: Callable[[T, RawJob], Awaitable[Job[T] | None]],
+) -> None:
+    """Add the prepared jobs, at most BULK_WINDOW at once, with ``add(value, job)`` (the job,
+    or None if the queue skipped it); each outcome says what happened to its item."""
+    window = asyncio.Semaphore(BULK_WINDOW)
+
+    async def add_one(index: int, value: T, job: RawJob) -> None:
+        async with window:
+            try:
+                added = await add(value, job)
+            except OqronError as exc:
+                outcomes[index] = AddOutcome(index, error=exc)
+                return
+            if added is None:
+                outcomes[index] = AddOutcome(index, skipped=True)
+            else:
+                outcomes[index] = AddOutcome(index, job=added)
+
+    await asyncio.gather(*(add_one(*p) for p in prepared))

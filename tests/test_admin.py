@@ -10,7 +10,8 @@ import pytest
 from oqron_nats import Client, InvalidState, JobNotFound, JobState, RetryPolicy, queue
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log, stream_message_count, wait_for_state
+from .helpers import WorkerProcess, eventually, read_log, wait_for_state
+from .support import Backstage
 
 NO_RETRIES = RetryPolicy(max=0)
 
@@ -26,7 +27,7 @@ async def test_a_cancelled_waiting_or_delayed_job_never_runs(client: Client) -> 
     delayed = await q.add({"n": 2}, delay=0.5)
     assert await q.cancel(waiting.id)
     assert await q.cancel(delayed.id)
-    assert await stream_message_count(client, client.names("cancel-queued").stream) == 0
+    assert await Backstage(client, "cancel-queued").work_messages() == 0
     async with q:
         other = await q.add({"n": 3})
         await wait_for_state(q, other.id, JobState.COMPLETED)
@@ -74,7 +75,7 @@ async def _started(log: Path, job_id: str) -> bool:
 
 
 async def _stream_empty(client: Client, name: str) -> bool:
-    return await stream_message_count(client, client.names(name).stream) == 0
+    return await Backstage(client, name).work_messages() == 0
 
 
 async def test_cancel_fires_the_signal_of_a_cooperative_handler(client: Client) -> None:

@@ -19,7 +19,7 @@ from oqron_nats import (
     QueueFull,
     queue,
 )
-from oqron_nats.core.config import QueueConfig
+from oqron_nats.core.config import OPTIONS
 from oqron_nats.queue import parse_options
 from oqron_nats.runtime.maintenance import OrphanSweeper
 
@@ -34,7 +34,7 @@ async def done(ctx: JobContext[Any]) -> str:
 
 
 def test_the_orphan_sweep_is_on_by_default() -> None:
-    assert QueueConfig(name="q").orphan_sweep == OrphanSweep()
+    assert OPTIONS["orphan_sweep"].default is True
     assert queue("q", done).config.orphan_sweep == OrphanSweep()
     assert queue("q", done, orphan_sweep=False).config.orphan_sweep is None
 

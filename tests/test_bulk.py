@@ -11,7 +11,7 @@ import msgspec
 from oqron_nats import Client, InvalidOption, JobState, PayloadError, queue
 from oqron_nats._nats import Nats
 
-from .helpers import stream_message_count
+from .support import Backstage
 
 
 class Thumb(msgspec.Struct):
@@ -25,7 +25,7 @@ async def test_bulk_returns_jobs_in_order(client: Client) -> None:
     assert len(result) == 200
     assert [j.data["n"] for j in result.jobs] == list(range(200))
     assert await q.count("waiting") == 200
-    assert await stream_message_count(client, client.names("bulk").stream) == 200
+    assert await Backstage(client, "bulk").work_messages() == 200
 
 
 async def test_bulk_reports_bad_items_and_keeps_good_ones(client: Client) -> None:
@@ -79,7 +79,7 @@ async def test_bulk_is_pipelined_not_one_round_trip_at_a_time(client: Client, mo
     result = await q.add_bulk([{"data": i} for i in range(1000)])
     assert result.ok
     assert peak >= 100, f"at most {peak} writes were in flight at once"
-    assert await stream_message_count(client, client.names("pipe").stream) == 1000
+    assert await Backstage(client, "pipe").work_messages() == 1000
 
 
 async def test_bulk_with_duplicate_ids_keeps_one_job(client: Client) -> None:
@@ -89,7 +89,7 @@ async def test_bulk_with_duplicate_ids_keeps_one_job(client: Client) -> None:
     assert {j.id for j in result.jobs} == {"same"}
     assert await q.count() == 1
     await asyncio.sleep(0)
-    assert await stream_message_count(client, client.names("dups").stream) == 1
+    assert await Backstage(client, "dups").work_messages() == 1
 
 
 async def test_empty_bulk_does_nothing(client: Client) -> None:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from oqron_nats import ConfigError, queue, worker
-from oqron_nats.core.config import LagMonitor, Reconciliation, StallScanner
+from oqron_nats.core.config import (
+    OPTIONS,
+    LagMonitor,
+    QueueConfig,
+    QueueOptions,
+    Reconciliation,
+    StallScanner,
+)
 
 
 async def handler(ctx: Any) -> None:
@@ -65,11 +74,11 @@ def test_durations_and_option_groups_resolve() -> None:
     assert q.config.heartbeat == 2.0
     assert q.config.lock_ttl == 10.0
     assert q.config.ack_wait > q.config.lock_ttl
-    assert q.config.stall_scanner == StallScanner()
+    assert q.config.cross_node_stall_scanner == StallScanner()
     assert q.config.reconciliation == Reconciliation(interval=5)
     assert q.config.lag_monitor is not None
     plain = queue("q")
-    assert plain.config.stall_scanner is None
+    assert plain.config.cross_node_stall_scanner is None
     assert plain.config.max_stalled_count == 3
 
 
@@ -143,3 +152,41 @@ def test_handlers_of_every_good_kind_are_accepted() -> None:
     for good in (handler, plain, _Callable(), lambda ctx: None, functools.partial(_two, extra=1),
                  print):  # fmt: skip
         queue("q", good)
+
+
+# -- the one source of the queue options -----------------------------------------------------
+
+NOT_OPTIONS = {"name", "payload", "disabled_behavior", "retries_given"}
+"""QueueConfig's fields that are not options (queue()'s own parameters, and what is derived)."""
+
+
+def test_the_config_has_a_field_for_every_option_and_no_other() -> None:
+    """QueueConfig is declared for the code that reads it; it must name exactly the options."""
+    fields = {f.name for f in dataclasses.fields(QueueConfig)}
+    assert fields - NOT_OPTIONS == set(QueueOptions.__annotations__)
+    assert fields >= NOT_OPTIONS
+
+
+def test_every_option_has_a_doc_and_a_default_that_resolves() -> None:
+    assert list(OPTIONS) == list(QueueOptions.__annotations__)
+    for key, option in OPTIONS.items():
+        assert option.doc and "\n" not in option.doc, key
+        option.resolve(option.default, key)  # raises if the default is not a valid value
+    config = queue("q").config
+    assert config.concurrency == OPTIONS["concurrency"].default
+    assert config.heartbeat == OPTIONS["heartbeat"].default
+
+
+def test_queue_and_worker_take_the_same_options() -> None:
+    """Both take ``**options: Unpack[QueueOptions]``: the one source, not a list of their own."""
+    for define in (queue, worker):
+        options = inspect.signature(define).parameters["options"]
+        assert options.kind is inspect.Parameter.VAR_KEYWORD
+        assert "Unpack[QueueOptions]" in str(options.annotation)
+
+
+def test_none_means_the_default_where_the_type_allows_it() -> None:
+    """The README shows ``max_jobs=None`` and ``codec=None``: unbounded, and the client's codec."""
+    q = queue("q", max_jobs=None, max_bytes=None, codec=None, throttle=None, retries=None)
+    assert q.config.max_jobs is None and q.config.max_bytes is None and q.config.codec is None
+    assert q.config.throttle is None and not q.config.retries_given

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import re
 import runpy
@@ -13,6 +15,7 @@ import oqron_nats
 from oqron_nats import Client
 from oqron_nats._nats import stream_of
 from oqron_nats._nats.names import STATE_CODES, markdown_table
+from oqron_nats.core.config import QueueOptions
 from oqron_nats.ops.cli import build_parser
 from oqron_nats.testing.server import LocalServer
 
@@ -131,3 +134,18 @@ def test_the_readme_gives_one_duration_for_the_full_chaos_run() -> None:
     said = re.findall(r"tests\.chaos --full`?[^(]{0,60}\(about (\d+) minutes", readme)
     assert len(said) >= 2, said  # Reliability and Development
     assert len(set(said)) == 1, f"the full chaos run takes {' or '.join(said)} minutes"
+
+
+def test_the_api_example_shows_every_queue_option() -> None:
+    """The README's ``q = queue(...)`` example names each queue option (QueueOptions, the one
+    source) and each of queue()'s own keywords, and nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("\nq = queue(\n") :]
+    call = ast.parse(block[: block.index("\n)\n") + 2]).body[0].value  # type: ignore[attr-defined]
+    shown = {keyword.arg for keyword in call.keywords}
+    own = {
+        name
+        for name, p in inspect.signature(oqron_nats.queue).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert shown == set(QueueOptions.__annotations__) | own

@@ -13,7 +13,8 @@ import pytest
 from oqron_nats import Client, EnqueueError, JobState, Unavailable, queue
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import stream_message_count, wait_for_state
+from .helpers import wait_for_state
+from .support import Backstage
 
 
 async def test_a_timed_out_add_is_finished_by_adding_the_same_id_again() -> None:
@@ -33,8 +34,7 @@ async def test_a_timed_out_add_is_finished_by_adding_the_same_id_again() -> None
             again = await q.add({"n": 1}, job_id="maybe")  # the caller retries, as it should
             assert again.id == "maybe"
             assert await q.count() == 2
-            names = client.names("stall")
-            assert await stream_message_count(client, names.stream) == 2, "one message per job"
+            assert await Backstage(client, "stall").work_messages() == 2, "one message per job"
 
             runs: list[str] = []
 

@@ -158,7 +158,7 @@ class Consumer:
         return parts
 
     def _start_maintenance(self) -> None:
-        scanner, reconciliation = self.config.stall_scanner, self.config.reconciliation
+        scanner, reconciliation = self.config.cross_node_stall_scanner, self.config.reconciliation
         sweep = self.config.orphan_sweep
         if scanner is None and reconciliation is None and sweep is None:
             return

@@ -1,0 +1,65 @@
+"""Waiting on a queue's jobs through their events, without polling: one job's end, the end of
+every active job (what drain() waits for), and the stream of every event.
+
+Each listens first and reads the state after, so no end can slip between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+
+import msgspec
+
+from ..core.encryption import Sealer
+from ..core.errors import JobNotFound
+from ..observe.events import TERMINAL_EVENTS, Event
+from ..storage.backend import Backend
+from ..storage.store import RawJob
+from . import management
+
+
+async def finished(backend: Backend, job_id: str) -> RawJob:
+    """The job once it is completed, failed or cancelled (its last record if it was removed as
+    it finished, for TOMBSTONE_TTL seconds after); JobNotFound for an unknown job."""
+    async with backend.store.events.listen(backend.names.job_events(job_id)) as inbox:
+        while True:  # subscribed first, then read: the end cannot slip between the two
+            record = await backend.store.get(job_id)
+            if record is None:
+                return await _removed(backend, job_id)
+            if record.job.is_terminal:
+                return record.job
+            while (await inbox.get()).name not in TERMINAL_EVENTS:
+                pass
+
+
+async def _removed(backend: Backend, job_id: str) -> RawJob:
+    """The last record of a job removed when it finished (retention); JobNotFound if none."""
+    last = await backend.store.removed(job_id)
+    if last is None:
+        raise JobNotFound(f"there is no job {job_id!r} in queue {backend.names.queue!r}")
+    return last
+
+
+async def until_idle(backend: Backend) -> None:
+    """Return once no job of the queue is active (re-counted on each end, and every second)."""
+    async with backend.store.events.listen(backend.names.events) as inbox:
+        while await management.active_jobs(backend):  # listening first: no end slips by
+            with contextlib.suppress(TimeoutError):  # re-count now and then regardless
+                async with asyncio.timeout(1.0):
+                    while (await inbox.get()).name == "progress":
+                        pass
+
+
+async def events(backend: Backend, sealer: Sealer) -> AsyncGenerator[Event, None]:
+    """Every lifecycle event of the queue's jobs, from any process, as it happens; an error
+    is decrypted where ``sealer`` can open it."""
+    async with backend.store.events.listen(backend.names.events) as inbox:
+        while True:
+            event = await inbox.get()
+            if event.error is not None and event.error.sealed is not msgspec.UNSET:
+                with contextlib.suppress(Exception):  # unopened, it reads "(encrypted)"
+                    error = sealer.open_failure(event.job_id, event.error)
+                    event = msgspec.structs.replace(event, error=error)
+            yield event
