@@ -156,20 +156,26 @@ class Consumer:
             self._executor = ThreadPoolExecutor(
                 self.config.concurrency, thread_name_prefix=f"oqron-{self.config.name}"
             )
+        group = specs[0].durable if len(specs) == 1 else "priority"
         self._runtime = Runtime(
             config=self.config,
             backend=self.backend,
             codec=self._codec,
             handler=self._handler,
             worker_id=self.worker_id,
-            consumer=specs[0].durable if len(specs) == 1 else "priority",
             executor=self._executor,
             limiter=(
                 ClusterRateLimit(conn, names, self.config.rate_limit)
                 if self.config.rate_limit
                 else None
             ),
-            middleware=chain_of(self.config, self.backend.metrics, *self._worker_parts()),
+            middleware=chain_of(
+                self.config,
+                self.backend,
+                *self._worker_parts(),
+                group=group,
+                sealer=self._codec.sealer,
+            ),
         )
         for spec in specs:
             puller = Puller(
