@@ -142,6 +142,7 @@ class Execution:
         return record.job if await self.checks.admitted(record.job) else None
 
     async def _claim(self, job: RawJob) -> bool:
+        """Lease held, record -> active (CAS); False if this delivery does not run the job."""
         rt, held = self.rt, self.held
         recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
