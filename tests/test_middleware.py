@@ -4,6 +4,9 @@ outcome by raising."""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -127,6 +130,128 @@ async def test_a_middleware_that_raises_changes_nothing_and_is_logged(client: Cl
     assert [c[0] for c in recorder.of(job.id)] == ["before", "after", "complete"]
     failed = [entry for entry in logs if entry["event"] == "middleware failed"]
     assert {entry["hook"] for entry in failed} == {"before_process", "on_complete"}
+
+
+AROUND: contextvars.ContextVar[str] = contextvars.ContextVar("around", default="unset")
+
+
+class Around(Recorder):
+    """Wraps each handler's run: sets a context variable, writes down what it sees."""
+
+    @asynccontextmanager
+    async def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[None]:
+        self.calls.append(("enter", job.id, job.state, headers.get("Oqron-Correlation-Id")))
+        token = AROUND.set(f"around {job.id}")
+        try:
+            yield
+        except Exception as exc:
+            self.calls.append(("exit", job.id, type(exc).__name__))
+            raise
+        else:
+            self.calls.append(("exit", job.id, None))
+        finally:
+            AROUND.reset(token)
+
+
+async def test_an_around_hook_sees_the_job_and_wraps_the_handler(client: Client) -> None:
+    around = Around()
+
+    async def handler(ctx: JobContext[dict[str, Any]]) -> str:
+        around.calls.append(("handler", ctx.id, AROUND.get()))
+        if ctx.data["fail"]:
+            raise ValueError("no")
+        return "ok"
+
+    def threaded(ctx: JobContext[dict[str, Any]]) -> str:  # a plain handler runs in a thread
+        around.calls.append(("handler", ctx.id, AROUND.get()))
+        return "ok"
+
+    retries = RetryPolicy(max=0)
+    q = queue("mw-around", handler, client=client, retries=retries, middleware=[around])
+    plain = queue("mw-around-sync", threaded, client=client, middleware=[around])
+    async with q, plain:
+        ok = await q.add({"fail": False}, correlation_id="req-1")
+        bad = await q.add({"fail": True})
+        sync = await plain.add({"fail": False})
+        await wait_for_state(q, ok.id, JobState.COMPLETED)
+        await wait_for_state(q, bad.id, JobState.FAILED)
+        await wait_for_state(plain, sync.id, JobState.COMPLETED)
+        await eventually(lambda: _async(len(around.of(bad.id)) >= 6), what="the hooks")
+    assert around.of(ok.id) == [
+        ("before", ok.id, JobState.ACTIVE),
+        ("enter", ok.id, JobState.ACTIVE, "req-1"),
+        ("handler", ok.id, f"around {ok.id}"),
+        ("exit", ok.id, None),
+        ("after", ok.id, None),
+        ("complete", ok.id, {"fail": False}, "ok", JobState.COMPLETED),
+    ]
+    assert [c[0] for c in around.of(bad.id)] == ["before", "enter", "handler", "exit", "after",
+                                                 "dead", "fail"]  # fmt: skip
+    assert ("exit", bad.id, "ValueError") in around.of(bad.id)
+    assert ("handler", sync.id, f"around {sync.id}") in around.of(sync.id)
+    assert AROUND.get() == "unset"
+
+
+class Swallows(Middleware):
+    """Swallows the handler's exception: the job still fails."""
+
+    @asynccontextmanager
+    async def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[None]:
+        with suppress(Exception):
+            yield
+
+
+class BrokenEnter(Middleware):
+    @asynccontextmanager
+    async def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[None]:
+        raise RuntimeError("broken enter")
+        yield  # pragma: no cover
+
+
+class BrokenExit(Middleware):
+    @asynccontextmanager
+    async def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[None]:
+        yield
+        raise RuntimeError("broken exit")
+
+
+async def test_an_around_hook_that_raises_or_swallows_changes_nothing(client: Client) -> None:
+    around = Around()
+
+    async def handler(ctx: JobContext[dict[str, Any]]) -> str:
+        if ctx.data["fail"]:
+            raise ValueError("the handler's own")
+        return "ok"
+
+    middleware = [BrokenEnter(), Swallows(), BrokenExit(), around]
+    q = queue("mw-around-broken", handler, client=client, retries=RetryPolicy(max=0),
+              middleware=middleware)  # fmt: skip
+    with capture_logs() as logs:
+        async with q:
+            ok = await q.add({"fail": False})
+            bad = await q.add({"fail": True})
+            done = await wait_for_state(q, ok.id, JobState.COMPLETED)
+            failed = await wait_for_state(q, bad.id, JobState.FAILED)
+            await eventually(lambda: _async(len(around.of(bad.id)) >= 6), what="the hooks")
+    assert done.result == "ok"
+    assert failed.error is not None and failed.error.type == "ValueError", "not swallowed"
+    assert failed.error.message == "the handler's own"
+    assert ("exit", bad.id, "ValueError") in around.of(bad.id), "the inner ones still wrap it"
+    assert [c[0] for c in around.of(ok.id)] == ["before", "enter", "exit", "after", "complete"]
+    broken = [entry for entry in logs if entry["event"] == "middleware failed"]
+    assert sorted((e["hook"], e["middleware"], e["job_id"]) for e in broken) == sorted([
+        ("around_process", "BrokenEnter", ok.id),
+        ("around_process", "BrokenEnter", bad.id),
+        ("around_process", "BrokenExit", ok.id),  # for bad, the handler's error went through it
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("given", [Recorder(), [object()], "x", [Recorder, Recorder()]])

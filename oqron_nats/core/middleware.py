@@ -2,9 +2,10 @@
 
 A middleware overrides the hooks it needs; every hook of :class:`Middleware` does nothing. A
 hook may be a plain ``def`` or an ``async def``. A queue runs its built-in middlewares (metrics,
-the user's ``hooks=`` and ``dead_letter=`` callbacks, the worker's presence key and its lag
-monitor) and then those given with ``middleware=[...]``, in that order. A hook that raises is
-logged and does not change the job: its state is decided and stored before the hooks run.
+tracing, the user's ``hooks=`` and ``dead_letter=`` callbacks, the worker's presence key and its
+lag monitor) and then those given with ``middleware=[...]``, in that order. A hook that raises
+is logged and does not change the job: its state is decided and stored by the worker, never by
+a hook (retention, which writes the record, is a step of settling it, not a middleware).
 
 When each hook runs, in a worker process:
 
@@ -12,6 +13,17 @@ When each hook runs, in a worker process:
     once the consumers are bound / once the worker has stopped.
 ``before_process(job)``
     the job was claimed (its record says active) and its handler is about to run.
+``around_process(job, headers)``
+    wraps the handler's run: a plain method that returns an async context manager (an
+    ``async def`` decorated with ``contextlib.asynccontextmanager``), entered after
+    ``before_process`` and exited before ``after_process``. The payload is decoded and the
+    handler runs inside it, in the context it entered: context variables it sets (a span made
+    current, say) are seen by the handler. ``headers`` are the message's headers (trace
+    context, correlation id). The handler's exception is raised at the exit (an attempt stopped
+    by its signal exits without one); whatever the context manager does then (re-raise,
+    swallow, raise another), the job's outcome is the handler's. The middlewares' context
+    managers nest in the chain's order, the first outermost: the built-in tracing span wraps
+    the others.
 ``after_process(job, seconds, outcome)``
     the handler returned, raised or was stopped; ``outcome`` is None for a success, else the
     exception's type name, or ``cancelled``, ``shutdown``, ``lease_lost``.
@@ -28,15 +40,16 @@ When each hook runs, in a worker process:
 ``on_stall(job)``
     a job whose worker died or lost its lease was recorded stalled by the worker claiming it.
 
-``before_process``, ``after_process`` and ``on_stall`` get the record as claimed (its data
-still encoded); ``on_complete``, ``on_retry`` and ``on_fail`` get the job with its decoded data,
-as ``hooks=`` callbacks do (secret fields are not masked there: a middleware that logs data
-should mask them itself, see :class:`~oqron_nats.observe.logconfig.Redactor`).
+``before_process``, ``around_process``, ``after_process`` and ``on_stall`` get the record as
+claimed (its data still encoded); ``on_complete``, ``on_retry`` and ``on_fail`` get the job with
+its decoded data, as ``hooks=`` callbacks do (secret fields are not masked there: a middleware
+that logs data should mask them itself, see :class:`~oqron_nats.observe.logconfig.Redactor`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 from .job import Job, JobFailure
@@ -46,6 +59,7 @@ HOOKS = (
     "on_worker_start",
     "on_worker_stop",
     "before_process",
+    "around_process",
     "after_process",
     "on_complete",
     "on_retry",
@@ -66,6 +80,12 @@ class Middleware:
 
     def before_process(self, job: Job[Any]) -> HookResult:
         """The job was claimed; its handler runs next."""
+
+    def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[object]:
+        """An async context manager around the handler's run (this one does nothing)."""
+        return nullcontext()
 
     def after_process(self, job: Job[Any], seconds: float, outcome: str | None) -> HookResult:
         """The handler ended: ``outcome`` None for a success, else why it did not succeed."""

@@ -125,14 +125,19 @@ class Consumer:
             codec=self._codec,
             handler=self._handler,
             worker_id=self.worker_id,
-            consumer=self._claimer.consumer,
             executor=self._executor,
             limiter=(
                 ClusterRateLimit(self.backend.rates, self.config.rate_limit)
                 if self.config.rate_limit
                 else None
             ),
-            middleware=chain_of(self.config, self.backend.metrics, *self._worker_parts()),
+            middleware=chain_of(
+                self.config,
+                self.backend,
+                *self._worker_parts(),
+                group=self._claimer.consumer,
+                sealer=self._codec.sealer,
+            ),
         )
         await self._claimer.open(self._undo)
         self._undo(await self.backend.control.hear_cancels(self._on_cancel))

@@ -1,21 +1,23 @@
-"""One delivery of a job, from the record check to the ack.
+"""One delivery of a job: claim, run, settle.
 
-    read record ── missing/terminal/too early ──> ack (or nak until run_at) and stop
-        │
-    lease (guaranteed_worker) ── held by another ──> nak(lock_ttl) and stop
-        │
-    record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
-        │
-    claim took longer than lock_ttl - heartbeat (an election)? renew the lease first;
-        │                     not ours any more -> run nothing, commit nothing
-    handler, with a heartbeat renewing the lease (CAS) + in_progress() every `heartbeat`
-        │                     lease lost -> ctx.signal fires, nothing is committed
-    settle: record -> completed | delayed (retry, via a schedule) | failed (+ dead letter), by CAS,
-            THEN ack, release the lease, run hooks
+    checks (:mod:`.checks`): a job of the queue, its record runnable now, within the rate limit?
+        │               no -> rejected, acked, or nak'd until it is due; stop
+    claim: lease (guaranteed_worker) ── held by another ──> ack or nak; stop
+        │  record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
+        │  claim took longer than lock_ttl - heartbeat (an election)? renew the lease first;
+        │               not ours any more -> run nothing, commit nothing
+    run: before_process; inside the middlewares' around_process (the tracing span first), the
+        │  payload is decoded and the handler runs, while a heartbeat renews the lease (CAS) and
+        │  the ack deadline every `heartbeat`; lease lost -> ctx.signal fires, nothing is
+        │  committed; after_process
+    settle (:mod:`.settle`): record -> completed | delayed (retry, via a schedule) | failed
+            (+ dead letter) | waiting (handed back at shutdown), by CAS, with its retention's TTL;
+            THEN ack, release the lease, retention, the outcome's log line and hooks
 
 The terminal state is written before the ack, and every write is a compare-and-set on the
-revision this execution holds, so a worker that lost its job can never overwrite the new
-holder's state (it finds a revision it does not expect).
+revision this execution holds (:mod:`.held`), so a worker that lost its job can never overwrite
+the new holder's state (it finds a revision it does not expect). The outcome's log lines are
+this module's (README, Tracing and logging).
 """
 
 from __future__ import annotations
@@ -23,105 +25,37 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-import traceback
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import structlog
 
 from .._nats import CasConflict, Delivery
 from ..core import redaction
-from ..core.codec import PayloadCodec, check_size, encode_value, stored_limit
-from ..core.config import QueueConfig
 from ..core.correlation import current_correlation_id
-from ..core.encryption import Sealer, is_sealed, prefixed
-from ..core.errors import CodecError, EnqueueError, InvalidName, PayloadError
-from ..core.job import CLAIMABLE_STATES, JobFailure, JobState, moved, with_data
-from ..core.naming import check_name
+from ..core.encryption import prefixed
+from ..core.errors import CodecError, PayloadError
+from ..core.job import JobFailure, JobState, moved, with_data
 from ..core.retry import retry_delay
 from ..observe.log import logger
-from ..observe.tracing import mark_failed
-from ..storage.backend import Backend
-from ..storage.lease import Lease
-from ..storage.rejects import FOREIGN_SCHEDULE, NO_RECORD, NOT_A_JOB_ID, foreign_schedule
-from ..storage.store import CorruptRecord, RawJob
-from . import dag, retention
+from ..storage.store import RawJob
+from . import dag
+from .checks import Checks
 from .context import JobContext, Signal
-from .heartbeat import Heartbeat
-from .middlewares import Chain
+from .heartbeat import Heartbeat, outlived_the_claim
+from .held import Held
+from .middlewares import Ran
 from .progress import ProgressWriter
-from .ratelimit import ClusterRateLimit
+from .settle import Settle, stalled_too_often, utcnow
+from .shared import Runtime
+
+__all__ = ["ABORT_GRACE", "CANCELLED", "SHUTDOWN", "Discarded", "Execution", "Runtime"]
 
 log = logger(__name__)
 
-MAX_ERROR_MESSAGE = 2000
-MAX_TRACEBACK = 8000
 SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-def failure_of(exc: BaseException) -> JobFailure:
-    """The stored description of an exception: type, message, truncated traceback (no locals)."""
-    text = "".join(traceback.format_exception(exc))
-    return JobFailure(
-        type=type(exc).__qualname__,
-        message=str(exc)[:MAX_ERROR_MESSAGE],
-        traceback=text[-MAX_TRACEBACK:],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What every execution of one consumer shares."""
-
-    config: QueueConfig
-    backend: Backend
-    codec: PayloadCodec[Any]
-    handler: Callable[[JobContext[Any]], Any]
-    worker_id: str
-    consumer: str
-    executor: ThreadPoolExecutor | None
-    limiter: ClusterRateLimit | None = None
-    middleware: Chain = field(default_factory=lambda: Chain([]))
-    """Metrics, the user's callbacks and middlewares (see :mod:`oqron_nats.core.middleware`)."""
-    sealer: Sealer = field(init=False)
-    """Seals and opens the queue's stored values (the codec's, set by the queue)."""
-
-    def __post_init__(self) -> None:
-        if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
-            raise RuntimeError("the queue's sealer was not set before consuming")
-        object.__setattr__(self, "sealer", self.codec.sealer)
-
-    @property
-    def is_async(self) -> bool:
-        """Whether the handler is a coroutine function (else it runs in a thread)."""
-        return self.executor is None
-
-
-def stalled_too_often(job: RawJob) -> JobFailure:
-    """The failure of a job whose attempts kept dying with their workers."""
-    return JobFailure(
-        type="Stalled",
-        message=f"the job stalled {job.stalled_count} times (its worker died or lost the lease "
-        "each time); it is failed as a poison job",
-    )
-
-
-def is_duplicate(job: RawJob, stream_seq: int) -> bool:
-    """Whether a delivery is another message of a job that a claimed message already runs."""
-    running = job.state in (JobState.ACTIVE, JobState.STALLED)
-    return running and job.msg_seq not in (0, stream_seq)
 
 
 def aborted_type(reason: str | None) -> str:
@@ -142,36 +76,28 @@ class Execution:
         self.rt = runtime
         self.delivery = delivery
         self.signal = Signal()
-        self._job: RawJob | None = None
-        self._revision = 0
-        self._lease: Lease | None = None
+        self.held = Held(runtime.backend.store)
+        self.settle = Settle(runtime, delivery, self.held)
+        self.checks = Checks(runtime, delivery, self.settle)
         self._handler_task: asyncio.Future[Any] | None = None
-        self._lock = asyncio.Lock()
         self._progress = ProgressWriter(self._store_progress)
-        self._settling = False
         self._ctx: JobContext[Any] | None = None
-        self._heartbeat: Heartbeat | None = None
 
     @property
     def job_id(self) -> str | None:
-        """The id of the job once its record was read."""
-        return self._job.id if self._job else None
+        """The id of the job once it is claimed."""
+        return self.held.job_id
 
     async def run(self) -> None:
         """Process the delivery; never raises (a failure leaves the message for redelivery)."""
         try:
-            job_id = await self._job_id()
+            job_id = await self.checks.job_id()
             if job_id is None:
                 return
-            # the lease is asked for while the record is read: one round trip less per job
             claimed_at = time.monotonic()
-            leasing = asyncio.create_task(self._acquire_lease(job_id)) if self._leased else None
-            try:
-                job = await self._check_record(job_id)
-            finally:
-                self._lease = await leasing if leasing is not None else None
-            if job is None or not await self._admitted(job):
-                await self._release()
+            job = await self._checked(job_id)
+            if job is None:
+                await self.held.release()
                 return
             if await self._claim(job) and await self._lease_outlived(claimed_at):
                 await self._run_claimed()
@@ -181,7 +107,7 @@ class Execution:
             log.exception(
                 "job execution failed; the message will be redelivered", job_id=self.job_id
             )
-            await self._release()
+            await self.held.release()
 
     def abort(self, reason: str) -> None:
         """Fire the signal; an async handler still running ABORT_GRACE seconds later is cancelled.
@@ -193,127 +119,43 @@ class Execution:
         if task is not None and not task.done() and self.rt.is_async:
             asyncio.get_running_loop().call_later(ABORT_GRACE, task.cancel)
 
-    # -- 1. the record decides whether this delivery runs ------------------------------------
+    # -- 1. claim: the checks, the lease, then record -> active ------------------------------
 
     @property
     def _leased(self) -> bool:
         return self.rt.config.guaranteed_worker
 
-    async def _job_id(self) -> str | None:
-        """The job id the message carries; a message that is not a job of the queue (no id,
-        or fired by a foreign schedule) is rejected: removed, counted and sampled."""
-        rejects = self.rt.backend.rejects
+    async def _checked(self, job_id: str) -> RawJob | None:
+        """The record, if this delivery runs it; the lease is asked for while the record is
+        read (one round trip less per job)."""
+        leases = self.rt.backend.leases
+        leasing = (
+            asyncio.create_task(leases.acquire(job_id, self.rt.worker_id)) if self._leased else None
+        )
         try:
-            job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
-        except InvalidName:
-            await rejects.reject(self.delivery, NOT_A_JOB_ID)
-            return None
-        if foreign_schedule(self.delivery, self.rt.backend.names, job_id):
-            await rejects.reject(self.delivery, FOREIGN_SCHEDULE)
-            return None
-        return job_id
-
-    async def _acquire_lease(self, job_id: str) -> Lease | None:
-        return await self.rt.backend.leases.acquire(job_id, self.rt.worker_id)
-
-    async def _check_record(self, job_id: str) -> RawJob | None:  # noqa: PLR0911 - one per verdict
-        try:
-            record = await self.rt.backend.store.get(job_id)
-        except CorruptRecord as exc:
-            log.error("job record does not decode; message removed", job_id=job_id, error=str(exc))
-            await self.delivery.term()
-            return None
+            record = await self.checks.record(job_id)
+        finally:
+            self.held.lease = await leasing if leasing is not None else None
         if record is None:
-            await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
             return None
-        job, self._revision = record
-        if self._would_drop(job) and self.rt.backend.store.replicated:
-            # any replica answers a read, and one lagging behind may show an older revision:
-            # the message is dropped only on what the bucket's leader says
-            record = await self.rt.backend.store.get(job_id, fresh=True)
-            if record is None:
-                await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
-                return None
-            job, self._revision = record
-        if job.is_terminal:
-            if self.delivery.num_delivered > 1:  # a crash may have come before these
-                if job.state == JobState.FAILED:
-                    await self._dead_letter(job)
-                await self.rt.backend.store.index.repair(job.id, job.state)
-                await self._notify_children(job)
-            await self.delivery.ack()
-            return None
-        if is_duplicate(job, self.delivery.stream_seq):
-            log.debug("duplicate message of a running job; acked", job_id=job_id)
-            await self.delivery.ack()  # another message of a running job: the holder's backs it
-            return None
-        if job.state not in CLAIMABLE_STATES:
-            log.warning(
-                "message for a job that is not runnable; removed",
-                job_id=job_id,
-                state=str(job.state),
-            )
-            await self.delivery.ack()
-            return None
-        early = (
-            (job.run_at - utcnow()).total_seconds()
-            if job.state == JobState.DELAYED and job.run_at
-            else 0.0
-        )
-        if early > 0.001:
-            await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
-            return None
-        return job
-
-    def _would_drop(self, job: RawJob) -> bool:
-        """Whether this record makes the delivery be acked without running."""
-        return (
-            job.is_terminal
-            or is_duplicate(job, self.delivery.stream_seq)
-            or job.state not in CLAIMABLE_STATES
-        )
-
-    async def _admitted(self, job: RawJob) -> bool:
-        """Within the cluster-wide rate limit? If not, the job goes back until its window ends."""
-        if self.rt.limiter is None:
-            return True
-        try:
-            data = self._decoded(job)
-        except (PayloadError, CodecError):  # the run fails it at once, saying why
-            return True
-        wait = await self.rt.limiter.admit(data)
-        if wait is None:
-            return True
-        await self.delivery.nak(delay=wait)
-        return False
-
-    # -- 2. claim: lease, then record -> active ----------------------------------------------
+        self.held.revision = record.revision
+        return record.job if await self.checks.admitted(record.job) else None
 
     async def _claim(self, job: RawJob) -> bool:
-        rt = self.rt
+        """Lease held, record -> active (CAS); False if this delivery does not run the job."""
+        rt, held = self.rt, self.held
         recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
-        if self._leased and self._lease is None:  # someone runs it right now
-            await self._on_lease_held(job.id)
+        if self._leased and held.lease is None:  # someone runs it right now
+            await self.checks.lease_held(job.id)
             return False
         try:
             if job.state == JobState.ACTIVE:  # its worker died: record the stall before rerunning
-                job = moved(
-                    job,
-                    JobState.STALLED,
-                    "its worker died or lost the lease",
-                    stalled_count=job.stalled_count + 1,
-                    leased=False,
-                )
-                self._revision = await rt.backend.store.update(
-                    job, self._revision, "stalled", JobState.ACTIVE
-                )
-                await rt.middleware.run("on_stall", job, job_id=job.id)
-                log.warning("job stalled", job_id=job.id, stalled_count=job.stalled_count)
+                job = await self._stalled(job)
             if job.stalled_count > rt.config.max_stalled_count:  # a poison job: it kills workers
-                self._job = job
+                held.job = job
                 poison = stalled_too_often(job)  # holds no payload: stored readable
-                await self._fail_for_good(self._payload(job), poison, stored=poison)
+                await self._fail_for_good(self.rt.payload(job), poison, stored=poison)
                 return False
             active = moved(
                 job,
@@ -323,73 +165,47 @@ class Execution:
                 started_at=utcnow(),
                 run_at=None,
                 worker=rt.worker_id,
-                leased=self._lease is not None,
+                leased=held.lease is not None,
                 msg_seq=self.delivery.stream_seq,
                 progress=0.0,
                 progress_label=None,
             )
-            self._revision = await rt.backend.store.update(
-                active, self._revision, "active", job.state
-            )
+            await held.write(active, "active", job.state)
         except CasConflict:  # another writer moved the job: let the next delivery re-read it
-            await self._release()
+            await held.release()
             await self.delivery.nak()
             return False
-        self._job = active
+        held.job = active
         return True
+
+    async def _stalled(self, job: RawJob) -> RawJob:
+        """Record the stall of a job whose worker died or lost the lease (CAS)."""
+        stalled = moved(
+            job,
+            JobState.STALLED,
+            "its worker died or lost the lease",
+            stalled_count=job.stalled_count + 1,
+            leased=False,
+        )
+        await self.held.write(stalled, "stalled", JobState.ACTIVE)
+        await self.rt.middleware.run("on_stall", stalled, job_id=stalled.id)
+        log.warning("job stalled", job_id=stalled.id, stalled_count=stalled.stalled_count)
+        return stalled
 
     async def _lease_outlived(self, claimed_at: float) -> bool:
-        """Whether the lease outlived the claim; False means the handler must not run.
-
-        The lease was created with ``lock_ttl`` when the claim began, and the first heartbeat
-        renews it ``heartbeat`` seconds after the handler starts. A claim slowed down past
-        ``lock_ttl - heartbeat`` (its writes waited out an election) may have let the lease
-        expire and another worker take the job meanwhile, so the lease is renewed (a
-        compare-and-set on its revision) before the handler runs.
-        """
-        config = self.rt.config
-        took = time.monotonic() - claimed_at
-        if self._lease is None or took < config.lock_ttl - config.heartbeat:
-            return True
-        try:
-            async with asyncio.timeout(config.heartbeat):
-                await self._renew()
-        except Exception as exc:  # LeaseLost, or no answer: the job may be another worker's
-            log.warning(
-                "the claim took longer than the lease; the job is left to its next delivery",
-                job_id=self.job_id, error=repr(exc),
-            )  # fmt: skip
-            self._lease = None
-            return False
-        return True
-
-    def _decoded(self, job: RawJob) -> Any:
-        """The payload, decrypted and decoded (CodecError or PayloadError if it cannot be)."""
-        return self.rt.codec.decode(self.rt.sealer.open(job.id, "data", job.data))
-
-    def _payload(self, job: RawJob) -> Any:
-        """The decoded payload for hooks, or the raw bytes if it does not decode."""
-        try:
-            return self._decoded(job)
-        except (PayloadError, CodecError):
-            return job.data
-
-    async def _on_lease_held(self, job_id: str) -> None:
-        # a rare path that may ack: read at the leader when a replica could lag (see _would_drop)
-        record = await self.rt.backend.store.get(job_id, fresh=True)
-        if (
-            record is None
-            or record.job.is_terminal
-            or is_duplicate(record.job, self.delivery.stream_seq)
+        """Whether the lease outlived a slow claim (renewed if need be); False: run nothing."""
+        config, held = self.rt.config, self.held
+        if held.lease is None or await outlived_the_claim(
+            claimed_at, config.heartbeat, config.lock_ttl, self._renew, self.job_id
         ):
-            await self.delivery.ack()
-        else:  # the holder is claiming it, or its own message came back early: look again soon
-            await self.delivery.nak(delay=self.rt.config.heartbeat)
+            return True
+        held.lease = None
+        return False
 
-    # -- 3. run the handler with heartbeats ---------------------------------------------------
+    # -- 2. run the handler with heartbeats, inside the middlewares ---------------------------
 
     async def _run_claimed(self) -> None:
-        rt, job = self.rt, self._job
+        rt, job = self.rt, self.held.job
         assert job is not None
         # this task runs one job: what it binds is gone with it
         structlog.contextvars.bind_contextvars(
@@ -398,55 +214,40 @@ class Execution:
             correlation_id=job.correlation_id,
             attempt=job.attempt,
         )
-        # the heartbeat goes on until the attempt's final record is written (see _commit): that
-        # write may wait out an election, and the lease must not expire meanwhile
+        # the heartbeat goes on until the attempt's final record is written (Settle.commit):
+        # that write may wait out an election, and the lease must not expire meanwhile
         heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
-        self._heartbeat = heartbeat
+        self.settle.heartbeat = heartbeat
         heartbeat.start()
         try:
-            await self._run_and_settle(job)
+            await rt.middleware.run("before_process", job, job_id=job.id)
+            started = time.monotonic()
+            ran = await rt.middleware.around(job, self.delivery.headers, lambda: self._attempt(job))
+            duration = time.monotonic() - started
+            if self.signal.aborted:
+                outcome: str | None = aborted_type(self.signal.reason)
+            else:
+                outcome = None if ran.error is None else type(ran.error).__name__
+            await rt.middleware.run("after_process", job, duration, outcome, job_id=job.id)
+            await self._settle(ran, duration)
         finally:
             heartbeat.stop()
 
-    async def _run_and_settle(self, job: RawJob) -> None:
-        rt = self.rt
-        await rt.middleware.run("before_process", job, job_id=job.id)
-        started = time.monotonic()
+    async def _attempt(self, job: RawJob) -> Ran:
+        """Decode the payload and run the handler: what it returned, or what it raised."""
         value: Any = job.data
-        with rt.backend.tracing.processing(
-            queue=rt.config.name,
-            job_id=job.id,
-            correlation_id=job.correlation_id,
-            attempt=job.attempt,
-            consumer=rt.consumer,
-            carrier=self.delivery.headers or job.trace,
-        ) as span:
-            try:
-                value = self._decoded(job)
-                if rt.config.secret_fields:  # masked in whatever this task logs from now
-                    redaction.hide(redaction.values_of(value, rt.config.secret_fields))
-                result, error = await self._call_handler(job, value), None
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                result, error = None, None  # the handler was stopped by abort()
-            except Exception as exc:
-                result, error = None, exc
-            if error is not None:  # an encrypted queue's error text stays out of traces
-                mark_failed(span, error, detail=not rt.sealer.active)
-        duration = time.monotonic() - started
-        if self.signal.aborted:
-            outcome: str | None = aborted_type(self.signal.reason)
-        else:
-            outcome = None if error is None else type(error).__name__
-        await rt.middleware.run("after_process", job, duration, outcome, job_id=job.id)
-        if self.signal.aborted:
-            await self._on_aborted()
-        elif error is None:
-            await self._complete(value, result, duration)
-        else:
-            await self._fail(value, error, duration)
+        try:
+            value = self.rt.decoded(job)
+            if self.rt.config.secret_fields:  # masked in whatever this task logs from now
+                redaction.hide(redaction.values_of(value, self.rt.config.secret_fields))
+            return Ran(value, await self._call_handler(job, value))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return Ran(value)  # the handler was stopped by abort()
+        except Exception as exc:
+            return Ran(value, error=exc)
 
     async def _call_handler(self, job: RawJob, value: Any) -> Any:
         rt = self.rt
@@ -467,7 +268,7 @@ class Execution:
             created_at=job.created_at,
             priority=job.priority,
             tags=list(job.tags),
-            fencing_token=self._lease.revision if self._lease else self._revision,
+            fencing_token=self.held.lease.revision if self.held.lease else self.held.revision,
             signal=self.signal,
             on_progress=self._progress.update,
             loop=asyncio.get_running_loop(),
@@ -491,8 +292,8 @@ class Execution:
 
     async def _renew(self) -> None:
         """One heartbeat: renew the lease (LeaseLost if it is gone) and the ack deadline."""
-        if self._lease is not None:
-            await self._lease.renew()
+        if self.held.lease is not None:
+            await self.held.lease.renew()
         await self.delivery.in_progress()
 
     def _lost(self, why: str) -> None:
@@ -500,82 +301,31 @@ class Execution:
         self.abort(f"lease lost: {why}")
 
     async def _store_progress(self, percent: float, label: str | None) -> bool:
-        async with self._lock:
-            if self._settling or self._job is None or self.signal.aborted:
-                return False
-            updated = msgspec.structs.replace(self._job, progress=percent, progress_label=label)
-            try:
-                self._revision = await self.rt.backend.store.update(
-                    updated, self._revision, "progress", JobState.ACTIVE
-                )
-            except CasConflict:
-                self._lost("the job record was changed by another writer")
-                return False
-            self._job = updated
-            return True
+        try:
+            return await self.held.write_progress(percent, label, stopped=self.signal.aborted)
+        except CasConflict:
+            self._lost("the job record was changed by another writer")
+            return False
 
-    # -- 4. settle ------------------------------------------------------------------------------
+    # -- 3. settle: the final record by CAS (runtime/settle.py), then the log line and hooks ---
 
-    async def _commit(
-        self, state: JobState, event: str, reason: str | None = None, **changes: Any
-    ) -> RawJob | None:
-        """Write the attempt's final record (CAS); None if the job is no longer ours.
-
-        A final state kept for an age (retention) is written with that TTL.
-        """
-        async with self._lock:
-            self._settling = True
-            assert self._job is not None
-            final = moved(self._job, state, reason, **changes)
-            ttl = retention.ttl_of(retention.policy_for(final, state, self.rt.config))
-            try:
-                self._revision = await self.rt.backend.store.update(
-                    final, self._revision, event, self._job.state, ttl=ttl
-                )
-            except CasConflict:
-                await self._lost_the_record(final.id)
-                return None
-            finally:  # settled (or taken over): the ack or release comes next
-                if self._heartbeat is not None:
-                    self._heartbeat.stop()
-            self._job = final
-            return final
-
-    async def _lost_the_record(self, job_id: str) -> None:
-        """Someone else wrote the record: a new holder (commit nothing), or a cancel (clean up)."""
-        record = await self.rt.backend.store.get(job_id)
-        if record is not None and record.job.state == JobState.CANCELLED:
-            log.info("job was cancelled meanwhile; its result is dropped", job_id=job_id)
-            await self.delivery.ack()
-            await self._release()
+    async def _settle(self, ran: Ran, duration: float) -> None:
+        if self.signal.aborted:
+            await self._on_aborted()
+        elif ran.error is None:
+            await self._complete(ran.value, ran.result, duration)
         else:
-            log.warning("job was taken over; this attempt commits nothing", job_id=job_id)
+            await self._fail(ran.value, ran.error)
 
     async def _complete(self, value: Any, result: Any, duration: float) -> None:
-        backend, sealer, job = self.rt.backend, self.rt.sealer, self._job
-        assert job is not None
         try:
-            raw = encode_value(result, "the handler's result")
-            check_size(raw, backend.payload_limit)  # the plaintext, as for payloads
-            raw = sealer.seal(job.id, "result", raw)
-            if sealer.active:
-                check_size(raw, stored_limit(backend.max_payload), "the encrypted result")
+            raw = self.settle.result_of(result)
         except (PayloadError, CodecError) as exc:
-            await self._fail(value, exc, duration)
+            await self._fail(value, exc)
             return
-        done = await self._commit(
-            JobState.COMPLETED,
-            "completed",
-            result=msgspec.Raw(raw),
-            error=None,
-            finished_at=utcnow(),
-        )
+        done = await self.settle.complete(raw)
         if done is None:
             return
-        await self._notify_children(done)
-        await self.delivery.ack()
-        await self._release()
-        await self._retain(done)
         log.debug(
             "job completed",
             job_id=done.id,
@@ -587,163 +337,60 @@ class Execution:
             "on_complete", with_data(done, value, result=result), result, job_id=done.id
         )
 
-    async def _fail(self, value: Any, error: BaseException, duration: float) -> None:
-        job = self._job
+    async def _fail(self, value: Any, error: BaseException) -> None:
+        job, config = self.held.job, self.rt.config
         assert job is not None
-        failure = self._failure(error)
+        failure = self.settle.failure(error)
         # a codec's own error holds no payload (it could not open it): stored readable
-        stored = failure if isinstance(error, CodecError) else self._sealed(failure)
-        discarded = self._ctx is not None and self._ctx.discarded is not None
-        final = (
-            discarded
+        stored = failure if isinstance(error, CodecError) else self.settle.sealed(failure)
+        if (
+            (self._ctx is not None and self._ctx.discarded is not None)
             or isinstance(error, PayloadError | CodecError)  # not transient: never retried
-            or job.attempt >= self.rt.config.attempts_of(job.max_attempts)
-        )
-        if final:
+            or job.attempt >= config.attempts_of(job.max_attempts)
+        ):
             await self._fail_for_good(value, failure, stored=stored)
             return
         try:
-            delay = retry_delay(self.rt.config.retries, job.attempt)
+            delay = retry_delay(config.retries, job.attempt)
         except Exception as exc:  # a broken custom backoff: fail for good rather than loop
             log.exception("the retry backoff failed; failing the job", job_id=job.id)
-            await self._fail_for_good(value, self._failure(exc))
+            await self._fail_for_good(value, self.settle.failure(exc))
             return
-        retry = await self._commit(
-            JobState.DELAYED,
-            "retried",
-            f"{failure.type}: retry in {delay:.3g}s",
-            error=stored,
-            run_at=utcnow() + timedelta(seconds=delay),
-            enqueued=job.enqueued + 1,
-            worker=None,
-            leased=False,
-        )
+        retry = await self.settle.retry(failure, stored, delay)
         if retry is None:
             return
         log.warning(
             "job failed; will retry",
             job_id=retry.id, attempt=retry.attempt,
-            max_attempts=self.rt.config.attempts_of(retry.max_attempts),
+            max_attempts=config.attempts_of(retry.max_attempts),
             retry_in=round(delay, 3), error=stored.message,
         )  # fmt: skip
-        try:
-            await self.rt.backend.broker.enqueue(retry)
-        except EnqueueError as exc:  # the unacked message comes back and runs once due
-            self.rt.backend.metrics.sent(exc)
-            log.warning(
-                "retry could not be scheduled; relying on redelivery",
-                job_id=retry.id,
-                error=str(exc),
-            )
-            await self._release()
-        else:
-            self.rt.backend.metrics.sent()
-            await self.delivery.ack()
-            await self._release()
+        await self.settle.schedule(retry)
         await self.rt.middleware.run(
             "on_retry", with_data(retry, value, error=failure), failure, job_id=retry.id
         )
-
-    def _failure(self, exc: BaseException) -> JobFailure:
-        """The stored description of ``exc``, with the job's secret values masked (those this
-        task hid when it decoded the payload)."""
-        failure = failure_of(exc)
-        values = redaction.hidden()
-        if not values:
-            return failure
-        return msgspec.structs.replace(
-            failure,
-            message=redaction.scrub(failure.message, values),
-            traceback=redaction.scrub(failure.traceback, values),
-        )
-
-    def _sealed(self, failure: JobFailure) -> JobFailure:
-        """The failure as stored: its message and traceback sealed on an encrypted queue."""
-        assert self._job is not None
-        return self.rt.sealer.seal_failure(self._job.id, failure)
 
     async def _fail_for_good(
         self, value: Any, failure: JobFailure, *, stored: JobFailure | None = None
     ) -> None:
         """Fail the job for good; ``stored`` is the failure as written (default: sealed)."""
-        stored = self._sealed(failure) if stored is None else stored
-        failed = await self._commit(
-            JobState.FAILED, "failed", failure.type, error=stored, finished_at=utcnow()
-        )
+        failed = await self.settle.fail(failure, stored)
         if failed is None:
             return
+        assert failed.error is not None
         log.error(
             "job failed", job_id=failed.id, queue=failed.queue, attempt=failed.attempt,
-            error_type=failure.type, error=stored.message,
+            error_type=failure.type, error=failed.error.message,
         )  # fmt: skip
-        dead = await self._dead_letter(failed)
-        if not dead:
-            await self._release()
+        if not await self.settle.finish_failed(failed):
             return  # unacked: the redelivery writes the dead letter
-        await self._notify_children(failed)
-        await self.delivery.ack()
-        await self._release()
-        await self._retain(failed)
         job = with_data(failed, value, error=failure)  # hooks see the plaintext
         await self.rt.middleware.run("on_fail", job, failure, job_id=job.id)
 
-    async def _notify_children(self, job: RawJob) -> None:
-        """Let the job's children (flows) react to its end, before the ack (redelivery retries)."""
-        if self.rt.backend.control.state.flows:
-            await dag.notify_children(self.rt.backend, job.id)
-
-    async def _retain(self, job: RawJob) -> None:
-        """Apply the finished job's retention (remove it, or trim its state); best effort."""
-        policy = retention.policy_for(job, job.state, self.rt.config)
-        try:
-            await retention.apply(self.rt.backend, job, self._revision, policy)
-        except Exception as exc:  # the next finish trims again; a kept record harms nobody
-            log.warning("retention not applied", job_id=job.id, error=repr(exc))
-
-    async def _dead_letter(self, job: RawJob) -> bool:
-        if not self.rt.config.dead_letter.enabled:
-            return True
-        fields = self.rt.config.secret_fields
-        if fields and not is_sealed(job.data):  # the copy is for people and tools to read
-            job = msgspec.structs.replace(
-                job, data=msgspec.Raw(redaction.masked_json(job.data, fields))
-            )
-        try:
-            await self.rt.backend.broker.dead_letter(job)
-        except EnqueueError as exc:
-            log.warning("dead letter could not be written yet", job_id=job.id, error=str(exc))
-            return False
-        await self.rt.middleware.run("on_dead_letter", job, job_id=job.id)
-        return True
-
     async def _on_aborted(self) -> None:
         if self.signal.reason == CANCELLED:  # the record says cancelled already
-            await self.delivery.ack()
-            await self._release()
+            await self.settle.cancelled()
             log.info("job cancelled while running", job_id=self.job_id)
-            return
-        if self.signal.reason != SHUTDOWN:
-            return  # lease lost: the new holder owns the job; commit nothing, ack nothing
-        job = self._job
-        assert job is not None
-        handed_back = await self._commit(
-            JobState.WAITING,
-            "waiting",
-            "handed back at shutdown",
-            attempt=job.attempt - 1,
-            worker=None,
-            leased=False,
-        )
-        # released (and stored) before the nak: the worker the job goes to finds it free
-        await self._release(confirmed=True)
-        if handed_back is not None:
-            await self.delivery.nak()
-            log.info("job handed back at shutdown", job_id=job.id)
-
-    async def _release(self, *, confirmed: bool = False) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            try:
-                await lease.release(confirmed=confirmed)
-            except Exception as exc:  # it expires on its own after lock_ttl
-                log.warning("lease release failed", job_id=self.job_id, error=repr(exc))
+        elif self.signal.reason == SHUTDOWN and await self.settle.hand_back():
+            log.info("job handed back at shutdown", job_id=self.job_id)
+        # else the lease was lost: the new holder owns the job; commit nothing, ack nothing

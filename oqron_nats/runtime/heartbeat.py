@@ -65,3 +65,33 @@ class Heartbeat:
                     return
                 log.warning("heartbeat failed; retrying", error=repr(exc))
             await asyncio.sleep(self.interval)
+
+
+async def outlived_the_claim(
+    claimed_at: float,
+    interval: float,
+    lock_ttl: float,
+    renew: Callable[[], Awaitable[None]],
+    job_id: str | None,
+) -> bool:
+    """Whether a lease taken when a claim began outlived the claim; False means the handler
+    must not run.
+
+    The lease was created with ``lock_ttl`` when the claim began, and the first heartbeat
+    renews it ``interval`` seconds after the handler starts. A claim slowed down past
+    ``lock_ttl - interval`` (its writes waited out an election) may have let the lease expire
+    and another worker take the job meanwhile, so the lease is renewed (a compare-and-set on
+    its revision) before the handler runs.
+    """
+    if time.monotonic() - claimed_at < lock_ttl - interval:
+        return True
+    try:
+        async with asyncio.timeout(interval):
+            await renew()
+    except Exception as exc:  # LeaseLost, or no answer: the job may be another worker's
+        log.warning(
+            "the claim took longer than the lease; the job is left to its next delivery",
+            job_id=job_id, error=repr(exc),
+        )  # fmt: skip
+        return False
+    return True

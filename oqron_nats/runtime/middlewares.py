@@ -1,20 +1,25 @@
-"""The built-in middlewares (metrics, the user's callbacks, background parts) and the chain
-that runs a queue's middlewares in order (see :mod:`oqron_nats.core.middleware`)."""
+"""The built-in middlewares (metrics, tracing, the user's callbacks, background parts) and the
+chain that runs a queue's middlewares in order (see :mod:`oqron_nats.core.middleware`)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..core.job import Job, JobFailure
-from ..core.middleware import HOOKS, HookResult, Middleware
+from ..core.middleware import HOOKS, Middleware
 from ..observe.log import logger
+from ..observe.tracing import mark_failed
 
 if TYPE_CHECKING:
     from ..core.config import QueueConfig
+    from ..core.encryption import Sealer
     from ..observe.metrics import QueueMetrics
+    from ..observe.tracing import Tracing
+    from ..storage.backend import Backend
 
 log = logger(__name__)
 
@@ -52,6 +57,37 @@ class Metrics(Middleware):
     def on_stall(self, job: Job[Any]) -> None:
         """Count a stall."""
         self.metrics.stalled()
+
+
+class Spans(Middleware):
+    """The CONSUMER span ``process <queue>`` of every attempt, child of the publisher's context
+    (see :mod:`oqron_nats.observe.tracing`); a failed attempt marks it failed."""
+
+    def __init__(self, tracing: Tracing, queue: str, group: str, *, detail: bool) -> None:
+        self.tracing = tracing
+        self.queue = queue
+        self.group = group
+        """The consumer group the span names (``messaging.consumer.group.name``)."""
+        self.detail = detail
+        """Whether the span may hold the error's message (not on an encrypted queue)."""
+
+    @asynccontextmanager
+    async def around_process(
+        self, job: Job[Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[None]:
+        """The attempt's span; the context the message (else the record) carries is its parent."""
+        with self.tracing.processing(
+            queue=self.queue,
+            job_id=job.id,
+            correlation_id=job.correlation_id,
+            attempt=job.attempt,
+            consumer=self.group,
+            carrier=headers or job.trace,
+        ) as span:
+            try:
+                yield
+            except Exception as exc:  # kept inside the span: only mark_failed describes it
+                mark_failed(span, exc, detail=self.detail)
 
 
 class Background(Protocol):
@@ -119,10 +155,17 @@ async def _call(hook: Callable[..., Any] | None, job: Job[Any], *args: Any) -> N
         log.exception("hook failed", hook=getattr(hook, "__qualname__", repr(hook)), job_id=job.id)
 
 
-def chain_of(config: QueueConfig, metrics: QueueMetrics, *parts: Middleware) -> Chain:
-    """The queue's middlewares: metrics, the user's callbacks, the worker's ``parts`` (presence,
-    lag monitor), then ``middleware=``."""
-    built_in: list[Middleware] = [Metrics(metrics)]
+def chain_of(
+    config: QueueConfig, backend: Backend, *parts: Middleware, group: str, sealer: Sealer | None
+) -> Chain:
+    """The queue's middlewares: metrics, tracing, the user's callbacks, the worker's ``parts``
+    (presence, lag monitor), then ``middleware=``. ``group`` is the consumer the worker pulls
+    from, ``sealer`` the queue's (error text stays out of spans unless it is inactive)."""
+    detail = sealer is not None and not sealer.active
+    built_in: list[Middleware] = [
+        Metrics(backend.metrics),
+        Spans(backend.tracing, config.name, group, detail=detail),
+    ]
     if UserHooks.wanted(config):
         built_in.append(UserHooks(config))
     return Chain([*built_in, *parts, *config.middleware])
@@ -133,7 +176,7 @@ class Chain:
 
     def __init__(self, middlewares: Sequence[Middleware]) -> None:
         self.middlewares = tuple(middlewares)
-        self._hooks: dict[str, tuple[Callable[..., HookResult], ...]] = {
+        self._hooks: dict[str, tuple[Callable[..., Any], ...]] = {
             name: tuple(
                 getattr(m, name)
                 for m in self.middlewares
@@ -152,6 +195,60 @@ class Chain:
             except Exception:
                 log.exception("middleware failed", hook=hook, middleware=_name(call),
                               job_id=job_id)  # fmt: skip
+
+    async def around(
+        self, job: Job[Any], headers: Mapping[str, str], attempt: Callable[[], Awaitable[Ran]]
+    ) -> Ran:
+        """Await ``attempt`` inside every middleware's ``around_process``, the first outermost;
+        its error is raised in each at the exit. What they do changes nothing: one that raises
+        is logged, one that swallows the error does not change what ``attempt`` returned."""
+        entered: list[tuple[Callable[..., Any], AbstractAsyncContextManager[object]]] = []
+        for call in self._hooks["around_process"]:
+            try:
+                manager: AbstractAsyncContextManager[object] = call(job, headers)
+                await manager.__aenter__()
+            except Exception:
+                _around_failed(call, job.id)
+            else:
+                entered.append((call, manager))
+        try:
+            ran = await attempt()
+        except BaseException as exc:  # this task is cancelled: they see it, and it goes on
+            await _exit(entered, exc, job.id)
+            raise
+        await _exit(entered, ran.error, job.id)
+        return ran
+
+
+async def _exit(
+    entered: list[tuple[Callable[..., Any], AbstractAsyncContextManager[object]]],
+    error: BaseException | None,
+    job_id: str,
+) -> None:
+    """Exit the entered ``around_process`` managers, innermost first, each told of ``error``."""
+    for call, manager in reversed(entered):
+        try:
+            if error is None:
+                await manager.__aexit__(None, None, None)
+            else:
+                await manager.__aexit__(type(error), error, error.__traceback__)
+        except Exception as exc:
+            if exc is not error:  # the error raised again is not the middleware's
+                _around_failed(call, job_id)
+
+
+def _around_failed(call: Callable[..., Any], job_id: str) -> None:
+    log.exception("middleware failed", hook="around_process", middleware=_name(call),
+                  job_id=job_id)  # fmt: skip
+
+
+class Ran(NamedTuple):
+    """What a handler's run came to: the payload (decoded, if it could be), then the handler's
+    result, or the exception that ended the run."""
+
+    value: Any
+    result: Any = None
+    error: Exception | None = None
 
 
 def _name(call: Callable[..., Any]) -> str:

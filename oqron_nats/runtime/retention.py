@@ -12,6 +12,12 @@
   bound by default.
 
 A removed job's id can be used again by a new add().
+
+Retention is a step of settling a job (:class:`Retainer`, called by :mod:`.settle`), not a
+middleware: its age is part of the final write itself (one compare-and-set writes the final
+state with its TTL), and a removal is a compare-and-set on the revision the execution holds, of
+the record as stored (sealed data). A middleware's hooks run only after the final write, get
+the job with its decoded data and no revision, and must not change the stored job.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from datetime import timedelta
 from .._nats import CasConflict, JetStreamError
 from ..core.config import QueueConfig
 from ..core.job import JobState, Retention
+from ..observe.log import logger
 from ..storage.backend import Backend
 from ..storage.store import RawJob
+
+log = logger(__name__)
 
 TRIM_BATCH = 100
 """At most this many old jobs are removed after one finish (the next finish removes more)."""
@@ -64,6 +73,28 @@ def describe(config: QueueConfig, state: JobState) -> str:
 def ttl_of(policy: Retention | None) -> float | None:
     """The TTL to write a final record with, for an age-based policy."""
     return policy.total_seconds() if isinstance(policy, timedelta) else None
+
+
+class Retainer:
+    """The retention step of settling one queue's jobs: the final record's TTL, then (after the
+    ack) the removal or the trim."""
+
+    def __init__(self, backend: Backend, config: QueueConfig) -> None:
+        self.backend = backend
+        self.config = config
+
+    def ttl(self, final: RawJob) -> float | None:
+        """The TTL to write the final record with (an age-based policy), else None."""
+        return ttl_of(policy_for(final, final.state, self.config))
+
+    async def apply(self, job: RawJob, revision: int) -> None:
+        """Remove the finished job or trim its state, as its policy says; ``revision`` is the
+        one the execution holds. Best effort: the next finish trims again."""
+        policy = policy_for(job, job.state, self.config)
+        try:
+            await apply(self.backend, job, revision, policy)
+        except Exception as exc:  # a kept record harms nobody
+            log.warning("retention not applied", job_id=job.id, error=repr(exc))
 
 
 async def apply(backend: Backend, job: RawJob, revision: int, policy: Retention | None) -> None:

@@ -1,0 +1,138 @@
+"""The checks before a claim: is the message a job of the queue, and does its record say that
+this delivery runs it now?
+
+    body not a job id, or fired by a foreign schedule ──> rejected (removed, counted, sampled)
+    no record ──> rejected;  a record that does not decode ──> removed
+    finished ──> acked (a redelivery first redoes what comes after the final write, see
+                 :meth:`.settle.Settle.finish_again`)
+    another message of a running job, or a job not runnable ──> acked
+    delayed and not due yet ──> nak until ``run_at``
+    over the cluster-wide rate limit ──> nak until its window ends
+    lease held by another worker ──> acked if the job is done, else nak for a heartbeat
+
+Any replica of a replicated bucket answers a read, and one lagging behind may show an older
+revision: a message is dropped only on what the bucket's leader says.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from .._nats import Delivery
+from ..core.errors import CodecError, InvalidName, PayloadError
+from ..core.job import CLAIMABLE_STATES, JobState
+from ..core.naming import check_name
+from ..observe.log import logger
+from ..storage.rejects import FOREIGN_SCHEDULE, NO_RECORD, NOT_A_JOB_ID, foreign_schedule
+from ..storage.store import CorruptRecord, RawJob, Record
+from .settle import Settle
+from .shared import Runtime
+
+log = logger(__name__)
+
+
+def is_duplicate(job: RawJob, stream_seq: int) -> bool:
+    """Whether a delivery is another message of a job that a claimed message already runs."""
+    running = job.state in (JobState.ACTIVE, JobState.STALLED)
+    return running and job.msg_seq not in (0, stream_seq)
+
+
+class Checks:
+    """The checks of one delivery before its claim."""
+
+    def __init__(self, runtime: Runtime, delivery: Delivery, settle: Settle) -> None:
+        self.rt = runtime
+        self.delivery = delivery
+        self.settle = settle
+
+    async def job_id(self) -> str | None:
+        """The job id the message carries; a message that is not a job of the queue (no id,
+        or fired by a foreign schedule) is rejected: removed, counted and sampled."""
+        rejects = self.rt.backend.rejects
+        try:
+            job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
+        except InvalidName:
+            await rejects.reject(self.delivery, NOT_A_JOB_ID)
+            return None
+        if foreign_schedule(self.delivery, self.rt.backend.names, job_id):
+            await rejects.reject(self.delivery, FOREIGN_SCHEDULE)
+            return None
+        return job_id
+
+    async def record(self, job_id: str) -> Record | None:
+        """The job's record if this delivery may claim it; else the message is settled here
+        (rejected, acked or put back) and None."""
+        store = self.rt.backend.store
+        try:
+            record = await store.get(job_id)
+        except CorruptRecord as exc:
+            log.error("job record does not decode; message removed", job_id=job_id, error=str(exc))
+            await self.delivery.term()
+            return None
+        if record is not None and self._would_drop(record.job) and store.replicated:
+            record = await store.get(job_id, fresh=True)
+        if record is None:
+            await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
+            return None
+        return record if await self._runs_now(record.job) else None
+
+    async def _runs_now(self, job: RawJob) -> bool:
+        if job.is_terminal:
+            await self.settle.finish_again(job)
+            return False
+        if is_duplicate(job, self.delivery.stream_seq):
+            log.debug("duplicate message of a running job; acked", job_id=job.id)
+            await self.delivery.ack()  # another message of a running job: the holder's backs it
+            return False
+        if job.state not in CLAIMABLE_STATES:
+            log.warning(
+                "message for a job that is not runnable; removed",
+                job_id=job.id,
+                state=str(job.state),
+            )
+            await self.delivery.ack()
+            return False
+        early = (
+            (job.run_at - datetime.now(UTC)).total_seconds()
+            if job.state == JobState.DELAYED and job.run_at
+            else 0.0
+        )
+        if early > 0.001:
+            await self.delivery.nak(delay=early)  # a stray early copy: come back when it is due
+            return False
+        return True
+
+    def _would_drop(self, job: RawJob) -> bool:
+        """Whether this record makes the delivery be acked without running."""
+        return (
+            job.is_terminal
+            or is_duplicate(job, self.delivery.stream_seq)
+            or job.state not in CLAIMABLE_STATES
+        )
+
+    async def admitted(self, job: RawJob) -> bool:
+        """Within the cluster-wide rate limit? If not, the job goes back until its window ends."""
+        if self.rt.limiter is None:
+            return True
+        try:
+            data = self.rt.decoded(job)
+        except (PayloadError, CodecError):  # the run fails it at once, saying why
+            return True
+        wait = await self.rt.limiter.admit(data)
+        if wait is None:
+            return True
+        await self.delivery.nak(delay=wait)
+        return False
+
+    async def lease_held(self, job_id: str) -> None:
+        """Another worker holds the lease: ack if the job is done, else look again soon."""
+        # a rare path that may ack: read at the leader when a replica could lag (see above)
+        record = await self.rt.backend.store.get(job_id, fresh=True)
+        if (
+            record is None
+            or record.job.is_terminal
+            or is_duplicate(record.job, self.delivery.stream_seq)
+        ):
+            await self.delivery.ack()
+        else:  # the holder is claiming it, or its own message came back early
+            await self.delivery.nak(delay=self.rt.config.heartbeat)

@@ -1,0 +1,57 @@
+"""What every execution of one consumer shares (:class:`Runtime`), built once by the consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.codec import PayloadCodec
+from ..core.config import QueueConfig
+from ..core.encryption import Sealer
+from ..core.errors import CodecError, PayloadError
+from ..storage.backend import Backend
+from ..storage.store import RawJob
+from .context import JobContext
+from .middlewares import Chain
+from .ratelimit import ClusterRateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every execution of one consumer shares."""
+
+    config: QueueConfig
+    backend: Backend
+    codec: PayloadCodec[Any]
+    handler: Callable[[JobContext[Any]], Any]
+    worker_id: str
+    executor: ThreadPoolExecutor | None
+    limiter: ClusterRateLimit | None = None
+    middleware: Chain = field(default_factory=lambda: Chain([]))
+    """Metrics, tracing, the user's callbacks and middlewares (see
+    :mod:`oqron_nats.core.middleware`)."""
+    sealer: Sealer = field(init=False)
+    """Seals and opens the queue's stored values (the codec's, set by the queue)."""
+
+    def __post_init__(self) -> None:
+        if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
+            raise RuntimeError("the queue's sealer was not set before consuming")
+        object.__setattr__(self, "sealer", self.codec.sealer)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function (else it runs in a thread)."""
+        return self.executor is None
+
+    def decoded(self, job: RawJob) -> Any:
+        """The payload, decrypted and decoded (CodecError or PayloadError if it cannot be)."""
+        return self.codec.decode(self.sealer.open(job.id, "data", job.data))
+
+    def payload(self, job: RawJob) -> Any:
+        """The decoded payload for hooks, or the raw bytes if it does not decode."""
+        try:
+            return self.decoded(job)
+        except (PayloadError, CodecError):
+            return job.data
