@@ -5,6 +5,7 @@ document, enqueues jobs that a Python worker runs with their correlation id and 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -26,8 +27,14 @@ from opentelemetry.trace import SpanKind
 from oqron_nats import Client, JobState, queue
 from oqron_nats.core.correlation import current_correlation_id
 from oqron_nats.core.job import Job
-from oqron_nats.core.wire import NEVER_STORED, PROTOCOL_VERSION, record_schema, schema_text
-from oqron_nats.core.wire import shipped_schema
+from oqron_nats.core.wire import (
+    NEVER_STORED,
+    PROTOCOL_VERSION,
+    record_schema,
+    schema_text,
+    shipped_schema,
+)
+from oqron_nats.ops.cli import main
 from oqron_nats.storage.store import decode_record
 from oqron_nats.testing.server import LocalServer
 
@@ -108,7 +115,7 @@ def node_modules() -> Path:
         command = ["npm", "install", "--prefix", str(NODE_CACHE), "--no-audit", "--no-fund",
                    "--loglevel=error", NODE_NATS]  # fmt: skip
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             _unavailable(f"npm could not install {NODE_NATS} within 300 s (no registry?)")
         if done.returncode != 0:
@@ -206,3 +213,61 @@ async def test_jobs_enqueued_from_node_run_in_python_with_their_context(
         span = consumers[job["id"]]
         assert span.parent is not None and format(span.parent.span_id, "016x") == parents[n][2]
         assert span.attributes["messaging.message.conversation_id"] == f"order-{n}"
+
+
+# -- from the command line ----------------------------------------------------------------
+
+
+async def cli(capsys: pytest.CaptureFixture[str], server: LocalServer, namespace: str,
+              *argv: str) -> tuple[int, str, str]:  # fmt: skip
+    code = await asyncio.to_thread(main, [*argv, "--url", server.url, "--namespace", namespace])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_oqron_jobs_add(
+    nats_server: LocalServer,
+    client: Client,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, _, err = await cli(capsys, nats_server, namespace, "jobs", "add", "nope", "--data", "1")
+    assert code == 1 and "no such queue" in err
+    q = queue("cli-add", client=client)
+    await q.count()  # provisions the queue
+    argv = ("jobs", "add", "cli-add", "--data", '{"n": 1}', "--job-id", "cli-1",
+            "--priority", "3", "--correlation-id", "corr-1", "--json")  # fmt: skip
+    code, out, err = await cli(capsys, nats_server, namespace, *argv)
+    assert code == 0, err
+    assert json.loads(out) == {"job_id": "cli-1", "queue": "cli-add", "state": "waiting",
+                               "correlation_id": "corr-1", "created": True}  # fmt: skip
+    job = await q.get_job("cli-1")
+    assert job is not None and (job.data, job.priority) == ({"n": 1}, 3)
+    message = await Backstage(client, "cli-add").lane_message("cli-1", priority=3)
+    assert message is not None and message.headers["Oqron-Correlation-Id"] == "corr-1"
+
+    again = ("jobs", "add", "cli-add", "--data", '{"n": 2}', "--job-id", "cli-1")
+    code, out, _ = await cli(capsys, nats_server, namespace, *again)
+    assert code == 0 and "already there" in out
+    job = await q.get_job("cli-1")
+    assert job is not None and job.data == {"n": 1}, "added once"
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"from": "stdin"}'))
+    later = ("jobs", "add", "cli-add", "--data", "-", "--delay", "3600", "--json")
+    code, out, err = await cli(capsys, nats_server, namespace, *later)
+    assert code == 0, err
+    delayed = await q.get_job(json.loads(out)["job_id"])
+    assert delayed is not None and delayed.state == JobState.DELAYED
+    assert delayed.data == {"from": "stdin"}
+
+    code, _, err = await cli(capsys, nats_server, namespace, "jobs", "add", "cli-add",
+                             "--data", "{not json")  # fmt: skip
+    assert code == 2 and "--data is not JSON" in err
+    code, _, err = await cli(capsys, nats_server, namespace, "jobs", "add", "cli-add",
+                             "--data", "1", "--job-id", "bad.id")  # fmt: skip
+    assert code == 2 and "job id" in err
+    with pytest.raises(SystemExit) as usage:
+        main(["jobs", "add", "cli-add", "--data", "1", "--priority", "10"])
+    assert usage.value.code == 2
+    assert await q.count() == 2

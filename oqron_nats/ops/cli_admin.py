@@ -1,5 +1,6 @@
 """The ``oqron`` admin commands, over a :class:`~oqron_nats.client.Client`: ``queues`` (with
-``--watch``), ``jobs``, ``queue``, ``dlq`` and ``provision``; their arguments and what each does.
+``--watch``), ``jobs`` (``add`` one, for scripts), ``queue``, ``dlq`` and ``provision``; their
+arguments and what each does.
 
 Each command returns its result, which is printed as JSON (``--json``) or as text for people
 (see :mod:`.cli_text`); :mod:`.cli` turns their errors into exit codes.
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import signal
 import sys
@@ -22,8 +24,9 @@ import msgspec
 
 from ..client import Client
 from ..core.credentials import add_security_arguments, security_from
-from ..core.errors import InvalidState
+from ..core.errors import InvalidInput, InvalidState
 from ..core.job import JobState
+from ..core.naming import PRIORITY_LEVELS
 from . import admin, cli_text
 
 WATCH_INTERVAL = 1.0
@@ -46,9 +49,10 @@ def add_queues_command(commands: Commands) -> None:
 
 
 def add_jobs_command(commands: Commands) -> None:
-    """``oqron jobs list|show|retry|cancel|promote``."""
-    jobs = commands.add_parser("jobs", help="list, show, retry, cancel or promote jobs")
+    """``oqron jobs add|list|show|retry|cancel|promote``."""
+    jobs = commands.add_parser("jobs", help="add, list, show, retry, cancel or promote jobs")
     jobs_commands = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add_jobs_add(jobs_commands)
     listing = jobs_commands.add_parser("list", help="the most recent jobs of a queue")
     listing.add_argument("queue")
     listing.add_argument("--status", help="only jobs in this state (waiting, active, failed, ...)")
@@ -65,6 +69,22 @@ def add_jobs_command(commands: Commands) -> None:
         one = jobs_commands.add_parser(action, help=text)
         one.add_argument("job_id", metavar="ID")
         _connection_arguments(one)
+
+
+def _add_jobs_add(jobs_commands: Commands) -> None:
+    """``oqron jobs add QUEUE --data JSON``: add one job, for scripts and operators."""
+    adding = jobs_commands.add_parser("add", help="add a job to an existing queue")
+    adding.add_argument("queue", metavar="QUEUE")
+    adding.add_argument("--data", required=True, metavar="JSON",
+                        help="the payload as JSON ('-': read it from stdin)")  # fmt: skip
+    adding.add_argument("--delay", type=_seconds, metavar="S", help="run it S seconds from now")
+    adding.add_argument("--priority", type=_priority, metavar="N",
+                        help="0 (first) to 9 (default: the queue's)")  # fmt: skip
+    adding.add_argument("--job-id", metavar="ID",
+                        help="a job with this id is added once (default: a new id)")  # fmt: skip
+    adding.add_argument("--correlation-id", metavar="ID",
+                        help="followed through logs, spans and the jobs it adds")  # fmt: skip
+    _connection_arguments(adding)
 
 
 def add_queue_command(commands: Commands) -> None:
@@ -127,6 +147,14 @@ def _whole_number(text: str, minimum: int) -> int:
 def _limit(text: str) -> int:
     """An argparse type: how many at most (1 or more); every --limit takes it."""
     return _whole_number(text, 1)
+
+
+def _priority(text: str) -> int:
+    """An argparse type: a job priority, 0 to 9."""
+    value = _whole_number(text, 0)
+    if value > PRIORITY_LEVELS - 1:
+        raise argparse.ArgumentTypeError(f"must be 0 to {PRIORITY_LEVELS - 1}, not {value}")
+    return value
 
 
 def _offset(text: str) -> int:
@@ -220,6 +248,20 @@ async def _jobs_list(client: Client, args: argparse.Namespace) -> list[Any]:
     return await admin.list_jobs(client, args.queue, args.status, args.limit, args.offset)
 
 
+async def _jobs_add(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    text = sys.stdin.read() if args.data == "-" else args.data
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--data is not JSON: {exc}") from None
+    q = await admin.existing_queue(client, args.queue)
+    existed = args.job_id is not None and await q.get_job(args.job_id) is not None
+    job = await q.add(data, job_id=args.job_id, delay=args.delay, priority=args.priority,
+                      correlation_id=args.correlation_id)  # fmt: skip
+    return {"job_id": job.id, "queue": q.name, "state": str(job.state),
+            "correlation_id": job.correlation_id, "created": not existed}  # fmt: skip
+
+
 async def _jobs_show(client: Client, args: argparse.Namespace) -> Any:
     _, job = await admin.find_job(client, args.job_id)
     return job
@@ -280,6 +322,7 @@ async def _provision(client: Client, args: argparse.Namespace) -> dict[str, Any]
 _ADMIN: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
     "provision": _provision,
     "queues": _queues,
+    "jobs add": _jobs_add,
     "jobs list": _jobs_list,
     "jobs show": _jobs_show,
     "jobs retry": _job_action("retry"),

@@ -153,9 +153,16 @@ def _provisioned(result: dict[str, Any]) -> str:
     return f"provisioned (its streams and buckets exist): {', '.join(result['provisioned'])}"
 
 
+def _job_added(result: dict[str, Any]) -> str:
+    added = "added" if result["created"] else "already there (added once)"
+    return (f"job {result['job_id']} {added} to queue {result['queue']}: {result['state']}, "
+            f"correlation id {result['correlation_id']}")  # fmt: skip
+
+
 _PLAIN: dict[str, Callable[[Any], str]] = {
     "provision": _provisioned,
     "queues": queues_table,
+    "jobs add": _job_added,
     "jobs list": _jobs_table,
     "jobs show": _job_listing,
     "jobs retry": _job_done,
