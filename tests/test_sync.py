@@ -290,3 +290,5 @@ def test_add_bulk_and_a_repeated_id_through_the_blocking_api(
     assert q.get_jobs(JobState.WAITING)[0].id == "b-1"
     q.close()
     assert q.count(JobState.WAITING) == 1, "a closed queue binds again on its next call"
+    sync.shutdown()
+    assert q.count(JobState.WAITING) == 1, "after a shutdown, the next call starts a new loop"
