@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,7 +124,7 @@ async def test_every_second_for_ten_seconds_makes_one_job_per_tick_with_3_worker
     assert 9 <= len(ids) <= 12, ids  # 10 +- 1, and the one the removal may have raced
     assert len(set(ids)) == len(ids)
     ticks = sorted(tick_of(i) for i in ids)
-    assert all(b - a == timedelta(seconds=1) for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
     starts = Counter(r["job"] for r in read_log(log) if r["event"] == "start")
     assert all(starts[i] == 1 for i in ids), "every tick's job ran exactly once"
     assert len({r["pid"] for r in read_log(log)}) >= 2, "the ticks were shared by the workers"
@@ -212,7 +214,7 @@ async def test_server_restart_loses_no_tick_due_after_it_and_collapses_missed_on
         assert len(before) >= 2
         assert len(missed) in caught_up, (missed, down_at, up_at)
         assert after and after[0] - up_at <= timedelta(seconds=2.6), (after, up_at)
-        steps = {b - a for a, b in zip(after, after[1:], strict=False)}
+        steps = {b - a for a, b in itertools.pairwise(after)}
         assert steps == {timedelta(seconds=2)}, after
 
 
@@ -245,3 +247,27 @@ def test_cron_previous_follows_the_server_day_rule() -> None:
     assert parse("0 0 29 2 *").previous(datetime(2026, 3, 1, tzinfo=UTC)) == datetime(
         2024, 2, 29, tzinfo=UTC
     )
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_the_schedules_commands(nats_server: LocalServer, namespace: str, capsys: Any) -> None:
+    from oqron_nats.ops.cli import main
+
+    where = ["--url", nats_server.url, "--namespace", namespace]
+    assert main(["provision", "cli", *where]) == 0
+    assert main(["schedules", "add", "cli", "nightly", "--cron", "0 3 * * *", "--tz",
+                 "Europe/Berlin", "--data", '{"k": 1}', *where]) == 0  # fmt: skip
+    assert main(["schedules", "add", "cli", "bad", "--cron", "0 25 * * *", *where]) != 0
+    assert main(["schedules", "add", "cli", "bad", "--every", "5", "--data", "{x", *where]) != 0
+    capsys.readouterr()
+    assert main(["schedules", "list", "cli", "--json", *where]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["pattern"], s["tz"], s["data"]) for s in listed] == [
+        ("nightly", "0 0 3 * * *", "Europe/Berlin", {"k": 1})
+    ]
+    assert main(["schedules", "remove", "cli", "nightly", *where]) == 0
+    assert main(["schedules", "remove", "cli", "nightly", *where]) == 1
+    assert main(["schedules", "list", "cli", *where]) == 0
+    assert "no repeating schedules" in capsys.readouterr().out
