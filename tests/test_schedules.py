@@ -40,6 +40,7 @@ async def completed(q: Any) -> list[Any]:
         ({"cron": "0 0 3 * * * *"}, "must have 5 fields"),
         ({"cron": "*/0 * * * *"}, "step must be at least 1"),
         ({"cron": "0 3 * * funday"}, "day of week 'funday'"),
+        ({"cron": "0 0 30 2 *"}, "the server refused"),  # parses, but February has no 30th
         ({"cron": "0 3 * * *", "tz": "Mars/Olympus"}, "unknown time zone"),
         ({"cron": "0 3 * * *", "tz": "+02:00"}, "IANA time zone"),
         ({"every": 1.5}, "whole seconds"),
@@ -271,3 +272,25 @@ def test_the_schedules_commands(nats_server: LocalServer, namespace: str, capsys
     assert main(["schedules", "remove", "cli", "nightly", *where]) == 1
     assert main(["schedules", "list", "cli", *where]) == 0
     assert "no repeating schedules" in capsys.readouterr().out
+
+
+async def test_reconciliation_leaves_schedules_and_their_ticks_alone(client: Client) -> None:
+    from oqron_nats.core.config import Reconciliation
+    from oqron_nats.runtime.maintenance import reconcile
+
+    q = queue("recon", client=client)  # no worker: a tick stays on the lane, without a record
+    await q.add({"n": 0})
+    await q.schedule("beat", None, every=1)
+    backend = await q._open()
+    await eventually(
+        lambda: _has_tick(backend), timeout=10, what="a tick waiting on the lane"
+    )  # fmt: skip
+    healed = await reconcile(backend, Reconciliation(waiting_threshold=0, delayed_grace=0))
+    assert healed.removed == 0
+    assert [s.name for s in await q.schedules()] == ["beat"]
+    assert await _has_tick(backend)
+
+
+async def _has_tick(backend: Any) -> bool:
+    subjects = await backend._conn.subjects(backend.names.stream, backend.names.lanes)
+    return any(subject.endswith(".=beat") for subject in subjects)
