@@ -56,6 +56,7 @@ from .core.errors import (
 )
 from .core.job import TERMINAL_STATES, Job, JobFailure, JobState
 from .core.middleware import Middleware
+from .core.schedules import Schedule
 from .observe.events import Event
 from .observe.prometheus import serve_prometheus
 from .ops.runner import run_main
@@ -109,6 +110,7 @@ __all__ = [
     "RateLimit",
     "Reconciliation",
     "RetryPolicy",
+    "Schedule",
     "Sealed",
     "ServerVersionError",
     "Signal",

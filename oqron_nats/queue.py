@@ -18,7 +18,7 @@ import functools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
@@ -43,6 +43,7 @@ from .core.job import (
 )
 from .core.naming import check_name
 from .core.records import job_ids, new_job, new_job_id, opened, parse_options, parse_status
+from .core.schedules import Schedule, described, new_spec
 from .observe.events import Event
 from .observe.log import logger
 from .runtime import adding, listing, management, waiting
@@ -295,6 +296,44 @@ class Queue(Generic[T, S]):
                 await self.retry(job_id)
                 retried += 1
         return retried
+
+    # -- repeating jobs (storage/schedules.py, runtime/schedules.py) ---------------------------
+
+    async def schedule(
+        self,
+        name: str,
+        data: T | Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        priority: int | None = None,
+        attempts: int | None = None,
+        remove_on_complete: Retention | None = None,
+        remove_on_fail: Retention | None = None,
+    ) -> Schedule:
+        """Define (or replace) the repeating schedule ``name``: a job of ``data`` at every tick of
+        ``cron`` (5 or 6 fields, in ``tz``) or ``every`` (whole seconds, at least 1), fired by
+        the server itself; each tick's job id is ``<name>-<tick time>``."""
+        spec = new_spec(
+            self.config, self._codec, self._sealing(), name, data, cron=cron, every=every,
+            tz=tz, priority=priority, attempts=attempts,
+            remove_on_complete=remove_on_complete, remove_on_fail=remove_on_fail,
+        )  # fmt: skip
+        backend = await self._open()
+        lane = self.config.priority if priority is None else priority
+        await backend.schedules.define(spec, lane)
+        return described(spec, self._codec, self._sealing())
+
+    async def unschedule(self, name: str) -> bool:
+        """Stop the repeating schedule ``name``; False if there was none (jobs made stay)."""
+        check_name(name, "schedule name")
+        return await (await self._open()).schedules.remove(name)
+
+    async def schedules(self) -> list[Schedule]:
+        """The queue's repeating schedules, by name."""
+        specs = await (await self._open()).schedules.list()
+        return [described(spec, self._codec, self._sealing()) for spec in specs]
 
     # -- events ---------------------------------------------------------------------------
 

@@ -130,8 +130,24 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
             assert held.state == JobState.PAUSED
             assert await asyncio.to_thread(admin_cli, server, "queue", "resume", "orders") == 0
             await wait_for_state(consumer, held.id, JobState.COMPLETED, timeout=15)
+
+            # repeating jobs (issue 16): the publisher defines, lists and removes them
+            await orders.schedule("beat", {"n": 6}, every=1)
+            await orders.schedule("beat", {"n": 7}, every=1)  # replaced, not added
+            assert [(s.name, s.data) for s in await orders.schedules()] == [("beat", {"n": 7})]
+            ticked = await eventually(
+                lambda: _tick_done(orders), timeout=15, what="a tick's job"
+            )  # fmt: skip
+            assert ticked.data == {"n": 7}
+            assert await orders.unschedule("beat") is True
+            assert await orders.schedules() == []
         for command in (("queues",), ("jobs", "list", "orders"), ("dlq", "list", "orders")):
             assert await asyncio.to_thread(admin_cli, server, *command) == 0
+
+
+async def _tick_done(q: Any) -> Any:
+    jobs = await q.get_jobs(JobState.COMPLETED, limit=100)
+    return next((job for job in jobs if job.id.startswith("beat-")), None)
 
 
 async def _state(q: Any, job_id: str, state: JobState) -> bool:

@@ -7,6 +7,8 @@ Layout for namespace ``ns`` and queue ``q``::
       oqron.<ns>.s.<q>.<id>          message schedules (delays and retry backoff), one per job
       oqron.<ns>.run.<q>.<id>        lifo only: jobs popped from the lanes, ready to run
       oqron.<ns>.held.<q>.<id>       jobs added while the queue was paused (hold), until resume
+      oqron.<ns>.s.<q>.=<name>       repeating schedules (``q.schedule()``), one per name
+      oqron.<ns>.q.<q>.p<0-9>.=<name>  where a repeating schedule's ticks land (a lane)
     The job id ends every job subject, so one job's messages can be found (reconciliation) and
     removed (cancel) without reading the others.
     oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
@@ -51,14 +53,22 @@ SCHEDULE_TARGET_HEADER: Final = "Nats-Schedule-Target"
 TTL_HEADER: Final = "Nats-TTL"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 KV_OPERATION_HEADER: Final = "KV-Operation"
+SCHEDULE_TIME_ZONE_HEADER: Final = "Nats-Schedule-Time-Zone"
+ROLLUP_HEADER: Final = "Nats-Rollup"
 SCHEDULER_HEADER: Final = "Nats-Scheduler"
 """The schedule subject that fired a message (set by the server on every fired copy)."""
 SCHEDULE_NEXT_HEADER: Final = "Nats-Schedule-Next"
 """On a fired copy: when its schedule fires next, or "purge" for a one-shot schedule."""
+KEPT_SCHEDULER_HEADER: Final = "Oqron-Scheduler"
+KEPT_SCHEDULE_NEXT_HEADER: Final = "Oqron-Schedule-Next"
+"""A tick moved to the lifo run lane keeps its two headers above under these names (a message
+published with the server's own ones would be taken as a command to its schedule)."""
 WORKER_ROLE: Final = "=worker"
 """The key token under which consuming workers announce themselves (presence)."""
 PRESENCE_TTL: Final = 30.0
 """Seconds a worker's presence key lives unless renewed (a killed worker's key expires)."""
+REPEAT_MARK: Final = "="
+"""Begins the last token of a repeating schedule's subjects: never a job id's first character."""
 REJECTED: Final = "=rejected"
 """A subject token no queue name or job id can be: where rejected messages are counted."""
 
@@ -126,6 +136,26 @@ class Names:
     def schedules(self) -> str:
         """A wildcard over every schedule of the queue."""
         return f"oqron.{self.namespace}.s.{self.queue}.*"
+
+    # -- repeating schedules (q.schedule()) ---------------------------------------------------
+
+    def repeat(self, name: str) -> str:
+        """The subject of a repeating schedule (beside the delays: the stream already has it)."""
+        return f"oqron.{self.namespace}.s.{self.queue}.{REPEAT_MARK}{name}"
+
+    def tick(self, priority: int, name: str) -> str:
+        """Where a repeating schedule's ticks land: a subject of the lane of ``priority``."""
+        return f"oqron.{self.namespace}.q.{self.queue}.p{priority}.{REPEAT_MARK}{name}"
+
+    def repeat_name(self, subject: str) -> str | None:
+        """The schedule's name if ``subject`` is one of this queue's repeating schedules."""
+        prefix = f"oqron.{self.namespace}.s.{self.queue}.{REPEAT_MARK}"
+        return subject[len(prefix) :] if subject.startswith(prefix) else None
+
+    @staticmethod
+    def is_repeating(subject: str) -> bool:
+        """Whether ``subject`` is a repeating schedule or its ticks' lane subject (no job's)."""
+        return subject.rsplit(".", 1)[-1].startswith(REPEAT_MARK)
 
     def lane_of(self, job_id: str) -> str:
         """A wildcard over a job's messages on every lane."""
@@ -301,7 +331,8 @@ def resources() -> list[tuple[str, str]]:
         (
             "work-queue stream of the queue",
             f"`{n.stream}`: lanes `{n.lane(0, job)}`..`{n.lane(top, job)}`, schedules "
-            f"`{n.schedule(job)}`, lifo run lane `{n.run(job)}`, jobs held while paused "
+            f"`{n.schedule(job)}`, repeating schedules `{n.repeat('<name>')}` and their ticks "
+            f"`{n.tick(0, '<name>')}`..., lifo run lane `{n.run(job)}`, jobs held while paused "
             f"`{n.held(job)}` (the job id ends every subject, so `nats stream view` shows which "
             "jobs are queued)",
         ),

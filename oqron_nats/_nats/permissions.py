@@ -123,6 +123,9 @@ def _publisher_publish(names: Names) -> list[str]:
         names.lanes,
         names.schedules,
         names.helds,
+        # repeating schedules (q.schedule): defined and removed by publishes on names.schedules
+        # above, read back one by one (the delays' schedule messages hold only a job id)
+        f"{API}.DIRECT.GET.{names.stream}.{names.schedules}",
     ]
 
 

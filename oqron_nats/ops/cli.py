@@ -45,7 +45,7 @@ from ..queue import Queue
 from ..testing.cluster import LocalCluster
 from ..testing.server import LocalServer, ServerError
 from ..worker import Worker
-from . import cli_admin
+from . import cli_admin, cli_schedules
 from .runner import EXIT_UNREACHABLE, EXIT_USAGE, add_run_arguments, options_from, run
 
 EXIT_REFUSED = 1
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_admin.add_dlq_command(commands)
     commands.add_parser("demo", help="run the demo: its own local NATS server and real jobs")
     cli_admin.add_provision_command(commands)
+    cli_schedules.add_schedules_command(commands)  # issue 16: repeating jobs
 
     permissions = commands.add_parser(
         "permissions", help="print the nats-server permissions block of a role"
@@ -119,6 +120,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
     if args.command == "permissions":
         return _permissions(args)
+    if args.command == "schedules":
+        return asyncio.run(cli_schedules.run_schedules(args))
     return asyncio.run(cli_admin.run_admin(args))
 
 

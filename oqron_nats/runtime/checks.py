@@ -1,6 +1,7 @@
 """The checks before a claim: is the message a job of the queue, and does its record say that
 this delivery runs it now?
 
+    a tick of one of the queue's repeating schedules ──> its job (made once, see .schedules)
     body not a job id, or fired by a foreign schedule ──> rejected (removed, counted, sampled)
     no record ──> rejected;  a record that does not decode ──> removed
     finished ──> acked (a redelivery first redoes what comes after the final write, see
@@ -25,6 +26,7 @@ from ..core.naming import check_name
 from ..observe.log import logger
 from ..storage.rejects import FOREIGN_SCHEDULE, NO_RECORD, NOT_A_JOB_ID, foreign_schedule
 from ..storage.store import CorruptRecord, RawJob, Record
+from . import schedules
 from .settle import Settle
 from .shared import Runtime
 
@@ -49,6 +51,8 @@ class Checks:
         """The job id the message carries; a message that is not a job of the queue (no id,
         or fired by a foreign schedule) is rejected: removed, counted and sampled."""
         rejects = self.rt.backend.rejects
+        if schedules.is_tick(self.delivery, self.rt.backend.names):
+            return await schedules.materialize(self.rt, self.delivery)
         try:
             job_id = check_name(self.delivery.body.decode("utf-8", "replace"), "job id")
         except InvalidName:

@@ -26,6 +26,7 @@ from .lease import Leases
 from .presence import Presence
 from .rates import RateCounters
 from .rejects import Rejects
+from .schedules import Schedules
 from .store import JobStore
 
 
@@ -74,6 +75,7 @@ class Backend:
     rejects: Rejects
     edges: Edges
     rates: RateCounters
+    schedules: Schedules
     payload_limit: int
     _conn: Nats = field(repr=False, compare=False)
     """Only for the narrow facts below; never handed out."""
@@ -132,6 +134,7 @@ class Backend:
             rejects=Rejects(conn, names, metrics),
             edges=Edges(conn, names),
             rates=RateCounters(conn, names),
+            schedules=Schedules(conn, names),
             payload_limit=payload_limit,
             admission=(
                 Admission(conn, names, max_jobs=config.max_jobs, max_bytes=config.max_bytes)

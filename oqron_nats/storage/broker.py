@@ -17,9 +17,13 @@ import msgspec
 from .._nats import ConsumerSpec, Delivery, JetStreamError, Msg, Nats, Puller, ensure_consumer
 from .._nats.names import (
     CORRELATION_HEADER,
+    KEPT_SCHEDULE_NEXT_HEADER,
+    KEPT_SCHEDULER_HEADER,
     MSG_ID_HEADER,
     SCHEDULE_HEADER,
+    SCHEDULE_NEXT_HEADER,
     SCHEDULE_TARGET_HEADER,
+    SCHEDULER_HEADER,
     Names,
 )
 from ..core.errors import EnqueueError, Unavailable
@@ -83,8 +87,10 @@ class Broker:
         return False
 
     async def subjects(self) -> list[str]:
-        """Every subject of the work stream that holds a message (the job id comes last)."""
-        return list(await self.conn.subjects(self.names.stream, ">"))
+        """Every subject of the work stream that holds a job's message (the job id comes last):
+        not the repeating schedules nor their ticks (see :mod:`.schedules`)."""
+        subjects = await self.conn.subjects(self.names.stream, ">")
+        return [subject for subject in subjects if not self.names.is_repeating(subject)]
 
     async def remove(self, subject: str) -> None:
         """Remove the messages on one subject of the work stream."""
@@ -167,7 +173,11 @@ class Broker:
                 return False
             headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
             headers[MSG_ID_HEADER] = f"pop-{top.seq}"
-            await self.conn.publish(self.names.run(top.data.decode()), top.data, headers)
+            if SCHEDULER_HEADER in top.headers:  # a tick of a repeating schedule: keep its time
+                headers[KEPT_SCHEDULER_HEADER] = top.headers[SCHEDULER_HEADER]
+                headers[KEPT_SCHEDULE_NEXT_HEADER] = top.headers.get(SCHEDULE_NEXT_HEADER, "")
+            token = top.subject.rsplit(".", 1)[-1]  # the job id, or =<name> for a tick
+            await self.conn.publish(self.names.run(token), top.data, headers)
             if await self.conn.delete_msg(self.names.stream, top.seq):
                 return True
             # another worker moved this one first (its copy was deduplicated): take the next

@@ -2,7 +2,8 @@
 
 Anything with publish rights on a lane can put a message there: a body that is not a job id, an
 id with no record, a schedule of its own (``Nats-Schedule`` on a lane, or a repeating schedule
-that fires into one). Such a message is removed without running anything, and:
+that fires into one, other than the queue's own, see runtime/schedules.py). Such a message is
+removed without running anything, and:
 
 * a schedule behind it is deleted, so it does not fire again (a job's own delay is a one-shot
   ``@at`` schedule on the job's schedule subject; any other scheduler is foreign). Only that
@@ -32,7 +33,9 @@ SAMPLE_BYTES = 256
 NOT_A_JOB_ID = "not-a-job-id"
 NO_RECORD = "no-record"
 FOREIGN_SCHEDULE = "foreign-schedule"
-REASONS = (NOT_A_JOB_ID, NO_RECORD, FOREIGN_SCHEDULE)
+BAD_TICK = "bad-tick"
+"""A message fired by a repeating schedule of the queue whose body is not that schedule."""
+REASONS = (NOT_A_JOB_ID, NO_RECORD, FOREIGN_SCHEDULE, BAD_TICK)
 
 
 class RejectedSample(msgspec.Struct, kw_only=True):

@@ -1,0 +1,296 @@
+"""Repeating jobs on the server's own clock (issue 16, part 1), against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from oqron_nats import Client, InvalidOption, JobContext, JobState, PayloadError, queue
+from oqron_nats.core.cron import parse
+from oqron_nats.core.schedules import ScheduleSpec, tick_job_id, tick_time
+from oqron_nats.testing import LocalServer
+
+from .helpers import WorkerProcess, eventually, read_log
+
+
+def tick_of(job_id: str) -> datetime:
+    return datetime.strptime(job_id.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+async def completed(q: Any) -> list[Any]:
+    return await q.get_jobs(JobState.COMPLETED, limit=10_000)
+
+
+# -- definitions: checked before anything is written ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cron": "61 * * * *"}, "minute '61': out of range"),
+        ({"cron": "* * *"}, "must have 5 fields"),
+        ({"cron": "0 0 3 * * * *"}, "must have 5 fields"),
+        ({"cron": "*/0 * * * *"}, "step must be at least 1"),
+        ({"cron": "0 3 * * funday"}, "day of week 'funday'"),
+        ({"cron": "0 0 30 2 *"}, "the server refused"),  # parses, but February has no 30th
+        ({"cron": "0 3 * * *", "tz": "Mars/Olympus"}, "unknown time zone"),
+        ({"cron": "0 3 * * *", "tz": "+02:00"}, "IANA time zone"),
+        ({"every": 1.5}, "whole seconds"),
+        ({"every": timedelta(milliseconds=100)}, "at least 1"),
+        ({"every": 5, "tz": "Europe/Berlin"}, "cron schedules only"),
+        ({"every": 5, "cron": "* * * * *"}, "exactly one"),
+        ({}, "exactly one"),
+        ({"every": 5, "priority": 12}, "priority"),
+        ({"every": 5, "attempts": 0}, "attempts"),
+    ],
+)
+async def test_a_bad_definition_is_invalid_option_and_writes_nothing(
+    client: Client, options: dict[str, Any], message: str
+) -> None:
+    q = queue("defs", client=client)
+    await q.add({"n": 0})  # provisions the queue
+    with pytest.raises(InvalidOption, match=message):
+        await q.schedule("nightly", {"n": 1}, **options)
+    assert await q.schedules() == []
+
+
+async def test_bad_names_and_payloads_are_refused(client: Client) -> None:
+    class Report(msgspec.Struct):
+        day: str
+
+    q = queue("names", client=client, payload=Report)
+    await q.add(Report(day="x"))
+    with pytest.raises(InvalidOption, match="schedule name"):
+        await q.schedule("has.dot", Report(day="x"), every=5)
+    with pytest.raises(InvalidOption, match="longer than 47"):
+        await q.schedule("n" * 48, Report(day="x"), every=5)
+    with pytest.raises(PayloadError):
+        await q.schedule("typed", {"day": 3}, every=5)
+    with pytest.raises(InvalidOption, match="at most"):
+        await q.schedule("big", Report(day="x" * 20_000), every=5)
+    assert await q.schedules() == []
+
+
+async def test_redefining_replaces_and_unschedule_removes(client: Client) -> None:
+    q = queue("redef", client=client)
+    await q.add({"n": 0})
+    await q.schedule("report", {"v": 1}, cron="0 3 * * *", tz="Europe/Berlin")
+    await q.schedule("report", {"v": 2}, every=timedelta(minutes=5))
+    await q.schedule("other", {"v": 3}, cron="@hourly")
+    listed = {s.name: s for s in await q.schedules()}
+    assert sorted(listed) == ["other", "report"]
+    assert listed["report"].data == {"v": 2} and listed["report"].every == timedelta(minutes=5)
+    assert listed["report"].tz is None and listed["report"].pattern == "@every 300s"
+    assert listed["other"].pattern == "@hourly"
+    assert await q.unschedule("report") is True
+    assert await q.unschedule("report") is False
+    assert [s.name for s in await q.schedules()] == ["other"]
+    await q.schedule("report", {"v": 4}, cron="30 2 * * mon-fri")  # defined again after removal
+    assert {s.name: s.pattern for s in await q.schedules()}["report"] == "0 30 2 * * mon-fri"
+
+
+# -- ticks become jobs ------------------------------------------------------------------------
+
+
+async def test_every_second_for_ten_seconds_makes_one_job_per_tick_with_3_workers(
+    nats_server: LocalServer, namespace: str, client: Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    q = queue("ticks", client=client)
+    await q.add({"n": 0}, job_id="warm")  # provisions the queue before the workers bind
+    workers = [
+        WorkerProcess(nats_server.url, namespace, log, queue="ticks", concurrency=2)
+        for _ in range(3)
+    ]
+    try:
+        await q.schedule("beat", {"hello": "world"}, every=1)
+        await asyncio.sleep(10)
+        assert await q.unschedule("beat")
+        await asyncio.sleep(1.5)  # a tick fired just before the removal still runs
+        jobs = await eventually(
+            lambda: _settled(q), timeout=15, what="the ticks' jobs to be completed"
+        )
+    finally:
+        for w in workers:
+            w.close()
+    ids = [job.id for job in jobs if job.id != "warm"]
+    assert 9 <= len(ids) <= 12, ids  # 10 +- 1, and the one the removal may have raced
+    assert len(set(ids)) == len(ids)
+    ticks = sorted(tick_of(i) for i in ids)
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
+    starts = Counter(r["job"] for r in read_log(log) if r["event"] == "start")
+    assert all(starts[i] == 1 for i in ids), "every tick's job ran exactly once"
+    assert len({r["pid"] for r in read_log(log)}) >= 2, "the ticks were shared by the workers"
+    job = await q.get_job(ids[0])
+    assert job is not None and job.data == {"hello": "world"}
+    assert job.triggered_by == "schedule:beat"
+
+
+async def _settled(q: Any) -> list[Any] | None:
+    if await q.count(JobState.WAITING) or await q.count(JobState.ACTIVE):
+        return None
+    return await completed(q)
+
+
+async def test_a_tick_delivered_again_runs_its_job_once(client: Client) -> None:
+    runs: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        runs.append(ctx.id)
+
+    q = queue("again", handler, client=client, strategy="lifo")
+    async with q:
+        await q.schedule("pulse", {"n": 1}, every=1)
+        await eventually(lambda: _count_completed(q, 2), timeout=10, what="two ticks")
+        await q.unschedule("pulse")
+    assert len(runs) == len(set(runs)), runs
+    assert all(r.startswith("pulse-") for r in runs)
+
+
+async def _count_completed(q: Any, n: int) -> bool:
+    return await q.count(JobState.COMPLETED) >= n
+
+
+async def test_a_paused_queue_holds_its_ticks_and_runs_them_on_resume(client: Client) -> None:
+    runs: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        runs.append(ctx.id)
+
+    q = queue("paused", handler, client=client)
+    async with q:
+        await q.pause()
+        await q.schedule("pulse", None, every=1)
+        await asyncio.sleep(3.5)
+        assert runs == []
+        await q.unschedule("pulse")
+        await q.resume()
+        await eventually(lambda: _count_completed(q, 3), timeout=10, what="the held ticks")
+    assert len(runs) == len(set(runs)) >= 3
+
+
+@pytest.mark.parametrize(("stop", "caught_up"), [("stop", {1}), ("kill", {0, 1})])
+async def test_server_restart_loses_no_tick_due_after_it_and_collapses_missed_ones(
+    tmp_path: Path, stop: str, caught_up: set[int]
+) -> None:
+    """The missed-tick policy: while the server is down no job is made; the ticks it missed
+    become at most one job, made at once on recovery after a clean stop (none after a crash);
+    every tick due after the restart becomes its job; none twice."""
+    with LocalServer(store_dir=tmp_path / "store") as server:
+        runs: list[str] = []
+
+        async def handler(ctx: JobContext[Any]) -> None:
+            runs.append(ctx.id)
+
+        client = Client(server.url, namespace="restart", retry_deadline=30.0)
+        async with client, queue("restart", handler, client=client) as q:
+            await q.schedule("beat", None, every=2)
+            await eventually(lambda: _count_completed(q, 2), timeout=10, what="two ticks")
+            await asyncio.to_thread(server.stop if stop == "stop" else server.kill)
+            down_at = datetime.now(UTC)
+            await asyncio.sleep(7)  # three ticks are missed
+            await asyncio.to_thread(server.start)
+            up_at = datetime.now(UTC)
+            await asyncio.sleep(7)
+            await q.unschedule("beat")
+            await eventually(
+                lambda: _ticks_up_to(q, up_at + timedelta(seconds=5)), timeout=20,
+                what="the ticks after the restart",
+            )  # fmt: skip
+            jobs = await completed(q)
+        ids = sorted(job.id for job in jobs)
+        assert len(ids) == len(set(ids)) and sorted(runs) == ids, "one job per tick, run once"
+        ticks = sorted(tick_of(i) for i in ids)
+        before = [t for t in ticks if t <= down_at]
+        missed = [t for t in ticks if down_at < t <= up_at + timedelta(milliseconds=600)]
+        after = [t for t in ticks if t > up_at + timedelta(milliseconds=600)]
+        assert len(before) >= 2
+        assert len(missed) in caught_up, (missed, down_at, up_at)
+        assert after and after[0] - up_at <= timedelta(seconds=2.6), (after, up_at)
+        steps = {b - a for a, b in itertools.pairwise(after)}
+        assert steps == {timedelta(seconds=2)}, after
+
+
+async def _ticks_up_to(q: Any, until: datetime) -> bool:
+    return any(tick_of(job.id) >= until for job in await completed(q))
+
+
+# -- tick ids ---------------------------------------------------------------------------------
+
+
+def test_tick_ids_come_from_the_next_tick() -> None:
+    every = ScheduleSpec(name="b", queue="q", data=msgspec.Raw(b"null"),
+                         defined_at=datetime.now(UTC), every=300)  # fmt: skip
+    nxt = datetime(2026, 1, 1, 3, 5, tzinfo=UTC)
+    assert tick_job_id("b", tick_time(every, nxt)) == "b-20260101T030000Z"
+    berlin = ScheduleSpec(name="n", queue="q", data=msgspec.Raw(b"null"),
+                          defined_at=datetime.now(UTC), cron=parse("0 3 * * *").expression,
+                          tz="Europe/Berlin")  # fmt: skip
+    nxt = datetime(2026, 7, 2, 1, 0, tzinfo=UTC)  # 03:00 in Berlin, summer time
+    assert tick_job_id("n", tick_time(berlin, nxt)) == "n-20260701T010000Z"
+    assert tick_job_id("n", datetime(2026, 1, 1, 0, 0, 0, 999_000, tzinfo=UTC)).endswith("01Z")
+
+
+def test_cron_previous_follows_the_server_day_rule() -> None:
+    either = parse("30 4 1,15 * 5")  # the 1st and 15th, and every Friday
+    before = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+    assert either.previous(before) == datetime(2026, 2, 27, 4, 30, tzinfo=UTC)  # a Friday
+    both = parse("0 0 * * 5")
+    assert both.previous(datetime(2026, 3, 1, tzinfo=UTC)) == datetime(2026, 2, 27, tzinfo=UTC)
+    assert parse("0 0 29 2 *").previous(datetime(2026, 3, 1, tzinfo=UTC)) == datetime(
+        2024, 2, 29, tzinfo=UTC
+    )
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_the_schedules_commands(nats_server: LocalServer, namespace: str, capsys: Any) -> None:
+    from oqron_nats.ops.cli import main
+
+    where = ["--url", nats_server.url, "--namespace", namespace]
+    assert main(["provision", "cli", *where]) == 0
+    assert main(["schedules", "add", "cli", "nightly", "--cron", "0 3 * * *", "--tz",
+                 "Europe/Berlin", "--data", '{"k": 1}', *where]) == 0  # fmt: skip
+    assert main(["schedules", "add", "cli", "bad", "--cron", "0 25 * * *", *where]) != 0
+    assert main(["schedules", "add", "cli", "bad", "--every", "5", "--data", "{x", *where]) != 0
+    capsys.readouterr()
+    assert main(["schedules", "list", "cli", "--json", *where]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["pattern"], s["tz"], s["data"]) for s in listed] == [
+        ("nightly", "0 0 3 * * *", "Europe/Berlin", {"k": 1})
+    ]
+    assert main(["schedules", "remove", "cli", "nightly", *where]) == 0
+    assert main(["schedules", "remove", "cli", "nightly", *where]) == 1
+    assert main(["schedules", "list", "cli", *where]) == 0
+    assert "no repeating schedules" in capsys.readouterr().out
+
+
+async def test_reconciliation_leaves_schedules_and_their_ticks_alone(client: Client) -> None:
+    from oqron_nats.core.config import Reconciliation
+    from oqron_nats.runtime.maintenance import reconcile
+
+    q = queue("recon", client=client)  # no worker: a tick stays on the lane, without a record
+    await q.add({"n": 0})
+    await q.schedule("beat", None, every=1)
+    backend = await q._open()
+    await eventually(
+        lambda: _has_tick(backend), timeout=10, what="a tick waiting on the lane"
+    )  # fmt: skip
+    healed = await reconcile(backend, Reconciliation(waiting_threshold=0, delayed_grace=0))
+    assert healed.removed == 0
+    assert [s.name for s in await q.schedules()] == ["beat"]
+    assert await _has_tick(backend)
+
+
+async def _has_tick(backend: Any) -> bool:
+    subjects = await backend._conn.subjects(backend.names.stream, backend.names.lanes)
+    return any(subject.endswith(".=beat") for subject in subjects)
