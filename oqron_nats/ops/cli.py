@@ -40,6 +40,7 @@ from ..core.errors import (
     Unavailable,
 )
 from ..core.naming import check_name, check_namespace
+from ..dashboard.command import add_dashboard_command, run_dashboard
 from ..observe.logconfig import configure_logging
 from ..queue import Queue
 from ..testing.cluster import LocalCluster
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_admin.add_dlq_command(commands)
     commands.add_parser("demo", help="run the demo: its own local NATS server and real jobs")
     cli_admin.add_provision_command(commands)
+    add_dashboard_command(commands)  # the web dashboard (oqron_nats/dashboard/)
 
     permissions = commands.add_parser(
         "permissions", help="print the nats-server permissions block of a role"
@@ -119,6 +121,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
     if args.command == "permissions":
         return _permissions(args)
+    if args.command == "dashboard":
+        return run_dashboard(args)
     return asyncio.run(cli_admin.run_admin(args))
 
 
