@@ -81,10 +81,8 @@ async def queue_values(dash: Dashboard, request: Request, name: str) -> dict[str
     if find:
         values["jobs"] = await reads.find(dash.handles, name, find)
     elif tab == "dead":
-        values["dead"] = [
-            _dead(dash, name, d)
-            for d in await admin.dead_letters(dash.client, name, DEAD_LETTERS_SHOWN)
-        ]
+        dead = await admin.dead_letters(dash.client, name, DEAD_LETTERS_SHOWN)
+        values["dead"] = await asyncio.gather(*(_dead(dash, name, d) for d in dead))
     else:
         state = _state(tab)
         values["pages"] = max(1, math.ceil(row.counts[state.value] / reads.PAGE_SIZE))
@@ -190,8 +188,12 @@ def message(name: str, data: str) -> str:
     return f"event: {name}\n{lines}\n"
 
 
-def _dead(dash: Dashboard, name: str, dead: admin.DeadLetter) -> dict[str, Any]:
-    masker = Masker(None, dash.settings.secrets_of(name))
+async def _dead(dash: Dashboard, name: str, dead: admin.DeadLetter) -> dict[str, Any]:
+    """A dead letter as listed, its error masked with the secret values of its job's payload
+    (read from its record while it is kept)."""
+    found = await reads.job(dash.handles, name, dead.id)
+    data = found.data if isinstance(found, Job) else None
+    masker = Masker(data, dash.settings.secrets_of(name))
     return {"id": dead.id, "attempts": dead.attempts, "failed_at": dead.failed_at,
             "error": masker.failure(dead.error), "correlation_id": dead.correlation_id}  # fmt: skip
 
