@@ -47,6 +47,8 @@ class Served:
         client = Client(self.nats_url, namespace=self.namespace)
         await client.connect()
         web = app(client=client, **self.options)
+        self.loop = asyncio.get_running_loop()
+        self.hub = web.state.dashboard.hub
         config = uvicorn.Config(web, log_level="warning", lifespan="on", access_log=False,
                                 timeout_graceful_shutdown=1)  # fmt: skip
         self.server = uvicorn.Server(config)
@@ -62,6 +64,7 @@ class Served:
 
     def close(self) -> None:
         if self.server is not None:
+            self.loop.call_soon_threadsafe(self.hub.end_pages)
             self.server.should_exit = True
         self.thread.join(15)
         self.sock.close()

@@ -61,8 +61,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
     web = app(client=client, read_only=args.read_only, auth=auth,
               secret_fields=args.secret_fields, trace_url=args.trace_url)  # fmt: skip
     config = uvicorn.Config(web, host=args.host, port=args.port, log_level="warning",
-                            lifespan="on", access_log=False)  # fmt: skip
-    server = uvicorn.Server(config)
+                            lifespan="on", access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
+    dashboard = web.state.dashboard
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            dashboard.hub.end_pages()  # open event streams end, so the shutdown does not wait
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     where = f"http://{_shown_host(args.host)}:{args.port}/"
     asyncio.run(_serve(server, client, where))
     return 0

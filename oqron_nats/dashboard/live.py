@@ -49,6 +49,8 @@ class Page:
     job: str | None = None
     pending: dict[str, str] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    """Set when the dashboard shuts down: the page's event stream ends."""
 
     def send(self, name: str, data: str) -> None:
         """Keep ``data`` as the latest message ``name`` for the page."""
@@ -114,6 +116,15 @@ class Hub:
         self._read_at = -math.inf
         self._read_lock = asyncio.Lock()
         self._shown = ""
+        self._closing = False
+
+    def end_pages(self) -> None:
+        """End every open page's event stream (the server is shutting down: it waits for
+        open connections, and an event stream would never end by itself)."""
+        self._closing = True
+        for page in list(self._pages):
+            page.closed = True
+            page.wake.set()
 
     def start(self) -> None:
         """Start listening (idempotent: the first page that needs it starts it)."""

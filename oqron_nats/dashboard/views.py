@@ -170,7 +170,7 @@ async def events(dash: Dashboard, request: Request) -> Response:
                 yield message("job", "connected")
             elif page.queue is not None:
                 yield message("queue", "connected")
-            while True:
+            while not page.closed:
                 messages = await page.next(PING)
                 if not messages:
                     yield ": ping\n\n"

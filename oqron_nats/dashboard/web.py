@@ -42,6 +42,7 @@ def app(
     def route(path: str, view: View, methods: tuple[str, ...] = ("GET",)) -> Route:
         async def endpoint(request: Request) -> Response:
             dash.root = request.scope.get("root_path", "")
+            dash.hub.start()  # listening from the first request on
             try:
                 return await view(dash, request)
             except OqronError as exc:
