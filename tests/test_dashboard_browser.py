@@ -224,8 +224,8 @@ async def test_read_only_mode_shows_no_action_and_refuses_a_post(
         status = await call(
             browser.execute_async_script,
             "const done = arguments[arguments.length - 1];"
-            "fetch('/queues/ledger/pause', {method: 'POST', body: new URLSearchParams({csrf: 'x'})})"
-            ".then(r => done(r.status));",
+            "const body = new URLSearchParams({csrf: 'x'});"
+            "fetch('/queues/ledger/pause', {method: 'POST', body}).then(r => done(r.status));",
         )
     assert status == 403
     assert not await q.is_paused()

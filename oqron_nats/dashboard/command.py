@@ -60,8 +60,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
     client = Client(args.url, namespace=args.namespace, credentials=credentials, tls=tls)
     web = app(client=client, read_only=args.read_only, auth=auth,
               secret_fields=args.secret_fields, trace_url=args.trace_url)  # fmt: skip
-    config = uvicorn.Config(web, host=args.host, port=args.port, log_level="warning",
-                            lifespan="on", access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
+    config = uvicorn.Config(
+        web, host=args.host, port=args.port, log_level="warning", lifespan="on",
+        access_log=False, timeout_graceful_shutdown=5,
+    )  # fmt: skip
     dashboard = web.state.dashboard
 
     class Server(uvicorn.Server):
