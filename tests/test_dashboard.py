@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from .dashboard_helpers import Served
 from .helpers import eventually
 
 SECRET = "4111-1111-1111-1111"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def csrf_of(html: str) -> str:
@@ -264,3 +270,32 @@ async def test_events_tell_a_queue_page_what_changed_as_it_happens(
             finally:
                 reader.cancel()
     assert seen[0] == ": connected"
+
+
+async def test_the_command_serves_on_loopback_and_stops_cleanly_with_a_page_open(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    await queue("served", client=client).add({"n": 1})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "oqron_nats", "dashboard", "--port", str(port),
+               "--url", nats_server.url, "--namespace", namespace]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                               text=True)  # fmt: skip
+    try:
+        banner = await asyncio.to_thread(process.stdout.readline)  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}/" in banner
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert 'id="queue-served"' in (await http.get("/")).text
+            async with http.stream("GET", "/events?overview=1") as stream:
+                lines = stream.aiter_lines()
+                assert await anext(lines) == ": connected"
+                process.send_signal(signal.SIGINT)  # with the event stream still open
+                code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        process.kill()
+        stderr = process.communicate()[1]
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 from ..client import Client
@@ -70,6 +73,19 @@ def run_dashboard(args: argparse.Namespace) -> int:
         def handle_exit(self, sig: int, frame: Any) -> None:
             dashboard.hub.end_pages()  # open event streams end, so the shutdown does not wait
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """Ctrl-C and SIGTERM stop the server (a second one at once), and exit 0: not
+            re-raised after the shutdown as uvicorn does, which would cut the client's close."""
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
 
     server = Server(config)
     where = f"http://{_shown_host(args.host)}:{args.port}/"
