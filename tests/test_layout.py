@@ -80,9 +80,14 @@ FACADES = {"__init__.py", "__main__.py"}
 """The package's entry points, which re-export every part."""
 
 
+ALIASES = {"dashboard": "ops"}
+"""Parts that sit at the level of another: the web dashboard is an entry point, like ``ops``."""
+
+
 def part_of(path: Path) -> str:
     parts = path.relative_to(PACKAGE).parts
-    return parts[0] if len(parts) > 1 else "face"
+    part = parts[0] if len(parts) > 1 else "face"
+    return ALIASES.get(part, part)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -101,7 +106,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def part_of_module(dotted: str) -> str:
-    first = dotted.split(".", maxsplit=1)[0]
+    first = ALIASES.get(dotted.split(".", maxsplit=1)[0], dotted.split(".", maxsplit=1)[0])
     return first if first in {*LAYERS, "testing"} else "face"
 
 

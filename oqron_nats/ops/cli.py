@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from ..core.errors import (
     Unavailable,
 )
 from ..core.naming import check_name, check_namespace
+from ..dashboard.command import add_dashboard_command, run_dashboard
 from ..observe.logconfig import configure_logging
 from ..queue import Queue
 from ..testing.cluster import LocalCluster
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the demo: its own local NATS server and real jobs")
     cli_admin.add_provision_command(commands)
     cli_schedules.add_schedules_command(commands)  # issue 16: repeating jobs
+    add_dashboard_command(commands)  # the web dashboard (oqron_nats/dashboard/)
 
     permissions = commands.add_parser(
         "permissions", help="print the nats-server permissions block of a role"
@@ -116,12 +118,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_demo())
     _log_to_stderr()
-    if args.command == "server":
-        return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
-    if args.command == "permissions":
-        return _permissions(args)
-    if args.command == "schedules":
-        return asyncio.run(cli_schedules.run_schedules(args))
+    command = _LOGGING_COMMANDS.get(args.command, _admin)
+    return command(args)
+
+
+def _server(args: argparse.Namespace) -> int:
+    return run_cluster(args.store) if args.cluster else run_server(args.port, args.store)
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    return asyncio.run(cli_schedules.run_schedules(args))
+
+
+def _admin(args: argparse.Namespace) -> int:
     return asyncio.run(cli_admin.run_admin(args))
 
 
@@ -216,3 +225,12 @@ async def _until_signal(*lines: str) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_LOGGING_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "server": _server,
+    "permissions": _permissions,
+    "schedules": _schedules,
+    "dashboard": run_dashboard,
+}
+"""The commands that log to stderr, by name; every other one is an admin command."""

@@ -1,0 +1,49 @@
+"""The web dashboard: every queue of a namespace, live, in a browser (``pip install
+'oqron-nats[dashboard]'``).
+
+``app(client=...)`` is an ASGI app to mount in a FastAPI or Starlette service behind its own
+auth; ``oqron dashboard`` serves it on 127.0.0.1 (see :mod:`.command`). Pages read NATS through
+the same code as the ``oqron`` command, actions are POSTs through the same methods, and live
+updates come from the queue events the library publishes, never from polling per browser.
+Starlette and Jinja2 are imported when the app is built, so the ``oqron`` command works without
+the extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..client import Client
+from ..queue import Queue
+from .settings import Auth, BasicAuth, BearerAuth
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+__all__ = ["Auth", "BasicAuth", "BearerAuth", "app"]
+
+
+def app(
+    *,
+    client: Client,
+    read_only: bool = False,
+    auth: Auth | None = None,
+    secret_fields: Iterable[str] = (),
+    queues: Iterable[Queue[Any, Any]] = (),
+    trace_url: str | None = None,
+    refresh: float = 5.0,
+) -> Starlette:
+    """The dashboard as an ASGI app over ``client``'s namespace.
+
+    ``read_only`` hides and refuses every action; ``auth`` (:class:`BasicAuth` or
+    :class:`BearerAuth`) guards every request; ``secret_fields`` are masked in every queue's
+    payloads and results, besides the ``secret_fields`` of the ``queues`` handed; ``trace_url``
+    links a job to its trace (``{trace_id}``, ``{correlation_id}``, ``{job_id}``, ``{queue}``);
+    ``refresh`` is how often, in seconds, the overview is re-read without events. The client is
+    the caller's: the app never closes it.
+    """
+    from .web import app as build
+
+    return build(client=client, read_only=read_only, auth=auth, secret_fields=secret_fields,
+                 queues=queues, trace_url=trace_url, refresh=refresh)  # fmt: skip
