@@ -13,6 +13,7 @@ from oqron_nats.core.errors import OqronError
 
 INTERNAL = {
     "oqron_nats._nats.conn._Failed": "turned into ConnectionFailed by Connection.connect",
+    "oqron_nats.loop_thread.CallTimeout": "each oqron_nats.sync call turns it into a typed error",
     "oqron_nats.runtime.execution.Discarded": "ctx.discard(): the worker fails the job with it",
     "oqron_nats.storage.lease.LeaseLost": "caught by the heartbeat and the maintenance leader",
 }
