@@ -107,6 +107,7 @@ def _publisher_publish(names: Names) -> list[str]:
     return [
         *(f"{API}.STREAM.INFO.{stream}" for stream in _streams(names)),  # exists? counts
         f"{API}.STREAM.INFO.KV_{names.shared_jobs_bucket}",  # records left by 0.1.0?
+        f"{API}.STREAM.INFO.{names.legacy_index_stream(JobState.WAITING)}",  # 0.1's index?
         f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
         f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader (fresh reads, a hung replica)
@@ -134,7 +135,8 @@ def _worker_publish(names: Names) -> list[str]:
     stream, index = names.stream, names.index_stream
     return [
         *(f"{API}.STREAM.CREATE.{s}" for s in _streams(names)),  # provisioning
-        f"{API}.STREAM.NAMES",  # the per-state index streams of 0.1, migrated at start
+        # the per-state index streams of 0.1, migrated at start
+        *(f"{API}.STREAM.INFO.{names.legacy_index_stream(s)}" for s in JobState),
         *(f"{API}.DIRECT.GET.{names.legacy_index_stream(s)}" for s in JobState),
         *(f"{API}.STREAM.DELETE.{names.legacy_index_stream(s)}" for s in JobState),
         f"{API}.STREAM.PURGE.{index}",  # obliterate

@@ -24,22 +24,32 @@ BATCH = 1024
 async def migrate_legacy(conn: Nats, names: Names) -> int:
     """Copy the entries of the queue's old per-state index streams into its index stream, then
     delete them; returns how many entries were copied (0 if there was nothing to migrate)."""
-    try:
-        found = set(await conn.stream_names(subject=names.legacy_index_entries))
+    try:  # 0.1 made the nine streams together: one tells
+        if not await conn.stream_exists(names.legacy_index_stream(JobState.WAITING)):
+            return 0
+        old = [(state, names.legacy_index_stream(state)) for state in JobState]
+        old = [(state, stream) for state, stream in old if await conn.stream_exists(stream)]
     except PermissionDenied:
         return 0
-    old = [(state, names.legacy_index_stream(state)) for state in JobState]
-    old = [(state, stream) for state, stream in old if stream in found]
-    if not old:
-        return 0
+    try:
+        copied = await _copy(conn, names, old)
+        for _, stream in old:
+            await conn.delete_stream(stream)
+    except PermissionDenied:
+        return 0  # a role that may not read or delete them: the next worker migrates
+    return copied
+
+
+async def _copy(conn: Nats, names: Names, old: list[tuple[JobState, str]]) -> int:
+    """Copy the old streams' entries; returns once every copy is stored."""
     copied, last = 0, ""
+    entered: dict[str, str] = {}
     for state, stream in old:
         start = 1
         while True:
             stored, more = await conn.direct_batch(stream, start=start, batch=BATCH)
             for msg in stored:
-                job_id = msg.subject.rsplit(".", 1)[1]
-                last = names.index_entry(state, job_id)
+                last = names.index_entry(state, msg.subject.rsplit(".", 1)[1])
                 entered = {INDEX_ENTERED_HEADER: msg.headers.get("Nats-Time-Stamp", "")}
                 if TTL_HEADER in msg.headers:  # it expires with its record (from now on)
                     entered[TTL_HEADER] = msg.headers[TTL_HEADER]
@@ -50,9 +60,4 @@ async def migrate_legacy(conn: Nats, names: Names) -> int:
             start = stored[-1].seq + 1
     if last:  # the same connection, the same stream: acked, it lands after every copy
         await conn.publish(last, b"", entered)
-    try:
-        for _, stream in old:
-            await conn.delete_stream(stream)
-    except PermissionDenied:
-        pass  # copied; a worker deletes them when it opens the queue
     return copied
