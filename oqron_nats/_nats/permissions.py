@@ -117,7 +117,8 @@ def _publisher_publish(names: Names) -> list[str]:
         f"$KV.{deps}.{names.queue}.>",  # flows: edges to parents
         f"{API}.DIRECT.GET.KV_{deps}.$KV.{deps}.{names.queue}.>",
         f"{API}.DIRECT.GET.KV_{deps}",  # a parent's edges, read in batches
-        f"{API}.DIRECT.GET.{index}",  # counts, pages, repairs (stale entries get markers)
+        f"{API}.DIRECT.GET.{index}",  # counts, pages, repairs
+        f"{API}.STREAM.PURGE.{index}",  # a page repairs a stale finished entry
         names.index_entries_of_queue,
         names.events,
         names.lanes,
@@ -132,14 +133,13 @@ def _publisher_subscribe(names: Names) -> list[str]:
 
 def _worker_publish(names: Names) -> list[str]:
     jobs, locks, queues = names.jobs_bucket, names.locks_bucket, names.queues_bucket
-    stream, index = names.stream, names.index_stream
+    stream = names.stream
     return [
         *(f"{API}.STREAM.CREATE.{s}" for s in _streams(names)),  # provisioning
         # the per-state index streams of 0.1, migrated at start
         *(f"{API}.STREAM.INFO.{names.legacy_index_stream(s)}" for s in JobState),
         *(f"{API}.DIRECT.GET.{names.legacy_index_stream(s)}" for s in JobState),
         *(f"{API}.STREAM.DELETE.{names.legacy_index_stream(s)}" for s in JobState),
-        f"{API}.STREAM.PURGE.{index}",  # obliterate
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.NAMES.{stream}",
         f"{API}.CONSUMER.PAUSE.{stream}.*",

@@ -5,7 +5,9 @@ One stream per queue (``OQRON_<ns>_X_<q>``, one message per subject) holds an en
 state's subject and a **delete marker** (``KV-Operation: DEL``, ``Nats-TTL: 1s``) on the old one:
 the marker replaces the old entry (one message per subject), then expires. A move is two stored
 messages sent without waiting for an answer, in order on one connection, so a marker cannot
-overtake the entry it removes.
+overtake the entry it removes. A finished state's entry is left only when a job is removed or
+retried: there a purge (an API request, sent without waiting) removes it, so that no marker
+ever stands in a finished state and its count (which trimming to N relies on) is one request.
 
 Why this layout (issue 14). oqron_nats 0.1 kept a stream per state and purged the old entry;
 a purge is a JetStream API request, and on this machine a job's index work cost the server
@@ -17,12 +19,12 @@ purges, and never see an entry expire with its record (age-based retention); a s
 
 Reads, where a delete marker still stands for a second after the move:
 
-* ``count(state)``: the entries and markers of the state (a batch read of one message, whose
-  ``Nats-Num-Pending`` the server computes from its subject index), minus the markers still
-  standing. Those were all stored in the last seconds before the stream's last message, so one
-  short read of that tail finds them. Cost: a few milliseconds at 100,000 jobs, plus the
-  state's moves of the last seconds. Markers are read before the total, so a count made while
-  a marker expires is one low, never one high (trimming to N keeps at least N).
+* ``count(state)``: the state's messages (a batch read of one message, whose
+  ``Nats-Num-Pending`` the server computes from its subject index: a few milliseconds at
+  100,000 jobs). In an unfinished state, minus the markers still standing: those were all
+  stored in the seconds before the stream's last message, so one read of that tail finds them
+  (it costs the state's moves of the last three seconds). Markers are read before the total,
+  so a count made while a marker expires is one low, never one high.
 * pages read the state's subjects backwards, in windows that grow by four, skipping markers.
 
 The record stays the truth, and the index heals itself where a crash cut a move short (the
@@ -54,9 +56,11 @@ UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 
 WINDOW = 256
 """Entries read per request."""
+TAIL_BATCH = 1024
+"""Messages read per request where a count looks for standing delete markers."""
 MARKER_TTL = 1
 """Seconds a delete marker stands (the server's minimum per-message TTL)."""
-MARKER_SLACK = 4.0
+MARKER_SLACK = 2.0
 """Seconds a marker may outlive its TTL before the server removes it (a busy server)."""
 GONE = {KV_OPERATION_HEADER: "DEL", TTL_HEADER: f"{MARKER_TTL}s"}
 
@@ -105,7 +109,17 @@ class StateIndex:
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
         for state in stale - {None, now}:
             assert state is not None
-            await self.conn.publish_core(self.names.index_entry(state, job.id), headers=GONE)
+            await self._forget(job.id, state)
+
+    async def _forget(self, job_id: str, state: JobState) -> None:
+        """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
+        job leaves those), a purge in a finished one (left only when a job is removed or
+        retried), whose count must never include a job that left it (trimming to N)."""
+        subject = self.names.index_entry(state, job_id)
+        if state in TERMINAL_STATES:
+            await self.conn.purge_later(self.stream, subject)
+        else:
+            await self.conn.publish_core(subject, headers=GONE)
 
     async def settle(self, job_id: str, state: JobState) -> None:
         """Write the job's entry in ``state`` again and wait until it is stored, so that a count
@@ -121,7 +135,7 @@ class StateIndex:
         listed = {state_of(m) for m in stored if not gone(m)}
         for state in listed - {now, None}:
             assert state is not None
-            await self.conn.publish_core(self.names.index_entry(state, job_id), headers=GONE)
+            await self._forget(job_id, state)
         if now is not None and now not in listed:
             await self.conn.publish_core(self.names.index_entry(now, job_id))
 
@@ -134,7 +148,9 @@ class StateIndex:
         bounds = await self.conn.stream_state(self.stream)
         if not bounds.messages:
             return 0
-        standing = sum(1 for m in await self._tail(state, bounds.last_ts) if gone(m))
+        standing = 0
+        if state not in TERMINAL_STATES:  # no marker ever stands in a finished state
+            standing = sum(1 for m in await self._tail(state, bounds.last_ts) if gone(m))
         first, more = await self.conn.direct_batch(
             self.stream, start=bounds.first_seq, batch=1, subject=self.names.index_entries(state)
         )
@@ -174,7 +190,9 @@ class StateIndex:
         bounds = await self.conn.stream_state(self.stream)
         if not bounds.messages:
             return []
-        standing = {m.subject for m in await self._tail(state, bounds.last_ts) if gone(m)}
+        standing: set[str] = set()
+        if state not in TERMINAL_STATES:
+            standing = {m.subject for m in await self._tail(state, bounds.last_ts) if gone(m)}
         subjects = await self.conn.subjects(self.stream, self.names.index_entries(state))
         return [s.rsplit(".", 1)[1] for s in subjects if s not in standing]
 
@@ -218,7 +236,7 @@ class StateIndex:
             start_time, start = since.isoformat().replace("+00:00", "Z"), 0
         while True:
             stored, more = await self.conn.direct_batch(
-                self.stream, start=start, batch=WINDOW, subject=subject,
+                self.stream, start=start, batch=TAIL_BATCH, subject=subject,
                 start_time=start_time if not start else None,
             )  # fmt: skip
             found += stored
