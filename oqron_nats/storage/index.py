@@ -25,7 +25,8 @@ Reads, where a delete marker still stands for a second after the move:
   stored in the seconds before the stream's last message, so one read of that tail finds them
   (it costs the state's moves of the last three seconds). Markers are read before the total,
   so a count made while a marker expires is one low, never one high.
-* pages read the state's subjects backwards, in windows that grow by four, skipping markers.
+* pages read the state's subjects backwards, in windows (the page and a quarter, then four
+  times as many each time) that skip markers.
 
 The record stays the truth, and the index heals itself where a crash cut a move short (the
 record was written, its index update never left the dying process):
@@ -160,7 +161,7 @@ class StateIndex:
         """The ``count`` entries that entered ``state`` last, newest first."""
         bounds = await self.conn.stream_state(self.stream)
         found: list[IndexEntry] = []
-        end, span = bounds.last_seq + 1, WINDOW
+        end, span = bounds.last_seq + 1, max(WINDOW, count + count // 4)
         while count > 0 and bounds.messages and end > bounds.first_seq:
             start = max(bounds.first_seq, end - span)
             window = await self._read(state, start, stop=end)
