@@ -31,7 +31,8 @@ def kept_job(n: int, now: datetime) -> Job[msgspec.Raw]:
     )  # fmt: skip
     failed = n % 20 == 0
     state = JobState.FAILED if failed else JobState.COMPLETED
-    return moved(moved(job, JobState.WAITING, "added"), state, None, attempt=1, finished_at=now)
+    running = moved(moved(job, JobState.WAITING, "added"), JobState.ACTIVE, None, attempt=1)
+    return moved(running, state, None, attempt=1, finished_at=now)
 
 
 async def fill(backend: Backend, total: int) -> float:

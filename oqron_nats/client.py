@@ -30,11 +30,11 @@ from .core.errors import (
     ServerVersionError,
     Unavailable,
 )
-from .core.job import JobState
 from .core.naming import check_namespace
 from .observe.metrics import DEFAULT_INTERVAL, metrics_for
 from .observe.tracing import Tracing
 from .storage.backend import Backend, Consumers, Shared
+from .storage.index_migration import migrate_legacy
 
 N = TypeVar("N", int, float)
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -281,14 +281,13 @@ class Client:
         creations = [
             ensure_stream(
                 conn,
-                name=names.index_stream(state),
-                subjects=[names.index_entries(state)],
+                name=names.index_stream,
+                subjects=[names.index_entries_of_queue],
                 replicas=self.replicas,
                 work_queue=False,
                 max_msgs_per_subject=1,
                 ttl=True,
             )
-            for state in JobState
         ]
         creations.append(
             ensure_stream(
@@ -312,6 +311,7 @@ class Client:
             creations += self._namespace_streams(conn, names)
         await asyncio.gather(*creations)
         self._ready.add(NAMESPACE_READY)
+        await migrate_legacy(conn, names)  # the per-state index streams of 0.1, if any
 
     def _namespace_streams(self, conn: Nats, names: Names) -> list[Coroutine[Any, Any, None]]:
         """The creations of what every queue of the namespace shares."""

@@ -18,7 +18,17 @@ import msgspec
 from nats.aio.subscription import Subscription
 
 from oqron_nats import Client
-from oqron_nats._nats import Bucket, Entry, Msg, Nats, PubAck, StoredMsg, StreamState, ensure_bucket
+from oqron_nats._nats import (
+    Bucket,
+    Entry,
+    Msg,
+    Nats,
+    PubAck,
+    StoredMsg,
+    StreamState,
+    ensure_bucket,
+    ensure_stream,
+)
 from oqron_nats._nats.names import (
     MSG_ID_HEADER,
     SCHEDULE_HEADER,
@@ -214,6 +224,36 @@ class Backstage:
         """File the job under ``state`` in the state index, whatever its record says (the stale
         entry a crash that cut a move short leaves); returns once it is stored."""
         await StateIndex(await self._conn(), self.names).settle(job_id, state)
+
+    async def watch_index_requests(self, received: Received) -> Subscription:
+        """Subscribe to the JetStream API requests naming the queue's index stream (a purge, a
+        message delete, ...)."""
+        return await self._watch(f"$JS.API.*.*.{self.names.index_stream}", received)
+
+    async def index_messages(self) -> int:
+        """How many messages the index stream holds (entries and standing delete markers)."""
+        return (await self._conn_state(self.names.index_stream)).messages
+
+    async def make_legacy_index(self, filed: dict[JobState, list[str]]) -> None:
+        """Give the queue the state index of oqron_nats 0.1 instead of today's: a stream per
+        state, holding ``filed``'s entries (in that order)."""
+        conn, names = await self._conn(), self.names
+        await conn.delete_stream(names.index_stream)
+        for state in JobState:
+            await ensure_stream(
+                conn, name=names.legacy_index_stream(state),
+                subjects=[names.legacy_index_entry(state, "*")], replicas=1, work_queue=False,
+                max_msgs_per_subject=1, ttl=True,
+            )  # fmt: skip
+        for state, job_ids in filed.items():
+            for job_id in job_ids:
+                await conn.publish(names.legacy_index_entry(state, job_id), b"")
+
+    async def legacy_index_streams(self) -> list[str]:
+        """The per-state index streams of 0.1 the queue still has."""
+        conn = await self._conn()
+        streams = [self.names.legacy_index_stream(state) for state in JobState]
+        return [s for s in streams if await conn.stream_exists(s)]
 
     # -- consumers ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobContext, JobState, queue
+from oqron_nats import Client, JobContext, queue
 from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import LocalCluster
 
@@ -49,7 +49,7 @@ async def test_every_stream_bucket_and_consumer_has_three_replicas(
             buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket,
                        names.deps_bucket)  # fmt: skip
             expected = {names.stream, names.dlq_stream, names.rate_stream,
-                        *(names.index_stream(state) for state in JobState),
+                        names.index_stream,
                         *(stream_of(bucket) for bucket in buckets)}  # fmt: skip
             assert expected <= {info.config.name for info in streams}
             for info in streams:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from oqron_nats import Client, InvalidOption, JobState, RetryPolicy, queue
@@ -106,3 +108,97 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
     job.timeline[-1] = msgspec.structs.replace(job.timeline[-1], at=long_ago)
     await backend.store.create(job)
     await Backstage(q.client, q.name).file_in_index(job_id, JobState.ACTIVE)
+
+
+async def test_a_move_is_stored_messages_only_and_counts_skip_standing_markers(
+    client: Client,
+) -> None:
+    async def handler(ctx) -> None:
+        if ctx.data["fail"]:
+            raise RuntimeError("no")
+
+    again = RetryPolicy(max=1, strategy="fixed", base_delay=0)
+    q = queue("markers", handler, client=client, retries=again, concurrency=4)
+    behind = Backstage(client, q.name)
+    await q._open()
+    requests: list[str] = []
+
+    async def seen(msg) -> None:
+        requests.append(msg.subject)
+
+    watch = await behind.watch_index_requests(seen)
+    jobs = await q.add_bulk([{"data": {"fail": n % 3 == 0}} for n in range(12)])
+    cancelled = [await q.add({"fail": False}, delay=3600) for _ in range(3)]
+    for job in cancelled:
+        await q.cancel(job.id)
+    async with q:
+        await eventually(lambda: _counts(q, completed=8, failed=4), what="the jobs to end")
+    await watch.unsubscribe()
+    # counted while the delete markers of waiting, active and delayed still stand
+    expected = {"waiting": 0, "active": 0, "delayed": 0, "completed": 8, "failed": 4,
+                "cancelled": 3}  # fmt: skip
+    assert {s: await q.count(JobState(s)) for s in expected} == expected
+    assert await q.count() == 15
+    assert len(await q.get_jobs(JobState.COMPLETED, limit=50)) == 8
+    assert await q.get_jobs(JobState.WAITING) == []
+    assert [r for r in requests if ".PURGE." in r or ".DELETE." in r] == []
+    assert jobs.ok
+    # the markers expire; what stays is one entry per job
+    await eventually(lambda: _index_holds(behind, 15), what="the delete markers to expire")
+    assert {s: await q.count(JobState(s)) for s in expected} == expected
+
+
+async def _index_holds(behind: Backstage, messages: int) -> bool:
+    return await behind.index_messages() == messages
+
+
+async def test_a_count_is_never_high_while_markers_expire(client: Client) -> None:
+    q = queue("expiring", client=client)
+    jobs = [await q.add({"n": n}) for n in range(10)]
+    for job in jobs[:6]:
+        await q.cancel(job.id)
+    await Backstage(client, q.name).file_in_index(jobs[-1].id, JobState.WAITING)  # stored
+    for _ in range(30):  # across the markers' second and their removal
+        assert await q.count(JobState.WAITING) == 4
+        assert await q.count(JobState.CANCELLED) == 6
+        await asyncio.sleep(0.1)
+
+
+async def test_a_repair_marks_every_stale_entry_and_files_the_right_one(client: Client) -> None:
+    q = queue("repaired", client=client)
+    backend = await q._open()
+    behind = Backstage(client, q.name)
+    job = await q.add({"n": 1})
+    for state in (JobState.ACTIVE, JobState.FAILED, JobState.DELAYED):
+        await behind.file_in_index(job.id, state)
+    await eventually(lambda: _counts(q, waiting=1, active=1, failed=1, delayed=1),
+                     what="the drift to show")  # fmt: skip
+    await backend.store.index.repair(job.id, JobState.WAITING)
+    await eventually(lambda: _counts(q, waiting=1, active=0, failed=0, delayed=0),
+                     what="the repair")  # fmt: skip
+    await backend.store.index.repair(job.id, None)  # gone: no entry at all
+    await eventually(lambda: _counts(q, waiting=0), what="the entry to go")
+
+
+async def test_a_queue_indexed_by_the_0_1_layout_is_migrated_at_start(client: Client) -> None:
+    q = queue("legacy", client=client)
+    jobs = [await q.add({"n": n}) for n in range(5)]
+    for job in jobs[:2]:
+        await q.cancel(job.id)
+    waiting, cancelled = [j.id for j in jobs[2:]], [j.id for j in jobs[:2]]
+    behind = Backstage(client, q.name)
+    await behind.make_legacy_index({JobState.WAITING: waiting, JobState.CANCELLED: cancelled})
+    assert len(await behind.legacy_index_streams()) == 9
+
+    async with Client(client.urls[0], namespace=client.namespace) as restarted:
+        again = queue("legacy", client=restarted)
+        await again._open()  # what a worker's start does: the old streams are migrated
+        assert await behind.legacy_index_streams() == []
+        assert await again.count(JobState.WAITING) == 3
+        assert await again.count(JobState.CANCELLED) == 2
+        newest = [j.id for j in await again.get_jobs(JobState.WAITING)]
+        assert newest == list(reversed(waiting))
+        assert {j.id for j in await again.get_jobs(limit=10)} == {j.id for j in jobs}
+        moved = await again.cancel(waiting[0])  # and moves go on in the new layout
+        assert moved
+        await eventually(lambda: _counts(again, waiting=2, cancelled=3), what="the move")

@@ -16,8 +16,10 @@ Layout for namespace ``ns`` and queue ``q``::
     oqron.<ns>.ctl.<q>.<cmd>.<id>    commands to the queue's workers (core NATS), e.g. cancel
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
     stream  OQRON_<ns>_RATE      rate-limit counters, oqron.<ns>.rate.<q>.<group>.<window>
-    stream  OQRON_<ns>_X<c>_<q>  the index of the jobs in one state (c: a letter per state),
-                                 subject oqron.<ns>.ix.<q>.<state>.<job_id>, one per job
+    stream  OQRON_<ns>_X_<q>     the queue's state index, subject
+                                 oqron.<ns>.idx.<q>.<state>.<job_id>, one per job and state
+                                 (oqron_nats up to 0.1 kept one stream per state,
+                                 OQRON_<ns>_X<c>_<q> on oqron.<ns>.ix.<q>.<state>.<job_id>)
     bucket  oqron_<ns>_jobs_<q>  the queue's job records, key <q>.<job_id>
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
     bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
@@ -43,7 +45,7 @@ STATE_CODES: Final = {
     "waiting": "W", "delayed": "D", "active": "A", "completed": "C", "failed": "F",
     "stalled": "S", "paused": "P", "waiting-children": "K", "cancelled": "X",
 }  # fmt: skip
-"""A letter per job state, for the names of the index streams."""
+"""A letter per job state, in the names of the per-state index streams of oqron_nats 0.1."""
 
 # Headers written by oqron_nats on job messages.
 CORRELATION_HEADER: Final = "Oqron-Correlation-Id"
@@ -55,6 +57,8 @@ EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 KV_OPERATION_HEADER: Final = "KV-Operation"
 SCHEDULE_TIME_ZONE_HEADER: Final = "Nats-Schedule-Time-Zone"
 ROLLUP_HEADER: Final = "Nats-Rollup"
+INDEX_ENTERED_HEADER: Final = "Oqron-Entered"
+"""On a state-index entry copied from the layout of 0.1: when the job entered the state."""
 SCHEDULER_HEADER: Final = "Nats-Scheduler"
 """The schedule subject that fired a message (set by the server on every fired copy)."""
 SCHEDULE_NEXT_HEADER: Final = "Nats-Schedule-Next"
@@ -95,25 +99,43 @@ class Names:
         names.namespace, names.queue = "<ns>", "<q>"
         return names
 
-    def index_stream(self, state: str) -> str:
-        """The stream indexing the queue's jobs in ``state`` (a JobState value)."""
-        return self._index_stream(STATE_CODES[state])
-
-    def _index_stream(self, code: str) -> str:
-        return f"OQRON_{self.namespace}_X{code}_{self.queue}"
+    @property
+    def index_stream(self) -> str:
+        """The stream of the queue's state index."""
+        return f"OQRON_{self.namespace}_X_{self.queue}"
 
     def index_entry(self, state: str, job_id: str) -> str:
         """The subject of a job's entry in the index of ``state``."""
-        return f"oqron.{self.namespace}.ix.{self.queue}.{state}.{job_id}"
+        return f"oqron.{self.namespace}.idx.{self.queue}.{state}.{job_id}"
 
     @property
     def index_entries_of_queue(self) -> str:
         """Every state-index entry of the queue, in any state."""
-        return f"oqron.{self.namespace}.ix.{self.queue}.>"
+        return f"oqron.{self.namespace}.idx.{self.queue}.>"
 
     def index_entries(self, state: str) -> str:
         """A wildcard over the index of ``state``."""
-        return f"oqron.{self.namespace}.ix.{self.queue}.{state}.*"
+        return f"oqron.{self.namespace}.idx.{self.queue}.{state}.*"
+
+    def index_entries_of_job(self, job_id: str) -> str:
+        """A wildcard over one job's entries, in every state."""
+        return f"oqron.{self.namespace}.idx.{self.queue}.*.{job_id}"
+
+    def legacy_index_stream(self, state: str) -> str:
+        """The per-state index stream of oqron_nats 0.1 (migrated at start, then deleted)."""
+        return self._legacy_index_stream(STATE_CODES[state])
+
+    def _legacy_index_stream(self, code: str) -> str:
+        return f"OQRON_{self.namespace}_X{code}_{self.queue}"
+
+    @property
+    def legacy_index_entries(self) -> str:
+        """Every entry of the per-state index streams of oqron_nats 0.1."""
+        return f"oqron.{self.namespace}.ix.{self.queue}.>"
+
+    def legacy_index_entry(self, state: str, job_id: str) -> str:
+        """A job's entry in the per-state index of oqron_nats 0.1 (tests build the old layout)."""
+        return f"oqron.{self.namespace}.ix.{self.queue}.{state}.{job_id}"
 
     def lane(self, priority: int, job_id: str) -> str:
         """The subject of a job's message on the lane of ``priority``."""
@@ -325,7 +347,6 @@ def resources() -> list[tuple[str, str]]:
     """What oqron_nats keeps in NATS for a queue ``<q>`` of namespace ``<ns>``, for people: rows
     of (what, where), every name built by the methods above."""
     n, job = Names.placeholders(), "<id>"
-    codes = ", ".join(f"{code} {state}" for state, code in STATE_CODES.items())
     top = PRIORITY_LEVELS - 1
     return [
         (
@@ -339,8 +360,11 @@ def resources() -> list[tuple[str, str]]:
         ("consumers", f"on the queue's stream: `fifo`, or `p0`..`p{top}` (priority), or `lifo`"),
         (
             "state index (counts, `oqron jobs list`)",
-            f"{len(STATE_CODES)} streams per queue, `{n._index_stream('<c>')}` for each state "
-            f"(`<c>`: {codes}); subject `{n.index_entry('<state>', job)}`, one per job",
+            f"stream `{n.index_stream}` (one per queue), subject "
+            f"`{n.index_entry('<state>', job)}`, one per job and state; a job that left a state "
+            f"leaves a delete marker there for a second (header `{KV_OPERATION_HEADER}: DEL`); "
+            f"the per-state streams of oqron_nats 0.1 (`{n._legacy_index_stream('<c>')}`) are "
+            "copied in and deleted when a worker opens the queue",
         ),
         (
             "job records",

@@ -94,7 +94,7 @@ def _streams(names: Names) -> list[str]:
     buckets = (names.jobs_bucket, names.locks_bucket, names.queues_bucket, names.deps_bucket)
     return [
         names.stream,
-        *(names.index_stream(state) for state in JobState),
+        names.index_stream,
         *(f"KV_{bucket}" for bucket in buckets),
         names.rate_stream,
         names.dlq_stream,
@@ -103,10 +103,11 @@ def _streams(names: Names) -> list[str]:
 
 def _publisher_publish(names: Names) -> list[str]:
     jobs, queues, deps = names.jobs_bucket, names.queues_bucket, names.deps_bucket
-    index = [names.index_stream(state) for state in JobState]
+    index = names.index_stream
     return [
         *(f"{API}.STREAM.INFO.{stream}" for stream in _streams(names)),  # exists? counts
         f"{API}.STREAM.INFO.KV_{names.shared_jobs_bucket}",  # records left by 0.1.0?
+        f"{API}.STREAM.INFO.{names.legacy_index_stream(JobState.WAITING)}",  # 0.1's index?
         f"$KV.{jobs}.{names.keys}",  # records: create, and compare-and-set writes
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
         f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader (fresh reads, a hung replica)
@@ -116,8 +117,8 @@ def _publisher_publish(names: Names) -> list[str]:
         f"$KV.{deps}.{names.queue}.>",  # flows: edges to parents
         f"{API}.DIRECT.GET.KV_{deps}.$KV.{deps}.{names.queue}.>",
         f"{API}.DIRECT.GET.KV_{deps}",  # a parent's edges, read in batches
-        *(f"{API}.DIRECT.GET.{stream}" for stream in index),  # pages
-        *(f"{API}.STREAM.PURGE.{stream}" for stream in index),  # a page repairs stale entries
+        f"{API}.DIRECT.GET.{index}",  # counts, pages, repairs
+        f"{API}.STREAM.PURGE.{index}",  # a page repairs a stale finished entry
         names.index_entries_of_queue,
         names.events,
         names.lanes,
@@ -138,6 +139,10 @@ def _worker_publish(names: Names) -> list[str]:
     stream = names.stream
     return [
         *(f"{API}.STREAM.CREATE.{s}" for s in _streams(names)),  # provisioning
+        # the per-state index streams of 0.1, migrated at start
+        *(f"{API}.STREAM.INFO.{names.legacy_index_stream(s)}" for s in JobState),
+        *(f"{API}.DIRECT.GET.{names.legacy_index_stream(s)}" for s in JobState),
+        *(f"{API}.STREAM.DELETE.{names.legacy_index_stream(s)}" for s in JobState),
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.NAMES.{stream}",
         f"{API}.CONSUMER.PAUSE.{stream}.*",

@@ -110,11 +110,22 @@ class Reads(Connection):
         )
 
     async def direct_batch(
-        self, stream: str, *, start: int, batch: int, subject: str | None = None
+        self,
+        stream: str,
+        *,
+        start: int,
+        batch: int,
+        subject: str | None = None,
+        start_time: str | None = None,
     ) -> tuple[list[StoredMsg], int]:
-        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on,
-        in order, and how many more there are after them; asked again while no replica answers."""
-        request: dict[str, object] = {"seq": start, "batch": batch}
+        """Up to ``batch`` messages (matching ``subject``, if given) from sequence ``start`` on
+        (or from the first stored at ``start_time``, RFC 3339, on), in order, and how many more
+        there are after them; asked again while no replica answers."""
+        request: dict[str, object] = {"batch": batch}
+        if start_time is None:
+            request["seq"] = start
+        else:
+            request["start_time"] = start_time
         if subject is not None:
             request["next_by_subj"] = subject
         backoff = Backoff(self.retry_deadline)

@@ -76,6 +76,8 @@ class StreamState(msgspec.Struct):
     bytes: int = 0
     first_seq: int = 0
     last_seq: int = 0
+    last_ts: str = ""
+    """When the last message was stored (RFC 3339, the server's clock)."""
     subjects: dict[str, int] | None = None
 
 

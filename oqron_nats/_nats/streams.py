@@ -56,6 +56,16 @@ class StreamAdmin(Connection):
             f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
         )
 
+    async def delete_stream(self, stream: str) -> bool:
+        """Delete the stream; False if it did not exist."""
+        try:
+            await self._api(f"$JS.API.STREAM.DELETE.{stream}", None, Success)
+        except JetStreamError as exc:
+            if exc.err_code in NOT_FOUND:
+                return False
+            raise
+        return True
+
     async def stream_state(self, stream: str) -> StreamState:
         """How many messages the stream holds, and its first and last sequence."""
         return (await self._api(f"$JS.API.STREAM.INFO.{stream}", None, StreamInfo)).state

@@ -1,40 +1,69 @@
 """The state index: which jobs of a queue are in which state, for counts and newest-first pages.
 
-One stream per state (``OQRON_<ns>_X<c>_<queue>``) holds one entry per job in that state, on
-subject ``oqron.<ns>.ix.<queue>.<state>.<job_id>``. When a job moves, its entry is published in
-the new state's stream and purged from the old one. Both go out without waiting for an answer
-(no round trip on the hot path). The server stores entries and runs purges (API requests) on
-different paths, so a purge can overtake an entry sent just before it, and a count made right
-after a move may not include it yet; :meth:`StateIndex.settle` waits for an entry where a count
-must include it.
+One stream per queue (``OQRON_<ns>_X_<q>``, one message per subject) holds an entry per job on
+``oqron.<ns>.idx.<q>.<state>.<job_id>``. When a job moves, its entry is published on the new
+state's subject and a **delete marker** (``KV-Operation: DEL``, ``Nats-TTL: 1s``) on the old one:
+the marker replaces the old entry (one message per subject), then expires. A move is two stored
+messages sent without waiting for an answer, in order on one connection, so a marker cannot
+overtake the entry it removes. A finished state's entry is left only when a job is removed or
+retried: there a purge (an API request, sent without waiting) removes it, so that no marker
+ever stands in a finished state and its count (which trimming to N relies on) is one request.
 
-* ``count(state)`` is the state stream's message count: one request, whatever the size.
-* The newest jobs in a state are the last entries of its stream, read backwards in windows.
+Why this layout (issue 14). oqron_nats 0.1 kept a stream per state and purged the old entry;
+a purge is a JetStream API request, and on this machine a job's index work cost the server
+54 µs with purges against 32-37 µs with markers (bench/server_cpu.py). Nine streams per queue
+were also nine Raft groups at R3. Two alternatives were measured and dropped: JetStream counters
+(2.12) need a stream of their own (a counter stream refuses other messages), cost as much as the
+purges, and never see an entry expire with its record (age-based retention); a second
+"shadow" marker on a subject of its own, to count the live markers, costs as much as the purges.
+
+Reads, where a delete marker still stands for a second after the move:
+
+* ``count(state)``: the state's messages (a batch read of one message, whose
+  ``Nats-Num-Pending`` the server computes from its subject index: a few milliseconds at
+  100,000 jobs). In an unfinished state, minus the markers still standing: those were all
+  stored in the seconds before the stream's last message, so one read of that tail finds them
+  (it costs the state's moves of the last three seconds). Markers are read before the total,
+  so a count made while a marker expires is one low, never one high.
+* pages read the state's subjects backwards, in windows (the page and a quarter, then four
+  times as many each time) that skip markers.
 
 The record stays the truth, and the index heals itself where a crash cut a move short (the
 record was written, its index update never left the dying process):
 
-* a job's end purges it from every unfinished state it passed through, not only the one it left;
+* a job's end marks it gone from every unfinished state it passed through, not only the one it
+  left;
 * a page (and drain, obliterate) re-reads its records, drops the entries of jobs that moved on
-  and repairs them;
+  and repairs them (one read of the job's entries, a marker where one is stale);
 * a redelivered finished job (its ack was lost with the same crash) gets its entry back.
+
+A queue made by oqron_nats 0.1 (nine ``OQRON_<ns>_X<c>_<q>`` streams) is migrated when a worker
+or an admin opens it (:func:`migrate_legacy`): entries are copied with their entry times, the old
+streams deleted. A role that may not delete streams leaves that to the next worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._nats import Nats, StoredMsg
 from .._nats.kv import ttl_header
-from .._nats.names import TTL_HEADER, Names
+from .._nats.names import INDEX_ENTERED_HEADER, KV_OPERATION_HEADER, TTL_HEADER, Names
 from ..core.job import TERMINAL_STATES, TIMELINE_LIMIT, Job, JobState
 
 UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 
 WINDOW = 256
-"""Entries read per request when paging backwards."""
+"""Entries read per request."""
+TAIL_BATCH = 1024
+"""Messages read per request where a count looks for standing delete markers."""
+MARKER_TTL = 1
+"""Seconds a delete marker stands (the server's minimum per-message TTL)."""
+MARKER_SLACK = 2.0
+"""Seconds a marker may outlive its TTL before the server removes it (a busy server)."""
+GONE = {KV_OPERATION_HEADER: "DEL", TTL_HEADER: f"{MARKER_TTL}s"}
 
 
 class IndexEntry:
@@ -54,14 +83,15 @@ class StateIndex:
 
     With ``confirm_final`` (replicated streams), a finished job's entry is sent as an acked
     publish, retried through a leader election: an entry sent without an answer while the
-    state's stream has no leader is dropped, and nothing would send it again (an unfinished
-    state's entry is superseded by the job's next move; a finished one stays).
+    stream has no leader is dropped, and nothing would send it again (an unfinished state's
+    entry is superseded by the job's next move; a finished one stays).
     """
 
     def __init__(self, conn: Nats, names: Names, *, confirm_final: bool = False) -> None:
         self.conn = conn
         self.names = names
         self.confirm_final = confirm_final
+        self.stream = names.index_stream
 
     async def moved(
         self, job: Job[Any], was: JobState | None, now: JobState | None, ttl: float | None = None
@@ -82,6 +112,16 @@ class StateIndex:
             assert state is not None
             await self._forget(job.id, state)
 
+    async def _forget(self, job_id: str, state: JobState) -> None:
+        """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
+        job leaves those), a purge in a finished one (left only when a job is removed or
+        retried), whose count must never include a job that left it (trimming to N)."""
+        subject = self.names.index_entry(state, job_id)
+        if state in TERMINAL_STATES:
+            await self.conn.purge_later(self.stream, subject)
+        else:
+            await self.conn.publish_core(subject, headers=GONE)
+
     async def settle(self, job_id: str, state: JobState) -> None:
         """Write the job's entry in ``state`` again and wait until it is stored, so that a count
         made next includes it (a fire-and-forget entry may still be on its way)."""
@@ -89,39 +129,46 @@ class StateIndex:
 
     async def repair(self, job_id: str, now: JobState | None) -> None:
         """Make the job's entries say ``now`` (None: gone), whatever they said before."""
-        for state in JobState:
-            if state != now:
-                await self._forget(job_id, state)
-        if now is not None:
-            entry = self.names.index_entry(now, job_id)
-            if await self.conn.direct_get_subject(self.names.index_stream(now), entry) is None:
-                await self.conn.publish_core(entry)
-
-    async def _forget(self, job_id: str, state: JobState) -> None:
-        await self.conn.purge_later(
-            self.names.index_stream(state), self.names.index_entry(state, job_id)
-        )
+        stored, _ = await self.conn.direct_batch(
+            self.stream, start=1, batch=len(JobState) + 1,
+            subject=self.names.index_entries_of_job(job_id),
+        )  # fmt: skip
+        listed = {state_of(m) for m in stored if not gone(m)}
+        for state in listed - {now, None}:
+            assert state is not None
+            await self._forget(job_id, state)
+        if now is not None and now not in listed:
+            await self.conn.publish_core(self.names.index_entry(now, job_id))
 
     async def remove_all(self) -> None:
         """Remove every entry of the queue's index."""
-        for state in JobState:
-            await self.conn.purge_subject(self.names.index_stream(state), ">")
+        await self.conn.purge_subject(self.stream, self.names.index_entries_of_queue)
 
     async def count(self, state: JobState) -> int:
         """How many jobs are in ``state``."""
-        return (await self.conn.stream_state(self.names.index_stream(state))).messages
+        bounds = await self.conn.stream_state(self.stream)
+        if not bounds.messages:
+            return 0
+        standing = 0
+        if state not in TERMINAL_STATES:  # no marker ever stands in a finished state
+            standing = sum(1 for m in await self._tail(state, bounds.last_ts) if gone(m))
+        first, more = await self.conn.direct_batch(
+            self.stream, start=bounds.first_seq, batch=1, subject=self.names.index_entries(state)
+        )
+        return max(0, len(first) + more - standing)
 
     async def newest(self, state: JobState, count: int) -> list[IndexEntry]:
         """The ``count`` entries that entered ``state`` last, newest first."""
-        stream = self.names.index_stream(state)
-        bounds = await self.conn.stream_state(stream)
+        bounds = await self.conn.stream_state(self.stream)
         found: list[IndexEntry] = []
-        end = bounds.last_seq
-        while len(found) < count and bounds.messages and end >= bounds.first_seq:
-            start = max(bounds.first_seq, end - WINDOW + 1)
-            messages, _ = await self.conn.direct_batch(stream, start=start, batch=end - start + 1)
-            found.extend(entry(m, state) for m in reversed(messages) if m.seq <= end)
-            end = start - 1
+        end, span = bounds.last_seq + 1, max(WINDOW, count + count // 4)
+        while count > 0 and bounds.messages and end > bounds.first_seq:
+            start = max(bounds.first_seq, end - span)
+            window = await self._read(state, start, stop=end)
+            found.extend(reversed(window))
+            end, span = start, span * 4
+            if len(found) >= count:
+                break
         return found[:count]
 
     async def read_on(
@@ -129,30 +176,74 @@ class StateIndex:
     ) -> tuple[list[IndexEntry], int]:
         """Up to ``batch`` entries of ``state``, oldest first, from sequence ``start`` on (from
         the first if it is gone), and where the next read goes on (0: from the first again)."""
-        stream = self.names.index_stream(state)
-        bounds = await self.conn.stream_state(stream)
+        bounds = await self.conn.stream_state(self.stream)
         if not bounds.messages:
             return [], 0
         stored, more = await self.conn.direct_batch(
-            stream, start=max(start, bounds.first_seq), batch=batch
-        )
-        return [entry(m, state) for m in stored], stored[-1].seq + 1 if stored and more else 0
+            self.stream, start=max(start, bounds.first_seq), batch=batch,
+            subject=self.names.index_entries(state),
+        )  # fmt: skip
+        entries = [entry(m, state) for m in stored if not gone(m)]
+        return entries, stored[-1].seq + 1 if stored and more else 0
 
     async def listed(self, state: JobState) -> list[str]:
         """The ids of the jobs with an entry in ``state``."""
-        subjects = await self.conn.subjects(
-            self.names.index_stream(state), self.names.index_entries(state)
-        )
-        return [subject.rsplit(".", 1)[1] for subject in subjects]
+        bounds = await self.conn.stream_state(self.stream)
+        if not bounds.messages:
+            return []
+        standing: set[str] = set()
+        if state not in TERMINAL_STATES:
+            standing = {m.subject for m in await self._tail(state, bounds.last_ts) if gone(m)}
+        subjects = await self.conn.subjects(self.stream, self.names.index_entries(state))
+        return [s.rsplit(".", 1)[1] for s in subjects if s not in standing]
 
     async def oldest(self, state: JobState, count: int) -> list[IndexEntry]:
         """The ``count`` entries that entered ``state`` first, oldest first."""
-        stream = self.names.index_stream(state)
-        bounds = await self.conn.stream_state(stream)
+        bounds = await self.conn.stream_state(self.stream)
         if not bounds.messages or count <= 0:
             return []
-        messages, _ = await self.conn.direct_batch(stream, start=bounds.first_seq, batch=count)
-        return [entry(m, state) for m in messages]
+        return await self._read(state, bounds.first_seq, stop=None, want=count)
+
+    async def _read(
+        self, state: JobState, start: int, *, stop: int | None, want: int | None = None
+    ) -> list[IndexEntry]:
+        """The entries of ``state`` from sequence ``start`` up to ``stop`` (excluded; None: to
+        the end), oldest first, markers skipped; at most ``want`` of them."""
+        found: list[IndexEntry] = []
+        subject = self.names.index_entries(state)
+        while want is None or len(found) < want:
+            stored, more = await self.conn.direct_batch(
+                self.stream, start=start, batch=WINDOW, subject=subject
+            )
+            for m in stored:
+                if stop is not None and m.seq >= stop:
+                    return found
+                if not gone(m):
+                    found.append(entry(m, state))
+            if not stored or not more:
+                break
+            start = stored[-1].seq + 1
+        return found if want is None else found[:want]
+
+    async def _tail(self, state: JobState, last_ts: str) -> list[StoredMsg]:
+        """Every message of ``state`` stored in the seconds before ``last_ts`` (the stream's
+        last message): where its standing delete markers are."""
+        subject = self.names.index_entries(state)
+        found: list[StoredMsg] = []
+        start_time: str | None = None
+        start = 1
+        if last_ts:  # else: read it all (a server that did not say)
+            since = parse_time(last_ts) - timedelta(seconds=MARKER_TTL + MARKER_SLACK)
+            start_time, start = since.isoformat().replace("+00:00", "Z"), 0
+        while True:
+            stored, more = await self.conn.direct_batch(
+                self.stream, start=start, batch=TAIL_BATCH, subject=subject,
+                start_time=start_time if not start else None,
+            )  # fmt: skip
+            found += stored
+            if not stored or not more:
+                return found
+            start = stored[-1].seq + 1
 
 
 def passed_through(job: Job[Any]) -> frozenset[JobState]:
@@ -163,9 +254,23 @@ def passed_through(job: Job[Any]) -> frozenset[JobState]:
     return frozenset(t.state for t in job.timeline) & UNFINISHED_STATES
 
 
+def gone(msg: StoredMsg) -> bool:
+    """Whether a stored index message is a delete marker."""
+    return msg.headers.get(KV_OPERATION_HEADER) == "DEL"
+
+
+def state_of(msg: StoredMsg) -> JobState | None:
+    """The state an index message's subject names (None: not one of ours)."""
+    token = msg.subject.rsplit(".", 2)[-2] if msg.subject.count(".") >= 2 else ""
+    try:
+        return JobState(token)
+    except ValueError:
+        return None
+
+
 def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
     """The index entry a stored message stands for."""
-    stamp = msg.headers.get("Nats-Time-Stamp", "")
+    stamp = msg.headers.get(INDEX_ENTERED_HEADER) or msg.headers.get("Nats-Time-Stamp", "")
     return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, parse_time(stamp))
 
 
