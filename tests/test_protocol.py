@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from oqron_nats import Client, JobState, queue
+from oqron_nats._nats.names import Names
 from oqron_nats.core.correlation import current_correlation_id
 from oqron_nats.core.job import Job
 from oqron_nats.core.wire import (
@@ -78,6 +79,20 @@ def test_the_protocol_document_names_every_field_and_its_example_decodes() -> No
     jsonschema.validate(record, record_schema())
     job = decode_record("q.id", example.group(1).encode())
     assert job.state == JobState.WAITING and job.trace["traceparent"]
+
+
+def test_the_protocol_document_spells_the_names_the_library_uses() -> None:
+    n = Names.placeholders()
+    spelled = {
+        "jobs bucket": n.jobs_bucket,
+        "state index entry": n.index_entry("<state>", "<id>"),
+        "state index stream": n.index_stream,
+        "lane": n.lane_filter(0).replace("p0", "p<priority>").replace(".*", ".<id>"),
+        "schedule": n.schedule("<id>"),
+    }
+    document = PROTOCOL.read_text()
+    missing = {what: name for what, name in spelled.items() if f"`{name}`" not in document}
+    assert missing == {}, f"docs/protocol.md does not spell: {missing}"
 
 
 async def test_records_the_library_writes_satisfy_the_schema(client: Client) -> None:

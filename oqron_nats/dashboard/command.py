@@ -18,6 +18,10 @@ from .settings import LOOPBACK, check_bind, parse_auth, settings
 DEFAULT_PORT = 8000
 
 
+STARTUP_LIMIT = 30.0
+"""Seconds uvicorn gets to bind its address before the banner is given up."""
+
+
 def add_dashboard_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``oqron dashboard``: its arguments."""
     dash = commands.add_parser(
@@ -70,6 +74,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
     dashboard = web.state.dashboard
 
     class Server(uvicorn.Server):
+        listening = asyncio.Event()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            self.listening.set()
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             dashboard.hub.end_pages()  # open event streams end, so the shutdown does not wait
             super().handle_exit(sig, frame)
@@ -96,11 +106,25 @@ def run_dashboard(args: argparse.Namespace) -> int:
 async def _serve(server: Any, client: Client, where: str) -> None:
     try:
         await client.connect()  # a bad URL or credentials fail here, before serving
-        print(f"oqron dashboard of namespace {client.namespace!r} at {where} (Ctrl-C stops it)",
-              flush=True)  # fmt: skip
-        await server.serve()
+        serving = asyncio.create_task(server.serve())
+        if await _listening(server, serving):  # the address is shown once it answers
+            print(f"oqron dashboard of namespace {client.namespace!r} at {where} "
+                  "(Ctrl-C stops it)", flush=True)  # fmt: skip
+        await serving
     finally:
         await client.close()
+
+
+async def _listening(server: Any, serving: asyncio.Task[None]) -> bool:
+    """Whether uvicorn listens within STARTUP_LIMIT seconds (False: it ended or is still
+    starting)."""
+    started = asyncio.ensure_future(server.listening.wait())
+    try:
+        await asyncio.wait({started, serving}, timeout=STARTUP_LIMIT,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        started.cancel()
+    return bool(server.listening.is_set())
 
 
 def _shown_host(host: str) -> str:

@@ -52,7 +52,7 @@ for (const job of spec.jobs) {
     }
   }
   // 2. its entry in the state index
-  await js.publish(`oqron.${ns}.ix.${q}.${stored.state}.${job.id}`, new Uint8Array());
+  await js.publish(`oqron.${ns}.idx.${q}.${stored.state}.${job.id}`, new Uint8Array());
   // 3. the job message (sent again as is for an existing, unclaimed job)
   const lane = `oqron.${ns}.q.${q}.p${stored.priority ?? 0}.${job.id}`;
   const h = headers();
