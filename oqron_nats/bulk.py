@@ -110,19 +110,21 @@ async def add_prepared(
     add: Callable[[T, RawJob], Awaitable[Job[T] | None]],
 ) -> None:
     """Add the prepared jobs, at most BULK_WINDOW at once, with ``add(value, job)`` (the job,
-    or None if the queue skipped it); each outcome says what happened to its item."""
-    window = asyncio.Semaphore(BULK_WINDOW)
+    or None if the queue skipped it); each outcome says what happened to its item.
 
-    async def add_one(index: int, value: T, job: RawJob) -> None:
-        async with window:
+    BULK_WINDOW adders take the next job from one shared iterator (no task per job)."""
+    pending = iter(prepared)
+
+    async def adder() -> None:
+        for index, value, job in pending:
             try:
                 added = await add(value, job)
             except OqronError as exc:
                 outcomes[index] = AddOutcome(index, error=exc)
-                return
+                continue
             if added is None:
                 outcomes[index] = AddOutcome(index, skipped=True)
             else:
                 outcomes[index] = AddOutcome(index, job=added)
 
-    await asyncio.gather(*(add_one(*p) for p in prepared))
+    await asyncio.gather(*(adder() for _ in range(min(BULK_WINDOW, len(prepared)))))

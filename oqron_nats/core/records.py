@@ -8,9 +8,9 @@ Errors in what add() was given are ``InvalidOption`` (``PayloadError`` for the p
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -150,7 +150,7 @@ def _delay_seconds(value: float | timedelta) -> float:
 
 
 def _correlation_id(given: str | None) -> str:
-    value = given if given is not None else current_correlation_id.get() or uuid.uuid4().hex
+    value = given if given is not None else current_correlation_id.get() or os.urandom(16).hex()
     if not (
         0 < len(value) <= MAX_CORRELATION_ID
         and value.isascii()
