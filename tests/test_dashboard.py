@@ -133,6 +133,58 @@ async def test_an_action_needs_its_csrf_token_and_the_same_origin(
     assert await q.is_paused()
 
 
+async def test_remove_a_job_from_its_page(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """Remove: a POST with the CSRF token; an active job is refused (cancel first), an unknown
+    or already removed one is a 404, and read-only refuses it before anything is read."""
+    started = asyncio.Event()
+
+    async def handler(ctx: Any) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    q = queue("rm-page", handler, client=client, retries=RetryPolicy(max=0))
+    waiting = await q.add({"n": 1})
+    with Served(nats_server.url, namespace) as served:
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            page = (await http.get(f"/queues/rm-page/jobs/{waiting.id}")).text
+            assert 'id="action-remove"' in page and "required" in page
+            token = csrf_of(page)
+            no_token = await http.post(f"/queues/rm-page/jobs/{waiting.id}/remove")
+            assert no_token.status_code == 403
+            url = f"/queues/rm-page/jobs/{waiting.id}/remove"
+            done = await http.post(url, data={"csrf": token})
+            assert done.status_code == 303
+            assert done.headers["location"].endswith("/queues/rm-page?done=remove")
+            assert await q.get_job(waiting.id) is None
+            again = await http.post(url, data={"csrf": token})
+            assert again.status_code == 404 and waiting.id in html.unescape(again.text)
+            async with q:
+                running = await q.add({"n": 2})
+                await asyncio.wait_for(started.wait(), 10)
+                await eventually(lambda: _is_active(q, running.id), what="the job to run")
+                shown = (await http.get(f"/queues/rm-page/jobs/{running.id}")).text
+                assert 'id="action-remove"' not in shown  # cancel first
+                refused = await http.post(
+                    f"/queues/rm-page/jobs/{running.id}/remove", data={"csrf": token}
+                )
+                assert refused.status_code == 409 and "cancel it first" in refused.text
+                assert (await q.get_job(running.id)).state == JobState.ACTIVE  # type: ignore[union-attr]
+                await q.cancel(running.id)
+    kept = await q.add({"n": 3})
+    with Served(nats_server.url, namespace, read_only=True) as served:
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            posted = await http.post(f"/queues/rm-page/jobs/{kept.id}/remove", data={"csrf": "x"})
+    assert posted.status_code == 403
+    assert await q.get_job(kept.id) is not None
+
+
+async def _is_active(q: Any, job_id: str) -> bool:
+    job = await q.get_job(job_id)
+    return job is not None and job.state == JobState.ACTIVE
+
+
 async def test_obliterate_needs_the_queue_name_typed(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:

@@ -38,6 +38,7 @@ DONE = {
     "rerun": "The job runs again.",
     "cancel": "The job was cancelled.",
     "promote": "The job was promoted: it runs now.",
+    "remove": "The job was removed.",
 }
 """What a finished action says on the page it returns to (``?done=<action>``)."""
 
@@ -210,14 +211,16 @@ def _row(job: Job[Any] | CorruptJob) -> dict[str, Any]:
 
 
 def _job_actions(job: Job[Any]) -> list[str]:
-    """The actions a job in its state allows."""
+    """The actions a job in its state allows (an active one is cancelled before it is removed)."""
     if job.state in (JobState.FAILED, JobState.CANCELLED):
-        return ["retry", "rerun"]
+        return ["retry", "rerun", "remove"]
     if job.state == JobState.COMPLETED:
-        return ["rerun"]
+        return ["rerun", "remove"]
     if job.state == JobState.DELAYED:
-        return ["promote", "cancel"]
-    return ["cancel"]
+        return ["promote", "cancel", "remove"]
+    if job.state == JobState.ACTIVE:
+        return ["cancel"]
+    return ["cancel", "remove"]
 
 
 def _state(tab: str) -> JobState:

@@ -135,7 +135,12 @@ def _queue_done(result: dict[str, Any]) -> str:
     return f"queue {name} obliterated: {removed} job{'s' if removed != 1 else ''} removed"
 
 
-_JOB_DONE = {"retry": "will run again", "cancel": "cancelled", "promote": "promoted: it runs now"}
+_JOB_DONE = {
+    "retry": "will run again",
+    "cancel": "cancelled",
+    "promote": "promoted: it runs now",
+    "remove": "removed (record, index entry, messages and dead letter)",
+}
 
 
 def _job_done(result: dict[str, Any]) -> str:
@@ -168,6 +173,7 @@ _PLAIN: dict[str, Callable[[Any], str]] = {
     "jobs retry": _job_done,
     "jobs cancel": _job_done,
     "jobs promote": _job_done,
+    "jobs remove": _job_done,
     "queue pause": _queue_done,
     "queue resume": _queue_done,
     "queue drain": _queue_done,
