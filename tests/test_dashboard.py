@@ -87,6 +87,9 @@ async def test_no_secret_value_is_ever_rendered(
     shown = html.unescape(pages[3].text)
     assert '"card": "***"' in shown and '"amount": 5' in shown
     assert "card *** was declined" in shown, "the error is shown, its secret masked"
+    # each attempt's error, newest first, masked as well (the worker's queue did not mask it)
+    assert shown.index('data-attempt="2"') < shown.index('data-attempt="1"')
+    assert shown.count("card *** was declined") >= 3
 
 
 async def test_read_only_hides_and_refuses_every_action(

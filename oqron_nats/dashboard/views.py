@@ -125,6 +125,7 @@ async def job_values(dash: Dashboard, name: str, job_id: str) -> dict[str, Any]:
         "data": masker.pretty(found.data),
         "result": None if found.result is None else masker.pretty(found.result),
         "error": masker.failure(found.error),
+        "attempts": [(e.attempt, e.at, masker.failure(e.error)) for e in reversed(found.errors)],
         "data_error": masker.text(found.data_error),
         "timeline": [(t.at, t.state.value, masker.text(t.reason)) for t in found.timeline],
         "children": await reads.children(dash.handles, name, job_id),

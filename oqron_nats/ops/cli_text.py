@@ -87,6 +87,10 @@ def _job_listing(job: Job[Any]) -> str:
     if job.error is not None:
         rows.append(("error", f"{job.error.type}: {job.error.message}"))
         rows += [("", line) for line in job.error.traceback.rstrip().splitlines()]
+    for n, failed in enumerate(job.errors):  # each attempt's, shortened (the last is above)
+        first_line = failed.error.message.splitlines()[0] if failed.error.message else ""
+        said = f"{failed.attempt}  {_when(failed.at)}  {failed.error.type}: {first_line}"
+        rows.append(("attempts" if n == 0 else "", said))
     state_width = max((len(step.state) for step in job.timeline), default=0)
     for n, step in enumerate(job.timeline):
         change = f"{_when(step.at)}  {step.state.ljust(state_width)}  {step.reason or ''}"
