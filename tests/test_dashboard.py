@@ -188,6 +188,51 @@ async def _is_active(q: Any, job_id: str) -> bool:
     return job is not None and job.state == JobState.ACTIVE
 
 
+async def test_behind_a_proxy_that_rewrites_host_the_public_origin_passes(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """A reverse proxy at https://ops.example.com forwards to the dashboard with its own Host
+    (here 127.0.0.1:port): the browser's Origin is the public one. Refused until the dashboard
+    is told its public URL; then that origin passes, and no other (nor plain http)."""
+    q = queue("proxied", client=client)
+    await q.add({"n": 1})
+    public = {"Origin": "https://ops.example.com"}
+    for public_url, expected in ((None, 403), ("https://OPS.example.com/oqron/", 303)):
+        options = {} if public_url is None else {"public_url": public_url}
+        with Served(nats_server.url, namespace, **options) as served:
+            async with httpx.AsyncClient(base_url=served.url) as http:
+                token = csrf_of((await http.get("/queues/proxied")).text)
+                others = [
+                    await http.post("/queues/proxied/pause", data={"csrf": token},
+                                    headers={"Origin": origin})
+                    for origin in ("http://ops.example.com", "https://ops.example.com:8443",
+                                   "https://evil.example")
+                ]  # fmt: skip
+                assert [r.status_code for r in others] == [403] * 3
+                assert not await q.is_paused()
+                sent = await http.post(
+                    "/queues/proxied/pause", data={"csrf": token}, headers=public
+                )
+                referred = await http.post(
+                    "/queues/proxied/resume", data={"csrf": token},
+                    headers={"Referer": "https://ops.example.com/oqron/queues/proxied"},
+                )  # fmt: skip
+        assert (sent.status_code, referred.status_code) == (expected, expected), public_url
+    assert not await q.is_paused()  # paused, then resumed, through the public origin
+
+
+def test_the_public_url_must_be_an_http_url() -> None:
+    assert settings(public_url="https://ops.example.com/x").public_origin == (
+        "https://ops.example.com"
+    )
+    assert settings(public_url="http://10.0.0.5:8080").public_origin == "http://10.0.0.5:8080"
+    assert settings().public_origin is None
+    for bad in ("ops.example.com", "ftp://ops.example.com", "https://", "https://u:p@ops.x",
+                "https://ops.example.com/?a=1", "https://ops.example.com:99999"):  # fmt: skip
+        with pytest.raises(ConfigError):
+            settings(public_url=bad)
+
+
 async def test_obliterate_needs_the_queue_name_typed(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:

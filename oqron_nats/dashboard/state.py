@@ -27,7 +27,7 @@ class Dashboard:
         self.client = client
         self.settings = settings
         self.handles = Handles(client)
-        self.csrf = Csrf()
+        self.csrf = Csrf(public_origin=settings.public_origin)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("oqron_nats.dashboard", "templates"),
             autoescape=True,
