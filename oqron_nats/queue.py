@@ -280,6 +280,16 @@ class Queue(Generic[T, S]):
         check_name(job_id, "job id")
         await management.promote(await self._open(), job_id)
 
+    async def remove(self, job_id: str) -> None:
+        """Remove one job that is not running (waiting, delayed, paused, failed, finished ...)
+        with its record, index entry, messages and dead letter.
+
+        InvalidState if it is active (cancel it first; a worker that claims it while this
+        runs wins), JobNotFound if there is no such job (or it is already removed).
+        """
+        check_name(job_id, "job id")
+        await management.remove(await self._open(), job_id)
+
     async def obliterate(self, force: bool = False) -> int:
         """Remove every job of the queue, with its records, schedules and dead letters.
 

@@ -87,6 +87,9 @@ async def test_no_secret_value_is_ever_rendered(
     shown = html.unescape(pages[3].text)
     assert '"card": "***"' in shown and '"amount": 5' in shown
     assert "card *** was declined" in shown, "the error is shown, its secret masked"
+    # each attempt's error, newest first, masked as well (the worker's queue did not mask it)
+    assert shown.index('data-attempt="2"') < shown.index('data-attempt="1"')
+    assert shown.count("card *** was declined") >= 3
 
 
 async def test_read_only_hides_and_refuses_every_action(
@@ -131,6 +134,103 @@ async def test_an_action_needs_its_csrf_token_and_the_same_origin(
             done = await http.post("/queues/guarded/pause", data={"csrf": token})
     assert done.status_code == 303 and done.headers["location"].endswith("done=pause")
     assert await q.is_paused()
+
+
+async def test_remove_a_job_from_its_page(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """Remove: a POST with the CSRF token; an active job is refused (cancel first), an unknown
+    or already removed one is a 404, and read-only refuses it before anything is read."""
+    started = asyncio.Event()
+
+    async def handler(ctx: Any) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    q = queue("rm-page", handler, client=client, retries=RetryPolicy(max=0))
+    waiting = await q.add({"n": 1})
+    with Served(nats_server.url, namespace) as served:
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            page = (await http.get(f"/queues/rm-page/jobs/{waiting.id}")).text
+            assert 'id="action-remove"' in page and "required" in page
+            token = csrf_of(page)
+            no_token = await http.post(f"/queues/rm-page/jobs/{waiting.id}/remove")
+            assert no_token.status_code == 403
+            url = f"/queues/rm-page/jobs/{waiting.id}/remove"
+            done = await http.post(url, data={"csrf": token})
+            assert done.status_code == 303
+            assert done.headers["location"].endswith("/queues/rm-page?done=remove")
+            assert await q.get_job(waiting.id) is None
+            again = await http.post(url, data={"csrf": token})
+            assert again.status_code == 404 and waiting.id in html.unescape(again.text)
+            async with q:
+                running = await q.add({"n": 2})
+                await asyncio.wait_for(started.wait(), 10)
+                await eventually(lambda: _is_active(q, running.id), what="the job to run")
+                shown = (await http.get(f"/queues/rm-page/jobs/{running.id}")).text
+                assert 'id="action-remove"' not in shown  # cancel first
+                refused = await http.post(
+                    f"/queues/rm-page/jobs/{running.id}/remove", data={"csrf": token}
+                )
+                assert refused.status_code == 409 and "cancel it first" in refused.text
+                assert (await q.get_job(running.id)).state == JobState.ACTIVE  # type: ignore[union-attr]
+                await q.cancel(running.id)
+    kept = await q.add({"n": 3})
+    with Served(nats_server.url, namespace, read_only=True) as served:
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            posted = await http.post(f"/queues/rm-page/jobs/{kept.id}/remove", data={"csrf": "x"})
+    assert posted.status_code == 403
+    assert await q.get_job(kept.id) is not None
+
+
+async def _is_active(q: Any, job_id: str) -> bool:
+    job = await q.get_job(job_id)
+    return job is not None and job.state == JobState.ACTIVE
+
+
+async def test_behind_a_proxy_that_rewrites_host_the_public_origin_passes(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """A reverse proxy at https://ops.example.com forwards to the dashboard with its own Host
+    (here 127.0.0.1:port): the browser's Origin is the public one. Refused until the dashboard
+    is told its public URL; then that origin passes, and no other (nor plain http)."""
+    q = queue("proxied", client=client)
+    await q.add({"n": 1})
+    public = {"Origin": "https://ops.example.com"}
+    for public_url, expected in ((None, 403), ("https://OPS.example.com/oqron/", 303)):
+        options = {} if public_url is None else {"public_url": public_url}
+        with Served(nats_server.url, namespace, **options) as served:
+            async with httpx.AsyncClient(base_url=served.url) as http:
+                token = csrf_of((await http.get("/queues/proxied")).text)
+                others = [
+                    await http.post("/queues/proxied/pause", data={"csrf": token},
+                                    headers={"Origin": origin})
+                    for origin in ("http://ops.example.com", "https://ops.example.com:8443",
+                                   "https://evil.example")
+                ]  # fmt: skip
+                assert [r.status_code for r in others] == [403] * 3
+                assert not await q.is_paused()
+                sent = await http.post(
+                    "/queues/proxied/pause", data={"csrf": token}, headers=public
+                )
+                referred = await http.post(
+                    "/queues/proxied/resume", data={"csrf": token},
+                    headers={"Referer": "https://ops.example.com/oqron/queues/proxied"},
+                )  # fmt: skip
+        assert (sent.status_code, referred.status_code) == (expected, expected), public_url
+    assert not await q.is_paused()  # paused, then resumed, through the public origin
+
+
+def test_the_public_url_must_be_an_http_url() -> None:
+    assert settings(public_url="https://ops.example.com/x").public_origin == (
+        "https://ops.example.com"
+    )
+    assert settings(public_url="http://10.0.0.5:8080").public_origin == "http://10.0.0.5:8080"
+    assert settings().public_origin is None
+    for bad in ("ops.example.com", "ftp://ops.example.com", "https://", "https://u:p@ops.x",
+                "https://ops.example.com/?a=1", "https://ops.example.com:99999"):  # fmt: skip
+        with pytest.raises(ConfigError):
+            settings(public_url=bad)
 
 
 async def test_obliterate_needs_the_queue_name_typed(

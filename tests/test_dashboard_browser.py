@@ -166,12 +166,37 @@ async def test_retry_of_a_failed_job_from_its_page_runs_it_to_completion(
             assert (await job.wait(10)).state == JobState.FAILED
             await call(browser.get, f"{served.url}/queues/mail/jobs/{job.id}")
             await until(lambda: "mail server is down" in text_of(browser, "#job-error"), "error")
+            first = '#attempt-errors tr[data-attempt="1"]'
+            said = "ConnectionError: the mail server is down"
+            await until(lambda: said in text_of(browser, first), "the first attempt's error")
             healthy.set()
             await until(lambda: click(browser, "action-retry"), "the retry button")
             await until(lambda: text_of(browser, "#job-state") == "completed", "completed")
             done = await q.get_job(job.id)
             assert done is not None and done.state == JobState.COMPLETED
             assert done.result == "sent"
+
+
+async def test_remove_of_a_failed_job_from_its_page(
+    nats_server: LocalServer, client: Client, namespace: str, browser: Any
+) -> None:
+    async def handler(ctx: Any) -> None:
+        raise ValueError("bad input")
+
+    q = queue("purge-me", handler, client=client, retries=RetryPolicy(max=0))
+    with Served(nats_server.url, namespace) as served:
+        async with q:
+            job = await q.add({"n": 1})
+            assert (await job.wait(10)).state == JobState.FAILED
+        await call(browser.get, f"{served.url}/queues/purge-me/jobs/{job.id}")
+        await until(lambda: click(browser, "action-remove"), "the remove button")
+        await asyncio.sleep(0.3)
+        assert await q.get_job(job.id) is not None, "not without ticking 'sure' (required)"
+        await until(lambda: click(browser, "remove-sure"), "the checkbox")
+        await until(lambda: click(browser, "action-remove"), "the remove button")
+        await until(lambda: "The job was removed." in text_of(browser, "body"), "the flash")
+        assert "/queues/purge-me" in browser.current_url
+        assert await q.get_job(job.id) is None
 
 
 async def test_pause_from_the_queue_page_stops_the_workers_claiming(

@@ -92,6 +92,40 @@ class JobFailure(msgspec.Struct, frozen=True, kw_only=True):
     """The encrypted message and traceback, as stored (unset when they are readable)."""
 
 
+class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed attempt in a job's history: its number, when it failed, and why (shortened
+    to :data:`ATTEMPT_MESSAGE` and :data:`ATTEMPT_TRACEBACK` characters; sealed as ``error``)."""
+
+    attempt: int
+    at: datetime
+    error: JobFailure
+
+
+ATTEMPT_ERRORS_LIMIT = 10
+"""How many failed attempts a record keeps the error of (the oldest are dropped first)."""
+ATTEMPT_MESSAGE = 500
+"""Characters of an attempt's error message kept in the history (the start)."""
+ATTEMPT_TRACEBACK = 1500
+"""Characters of an attempt's traceback kept in the history (the end: where it was raised)."""
+
+
+def shortened(failure: JobFailure) -> JobFailure:
+    """A failure cut to what the attempt history keeps of it."""
+    return msgspec.structs.replace(
+        failure,
+        message=failure.message[:ATTEMPT_MESSAGE],
+        traceback=failure.traceback[-ATTEMPT_TRACEBACK:],
+    )
+
+
+def with_attempt_error(
+    errors: list[AttemptError], attempt: int, failure: JobFailure
+) -> list[AttemptError]:
+    """The attempt history with one more failed attempt (``failure`` as stored), bounded."""
+    entry = AttemptError(attempt=attempt, at=datetime.now(UTC), error=failure)
+    return [*errors[-(ATTEMPT_ERRORS_LIMIT - 1) :], entry]
+
+
 class Transition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One state change in a job's timeline."""
 
@@ -130,6 +164,11 @@ class Job(msgspec.Struct, Generic[T], kw_only=True, omit_defaults=True, dict=Tru
     progress_label: str | None = None
     result: Any = None
     error: JobFailure | None = None
+    """The last attempt's error, in full (None once it completes or runs again by an admin)."""
+    errors: list[AttemptError] = msgspec.field(default_factory=list)
+    """Every failed attempt's error, shortened, oldest first, the last
+    :data:`ATTEMPT_ERRORS_LIMIT`; written with the failure itself (no write of its own) and kept
+    when an admin runs the job again."""
     tags: list[str] = msgspec.field(default_factory=list)
     stalled_count: int = 0
     enqueued: int = 1

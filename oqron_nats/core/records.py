@@ -24,7 +24,7 @@ from .correlation import current_correlation_id
 from .encryption import Sealer, unreadable
 from .errors import ConfigError, InvalidOption
 from .groups import seconds
-from .job import AddOptions, Job, JobState, Retention, moved, with_data
+from .job import AddOptions, AttemptError, Job, JobState, Retention, moved, with_data
 from .naming import check_name
 
 T = TypeVar("T")
@@ -127,7 +127,19 @@ def opened(job: Job[msgspec.Raw], codec: PayloadCodec[T], sealer: Sealer) -> Job
     if job.error is not None and job.error.sealed is not msgspec.UNSET:
         with contextlib.suppress(Exception):  # unopened, it reads "(encrypted)"
             changes["error"] = sealer.open_failure(job.id, job.error)
+    if any(e.error.sealed is not msgspec.UNSET for e in job.errors):
+        changes["errors"] = [_opened_attempt(sealer, job.id, e) for e in job.errors]
     return with_data(job, data, **changes)
+
+
+def _opened_attempt(sealer: Sealer, job_id: str, entry: AttemptError) -> AttemptError:
+    """An attempt's error decrypted; unopened, it reads "(encrypted)"."""
+    if entry.error.sealed is msgspec.UNSET:
+        return entry
+    try:
+        return msgspec.structs.replace(entry, error=sealer.open_failure(job_id, entry.error))
+    except Exception:
+        return entry
 
 
 def _retention(given: Retention | None, queue_wide: Retention | None) -> Retention | None:

@@ -33,6 +33,7 @@ def app(
     queues: Iterable[Queue[Any, Any]] = (),
     trace_url: str | None = None,
     refresh: float = 5.0,
+    public_url: str | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app over ``client``'s namespace.
 
@@ -40,10 +41,13 @@ def app(
     :class:`BearerAuth`) guards every request; ``secret_fields`` are masked in every queue's
     payloads and results, besides the ``secret_fields`` of the ``queues`` handed; ``trace_url``
     links a job to its trace (``{trace_id}``, ``{correlation_id}``, ``{job_id}``, ``{queue}``);
-    ``refresh`` is how often, in seconds, the overview is re-read without events. The client is
-    the caller's: the app never closes it.
+    ``refresh`` is how often, in seconds, the overview is re-read without events;
+    ``public_url`` is the URL browsers reach it at behind a reverse proxy that rewrites ``Host``
+    (an action's ``Origin`` may then be that one). The client is the caller's: the app never
+    closes it.
     """
     from .web import app as build
 
     return build(client=client, read_only=read_only, auth=auth, secret_fields=secret_fields,
-                 queues=queues, trace_url=trace_url, refresh=refresh)  # fmt: skip
+                 queues=queues, trace_url=trace_url, refresh=refresh,
+                 public_url=public_url)  # fmt: skip

@@ -58,12 +58,12 @@ async def queue_action(dash: Dashboard, request: Request) -> Response:
 
 
 async def job_action(dash: Dashboard, request: Request) -> Response:
-    """retry, rerun, cancel or promote one job."""
+    """retry, rerun, cancel, promote or remove one job (remove returns to the queue's page)."""
     if (refusal := await refused(dash, request)) is not None:
         return refusal
     name, action = request.path_params["name"], request.path_params["action"]
     job_id = check_name(request.path_params["job_id"], "job id")
-    if action not in ("retry", "rerun", "cancel", "promote"):
+    if action not in ("retry", "rerun", "cancel", "promote", "remove"):
         return dash.page(request, "error.html", status=404, message=f"No action {action!r}.")
     q = await dash.handles.get(name)
     log.info("dashboard action", queue=name, job_id=job_id, action=action)
@@ -71,6 +71,8 @@ async def job_action(dash: Dashboard, request: Request) -> Response:
     if outcome is False:  # cancel of a job that had finished (as `oqron jobs cancel` says)
         raise InvalidState(f"job {job_id!r} had already finished")
     root = request.scope.get("root_path", "")
+    if action == "remove":  # its page is gone
+        return RedirectResponse(f"{root}/queues/{name}?done=remove", 303)
     return RedirectResponse(f"{root}/queues/{name}/jobs/{job_id}?done={action}", 303)
 
 

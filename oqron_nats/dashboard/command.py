@@ -42,6 +42,11 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         "--trace-url", metavar="TEMPLATE",
         help="link to a job's trace, e.g. http://jaeger:16686/trace/{trace_id}",
     )  # fmt: skip
+    dash.add_argument(
+        "--public-url", metavar="URL",
+        help="the URL browsers use, behind a reverse proxy that rewrites Host "
+        "(e.g. https://ops.example.com/queues): actions from it pass the origin check",
+    )  # fmt: skip
     dash.add_argument("--url", help="NATS URL(s), comma-separated (default: OQRON_NATS_URL)")
     dash.add_argument("--namespace", help="default: OQRON_NAMESPACE or 'default'")
     add_security_arguments(dash)
@@ -59,14 +64,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     auth = parse_auth(args.auth) if args.auth else None
     checked = settings(read_only=args.read_only, auth=auth, secret_fields=args.secret_fields,
-                       trace_url=args.trace_url)  # fmt: skip
+                       trace_url=args.trace_url, public_url=args.public_url)  # fmt: skip
     check_bind(args.host, checked)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be from 1 to 65535, not {args.port}")
     credentials, tls = security_from(args)
     client = Client(args.url, namespace=args.namespace, credentials=credentials, tls=tls)
     web = app(client=client, read_only=args.read_only, auth=auth,
-              secret_fields=args.secret_fields, trace_url=args.trace_url)  # fmt: skip
+              secret_fields=args.secret_fields, trace_url=args.trace_url,
+              public_url=args.public_url)  # fmt: skip
     config = uvicorn.Config(
         web, host=args.host, port=args.port, log_level="warning", lifespan="on",
         access_log=False, timeout_graceful_shutdown=5,

@@ -22,6 +22,7 @@ from ..queue import Queue
 from ..storage.presence import workers_online
 from ..storage.rejects import rejected_count
 from ..storage.store import CorruptJob
+from .history import History
 
 STATES = (
     JobState.WAITING, JobState.ACTIVE, JobState.DELAYED, JobState.FAILED, JobState.COMPLETED,
@@ -45,6 +46,8 @@ class QueueRow(msgspec.Struct, kw_only=True):
     oldest_waiting_seconds: float | None
     workers: int
     rejected: int
+    finished: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    """Jobs completed and failed in each of the last 60 minutes, from the state index."""
 
 
 class Handles:
@@ -54,6 +57,7 @@ class Handles:
         self.client = client
         self._queues: dict[str, Queue[Any]] = {}
         self._lock = asyncio.Lock()
+        self.history = History(client)
 
     async def names(self) -> list[str]:
         """The queues that exist in NATS, sorted."""
@@ -71,6 +75,7 @@ class Handles:
 
     async def close(self) -> None:
         """Close every handle (the client stays open: it is the caller's)."""
+        await self.history.close()
         queues, self._queues = list(self._queues.values()), {}
         for q in queues:
             with contextlib.suppress(Exception):
@@ -95,12 +100,13 @@ async def queue_row(handles: Handles, name: str) -> QueueRow:
     """One queue's counts per state, pause flag, oldest waiting job's age, workers, rejects."""
     q = await handles.get(name)
     conn, names = await handles.client._connection(), handles.client.names(name)
-    counts, oldest, paused, workers, rejected = await asyncio.gather(
+    counts, oldest, paused, workers, rejected, finished = await asyncio.gather(
         asyncio.gather(*(q.count(s) for s in STATES)),
         q.oldest_waiting(),
         q.is_paused(),
         workers_online(conn, names),
         rejected_count(conn, names),
+        handles.history.soon(name),
     )
     age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
     return QueueRow(
@@ -110,6 +116,7 @@ async def queue_row(handles: Handles, name: str) -> QueueRow:
         oldest_waiting_seconds=round(age, 3) if age is not None else None,
         workers=workers,
         rejected=rejected,
+        finished=finished,
     )
 
 

@@ -75,8 +75,10 @@ class AuthMiddleware:
 class Csrf:
     """Issues and checks the CSRF tokens of one dashboard."""
 
-    def __init__(self, secret: bytes | None = None) -> None:
+    def __init__(self, secret: bytes | None = None, public_origin: str | None = None) -> None:
         self._secret = secret or secrets.token_bytes(32)
+        self.public_origin = public_origin
+        """The origin browsers reach the dashboard at through a proxy that rewrites ``Host``."""
 
     def browser_id(self, request: HTTPConnection) -> str | None:
         """The browser's CSRF cookie, if it has a well-formed one."""
@@ -95,9 +97,10 @@ class Csrf:
 
     async def check(self, request: Request) -> str | None:
         """Why a POST is refused (None: it passes): its token must match its cookie, and its
-        origin, when the browser says it, must be the dashboard's own."""
+        origin, when the browser says it, must be the dashboard's own: the ``Host`` it was
+        sent to, or the configured public origin (behind a proxy that rewrites ``Host``)."""
         origin = request.headers.get("origin") or request.headers.get("referer")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        if origin and origin != "null" and not self._ours(origin, request.headers.get("host")):
             return "the request came from another site"
         browser = self.browser_id(request)
         if browser is None:
@@ -107,6 +110,14 @@ class Csrf:
         if not isinstance(sent, str) or not hmac.compare_digest(sent, self.token(browser)):
             return "the request's CSRF token does not match (reload the page)"
         return None
+
+    def _ours(self, origin: str, host: str | None) -> bool:
+        """Whether an ``Origin`` (or ``Referer``) names this dashboard."""
+        parts = urlsplit(origin)
+        if host is not None and parts.netloc == host:
+            return True
+        said = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+        return self.public_origin is not None and said == self.public_origin
 
 
 def new_browser_id() -> str:

@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..core.errors import ConfigError
 from ..queue import Queue
@@ -80,6 +80,9 @@ class Settings:
     """A link to a job's trace, e.g. ``http://jaeger:16686/trace/{trace_id}``."""
     refresh: float = 5.0
     """Seconds between two reads of the overview when no event arrives (ages, workers)."""
+    public_origin: str | None = None
+    """The origin browsers reach the dashboard at (``https://ops.example.com``), behind a
+    reverse proxy that rewrites ``Host``: an action's ``Origin`` may be this one."""
 
     def secrets_of(self, queue: str) -> frozenset[str]:
         """The payload fields masked on queue ``queue``."""
@@ -94,8 +97,10 @@ def settings(
     queues: Iterable[Queue[Any, Any]] = (),
     trace_url: str | None = None,
     refresh: float = 5.0,
+    public_url: str | None = None,
 ) -> Settings:
-    """Checked settings (ConfigError on a trace URL template with an unknown field)."""
+    """Checked settings (ConfigError on a trace URL template with an unknown field, or a public
+    URL that is not an http(s) URL)."""
     if trace_url is not None:
         check_trace_url(trace_url)
     if not 0.1 <= refresh <= 3600:
@@ -107,7 +112,23 @@ def settings(
         queue_secrets={q.name: q.config.secret_fields for q in queues},
         trace_url=trace_url,
         refresh=refresh,
+        public_origin=public_origin(public_url) if public_url is not None else None,
     )
+
+
+def public_origin(url: str) -> str:
+    """The origin (``scheme://host[:port]``, lower case) of the dashboard's public URL; a path
+    (where a proxy mounts it) is allowed and not part of it. ConfigError if it is no such URL."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"the public URL must be http(s)://HOST[:PORT][/PATH], not {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"the public URL carries no credentials, query or fragment: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError:
+        raise ConfigError(f"the public URL's port is not valid: {url!r}") from None
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 TRACE_FIELDS = ("trace_id", "correlation_id", "job_id", "queue")

@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse
 
 from ..client import Client
 from ..observe.events import Event
+from .history import merged
 from .live import Hub
 from .reads import STATES, Handles, QueueRow
 from .security import Csrf, new_browser_id
@@ -26,7 +27,7 @@ class Dashboard:
         self.client = client
         self.settings = settings
         self.handles = Handles(client)
-        self.csrf = Csrf()
+        self.csrf = Csrf(public_origin=settings.public_origin)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("oqron_nats.dashboard", "templates"),
             autoescape=True,
@@ -71,7 +72,11 @@ class Dashboard:
 
     def render_overview(self, rows: list[QueueRow]) -> str:
         """The overview's table (also pushed to open overview pages)."""
-        charts = {row.name: chart(self.hub.rates.series(row.name)) for row in rows}
+        charts = {
+            row.name: chart(merged(row.finished, self.hub.rates.series(row.name))
+                            if row.finished else self.hub.rates.series(row.name))
+            for row in rows
+        }  # fmt: skip
         return self.render(
             "_overview.html", rows=rows, states=STATES, charts=charts, root=self.root,
             since=datetime.fromtimestamp(self.hub.started_at, UTC),

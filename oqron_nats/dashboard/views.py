@@ -38,6 +38,7 @@ DONE = {
     "rerun": "The job runs again.",
     "cancel": "The job was cancelled.",
     "promote": "The job was promoted: it runs now.",
+    "remove": "The job was removed.",
 }
 """What a finished action says on the page it returns to (``?done=<action>``)."""
 
@@ -124,6 +125,7 @@ async def job_values(dash: Dashboard, name: str, job_id: str) -> dict[str, Any]:
         "data": masker.pretty(found.data),
         "result": None if found.result is None else masker.pretty(found.result),
         "error": masker.failure(found.error),
+        "attempts": [(e.attempt, e.at, masker.failure(e.error)) for e in reversed(found.errors)],
         "data_error": masker.text(found.data_error),
         "timeline": [(t.at, t.state.value, masker.text(t.reason)) for t in found.timeline],
         "children": await reads.children(dash.handles, name, job_id),
@@ -210,14 +212,16 @@ def _row(job: Job[Any] | CorruptJob) -> dict[str, Any]:
 
 
 def _job_actions(job: Job[Any]) -> list[str]:
-    """The actions a job in its state allows."""
+    """The actions a job in its state allows (an active one is cancelled before it is removed)."""
     if job.state in (JobState.FAILED, JobState.CANCELLED):
-        return ["retry", "rerun"]
+        return ["retry", "rerun", "remove"]
     if job.state == JobState.COMPLETED:
-        return ["rerun"]
+        return ["rerun", "remove"]
     if job.state == JobState.DELAYED:
-        return ["promote", "cancel"]
-    return ["cancel"]
+        return ["promote", "cancel", "remove"]
+    if job.state == JobState.ACTIVE:
+        return ["cancel"]
+    return ["cancel", "remove"]
 
 
 def _state(tab: str) -> JobState:

@@ -32,11 +32,12 @@ def app(
     queues: Iterable[Queue[Any, Any]] = (),
     trace_url: str | None = None,
     refresh: float = 5.0,
+    public_url: str | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app (see :func:`oqron_nats.dashboard.app`)."""
     dash = Dashboard(client, settings(
         read_only=read_only, auth=auth, secret_fields=secret_fields, queues=queues,
-        trace_url=trace_url, refresh=refresh,
+        trace_url=trace_url, refresh=refresh, public_url=public_url,
     ))  # fmt: skip
 
     def route(path: str, view: View, methods: tuple[str, ...] = ("GET",)) -> Route:

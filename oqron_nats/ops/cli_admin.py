@@ -49,8 +49,10 @@ def add_queues_command(commands: Commands) -> None:
 
 
 def add_jobs_command(commands: Commands) -> None:
-    """``oqron jobs add|list|show|retry|cancel|promote``."""
-    jobs = commands.add_parser("jobs", help="add, list, show, retry, cancel or promote jobs")
+    """``oqron jobs add|list|show|retry|cancel|promote|remove``."""
+    jobs = commands.add_parser(
+        "jobs", help="add, list, show, retry, cancel, promote or remove jobs"
+    )
     jobs_commands = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add_jobs_add(jobs_commands)
     listing = jobs_commands.add_parser("list", help="the most recent jobs of a queue")
@@ -69,6 +71,12 @@ def add_jobs_command(commands: Commands) -> None:
         one = jobs_commands.add_parser(action, help=text)
         one.add_argument("job_id", metavar="ID")
         _connection_arguments(one)
+    removing = jobs_commands.add_parser(
+        "remove", help="remove a job that is not running (cancel a running one first)"
+    )
+    removing.add_argument("queue")
+    removing.add_argument("job_id", metavar="ID")
+    _connection_arguments(removing)
 
 
 def _add_jobs_add(jobs_commands: Commands) -> None:
@@ -278,6 +286,12 @@ def _job_action(name: str) -> Callable[[Client, argparse.Namespace], Awaitable[d
     return act
 
 
+async def _jobs_remove(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    q = await admin.existing_queue(client, args.queue)
+    await q.remove(args.job_id)
+    return {"job_id": args.job_id, "queue": q.name, "done": "remove"}
+
+
 async def _queue(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     q = await admin.existing_queue(client, args.name)
     result: dict[str, Any] = {"queue": q.name, "done": args.action}
@@ -328,6 +342,7 @@ _ADMIN: dict[str, Callable[[Client, argparse.Namespace], Awaitable[Any]]] = {
     "jobs retry": _job_action("retry"),
     "jobs cancel": _job_action("cancel"),
     "jobs promote": _job_action("promote"),
+    "jobs remove": _jobs_remove,
     "queue": _queue,
     "dlq": _dlq,
 }

@@ -87,6 +87,10 @@ def _job_listing(job: Job[Any]) -> str:
     if job.error is not None:
         rows.append(("error", f"{job.error.type}: {job.error.message}"))
         rows += [("", line) for line in job.error.traceback.rstrip().splitlines()]
+    for n, failed in enumerate(job.errors):  # each attempt's, shortened (the last is above)
+        first_line = failed.error.message.splitlines()[0] if failed.error.message else ""
+        said = f"{failed.attempt}  {_when(failed.at)}  {failed.error.type}: {first_line}"
+        rows.append(("attempts" if n == 0 else "", said))
     state_width = max((len(step.state) for step in job.timeline), default=0)
     for n, step in enumerate(job.timeline):
         change = f"{_when(step.at)}  {step.state.ljust(state_width)}  {step.reason or ''}"
@@ -135,7 +139,12 @@ def _queue_done(result: dict[str, Any]) -> str:
     return f"queue {name} obliterated: {removed} job{'s' if removed != 1 else ''} removed"
 
 
-_JOB_DONE = {"retry": "will run again", "cancel": "cancelled", "promote": "promoted: it runs now"}
+_JOB_DONE = {
+    "retry": "will run again",
+    "cancel": "cancelled",
+    "promote": "promoted: it runs now",
+    "remove": "removed (record, index entry, messages and dead letter)",
+}
 
 
 def _job_done(result: dict[str, Any]) -> str:
@@ -168,6 +177,7 @@ _PLAIN: dict[str, Callable[[Any], str]] = {
     "jobs retry": _job_done,
     "jobs cancel": _job_done,
     "jobs promote": _job_done,
+    "jobs remove": _job_done,
     "queue pause": _queue_done,
     "queue resume": _queue_done,
     "queue drain": _queue_done,

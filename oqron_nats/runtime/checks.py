@@ -75,6 +75,10 @@ class Checks:
             return None
         if record is not None and self._would_drop(record.job) and store.replicated:
             record = await store.get(job_id, fresh=True)
+        if record is None and await store.removed(job_id) is not None:
+            log.debug("message of a job removed meanwhile; acked", job_id=job_id)
+            await self.delivery.ack()  # Queue.remove() or retention, while it was in flight
+            return None
         if record is None:
             await self.rt.backend.rejects.reject(self.delivery, NO_RECORD)
             return None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ..core.errors import InvalidState, JobNotFound
+from .._nats import CasConflict
+from ..core.errors import InvalidState, JobNotFound, Unavailable
 from ..core.job import JobState, moved
 from ..observe.log import logger
 from ..storage.backend import Backend
-from ..storage.store import RawJob
+from ..storage.store import CAS_TRIES, RawJob
 from . import dag
 
 log = logger(__name__)
@@ -121,6 +122,43 @@ async def promote(backend: Backend, job_id: str) -> None:
     assert changed is not None  # promoted() never leaves a job as it is
     await backend.broker.unschedule(job_id)
     await backend.broker.enqueue(changed[1])
+
+
+async def remove(backend: Backend, job_id: str) -> RawJob:
+    """Remove one job that is not running: its record (by compare-and-set on the revision read,
+    so a worker that claimed it meanwhile wins and the removal is refused), its index entry,
+    its messages (lane, schedule, run lane, held marker) and its dead letter. Returns the last
+    record. InvalidState if it is active (cancel it first), JobNotFound if there is none.
+
+    Its children that wait for it are looked at again: a removed parent counts as done.
+    """
+    names = backend.names
+    for _ in range(CAS_TRIES):
+        record = await backend.store.get(job_id, fresh=True)
+        if record is None:
+            raise JobNotFound(f"there is no job {job_id!r} in queue {names.queue!r}")
+        job = record.job
+        if job.state == JobState.ACTIVE:
+            raise InvalidState(
+                f"job {job_id!r} of queue {names.queue!r} is active; "
+                "cancel it first, then remove it"
+            )
+        try:
+            await backend.store.remove(job, record.revision)
+        except CasConflict:
+            continue  # it moved meanwhile (a worker claimed it?): decide again on what it is now
+        break
+    else:
+        raise Unavailable(
+            f"job {job_id!r} kept changing: {CAS_TRIES} removals in a row lost their "
+            "compare-and-set to other writers"
+        )
+    await backend.broker.remove_messages(job_id)
+    await backend.broker.forget_dead_letter(job_id)
+    if backend.control.state.flows:
+        await dag.notify_children(backend, job_id)
+    log.info("job removed", job_id=job_id, queue=names.queue, state=str(job.state))
+    return job
 
 
 async def active_jobs(backend: Backend) -> list[RawJob]:

@@ -26,7 +26,7 @@ from ..core import redaction
 from ..core.codec import check_size, encode_value, stored_limit
 from ..core.encryption import is_sealed
 from ..core.errors import EnqueueError
-from ..core.job import JobFailure, JobState, moved
+from ..core.job import AttemptError, JobFailure, JobState, moved, shortened, with_attempt_error
 from ..observe.log import logger
 from ..storage.store import RawJob
 from . import dag
@@ -141,6 +141,7 @@ class Settle:
             "retried",
             f"{failure.type}: retry in {delay:.3g}s",
             error=stored,
+            errors=self.attempt_errors(failure, stored),
             run_at=utcnow() + timedelta(seconds=delay),
             enqueued=job.enqueued + 1,
             worker=None,
@@ -171,8 +172,9 @@ class Settle:
         sealed); :meth:`finish_failed` comes next."""
         stored = self.sealed(failure) if stored is None else stored
         return await self.commit(
-            JobState.FAILED, "failed", failure.type, error=stored, finished_at=utcnow()
-        )
+            JobState.FAILED, "failed", failure.type, error=stored, finished_at=utcnow(),
+            errors=self.attempt_errors(failure, stored),
+        )  # fmt: skip
 
     async def finish_failed(self, failed: RawJob) -> bool:
         """The dead letter, then flows, ack, release, retention; False if the dead letter could
@@ -259,6 +261,15 @@ class Settle:
             message=redaction.scrub(failure.message, values),
             traceback=redaction.scrub(failure.traceback, values),
         )
+
+    def attempt_errors(self, failure: JobFailure, stored: JobFailure) -> list[AttemptError]:
+        """The job's attempt history with this attempt's failure, shortened: sealed as
+        ``stored`` is (readable where ``stored`` is the failure itself: it holds no payload)."""
+        job = self.held.job
+        assert job is not None
+        short = shortened(failure)
+        kept = short if stored is failure else self.sealed(short)
+        return with_attempt_error(job.errors, job.attempt, kept)
 
     def sealed(self, failure: JobFailure) -> JobFailure:
         """The failure as stored: its message and traceback sealed on an encrypted queue."""
