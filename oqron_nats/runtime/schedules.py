@@ -45,6 +45,7 @@ from ..core.job import Job, JobState, moved
 from ..core.schedules import ScheduleSpec, catch_up, missed, seal_id, slot, tick_id, tick_time
 from ..observe.log import logger
 from ..storage.rejects import BAD_TICK
+from ..storage.schedules import Schedules
 from .shared import Runtime
 
 log = logger(__name__)
@@ -138,7 +139,7 @@ async def _look_until_answered(rt: Runtime) -> None:
     deadline = time.monotonic() + CATCH_UP_DEADLINE
     while True:
         try:
-            await catch_up_missed(rt)
+            await catch_up_missed(rt.backend.schedules)
             return
         except (OqronError, OSError) as exc:
             if time.monotonic() >= deadline:
@@ -148,10 +149,9 @@ async def _look_until_answered(rt: Runtime) -> None:
             await asyncio.sleep(1.0)
 
 
-async def catch_up_missed(rt: Runtime) -> list[str]:
+async def catch_up_missed(schedules: Schedules) -> list[str]:
     """Fire one catch-up tick for each schedule of the queue whose ticks were missed (the
     server was down); returns the catch-up jobs' ids."""
-    schedules = rt.backend.schedules
     fired = []
     for spec, target in await schedules.targeted():
         pending = _tick_of(spec, await schedules.pending_tick(target))  # before the last tick:
