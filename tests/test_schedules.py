@@ -189,6 +189,7 @@ async def test_a_paused_queue_holds_its_ticks_and_runs_them_on_resume(client: Cl
     ("stop", "timing"),
     [("stop", {"every": 2}), ("kill", {"every": 2}),
      ("stop", {"cron": "*/2 * * * * *"}), ("kill", {"cron": "*/2 * * * * *"})],
+    ids=["every-stop", "every-kill", "cron-stop", "cron-kill"],
 )  # fmt: skip
 async def test_ticks_missed_while_the_server_was_down_become_exactly_one_job(
     tmp_path: Path, stop: str, timing: dict[str, Any]
