@@ -40,7 +40,6 @@ from .._nats.names import (
     SCHEDULER_HEADER,
     Names,
 )
-from ..core.errors import OqronError
 from ..core.job import Job, JobState, moved
 from ..core.schedules import ScheduleSpec, catch_up, missed, seal_id, slot, tick_id, tick_time
 from ..observe.log import logger
@@ -141,7 +140,7 @@ async def _look_until_answered(rt: Runtime) -> None:
         try:
             await catch_up_missed(rt.backend.schedules)
             return
-        except (OqronError, OSError) as exc:
+        except Exception as exc:  # told in the log; the next reconnect looks again
             if time.monotonic() >= deadline:
                 log.warning("missed ticks could not be looked for", queue=rt.config.name,
                             error=str(exc))  # fmt: skip
