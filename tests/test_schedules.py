@@ -384,6 +384,25 @@ async def test_no_catch_up_after_a_worker_restart_and_a_tick_fired_again_is_drop
     assert tick_id(spec, last) in ticks
 
 
+async def test_a_schedule_defined_again_has_missed_nothing_before_its_definition(
+    client: Client,
+) -> None:
+    from oqron_nats.runtime.schedules import catch_up_missed
+
+    q = queue("again2", lambda ctx: None, client=client)
+    await q.add({"n": 0}, job_id="warm")
+    async with q:
+        await q.schedule("beat", None, every=1)
+        await eventually(lambda: _count_completed(q, 3), timeout=10, what="two ticks")
+        await q.unschedule("beat")
+    backend = await q._open()
+    assert await backend.schedules.last_tick("beat") is not None
+    await asyncio.sleep(5)  # the old definition's last tick is long past
+    await q.schedule("beat", None, every=1)
+    assert await catch_up_missed(backend.schedules) == []
+    await q.unschedule("beat")
+
+
 async def _ran(runs: list[str], n: int) -> bool:
     return len([r for r in runs if r != "warm"]) >= n
 

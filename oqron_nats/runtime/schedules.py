@@ -155,10 +155,12 @@ async def catch_up_missed(schedules: Schedules) -> list[str]:
     for spec, target in await schedules.targeted():
         pending = _tick_of(spec, await schedules.pending_tick(target))  # before the last tick:
         last = await schedules.last_tick(spec.name)  # a tick made meanwhile is in one of them
-        known = max((t for t in (pending, last) if t is not None), default=None)
+        # no tick is missed before the schedule was defined (a name defined again keeps the
+        # last tick of its old definition)
+        known = max(t for t in (pending, last, spec.defined_at) if t is not None)
         now = datetime.now(UTC)
-        if known is None or not missed(spec, known, now, LATE):
-            continue  # never ticked yet (nothing to compare), or on time
+        if not missed(spec, known, now, LATE):
+            continue
         found = catch_up(spec, now)
         if found is None:
             continue
