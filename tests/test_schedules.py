@@ -15,7 +15,15 @@ import pytest
 
 from oqron_nats import Client, InvalidOption, JobContext, JobState, PayloadError, queue
 from oqron_nats.core.cron import parse
-from oqron_nats.core.schedules import ScheduleSpec, tick_job_id, tick_time
+from oqron_nats.core.schedules import (
+    ScheduleSpec,
+    catch_up,
+    missed,
+    slot,
+    tick_id,
+    tick_job_id,
+    tick_time,
+)
 from oqron_nats.testing import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log
@@ -177,13 +185,20 @@ async def test_a_paused_queue_holds_its_ticks_and_runs_them_on_resume(client: Cl
     assert len(runs) == len(set(runs)) >= 3
 
 
-@pytest.mark.parametrize(("stop", "caught_up"), [("stop", {1}), ("kill", {0, 1})])
-async def test_server_restart_loses_no_tick_due_after_it_and_collapses_missed_ones(
-    tmp_path: Path, stop: str, caught_up: set[int]
+@pytest.mark.parametrize(
+    ("stop", "timing"),
+    [("stop", {"every": 2}), ("kill", {"every": 2}),
+     ("stop", {"cron": "*/2 * * * * *"}), ("kill", {"cron": "*/2 * * * * *"})],
+    ids=["every-stop", "every-kill", "cron-stop", "cron-kill"],
+)  # fmt: skip
+async def test_ticks_missed_while_the_server_was_down_become_exactly_one_job(
+    tmp_path: Path, stop: str, timing: dict[str, Any]
 ) -> None:
-    """The missed-tick policy: while the server is down no job is made; the ticks it missed
-    become at most one job, made at once on recovery after a clean stop (none after a crash);
-    every tick due after the restart becomes its job; none twice."""
+    """The missed-tick policy, run once on recovery, the same after a clean stop (the server
+    fires its own catch-up) and after kill -9 (it does not: a worker fires it): the ticks due
+    while the server was down become exactly one job, in the slot the server came back in;
+    every tick after it becomes its job; none twice, with 3 workers (2 processes)."""
+    log = tmp_path / "runs.jsonl"
     with LocalServer(store_dir=tmp_path / "store") as server:
         runs: list[str] = []
 
@@ -192,31 +207,94 @@ async def test_server_restart_loses_no_tick_due_after_it_and_collapses_missed_on
 
         client = Client(server.url, namespace="restart", retry_deadline=30.0)
         async with client, queue("restart", handler, client=client) as q:
+            workers = [
+                WorkerProcess(server.url, "restart", log, queue="restart", concurrency=2)
+                for _ in range(2)
+            ]
+            try:
+                await q.schedule("beat", None, **timing)
+                await eventually(lambda: _count_completed(q, 3), timeout=15, what="3 ticks")
+                await asyncio.to_thread(server.stop if stop == "stop" else server.kill)
+                down_at = datetime.now(UTC)
+                await asyncio.sleep(7)  # three ticks are missed
+                await _early_in_a_slot(2)  # so that the server is back within the slot
+                await asyncio.to_thread(server.start)
+                up_at = datetime.now(UTC)
+                await asyncio.sleep(7)
+                await q.unschedule("beat")
+                await eventually(
+                    lambda: _ticks_up_to(q, up_at + timedelta(seconds=5)), timeout=20,
+                    what="the ticks after the restart",
+                )  # fmt: skip
+                await asyncio.sleep(1)  # the last ticks' jobs finish
+                jobs = [j for s in JobState for j in await q.get_jobs(s, limit=1000)]
+            finally:
+                for w in workers:
+                    w.close()
+        ids = sorted(job.id for job in jobs)
+        assert len(ids) == len(set(ids)), "one job per tick"
+        ticks = sorted(tick_of(i) for i in ids)
+        started = Counter(runs + [r["job"] for r in read_log(log) if r["event"] == "start"])
+        assert all(starts == 1 for i, starts in started.items() if tick_of(i) > down_at), started
+        assert all(t.timestamp() % 2 == 0 for t in ticks), "every job is a slot of the grid"
+        before = [t for t in ticks if t <= down_at]
+        missed = [t for t in ticks if down_at < t <= up_at]
+        after = [t for t in ticks if t > down_at]
+        assert len(before) >= 3
+        assert len(missed) == 1, (missed, down_at, up_at)  # the catch-up, whoever made it
+        assert up_at - missed[0] < timedelta(seconds=2), (missed, up_at)  # the slot of return
+        steps = {b - a for a, b in itertools.pairwise(after)}
+        assert steps == {timedelta(seconds=2)}, after  # from it on, every tick, none twice
+        assert after[-1] >= up_at + timedelta(seconds=5)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(150)
+async def test_a_whole_cluster_killed_and_started_again_makes_one_catch_up_job(
+    tmp_path: Path,
+) -> None:
+    """The same policy on a 3-node cluster (R3) whose three nodes are all killed at once."""
+    from oqron_nats.testing.cluster import LocalCluster
+
+    with LocalCluster(3) as cluster:
+        runs: list[str] = []
+
+        async def handler(ctx: JobContext[Any]) -> None:
+            runs.append(ctx.id)
+
+        client = Client(cluster.urls, namespace="outage", replicas=3, retry_deadline=60.0)
+        async with client, queue("outage", handler, client=client) as q:
             await q.schedule("beat", None, every=2)
-            await eventually(lambda: _count_completed(q, 2), timeout=10, what="two ticks")
-            await asyncio.to_thread(server.stop if stop == "stop" else server.kill)
+            await eventually(lambda: _count_completed(q, 2), timeout=20, what="2 ticks")
+            for node in cluster.nodes:
+                node.kill()
             down_at = datetime.now(UTC)
-            await asyncio.sleep(7)  # three ticks are missed
-            await asyncio.to_thread(server.start)
-            up_at = datetime.now(UTC)
             await asyncio.sleep(7)
-            await q.unschedule("beat")
+            await _early_in_a_slot(2)
+            start_at = datetime.now(UTC)
+            await asyncio.to_thread(cluster.start)  # the nodes come back one by one
+            up_at = datetime.now(UTC)
             await eventually(
-                lambda: _ticks_up_to(q, up_at + timedelta(seconds=5)), timeout=20,
+                lambda: _ticks_up_to(q, up_at + timedelta(seconds=8)), timeout=60,
                 what="the ticks after the restart",
             )  # fmt: skip
-            jobs = await completed(q)
+            await q.unschedule("beat")
+            await asyncio.sleep(2)
+            jobs = [j for s in JobState for j in await q.get_jobs(s, limit=1000)]
         ids = sorted(job.id for job in jobs)
-        assert len(ids) == len(set(ids)) and sorted(runs) == ids, "one job per tick, run once"
-        ticks = sorted(tick_of(i) for i in ids)
-        before = [t for t in ticks if t <= down_at]
-        missed = [t for t in ticks if down_at < t <= up_at + timedelta(milliseconds=600)]
-        after = [t for t in ticks if t > up_at + timedelta(milliseconds=600)]
-        assert len(before) >= 2
-        assert len(missed) in caught_up, (missed, down_at, up_at)
-        assert after and after[0] - up_at <= timedelta(seconds=2.6), (after, up_at)
-        steps = {b - a for a, b in itertools.pairwise(after)}
-        assert steps == {timedelta(seconds=2)}, after
+        assert len(ids) == len(set(ids))
+        assert all(n == 1 for i, n in Counter(runs).items() if tick_of(i) > down_at), runs
+        after = sorted(t for t in (tick_of(i) for i in ids) if t > down_at)
+        # the first job after the outage stands for every missed tick: the latest tick due
+        # when the cluster answered again; from it on, every tick, none twice
+        assert after and start_at - timedelta(seconds=2) < after[0], (after, start_at)
+        assert after[0] - up_at < timedelta(seconds=10), (after, up_at)
+        assert {b - a for a, b in itertools.pairwise(after)} == {timedelta(seconds=2)}, after
+
+
+async def _early_in_a_slot(every: int) -> None:
+    now = datetime.now(UTC).timestamp()
+    await asyncio.sleep(every - now % every + 0.1)
 
 
 async def _ticks_up_to(q: Any, until: datetime) -> bool:
@@ -248,6 +326,85 @@ def test_cron_previous_follows_the_server_day_rule() -> None:
     assert parse("0 0 29 2 *").previous(datetime(2026, 3, 1, tzinfo=UTC)) == datetime(
         2024, 2, 29, tzinfo=UTC
     )
+
+
+def test_the_grid_and_the_catch_up_rule() -> None:
+    every = ScheduleSpec(name="b", queue="q", data=msgspec.Raw(b"null"),
+                         defined_at=datetime.now(UTC), every=300)  # fmt: skip
+    at = datetime(2026, 1, 1, 3, 7, 12, 400_000, tzinfo=UTC)
+    assert slot(every, at) == datetime(2026, 1, 1, 3, 5, tzinfo=UTC)
+    assert tick_id(every, at) == "b-20260101T030500Z"
+    last = datetime(2026, 1, 1, 3, 0, 41, tzinfo=UTC)  # the server's own clock, off the grid
+    assert not missed(every, last, last + timedelta(seconds=302), slack=3)  # late, not missed
+    assert missed(every, last, last + timedelta(seconds=304), slack=3)
+    tick, nxt = catch_up(every, at) or (at, at)
+    assert tick_id(every, tick_time(every, nxt)) == tick_id(every, at)  # the id it fires is
+    daily = parse("0 3 * * *").expression
+    cron = ScheduleSpec(name="n", queue="q", data=msgspec.Raw(b"null"),
+                        defined_at=datetime.now(UTC), cron=daily)  # fmt: skip
+    made = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    assert not missed(cron, made, datetime(2026, 1, 2, 3, 0, 2, tzinfo=UTC), slack=3)
+    assert missed(cron, made, datetime(2026, 1, 2, 3, 0, 4, tzinfo=UTC), slack=3)
+    tick, nxt = catch_up(cron, datetime(2026, 1, 5, 12, tzinfo=UTC)) or (made, made)
+    assert tick == datetime(2026, 1, 5, 3, tzinfo=UTC) == tick_time(cron, nxt)
+
+
+async def test_no_catch_up_after_a_worker_restart_and_a_tick_fired_again_is_dropped(
+    client: Client,
+) -> None:
+    """Only a server outage makes a catch-up: a worker that starts again (its ticks waiting on
+    the lane, its jobs removed on completion) fires none; a tick fired again after its job was
+    made and removed is dropped, not run twice."""
+    from oqron_nats.runtime.schedules import catch_up_missed
+
+    runs: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        runs.append(ctx.id)
+
+    q = queue("rerun", handler, client=client)
+    await q.add({"n": 0}, job_id="warm")
+    await q.schedule("beat", None, every=1, remove_on_complete=True)
+    async with q:
+        await eventually(lambda: _ran(runs, 2), timeout=10, what="two ticks")
+    await asyncio.sleep(4.5)  # no worker: the ticks wait on the lane
+    backend = await q._open()
+    assert await catch_up_missed(backend.schedules) == []  # its ticks are on the lane
+    async with q:
+        await eventually(lambda: _ran(runs, 8), timeout=15, what="the waiting ticks")
+        [(spec, target)] = await backend.schedules.targeted()
+        await q.unschedule("beat")
+        await asyncio.sleep(1.5)  # the last tick's job runs and is removed
+        last = await backend.schedules.last_tick("beat")
+        assert last is not None and await q.get_job(tick_id(spec, last)) is None
+        await backend.schedules.fire(spec, target, last + timedelta(seconds=1), "again")
+        await asyncio.sleep(2)
+    ticks = [r for r in runs if r != "warm"]
+    assert len(ticks) == len(set(ticks)), ticks
+    assert tick_id(spec, last) in ticks
+
+
+async def test_a_schedule_defined_again_has_missed_nothing_before_its_definition(
+    client: Client,
+) -> None:
+    from oqron_nats.runtime.schedules import catch_up_missed
+
+    q = queue("again2", lambda ctx: None, client=client)
+    await q.add({"n": 0}, job_id="warm")
+    async with q:
+        await q.schedule("beat", None, every=1)
+        await eventually(lambda: _count_completed(q, 3), timeout=10, what="two ticks")
+        await q.unschedule("beat")
+    backend = await q._open()
+    assert await backend.schedules.last_tick("beat") is not None
+    await asyncio.sleep(5)  # the old definition's last tick is long past
+    await q.schedule("beat", None, every=1)
+    assert await catch_up_missed(backend.schedules) == []
+    await q.unschedule("beat")
+
+
+async def _ran(runs: list[str], n: int) -> bool:
+    return len([r for r in runs if r != "warm"]) >= n
 
 
 # -- the command line -------------------------------------------------------------------------

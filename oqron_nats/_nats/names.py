@@ -20,7 +20,8 @@ Layout for namespace ``ns`` and queue ``q``::
                                  oqron.<ns>.idx.<q>.<state>.<job_id>, one per job and state
                                  (oqron_nats up to 0.1 kept one stream per state,
                                  OQRON_<ns>_X<c>_<q> on oqron.<ns>.ix.<q>.<state>.<job_id>)
-    bucket  oqron_<ns>_jobs_<q>  the queue's job records, key <q>.<job_id>
+    bucket  oqron_<ns>_jobs_<q>  the queue's job records, key <q>.<job_id>; and key <q>.=<name>,
+                                 the last tick a repeating schedule made
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
     bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
     bucket  oqron_<ns>_deps      flow edges, key <q>.<parent_id>.<child_id>
@@ -168,6 +169,11 @@ class Names:
     def tick(self, priority: int, name: str) -> str:
         """Where a repeating schedule's ticks land: a subject of the lane of ``priority``."""
         return f"oqron.{self.namespace}.q.{self.queue}.p{priority}.{REPEAT_MARK}{name}"
+
+    def last_tick(self, name: str) -> str:
+        """The key, in the jobs bucket, of the last tick a repeating schedule made (``=`` can
+        begin no job id, so it is no record's key, and scans skip it)."""
+        return f"{self.queue}.{REPEAT_MARK}{name}"
 
     def repeat_name(self, subject: str) -> str | None:
         """The schedule's name if ``subject`` is one of this queue's repeating schedules."""

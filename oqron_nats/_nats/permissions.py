@@ -149,6 +149,7 @@ def _worker_publish(names: Names) -> list[str]:
         f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
         f"$JS.ACK.{stream}.>",
         f"{API}.DIRECT.GET.{stream}",  # lifo pops, the orphan sweep
+        f"{API}.DIRECT.GET.{stream}.{names.lanes}",  # a schedule's newest tick (missed ticks)
         f"{API}.STREAM.MSG.GET.{stream}",  # ... at the leader, while a replica hangs
         f"{API}.STREAM.MSG.DELETE.{stream}",  # lifo pops, foreign schedules
         f"{API}.STREAM.PURGE.{stream}",  # held jobs released, delays promoted

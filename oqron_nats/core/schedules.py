@@ -2,8 +2,9 @@
 
 A schedule is stored as the body of a server message schedule, and every tick the server fires
 carries that body unchanged, plus the time of the *next* tick. A tick's job id is the
-schedule's name and its own tick time (``nightly-20250101T030000Z``): an ``every`` tick is the
-next one less the interval, a cron tick the cron's last tick before the next one.
+schedule's name and its tick's slot (``nightly-20250101T030000Z``): the tick is the next one
+less the interval (``every``) or the cron's last tick before the next one, and its slot is
+that on a grid that no server restart moves (see slot()).
 """
 
 from __future__ import annotations
@@ -214,6 +215,42 @@ def tick_time(spec: ScheduleSpec, next_tick: datetime) -> datetime:
         return next_tick - timedelta(seconds=spec.every)
     found = cron_of(str(spec.cron)).previous(next_tick, zone(spec.tz))
     return found if found is not None else next_tick
+
+
+def slot(spec: ScheduleSpec, tick: datetime) -> datetime:
+    """The tick's place on the schedule's fixed grid, which names its job: a cron tick is its
+    own; an ``every`` tick is floored to a whole multiple of the interval since the Unix epoch
+    (the server restarts its ``every`` clock from where it is after a restart; the grid does not
+    move, so a tick keeps one id whoever makes it)."""
+    if spec.every is None:
+        return tick
+    whole = int((tick.astimezone(UTC) + timedelta(microseconds=500_000)).timestamp())
+    return datetime.fromtimestamp(whole - whole % spec.every, UTC)
+
+
+def tick_id(spec: ScheduleSpec, tick: datetime) -> str:
+    """The id of the job of the schedule's tick at ``tick`` (the tick's slot, see slot())."""
+    return tick_job_id(spec.name, slot(spec, tick))
+
+
+def missed(spec: ScheduleSpec, known: datetime, now: datetime, slack: float) -> bool:
+    """Whether a tick due after ``known`` (the last tick made or fired) should have fired
+    more than ``slack`` seconds before ``now`` (the server was down then)."""
+    due_by = now - timedelta(seconds=slack)
+    if spec.every is not None:
+        return known + timedelta(seconds=spec.every) < due_by
+    latest = cron_of(str(spec.cron)).previous(due_by, zone(spec.tz))
+    return latest is not None and latest > known
+
+
+def catch_up(spec: ScheduleSpec, now: datetime) -> tuple[datetime, datetime] | None:
+    """(the tick, the next-tick time that names it in a fired message) that stands for every
+    tick missed before ``now``: the latest tick due by ``now``; None if the cron has none."""
+    if spec.every is not None:
+        tick = now.astimezone(UTC).replace(microsecond=0)
+        return tick, tick + timedelta(seconds=spec.every)
+    latest = cron_of(str(spec.cron)).previous(now, zone(spec.tz))
+    return None if latest is None else (latest, latest + timedelta(seconds=1))
 
 
 def tick_job_id(name: str, tick: datetime) -> str:

@@ -31,6 +31,7 @@ from .lag import LagWatch
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
 from .middlewares import WhileRunning, chain_of
 from .ratelimit import ClusterRateLimit
+from .schedules import watch_missed_ticks
 from .throttle import StartWindow
 
 log = logger(__name__)
@@ -140,6 +141,7 @@ class Consumer:
             ),
         )
         await self._claimer.open(self._undo)
+        self._undo(watch_missed_ticks(self._runtime))  # the catch-up after a cluster outage
         self._undo(await self.backend.control.hear_cancels(self._on_cancel))
         self._start_maintenance()
         gauges = self.backend.metrics.watch(
