@@ -26,6 +26,7 @@ from oqron_nats import (
 )
 from oqron_nats._nats.permissions import for_role
 from oqron_nats.ops.cli import main
+from oqron_nats.runtime.schedules import catch_up_missed
 
 from .helpers import eventually, wait_for_state
 from .secured import SecuredServer
@@ -135,6 +136,8 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
             await orders.schedule("beat", {"n": 6}, every=1)
             await orders.schedule("beat", {"n": 7}, every=1)  # replaced, not added
             assert [(s.name, s.data) for s in await orders.schedules()] == [("beat", {"n": 7})]
+            # the worker looks for missed ticks (at start and on reconnect) with its own rights
+            await catch_up_missed((await consumer._open()).schedules)
             ticked = await eventually(
                 lambda: _tick_done(orders), timeout=15, what="a tick's job"
             )  # fmt: skip
