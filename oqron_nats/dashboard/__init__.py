@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client import Client
 from ..queue import Queue
-from .settings import Auth, BasicAuth, BearerAuth
+from .settings import Auth, BasicAuth, BearerAuth, settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -46,8 +46,9 @@ def app(
     (an action's ``Origin`` may then be that one). The client is the caller's: the app never
     closes it.
     """
-    from .web import app as build
+    from .web import build
 
-    return build(client=client, read_only=read_only, auth=auth, secret_fields=secret_fields,
-                 queues=queues, trace_url=trace_url, refresh=refresh,
-                 public_url=public_url)  # fmt: skip
+    return build(client, settings(
+        read_only=read_only, auth=auth, secret_fields=secret_fields, queues=queues,
+        trace_url=trace_url, refresh=refresh, public_url=public_url,
+    ))  # fmt: skip

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,31 +13,17 @@ from starlette.staticfiles import StaticFiles
 
 from ..client import Client
 from ..core.errors import InvalidInput, InvalidState, JobNotFound, OqronError, QueueNotFound
-from ..queue import Queue
 from . import actions, views
 from .security import AuthMiddleware
-from .settings import Auth, settings
+from .settings import Settings
 from .state import Dashboard
 
 View = Callable[[Dashboard, Request], Awaitable[Response]]
 
 
-def app(
-    *,
-    client: Client,
-    read_only: bool = False,
-    auth: Auth | None = None,
-    secret_fields: Iterable[str] = (),
-    queues: Iterable[Queue[Any, Any]] = (),
-    trace_url: str | None = None,
-    refresh: float = 5.0,
-    public_url: str | None = None,
-) -> Starlette:
+def build(client: Client, checked: Settings) -> Starlette:
     """The dashboard as an ASGI app (see :func:`oqron_nats.dashboard.app`)."""
-    dash = Dashboard(client, settings(
-        read_only=read_only, auth=auth, secret_fields=secret_fields, queues=queues,
-        trace_url=trace_url, refresh=refresh, public_url=public_url,
-    ))  # fmt: skip
+    dash = Dashboard(client, checked)
 
     def route(path: str, view: View, methods: tuple[str, ...] = ("GET",)) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -73,7 +58,7 @@ def app(
         ],
         lifespan=lifespan,
     )
-    web.add_middleware(AuthMiddleware, auth=auth)
+    web.add_middleware(AuthMiddleware, auth=checked.auth)
     web.state.dashboard = dash
     return web
 
