@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 import msgspec
@@ -29,8 +26,9 @@ from oqron_nats import Client, JobState, queue
 from oqron_nats.core.job import Job, moved
 from oqron_nats.dashboard import app
 from oqron_nats.dashboard.history import History
-from oqron_nats.storage.backend import Backend
 from oqron_nats.testing.server import LocalServer
+
+from .admin_reads import fill, timed
 
 TARGETS = {"overview": 300.0, "page": 200.0}
 
@@ -47,32 +45,6 @@ def kept_job(n: int, now: datetime) -> Job[msgspec.Raw]:
     return moved(running, state, None, attempt=1, finished_at=now)
 
 
-async def fill(backend: Backend, total: int) -> float:
-    """Store ``total`` finished jobs, pipelined; returns the seconds it took."""
-    started = time.perf_counter()
-    now = datetime.now(UTC)
-    window = asyncio.Semaphore(512)
-
-    async def one(n: int) -> None:
-        async with window:
-            await backend.store.create(kept_job(n, now))
-
-    await asyncio.gather(*(one(n) for n in range(total)))
-    return time.perf_counter() - started
-
-
-async def timed(label: str, call: Callable[[], Awaitable[object]], runs: int) -> float:
-    """Run ``call`` ``runs`` times; print and return the median milliseconds."""
-    spent = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        spent.append((time.perf_counter() - started) * 1000)
-    median = statistics.median(spent)
-    print(f"  {label:<52} median {median:7.1f} ms   max {max(spent):7.1f} ms")
-    return median
-
-
 async def main() -> None:
     """Fill the queues, then time the pages."""
     parser = argparse.ArgumentParser(prog="python -m bench.dashboard")
@@ -83,7 +55,7 @@ async def main() -> None:
     with LocalServer() as server:
         async with Client(server.url, namespace="bench") as client:
             big = queue("kept", client=client)
-            seconds = await fill(await big._open(), args.jobs)
+            seconds = await fill(await big._open(), args.jobs, kept_job)
             while await big.count() < args.jobs:  # noqa: ASYNC110 - a server-side count
                 await asyncio.sleep(0.1)
             for n in range(args.queues - 1):
