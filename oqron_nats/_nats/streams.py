@@ -7,7 +7,7 @@ Each call is one JetStream API request through the connection's retried request 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import msgspec
@@ -28,6 +28,17 @@ from .replies import (
 
 RESUMED = "1970-01-01T00:00:00Z"
 """A consumer's ``pause_until`` in the past: not paused."""
+
+
+async def found(request: Awaitable[object]) -> bool:
+    """Await ``request``; False if the stream or consumer it names does not exist."""
+    try:
+        await request
+    except JetStreamError as exc:
+        if exc.err_code in NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 class StreamAdmin(Connection):
@@ -58,13 +69,7 @@ class StreamAdmin(Connection):
 
     async def delete_stream(self, stream: str) -> bool:
         """Delete the stream; False if it did not exist."""
-        try:
-            await self._api(f"$JS.API.STREAM.DELETE.{stream}", None, Success)
-        except JetStreamError as exc:
-            if exc.err_code in NOT_FOUND:
-                return False
-            raise
-        return True
+        return await found(self._api(f"$JS.API.STREAM.DELETE.{stream}", None, Success))
 
     async def stream_state(self, stream: str) -> StreamState:
         """How many messages the stream holds, and its first and last sequence."""
@@ -76,13 +81,7 @@ class StreamAdmin(Connection):
 
     async def stream_exists(self, stream: str) -> bool:
         """Whether the stream exists."""
-        try:
-            await self.stream_state(stream)
-        except JetStreamError as exc:
-            if exc.err_code in NOT_FOUND:
-                return False
-            raise
-        return True
+        return await found(self.stream_state(stream))
 
     async def stream_names(self, *, subject: str) -> list[str]:
         """The names of the streams that hold subjects matching ``subject``."""
@@ -131,10 +130,4 @@ class StreamAdmin(Connection):
         """Pause the consumer until ``until`` (RFC 3339), or resume it (None); False if it does
         not exist."""
         body = {"pause_until": until or RESUMED}
-        try:
-            await self._api(f"$JS.API.CONSUMER.PAUSE.{stream}.{consumer}", body, Reply)
-        except JetStreamError as exc:
-            if exc.err_code in NOT_FOUND:
-                return False
-            raise
-        return True
+        return await found(self._api(f"$JS.API.CONSUMER.PAUSE.{stream}.{consumer}", body, Reply))
