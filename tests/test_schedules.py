@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from oqron_nats import Client, InvalidOption, JobContext, JobState, PayloadError, queue
+from oqron_nats._nats.names import KEPT_SCHEDULE_NEXT_HEADER, KEPT_SCHEDULER_HEADER
 from oqron_nats.core.cron import parse
 from oqron_nats.core.schedules import (
     ScheduleSpec,
@@ -458,3 +459,30 @@ async def test_reconciliation_leaves_schedules_and_their_ticks_alone(client: Cli
 async def _has_tick(backend: Any) -> bool:
     subjects = await backend._conn.subjects(backend.names.stream, backend.names.lanes)
     return any(subject.endswith(".=beat") for subject in subjects)
+
+
+async def test_a_forged_or_corrupt_tick_is_rejected_and_makes_no_job(client: Client) -> None:
+    from .support import Backstage
+
+    ran: list[str] = []
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        ran.append(ctx.id)
+
+    behind = Backstage(client, "forged")
+    # The server refuses a client's Nats-Scheduler header; the copy a lifo worker keeps of it
+    # (Oqron-Scheduler) can be forged: a tick of schedule "nightly", which does not exist.
+    forged = {
+        KEPT_SCHEDULER_HEADER: client.names("forged").repeat("nightly"),
+        KEPT_SCHEDULE_NEXT_HEADER: "not a time",
+    }
+    async with queue("forged", handle, client=client) as q:
+        await behind.publish_on_lane("=nightly", b"{not json", headers=forged)
+        await eventually(
+            lambda: _rejected(behind, 1), timeout=10, what="the forged tick rejected"
+        )  # fmt: skip
+        assert await q.count() == 0 and ran == []
+
+
+async def _rejected(behind: Any, count: int) -> bool:
+    return bool(await behind.rejected_count() == count)
