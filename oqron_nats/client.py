@@ -46,7 +46,8 @@ NAMESPACE_READY = "=namespace"
 """Marks, in ``_ready``, that the namespace's shared streams and buckets exist."""
 JOB_MESSAGE_LIMIT = 16 * 1024
 """Bytes a message on a queue's work stream may have: a job id and its headers (the record holds
-the payload); anything larger is refused by the server before it is stored."""
+the payload; a copy of a record of up to ``broker.RECORD_COPY_MAX`` bytes may ride in a header);
+anything larger is refused by the server before it is stored."""
 DEAD_LETTERS_KEPT = 30 * 24 * 3600.0
 """Seconds a dead letter is kept (the failed record itself: 14 days by default, see retention)."""
 RATE_WINDOWS_KEPT = 24 * 3600.0

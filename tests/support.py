@@ -64,6 +64,10 @@ class Backstage:
     async def _broker(self) -> Broker:
         return Broker(await self._conn(), self.names)
 
+    async def critical_requests(self) -> int:
+        """The requests the jobs' own tasks awaited on this client's connection so far."""
+        return (await self._conn()).critical_requests_sent
+
     async def _conn_state(self, stream: str) -> StreamState:
         return await (await self._conn()).stream_state(stream)
 

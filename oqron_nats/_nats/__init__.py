@@ -15,6 +15,7 @@ from .kv import Bucket, Entry, stream_of
 from .provision import ConsumerSpec, ensure_bucket, ensure_consumer, ensure_stream
 from .pull import Delivery, Puller
 from .replies import CasConflict, PubAck, StoredMsg, StreamLimits, StreamState
+from .requests import on_critical_path
 from .retry import jittered
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "ensure_consumer",
     "ensure_stream",
     "jittered",
+    "on_critical_path",
     "stream_of",
 ]

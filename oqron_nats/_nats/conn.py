@@ -150,6 +150,12 @@ class Connection:
         """How many requests (awaited round trips, each try counted) this connection sent."""
         return self._requests.sent
 
+    @property
+    def critical_requests_sent(self) -> int:
+        """Of those, the requests awaited one after the other by jobs' own tasks (their
+        critical path, see ``requests.on_critical_path``)."""
+        return self._requests.critical
+
     def _on_server_error(self, text: str) -> None:
         """A -ERR from the server: a permissions violation fails the requests it refused at
         once (the server answers them nothing), instead of letting them wait out the deadline."""

@@ -64,6 +64,11 @@ SCHEDULER_HEADER: Final = "Nats-Scheduler"
 """The schedule subject that fired a message (set by the server on every fired copy)."""
 SCHEDULE_NEXT_HEADER: Final = "Nats-Schedule-Next"
 """On a fired copy: when its schedule fires next, or "purge" for a one-shot schedule."""
+RECORD_HEADER: Final = "Oqron-Record"
+RECORD_REVISION_HEADER: Final = "Oqron-Record-Revision"
+"""On a job message: a copy of the job's record (JSON) and the revision it was stored at, so a
+worker can claim the job by compare-and-set without reading the record first (a copy that is
+not the record at that revision any more fails the compare-and-set, and the worker reads it)."""
 KEPT_SCHEDULER_HEADER: Final = "Oqron-Scheduler"
 KEPT_SCHEDULE_NEXT_HEADER: Final = "Oqron-Schedule-Next"
 """A tick moved to the lifo run lane keeps its two headers above under these names (a message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from contextvars import ContextVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -19,6 +20,17 @@ from nats.aio.subscription import Subscription
 from .direct import DirectClient
 
 NO_RESPONDERS = "503"
+
+_critical_path: ContextVar[asyncio.Task[object] | None] = ContextVar(
+    "oqron_critical_path", default=None
+)
+
+
+def on_critical_path() -> None:
+    """Count the requests the current task awaits from now on as its job's critical path
+    (``Requests.critical``): the round trips a job waits for one after the other; those of the
+    tasks it starts run beside it and are not counted."""
+    _critical_path.set(asyncio.current_task())
 
 
 class Requests:
@@ -35,6 +47,8 @@ class Requests:
         self._sub: Subscription | None = None
         self.sent = 0
         """Requests sent so far (each an awaited round trip; the benchmark counts them)."""
+        self.critical = 0
+        """Of those, the requests a job's own task awaited (see :func:`on_critical_path`)."""
 
     async def start(self) -> None:
         """Subscribe to the replies."""
@@ -57,6 +71,9 @@ class Requests:
         NoRespondersError if nobody listens on ``subject``."""
         token = str(next(self._tokens))
         self.sent += 1
+        critical = _critical_path.get()
+        if critical is not None and critical is asyncio.current_task():
+            self.critical += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         deadline = loop.time() + self._timeout

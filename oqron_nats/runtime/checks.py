@@ -24,6 +24,7 @@ from ..core.errors import CodecError, InvalidName, PayloadError
 from ..core.job import CLAIMABLE_STATES, JobState
 from ..core.naming import check_name
 from ..observe.log import logger
+from ..storage.broker import carried_record
 from ..storage.rejects import FOREIGN_SCHEDULE, NO_RECORD, NOT_A_JOB_ID, foreign_schedule
 from ..storage.store import CorruptRecord, RawJob, Record
 from . import schedules
@@ -62,6 +63,19 @@ class Checks:
             await rejects.reject(self.delivery, FOREIGN_SCHEDULE)
             return None
         return job_id
+
+    def copy(self, job_id: str) -> Record | None:
+        """The copy of the record the message carries, if it says the job runs now (waiting,
+        or delayed and due): the claim's compare-and-set on its revision then proves it is
+        still the record. Any other copy is left to :meth:`record` (it reads the record)."""
+        copy = carried_record(self.delivery, job_id)
+        if copy is None or copy.job.queue != self.rt.config.name:
+            return None
+        job = copy.job
+        if job.state == JobState.WAITING:
+            return copy
+        due = job.run_at is None or job.run_at <= datetime.now(UTC)
+        return copy if job.state == JobState.DELAYED and due else None
 
     async def record(self, job_id: str) -> Record | None:
         """The job's record if this delivery may claim it; else the message is settled here

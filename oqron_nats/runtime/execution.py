@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from .._nats import CasConflict, Delivery
+from .._nats import CasConflict, Delivery, on_critical_path
 from ..core import redaction
 from ..core.correlation import current_correlation_id
 from ..core.encryption import prefixed
@@ -37,7 +37,7 @@ from ..core.errors import CodecError, PayloadError
 from ..core.job import JobFailure, JobState, moved, with_data
 from ..core.retry import retry_delay
 from ..observe.log import logger
-from ..storage.store import RawJob
+from ..storage.store import RawJob, Record
 from . import dag
 from .checks import Checks
 from .context import JobContext, Signal
@@ -90,16 +90,19 @@ class Execution:
 
     async def run(self) -> None:
         """Process the delivery; never raises (a failure leaves the message for redelivery)."""
+        on_critical_path()  # this task runs one job: the round trips it awaits are counted
         try:
             job_id = await self.checks.job_id()
             if job_id is None:
                 return
             claimed_at = time.monotonic()
-            job = await self._checked(job_id)
+            copy = self.checks.copy(job_id)
+            job = await (self._checked(job_id) if copy is None else self._copied(copy))
             if job is None:
                 await self.held.release()
                 return
-            if await self._claim(job) and await self._lease_outlived(claimed_at):
+            claimed = await self._claim(job, copied=copy is not None)
+            if claimed and await self._lease_outlived(claimed_at):
                 await self._run_claimed()
         except asyncio.CancelledError:
             raise
@@ -125,24 +128,33 @@ class Execution:
     def _leased(self) -> bool:
         return self.rt.config.guaranteed_worker
 
-    async def _checked(self, job_id: str) -> RawJob | None:
-        """The record, if this delivery runs it; the lease is asked for while the record is
-        read (one round trip less per job)."""
-        leases = self.rt.backend.leases
-        leasing = (
-            asyncio.create_task(leases.acquire(job_id, self.rt.worker_id)) if self._leased else None
-        )
+    async def _copied(self, copy: Record) -> RawJob | None:
+        """The job as the message's copy of its record says, if this delivery runs it: no read
+        (the claim's compare-and-set on the copy's revision proves the copy); the lease first."""
+        if self._leased:
+            self.held.lease = await self.rt.backend.leases.acquire(copy.job.id, self.rt.worker_id)
+        self.held.revision = copy.revision
+        return copy.job if await self.checks.admitted(copy.job) else None
+
+    async def _checked(self, job_id: str, *, admit: bool = True) -> RawJob | None:
+        """The record, if this delivery runs it; the lease (unless held) is asked for while
+        the record is read (one round trip less per job)."""
+        leases, leasing = self.rt.backend.leases, None
+        if self._leased and self.held.lease is None:
+            leasing = asyncio.create_task(leases.acquire(job_id, self.rt.worker_id))
         try:
             record = await self.checks.record(job_id)
         finally:
-            self.held.lease = await leasing if leasing is not None else None
+            if leasing is not None:
+                self.held.lease = await leasing
         if record is None:
             return None
         self.held.revision = record.revision
-        return record.job if await self.checks.admitted(record.job) else None
+        return record.job if not admit or await self.checks.admitted(record.job) else None
 
-    async def _claim(self, job: RawJob) -> bool:
-        """Lease held, record -> active (CAS); False if this delivery does not run the job."""
+    async def _claim(self, job: RawJob, *, copied: bool = False) -> bool:
+        """Lease held, record -> active (CAS); False if this delivery does not run the job.
+        A ``copied`` record that the CAS finds outdated is read, and the claim decided again."""
         rt, held = self.rt, self.held
         recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
@@ -171,8 +183,14 @@ class Execution:
                 progress_label=None,
             )
             await held.write(active, "active", job.state)
-        except CasConflict:  # another writer moved the job: let the next delivery re-read it
-            await held.release()
+        except CasConflict:  # another writer moved the job
+            if copied:  # since the message was sent: read the record and decide again
+                again = await self._checked(job.id, admit=False)
+                if again is not None:
+                    return await self._claim(again)
+                await held.release()
+                return False
+            await held.release()  # let the next delivery re-read it
             await self.delivery.nak()
             return False
         held.job = active

@@ -153,7 +153,7 @@ class Settle:
         back and runs once due."""
         backend = self.rt.backend
         try:
-            await backend.broker.enqueue(retry)
+            await backend.broker.enqueue(retry, self.held.revision)
         except EnqueueError as exc:
             backend.metrics.sent(exc)
             log.warning(

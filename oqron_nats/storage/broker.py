@@ -2,7 +2,11 @@
 queue is paused, or copied to the DLQ; and removed again. The broker also hands a worker what
 it claims through: the work stream's consumers, their pullers, and the lifo lanes and bell.
 
-A job message carries only the job id; the record in KV is the truth. Its ``Nats-Msg-Id`` is
+A job message carries the job id; the record in KV is the truth. Sent right after a write of
+the record, it also carries a copy of that record and its revision (``Oqron-Record``,
+``Oqron-Record-Revision``; up to RECORD_COPY_MAX bytes), which lets a worker claim the job by
+compare-and-set without reading the record first: a copy that is not the stored record any more
+(the job moved since) fails that write, and the worker reads the record. Its ``Nats-Msg-Id`` is
 ``<job_id>:<enqueued>`` so a publish retried after a timeout cannot queue the job twice, while a
 later re-enqueue (a retry, an admin rerun) gets a new generation.
 """
@@ -20,6 +24,8 @@ from .._nats.names import (
     KEPT_SCHEDULE_NEXT_HEADER,
     KEPT_SCHEDULER_HEADER,
     MSG_ID_HEADER,
+    RECORD_HEADER,
+    RECORD_REVISION_HEADER,
     SCHEDULE_HEADER,
     SCHEDULE_NEXT_HEADER,
     SCHEDULE_TARGET_HEADER,
@@ -29,13 +35,32 @@ from .._nats.names import (
 from ..core.errors import EnqueueError, Unavailable
 from ..core.job import JobState
 from .control import PAUSED_FOREVER
-from .store import RawJob
+from .store import CorruptRecord, RawJob, Record, decode_record
+
+RECORD_COPY_MAX = 4096
+"""The largest record (encoded, in bytes) a job message carries a copy of: a bigger one (a big
+payload) is read by the worker, whose read costs little beside handling such a payload."""
 
 
 def schedule_at(when: datetime) -> str:
     """A ``Nats-Schedule`` value firing once at ``when`` (millisecond precision, UTC)."""
     utc = when.astimezone(UTC)
     return "@at " + utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def carried_record(delivery: Delivery, job_id: str) -> Record | None:
+    """The copy of the job's record a message carries, with its revision; None if it carries
+    none, or one that does not decode or is another job's. Only a compare-and-set on that
+    revision proves it is still the stored record."""
+    headers = delivery.raw_headers
+    if not headers or RECORD_HEADER not in headers:
+        return None
+    try:
+        job = decode_record(job_id, headers[RECORD_HEADER].encode())
+        revision = int(headers.get(RECORD_REVISION_HEADER, ""))
+    except (CorruptRecord, ValueError):
+        return None
+    return Record(job, revision) if job.id == job_id and revision > 0 else None
 
 
 def job_headers(job: RawJob) -> dict[str, str]:
@@ -53,9 +78,15 @@ class Broker:
         self.conn = conn
         self.names = names
 
-    async def enqueue(self, job: RawJob) -> None:
-        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``."""
+    async def enqueue(self, job: RawJob, revision: int | None = None) -> None:
+        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``; with
+        the ``revision`` its record was just stored at, the message carries a copy of it."""
         headers = job_headers(job)
+        if revision is not None:
+            record = msgspec.json.encode(job)
+            if len(record) <= RECORD_COPY_MAX:
+                headers[RECORD_HEADER] = record.decode()
+                headers[RECORD_REVISION_HEADER] = str(revision)
         subject = self.names.lane(job.priority, job.id)
         if job.state == JobState.DELAYED and job.run_at is not None:
             headers[SCHEDULE_HEADER] = schedule_at(job.run_at)
