@@ -13,7 +13,8 @@ each header name checked once per client instead of by a regular expression on e
 
 Both take nats-py's private members (see :func:`problems`): its parser must call
 ``_process_msg``, and ``_build_message``, ``_send_command``, ``_flush_pending``, ``_remove_sub``,
-``_flush_queue``, ``_status``, ``_max_payload`` and ``Subscription._id`` must be what they were in
+``_flush_queue``, ``_status``, ``_max_payload``, ``_pending_data_size``, ``_max_pending_size`` and
+``Subscription._id`` must be what they were in
 nats-py 2.16. The pin is ``nats-py~=2.16.0`` and tests/test_nats_contract.py checks each of them;
 :func:`new_client` checks them too, once per process, and when one is not as expected it warns
 and returns a :class:`PlainClient`: the same client on nats-py's public paths only (a direct
@@ -44,6 +45,8 @@ log = logger(__name__)
 
 Handler = Callable[[Msg], None]
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+SEND_MARGIN = 64 * 1024
+"""Bytes kept free in nats-py's pending buffer for a publish's headers and protocol line."""
 
 
 class DirectClient(Client):
@@ -98,19 +101,35 @@ class DirectClient(Client):
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
+    def sends_at_once(self, size: int) -> bool:
+        """Whether a publish of about ``size`` bytes goes out without waiting: connected, and
+        nats-py's pending buffer has room (when full, nats-py waits for its flusher)."""
+        return self._status == Client.CONNECTED and (
+            self._max_pending_size <= 0
+            or self._pending_data_size + size + SEND_MARGIN <= self._max_pending_size
+        )
+
     def _encode_headers(self, headers: Mapping[str, str]) -> bytes:
-        lines = ["NATS/1.0\r\n"]
+        known = self._header_names
+        if not all(name in known for name in headers):
+            headers = self._checked_names(headers)
+        lines = [f"{name}: {one_line(value)}\r\n" for name, value in headers.items()]
+        return ("NATS/1.0\r\n" + "".join(lines) + "\r\n").encode()
+
+    def _checked_names(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers with names stripped, empty ones left out; BadHeaderError for a name
+        that is not a header name. Names that pass are remembered (checked once per client)."""
+        checked = {}
         for key, value in headers.items():
             name = key.strip()
+            if not name:
+                continue
             if name not in self._header_names:
-                if not name:
-                    continue
                 if not HEADER_NAME.fullmatch(name):
                     raise BadHeaderError(name)
                 self._header_names.add(name)
-            lines.append(f"{name}: {one_line(value)}\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode()
+            checked[name] = value
+        return checked
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -135,6 +154,10 @@ class PlainClient(DirectClient):
     _process_msg = Client._process_msg  # type: ignore[assignment]
     _remove_sub = Client._remove_sub
     publish = Client.publish
+
+    def sends_at_once(self, size: int) -> bool:
+        """Never assumed on nats-py's public path: every request's send gets its deadline."""
+        return False
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """Subscribe; ``handler`` is called in the subscription's task for each message."""
@@ -192,7 +215,9 @@ METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 """nats-py's private methods that DirectClient overrides or calls: their parameters as we call
 them (positionally), and whether they are coroutine functions (awaited)."""
-ATTRIBUTES = ("_flush_queue", "_status", "_max_payload", "stats")
+ATTRIBUTES = (
+    "_flush_queue", "_status", "_max_payload", "stats", "_pending_data_size", "_max_pending_size",
+)  # fmt: skip
 """The attributes of nats-py's client that DirectClient reads, set in its ``__init__``."""
 USES: tuple[tuple[type, str, str], ...] = (
     (Parser, "parse", "_process_msg"),  # a message read goes to _process_msg

@@ -81,11 +81,12 @@ class Requests:
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire_overdue)
         try:
-            # the send is bounded too: a flush can wait on a connection that stopped reading
-            async with asyncio.timeout_at(deadline):
-                await self._nc.publish(
-                    subject, payload, reply=self._prefix + token, headers=headers
-                )
+            reply = self._prefix + token
+            if self._nc.sends_at_once(len(payload)):
+                await self._nc.publish(subject, payload, reply=reply, headers=headers)
+            else:  # the send is bounded too: a flush can wait on a connection that stopped reading
+                async with asyncio.timeout_at(deadline):
+                    await self._nc.publish(subject, payload, reply=reply, headers=headers)
             msg = await future
         finally:
             del self._waiting[token]
