@@ -60,8 +60,10 @@ async def noop(ctx: JobContext[Any]) -> None:
 
 async def measure(url: str, strategy: Strategy) -> Assets:
     """Create a queue of ``strategy`` with a job and a running worker; count its assets."""
-    async with ours.fresh_client(url) as client:
-        q = queue(QUEUE, strategy=strategy, client=client)
+    async with (
+        ours.fresh_client(url) as client,
+        queue(QUEUE, strategy=strategy, client=client) as q,
+    ):
         await q.add({"n": 0})
         consumer = worker(QUEUE, noop, strategy=strategy, client=client)
         await consumer.start()

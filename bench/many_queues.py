@@ -27,7 +27,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
 from oqron_nats import Client, queue
@@ -108,9 +108,9 @@ async def measure(servers: Servers, queues: int, idle: float) -> Footprint:
         servers.urls, namespace=f"many{uuid.uuid4().hex[:8]}", replicas=servers.replicas
     )
     names = tuple(f"q{n}" for n in range(queues))
-    async with client:
+    async with client, AsyncExitStack() as opened:
         started = time.perf_counter()
-        defined = [queue(name, client=client) for name in names]
+        defined = [await opened.enter_async_context(queue(name, client=client)) for name in names]
         for q in defined:
             await q.add({"n": 0})
         added = time.perf_counter()
@@ -167,8 +167,8 @@ def describe(f: Footprint) -> str:
 def describe_total(f: Footprint) -> str:
     """The totals, in a line."""
     return (
-        f"add {f.add_s:.2f} s + worker start {f.start_s:.2f} s; RSS +{f.rss_kb / 1024:.0f} MB "
-        f"(of {(f.base_rss_kb + f.rss_kb) / 1024:.0f} MB); idle CPU +{f.idle_cpu:.2%} of a core"
+        f"add {f.add_s:.2f} s + worker start {f.start_s:.2f} s; RSS {f.rss_kb / 1024:+.0f} MB "
+        f"(of {(f.base_rss_kb + f.rss_kb) / 1024:.0f} MB); idle CPU {f.idle_cpu:+.2%} of a core"
     )
 
 

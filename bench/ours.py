@@ -79,10 +79,17 @@ def fresh_client(url: str) -> Client:
     return Client(url, namespace=f"bench{uuid.uuid4().hex[:8]}")
 
 
+@asynccontextmanager
+async def fresh_queue(url: str) -> AsyncIterator[Queue[Any]]:
+    """A publisher-only queue in a namespace of its own (``q.client``), both closed afterwards
+    (closing the queue stops its following of the queue's state)."""
+    async with fresh_client(url) as client, queue(QUEUE, client=client) as q:
+        yield q
+
+
 async def add_sequential(url: str, count: int) -> float:
     """``await q.add()`` one at a time: jobs per second."""
-    async with fresh_client(url) as client:
-        q = queue(QUEUE, client=client)
+    async with fresh_queue(url) as q:
         await q.add({"n": -1})  # connect and create the streams outside the timing
         started = time.perf_counter()
         for n in range(count):
@@ -92,8 +99,7 @@ async def add_sequential(url: str, count: int) -> float:
 
 async def add_bulk(url: str, count: int) -> float:
     """One ``add_bulk()`` of ``count`` jobs: jobs per second."""
-    async with fresh_client(url) as client:
-        q = queue(QUEUE, client=client)
+    async with fresh_queue(url) as q:
         await q.add({"n": -1})
         started = time.perf_counter()
         await fill(q, count)
@@ -120,12 +126,11 @@ async def paused_backlog(
 ) -> AsyncIterator[tuple[Queue[Any], list[BenchProcess]]]:
     """``count`` jobs queued on a paused queue, and ready workers (run under ``prefix``, if
     given) waiting for it; the caller resumes the queue. The workers are killed afterwards."""
-    async with fresh_client(url) as client:
-        q = queue(QUEUE, client=client)
+    async with fresh_queue(url) as q:
         await fill(q, count)
         await q.pause()
         workers = await _start_workers(
-            client, processes, concurrency, guaranteed, prefix=prefix, startup=startup
+            q.client, processes, concurrency, guaranteed, prefix=prefix, startup=startup
         )
         try:
             yield q, workers
@@ -162,10 +167,9 @@ async def process(
 
 async def latency(url: str, *, rate: float, seconds: float, concurrency: int) -> dict[str, float]:
     """Add jobs at a steady ``rate`` to a running worker; p50/p99 seconds to handler start."""
-    async with fresh_client(url) as client:
-        q = queue(QUEUE, client=client)
+    async with fresh_queue(url) as q:
         await q.add({"n": -1})
-        (w,) = await _start_workers(client, 1, concurrency, guaranteed=True)
+        (w,) = await _start_workers(q.client, 1, concurrency, guaranteed=True)
         try:
             total = int(rate * seconds)
             started = time.perf_counter()
@@ -186,11 +190,11 @@ async def latency(url: str, *, rate: float, seconds: float, concurrency: int) ->
 
 async def idle(url: str, seconds: float) -> dict[str, Any]:
     """A worker on an empty queue for ``seconds``: its CPU share and its figures."""
-    async with fresh_client(url) as client:
-        await queue(QUEUE, client=client).add({"n": -1})  # the streams exist, like in production
-        (w,) = await _start_workers(client, 1, 100, guaranteed=True)
+    async with fresh_queue(url) as q:
+        await q.add({"n": -1})  # the streams exist, like in production
+        (w,) = await _start_workers(q.client, 1, 100, guaranteed=True)
         try:
-            await until_completed(queue(QUEUE, client=client), 1)
+            await until_completed(q, 1)
             await asyncio.sleep(seconds)  # the idle period being measured
             return await asyncio.to_thread(w.finish)
         finally:
