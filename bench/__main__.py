@@ -103,28 +103,13 @@ async def measure(url: str, server_pid: int, options: Options) -> list[Row]:
     rows = targets.enqueue_rows(raw, one, await ours.add_bulk(url, sizes.bulk), sizes.bulk)
     progress("enqueue", rows)
     best, peer_rows = await measure_peers(url, sizes) if options.peers else ({}, [])
-    runs: dict[tuple[int, bool], ours.ProcessRun] = {}
-    for concurrency in CONCURRENCIES:
+    runs = await process_runs(url, server_pid, sizes)
+    for (concurrency, guaranteed), run in runs.items():
         fastest = targets.fastest_peer(best, concurrency)
-        for guaranteed in (True, False):
-            run = await ours.process(
-                url, sizes.process, concurrency=concurrency, guaranteed=guaranteed,
-                server_pid=server_pid,
-            )  # fmt: skip
-            runs[concurrency, guaranteed] = run
-            rows.append(
-                targets.process_row(run, concurrency, guaranteed, fastest, raw["raw_fetch_ack"])
-            )
-            progress("process", rows[-1])
-    hint, instructions = await count_instructions(url, options)
-    rows += [targets.server_cpu_row(runs), targets.worker_cpu_row(runs, hint)]
-    rows += [instructions] if instructions else []
-    rows.append(targets.round_trips_row(runs[100, True]))
-    two = await ours.process(
-        url, sizes.process, concurrency=100, guaranteed=True, processes=2, server_pid=server_pid
-    )
-    rows += [targets.two_processes_row(runs[100, True], two), targets.capacity_row(two)]
-    rows.append(targets.worker_rss_row(runs[100, True]))
+        rows.append(
+            targets.process_row(run, concurrency, guaranteed, fastest, raw["raw_fetch_ack"])
+        )
+    rows += await cost_rows(url, server_pid, options, runs[100, True], runs[10, True])
     cuts = await ours.latency(
         url, rate=sizes.latency_rate, seconds=sizes.latency_seconds, concurrency=10
     )
@@ -132,10 +117,44 @@ async def measure(url: str, server_pid: int, options: Options) -> list[Row]:
     idle = await ours.idle(url, sizes.idle_seconds)
     rows.append(targets.idle_row(idle["idle_cpu"]))
     rows += [targets.assets_row(found) for found in await assets.measure_all(url)]
-    progress("cpu, scale, latency, idle, assets", rows[-9:])
+    progress("latency, idle, assets", rows[-5:])
     rows += peer_rows + targets.floor_rows(raw, sizes.bulk)
     if options.scale_queues:
         rows += await scale_rows(options)
+    return rows
+
+
+async def process_runs(
+    url: str, server_pid: int, sizes: Sizes
+) -> dict[tuple[int, bool], ours.ProcessRun]:
+    """One worker process at each concurrency, guaranteed_worker on and off."""
+    runs = {}
+    for concurrency in CONCURRENCIES:
+        for guaranteed in (True, False):
+            runs[concurrency, guaranteed] = run = await ours.process(
+                url, sizes.process, concurrency=concurrency, guaranteed=guaranteed,
+                server_pid=server_pid,
+            )  # fmt: skip
+            progress(f"process, concurrency {concurrency}, guaranteed {guaranteed}", run)
+    return runs
+
+
+async def cost_rows(
+    url: str, server_pid: int, options: Options, one: ours.ProcessRun, ten: ours.ProcessRun
+) -> list[Row]:
+    """What a guaranteed job costs (``one``: concurrency 100, ``ten``: concurrency 10): CPU,
+    instructions, round trips; two worker processes against one; the worker's memory."""
+    hint, instructions = await count_instructions(url, options)
+    rows = [targets.server_cpu_row(one, ten), targets.worker_cpu_row(one, ten, hint)]
+    rows += [instructions] if instructions else []
+    rows.append(targets.round_trips_row(one))
+    two = await ours.process(
+        url, options.sizes.process, concurrency=100, guaranteed=True, processes=2,
+        server_pid=server_pid,
+    )  # fmt: skip
+    rows += [targets.two_processes_row(one, two), targets.capacity_row(two)]
+    rows.append(targets.worker_rss_row(one))
+    progress("costs", rows)
     return rows
 
 
