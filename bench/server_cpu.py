@@ -17,7 +17,7 @@ import time
 from oqron_nats.testing.server import LocalServer
 
 from . import ours
-from .profile import cpu_seconds
+from .procs import cpu_seconds
 
 SETTLE = 2.5
 """Seconds waited after the last completion, so that work the server does later is counted."""
