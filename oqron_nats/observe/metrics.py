@@ -31,9 +31,12 @@ exception's class name; cancelled, shutdown or lease_lost for an attempt stopped
 the attribute ``queue`` (and ``state`` for the job counts). Never a job id.
 
 The gauges cover the queues whose worker runs in this process: OTel calls gauge callbacks
-synchronously, so each running consumer keeps a snapshot, refreshed every
-``Client(metrics_interval=...)`` seconds (15 by default) by a task: four state counts and one
-index read checked against its records, a few requests whatever the queue's size.
+synchronously, so each running consumer keeps a snapshot, refreshed by a task at most every
+``Client(metrics_interval=...)`` seconds (15 by default), and only while something collects the
+gauges: four state counts and one index read checked against its records. The first collection
+finds no values yet (and starts the refreshes); later ones find those of the last refresh. A
+worker whose metrics nobody reads (no OpenTelemetry SDK) never reads the counts: at thousands of
+jobs a second, a count of an unfinished state reads the moves of its last seconds.
 Every worker of a queue reports the same queue-wide values: aggregate them with max, not sum.
 """
 
@@ -264,9 +267,11 @@ class QueueWatch:
         self._age: Attributes = {QUEUE: queue.name}
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._collected = False
+        """Whether the gauges were collected since the last refresh (set from any thread)."""
 
     def start(self) -> None:
-        """Refresh now and then every ``interval`` seconds, and report the snapshot."""
+        """Report the snapshot, refreshed every ``interval`` seconds while it is collected."""
         self._task = asyncio.create_task(self._run(), name=f"oqron-metrics-{self.queue.name}")
         self.queue.metrics.watches.add(self)
 
@@ -278,11 +283,15 @@ class QueueWatch:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                await self.refresh()
-            except Exception as exc:  # reports nothing rather than stale values; tries again
-                self.snapshot = None
-                log.warning("queue gauges not refreshed", queue=self.queue.name, error=repr(exc))
+            if self._collected:
+                self._collected = False
+                try:
+                    await self.refresh()
+                except Exception as exc:  # reports nothing rather than stale values; tries again
+                    self.snapshot = None
+                    log.warning(
+                        "queue gauges not refreshed", queue=self.queue.name, error=repr(exc)
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
 
@@ -292,6 +301,7 @@ class QueueWatch:
 
     def observe_jobs(self) -> Iterator[Observation]:
         """The job count of each gauged state."""
+        self._collected = True
         snapshot = self.snapshot
         if snapshot is not None:
             for count, attributes in zip(snapshot.counts, self._by_state, strict=True):
@@ -299,6 +309,7 @@ class QueueWatch:
 
     def observe_age(self) -> Iterator[Observation]:
         """The oldest waiting job's age now (it keeps growing between two refreshes)."""
+        self._collected = True
         snapshot = self.snapshot
         if snapshot is None:
             return
