@@ -11,11 +11,13 @@ none fits, the seam's ``Nats``. Only this module, and the tests whose subject is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
 
 from oqron_nats import Client
 from oqron_nats._nats import (
@@ -28,6 +30,7 @@ from oqron_nats._nats import (
     StreamState,
     ensure_bucket,
     ensure_stream,
+    stream_of,
 )
 from oqron_nats._nats.names import (
     MSG_ID_HEADER,
@@ -121,9 +124,24 @@ class Backstage:
         return (await self._conn_state((await self._records()).stream)).bytes
 
     async def watch_record(self, job_id: str, received: Received) -> Subscription:
-        """Subscribe to every write of the job's record (core NATS, as the server stores it)."""
+        """Subscribe to every write of the job's record (core NATS: each attempt, stored or
+        refused by its compare-and-set)."""
         records = await self._records()
         return await self._watch(records.subject(self.names.key(job_id)), received)
+
+    async def watch_stored_record(self, job_id: str, received: Received) -> Subscription:
+        """Subscribe to the stored writes of the job's record from now on (an ordered consumer:
+        a write its compare-and-set refused is not stored, so not seen; a core subscription,
+        :meth:`watch_record`, sees every attempt, in the order it was sent)."""
+        records = await self._records()
+        js = (await self._conn()).nc.jetstream()
+        return await js.subscribe(
+            records.subject(self.names.key(job_id)),
+            cb=received,
+            stream=stream_of(self.names.jobs_bucket),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -264,6 +282,13 @@ class Backstage:
     async def consumer_names(self) -> list[str]:
         """The names of the work stream's consumers."""
         return await (await self._conn()).consumer_names(self.names.stream)
+
+    async def set_ack_wait(self, seconds: float, consumer: str = "fifo") -> None:
+        """Change a consumer's ack_wait (as an operator, or a server that lost its acks, could
+        redeliver a message early)."""
+        js = (await self._conn()).js
+        info = await js.consumer_info(self.names.stream, consumer)
+        await js.add_consumer(self.names.stream, dataclasses.replace(info.config, ack_wait=seconds))
 
     async def consumer_info(self, consumer: str = "fifo") -> Any:
         """nats-py's ConsumerInfo of one consumer of the work stream."""

@@ -21,7 +21,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats._nats import CasConflict
+from oqron_nats._nats import CasConflict, Entry
 
 from .helpers import eventually, wait_for_state
 from .support import Backstage
@@ -59,11 +59,15 @@ async def set_within(event: asyncio.Event | threading.Event, what: str) -> None:
     assert fired, f"timed out after {WAIT}s waiting for {what}"
 
 
+async def held_lease(behind: Backstage, job_id: str) -> Entry:
+    """The running attempt's lease, once taken (at its first heartbeat)."""
+    return await eventually(lambda: behind.lease(job_id), WAIT, "the attempt's lease")
+
+
 async def steal_lease(behind: Backstage, job_id: str) -> int:
     """Overwrite the running attempt's lease (as a new holder would); return its revision."""
     while True:
-        entry = await behind.lease(job_id)
-        assert entry is not None, "the running attempt holds a lease"
+        entry = await held_lease(behind, job_id)
         try:
             return await behind.overwrite_lease(job_id, THIEF, last=entry.revision, ttl=30)
         except CasConflict:
@@ -73,8 +77,7 @@ async def steal_lease(behind: Backstage, job_id: str) -> int:
 async def expire_lease(behind: Backstage, job_id: str) -> None:
     """Remove the running attempt's lease, as if its TTL had run out."""
     while True:
-        entry = await behind.lease(job_id)
-        assert entry is not None, "the running attempt holds a lease"
+        entry = await held_lease(behind, job_id)
         try:
             await behind.delete_lease(job_id, last=entry.revision)
             return

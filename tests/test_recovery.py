@@ -119,7 +119,7 @@ async def test_stall_recovery_writes_stalled_between_the_two_runs(
     async def on_write(msg: Msg) -> None:
         writes.append(msgspec.json.decode(msg.data))
 
-    sub = await Backstage(client, name).watch_record(job_id, on_write)
+    sub = await Backstage(client, name).watch_stored_record(job_id, on_write)
     doomed = await spawn(nats_server, namespace, log, queue=name, sleep=60, **FAST)
     survivor = None
     try:

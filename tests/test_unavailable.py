@@ -180,8 +180,9 @@ async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect
 async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The record write of a claim waits out an election longer than lock_ttl: the lease may
-    be gone (or another worker's) by then, so the handler must not run on that claim."""
+    """The record write of a claim waits out an election longer than lock_ttl: the job may be
+    another worker's by then, so the claim takes the lease before the handler runs (the first
+    heartbeat would be too late), and runs nothing without it."""
     lock_ttl, heartbeat = 2.0, 0.5
     update = JobStore.update
     held_back: list[str] = []
@@ -199,7 +200,7 @@ async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
     async def handler(ctx: JobContext[Any]) -> None:
         entry = await behind.lease(ctx.id)
         lease_seen.append(entry.revision if entry else None)
-        assert entry is not None and entry.revision == ctx.fencing_token
+        assert ctx.fencing_token == (await behind.record(ctx.id)).revision, "the claim's write"
 
     q = queue("slow-claim", handler, client=client, lock_ttl=lock_ttl, heartbeat=heartbeat)
     async with q:
@@ -208,7 +209,7 @@ async def test_a_claim_slower_than_its_lease_runs_no_handler_without_the_lease(
     assert held_back == ["j"]
     assert len(lease_seen) == 1, f"the handler ran {len(lease_seen)} times"
     assert lease_seen[0] is not None, "the handler ran without its lease"
-    assert done.stalled_count == 1, "the slow claim's record was taken over as a stall"
+    assert done.stalled_count == 0, "nobody else took the job meanwhile"
 
 
 @pytest.mark.cluster

@@ -146,6 +146,15 @@ class Checks:
         await self.delivery.nak(delay=wait)
         return False
 
+    def claimed_moments_ago(self, job: RawJob) -> float:
+        """Seconds until an active job's claim is ``lock_ttl`` old (0: it is, or the job is not
+        active): until then its worker may not have taken the lease yet (it does at its first
+        heartbeat), so the lease's absence proves nothing."""
+        if job.state != JobState.ACTIVE or job.started_at is None:
+            return 0.0
+        age = (datetime.now(UTC) - job.started_at).total_seconds()
+        return max(0.0, self.rt.config.lock_ttl - age)
+
     async def lease_held(self, job_id: str) -> None:
         """Another worker holds the lease: ack if the job is done, else look again soon."""
         # a rare path that may ack: read at the leader when a replica could lag (see above)

@@ -2,22 +2,24 @@
 
     checks (:mod:`.checks`): a job of the queue, its record runnable now, within the rate limit?
         │               no -> rejected, acked, or nak'd until it is due; stop
-    claim: lease (guaranteed_worker) ── held by another ──> ack or nak; stop
-        │  record -> active (CAS; a lease-less active record is a stall: stalled first, then active)
-        │  claim took longer than lock_ttl - heartbeat (an election)? renew the lease first;
-        │               not ours any more -> run nothing, commit nothing
+    claim: record -> active (CAS on the revision read, or on the message's copy of the record)
+        │  taking over a running or stalled job (guaranteed_worker): claimed less than lock_ttl
+        │  ago -> nak until then; else its lease first (held by another -> ack or nak; stop),
+        │  and a lease-less active record is a stall: stalled first, then active
     run: before_process; inside the middlewares' around_process (the tracing span first), the
-        │  payload is decoded and the handler runs, while a heartbeat renews the lease (CAS) and
-        │  the ack deadline every `heartbeat`; lease lost -> ctx.signal fires, nothing is
-        │  committed; after_process
+        │  payload is decoded and the handler runs, while a heartbeat takes the lease (the
+        │  first beat; a claim slower than a heartbeat takes it before the handler runs), then
+        │  renews it (CAS), and the ack deadline, every `heartbeat`; lease lost or held by
+        │  another -> ctx.signal fires, nothing is committed; after_process
     settle (:mod:`.settle`): record -> completed | delayed (retry, via a schedule) | failed
             (+ dead letter) | waiting (handed back at shutdown), by CAS, with its retention's TTL;
-            THEN ack, release the lease, retention, the outcome's log line and hooks
+            THEN ack, release the lease (if taken), retention, the outcome's log line and hooks
 
 The terminal state is written before the ack, and every write is a compare-and-set on the
 revision this execution holds (:mod:`.held`), so a worker that lost its job can never overwrite
 the new holder's state (it finds a revision it does not expect). The outcome's log lines are
 this module's (README, Tracing and logging).
+Why the lease waits for the first heartbeat: :mod:`.heartbeat`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..core.errors import CodecError, PayloadError
 from ..core.job import JobFailure, JobState, moved, with_data
 from ..core.retry import retry_delay
 from ..observe.log import logger
+from ..storage.lease import LeaseLost
 from ..storage.store import RawJob, Record
 from . import dag
 from .checks import Checks
@@ -56,6 +59,10 @@ SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
+
+
+RECOVERING = frozenset({JobState.ACTIVE, JobState.STALLED})
+"""States a delivery claims a job from by taking it over from a worker that died."""
 
 
 def aborted_type(reason: str | None) -> str:
@@ -122,7 +129,7 @@ class Execution:
         if task is not None and not task.done() and self.rt.is_async:
             asyncio.get_running_loop().call_later(ABORT_GRACE, task.cancel)
 
-    # -- 1. claim: the checks, the lease, then record -> active ------------------------------
+    # -- 1. claim: the checks, record -> active (the lease: at the first heartbeat) ----------
 
     @property
     def _leased(self) -> bool:
@@ -130,35 +137,34 @@ class Execution:
 
     async def _copied(self, copy: Record) -> RawJob | None:
         """The job as the message's copy of its record says, if this delivery runs it: no read
-        (the claim's compare-and-set on the copy's revision proves the copy); the lease first."""
-        if self._leased:
-            self.held.lease = await self.rt.backend.leases.acquire(copy.job.id, self.rt.worker_id)
+        (the claim's compare-and-set on the copy's revision proves the copy)."""
         self.held.revision = copy.revision
         return copy.job if await self.checks.admitted(copy.job) else None
 
     async def _checked(self, job_id: str, *, admit: bool = True) -> RawJob | None:
-        """The record, if this delivery runs it; the lease (unless held) is asked for while
-        the record is read (one round trip less per job)."""
-        leases, leasing = self.rt.backend.leases, None
-        if self._leased and self.held.lease is None:
-            leasing = asyncio.create_task(leases.acquire(job_id, self.rt.worker_id))
-        try:
-            record = await self.checks.record(job_id)
-        finally:
-            if leasing is not None:
-                self.held.lease = await leasing
+        """The record, if this delivery runs it; taking over a running or stalled job takes
+        its lease first (guaranteed_worker), unless its claim is too recent to judge."""
+        record = await self.checks.record(job_id)
         if record is None:
             return None
         self.held.revision = record.revision
-        return record.job if not admit or await self.checks.admitted(record.job) else None
+        job = record.job
+        if self._leased and self.held.lease is None and job.state in RECOVERING:
+            wait = self.checks.claimed_moments_ago(job)
+            if wait > 0:  # its worker takes the lease at its first heartbeat: look again then
+                await self.delivery.nak(delay=wait)
+                return None
+            self.held.lease = await self.rt.backend.leases.acquire(job_id, self.rt.worker_id)
+        return job if not admit or await self.checks.admitted(job) else None
 
     async def _claim(self, job: RawJob, *, copied: bool = False) -> bool:
-        """Lease held, record -> active (CAS); False if this delivery does not run the job.
-        A ``copied`` record that the CAS finds outdated is read, and the claim decided again."""
+        """Record -> active (CAS; a job taken over: its lease held); False if this delivery
+        does not run the job. A ``copied`` record that the CAS finds outdated is read, and the
+        claim decided again."""
         rt, held = self.rt, self.held
-        recovering = job.state in (JobState.ACTIVE, JobState.STALLED)
+        recovering = job.state in RECOVERING
         attempt = job.attempt if recovering and job.attempt > 0 else job.attempt + 1
-        if self._leased and held.lease is None:  # someone runs it right now
+        if self._leased and recovering and held.lease is None:  # someone runs it right now
             await self.checks.lease_held(job.id)
             return False
         try:
@@ -177,7 +183,7 @@ class Execution:
                 started_at=utcnow(),
                 run_at=None,
                 worker=rt.worker_id,
-                leased=held.lease is not None,
+                leased=self._leased,
                 msg_seq=self.delivery.stream_seq,
                 progress=0.0,
                 progress_label=None,
@@ -211,9 +217,23 @@ class Execution:
         return stalled
 
     async def _lease_outlived(self, claimed_at: float) -> bool:
-        """Whether the lease outlived a slow claim (renewed if need be); False: run nothing."""
+        """Whether the job is still ours after a slow claim (its writes waited out an election):
+        a lease taken for a takeover is renewed, and a claim slower than a heartbeat takes the
+        lease before the handler runs; False: run nothing."""
         config, held = self.rt.config, self.held
-        if held.lease is None or await outlived_the_claim(
+        if not self._leased:
+            return True
+        if held.lease is None:
+            if time.monotonic() - claimed_at < config.heartbeat:
+                return True  # the first heartbeat takes the lease
+            try:
+                await self._renew()
+            except Exception as exc:  # LeaseLost, or no answer: leave it to its next delivery
+                log.warning("the claim was slow and the lease is not ours; the job is left to "
+                            "its next delivery", job_id=self.job_id, error=repr(exc))  # fmt: skip
+                return False
+            return True
+        if await outlived_the_claim(
             claimed_at, config.heartbeat, config.lock_ttl, self._renew, self.job_id
         ):
             return True
@@ -286,7 +306,7 @@ class Execution:
             created_at=job.created_at,
             priority=job.priority,
             tags=list(job.tags),
-            fencing_token=self.held.lease.revision if self.held.lease else self.held.revision,
+            fencing_token=self.held.revision,  # the claim's write: every claim's is newer
             signal=self.signal,
             on_progress=self._progress.update,
             loop=asyncio.get_running_loop(),
@@ -309,9 +329,15 @@ class Execution:
         return result
 
     async def _renew(self) -> None:
-        """One heartbeat: renew the lease (LeaseLost if it is gone) and the ack deadline."""
-        if self.held.lease is not None:
-            await self.held.lease.renew()
+        """One heartbeat: take the lease (the first), or renew it (LeaseLost if it is gone or
+        held by another), and the ack deadline."""
+        held = self.held
+        if held.lease is not None:
+            await held.lease.renew()
+        elif self._leased and held.job is not None:
+            held.lease = await self.rt.backend.leases.acquire(held.job.id, self.rt.worker_id)
+            if held.lease is None:
+                raise LeaseLost(held.job.id)
         await self.delivery.in_progress()
 
     def _lost(self, why: str) -> None:

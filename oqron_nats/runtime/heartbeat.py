@@ -1,4 +1,14 @@
-"""The heartbeat of a running attempt: renew its lease and its message's ack deadline."""
+"""The heartbeat of a running attempt: take its lease (the first beat), renew it, and its
+message's ack deadline.
+
+Why the lease waits for the first heartbeat (issue 14): most jobs end before it, and for them the
+lease was a third of the worker's work per job. Until then the job is held by its record (the
+claim's compare-and-set, which names this delivery's message) and by its message's ack deadline
+(``ack_wait`` > ``lock_ttl`` + ``heartbeat``): another message of the job is acked as a duplicate,
+and this one cannot come back before the deadline, by which time the lease is taken or its worker
+is gone. A delivery that still finds the job active within ``lock_ttl`` of its claim (a server
+that lost its acknowledgements) waits instead of taking it over.
+"""
 
 from __future__ import annotations
 

@@ -61,7 +61,9 @@ async def scan_stalls(backend: Backend) -> int:
     async for record in backend.store.scan():
         job = record.job
         if job.state != JobState.ACTIVE or not job.leased:
-            continue  # only jobs that took a lease can be judged by its absence
+            continue  # only jobs that take a lease can be judged by its absence
+        if claimed_within(job, backend.leases.ttl):
+            continue  # its worker takes the lease at its first heartbeat: too early to judge
         if await backend.leases.is_held(job.id):
             continue  # a live lease: its worker is running it
         if job.msg_seq and await backend.broker.has_message(job.msg_seq):
@@ -73,6 +75,12 @@ async def scan_stalls(backend: Backend) -> int:
             backend.metrics.stalled()
             healed += 1
     return healed
+
+
+def claimed_within(job: RawJob, seconds: float) -> bool:
+    """Whether the job was claimed less than ``seconds`` ago."""
+    started = job.started_at
+    return started is not None and datetime.now(UTC) - started < timedelta(seconds=seconds)
 
 
 class OrphanSweeper:
