@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from oqron_nats import Client, JobState, QueuePaused, Skipped, queue
+from oqron_nats.storage import control
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, wait_for_state
@@ -223,3 +225,16 @@ async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
         assert not await resumer.is_paused()
         await asyncio.sleep(0.5)
         assert await consumers_agree(), "the consumers stayed paused on a running queue"
+
+
+async def test_a_queue_left_open_stops_following_its_state_once_its_client_closes(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "RECHECK_RUNNING", 0.1)  # it reads the state again at once
+    client = Client(nats_server.url, namespace=namespace)
+    publisher = queue("left-open", client=client)
+    await publisher.add({})  # opens the queue, which follows its state; never closed
+    with capture_logs() as logs:
+        await client.close()
+        await asyncio.sleep(1.0)  # several re-reads would have failed by now
+    assert not [e for e in logs if e["event"] == "queue state not read; trying again"]

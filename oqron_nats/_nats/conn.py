@@ -198,6 +198,11 @@ class Connection:
         """Whether the connection is up right now."""
         return bool(self.nc.is_connected)
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection was closed (it does not come back; a reconnect is not this)."""
+        return self.closing or bool(self.nc.is_closed)
+
     async def close(self) -> None:
         """Drain subscriptions and pending publishes, then close; never raises, and returns
         within ``CLOSE_TIMEOUT`` (twice at most) even when the server is gone."""

@@ -200,6 +200,8 @@ class Control:
                 try:
                     await read_heard()
                 except Exception as exc:
+                    if self.conn.is_closed:  # its client was closed: nothing more to follow
+                        return
                     log.warning("queue state not read; trying again", queue=self.names.queue,
                                 error=repr(exc))  # fmt: skip
                     stale.set()
