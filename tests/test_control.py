@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from oqron_nats import Client, JobState, QueuePaused, Skipped, queue
-from oqron_nats.storage import control
+from oqron_nats.storage import control as queue_control
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, wait_for_state
@@ -230,7 +230,7 @@ async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
 async def test_a_queue_left_open_stops_following_its_state_once_its_client_closes(
     nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(control, "RECHECK_RUNNING", 0.1)  # it reads the state again at once
+    monkeypatch.setattr(queue_control, "RECHECK_RUNNING", 0.1)  # it reads the state again at once
     client = Client(nats_server.url, namespace=namespace)
     publisher = queue("left-open", client=client)
     await publisher.add({})  # opens the queue, which follows its state; never closed
