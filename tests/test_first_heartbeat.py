@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from oqron_nats import Client, JobContext, JobState, queue
 from oqron_nats.runtime.maintenance import scan_stalls
+from oqron_nats.storage.store import JobStore
 
 from .helpers import eventually, wait_for_state
 from .support import Backstage
@@ -63,6 +66,41 @@ async def test_an_early_redelivery_does_not_take_over_a_job_before_its_lease(
     assert done.stalled_count == 0, "nobody took it over"
 
 
+async def test_a_claim_answered_after_a_takeover_runs_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's write is stored but its answer comes late (an election): meanwhile the
+    message comes back, another execution takes the job over, runs and completes it, and gives
+    the lease up. The late claim then gets the lease, but the record has moved on: it must run
+    nothing (found by the cluster chaos suite, scenario startup)."""
+    lock_ttl, heartbeat = 2.0, 0.5
+    update = JobStore.update
+    held_back: list[str] = []
+
+    async def late_answer(self: JobStore, job: Any, *args: Any, **kwargs: Any) -> int:
+        revision = await update(self, job, *args, **kwargs)
+        if args[1] == "active" and not held_back:
+            held_back.append(job.id)
+            await asyncio.sleep(lock_ttl + heartbeat + 1 + 2.0)  # past ack_wait: it comes back
+        return revision
+
+    monkeypatch.setattr(JobStore, "update", late_answer)
+    runs: list[int] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        runs.append(ctx.fencing_token)
+
+    q = queue("late-claim", handler, lock_ttl=lock_ttl, heartbeat=heartbeat, concurrency=2,
+              client=client)  # fmt: skip
+    async with q:
+        job = await q.add({})
+        done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
+        await eventually(lambda: _true(len(held_back) == 1), WAIT, "the late claim")
+        await asyncio.sleep(lock_ttl + heartbeat + 1 + 2.5)  # the late claim's answer came
+    assert len(runs) == 1, f"the handler ran {len(runs)} times"
+    assert done.stalled_count == 1, "the second delivery took the job over"
+
+
 async def test_the_stall_scanner_leaves_a_job_alone_before_its_lease(client: Client) -> None:
     started, finish = asyncio.Event(), asyncio.Event()
 
@@ -83,6 +121,10 @@ async def test_the_stall_scanner_leaves_a_job_alone_before_its_lease(client: Cli
         finish.set()
         done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
     assert done.stalled_count == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _released(behind: Backstage, job_id: str) -> bool:

@@ -39,7 +39,6 @@ from ..core.errors import CodecError, PayloadError
 from ..core.job import JobFailure, JobState, moved, with_data
 from ..core.retry import retry_delay
 from ..observe.log import logger
-from ..storage.lease import LeaseLost
 from ..storage.store import RawJob, Record
 from . import dag
 from .checks import Checks
@@ -329,15 +328,14 @@ class Execution:
         return result
 
     async def _renew(self) -> None:
-        """One heartbeat: take the lease (the first), or renew it (LeaseLost if it is gone or
-        held by another), and the ack deadline."""
+        """One heartbeat: take the lease (the first: :meth:`Held.take_lease`), or renew it
+        (LeaseLost if it is gone, held by another, or the record moved on), and the ack
+        deadline."""
         held = self.held
         if held.lease is not None:
             await held.lease.renew()
         elif self._leased and held.job is not None:
-            held.lease = await self.rt.backend.leases.acquire(held.job.id, self.rt.worker_id)
-            if held.lease is None:
-                raise LeaseLost(held.job.id)
+            await held.take_lease(self.rt.backend.leases, self.rt.worker_id)
         await self.delivery.in_progress()
 
     def _lost(self, why: str) -> None:

@@ -7,7 +7,10 @@ claim's compare-and-set, which names this delivery's message) and by its message
 (``ack_wait`` > ``lock_ttl`` + ``heartbeat``): another message of the job is acked as a duplicate,
 and this one cannot come back before the deadline, by which time the lease is taken or its worker
 is gone. A delivery that still finds the job active within ``lock_ttl`` of its claim (a server
-that lost its acknowledgements) waits instead of taking it over.
+that lost its acknowledgements) waits instead of taking it over. The lease, once taken, is
+proven by one read of the record at its leader: a takeover writes the record (with the lease
+held) before it runs, so a record still at the claim's revision is ours for good, and one that
+moved on (a claim answered after a takeover, found by the cluster chaos suite) runs nothing.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import msgspec
 
 from ..core.job import JobState
 from ..observe.log import logger
-from ..storage.lease import Lease
+from ..storage.lease import Lease, LeaseLost, Leases
 from ..storage.store import JobStore, RawJob
 
 log = logger(__name__)
@@ -55,6 +55,26 @@ class Held:
             await self.write(updated, "progress", JobState.ACTIVE)
             self.job = updated
             return True
+
+    async def take_lease(self, leases: Leases, owner: str) -> None:
+        """Take the lease of the job this execution claimed (at its first heartbeat, or after a
+        slow claim) and prove the claim still holds: a takeover writes the record before it
+        runs, so a record still at the held revision, read at the leader once the lease is
+        ours, cannot be taken over any more. LeaseLost if another holds the lease, or the
+        record moved on (taken over, and maybe finished, meanwhile)."""
+        assert self.job is not None
+        lease = await leases.acquire(self.job.id, owner)
+        if lease is None:
+            raise LeaseLost(self.job.id)
+        async with self.lock:
+            if self.settling:  # the final write came first: nothing left to hold
+                await lease.release(confirmed=True)
+                return
+            record = await self.store.get(self.job.id, fresh=True)
+            if record is None or record.revision != self.revision:
+                await lease.release(confirmed=True)
+                raise LeaseLost(self.job.id)
+            self.lease = lease
 
     async def release(self, *, confirmed: bool = False) -> None:
         """Release the lease, if held; best effort (it expires on its own after lock_ttl)."""
