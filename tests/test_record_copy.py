@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, queue
@@ -110,3 +111,21 @@ async def test_a_broken_or_foreign_copy_is_ignored_and_the_job_runs_once(client:
 
 async def _empty(behind: Backstage) -> bool:
     return await behind.work_messages() == 0
+
+
+async def test_a_rejected_messages_sample_keeps_no_copy_of_a_record(client: Client) -> None:
+    behind = Backstage(client, "copy-sample")
+    publisher = queue("copy-sample", client=client)
+    job = await publisher.add({"card": "4111-1111-1111-1111"})
+    message = await behind.lane_message(job.id)
+    assert message is not None and "4111" in message.headers[RECORD_HEADER]
+    copied = {RECORD_HEADER: message.headers[RECORD_HEADER], "X-Long": "y" * 5000}
+    await behind.publish_on_lane("ghost", headers=copied, msg_id="g")  # no such job: rejected
+    async with queue("copy-sample", lambda ctx: None, client=client):
+        await wait_for_state(publisher, job.id, JobState.COMPLETED)
+        await eventually(lambda: _empty(behind), what="the ghost to be rejected")
+    [sample] = await behind.rejected_samples()
+    assert sample.subject == behind.names.lane(0, "ghost")
+    assert "4111" not in str(msgspec.to_builtins(sample)), "the payload's copy is not kept"
+    assert sample.headers[RECORD_HEADER].startswith("(a copy of a job record")
+    assert all(len(value) <= 257 for value in sample.headers.values())

@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 import msgspec
 
 from .._nats import Delivery, Nats
-from .._nats.names import SCHEDULE_HEADER, SCHEDULE_NEXT_HEADER, SCHEDULER_HEADER, Names
+from .._nats.names import (
+    RECORD_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_NEXT_HEADER,
+    SCHEDULER_HEADER,
+    Names,
+)
 from ..core.errors import OqronError
 from ..observe.log import logger
 from ..observe.metrics import QueueMetrics
@@ -65,6 +71,18 @@ def foreign_schedule(delivery: Delivery, names: Names, job_id: str | None) -> bo
     return not own or headers.get(SCHEDULE_NEXT_HEADER) != "purge"
 
 
+def sampled(headers: dict[str, str]) -> dict[str, str]:
+    """A rejected message's headers as its sample keeps them: a copy of a job's record (its
+    payload) is never kept, and no value beyond SAMPLE_BYTES."""
+    return {name: _sampled_value(name, value) for name, value in headers.items()}
+
+
+def _sampled_value(name: str, value: str) -> str:
+    if name == RECORD_HEADER:
+        return f"(a copy of a job record, {len(value)} characters: not kept)"
+    return value if len(value) <= SAMPLE_BYTES else value[:SAMPLE_BYTES] + "…"
+
+
 class Rejects:
     """Rejects the messages of one queue that are not its jobs."""
 
@@ -88,7 +106,7 @@ class Rejects:
             reason=reason,
             subject=delivery.subject,
             size=len(delivery.body),
-            headers=headers,
+            headers=sampled(headers),
             body=delivery.body[:SAMPLE_BYTES].decode("utf-8", "replace"),
             at=datetime.now(UTC),
         )
