@@ -40,6 +40,16 @@ def is_duplicate(job: RawJob, stream_seq: int) -> bool:
     return running and job.msg_seq not in (0, stream_seq)
 
 
+def too_soon_to_judge(job: RawJob, lock_ttl: float) -> float:
+    """Seconds until an active job's claim is ``lock_ttl`` old (0: it is, or the job is not
+    active): until then its worker may not have taken the lease yet (it does at its first
+    heartbeat), so the lease's absence proves nothing."""
+    if job.state != JobState.ACTIVE or job.started_at is None:
+        return 0.0
+    age = (datetime.now(UTC) - job.started_at).total_seconds()
+    return max(0.0, lock_ttl - age)
+
+
 class Checks:
     """The checks of one delivery before its claim."""
 
@@ -145,15 +155,6 @@ class Checks:
             return True
         await self.delivery.nak(delay=wait)
         return False
-
-    def claimed_moments_ago(self, job: RawJob) -> float:
-        """Seconds until an active job's claim is ``lock_ttl`` old (0: it is, or the job is not
-        active): until then its worker may not have taken the lease yet (it does at its first
-        heartbeat), so the lease's absence proves nothing."""
-        if job.state != JobState.ACTIVE or job.started_at is None:
-            return 0.0
-        age = (datetime.now(UTC) - job.started_at).total_seconds()
-        return max(0.0, self.rt.config.lock_ttl - age)
 
     async def lease_held(self, job_id: str) -> None:
         """Another worker holds the lease: ack if the job is done, else look again soon."""

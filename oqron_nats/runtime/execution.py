@@ -41,7 +41,7 @@ from ..core.retry import retry_delay
 from ..observe.log import logger
 from ..storage.store import RawJob, Record
 from . import dag
-from .checks import Checks
+from .checks import Checks, too_soon_to_judge
 from .context import JobContext, Signal
 from .heartbeat import Heartbeat, outlived_the_claim
 from .held import Held
@@ -149,7 +149,7 @@ class Execution:
         self.held.revision = record.revision
         job = record.job
         if self._leased and self.held.lease is None and job.state in RECOVERING:
-            wait = self.checks.claimed_moments_ago(job)
+            wait = too_soon_to_judge(job, self.rt.config.lock_ttl)
             if wait > 0:  # its worker takes the lease at its first heartbeat: look again then
                 await self.delivery.nak(delay=wait)
                 return None

@@ -39,6 +39,7 @@ from ..storage.backend import Backend
 from ..storage.lease import Lease, LeaseLost
 from ..storage.store import RawJob, settled
 from . import dag
+from .checks import too_soon_to_judge
 
 log = logger(__name__)
 
@@ -62,7 +63,7 @@ async def scan_stalls(backend: Backend) -> int:
         job = record.job
         if job.state != JobState.ACTIVE or not job.leased:
             continue  # only jobs that take a lease can be judged by its absence
-        if claimed_within(job, backend.leases.ttl):
+        if too_soon_to_judge(job, backend.leases.ttl):
             continue  # its worker takes the lease at its first heartbeat: too early to judge
         if await backend.leases.is_held(job.id):
             continue  # a live lease: its worker is running it
@@ -75,12 +76,6 @@ async def scan_stalls(backend: Backend) -> int:
             backend.metrics.stalled()
             healed += 1
     return healed
-
-
-def claimed_within(job: RawJob, seconds: float) -> bool:
-    """Whether the job was claimed less than ``seconds`` ago."""
-    started = job.started_at
-    return started is not None and datetime.now(UTC) - started < timedelta(seconds=seconds)
 
 
 class OrphanSweeper:
