@@ -34,10 +34,13 @@ from .shared import Runtime
 log = logger(__name__)
 
 
+RECOVERING = frozenset({JobState.ACTIVE, JobState.STALLED})
+"""States of a job that a claimed message runs (or ran, on a worker that died since)."""
+
+
 def is_duplicate(job: RawJob, stream_seq: int) -> bool:
     """Whether a delivery is another message of a job that a claimed message already runs."""
-    running = job.state in (JobState.ACTIVE, JobState.STALLED)
-    return running and job.msg_seq not in (0, stream_seq)
+    return job.state in RECOVERING and job.msg_seq not in (0, stream_seq)
 
 
 def too_soon_to_judge(job: RawJob, lock_ttl: float) -> float:

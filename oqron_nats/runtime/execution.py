@@ -41,7 +41,7 @@ from ..core.retry import retry_delay
 from ..observe.log import logger
 from ..storage.store import RawJob, Record
 from . import dag
-from .checks import Checks, too_soon_to_judge
+from .checks import RECOVERING, Checks, too_soon_to_judge
 from .context import JobContext, Signal
 from .heartbeat import Heartbeat, outlived_the_claim
 from .held import Held
@@ -58,10 +58,6 @@ SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
-
-
-RECOVERING = frozenset({JobState.ACTIVE, JobState.STALLED})
-"""States a delivery claims a job from by taking it over from a worker that died."""
 
 
 def aborted_type(reason: str | None) -> str:
@@ -148,7 +144,7 @@ class Execution:
             return None
         self.held.revision = record.revision
         job = record.job
-        if self._leased and self.held.lease is None and job.state in RECOVERING:
+        if self._leased and job.state in RECOVERING:
             wait = too_soon_to_judge(job, self.rt.config.lock_ttl)
             if wait > 0:  # its worker takes the lease at its first heartbeat: look again then
                 await self.delivery.nak(delay=wait)

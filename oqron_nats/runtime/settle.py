@@ -28,7 +28,7 @@ from ..core.encryption import is_sealed
 from ..core.errors import EnqueueError
 from ..core.job import AttemptError, JobFailure, JobState, moved, shortened, with_attempt_error
 from ..observe.log import logger
-from ..storage.store import RawJob
+from ..storage.store import RawJob, Stored
 from . import dag
 from .heartbeat import Heartbeat
 from .held import Held
@@ -153,7 +153,8 @@ class Settle:
         back and runs once due."""
         backend = self.rt.backend
         try:
-            await backend.broker.enqueue(retry, self.held.revision)
+            stored = Stored(self.held.revision, msgspec.json.encode(retry))
+            await backend.broker.enqueue(retry, stored)
         except EnqueueError as exc:
             backend.metrics.sent(exc)
             log.warning(

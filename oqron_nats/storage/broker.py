@@ -35,7 +35,7 @@ from .._nats.names import (
 from ..core.errors import EnqueueError, Unavailable
 from ..core.job import JobState
 from .control import PAUSED_FOREVER
-from .store import CorruptRecord, RawJob, Record, decode_record
+from .store import CorruptRecord, RawJob, Record, Stored, decode_record
 
 RECORD_COPY_MAX = 4096
 """The largest record (encoded, in bytes) a job message carries a copy of: a bigger one (a big
@@ -78,15 +78,13 @@ class Broker:
         self.conn = conn
         self.names = names
 
-    async def enqueue(self, job: RawJob, revision: int | None = None) -> None:
-        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``; with
-        the ``revision`` its record was just stored at, the message carries a copy of it."""
+    async def enqueue(self, job: RawJob, stored: Stored | None = None) -> None:
+        """Publish the job: on its lane now, or as a schedule that fires at ``run_at``; given
+        its record as just ``stored``, the message carries a copy of it."""
         headers = job_headers(job)
-        if revision is not None:
-            record = msgspec.json.encode(job)
-            if len(record) <= RECORD_COPY_MAX:
-                headers[RECORD_HEADER] = record.decode()
-                headers[RECORD_REVISION_HEADER] = str(revision)
+        if stored is not None and len(stored.value) <= RECORD_COPY_MAX:
+            headers[RECORD_HEADER] = stored.value.decode()
+            headers[RECORD_REVISION_HEADER] = str(stored.revision)
         subject = self.names.lane(job.priority, job.id)
         if job.state == JobState.DELAYED and job.run_at is not None:
             headers[SCHEDULE_HEADER] = schedule_at(job.run_at)

@@ -50,6 +50,14 @@ class Record(NamedTuple):
     revision: int
 
 
+class Stored(NamedTuple):
+    """A record as just written: its revision and its bytes (what a job message's copy of the
+    record carries)."""
+
+    revision: int
+    value: bytes
+
+
 class CorruptJob(msgspec.Struct, frozen=True, kw_only=True):
     """A job whose stored record does not decode, as a listing shows it."""
 
@@ -94,12 +102,13 @@ class JobStore:
         self.replicated = replicated
         """Whether the bucket has replicas: any of them answers a read, and one may lag."""
 
-    async def create(self, job: RawJob) -> int:
-        """Store a new record; raise CasConflict if the id exists. Returns the revision."""
-        revision = await self.bucket.create(self.names.key(job.id), msgspec.json.encode(job))
+    async def create(self, job: RawJob) -> Stored:
+        """Store a new record; raise CasConflict if the id exists. Returns it as stored."""
+        value = msgspec.json.encode(job)
+        revision = await self.bucket.create(self.names.key(job.id), value)
         await self.index.moved(job, None, job.state)
         await self.events.announce(job, "added")
-        return revision
+        return Stored(revision, value)
 
     async def get(self, job_id: str, *, fresh: bool = False) -> Record | None:
         """The record of ``job_id`` with its revision, or None.
@@ -243,5 +252,6 @@ __all__ = [
     "Listing",
     "RawJob",
     "Record",
+    "Stored",
     "decode_record",
 ]
