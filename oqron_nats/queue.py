@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -33,10 +33,10 @@ from .core.encryption import Sealer
 from .core.errors import ConfigError, InvalidState, JobNotFound
 from .core.job import (
     TERMINAL_STATES,
+    AddKeywords,
     AddOptions,
     Job,
     JobState,
-    ParentFailurePolicy,
     Retention,
     bind,
     with_data,
@@ -125,34 +125,17 @@ class Queue(Generic[T, S]):
 
     # -- adding ---------------------------------------------------------------------------
 
-    async def add(
-        self,
-        data: T | Any,
-        *,
-        job_id: str | None = None,
-        delay: Duration | None = None,
-        priority: int | None = None,
-        attempts: int | None = None,
-        correlation_id: str | None = None,
-        remove_on_complete: Retention | None = None,
-        remove_on_fail: Retention | None = None,
-        depends_on: Sequence[str] | None = None,
-        parent_failure_policy: ParentFailurePolicy | None = None,
-    ) -> Job[T] | S:
-        """Add one job; return it (or the existing job if ``job_id`` is taken).
+    async def add(self, data: T | Any, **options: Unpack[AddKeywords]) -> Job[T] | S:
+        """Add one job; return it (or the existing job if ``job_id`` is taken). The options:
+        ``job_id``, ``delay``, ``priority``, ``attempts``, ``correlation_id``,
+        ``remove_on_complete``, ``remove_on_fail``, ``depends_on``, ``parent_failure_policy``.
 
         While the queue is paused, disabled_behavior decides: "hold" stores the job as paused
         (resume() releases it), "reject" raises QueuePaused, "skip" stores nothing and returns
         Skipped.
         """
-        options = parse_options(
-            {"job_id": job_id, "delay": delay, "priority": priority, "attempts": attempts,
-             "correlation_id": correlation_id, "remove_on_complete": remove_on_complete,
-             "remove_on_fail": remove_on_fail,
-             "depends_on": job_ids(depends_on),
-             "parent_failure_policy": parent_failure_policy}
-        )  # fmt: skip
-        value, job = self._new_job(data, options)
+        parsed = parse_options({**options, "depends_on": job_ids(options.get("depends_on"))})
+        value, job = self._new_job(data, parsed)
         return await self._add(await self._open(), value, job)
 
     async def _add(self, backend: Backend, value: T, job: RawJob) -> Job[T] | S:

@@ -31,9 +31,9 @@ from typing_extensions import TypeVar
 from . import loop_thread
 from .bulk import BulkResult
 from .client import Client
-from .core.config import DisabledBehavior, Duration, QueueConfig, QueueOptions, make_config
+from .core.config import DisabledBehavior, QueueConfig, QueueOptions, make_config
 from .core.errors import ConfigError, EnqueueError, Unavailable
-from .core.job import WAITER, Job, JobState, ParentFailurePolicy, Retention
+from .core.job import WAITER, AddKeywords, Job, JobState
 from .core.records import new_job_id
 from .queue import Queue, Skipped
 
@@ -114,31 +114,15 @@ class SyncQueue(Generic[T, S]):
 
         return bound.runtime.call(run(), timeout)
 
-    def add(
-        self,
-        data: T | Any,
-        *,
-        job_id: str | None = None,
-        delay: Duration | None = None,
-        priority: int | None = None,
-        attempts: int | None = None,
-        correlation_id: str | None = None,
-        remove_on_complete: Retention | None = None,
-        remove_on_fail: Retention | None = None,
-        depends_on: Sequence[str] | None = None,
-        parent_failure_policy: ParentFailurePolicy | None = None,
-    ) -> Job[T] | S:
+    def add(self, data: T | Any, **options: Unpack[AddKeywords]) -> Job[T] | S:
         """Add one job and return it (or the existing job if ``job_id`` is taken); see
         ``Queue.add``. EnqueueError with ``outcome_unknown`` if it did not finish in time."""
-        job_id = job_id if job_id is not None else new_job_id()  # known, should it time out
+        job_id = options.get("job_id")
+        if job_id is None:  # known, should it time out
+            job_id = options["job_id"] = new_job_id()
         try:
             added = self._call(
-                lambda q: q.add(
-                    data, job_id=job_id, delay=delay, priority=priority, attempts=attempts,
-                    correlation_id=correlation_id, remove_on_complete=remove_on_complete,
-                    remove_on_fail=remove_on_fail, depends_on=depends_on,
-                    parent_failure_policy=parent_failure_policy,
-                ),
+                lambda q: q.add(data, **options),
                 self.timeout,
             )  # fmt: skip
         except loop_thread.CallTimeout:

@@ -19,6 +19,7 @@ from oqron_nats.core.config import (
     Reconciliation,
     StallScanner,
 )
+from oqron_nats.core.job import AddKeywords, AddOptions
 
 
 async def handler(ctx: Any) -> None:
@@ -190,3 +191,7 @@ def test_none_means_the_default_where_the_type_allows_it() -> None:
     q = queue("q", max_jobs=None, max_bytes=None, codec=None, throttle=None, retries=None)
     assert q.config.max_jobs is None and q.config.max_bytes is None and q.config.codec is None
     assert q.config.throttle is None and not q.config.retries_given
+
+
+def test_the_add_keywords_are_the_add_options() -> None:
+    assert set(AddKeywords.__annotations__) == set(AddOptions.__struct_fields__)

@@ -102,6 +102,8 @@ async def main() -> None:
     await job.wait("soon")  # error: arg-type
     number: int = (await job.wait()).data  # error: assignment
     print(number)
+    await emails.add(Email(to="b@example.com"), dely=3)  # error: call-arg
+    await emails.add(Email(to="c@example.com"), priority="high")  # error: arg-type
 """
 
 REPORT_LINE = re.compile(r"^(?P<file>\w+)\.py:(?P<line>\d+): (?P<kind>error|note): (?P<text>.*)$")

@@ -8,8 +8,9 @@ marks the record layout.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar, cast
 
 import msgspec
 
@@ -263,3 +264,18 @@ class AddOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remove_on_fail: Retention | None = None
     depends_on: list[str] | None = None
     parent_failure_policy: ParentFailurePolicy | None = None
+
+
+class AddKeywords(TypedDict, total=False):
+    """The keyword arguments of ``add()``: the fields of :class:`AddOptions` (a test keeps the
+    two alike), typed for callers (``**options: Unpack[AddKeywords]``)."""
+
+    job_id: str | None
+    delay: float | timedelta | None
+    priority: int | None
+    attempts: int | None
+    correlation_id: str | None
+    remove_on_complete: Retention | None
+    remove_on_fail: Retention | None
+    depends_on: Sequence[str] | None
+    parent_failure_policy: ParentFailurePolicy | None
