@@ -11,12 +11,10 @@ the extra.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
 from ..client import Client
-from ..queue import Queue
-from .settings import Auth, BasicAuth, BearerAuth, settings
+from .settings import Auth, BasicAuth, BearerAuth, Options, settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -24,17 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["Auth", "BasicAuth", "BearerAuth", "app"]
 
 
-def app(
-    *,
-    client: Client,
-    read_only: bool = False,
-    auth: Auth | None = None,
-    secret_fields: Iterable[str] = (),
-    queues: Iterable[Queue[Any, Any]] = (),
-    trace_url: str | None = None,
-    refresh: float = 5.0,
-    public_url: str | None = None,
-) -> Starlette:
+def app(*, client: Client, **options: Unpack[Options]) -> Starlette:
     """The dashboard as an ASGI app over ``client``'s namespace.
 
     ``read_only`` hides and refuses every action; ``auth`` (:class:`BasicAuth` or
@@ -48,7 +36,4 @@ def app(
     """
     from .web import build
 
-    return build(client, settings(
-        read_only=read_only, auth=auth, secret_fields=secret_fields, queues=queues,
-        trace_url=trace_url, refresh=refresh, public_url=public_url,
-    ))  # fmt: skip
+    return build(client, settings(**options))

@@ -7,7 +7,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote, urlsplit
 
 from ..core.errors import ConfigError
@@ -89,27 +89,32 @@ class Settings:
         return self.secret_fields | self.queue_secrets.get(queue, frozenset())
 
 
-def settings(
-    *,
-    read_only: bool = False,
-    auth: Auth | None = None,
-    secret_fields: Iterable[str] = (),
-    queues: Iterable[Queue[Any, Any]] = (),
-    trace_url: str | None = None,
-    refresh: float = 5.0,
-    public_url: str | None = None,
-) -> Settings:
+class Options(TypedDict, total=False):
+    """The dashboard's options, as ``app()`` and :func:`settings` take them."""
+
+    read_only: bool  # default False
+    auth: Auth | None  # default None: no auth of its own
+    secret_fields: Iterable[str]  # default ()
+    queues: Iterable[Queue[Any, Any]]  # default (): whose secret_fields are masked too
+    trace_url: str | None  # default None
+    refresh: float  # default 5.0 seconds
+    public_url: str | None  # default None
+
+
+def settings(**options: Unpack[Options]) -> Settings:
     """Checked settings (ConfigError on a trace URL template with an unknown field, or a public
     URL that is not an http(s) URL)."""
+    trace_url, public_url = options.get("trace_url"), options.get("public_url")
+    refresh = options.get("refresh", 5.0)
     if trace_url is not None:
         check_trace_url(trace_url)
     if not 0.1 <= refresh <= 3600:
         raise ConfigError(f"refresh must be from 0.1 to 3600 seconds, not {refresh!r}")
     return Settings(
-        read_only=read_only,
-        auth=auth,
-        secret_fields=frozenset(secret_fields),
-        queue_secrets={q.name: q.config.secret_fields for q in queues},
+        read_only=options.get("read_only", False),
+        auth=options.get("auth"),
+        secret_fields=frozenset(options.get("secret_fields", ())),
+        queue_secrets={q.name: q.config.secret_fields for q in options.get("queues", ())},
         trace_url=trace_url,
         refresh=refresh,
         public_origin=public_origin(public_url) if public_url is not None else None,
