@@ -125,7 +125,8 @@ def _publisher_publish(names: Names) -> list[str]:
         names.schedules,
         names.helds,
         # repeating schedules (q.schedule): defined and removed by publishes on names.schedules
-        # above, read back one by one (the delays' schedule messages hold only a job id)
+        # above, read back one by one (a delay's schedule message holds its job's id, and a
+        # copy of the record, which this role may read anyway)
         f"{API}.DIRECT.GET.{names.stream}.{names.schedules}",
     ]
 
