@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobState, queue, worker
+from oqron_nats import Client, Job, JobContext, JobState, Middleware, queue, worker
 from oqron_nats._nats import Nats
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log
 from .support import Backstage
 
+WAIT = 10.0
 STRATEGIES = ["fifo", "priority", "lifo"]
 LANES = {"fifo": 1, "priority": 10, "lifo": 1}
 """Pull consumers a worker of each strategy holds (lifo: the run lane only)."""
@@ -206,6 +207,57 @@ async def test_a_free_slot_keeps_claiming_while_a_long_job_runs(
 
 async def _length(items: list[Any], n: int) -> bool:
     return len(items) >= n
+
+
+# -- a slot is a handler's: the outcome is written outside it -------------------------------
+
+
+class HeldOutcome(Middleware):
+    """Holds back the settle of every attempt (its after_process hook waits) until released."""
+
+    def __init__(self) -> None:
+        self.waiting: list[str] = []
+        self.release = asyncio.Event()
+
+    async def after_process(self, job: Job[Any], seconds: float, outcome: str | None) -> None:
+        self.waiting.append(job.data)
+        await asyncio.wait_for(self.release.wait(), WAIT)
+
+
+async def test_a_slot_frees_when_its_handler_returns_and_stop_waits_for_the_outcome(
+    client: Client,
+) -> None:
+    """concurrency=1: the next handler starts while the last job's outcome is being written;
+    at most ``concurrency`` jobs wait to settle (no third start), and stop() waits for them."""
+    started: list[str] = []
+
+    async def handler(ctx: JobContext[str]) -> None:
+        started.append(ctx.data)
+
+    held = HeldOutcome()
+    q = queue("settle-outside", handler, client=client, concurrency=1, middleware=[held])
+    a, b, c = [await q.add(name) for name in "abc"]
+    try:
+        await q.start()
+        await eventually(lambda: _length(held.waiting, 2), what="two handlers returned")
+        assert started == ["a", "b"], "b ran while a's outcome was still being written"
+        job_a = await q.get_job(a.id)
+        assert job_a is not None and job_a.state == JobState.ACTIVE
+        await asyncio.sleep(0.5)  # room for a third start, were settles unbounded
+        assert started == ["a", "b"], "a third job started while two were settling"
+        stopping = asyncio.create_task(q.stop(timeout=WAIT))
+        await asyncio.sleep(0.3)
+        assert not stopping.done(), "stop() waits for the outcomes being written"
+        held.release.set()
+        await asyncio.wait_for(stopping, WAIT)
+        jobs = [await q.get_job(job.id) for job in (a, b, c)]
+        assert [job.state if job else None for job in jobs] == [
+            JobState.COMPLETED, JobState.COMPLETED, JobState.WAITING
+        ]  # fmt: skip
+        assert started == ["a", "b"]
+    finally:
+        held.release.set()
+        await q.close()
 
 
 # -- idle: one long pull per lane, no poll tick, no busy loop --------------------------------

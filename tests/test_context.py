@@ -43,7 +43,7 @@ class Order(msgspec.Struct):
 async def idle(q: Queue[Any]) -> bool:
     """Whether the queue's consumer has no execution left (handler returned AND settled)."""
     consumer = q._consumer
-    return consumer is not None and consumer.running == 0
+    return consumer is not None and consumer.in_flight == 0
 
 
 async def set_within(event: asyncio.Event | threading.Event, what: str) -> None:

@@ -53,7 +53,7 @@ def is_async_handler(handler: Callable[..., Any]) -> bool:
 
 
 class Consumer:
-    """Runs one queue's handler in this process, up to ``concurrency`` jobs at a time."""
+    """Runs one queue's handler in this process, up to ``concurrency`` handlers at a time."""
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class Consumer:
         self.backend = backend
         self.worker_id = new_worker_id()
         self.running = 0
+        """Jobs holding a slot: claimed or claiming, their handler not yet returned."""
         self._codec = codec
         self._handler = handler
         self._stopping = asyncio.Event()
@@ -87,8 +88,19 @@ class Consumer:
 
     @property
     def free(self) -> int:
-        """Slots with no job running."""
-        return self.config.concurrency - self.running
+        """Slots with no handler running, while at most ``concurrency`` jobs settle behind.
+
+        A job leaves its slot when its handler returns: the writes that settle it (the final
+        record, the ack) are round trips that need no handler, and the next job starts
+        meanwhile. The graceful stop waits for them as for running jobs.
+        """
+        concurrency = self.config.concurrency
+        return min(concurrency - self.running, 2 * concurrency - self.in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs delivered here and not yet settled (running, or writing their outcome)."""
+        return len(self._tasks)
 
     def _room(self) -> int:
         """How many more jobs may start now: free slots, within the throttle's window."""
@@ -191,7 +203,7 @@ class Consumer:
             self._spawn(delivery.nak())  # no room, paused, or the loop lags: hand it back
             return
         assert self._runtime is not None
-        execution = Execution(self._runtime, delivery)
+        execution = Execution(self._runtime, delivery, self._leave_slot)
         if self._throttle is not None:
             self._throttle.started()
         self.running += 1
@@ -202,9 +214,13 @@ class Consumer:
         try:
             await execution.run()
         finally:
-            self.running -= 1
             self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._claimer.wake.set()
+
+    def _leave_slot(self) -> None:
+        """A job's handler returned (its settle goes on outside the slot)."""
+        self.running -= 1
+        self._claimer.wake.set()
 
     def _may_claim(self) -> bool:
         """Whether the queue is running and the event loop is not lagging."""

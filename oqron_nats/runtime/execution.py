@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -74,9 +75,14 @@ class Discarded(Exception):
 class Execution:
     """Claims, runs and settles one delivered job."""
 
-    def __init__(self, runtime: Runtime, delivery: Delivery) -> None:
+    def __init__(
+        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[], None] = lambda: None
+    ) -> None:
         self.rt = runtime
         self.delivery = delivery
+        self._leave_slot: Callable[[], None] | None = leave_slot
+        """Called once, when the handler returned (or the run ended without it): the settle
+        writes that follow hold no handler slot."""
         self.signal = Signal()
         self.held = Held(runtime.backend.store)
         self.settle = Settle(runtime, delivery, self.held)
@@ -113,6 +119,13 @@ class Execution:
                 "job execution failed; the message will be redelivered", job_id=self.job_id
             )
             await self.held.release()
+        finally:
+            self._handler_done()
+
+    def _handler_done(self) -> None:
+        leave, self._leave_slot = self._leave_slot, None
+        if leave is not None:
+            leave()
 
     def abort(self, reason: str) -> None:
         """Fire the signal; an async handler still running ABORT_GRACE seconds later is cancelled.
@@ -257,6 +270,7 @@ class Execution:
             started = time.monotonic()
             ran = await rt.middleware.around(job, self.delivery.headers, lambda: self._attempt(job))
             duration = time.monotonic() - started
+            self._handler_done()
             if self.signal.aborted:
                 outcome: str | None = aborted_type(self.signal.reason)
             else:
