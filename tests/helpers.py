@@ -45,6 +45,16 @@ async def wait_for_state(
     return await eventually(check, timeout, f"job {job_id} to be {[str(s) for s in states]}")
 
 
+async def listed_active(q: Queue[Any], count: int) -> None:
+    """Wait until the state index lists ``count`` jobs as active: a running job is listed a
+    moment after its claim (runtime/late_entry.py)."""
+
+    async def listed() -> bool:
+        return await q.count(JobState.ACTIVE) == count
+
+    await eventually(listed, what=f"{count} job(s) listed as active")
+
+
 def start_process(args: list[str], env: dict[str, str], output: Path) -> subprocess.Popen[str]:
     """Start a process that prints ``ready``; its output is copied to ``output`` meanwhile.
 

@@ -256,6 +256,10 @@ class Backstage:
         """How many messages the index stream holds (entries and standing delete markers)."""
         return (await self._conn_state(self.names.index_stream)).messages
 
+    async def index_writes(self) -> int:
+        """How many messages were ever stored in the index stream (its last sequence)."""
+        return (await self._conn_state(self.names.index_stream)).last_seq
+
     async def make_legacy_index(self, filed: dict[JobState, list[str]]) -> None:
         """Give the queue the state index of oqron_nats 0.1 instead of today's: a stream per
         state, holding ``filed``'s entries (in that order)."""

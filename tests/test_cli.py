@@ -20,7 +20,7 @@ from oqron_nats import Client, DeadLetter, JobContext, JobState, RetryPolicy, qu
 from oqron_nats.ops.cli import main
 from oqron_nats.testing.server import LocalServer, find_binary
 
-from .helpers import ROOT, eventually, wait_for_state
+from .helpers import ROOT, eventually, listed_active, wait_for_state
 from .support import namespace_streams
 
 
@@ -63,6 +63,7 @@ async def test_queues_shows_counts_pause_oldest_job_and_workers(
     try:
         await busy.queue.add({"n": 0})
         await asyncio.wait_for(running.wait(), 10)
+        await listed_active(busy.queue, 1)
         rows = await oqron_json(capsys, nats_server, namespace, "queues")
         by_name = {row["name"]: row for row in rows}
         assert set(by_name) == {"cli-idle", "cli-busy"}
@@ -115,6 +116,7 @@ async def test_queues_count_completed_jobs_and_jobs_list_shows_progress(
             return job is not None and job.progress == 30
 
         await eventually(in_progress, what="the slow job to report progress")
+        await listed_active(busy.queue, 1)
         [row] = await oqron_json(capsys, nats_server, namespace, "queues")
         assert (row["completed"], row["active"]) == (2, 1)
         code, out, _ = await oqron(capsys, nats_server, namespace, "queues")
@@ -332,6 +334,7 @@ async def test_queue_obliterate_refuses_while_a_job_runs_unless_forced(
     try:
         active = await busy.queue.add({"n": 0})
         await asyncio.wait_for(running.wait(), 10)
+        await listed_active(busy.queue, 1)
         queued = [await busy.queue.add({"n": n}) for n in range(1, 3)]
 
         code, out, err = await oqron(

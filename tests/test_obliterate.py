@@ -71,6 +71,29 @@ async def test_obliterate_refuses_active_jobs_unless_forced(client: Client) -> N
     assert reasons == ["cancelled"]
 
 
+async def test_obliterate_refuses_a_job_claimed_a_moment_ago(client: Client) -> None:
+    """A job is listed as active a moment after its claim (runtime/late_entry.py): obliterate
+    counts the claims it hears meanwhile, so a job that just started is not missed."""
+    started = asyncio.Event()
+    reasons: list[str] = []
+
+    async def handler(ctx) -> None:
+        started.set()
+        reasons.append(await ctx.signal)
+
+    q = queue("just-started", handler, client=client)
+    async with q:
+        job = await q.add({"n": 1})
+        await asyncio.wait_for(started.wait(), 10)
+        assert await q.count(JobState.ACTIVE) == 0, "not listed as active yet"
+        with pytest.raises(InvalidState, match="1 active"):
+            await q.obliterate()
+        assert await q.get_job(job.id) is not None
+        assert await q.obliterate(force=True) == 1
+        await eventually(lambda: _signalled(reasons), what="the handler to be told")
+    assert reasons == ["cancelled"]
+
+
 async def _active(q) -> bool:
     return await q.count(JobState.ACTIVE) == 1
 

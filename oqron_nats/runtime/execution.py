@@ -46,6 +46,7 @@ from .checks import RECOVERING, Checks, too_soon_to_judge
 from .context import JobContext, Signal
 from .heartbeat import Heartbeat, outlived_the_claim
 from .held import Held
+from .late_entry import LateEntry, lists_late
 from .middlewares import Ran
 from .progress import ProgressWriter
 from .settle import Settle, stalled_too_often, utcnow
@@ -196,7 +197,8 @@ class Execution:
                 progress=0.0,
                 progress_label=None,
             )
-            await held.write(active, "active", job.state)
+            listed_late = lists_late(job)
+            await held.write(active, "active", job.state, index=not listed_late)
         except CasConflict:  # another writer moved the job
             if copied:  # since the message was sent: read the record and decide again
                 again = await self._checked(job.id, admit=False)
@@ -208,6 +210,9 @@ class Execution:
             await self.delivery.nak()
             return False
         held.job = active
+        if listed_late:
+            self.settle.late = LateEntry(held, job.state)
+            self.settle.late.start()
         return True
 
     async def _stalled(self, job: RawJob) -> RawJob:

@@ -40,10 +40,22 @@ class Held:
         """The id of the job once it is claimed."""
         return self.job.id if self.job else None
 
-    async def write(self, job: RawJob, event: str, was: JobState, ttl: float | None = None) -> None:
+    async def write(
+        self,
+        job: RawJob,
+        event: str,
+        was: JobState,
+        ttl: float | None = None,
+        *,
+        index: bool = True,
+        unlisted: frozenset[JobState] = frozenset(),
+    ) -> None:
         """Write ``job`` (in state ``was`` until now) on the held revision and hold the new one;
-        CasConflict if another writer came first."""
-        self.revision = await self.store.update(job, self.revision, event, was, ttl=ttl)
+        CasConflict if another writer came first. ``index``, ``unlisted``: see
+        :meth:`JobStore.update`."""
+        self.revision = await self.store.update(
+            job, self.revision, event, was, ttl=ttl, index=index, unlisted=unlisted
+        )
 
     async def write_progress(self, percent: float, label: str | None, *, stopped: bool) -> bool:
         """Write the running job's progress (CAS); False once the attempt is ``stopped`` or its

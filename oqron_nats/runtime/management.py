@@ -6,15 +6,20 @@ the methods of :class:`oqron_nats.Queue`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from .._nats import CasConflict
 from ..core.errors import InvalidState, JobNotFound, Unavailable
 from ..core.job import JobState, moved
+from ..observe.events import Event
 from ..observe.log import logger
 from ..storage.backend import Backend
 from ..storage.store import CAS_TRIES, RawJob
 from . import dag
+from .late_entry import LISTED_WITHIN
 
 log = logger(__name__)
 
@@ -161,10 +166,41 @@ async def remove(backend: Backend, job_id: str) -> RawJob:
     return job
 
 
-async def active_jobs(backend: Backend) -> list[RawJob]:
-    """The queue's running jobs: its active index entries, checked against their records."""
+async def active_jobs(backend: Backend, claimed: Iterable[str] = ()) -> list[RawJob]:
+    """The queue's running jobs: its active index entries and the jobs ``claimed`` (seen by
+    their ``active`` event: the index lists a job as active only a moment after its claim,
+    :mod:`.late_entry`), each checked against its record."""
     entries = await backend.store.index.newest(JobState.ACTIVE, ACTIVE_LIMIT)
-    return (await backend.store.listed(entries)).jobs
+    jobs = (await backend.store.listed(entries)).jobs
+    for job_id in set(claimed) - {job.id for job in jobs}:
+        record = await backend.store.get(job_id)
+        if record is not None and record.job.state == JobState.ACTIVE:
+            jobs.append(record.job)
+    return jobs
+
+
+async def running_jobs(backend: Backend) -> list[RawJob]:
+    """The running jobs, those claimed too recently to be listed as active included: it
+    listens to the claims for LISTED_WITHIN seconds first."""
+    async with backend.store.events.listen(backend.names.events) as inbox:
+        claimed: set[str] = set()
+        await note_claims(inbox, claimed, LISTED_WITHIN)
+        return await active_jobs(backend, claimed)
+
+
+async def note_claims(
+    inbox: asyncio.Queue[Event], claimed: set[str], seconds: float, *, until_end: bool = False
+) -> None:
+    """Add the jobs whose ``active`` event comes within ``seconds`` to ``claimed``; with
+    ``until_end``, return at the first other event but progress (a job ended or moved)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                event = await inbox.get()
+                if event.name == "active":
+                    claimed.add(event.job_id)
+                elif until_end and event.name != "progress":
+                    return
 
 
 def _now() -> datetime:
@@ -180,7 +216,7 @@ async def obliterate(backend: Backend, force: bool = False) -> int:
     write is a compare-and-set on a revision that no longer exists). Returns how many jobs went.
     """
     names = backend.names
-    active = await active_jobs(backend)
+    active = await running_jobs(backend)
     if active and not force:
         raise InvalidState(
             f"queue {names.queue!r} has {len(active)} active job(s); stop its workers, drain it, "

@@ -32,6 +32,7 @@ from ..storage.store import RawJob, Stored
 from . import dag
 from .heartbeat import Heartbeat
 from .held import Held
+from .late_entry import LateEntry
 from .retention import Retainer
 from .shared import Runtime
 
@@ -75,6 +76,8 @@ class Settle:
         self.retention = Retainer(runtime.backend, runtime.config)
         self.heartbeat: Heartbeat | None = None
         """The attempt's heartbeat: it renews the lease until the final write is done."""
+        self.late: LateEntry | None = None
+        """The claim's index entry, if it is written late (:mod:`.late_entry`)."""
 
     async def commit(
         self, state: JobState, event: str, reason: str | None = None, **changes: Any
@@ -86,8 +89,13 @@ class Settle:
             held.settling = True
             assert held.job is not None
             final = moved(held.job, state, reason, **changes)
+            listed, unlisted = held.job.state, frozenset[JobState]()
+            if self.late is not None:
+                listed, unlisted = self.late.listed()
             try:
-                await held.write(final, event, held.job.state, ttl=self.retention.ttl(final))
+                await held.write(
+                    final, event, listed, ttl=self.retention.ttl(final), unlisted=unlisted
+                )
             except CasConflict:
                 await self._lost_the_record(final.id)
                 return None

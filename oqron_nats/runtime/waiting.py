@@ -6,7 +6,6 @@ Each listens first and reads the state after, so no end can slip between the two
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
@@ -18,6 +17,7 @@ from ..observe.events import TERMINAL_EVENTS, Event
 from ..storage.backend import Backend
 from ..storage.store import RawJob
 from . import management
+from .late_entry import LISTED_WITHIN
 
 
 async def finished(backend: Backend, job_id: str) -> RawJob:
@@ -43,13 +43,17 @@ async def _removed(backend: Backend, job_id: str) -> RawJob:
 
 
 async def until_idle(backend: Backend) -> None:
-    """Return once no job of the queue is active (re-counted on each end, and every second)."""
+    """Return once no job of the queue is active (re-counted on each end, and every second).
+
+    A job is listed as active only a moment after its claim (:mod:`.late_entry`): the first
+    count waits LISTED_WITHIN seconds, and the jobs claimed while it listens count too.
+    """
     async with backend.store.events.listen(backend.names.events) as inbox:
-        while await management.active_jobs(backend):  # listening first: no end slips by
-            with contextlib.suppress(TimeoutError):  # re-count now and then regardless
-                async with asyncio.timeout(1.0):
-                    while (await inbox.get()).name == "progress":
-                        pass
+        claimed: set[str] = set()  # listening first: no claim or end slips by
+        await management.note_claims(inbox, claimed, LISTED_WITHIN)
+        while active := await management.active_jobs(backend, claimed):
+            claimed = {job.id for job in active}  # re-counted now and then regardless
+            await management.note_claims(inbox, claimed, 1.0, until_end=True)
 
 
 async def events(backend: Backend, sealer: Sealer) -> AsyncGenerator[Event, None]:

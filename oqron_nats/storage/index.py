@@ -94,10 +94,18 @@ class StateIndex:
         self.stream = names.index_stream
 
     async def moved(
-        self, job: Job[Any], was: JobState | None, now: JobState | None, ttl: float | None = None
+        self,
+        job: Job[Any],
+        was: JobState | None,
+        now: JobState | None,
+        ttl: float | None = None,
+        *,
+        unlisted: frozenset[JobState] = frozenset(),
     ) -> None:
         """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone);
-        with ``ttl`` the new entry expires with the record."""
+        with ``ttl`` the new entry expires with the record. ``unlisted``: states the job passed
+        through that never had its entry (a claim's entry written late, runtime/late_entry.py):
+        a finished job's end sends them no marker."""
         if was == now:
             return
         if now is not None:
@@ -108,7 +116,7 @@ class StateIndex:
             else:
                 await self.conn.publish_core(entry, headers=headers)
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
-        for state in stale - {None, now}:
+        for state in stale - unlisted - {None, now}:
             assert state is not None
             await self._forget(job.id, state)
 

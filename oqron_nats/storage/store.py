@@ -130,11 +130,20 @@ class JobStore:
         return Record(decode_record(key, entry.value), entry.revision)
 
     async def update(
-        self, job: RawJob, revision: int, event: str, was: JobState, ttl: float | None = None
+        self,
+        job: RawJob,
+        revision: int,
+        event: str,
+        was: JobState,
+        ttl: float | None = None,
+        *,
+        index: bool = True,
+        unlisted: frozenset[JobState] = frozenset(),
     ) -> int:
         """Replace the record (state ``was`` until now) if it is still at ``revision``, and
         announce ``event``; returns the new revision. With ``ttl`` the record (and its index
-        entry) expires that many seconds later.
+        entry) expires that many seconds later. ``index=False`` leaves the state index as it is
+        (the caller moves it later); ``unlisted``: see :meth:`StateIndex.moved`.
 
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
@@ -142,7 +151,8 @@ class JobStore:
         key = self.names.key(job.id)
         encoded = msgspec.json.encode(job)
         new_revision = await self.bucket.update(key, encoded, last=revision, ttl=ttl)
-        await self.index.moved(job, was, job.state, ttl=ttl)
+        if index:
+            await self.index.moved(job, was, job.state, ttl=ttl, unlisted=unlisted)
         await self.events.announce(job, event)
         return new_revision
 
