@@ -2,7 +2,9 @@
 
     checks (:mod:`.checks`): a job of the queue, its record runnable now, within the rate limit?
         │               no -> rejected, acked, or nak'd until it is due; stop
-    claim: record -> active (CAS on the revision read, or on the message's copy of the record)
+    claim: record -> active (CAS on the revision read, or on the message's copy of the record;
+        │  a first claim's index entry is written a second later, if the job still runs:
+        │  :mod:`.late_entry`)
         │  taking over a running or stalled job (guaranteed_worker): claimed less than lock_ttl
         │  ago -> nak until then; else its lease first (held by another -> ack or nak; stop),
         │  and a lease-less active record is a stall: stalled first, then active
@@ -11,7 +13,8 @@
         │  first beat; a claim slower than a heartbeat takes it before the handler runs), then
         │  renews it (CAS), and the ack deadline, every `heartbeat`; lease lost or held by
         │  another -> ctx.signal fires, nothing is committed; after_process
-    settle (:mod:`.settle`): record -> completed | delayed (retry, via a schedule) | failed
+    settle (:mod:`.settle`), outside the job's concurrency slot (it was freed when the handler
+            returned): record -> completed | delayed (retry, via a schedule) | failed
             (+ dead letter) | waiting (handed back at shutdown), by CAS, with its retention's TTL;
             THEN ack, release the lease (if taken), retention, the outcome's log line and hooks
 
