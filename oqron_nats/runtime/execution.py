@@ -80,7 +80,7 @@ class Execution:
     """Claims, runs and settles one delivered job."""
 
     def __init__(
-        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[], None] = lambda: None
+        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[], None]
     ) -> None:
         self.rt = runtime
         self.delivery = delivery
