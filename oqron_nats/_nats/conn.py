@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Self
 
 import msgspec
@@ -319,14 +320,30 @@ def denied(subject: str, action: str) -> PermissionDenied:
     )
 
 
-@contextlib.contextmanager
-def _as_unavailable() -> Iterator[None]:
+class _AsUnavailable:
     """nats-py's errors of a core call (a closed connection, a full reconnect buffer) as the
-    typed Unavailable: a user never meets a raw nats error."""
-    try:
-        yield
-    except nats.errors.Error as exc:
-        raise Unavailable(f"NATS could not take the message: {exc}") from exc
+    typed Unavailable: a user never meets a raw nats error. A class, not a generator: it wraps
+    every fire-and-forget publish, several per job."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, nats.errors.Error):
+            raise Unavailable(f"NATS could not take the message: {exc}") from exc
+
+
+_AS_UNAVAILABLE = _AsUnavailable()
+
+
+def _as_unavailable() -> _AsUnavailable:
+    """The context in which nats-py's errors become Unavailable (stateless: one for all)."""
+    return _AS_UNAVAILABLE
 
 
 class _Failed(Exception):
