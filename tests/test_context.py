@@ -46,6 +46,10 @@ async def idle(q: Queue[Any]) -> bool:
     return consumer is not None and consumer.in_flight == 0
 
 
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(value == expected)
+
+
 async def set_within(event: asyncio.Event | threading.Event, what: str) -> None:
     """Wait for an asyncio or threading event, failing after WAIT seconds."""
     if isinstance(event, threading.Event):
@@ -258,6 +262,40 @@ async def test_await_signal_in_an_async_handler_returns_why_it_fired(client: Cli
     )
     assert outcome["returned"].startswith("lease lost")
     assert outcome["after_await"] == "cleanup ran"
+
+
+async def test_a_handler_that_swallows_the_cancel_after_a_cancel_ends_cancelled(
+    client: Client,
+) -> None:
+    """An async handler runs in its execution's task: abort()'s cancel, ABORT_GRACE after the
+    signal, lands in it; one that swallows the cancel still ends as the signal says, and the
+    worker goes on with the next job (the cancel is taken back, not left on the task)."""
+    started = asyncio.Event()
+    swallowed: list[bool] = []
+
+    async def handler(ctx: JobContext[Any]) -> str:
+        if ctx.data["n"] == 2:
+            return "next"
+        started.set()
+        try:
+            await asyncio.sleep(30)  # ignores the signal
+        except asyncio.CancelledError:
+            swallowed.append(True)
+        await asyncio.sleep(0.05)  # still awaits after it: no cancel is left pending
+        return "must-not-be-stored"
+
+    q = queue("ctx-swallow", handler, client=client, concurrency=1)
+    async with q:
+        job = await q.add({"n": 1})
+        await set_within(started, "the handler to start")
+        assert await q.cancel(job.id)
+        await eventually(lambda: _is(swallowed, [True]), what="the cancel to land")
+        cancelled = await q.get_job(job.id)
+        assert cancelled is not None and cancelled.state == JobState.CANCELLED
+        assert cancelled.result is None
+        nxt = await q.add({"n": 2})
+        assert (await nxt.wait(WAIT)).result == "next"
+        await eventually(lambda: idle(q), what="the worker to settle")
 
 
 async def test_signal_fires_on_shutdown_and_the_job_is_handed_back(client: Client) -> None:
