@@ -347,6 +347,21 @@ async def test_signal_fires_on_shutdown_and_the_job_is_handed_back(client: Clien
 # -- ctx.progress -----------------------------------------------------------------------------
 
 
+async def test_progress_asked_for_just_before_returning_is_stored_with_the_end(
+    client: Client,
+) -> None:
+    async def handler(ctx: JobContext[Any]) -> str:
+        ctx.progress(50, "half")
+        await asyncio.sleep(0)
+        ctx.progress(100, "all")  # not awaited: the end's write stores it
+        return "done"
+
+    q = queue("ctx-last-progress", handler, client=client)
+    async with q:
+        done = await (await q.add({"n": 1})).wait(WAIT)
+    assert (done.state, done.progress, done.progress_label) == (JobState.COMPLETED, 100.0, "all")
+
+
 async def test_progress_is_saved_and_visible_while_the_job_runs(client: Client) -> None:
     first = asyncio.Event()
     second = asyncio.Event()

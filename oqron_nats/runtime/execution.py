@@ -388,6 +388,7 @@ class Execution:
     # -- 3. settle: the final record by CAS (runtime/settle.py), then the log line and hooks ---
 
     async def _settle(self, ran: Ran, duration: float) -> None:
+        await self._progress.flushed()  # one asked for just before the handler returned
         if self.signal.aborted:
             await self._on_aborted()
         elif ran.error is None:

@@ -39,6 +39,11 @@ class ProgressWriter:
             self._task = asyncio.create_task(self._write())
         return waiter
 
+    async def flushed(self) -> None:
+        """Wait until the latest progress asked for is stored (or nothing more will be)."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])  # not cancelled with the caller
+
     async def _write(self) -> None:
         try:
             while self._saved < self._wanted:

@@ -22,6 +22,7 @@ the job with its decoded data and no revision, and must not change the stored jo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import timedelta
 
@@ -79,9 +80,13 @@ class Retainer:
     """The retention step of settling one queue's jobs: the final record's TTL, then (after the
     ack) the removal or the trim."""
 
-    def __init__(self, backend: Backend, config: QueueConfig) -> None:
+    def __init__(self, backend: Backend, config: QueueConfig, trimming: asyncio.Lock) -> None:
         self.backend = backend
         self.config = config
+        self.trimming = trimming
+        """One trim of the worker's jobs at a time (they settle concurrently): a count read
+        while another trim's removals land, then a list of the oldest read after them, would
+        remove too many."""
 
     def ttl(self, final: RawJob) -> float | None:
         """The TTL to write the final record with (an age-based policy), else None."""
@@ -92,7 +97,11 @@ class Retainer:
         one the execution holds. Best effort: the next finish trims again."""
         policy = policy_for(job, job.state, self.config)
         try:
-            await apply(self.backend, job, revision, policy)
+            if isinstance(policy, int) and not isinstance(policy, bool):
+                async with self.trimming:
+                    await apply(self.backend, job, revision, policy)
+            else:
+                await apply(self.backend, job, revision, policy)
         except Exception as exc:  # a kept record harms nobody
             log.warning("retention not applied", job_id=job.id, error=repr(exc))
 

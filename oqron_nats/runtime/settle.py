@@ -73,7 +73,7 @@ class Settle:
         self.rt = runtime
         self.delivery = delivery
         self.held = held
-        self.retention = Retainer(runtime.backend, runtime.config)
+        self.retention = Retainer(runtime.backend, runtime.config, runtime.trimming)
         self.heartbeat: Heartbeat | None = None
         """The attempt's heartbeat: it renews the lease until the final write is done."""
         self.late: LateEntry | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class Runtime:
     middleware: Chain = field(default_factory=lambda: Chain([]))
     """Metrics, tracing, the user's callbacks and middlewares (see
     :mod:`oqron_nats.core.middleware`)."""
+    trimming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a settle trims a state to its retention's N (:mod:`.retention`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
 
