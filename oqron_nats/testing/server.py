@@ -70,7 +70,7 @@ class LocalServer:
         self._given_store = Path(store_dir) if store_dir else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[str] | None = None
-        self.log: deque[str] = deque(maxlen=500)
+        self.log: deque[str] = deque(maxlen=5000)
 
     @property
     def url(self) -> str:

@@ -876,6 +876,10 @@ async def startup_kill(run: ClusterRun) -> None:
     await run.arrange("stream", meta)
     await run.start_load()  # the jobs wait for the workers
     mark = await run.aim(meta, "kill")
+    # the starting workers create the queue's consumer just before the kill: its first leader
+    # may be elected only after the new meta leader (seconds later), and no worker can claim
+    # before, so the consumer's election counts too (at once if it has a leader elsewhere)
+    mark.held = (*mark.held, "consumer") if "consumer" not in mark.held else mark.held
     starting = [run.workers.start(n) for n in range(len(run.cluster.nodes))]
     mark.pids = [p.pid for p in starting]
     await until_connected(run, starting)
@@ -1031,6 +1035,8 @@ async def run_once(name: str, workdir: Path, size: Size, seed: int = 1) -> RunRe
                 raise
     finally:
         await asyncio.to_thread(cluster.close)
+        for node in cluster.nodes:  # for a failure's post-mortem: elections, stalls, restarts
+            (workdir / "nodes" / f"{node.name}.log").write_text("\n".join(node.log) + "\n")
     report = checker.check(
         checker.enqueues_from_lines(checker.load_jsonl(files.enqueues)),
         *checker.parse_handler_log(checker.load_jsonl(files.handler)),
