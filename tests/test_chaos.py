@@ -6,6 +6,7 @@ runs the full sizes quoted in the README.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -17,8 +18,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 FULL = os.environ.get("OQRON_CHAOS_FULL") == "1"
 
 
-async def run_scenario(name: str, tmp_path: Path) -> Outcome:
-    outcome = await run(scenarios(FULL)[name], tmp_path / name, seed=1)
+async def run_scenario(name: str, tmp_path: Path, strategy: str = "fifo") -> Outcome:
+    scenario = dataclasses.replace(scenarios(FULL)[name], strategy=strategy)
+    outcome = await run(scenario, tmp_path / f"{name}-{strategy}", seed=1)
     report = outcome.report
     assert report.ok, "\n".join(report.lines())
     assert not report.lost
@@ -27,6 +29,12 @@ async def run_scenario(name: str, tmp_path: Path) -> Outcome:
     assert len(report.accepted) == outcome.scenario.jobs
     assert outcome.index_drift == {}, "the state index agrees with the records"
     return outcome
+
+
+async def test_s1_under_the_priority_strategy_loses_nothing(tmp_path: Path) -> None:
+    """Every job moves from its lane to the run lane before its claim (lifo does the same)."""
+    outcome = await run_scenario("S1", tmp_path, strategy="priority")
+    assert outcome.report.faults.get("kill_worker", 0) >= 5
 
 
 async def test_s1_random_worker_kills_lose_nothing(tmp_path: Path) -> None:

@@ -5,13 +5,14 @@ Layout for namespace ``ns`` and queue ``q``::
     stream  OQRON_<ns>_Q_<q>     WorkQueue stream of the queue, holding:
       oqron.<ns>.q.<q>.p<0-9>.<id>   lanes: one per priority level; every job is published here
       oqron.<ns>.s.<q>.<id>          message schedules (delays and retry backoff), one per job
-      oqron.<ns>.run.<q>.<id>        lifo only: jobs popped from the lanes, ready to run
+      oqron.<ns>.run.<q>.<id>        lifo, priority: jobs moved from the lanes, ready to run
       oqron.<ns>.held.<q>.<id>       jobs added while the queue was paused (hold), until resume
       oqron.<ns>.s.<q>.=<name>       repeating schedules (``q.schedule()``), one per name
       oqron.<ns>.q.<q>.p<0-9>.=<name>  where a repeating schedule's ticks land (a lane)
     The job id ends every job subject, so one job's messages can be found (reconciliation) and
     removed (cancel) without reading the others.
-    oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo workers)
+    oqron.<ns>.bell.<q>.>        headers-only republish of every lane message (wakes lifo and
+                                 priority workers)
     oqron.<ns>.ev.<q>.<id>.<event>   job lifecycle events (core NATS: for listeners on any node)
     oqron.<ns>.ctl.<q>.<cmd>.<id>    commands to the queue's workers (core NATS), e.g. cancel
     stream  OQRON_<ns>_DLQ       dead letters, subject oqron.<ns>.dlq.<q>.<job_id>
@@ -204,12 +205,13 @@ class Names:
         return f"oqron.{self.namespace}.ctl.{self.queue}.>"
 
     def run(self, job_id: str) -> str:
-        """Where a lifo worker moves a job it popped, to claim it through a consumer."""
+        """Where a lifo or priority worker moves a job from its lane, to claim it through the
+        run lane's consumer."""
         return f"oqron.{self.namespace}.run.{self.queue}.{job_id}"
 
     @property
     def run_lane(self) -> str:
-        """A wildcard over the lifo run lane."""
+        """A wildcard over the run lane (lifo, priority)."""
         return f"oqron.{self.namespace}.run.{self.queue}.*"
 
     def held(self, job_id: str) -> str:
@@ -223,8 +225,15 @@ class Names:
 
     @property
     def bell(self) -> str:
-        """Headers-only copies of every lane message (wildcard): wake idle lifo workers."""
+        """Headers-only copies of every lane message (wildcard): wake idle lifo and priority
+        workers."""
         return f"oqron.{self.namespace}.bell.{self.queue}.>"
+
+    def bell_lane(self, subject: str) -> int | None:
+        """The priority of the lane a bell message rang for (its subject), or None."""
+        prefix = f"oqron.{self.namespace}.bell.{self.queue}.p"
+        level = subject[len(prefix) :].split(".", 1)[0] if subject.startswith(prefix) else ""
+        return int(level) if level.isdigit() else None
 
     def event(self, job_id: str, name: str) -> str:
         """The subject of one job's lifecycle event ``name``."""
@@ -364,11 +373,16 @@ def resources() -> list[tuple[str, str]]:
             "work-queue stream of the queue",
             f"`{n.stream}`: lanes `{n.lane(0, job)}`..`{n.lane(top, job)}`, schedules "
             f"`{n.schedule(job)}`, repeating schedules `{n.repeat('<name>')}` and their ticks "
-            f"`{n.tick(0, '<name>')}`..., lifo run lane `{n.run(job)}`, jobs held while paused "
-            f"`{n.held(job)}` (the job id ends every subject, so `nats stream view` shows which "
-            "jobs are queued)",
+            f"`{n.tick(0, '<name>')}`..., run lane (lifo, priority) `{n.run(job)}`, jobs held "
+            f"while paused `{n.held(job)}` (the job id ends every subject, so `nats stream view` "
+            "shows which jobs are queued)",
         ),
-        ("consumers", f"on the queue's stream: `fifo`, or `p0`..`p{top}` (priority), or `lifo`"),
+        (
+            "consumers",
+            "on the queue's stream, one: `fifo` (over the lanes), or `lifo` or `priority` (over "
+            f"the run lane); oqron_nats up to 0.1 kept `p0`..`p{top}` for priority, removed when "
+            "a worker opens the queue",
+        ),
         (
             "state index (counts, `oqron jobs list`)",
             f"stream `{n.index_stream}` (one per queue), subject "
@@ -414,7 +428,8 @@ def resources() -> list[tuple[str, str]]:
         (
             "core NATS, not stored",
             f"events `{n.event(job, '<event>')}`, commands to the workers "
-            f"`{n.control('<command>', job)}` (cancel), wake-ups of lifo workers `{n.bell}`",
+            f"`{n.control('<command>', job)}` (cancel), wake-ups of lifo and priority workers "
+            f"`{n.bell}`",
         ),
     ]
 

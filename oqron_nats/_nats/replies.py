@@ -23,8 +23,8 @@ NOT_FOUND = frozenset({10014, 10059})
 """Consumer not found, stream not found."""
 ALREADY_EXISTS = 10058
 """Stream name already in use (created meanwhile, or with another configuration)."""
-NO_MESSAGE = frozenset({10037, 10057})
-"""No message found (a get, a delete)."""
+NO_MESSAGE = frozenset({10037, 10043, 10057})
+"""No message found (a get), sequence not found (a delete of a message deleted meanwhile)."""
 
 S = TypeVar("S", bound="Reply")
 

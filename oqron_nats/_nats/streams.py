@@ -1,5 +1,6 @@
 """Stream and consumer administration: a stream's state, limits, subjects and messages by
-sequence (delete, purge); creating streams and consumers, listing and pausing consumers.
+sequence (delete, purge); creating streams and consumers, listing, pausing and deleting
+consumers.
 
 Each call is one JetStream API request through the connection's retried request path (see
 :mod:`.conn`); errors that are answers come typed (see :mod:`.replies`).
@@ -125,6 +126,10 @@ class StreamAdmin(Connection):
             names += page.consumers or []
             if not page.consumers or len(names) >= page.total:
                 return names
+
+    async def delete_consumer(self, stream: str, consumer: str) -> bool:
+        """Delete the durable consumer; False if it does not exist."""
+        return await found(self._api(f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", {}, Reply))
 
     async def pause_consumer(self, stream: str, consumer: str, until: str | None) -> bool:
         """Pause the consumer until ``until`` (RFC 3339), or resume it (None); False if it does

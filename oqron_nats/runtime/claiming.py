@@ -1,19 +1,19 @@
 """Claiming: keep exactly enough pull requests open to fill a worker's free slots.
 
 There is no poll tick. The claim loop sleeps on one event, woken when a slot frees up, when a
-pull request ends, when a lifo lane rings its bell or after a reconnect; it keeps exactly enough
-pull requests open at the server to fill the free slots (several lanes may ask for a little more;
-an extra delivery is handed straight back). An idle worker holds one long pull per lane, renewed
-every ``PULL_EXPIRES`` seconds.
+pull request ends, when a lane rings its bell (lifo, priority) or after a reconnect; it keeps
+exactly enough pull requests open at the server to fill the free slots, and for lifo and
+priority moves exactly as many jobs from the lanes to the run lane (:mod:`.lanes`). An idle
+worker holds one long pull, renewed every ``PULL_EXPIRES`` seconds.
 
 No sleep of the loop is unbounded: while claiming fails (a cluster electing the consumer's
 leader answers nothing for seconds) it looks again after a jittered pause that grows up to
 ``MAX_BACKOFF``, and otherwise at least every ``LOOK_AGAIN`` seconds, so a lost wake-up can
 never stop a worker from claiming.
 
-The claimer also owns the worker's consumers on the server: it creates them (paused if the
-queue is paused), re-creates one that pulls suggest is gone, and pauses or resumes them as the
-queue state changes.
+The claimer also owns the worker's consumer on the server: it creates it (paused if the queue
+is paused), re-creates it when pulls suggest it is gone, and pauses or resumes it as the queue
+state changes.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from .._nats import ConsumerSpec, Delivery, JetStreamError, Puller, jittered
+from .._nats import Delivery, JetStreamError, Puller, jittered
 from ..core.background import finish
 from ..core.config import QueueConfig
-from ..core.errors import ConsumerConflict
+from ..core.errors import ConsumerConflict, PermissionDenied
 from ..observe.log import logger
 from ..storage.backend import Backend
 from ..storage.control import QueueState
-from .lanes import PriorityPlan, StackPopper, consumer_specs, strategy_of
+from .lanes import LanePopper, PriorityPlan, consumer_spec, is_legacy_lane_consumer, strategy_of
 from .throttle import StartWindow
 
 log = logger(__name__)
@@ -53,7 +53,7 @@ def backoff(trouble: int) -> float:
 
 
 class Claimer:
-    """Keeps one worker's pull requests matched to its free slots, in lane order."""
+    """Keeps one worker's pull requests matched to its free slots."""
 
     def __init__(
         self,
@@ -68,8 +68,8 @@ class Claimer:
     ) -> None:
         self.config = config
         self.backend = backend
-        self.specs = consumer_specs(config, backend.names, backend.shared.replicas)
-        self.pullers: list[Puller] = []
+        self.spec = consumer_spec(config, backend.names, backend.shared.replicas)
+        self.puller: Puller | None = None
         self.trouble = 0
         """Failed claim rounds in a row (a delivery or a pull's heartbeat resets it)."""
         self.paused_on_server: bool | None = None
@@ -81,64 +81,60 @@ class Claimer:
         self._deliver = deliver
         self._stopping = stopping
         self._throttle = throttle
-        self._plan = PriorityPlan()
-        self._popper: StackPopper | None = None
+        self._popper: LanePopper | None = None
         self._in_transit = 0
         self._refill_at = max(1, config.concurrency // 4)
         self._pausing: asyncio.Task[None] | None = None
 
     @property
     def consumer(self) -> str:
-        """The consumer group the worker reports: its one consumer, or ``priority``."""
-        return self.specs[0].durable if len(self.specs) == 1 else "priority"
+        """The consumer the worker claims through (named after the strategy)."""
+        return self.spec.durable
 
     async def prepare(self, undo: Undo) -> None:
         """Refuse a queue consumed with another strategy, follow the queue state, and create
-        the consumers as the queue is now (paused or not)."""
+        the consumer as the queue is now (paused or not)."""
         await self._check_strategy()
         control = self.backend.control
         control.listeners.append(self._on_state)
         undo(lambda: control.listeners.remove(self._on_state))
-        await self._ensure_consumers(self.specs)
+        await self._ensure_consumer()
 
     async def open(self, undo: Undo) -> None:
-        """Open the pull inboxes, listen for the lifo bell and for reconnects."""
+        """Open the pull inbox, listen for the lanes' bell (lifo, priority) and reconnects."""
         broker = self.backend.broker
-        for spec in self.specs:
-            puller = broker.puller(
-                spec, on_delivery=self._on_delivery, on_change=self.wake.set,
-                on_alive=self._on_alive,
-            )  # fmt: skip
-            await puller.start()
-            self.pullers.append(puller)
-            undo(puller.stop)
-        if self.config.strategy == "lifo":
-            self._popper = StackPopper(broker)
+        puller = broker.puller(
+            self.spec, on_delivery=self._on_delivery, on_change=self.wake.set,
+            on_alive=self._on_alive,
+        )  # fmt: skip
+        await puller.start()
+        self.puller = puller
+        undo(puller.stop)
+        if self.config.strategy != "fifo":
+            plan = PriorityPlan() if self.config.strategy == "priority" else None
+            self._popper = LanePopper(broker, self.backend.names, plan)
             undo(await broker.listen_bell(self._on_bell))
         undo(self.backend.on_reconnect(self._on_reconnect))
 
     async def stop_pulling(self) -> None:
         """Drop every open pull request (no open pull may catch jobs handed back later)."""
-        for puller in self.pullers:
-            await puller.stop()
+        if self.puller is not None:
+            await self.puller.stop()
 
     async def close(self) -> None:
         """Drop a pause or resume under way."""
         await finish(self._pausing, grace=0)
 
-    async def _ensure_consumers(
-        self, specs: list[ConsumerSpec], *, deadline: float | None = None
-    ) -> None:
-        """Create (or update) the consumers, paused if the queue is paused right now."""
+    async def _ensure_consumer(self, *, deadline: float | None = None) -> None:
+        """Create (or update) the consumer, paused if the queue is paused right now."""
         paused = self.backend.control.state.paused
-        for spec in specs:
-            try:
-                await self.backend.broker.ensure_consumer(spec, paused=paused, deadline=deadline)
-            except JetStreamError as exc:
-                raise ConsumerConflict(
-                    f"cannot consume queue {self.config.name!r} with strategy "
-                    f"{self.config.strategy!r}: {exc.description}"
-                ) from exc
+        try:
+            await self.backend.broker.ensure_consumer(self.spec, paused=paused, deadline=deadline)
+        except JetStreamError as exc:
+            raise ConsumerConflict(
+                f"cannot consume queue {self.config.name!r} with strategy "
+                f"{self.config.strategy!r}: {exc.description}"
+            ) from exc
         self.paused_on_server = paused
 
     async def _check_strategy(self) -> None:
@@ -152,6 +148,36 @@ class Claimer:
                 f"not {self.config.strategy!r}; stop those workers and delete their consumers "
                 f"(stream {self.backend.names.stream}) before changing the strategy"
             )
+        await self._retire_legacy_lane_consumers(
+            [name for name in existing if is_legacy_lane_consumer(name)]
+        )
+
+    async def _retire_legacy_lane_consumers(self, legacy: list[str]) -> None:
+        """Delete the per-lane consumers ``p0``..``p9`` of an earlier version's priority queue.
+
+        Their lane messages stay in the stream (a work-queue stream removes a message only when
+        it is acked) and are moved to the run lane like any other; a job an old worker still
+        runs is fenced by its record, as after a redelivery. A worker allowed no delete leaves
+        them (they only hold a Raft group each) and says so.
+        """
+        if not legacy:
+            return
+        try:
+            for name in legacy:
+                await self.backend.broker.delete_consumer(name)
+        except PermissionDenied:
+            log.warning(
+                "could not delete the per-lane consumers of an earlier version",
+                queue=self.config.name,
+                consumers=legacy,
+            )
+            return
+        log.warning(
+            "deleted the per-lane consumers of an earlier version: priority moves jobs through "
+            "one consumer now",
+            queue=self.config.name,
+            consumers=legacy,
+        )
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -160,7 +186,7 @@ class Claimer:
         while not self._stopping.is_set():
             self.wake.clear()
             try:
-                if await self._recreate_lost_consumers():
+                if await self._recreate_lost_consumer():
                     self.trouble += 1
                 if self._room() > 0 and self._may_claim():
                     await self._refill()
@@ -170,21 +196,21 @@ class Claimer:
             look_again = self._look_again_in()
             if self.trouble:  # back off while things go wrong: a delivery or heartbeat resets it
                 await wait(self._stopping, min(look_again, backoff(self.trouble)))
-            else:
-                await wait(self.wake, look_again)
+            elif not await wait(self.wake, look_again) and self._popper is not None:
+                self._popper.forget_empty()  # a quiet while: a bell may have been lost
 
     def _look_again_in(self) -> float:
         """Seconds until the loop must look again though nothing woke it: the throttle's next
-        room, the next pull request to give up, at most LOOK_AGAIN."""
+        room, the pull request to give up, soon after a contended move, at most LOOK_AGAIN."""
         timeout = LOOK_AGAIN
         if self._throttle is not None:
             room_in = self._throttle.next_room_in()
             if room_in is not None:
                 timeout = min(timeout, room_in)
-        for puller in self.pullers:
-            check = puller.expire_stale()
-            if check is not None:
-                timeout = min(timeout, check)
+        if self.puller is not None and (check := self.puller.expire_stale()) is not None:
+            timeout = min(timeout, check)
+        if self._popper is not None and self._popper.contended:
+            timeout = min(timeout, jittered(FIRST_BACKOFF))
         return timeout
 
     def _on_alive(self) -> None:
@@ -192,48 +218,32 @@ class Claimer:
         self.trouble = 0
 
     async def _refill(self) -> None:
-        if len(self.pullers) == 1:
-            await self._refill_single(self.pullers[0])
-            return
-        for lane in self._plan.order():  # priority: sweep ready jobs, best lane first
-            puller = self.pullers[lane]
-            if self._room() <= 0 or self._stopping.is_set():
-                return
-            if not puller.has_open_request:
-                await puller.request_now(self._room())
-        idle = [p for p in self.pullers if not p.has_open_request]
-        room = self._room()
-        if room > 0 and idle:  # nothing ready: wait on every lane at once
-            if self._throttle is not None:  # never ask for more than the window allows
-                idle = idle[:room]
-            per = max(1, room // len(idle))
-            for puller in idle:
-                await puller.request(per, expires=PULL_EXPIRES)
-
-    async def _refill_single(self, puller: Puller) -> None:
+        puller = self.puller
+        assert puller is not None, "open() comes first"
         want = self._room() - puller.outstanding
         # while jobs are still owed, ask again once a quarter of the slots is free, not per job
         if want > 0 and (want >= self._refill_at or not puller.outstanding):
             await puller.request(want, expires=PULL_EXPIRES)
-        if self._popper is not None:  # lifo: move the newest lane jobs to the run lane
+        if self._popper is not None:  # lifo, priority: move jobs to the run lane, one per slot
             self._in_transit = min(self._in_transit, puller.outstanding)
             while self._room() - self._in_transit > 0 and self._popper.maybe_nonempty:
                 self._in_transit += 1  # before the move: its delivery may come back at once
-                if not await self._popper.pop_one():
+                if not await self._popper.move_one():
                     self._in_transit -= 1
+                    return
 
-    async def _recreate_lost_consumers(self) -> bool:
-        """Re-create consumers that pulls suggest are gone; True if any looked gone.
+    async def _recreate_lost_consumer(self) -> bool:
+        """Re-create the consumer if pulls suggest it is gone; True if it looked gone.
 
-        One try each (the loop backs off and tries again): a consumer whose leader is being
-        elected answers nothing for seconds, and the loop must stay free to stop meanwhile.
+        One try (the loop backs off and tries again): a consumer whose leader is being elected
+        answers nothing for seconds, and the loop must stay free to stop meanwhile.
         """
-        suspects = [(p, s) for p, s in zip(self.pullers, self.specs, strict=True) if p.suspect]
-        for puller, spec in suspects:
-            log.warning("consumer may be gone; making sure it exists", consumer=spec.durable)
-            await self._ensure_consumers([spec], deadline=0)
-            puller.reset()
-        return bool(suspects)
+        if self.puller is None or not self.puller.suspect:
+            return False
+        log.warning("consumer may be gone; making sure it exists", consumer=self.spec.durable)
+        await self._ensure_consumer(deadline=0)
+        self.puller.reset()
+        return True
 
     def _on_delivery(self, delivery: Delivery) -> None:
         self.trouble = 0
@@ -262,7 +272,7 @@ class Claimer:
             if self._stopping.is_set():
                 return
             try:
-                await self.backend.control.set_consumers(paused, [s.durable for s in self.specs])
+                await self.backend.control.set_consumers(paused, [self.spec.durable])
             except Exception as exc:
                 failures += 1
                 log.warning("could not (un)pause the consumers; trying again",
@@ -271,21 +281,22 @@ class Claimer:
                 continue
             self.paused_on_server = paused
 
-    def _on_bell(self) -> None:
-        if self._popper is not None and not self._popper.maybe_nonempty:
-            self._popper.maybe_nonempty = True
+    def _on_bell(self, subject: str) -> None:
+        if self._popper is not None:
+            self._popper.rang(subject)
             self.wake.set()
 
     def _on_reconnect(self) -> None:
-        for puller in self.pullers:
-            puller.reset()  # requests may have died with the old connection
+        if self.puller is not None:
+            self.puller.reset()  # requests may have died with the old connection
         if self._popper is not None:
-            self._popper.maybe_nonempty = True
+            self._popper.forget_empty()
         self.wake.set()
 
 
-async def wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set or ``timeout`` seconds have passed."""
+async def wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds have passed; whether it was set."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             await event.wait()
+    return event.is_set()

@@ -1,22 +1,29 @@
-"""Ordering strategies: which consumers a queue has and in what order a worker claims from them.
+"""Ordering strategies: which consumer a queue has and which job a worker claims next.
 
 Publishers always put a job on the lane of its priority (``p0``..``p9``), whatever the strategy,
 so a publisher never needs to know how the queue is consumed and no job can be stranded on a
-lane nobody reads.
+lane nobody reads. Each strategy has one consumer (one Raft group on a cluster).
 
 * **fifo**: one consumer over every lane: jobs run in the order they were added (priority is
   kept on the record but does not reorder).
-* **priority**: one consumer per lane. A worker claims from ``p0`` first, then ``p1`` and so on,
-  so a late ``p0`` job overtakes a backlog. Against starvation, every 10th claim round starts at
-  a lower lane in rotation (``p1``, ``p2``, ... ``p9``): under sustained load on ``p0``, every
-  lower level still gets at least one claim in 90.
-* **lifo**: the lanes have no consumer; a worker pops the newest lane message (a direct get of
-  the last message), moves it to the queue's run lane and deletes it from the lane, in that
-  order, then claims it through the run lane's consumer, so a popped job is always in the stream
-  (in the lane or the run lane) until it is acked: crash safety is the same as for fifo.
+* **priority**: a worker with a free slot moves the oldest job of the best lane that has one
+  (``p0`` first, then ``p1`` and so on) to the queue's run lane and claims it through the run
+  lane's consumer, so a late ``p0`` job overtakes a backlog. Against starvation, every 10th move
+  starts at a lower lane in rotation (``p1``, ``p2``, ... ``p9``): under sustained load on
+  ``p0``, every lower level still gets at least one move in 90.
+* **lifo**: the same move, of the newest message over every lane.
+
+A move is a direct get (the oldest or newest message on the lanes), a publish of its copy to the
+run lane, then the delete of the original, in that order: a moved job is always in the stream
+(in its lane or the run lane) until it is acked, so crash safety is the same as for fifo. Only
+as many jobs are moved as the worker has free slots, so the run lane holds no backlog to
+reorder. A lane found empty is not read again until its bell rings (every lane message is
+republished, headers only, to the queue's bell) or the worker looks again anyway.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from .._nats import ConsumerSpec
 from .._nats.names import Names
@@ -26,33 +33,32 @@ from ..core.naming import PRIORITY_LEVELS
 from ..storage.broker import Broker
 
 FAIRNESS_EVERY = 10
-"""Every this many claim rounds, a priority worker starts at a lower lane (anti-starvation)."""
+"""Every this many moves, a priority worker starts at a lower lane (anti-starvation)."""
 
 
-def consumer_specs(config: QueueConfig, names: Names, replicas: int) -> list[ConsumerSpec]:
-    """The durable consumers of ``config.strategy``, in claim order."""
-
-    def spec(durable: str, subject: str) -> ConsumerSpec:
-        return ConsumerSpec(names.stream, durable, subject, config.ack_wait, replicas)
-
-    if config.strategy == "priority":
-        return [spec(f"p{level}", names.lane_filter(level)) for level in range(PRIORITY_LEVELS)]
-    if config.strategy == "lifo":
-        return [spec("lifo", names.run_lane)]
-    return [spec("fifo", names.lanes)]
+def consumer_spec(config: QueueConfig, names: Names, replicas: int) -> ConsumerSpec:
+    """The durable consumer of ``config.strategy``, named after it."""
+    subject = names.lanes if config.strategy == "fifo" else names.run_lane
+    return ConsumerSpec(names.stream, config.strategy, subject, config.ack_wait, replicas)
 
 
 def strategy_of(consumer: str) -> Strategy | None:
     """Which strategy created a consumer of this name, if it is one of ours."""
-    if consumer in ("fifo", "lifo"):
+    if consumer in ("fifo", "lifo", "priority"):
         return consumer  # type: ignore[return-value]
-    if consumer[:1] == "p" and consumer[1:].isdigit():
+    if is_legacy_lane_consumer(consumer):
         return "priority"
     return None
 
 
+def is_legacy_lane_consumer(consumer: str) -> bool:
+    """Whether this is one of the per-lane consumers (``p0``..``p9``) of oqron_nats up to 0.1's
+    priority strategy."""
+    return consumer[:1] == "p" and consumer[1:].isdigit()
+
+
 class PriorityPlan:
-    """The lane order of each claim round: strict priority with a rotating fairness round."""
+    """The lane order of each move: strict priority with a rotating fairness round."""
 
     def __init__(self, levels: int = PRIORITY_LEVELS, every: int = FAIRNESS_EVERY) -> None:
         self.levels = levels
@@ -61,7 +67,7 @@ class PriorityPlan:
         self._next_low = 1
 
     def order(self) -> list[int]:
-        """The lanes to try, first to last, for the next claim round."""
+        """The lanes to try, first to last, for the next move."""
         self._rounds += 1
         if self.levels < 2 or self._rounds % self.every:
             return list(range(self.levels))
@@ -70,17 +76,55 @@ class PriorityPlan:
         return list(range(start, self.levels)) + list(range(start))
 
 
-class StackPopper:
-    """Moves the newest lane messages of a lifo queue to its run lane."""
+class LanePopper:
+    """Moves lane messages of a lifo or priority queue to its run lane, one per free slot."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, names: Names, plan: PriorityPlan | None) -> None:
         self.broker = broker
-        self.maybe_nonempty = True
-        """False once a pop found the lanes empty; set again when the bell rings."""
+        self.names = names
+        self.plan = plan
+        """The lane order of a priority queue; None for lifo (the newest over every lane)."""
+        self.contended = False
+        """Whether the last move lost every try to other workers (look again soon)."""
+        self._empty: set[int | None] = set()
+        """Lanes (None: every lane, lifo) a move found empty and no bell rang for since."""
+        self._rings: Counter[int | None] = Counter()
+        """Bells heard per lane: a lane read empty while its bell rang is not marked empty."""
 
-    async def pop_one(self) -> bool:
-        """Move the newest lane message to the run lane; False if the lanes were empty."""
-        if await self.broker.pop_newest():
-            return True
-        self.maybe_nonempty = False
+    @property
+    def maybe_nonempty(self) -> bool:
+        """Whether a lane may hold a job (False once every lane was found empty)."""
+        return len(self._empty) < (self.plan.levels if self.plan is not None else 1)
+
+    def rang(self, subject: str) -> None:
+        """A bell rang: a message landed on the lane of ``subject``."""
+        lane = self.names.bell_lane(subject) if self.plan is not None else None
+        self._rings[lane] += 1
+        self._empty.discard(lane)
+
+    def forget_empty(self) -> None:
+        """Read every lane again (after a reconnect or a quiet while: a bell may be lost)."""
+        self._rings.update(self._empty)
+        self._empty.clear()
+
+    async def move_one(self) -> bool:
+        """Move the next job to the run lane; False if every lane was empty or contended."""
+        self.contended = False
+        lanes: list[tuple[int | None, str]] = (
+            [(None, self.names.lanes)]
+            if self.plan is None
+            else [(level, self.names.lane_filter(level)) for level in self.plan.order()]
+        )
+        for lane, subject in lanes:
+            if lane in self._empty:
+                continue
+            rings = self._rings[lane]
+            outcome = await self.broker.move_to_run_lane(subject, newest=self.plan is None)
+            if outcome == "moved":
+                return True
+            if outcome == "contended":  # others are moving this lane's jobs: not a worse lane's
+                self.contended = True
+                return False
+            if self._rings[lane] == rings:  # a bell rang meanwhile: the read may be older
+                self._empty.add(lane)
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 
@@ -37,6 +38,10 @@ from ..core.job import JobState
 from .control import PAUSED_FOREVER
 from .store import CorruptRecord, RawJob, Record, Stored, decode_record
 
+Move = Literal["moved", "empty", "contended"]
+"""What a move to the run lane did: moved a message, found none, or lost every try to others."""
+MOVE_TRIES = 5
+"""Moves tried in a row before giving way to the workers that took each message first."""
 RECORD_COPY_MAX = 4096
 """The largest record (encoded, in bytes) a job message carries a copy of: a bigger one (a big
 payload) is read by the worker, whose read costs little beside handling such a payload."""
@@ -164,6 +169,10 @@ class Broker:
         """The names of the work stream's consumers."""
         return await self.conn.consumer_names(self.names.stream)
 
+    async def delete_consumer(self, name: str) -> bool:
+        """Delete a consumer of the work stream; False if it does not exist."""
+        return await self.conn.delete_consumer(self.names.stream, name)
+
     async def ensure_consumer(
         self, spec: ConsumerSpec, *, paused: bool, deadline: float | None = None
     ) -> None:
@@ -190,16 +199,21 @@ class Broker:
             on_alive=on_alive,
         )
 
-    async def pop_newest(self) -> bool:
-        """Move the newest lane message to the run lane (lifo); False if the lanes were empty.
+    async def move_to_run_lane(self, lanes: str, *, newest: bool) -> Move:
+        """Move the newest (lifo) or the oldest (priority) message on ``lanes`` to the run lane.
 
         The copy is published before the original is deleted, so the job is always in the
-        stream; two workers popping the same top make one copy (its message id).
+        stream; two workers moving the same message make one copy (its message id), and the
+        one whose delete finds it gone takes the next, up to MOVE_TRIES times ("contended").
         """
-        while True:
-            top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
+        stream = self.names.stream
+        for _ in range(MOVE_TRIES):
+            if newest:
+                top = await self.conn.direct_get(stream, last_by_subject=lanes)
+            else:
+                top = await self.conn.direct_get_first(stream, next_by_subject=lanes)
             if top is None:
-                return False
+                return "empty"
             headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
             headers[MSG_ID_HEADER] = f"pop-{top.seq}"
             if SCHEDULER_HEADER in top.headers:  # a tick of a repeating schedule: keep its time
@@ -207,15 +221,16 @@ class Broker:
                 headers[KEPT_SCHEDULE_NEXT_HEADER] = top.headers.get(SCHEDULE_NEXT_HEADER, "")
             token = top.subject.rsplit(".", 1)[-1]  # the job id, or =<name> for a tick
             await self.conn.publish(self.names.run(token), top.data, headers)
-            if await self.conn.delete_msg(self.names.stream, top.seq):
-                return True
-            # another worker moved this one first (its copy was deduplicated): take the next
+            if await self.conn.delete_msg(stream, top.seq):
+                return "moved"
+        return "contended"
 
-    async def listen_bell(self, rang: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-        """Call ``rang`` whenever a job message lands on a lane; returns the stop call."""
+    async def listen_bell(self, rang: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``rang`` with the lane subject whenever a job message lands on a lane; returns
+        the stop call."""
 
-        async def heard(_msg: Msg) -> None:
-            rang()
+        async def heard(msg: Msg) -> None:
+            rang(msg.subject)
 
         sub = await self.conn.subscribe(self.names.bell, heard)
         return sub.unsubscribe

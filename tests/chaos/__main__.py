@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import platform
 import subprocess
@@ -76,6 +77,10 @@ async def main() -> int:
         "--cluster", action="store_true", help="the 3-node cluster scenarios instead"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--strategy", choices=["fifo", "lifo", "priority"], default="fifo",
+        help="the queue's strategy (single-server scenarios)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
     args = parser.parse_args()
     # this process is an application: keep the harness's own client quiet (workers log to files)
@@ -89,7 +94,9 @@ async def main() -> int:
     print("\n".join(lines), flush=True)
     ok = True
     for name in names:
-        outcome = await run(chosen[name], workdir / f"{name}-seed{args.seed}", args.seed)
+        scenario = dataclasses.replace(chosen[name], strategy=args.strategy)
+        where = workdir / f"{name}-{args.strategy}-seed{args.seed}"
+        outcome = await run(scenario, where, args.seed)
         ok &= outcome.report.ok
         print(row(outcome), flush=True)
         for line in outcome.report.lines()[5:]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from oqron_nats import Client, ConnectionFailed, EnqueueError, JobState, Queue, queue
 from oqron_nats.core.job import TERMINAL_STATES
+from oqron_nats.core.naming import PRIORITY_LEVELS
 from oqron_nats.testing.server import LocalServer
 
 from ..helpers import start_process
@@ -52,6 +53,8 @@ class Scenario:
     server_kills: int = 0
     stalls: int = 0
     drain_timeout: float = 120.0
+    strategy: str = "fifo"
+    """The queue's strategy: lifo and priority move every job to the run lane before its claim."""
 
 
 def scenarios(full: bool) -> dict[str, Scenario]:
@@ -166,7 +169,7 @@ def worker_args(scenario: Scenario, log: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "tests.chaos.worker", "--queue", QUEUE, "--log", str(log),
         "--concurrency", str(scenario.concurrency), "--lock-ttl", str(scenario.lock_ttl),
-        "--heartbeat", str(scenario.heartbeat), *extra,
+        "--heartbeat", str(scenario.heartbeat), "--strategy", scenario.strategy, *extra,
     ]  # fmt: skip
 
 
@@ -241,7 +244,7 @@ async def produce(
             for _ in range(5):
                 line: dict[str, Any] = {"job": job_id}
                 try:
-                    await q.add({"work": work}, job_id=job_id)
+                    await q.add({"work": work}, job_id=job_id, priority=n % PRIORITY_LEVELS)
                 except EnqueueError as exc:
                     line["outcome"] = "unknown" if exc.outcome_unknown else "fail"
                 except ConnectionFailed:

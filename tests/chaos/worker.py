@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--lock-ttl", type=float, default=3.0)
     parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--strategy", choices=["fifo", "lifo", "priority"], default="fifo")
     parser.add_argument(
         "--dont-randomize", action="store_true", help="connect to the first URL, not any"
     )
@@ -67,6 +68,7 @@ def main() -> None:
         args.queue,
         handle,
         concurrency=args.concurrency,
+        strategy=args.strategy,
         lock_ttl=args.lock_ttl,
         heartbeat=args.heartbeat,
         retries=RetryPolicy(max=4, strategy="exponential", base_delay=0.2, max_delay=2.0),
@@ -81,7 +83,8 @@ def main() -> None:
         lines = [f"dump: paused={backend.control.state.paused if backend else None}"]
         if consumer is not None:
             claimer = consumer._claimer
-            pullers = [(p.outstanding, p.has_open_request, p.suspect) for p in claimer.pullers]
+            p = claimer.puller
+            pullers = [(p.outstanding, p.has_open_request, p.suspect)] if p else []
             lines.append(
                 f"dump: running={consumer.running} trouble={claimer.trouble} "
                 f"paused_on_server={claimer.paused_on_server} pullers={pullers}"

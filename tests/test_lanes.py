@@ -1,0 +1,140 @@
+"""Moving jobs from the lanes to the run lane (lifo, priority): one consumer per queue, whatever
+its strategy; moves that race other workers; a lost bell; the per-lane consumers of 0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import Any
+
+import pytest
+from nats.js import api
+from structlog.testing import capture_logs
+
+from oqron_nats import Client, JobState, queue
+from oqron_nats.runtime import claiming
+from oqron_nats.runtime.claiming import Claimer
+from oqron_nats.testing.server import LocalServer
+
+from .helpers import eventually, wait_for_state
+from .support import Backstage
+
+STRATEGIES = ["fifo", "lifo", "priority"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_every_strategy_consumes_a_queue_through_one_consumer(
+    client: Client, strategy: str
+) -> None:
+    async def handler(ctx) -> None:
+        return None
+
+    q = queue(f"one-{strategy}", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    async with q:
+        job = await q.add({}, priority=7)
+        await wait_for_state(q, job.id, JobState.COMPLETED)
+        assert await Backstage(client, q.name).consumer_names() == [strategy]
+
+
+async def test_a_message_deleted_meanwhile_is_no_error(client: Client) -> None:
+    """Two workers moving the same lane message both delete it: the second finds it gone (for a
+    message between others the server says "sequence not found", err_code 10043) and must take
+    the next one."""
+    q = queue("gone", client=client)
+    jobs = [await q.add({}, priority=3) for _ in range(3)]
+    behind = Backstage(client, q.name)
+    middle = await behind.lane_message(jobs[1].id, 3)
+    assert middle is not None
+    conn = await behind._conn()
+    assert await conn.delete_msg(behind.names.stream, middle.seq) is True
+    assert await conn.delete_msg(behind.names.stream, middle.seq) is False
+
+
+@pytest.mark.parametrize("strategy", ["lifo", "priority"])
+async def test_workers_moving_from_the_same_lanes_run_every_job_once(
+    nats_server: LocalServer, namespace: str, strategy: str
+) -> None:
+    """Three workers race for the same oldest (newest) message of each move; every job runs
+    once, and no move is reported as a failure (a lost race is not one)."""
+    runs: collections.Counter[str] = collections.Counter()
+
+    async def handler(ctx) -> None:
+        runs[ctx.id] += 1
+        await asyncio.sleep(0.002)
+
+    items = [{"data": n, "opts": {"priority": n % 10}} for n in range(300)]
+    with capture_logs() as logs:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                c = await stack.enter_async_context(Client(nats_server.url, namespace=namespace))
+                w = queue("race", handler, client=c, concurrency=4, strategy=strategy)  # type: ignore[arg-type]
+                await stack.enter_async_context(w)
+            await w.add_bulk(items)
+            await eventually(lambda: _true(len(runs) == 300), timeout=60, what="300 jobs run")
+            await eventually(lambda: _counted(w, JobState.COMPLETED, 300), what="300 completed")
+    assert set(runs.values()) == {1}
+    failures = [e for e in logs if e["event"].startswith("claiming failed")]
+    assert failures == []
+
+
+async def test_a_lost_bell_is_made_up_for_by_looking_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bell is core NATS (at most once): a worker that found every lane empty and missed
+    the bell of a new job reads the lanes again after a quiet while (LOOK_AGAIN)."""
+
+    async def handler(ctx) -> None:
+        return None
+
+    monkeypatch.setattr(claiming, "LOOK_AGAIN", 0.3)
+    monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject: None)  # every bell lost
+    q = queue("deaf", handler, client=client, strategy="priority")
+    async with q:
+        await asyncio.sleep(0.2)  # the worker has found every lane empty
+        job = await q.add({}, priority=6)
+        await wait_for_state(q, job.id, JobState.COMPLETED, timeout=5)
+
+
+async def test_the_per_lane_consumers_of_an_earlier_version_go_and_their_jobs_run(
+    client: Client,
+) -> None:
+    """oqron_nats 0.1 consumed a priority queue through ``p0``..``p9``; a worker of this
+    version deletes them and runs every job, one that a crashed old worker held unacked too."""
+    ran: list[Any] = []
+
+    async def handler(ctx) -> None:
+        ran.append(ctx.data)
+
+    publisher = queue("legacy", client=client)
+    await publisher.add("first", priority=3)  # provisions the queue's streams
+    behind = Backstage(client, publisher.name)
+    js = (await behind._conn()).js
+    for level in range(10):
+        await js.add_consumer(
+            behind.names.stream,
+            api.ConsumerConfig(
+                durable_name=f"p{level}",
+                filter_subject=behind.names.lane_filter(level),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=60,
+            ),
+        )
+    held = await js.pull_subscribe_bind("p3", stream=behind.names.stream)
+    taken = await held.fetch(1, timeout=5)  # an old worker took it, then died: never acked
+    assert len(taken) == 1
+    await publisher.add_bulk([{"data": f"job{n}", "opts": {"priority": n}} for n in range(10)])
+
+    worker = queue("legacy", handler, client=client, strategy="priority")
+    async with worker:
+        await eventually(lambda: _true(len(ran) == 11), timeout=20, what="every job run")
+        assert await behind.consumer_names() == ["priority"]
+    assert sorted(map(str, ran)) == sorted(["first", *(f"job{n}" for n in range(10))])
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _counted(q: Any, state: JobState, n: int) -> bool:
+    return bool(await q.count(state) == n)
