@@ -110,6 +110,13 @@ async def measure(url: str, server_pid: int, options: Options) -> list[Row]:
             targets.process_row(run, concurrency, guaranteed, fastest, raw["raw_fetch_ack"])
         )
     rows += await cost_rows(url, server_pid, options, runs[100, True], runs[10, True])
+    for strategy in ("priority", "lifo"):
+        ordered = await ours.process(
+            url, sizes.process, concurrency=100, guaranteed=True, server_pid=server_pid,
+            strategy=strategy,
+        )  # fmt: skip
+        rows.append(targets.strategy_row(strategy, ordered, runs[100, True]))
+        progress(f"process, strategy {strategy}", ordered)
     cuts = await ours.latency(
         url, rate=sizes.latency_rate, seconds=sizes.latency_seconds, concurrency=10
     )

@@ -23,6 +23,7 @@ from typing import Any
 import nats
 
 from oqron_nats import Client, JobState, Queue, queue
+from oqron_nats.core.naming import PRIORITY_LEVELS
 
 from .procs import STARTUP_TIMEOUT, BenchProcess, cpu_seconds
 
@@ -106,9 +107,10 @@ async def add_bulk(url: str, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def fill(q: Queue[Any], count: int) -> None:
-    """Add ``count`` jobs in one add_bulk()."""
-    result = await q.add_bulk([{"data": {"n": n}} for n in range(count)])
+async def fill(q: Queue[Any], count: int, lanes: int = 1) -> None:
+    """Add ``count`` jobs in one add_bulk(), spread over the first ``lanes`` priorities."""
+    items = [{"data": {"n": n}, "opts": {"priority": n % lanes}} for n in range(count)]
+    result = await q.add_bulk(items)
     if not result.ok:
         raise RuntimeError(f"add_bulk failed: {list(result.errors.values())[:3]}")
 
@@ -123,15 +125,18 @@ async def paused_backlog(
     processes: int = 1,
     prefix: tuple[str, ...] = (),
     startup: float = STARTUP_TIMEOUT,
+    strategy: str = "fifo",
 ) -> AsyncIterator[tuple[Queue[Any], list[BenchProcess]]]:
-    """``count`` jobs queued on a paused queue, and ready workers (run under ``prefix``, if
-    given) waiting for it; the caller resumes the queue. The workers are killed afterwards."""
+    """``count`` jobs queued on a paused queue (over every lane for lifo and priority), and
+    ready workers (run under ``prefix``, if given) waiting for it; the caller resumes the
+    queue. The workers are killed afterwards."""
     async with fresh_queue(url) as q:
-        await fill(q, count)
+        await fill(q, count, lanes=1 if strategy == "fifo" else PRIORITY_LEVELS)
         await q.pause()
         workers = await _start_workers(
-            q.client, processes, concurrency, guaranteed, prefix=prefix, startup=startup
-        )
+            q.client, processes, concurrency, guaranteed, prefix=prefix, startup=startup,
+            strategy=strategy,
+        )  # fmt: skip
         try:
             yield q, workers
         finally:
@@ -147,12 +152,14 @@ async def process(
     guaranteed: bool,
     server_pid: int,
     processes: int = 1,
+    strategy: str = "fifo",
 ) -> ProcessRun:
     """Pre-fill ``count`` jobs, start the workers on the paused queue, resume, and time them;
     the server's CPU (process ``server_pid``) is read at the resume and once the stream drained."""
     async with paused_backlog(
-        url, count, concurrency=concurrency, guaranteed=guaranteed, processes=processes
-    ) as (q, workers):
+        url, count, concurrency=concurrency, guaranteed=guaranteed, processes=processes,
+        strategy=strategy,
+    ) as (q, workers):  # fmt: skip
         server_cpu = cpu_seconds(server_pid)
         await q.resume()
         await until_drained(q)
@@ -209,8 +216,9 @@ async def _start_workers(
     *,
     prefix: tuple[str, ...] = (),
     startup: float = STARTUP_TIMEOUT,
+    strategy: str = "fifo",
 ) -> list[BenchProcess]:
-    args = worker_args(client, concurrency, guaranteed)
+    args = [*worker_args(client, concurrency, guaranteed), "--strategy", strategy]
     workers = [BenchProcess("bench.worker", *args, prefix=prefix) for _ in range(processes)]
     for w in workers:
         await asyncio.to_thread(w.wait_ready, startup)

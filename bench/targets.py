@@ -146,6 +146,16 @@ def two_processes_row(one: ProcessRun, two: ProcessRun) -> Row:
                factor >= 1.0 and cpu <= SCALE_CPU)  # fmt: skip
 
 
+def strategy_row(strategy: str, run: ProcessRun, fifo: ProcessRun) -> Row:
+    """A lifo or priority queue's processing (every job moved to the run lane first) against
+    fifo's, guaranteed, concurrency 100 (no verdict: the cost of the order)."""
+    return Row(f"process, concurrency 100, guaranteed, strategy {strategy} (jobs on 10 lanes)",
+               rate(run.per_s), f"{run.per_s / fifo.per_s:.2f}x fifo ({rate(fifo.per_s)}); CPU "
+               f"per job: worker {micros(run.cpu_per_job)}, server "
+               f"{micros(run.server_cpu_per_job)}; requests per job: "
+               f"{run.requests_per_job:.1f}")  # fmt: skip
+
+
 def capacity_row(two: ProcessRun) -> Row:
     """What more cores would carry, from the measured CPU per job (no verdict)."""
     per_job = two.total_cpu_per_job

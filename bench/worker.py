@@ -113,6 +113,7 @@ async def run(args: argparse.Namespace) -> None:
             handle,
             concurrency=args.concurrency,
             guaranteed_worker=args.guaranteed,
+            strategy=args.strategy,
             client=client,
         )
         for name in args.queue
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--guaranteed", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--strategy", choices=("fifo", "lifo", "priority"), default="fifo")
     args = parser.parse_args()
     args.guaranteed = bool(args.guaranteed)
     log_like_production()

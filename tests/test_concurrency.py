@@ -77,9 +77,9 @@ def count_pops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         pops.append(time.monotonic())
         return await newest(self, stream, last_by_subject=last_by_subject)
 
-    async def direct_get_first(self: Nats, stream: str, *, next_by_subject: str) -> Any:
+    async def direct_get_first(self: Nats, stream: str, **query: Any) -> Any:
         pops.append(time.monotonic())
-        return await oldest(self, stream, next_by_subject=next_by_subject)
+        return await oldest(self, stream, **query)
 
     monkeypatch.setattr(Nats, "direct_get", direct_get)
     monkeypatch.setattr(Nats, "direct_get_first", direct_get_first)

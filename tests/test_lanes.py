@@ -88,7 +88,7 @@ async def test_a_lost_bell_is_made_up_for_by_looking_again(
         return None
 
     monkeypatch.setattr(claiming, "LOOK_AGAIN", 0.3)
-    monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject: None)  # every bell lost
+    monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject, seq: None)  # every bell lost
     q = queue("deaf", handler, client=client, strategy="priority")
     async with q:
         await asyncio.sleep(0.2)  # the worker has found every lane empty

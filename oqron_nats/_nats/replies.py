@@ -67,6 +67,8 @@ class Success(Reply):
     """The reply of a purge or a delete."""
 
     success: bool = False
+    purged: int = 0
+    """How many messages a purge removed."""
 
 
 class StreamState(msgspec.Struct):

@@ -61,6 +61,11 @@ class StreamAdmin(Connection):
         """Remove every message on ``subject`` from ``stream``."""
         await self._api(f"$JS.API.STREAM.PURGE.{stream}", {"filter": subject}, Success)
 
+    async def purge_before(self, stream: str, subject: str, seq: int) -> int:
+        """Remove the messages on ``subject`` below sequence ``seq``; how many there were."""
+        body = {"filter": subject, "seq": seq}
+        return (await self._api(f"$JS.API.STREAM.PURGE.{stream}", body, Success)).purged
+
     async def purge_later(self, stream: str, subject: str) -> None:
         """Ask the server to purge ``subject`` without waiting for the answer. The server runs
         purges apart from storing messages: one can overtake a message sent just before it."""

@@ -226,11 +226,11 @@ class Claimer:
             await puller.request(want, expires=PULL_EXPIRES)
         if self._popper is not None:  # lifo, priority: move jobs to the run lane, one per slot
             self._in_transit = min(self._in_transit, puller.outstanding)
-            while self._room() - self._in_transit > 0 and self._popper.maybe_nonempty:
-                self._in_transit += 1  # before the move: its delivery may come back at once
-                if not await self._popper.move_one():
-                    self._in_transit -= 1
-                    return
+            room = self._room() - self._in_transit
+            if room > 0 and self._popper.maybe_nonempty:
+                self._in_transit += room  # before the moves: their deliveries may come at once
+                moved = await self._popper.move(room)
+                self._in_transit -= room - moved
 
     async def _recreate_lost_consumer(self) -> bool:
         """Re-create the consumer if pulls suggest it is gone; True if it looked gone.
@@ -281,9 +281,9 @@ class Claimer:
                 continue
             self.paused_on_server = paused
 
-    def _on_bell(self, subject: str) -> None:
+    def _on_bell(self, subject: str, seq: int) -> None:
         if self._popper is not None:
-            self._popper.rang(subject)
+            self._popper.rang(subject, seq)
             self.wake.set()
 
     def _on_reconnect(self) -> None:

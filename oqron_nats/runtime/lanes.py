@@ -90,41 +90,65 @@ class LanePopper:
         """Lanes (None: every lane, lifo) a move found empty and no bell rang for since."""
         self._rings: Counter[int | None] = Counter()
         """Bells heard per lane: a lane read empty while its bell rang is not marked empty."""
+        self._from: dict[int, int] = {}
+        """Per priority lane, the sequence to read its oldest message from: a lane's messages
+        only land at its end, so reading from the last one moved saves the server a scan of
+        what went before (a bell of a lower sequence, a stream made anew, lowers it)."""
 
     @property
     def maybe_nonempty(self) -> bool:
         """Whether a lane may hold a job (False once every lane was found empty)."""
         return len(self._empty) < (self.plan.levels if self.plan is not None else 1)
 
-    def rang(self, subject: str) -> None:
-        """A bell rang: a message landed on the lane of ``subject``."""
+    def rang(self, subject: str, seq: int) -> None:
+        """A bell rang: message ``seq`` landed on the lane of ``subject``."""
         lane = self.names.bell_lane(subject) if self.plan is not None else None
         self._rings[lane] += 1
         self._empty.discard(lane)
+        if lane is not None and seq < self._from.get(lane, 0):
+            self._from[lane] = seq
 
     def forget_empty(self) -> None:
-        """Read every lane again (after a reconnect or a quiet while: a bell may be lost)."""
+        """Read every lane again, from its start (after a reconnect or a quiet while: a bell
+        may have been lost)."""
         self._rings.update(self._empty)
         self._empty.clear()
+        self._from.clear()
 
-    async def move_one(self) -> bool:
-        """Move the next job to the run lane; False if every lane was empty or contended."""
+    async def move(self, most: int) -> int:
+        """Move up to ``most`` jobs to the run lane, best lane first; how many were moved."""
         self.contended = False
-        lanes: list[tuple[int | None, str]] = (
-            [(None, self.names.lanes)]
-            if self.plan is None
-            else [(level, self.names.lane_filter(level)) for level in self.plan.order()]
-        )
-        for lane, subject in lanes:
+        if self.plan is None:
+            return await self._move_newest(most)
+        moved = 0
+        for lane in self.plan.order():
+            if moved >= most:
+                break
             if lane in self._empty:
                 continue
             rings = self._rings[lane]
-            outcome = await self.broker.move_to_run_lane(subject, newest=self.plan is None)
-            if outcome == "moved":
-                return True
-            if outcome == "contended":  # others are moving this lane's jobs: not a worse lane's
+            got, next_from = await self.broker.move_oldest(
+                self.names.lane_filter(lane), self._from.get(lane, 0), most - moved
+            )
+            if next_from < 0:  # nothing there, unless its bell rang meanwhile
+                if self._rings[lane] == rings:
+                    self._empty.add(lane)
+                continue
+            self._from[lane] = next_from
+            moved += got
+            if not got:  # others moved every one of these: look again soon, not at worse lanes
                 self.contended = True
-                return False
-            if self._rings[lane] == rings:  # a bell rang meanwhile: the read may be older
-                self._empty.add(lane)
-        return False
+                break
+        return moved
+
+    async def _move_newest(self, most: int) -> int:
+        """lifo: move the newest job, one at a time (a read finds only the last)."""
+        for moved in range(most):
+            rings = self._rings[None]
+            outcome = await self.broker.move_newest()
+            if outcome == "empty" and self._rings[None] == rings:
+                self._empty.add(None)
+            if outcome != "moved":
+                self.contended = outcome == "contended"
+                return moved
+        return most

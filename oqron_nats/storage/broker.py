@@ -13,13 +13,23 @@ later re-enqueue (a retry, an admin rerun) gets a new generation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
-from .._nats import ConsumerSpec, Delivery, JetStreamError, Msg, Nats, Puller, ensure_consumer
+from .._nats import (
+    ConsumerSpec,
+    Delivery,
+    JetStreamError,
+    Msg,
+    Nats,
+    Puller,
+    StoredMsg,
+    ensure_consumer,
+)
 from .._nats.names import (
     CORRELATION_HEADER,
     KEPT_SCHEDULE_NEXT_HEADER,
@@ -39,7 +49,8 @@ from .control import PAUSED_FOREVER
 from .store import CorruptRecord, RawJob, Record, Stored, decode_record
 
 Move = Literal["moved", "empty", "contended"]
-"""What a move to the run lane did: moved a message, found none, or lost every try to others."""
+"""What a move to the run lane did: moved a message, found none, or lost every try to others
+(lifo and priority move each job from its lane to the run lane before a worker claims it)."""
 MOVE_TRIES = 5
 """Moves tried in a row before giving way to the workers that took each message first."""
 RECORD_COPY_MAX = 4096
@@ -199,38 +210,59 @@ class Broker:
             on_alive=on_alive,
         )
 
-    async def move_to_run_lane(self, lanes: str, *, newest: bool) -> Move:
-        """Move the newest (lifo) or the oldest (priority) message on ``lanes`` to the run lane.
+    async def move_oldest(self, lane: str, from_seq: int, most: int) -> tuple[int, int]:
+        """Move up to ``most`` of the oldest messages on ``lane`` (a wildcard) from sequence
+        ``from_seq`` on to the run lane (priority): one read, one round of copies, one purge.
 
-        The copy is published before the original is deleted, so the job is always in the
-        stream; two workers moving the same message make one copy (its message id), and the
-        one whose delete finds it gone takes the next, up to MOVE_TRIES times ("contended").
+        Messages only ever land at a lane's end, so once the ones read are copied, every
+        message of the lane below the last one read is copied (by this worker, or moved by
+        another first): the purge of the lane below it removes only those. Returns how many
+        this call removed, and the sequence to read the lane from next time (-1: it was empty).
         """
-        stream = self.names.stream
+        found, _ = await self.conn.direct_batch(
+            self.names.stream, start=from_seq, batch=most, subject=lane
+        )
+        if not found:
+            return 0, -1
+        await asyncio.gather(*(self._copy(message) for message in found))
+        after = found[-1].seq + 1
+        return await self.conn.purge_before(self.names.stream, lane, after), after
+
+    async def move_newest(self) -> Move:
+        """Move the newest lane message to the run lane (lifo)."""
         for _ in range(MOVE_TRIES):
-            if newest:
-                top = await self.conn.direct_get(stream, last_by_subject=lanes)
-            else:
-                top = await self.conn.direct_get_first(stream, next_by_subject=lanes)
+            top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
             if top is None:
                 return "empty"
-            headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
-            headers[MSG_ID_HEADER] = f"pop-{top.seq}"
-            if SCHEDULER_HEADER in top.headers:  # a tick of a repeating schedule: keep its time
-                headers[KEPT_SCHEDULER_HEADER] = top.headers[SCHEDULER_HEADER]
-                headers[KEPT_SCHEDULE_NEXT_HEADER] = top.headers.get(SCHEDULE_NEXT_HEADER, "")
-            token = top.subject.rsplit(".", 1)[-1]  # the job id, or =<name> for a tick
-            await self.conn.publish(self.names.run(token), top.data, headers)
-            if await self.conn.delete_msg(stream, top.seq):
+            if await self._move(top):
                 return "moved"
         return "contended"
 
-    async def listen_bell(self, rang: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
-        """Call ``rang`` with the lane subject whenever a job message lands on a lane; returns
-        the stop call."""
+    async def _move(self, top: StoredMsg) -> bool:
+        """Copy a lane message to the run lane, then delete the original (False if another
+        worker deleted it first: it moved the job)."""
+        await self._copy(top)
+        return await self.conn.delete_msg(self.names.stream, top.seq)
+
+    async def _copy(self, top: StoredMsg) -> None:
+        """Publish a lane message's copy to the run lane, before its original is deleted: the
+        job is always in the stream. Two workers moving the same message make one copy (its
+        message id)."""
+        headers = {k: v for k, v in top.headers.items() if not k.startswith("Nats-")}
+        headers[MSG_ID_HEADER] = f"pop-{top.seq}"
+        if SCHEDULER_HEADER in top.headers:  # a tick of a repeating schedule: keep its time
+            headers[KEPT_SCHEDULER_HEADER] = top.headers[SCHEDULER_HEADER]
+            headers[KEPT_SCHEDULE_NEXT_HEADER] = top.headers.get(SCHEDULE_NEXT_HEADER, "")
+        token = top.subject.rsplit(".", 1)[-1]  # the job id, or =<name> for a tick
+        await self.conn.publish(self.names.run(token), top.data, headers)
+
+    async def listen_bell(self, rang: Callable[[str, int], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``rang`` with the bell's subject (the lane's, under the bell) and the message's
+        stream sequence whenever a job message lands on a lane; returns the stop call."""
 
         async def heard(msg: Msg) -> None:
-            rang(msg.subject)
+            seq = (msg.headers or {}).get("Nats-Sequence", "")
+            rang(msg.subject, int(seq) if seq.isdigit() else 0)
 
         sub = await self.conn.subscribe(self.names.bell, heard)
         return sub.unsubscribe
