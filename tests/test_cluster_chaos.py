@@ -35,8 +35,8 @@ def quiet_publisher() -> Iterator[None]:
     library.setLevel(saved)
 
 
-async def check(name: str, tmp_path: Path) -> ClusterOutcome:
-    outcome = await run_scenario(name, tmp_path, full=FULL)
+async def check(name: str, tmp_path: Path, strategy: str = "fifo") -> ClusterOutcome:
+    outcome = await run_scenario(name, tmp_path, full=FULL, strategy=strategy)
     account = "\n".join(outcome.lines())
     print(account)
     assert outcome.ok, account
@@ -45,6 +45,12 @@ async def check(name: str, tmp_path: Path) -> ClusterOutcome:
 
 async def test_1_killing_the_leader_of_the_stream_and_its_consumer(tmp_path: Path) -> None:
     await check("leader", tmp_path)
+
+
+async def test_1_under_the_priority_strategy(tmp_path: Path) -> None:
+    """The same kills while every job moves from its lane to the run lane first: batch reads
+    answered by any replica, copies, purges below the last one read."""
+    await check("leader", tmp_path, strategy="priority")
 
 
 async def test_2_killing_the_consumer_leader_alone(tmp_path: Path) -> None:

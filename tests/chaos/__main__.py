@@ -79,14 +79,14 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--strategy", choices=["fifo", "lifo", "priority"], default="fifo",
-        help="the queue's strategy (single-server scenarios)",
+        help="the queue's strategy",
     )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="where histories and reports are kept")
     args = parser.parse_args()
     # this process is an application: keep the harness's own client quiet (workers log to files)
     logging.getLogger("oqron_nats").setLevel(logging.ERROR)
     if args.cluster:
-        return await cluster_main(args.names, args.full, args.seed, args.workdir)
+        return await cluster_main(args.names, args.full, args.seed, args.workdir, args.strategy)
     chosen = scenarios(args.full)
     names = args.names or list(chosen)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oqron-chaos-"))
@@ -105,7 +105,9 @@ async def main() -> int:
     return 0 if ok else 1
 
 
-async def cluster_main(names: list[str], full: bool, seed: int, workdir: Path | None) -> int:
+async def cluster_main(
+    names: list[str], full: bool, seed: int, workdir: Path | None, strategy: str
+) -> int:
     """Run the cluster scenarios; print the table, then every run's account."""
     unknown = set(names) - set(cluster.SCENARIOS)
     if unknown:
@@ -117,7 +119,7 @@ async def cluster_main(names: list[str], full: bool, seed: int, workdir: Path | 
     print("", *cluster.table_header(), sep="\n", flush=True)
     outcomes = []
     for name in names or list(cluster.SCENARIOS):
-        outcome = await cluster.run_scenario(name, workdir, full, seed)
+        outcome = await cluster.run_scenario(name, workdir, full, seed, strategy)
         outcomes.append(outcome)
         print(cluster.table_row(outcome), flush=True)
     print(f"\n{cluster.TABLE_NOTE}\n")

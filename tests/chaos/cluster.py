@@ -70,7 +70,6 @@ from .harness import (
 T = TypeVar("T")
 How = Literal["kill", "term", "hang"]
 REPLICAS = 3
-CONSUMER = "fifo"
 RESUME_TARGET = 10.0
 """Seconds from ``ready`` (the new leaders elected) within which every worker must have
 completed a job again: the issue's target."""
@@ -123,12 +122,12 @@ FULL = Size(rate=30.0, down=5.0, hang=20.0, hold=5.0, runs=3, resume_limit=30.0,
 """The full size: three runs of each scenario, longer outages, twice the load."""
 
 
-def load_of(size: Size) -> Scenario:
+def load_of(size: Size, strategy: str = "fifo") -> Scenario:
     """The worker settings and the load ceiling of a run (ack_wait = 3 + 1 + 1 = 5 s)."""
     return Scenario(
         "cluster", "3-node R3 cluster, node faults under load", jobs=size.max_jobs,
         duration=size.max_jobs / size.rate, workers=3, concurrency=4, lock_ttl=3.0,
-        heartbeat=1.0,
+        heartbeat=1.0, strategy=strategy,
     )  # fmt: skip
 
 
@@ -472,7 +471,14 @@ class ClusterRun:
     """The parts of one run, and the nemesis's moves."""
 
     def __init__(
-        self, cluster: LocalCluster, client: Client, files: Files, size: Size, seed: int
+        self,
+        cluster: LocalCluster,
+        client: Client,
+        files: Files,
+        size: Size,
+        seed: int,
+        *,
+        strategy: str = "fifo",
     ) -> None:
         self.cluster = cluster
         self.client = client
@@ -480,7 +486,9 @@ class ClusterRun:
         self.names = client.names(QUEUE)
         self.files = files
         self.size = size
-        self.load = load_of(size)
+        self.load = load_of(size, strategy)
+        self.consumer = strategy
+        """The queue's one consumer (named after its strategy)."""
         self.rng = random.Random(seed)
         self.workers = NodeWorkers(cluster, self.load, files.handler)
         self.completions = Completions(files.handler)
@@ -554,7 +562,7 @@ class ClusterRun:
         if role == "meta":
             return self.cluster.meta_leader()
         if role == "consumer":
-            return self.cluster.consumer_leader(self.names.stream, CONSUMER)
+            return self.cluster.consumer_leader(self.names.stream, self.consumer)
         return self.cluster.stream_leader(self.stream_of(role))
 
     def stream_of(self, role: str) -> str:
@@ -592,7 +600,7 @@ class ClusterRun:
         subject = (
             f"$JS.API.STREAM.LEADER.STEPDOWN.{self.names.stream}"
             if role == "stream"
-            else f"$JS.API.CONSUMER.LEADER.STEPDOWN.{self.names.stream}.{CONSUMER}"
+            else f"$JS.API.CONSUMER.LEADER.STEPDOWN.{self.names.stream}.{self.consumer}"
         )
         body = json.dumps({"placement": {"preferred": node}}).encode()
         nc = await self.observer([])
@@ -683,7 +691,7 @@ class ClusterRun:
                 return await asyncio.to_thread(self.cluster.meta_leader)
             try:
                 if role == "consumer":
-                    info: Any = await js.consumer_info(self.names.stream, CONSUMER)
+                    info: Any = await js.consumer_info(self.names.stream, self.consumer)
                 else:
                     info = await js.stream_info(self.stream_of(role))
             except (nats.errors.Error, TimeoutError):  # no leader yet: no answer, or a 503
@@ -1019,14 +1027,16 @@ SCENARIOS: dict[str, Spec] = {
 }
 
 
-async def run_once(name: str, workdir: Path, size: Size, seed: int = 1) -> RunResult:
+async def run_once(
+    name: str, workdir: Path, size: Size, seed: int = 1, strategy: str = "fifo"
+) -> RunResult:
     """One run of a scenario on a fresh cluster."""
     files = Files(workdir)
     started = time.monotonic()
     cluster = await asyncio.to_thread(LocalCluster(REPLICAS, store_dir=workdir / "nodes").start)
     try:
         async with Client(cluster.urls, namespace=NAMESPACE, replicas=REPLICAS) as client:
-            run = ClusterRun(cluster, client, files, size, seed)
+            run = ClusterRun(cluster, client, files, size, seed, strategy=strategy)
             try:
                 await SCENARIOS[name].nemesis(run)
                 finals, dead, drift = await run.finish()
@@ -1091,11 +1101,13 @@ class ClusterOutcome:
         return text + (f" ({never} never)" if never else "")
 
 
-async def run_scenario(name: str, workdir: Path, full: bool, seed: int = 1) -> ClusterOutcome:
-    """Every run of one scenario at CI or full size."""
+async def run_scenario(
+    name: str, workdir: Path, full: bool, seed: int = 1, strategy: str = "fifo"
+) -> ClusterOutcome:
+    """Every run of one scenario at CI or full size (the workers' queue of ``strategy``)."""
     size = FULL if full else CI
     runs = [
-        await run_once(name, workdir / f"{name}-run{k + 1}", size, seed + k)
+        await run_once(name, workdir / f"{name}-run{k + 1}", size, seed + k, strategy)
         for k in range(size.runs)
     ]
     return ClusterOutcome(name, runs)
