@@ -32,7 +32,7 @@ from .helpers import eventually, wait_for_state
 from .secured import SecuredServer
 
 NS = "roles"
-QUEUES = ("orders", "stack")
+QUEUES = ("orders", "stack", "ranked")
 """The publisher's and the worker's queues; "billing" belongs to nobody here."""
 FAST = {"retry_deadline": 3.0, "request_timeout": 1.0}
 
@@ -97,6 +97,7 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
         assert await orders.count() == 5
         assert (await orders.get_job(parent.id)) is not None
         stacked = await queue("stack", client=publisher).add({"n": 4})
+        ranked = await queue("ranked", client=publisher).add({"n": 6}, priority=2)
 
         worker = client_of(server, "worker")
         seen: list[str] = []
@@ -114,6 +115,7 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
                 "orders", handle, client=worker, retries=retries, dead_letter=DeadLetter()
             ) as consumer,  # fmt: skip
             queue("stack", handle, client=worker, strategy="lifo"),
+            queue("ranked", handle, client=worker, strategy="priority"),
         ):
             for job in (parent, child, later, flaky):
                 await wait_for_state(consumer, job.id, JobState.COMPLETED, timeout=15)
@@ -122,6 +124,11 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
                 lambda: _state(queue("stack", client=publisher), stacked.id, JobState.COMPLETED),
                 timeout=15,
                 what="the lifo job",
+            )
+            await eventually(
+                lambda: _state(queue("ranked", client=publisher), ranked.id, JobState.COMPLETED),
+                timeout=15,
+                what="the priority job",
             )
             assert (await orders.wait(parent.id, timeout=5)).state == JobState.COMPLETED
             assert [j.id for j in await orders.get_jobs(JobState.FAILED)] == [doomed.id]

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..core.job import JobState
+from ..core.naming import PRIORITY_LEVELS
 from .names import Names
 
 Role = Literal["publisher", "worker", "admin"]
@@ -145,15 +146,17 @@ def _worker_publish(names: Names) -> list[str]:
         *(f"{API}.DIRECT.GET.{names.legacy_index_stream(s)}" for s in JobState),
         *(f"{API}.STREAM.DELETE.{names.legacy_index_stream(s)}" for s in JobState),
         f"{API}.CONSUMER.CREATE.{stream}.>",
+        # the per-lane consumers of 0.1's priority queues, deleted at start
+        *(f"{API}.CONSUMER.DELETE.{stream}.p{level}" for level in range(PRIORITY_LEVELS)),
         f"{API}.CONSUMER.NAMES.{stream}",
         f"{API}.CONSUMER.PAUSE.{stream}.*",
         f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
         f"$JS.ACK.{stream}.>",
-        f"{API}.DIRECT.GET.{stream}",  # lifo pops, the orphan sweep
+        f"{API}.DIRECT.GET.{stream}",  # lifo and priority moves, the orphan sweep
         f"{API}.DIRECT.GET.{stream}.{names.lanes}",  # a schedule's newest tick (missed ticks)
         f"{API}.STREAM.MSG.GET.{stream}",  # ... at the leader, while a replica hangs
-        f"{API}.STREAM.MSG.DELETE.{stream}",  # lifo pops, foreign schedules
-        f"{API}.STREAM.PURGE.{stream}",  # held jobs released, delays promoted
+        f"{API}.STREAM.MSG.DELETE.{stream}",  # lifo moves, foreign schedules
+        f"{API}.STREAM.PURGE.{stream}",  # held jobs released, delays promoted, priority moves
         f"$KV.{locks}.{names.queue}.>",  # leases and roles
         f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
         f"$KV.{queues}.{names.queue}.>",  # presence
