@@ -6,19 +6,21 @@ lane nobody reads. Each strategy has one consumer (one Raft group on a cluster).
 
 * **fifo**: one consumer over every lane: jobs run in the order they were added (priority is
   kept on the record but does not reorder).
-* **priority**: a worker with a free slot moves the oldest job of the best lane that has one
-  (``p0`` first, then ``p1`` and so on) to the queue's run lane and claims it through the run
-  lane's consumer, so a late ``p0`` job overtakes a backlog. Against starvation, every 10th move
-  starts at a lower lane in rotation (``p1``, ``p2``, ... ``p9``): under sustained load on
-  ``p0``, every lower level still gets at least one move in 90.
-* **lifo**: the same move, of the newest message over every lane.
+* **priority**: a worker with free slots moves as many of the oldest jobs of the best lanes
+  (``p0`` first, then ``p1`` and so on) to the queue's run lane and claims them through the run
+  lane's consumer, so a late ``p0`` job overtakes a backlog. Against starvation, every 10th round
+  of moves starts at a lower lane in rotation (``p1``, ``p2``, ... ``p9``): under sustained load
+  on ``p0``, every lower level still gets at least one round in 90.
+* **lifo**: the same, one job at a time, of the newest message over every lane.
 
-A move is a direct get (the oldest or newest message on the lanes), a publish of its copy to the
-run lane, then the delete of the original, in that order: a moved job is always in the stream
-(in its lane or the run lane) until it is acked, so crash safety is the same as for fifo. Only
-as many jobs are moved as the worker has free slots, so the run lane holds no backlog to
-reorder. A lane found empty is not read again until its bell rings (every lane message is
-republished, headers only, to the queue's bell) or the worker looks again anyway.
+A move reads the job's message, publishes its copy to the run lane, then removes the original,
+in that order: a moved job is always in the stream (in its lane or the run lane) until it is
+acked, so crash safety is the same as for fifo. priority moves in batches (one read of a lane's
+oldest messages, their copies, one purge of the lane below the last one read); lifo reads the
+newest message and deletes it. Only as many jobs are moved as the worker has free slots, so the
+run lane holds no backlog to reorder. A lane found empty is not read again until its bell rings
+(every lane message is republished, headers only, to the queue's bell) or the worker looks
+again anyway.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..core.naming import PRIORITY_LEVELS
 from ..storage.broker import Broker
 
 FAIRNESS_EVERY = 10
-"""Every this many moves, a priority worker starts at a lower lane (anti-starvation)."""
+"""Every this many rounds of moves, a priority worker starts at a lower lane (anti-starvation)."""
 
 
 def consumer_spec(config: QueueConfig, names: Names, replicas: int) -> ConsumerSpec:
@@ -58,7 +60,7 @@ def is_legacy_lane_consumer(consumer: str) -> bool:
 
 
 class PriorityPlan:
-    """The lane order of each move: strict priority with a rotating fairness round."""
+    """The lane order of each round of moves: strict priority with a rotating fairness round."""
 
     def __init__(self, levels: int = PRIORITY_LEVELS, every: int = FAIRNESS_EVERY) -> None:
         self.levels = levels
@@ -67,7 +69,7 @@ class PriorityPlan:
         self._next_low = 1
 
     def order(self) -> list[int]:
-        """The lanes to try, first to last, for the next move."""
+        """The lanes to try, first to last, for the next round of moves."""
         self._rounds += 1
         if self.levels < 2 or self._rounds % self.every:
             return list(range(self.levels))
