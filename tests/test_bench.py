@@ -16,9 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCESS = [
     f"process, concurrency {c}, guaranteed_worker={g}" for c in (10, 100) for g in (True, False)
 ]
+ORDERED = ("priority", "lifo")
+"""The strategies whose processing is measured against fifo's (no target)."""
 CRITICAL = "round trips on the critical path per guaranteed job, concurrency 100"
 CONTEXT = [
     "what more cores would carry, guaranteed",
+    *(f"process, concurrency 100, guaranteed, strategy {s} (jobs on 10 lanes)" for s in ORDERED),
     "raw nats-py: js.publish one at a time",
     "raw nats-py: publish_async of 1,000",
     "raw nats-py: fetch(100)+ack",
