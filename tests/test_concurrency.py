@@ -68,21 +68,22 @@ def count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str]]:
 
 
 def count_pops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record every direct get of a lane's newest or oldest message (a move's attempt: lifo,
-    priority), with its time."""
+    """Record every read of the lanes a move makes (lifo: the newest message; priority: a
+    batch of the oldest on the work stream), with its time."""
     pops: list[float] = []
-    newest, oldest = Nats.direct_get, Nats.direct_get_first
+    newest, batch = Nats.direct_get, Nats.direct_batch
 
     async def direct_get(self: Nats, stream: str, *, last_by_subject: str) -> Any:
         pops.append(time.monotonic())
         return await newest(self, stream, last_by_subject=last_by_subject)
 
-    async def direct_get_first(self: Nats, stream: str, **query: Any) -> Any:
-        pops.append(time.monotonic())
-        return await oldest(self, stream, **query)
+    async def direct_batch(self: Nats, stream: str, **query: Any) -> Any:
+        if "_Q_" in stream:  # the work stream's lanes, not the records (maintenance passes)
+            pops.append(time.monotonic())
+        return await batch(self, stream, **query)
 
     monkeypatch.setattr(Nats, "direct_get", direct_get)
-    monkeypatch.setattr(Nats, "direct_get_first", direct_get_first)
+    monkeypatch.setattr(Nats, "direct_batch", direct_batch)
     return pops
 
 

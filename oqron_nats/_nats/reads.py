@@ -46,13 +46,6 @@ class Reads(Connection):
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
         return await self._read_one(stream, {"last_by_subj": last_by_subject})
 
-    async def direct_get_first(
-        self, stream: str, *, next_by_subject: str, from_seq: int = 0
-    ) -> StoredMsg | None:
-        """The oldest message on ``next_by_subject`` (wildcards allowed) at or after sequence
-        ``from_seq``, or None."""
-        return await self._read_one(stream, {"seq": from_seq, "next_by_subj": next_by_subject})
-
     async def has_message(self, stream: str, seq: int) -> bool:
         """Whether the message with sequence ``seq`` is still in the stream."""
         return await self._read_one(stream, {"seq": seq}) is not None

@@ -197,7 +197,7 @@ class Claimer:
             if self.trouble:  # back off while things go wrong: a delivery or heartbeat resets it
                 await wait(self._stopping, min(look_again, backoff(self.trouble)))
             elif not await wait(self.wake, look_again) and self._popper is not None:
-                self._popper.forget_empty()  # a quiet while: a bell may have been lost
+                self._popper.quiet(LOOK_AGAIN)  # a bell may have been lost
 
     def _look_again_in(self) -> float:
         """Seconds until the loop must look again though nothing woke it: the throttle's next

@@ -25,6 +25,7 @@ again anyway.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from .._nats import ConsumerSpec
@@ -96,6 +97,7 @@ class LanePopper:
         """Per priority lane, the sequence to read its oldest message from: a lane's messages
         only land at its end, so reading from the last one moved saves the server a scan of
         what went before (a bell of a lower sequence, a stream made anew, lowers it)."""
+        self._forgot = time.monotonic()
 
     @property
     def maybe_nonempty(self) -> bool:
@@ -111,11 +113,18 @@ class LanePopper:
             self._from[lane] = seq
 
     def forget_empty(self) -> None:
-        """Read every lane again, from its start (after a reconnect or a quiet while: a bell
-        may have been lost)."""
+        """Read every lane again, from its start (after a reconnect: a bell may have been
+        lost)."""
         self._rings.update(self._empty)
         self._empty.clear()
         self._from.clear()
+        self._forgot = time.monotonic()
+
+    def quiet(self, every: float) -> None:
+        """Nothing woke the worker: read every lane again if ``every`` seconds passed since it
+        last did (a bell is core NATS and can be lost)."""
+        if time.monotonic() - self._forgot >= every:
+            self.forget_empty()
 
     async def move(self, most: int) -> int:
         """Move up to ``most`` jobs to the run lane, best lane first; how many were moved."""
