@@ -138,7 +138,7 @@ class LanePopper:
             if lane in self._empty:
                 continue
             rings = self._rings[lane]
-            got, next_from = await self.broker.move_oldest(
+            got, next_from, more = await self.broker.move_oldest(
                 self.names.lane_filter(lane), self._from.get(lane, 0), most - moved
             )
             if next_from < 0:  # nothing there, unless its bell rang meanwhile
@@ -147,8 +147,8 @@ class LanePopper:
                 continue
             self._from[lane] = next_from
             moved += got
-            if not got:  # others moved every one of these: look again soon, not at worse lanes
-                self.contended = True
+            if more or not got:  # the lane holds more, or others moved these: no worse lane now
+                self.contended = moved < most  # others took some: look again soon
                 break
         return moved
 

@@ -210,23 +210,24 @@ class Broker:
             on_alive=on_alive,
         )
 
-    async def move_oldest(self, lane: str, from_seq: int, most: int) -> tuple[int, int]:
+    async def move_oldest(self, lane: str, from_seq: int, most: int) -> tuple[int, int, int]:
         """Move up to ``most`` of the oldest messages on ``lane`` (a wildcard) from sequence
         ``from_seq`` on to the run lane (priority): one read, one round of copies, one purge.
 
         Messages only ever land at a lane's end, so once the ones read are copied, every
         message of the lane below the last one read is copied (by this worker, or moved by
         another first): the purge of the lane below it removes only those. Returns how many
-        this call removed, and the sequence to read the lane from next time (-1: it was empty).
+        this call removed, the sequence to read the lane from next time (-1: it was empty), and
+        how many more the lane held after the ones read.
         """
-        found, _ = await self.conn.direct_batch(
+        found, more = await self.conn.direct_batch(
             self.names.stream, start=from_seq, batch=most, subject=lane
         )
         if not found:
-            return 0, -1
+            return 0, -1, 0
         await asyncio.gather(*(self._copy(message) for message in found))
         after = found[-1].seq + 1
-        return await self.conn.purge_before(self.names.stream, lane, after), after
+        return await self.conn.purge_before(self.names.stream, lane, after), after, more
 
     async def move_newest(self) -> Move:
         """Move the newest lane message to the run lane (lifo)."""
