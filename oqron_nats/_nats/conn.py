@@ -285,12 +285,12 @@ class Connection:
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core NATS subscription delivering to ``cb``."""
-        with _as_unavailable():
+        with _AS_UNAVAILABLE:
             return await self.nc.subscribe(subject, cb=cb)
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """A subscription whose messages go straight to ``handler`` (see :mod:`.direct`)."""
-        with _as_unavailable():
+        with _AS_UNAVAILABLE:
             return await self.nc.subscribe_direct(subject, handler)
 
     async def publish_core(
@@ -302,7 +302,7 @@ class Connection:
         headers: dict[str, str] | None = None,
     ) -> None:
         """A core NATS publish: fire and forget."""
-        with _as_unavailable():
+        with _AS_UNAVAILABLE:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
 
 
@@ -339,11 +339,7 @@ class _AsUnavailable:
 
 
 _AS_UNAVAILABLE = _AsUnavailable()
-
-
-def _as_unavailable() -> _AsUnavailable:
-    """The context in which nats-py's errors become Unavailable (stateless: one for all)."""
-    return _AS_UNAVAILABLE
+"""The context in which nats-py's errors become Unavailable (stateless: one for all)."""
 
 
 class _Failed(Exception):

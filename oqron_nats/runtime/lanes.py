@@ -97,7 +97,7 @@ class LanePopper:
         """Per priority lane, the sequence to read its oldest message from: a lane's messages
         only land at its end, so reading from the last one moved saves the server a scan of
         what went before (a bell of a lower sequence, a stream made anew, lowers it)."""
-        self._forgot = time.monotonic()
+        self._read_all_at = time.monotonic()
 
     @property
     def maybe_nonempty(self) -> bool:
@@ -118,12 +118,12 @@ class LanePopper:
         self._rings.update(self._empty)
         self._empty.clear()
         self._from.clear()
-        self._forgot = time.monotonic()
+        self._read_all_at = time.monotonic()
 
     def quiet(self, every: float) -> None:
         """Nothing woke the worker: read every lane again if ``every`` seconds passed since it
         last did (a bell is core NATS and can be lost)."""
-        if time.monotonic() - self._forgot >= every:
+        if time.monotonic() - self._read_all_at >= every:
             self.forget_empty()
 
     async def move(self, most: int) -> int:

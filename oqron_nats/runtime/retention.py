@@ -97,22 +97,14 @@ class Retainer:
         one the execution holds. Best effort: the next finish trims again."""
         policy = policy_for(job, job.state, self.config)
         try:
-            if isinstance(policy, int) and not isinstance(policy, bool):
+            if policy is True:
+                await self.backend.store.remove(job, revision)
+            elif isinstance(policy, int) and not isinstance(policy, bool):
                 async with self.trimming:
-                    await apply(self.backend, job, revision, policy)
-            else:
-                await apply(self.backend, job, revision, policy)
+                    await self.backend.store.index.settle(job.id, job.state)  # count this job
+                    await trim(self.backend, job.state, keep=policy)
         except Exception as exc:  # a kept record harms nobody
             log.warning("retention not applied", job_id=job.id, error=repr(exc))
-
-
-async def apply(backend: Backend, job: RawJob, revision: int, policy: Retention | None) -> None:
-    """Remove the job, or trim its state to N jobs, as the policy says (after the ack)."""
-    if policy is True:
-        await backend.store.remove(job, revision)
-    elif isinstance(policy, int) and not isinstance(policy, bool):
-        await backend.store.index.settle(job.id, job.state)  # the count must include this job
-        await trim(backend, job.state, keep=policy)
 
 
 async def trim(backend: Backend, state: JobState, keep: int) -> int:

@@ -487,8 +487,6 @@ class ClusterRun:
         self.files = files
         self.size = size
         self.load = load_of(size, strategy)
-        self.consumer = strategy
-        """The queue's one consumer (named after its strategy)."""
         self.rng = random.Random(seed)
         self.workers = NodeWorkers(cluster, self.load, files.handler)
         self.completions = Completions(files.handler)
@@ -564,6 +562,11 @@ class ClusterRun:
         if role == "consumer":
             return self.cluster.consumer_leader(self.names.stream, self.consumer)
         return self.cluster.stream_leader(self.stream_of(role))
+
+    @property
+    def consumer(self) -> str:
+        """The queue's one consumer (named after its strategy)."""
+        return self.load.strategy
 
     def stream_of(self, role: str) -> str:
         """The stream behind a role other than meta and consumer."""
