@@ -138,3 +138,32 @@ async def _true(value: bool) -> bool:
 
 async def _counted(q: Any, state: JobState, n: int) -> bool:
     return bool(await q.count(state) == n)
+
+
+async def test_foreign_messages_on_priority_lanes_are_moved_and_removed_like_any_other(
+    client: Client,
+) -> None:
+    """Garbage on a lane (a body that is no job id, a job with no record, a big body) is copied
+    to the run lane and rejected there; the jobs around it run and the stream ends empty."""
+    ran: list[str] = []
+
+    async def handler(ctx) -> None:
+        ran.append(ctx.id)
+
+    publisher = queue("foreign", client=client)
+    before = await publisher.add({"n": 1}, priority=3)
+    behind = Backstage(client, publisher.name)
+    await behind.publish_on_lane("a", b"\x00\xff not an id", priority=3)
+    await behind.publish_on_lane("b", b"x" * 9_000, priority=0)
+    await behind.publish_on_lane("c", b"no-such-job", priority=3)
+    after = await publisher.add({"n": 2}, priority=3)
+    q = queue("foreign", handler, client=client, strategy="priority")
+    async with q:
+        for job in (before, after):
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+        await eventually(lambda: _counted_messages(behind, 0), what="the garbage removed")
+    assert sorted(ran) == sorted([before.id, after.id])
+
+
+async def _counted_messages(behind: Backstage, n: int) -> bool:
+    return await behind.work_messages() == n
