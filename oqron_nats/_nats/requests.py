@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import weakref
 from contextvars import ContextVar
 
 import nats.errors
@@ -21,16 +22,19 @@ from .direct import DirectClient
 
 NO_RESPONDERS = "503"
 
-_critical_path: ContextVar[asyncio.Task[object] | None] = ContextVar(
+_critical_path: ContextVar[weakref.ref[asyncio.Task[object]] | None] = ContextVar(
     "oqron_critical_path", default=None
 )
+"""A weak reference: the task's own context holds it, and a task in it would be a reference
+cycle (freed only by the cycle collector, as would everything the task's job left behind)."""
 
 
 def on_critical_path() -> None:
     """Count the requests the current task awaits from now on as its job's critical path
     (``Requests.critical``): the round trips a job waits for one after the other; those of the
     tasks it starts run beside it and are not counted."""
-    _critical_path.set(asyncio.current_task())
+    task = asyncio.current_task()
+    _critical_path.set(None if task is None else weakref.ref(task))
 
 
 class Requests:
@@ -72,7 +76,7 @@ class Requests:
         token = str(next(self._tokens))
         self.sent += 1
         critical = _critical_path.get()
-        if critical is not None and critical is asyncio.current_task():
+        if critical is not None and critical() is asyncio.current_task():
             self.critical += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()

@@ -95,8 +95,9 @@ class Execution:
         """This execution's task while it awaits an async handler (which runs in it: no task of
         its own), for abort() to cancel."""
         self._handler_cancelled = False
-        self._progress = ProgressWriter(self._store_progress)
-        self._ctx: JobContext[Any] | None = None
+        self._progress: ProgressWriter | None = None
+        """Made at the handler's first progress call (most never make one)."""
+        self._discarded = False
 
     @property
     def job_id(self) -> str | None:
@@ -128,6 +129,7 @@ class Execution:
             await self.held.release()
         finally:
             self._handler_done()
+            self._progress = None  # it calls back into this execution: a reference cycle
 
     def _handler_done(self) -> None:
         leave, self._leave_slot = self._leave_slot, None
@@ -328,10 +330,9 @@ class Execution:
             tags=list(job.tags),
             fencing_token=self.held.revision,  # the claim's write: every claim's is newer
             signal=self.signal,
-            on_progress=self._progress.update,
+            on_progress=self._update_progress,
             loop=asyncio.get_running_loop(),
         )
-        self._ctx = ctx
         token = current_correlation_id.set(job.correlation_id)
         try:
             if rt.executor is None:
@@ -342,6 +343,7 @@ class Execution:
                 result = await loop.run_in_executor(rt.executor, call, rt.handler, ctx)
         finally:
             current_correlation_id.reset(token)
+            self._discarded = ctx.discarded is not None
         if ctx.discarded is not None:
             raise Discarded(ctx.discarded)
         return result
@@ -378,6 +380,11 @@ class Execution:
         log.warning("lease lost; this attempt will commit nothing", job_id=self.job_id, reason=why)
         self.abort(f"lease lost: {why}")
 
+    def _update_progress(self, percent: float, label: str | None) -> asyncio.Future[None]:
+        if self._progress is None:
+            self._progress = ProgressWriter(self._store_progress)
+        return self._progress.update(percent, label)
+
     async def _store_progress(self, percent: float, label: str | None) -> bool:
         try:
             return await self.held.write_progress(percent, label, stopped=self.signal.aborted)
@@ -388,7 +395,8 @@ class Execution:
     # -- 3. settle: the final record by CAS (runtime/settle.py), then the log line and hooks ---
 
     async def _settle(self, ran: Ran, duration: float) -> None:
-        await self._progress.flushed()  # one asked for just before the handler returned
+        if self._progress is not None:  # one asked for just before the handler returned
+            await self._progress.flushed()
         if self.signal.aborted:
             await self._on_aborted()
         elif ran.error is None:
@@ -423,7 +431,7 @@ class Execution:
         # a codec's own error holds no payload (it could not open it): stored readable
         stored = failure if isinstance(error, CodecError) else self.settle.sealed(failure)
         if (
-            (self._ctx is not None and self._ctx.discarded is not None)
+            self._discarded
             or isinstance(error, PayloadError | CodecError)  # not transient: never retried
             or job.attempt >= config.attempts_of(job.max_attempts)
         ):

@@ -41,8 +41,12 @@ class Heartbeat:
     ) -> None:
         self.interval = interval
         self.lock_ttl = lock_ttl
-        self._renew = renew
-        self._on_lost = on_lost
+        self._calls: tuple[Callable[[], Awaitable[None]], Callable[[str], None]] | None = (
+            renew,
+            on_lost,
+        )
+        """None once stopped: they point back at the execution, which holds this heartbeat (a
+        reference cycle would leave the job's objects to the cycle collector)."""
         self._running = False  # checked as well as the cancel: 3.11's wait_for can swallow one
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -55,26 +59,31 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating."""
         self._running = False
+        self._calls = None
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None  # its CancelledError holds the beat's frame
+        if task is not None:
+            task.cancel()
 
     def _first_beat(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:
+        if self._calls is None:
+            return
+        renew, on_lost = self._calls
         last_renewed = time.monotonic() - self.interval
         while self._running:
             try:
-                await asyncio.wait_for(self._renew(), self.interval)
+                await asyncio.wait_for(renew(), self.interval)
                 last_renewed = time.monotonic()
             except LeaseLost:
-                self._on_lost("the lease was taken over or expired")
+                on_lost("the lease was taken over or expired")
                 return
             except Exception as exc:  # NATS unreachable: the lease survives until lock_ttl
                 if time.monotonic() - last_renewed >= self.lock_ttl:
-                    self._on_lost(f"the lease could not be renewed for lock_ttl ({exc!r})")
+                    on_lost(f"the lease could not be renewed for lock_ttl ({exc!r})")
                     return
                 log.warning("heartbeat failed; retrying", error=repr(exc))
             await asyncio.sleep(self.interval)
