@@ -35,6 +35,7 @@ from typing import Any
 
 from oqron_nats import Client, JobContext, worker
 from oqron_nats.observe.logconfig import configure_logging
+from oqron_nats.ops.collector import settle_for_work
 
 from .procs import peak_rss_kb
 
@@ -124,6 +125,7 @@ async def run(args: argparse.Namespace) -> None:
     for consumer in consumers:  # one after the other, as ``oqron worker`` starts them
         await consumer.start()
     start_s = time.perf_counter() - starting
+    settle_for_work()  # as ``oqron worker`` does once its workers started
     conn = await client._connection()
     stats.requests = lambda: conn.requests_sent
     stats.critical = lambda: getattr(conn, "critical_requests_sent", None)

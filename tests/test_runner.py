@@ -105,7 +105,9 @@ async def test_health_json_logs_and_graceful_sigterm(
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     traced = Client(nats_server.url, namespace=namespace, tracer_provider=tracer_provider)
     try:
-        await cli.said("workers running")
+        running = await cli.said("workers running")
+        assert running["collector"]["frozen_objects"] > 1000, "start-up's objects frozen"
+        assert running["collector"]["young_scan_every"] == 5000
         assert probe(port, "/livez") == 200
         assert probe(port, "/readyz") == 200
         assert probe(port, "/nope") == 404

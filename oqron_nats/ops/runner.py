@@ -1,7 +1,8 @@
 """Running workers as a process: what ``oqron worker`` and ``python -m workers.<name>`` share.
 
 start      configure logging (unless told not to), serve the health port, start every worker
-           (connect with the credentials and TLS of the flags, else of OQRON_NATS_*)
+           (connect with the credentials and TLS of the flags, else of OQRON_NATS_*), then
+           set the garbage collector for work (:mod:`.collector`)
 SIGTERM    (or SIGINT) stop claiming; running jobs get the shutdown timeout to finish, then
            are handed back (record back to waiting, lease released, message nak'ed); while
            starting (connecting), the start stops at once
@@ -28,6 +29,7 @@ from ..core.errors import ConfigError, ConnectionFailed, OqronError, Unavailable
 from ..observe.log import logger
 from ..observe.logconfig import LEVELS, LogFormat, configure_logging
 from ..worker import Worker
+from .collector import settle_for_work
 from .health import HealthServer
 
 log = logger(__name__)
@@ -200,7 +202,10 @@ class Process:
                 if await unless_stopped(self._start_workers(), self._stop):
                     self._serving = True
                     log.info(
-                        "workers running", queues=[w.name for w in self.workers], pid=os.getpid()
+                        "workers running",
+                        queues=[w.name for w in self.workers],
+                        pid=os.getpid(),
+                        collector=settle_for_work(),
                     )
                     await self._stop.wait()
                 else:
