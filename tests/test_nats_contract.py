@@ -16,6 +16,7 @@ import types
 from importlib.metadata import version
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -29,6 +30,7 @@ from oqron_nats import Client, ConfigError, JobState, queue
 from oqron_nats._nats import Nats, direct
 from oqron_nats._nats.conn import _abandon
 from oqron_nats._nats.direct import DirectClient, PlainClient, new_client
+from oqron_nats._nats.pull import Delivery
 from oqron_nats._nats.requests import Requests
 from oqron_nats.testing.server import LocalServer
 
@@ -274,3 +276,36 @@ def test_the_require_tls_check_is_in_place_and_a_nats_py_without_it_is_refused(
     with pytest.raises(ConfigError, match="cannot make sure the server speaks TLS"):
         direct.new_client(require_tls=True)
     assert isinstance(direct.new_client(require_tls=False), direct.DirectClient)
+
+
+async def test_a_deliverys_numbers_are_those_of_nats_py_metadata(nats_server: LocalServer) -> None:
+    """Delivery reads the stream sequence and the delivery count from the ack subject itself."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="ACKSUBJECT", subjects=["acksubject.>"])
+        for n in range(3):
+            await js.publish(f"acksubject.{n}", b"x")
+        pull = await js.pull_subscribe("acksubject.>", durable="reader")
+        first = await pull.fetch(3, timeout=WAIT)
+        await first[2].nak()
+        (again,) = await pull.fetch(1, timeout=WAIT)
+        for msg in [*first, again]:
+            delivery = Delivery(msg)
+            assert delivery.stream_seq == msg.metadata.sequence.stream
+            assert delivery.num_delivered == msg.metadata.num_delivered
+        assert Delivery(again).num_delivered == 2 and Delivery(again).stream_seq == 3
+    finally:
+        await nc.close()
+
+
+def test_the_long_ack_subject_form_is_read_as_nats_py_reads_it() -> None:
+    """The form with a domain and an account hash (12 tokens), and subjects that are none."""
+    reply = "$JS.ACK.hub.ACCHASH.JOBS.workers.4.812.77.1733520000000000000.9.rnd"
+    delivery = Delivery(Msg(_client=None, subject="s", reply=reply))  # type: ignore[arg-type]
+    metadata = Msg.Metadata._from_reply(reply)
+    assert delivery.stream_seq == metadata.sequence.stream == 812
+    assert delivery.num_delivered == metadata.num_delivered == 4
+    for foreign in ("", "_INBOX.abc.1", "$JS.ACK.too.short"):
+        with pytest.raises(nats.errors.NotJSMessageError):
+            _ = Delivery(Msg(_client=None, subject="s", reply=foreign)).stream_seq  # type: ignore[arg-type]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -141,3 +144,46 @@ async def test_a_capitalised_traceparent_from_another_client_is_the_parent(
             await wait_for_state(q, job.id, JobState.COMPLETED)
     (consumer,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
     assert format(consumer.context.trace_id, "032x") == upstream_trace
+
+
+GLOBAL_LATER = """
+import asyncio, sys, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from oqron_nats import Client, JobState, queue
+
+async def main(url):
+    async with Client(url, namespace="global-later") as client:
+        q = queue("later", lambda ctx: None, client=client)
+        async with q:
+            async def run_one():
+                job = await q.add({})
+                for _ in range(500):
+                    done = await q.get_job(job.id)
+                    if done is not None and done.state == JobState.COMPLETED:
+                        return
+                    await asyncio.sleep(0.02)
+                raise SystemExit("the job did not complete")
+            await run_one()  # no SDK: nothing is recorded
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)  # an SDK set up after the worker started
+            time.sleep(1.1)  # the worker looks for a global provider at most once a second
+            await run_one()
+            kinds = sorted(str(s.kind) for s in exporter.get_finished_spans())
+            print(kinds)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_global_provider_set_after_the_worker_started_is_used(nats_server: LocalServer) -> None:
+    """A worker that found no SDK looks again (at most once a second), and records from then."""
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_LATER, nats_server.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "['SpanKind.CONSUMER', 'SpanKind.PRODUCER']"
