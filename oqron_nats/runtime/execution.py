@@ -225,7 +225,7 @@ class Execution:
         held.job = active
         if listed_late:
             self.settle.late = LateEntry(held, job.state)
-            self.settle.late.start()
+            self.settle.late.start(rt.late_entries)
         return True
 
     async def _stalled(self, job: RawJob) -> RawJob:
@@ -282,7 +282,7 @@ class Execution:
         # that write may wait out an election, and the lease must not expire meanwhile
         heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
         self.settle.heartbeat = heartbeat
-        heartbeat.start()
+        heartbeat.start(rt.first_beats)
         try:
             await rt.middleware.run("before_process", job, job_id=job.id)
             started = time.monotonic()

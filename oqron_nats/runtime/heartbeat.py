@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from ..observe.log import logger
 from ..storage.lease import LeaseLost
+from .fixed_delay import Call, FixedDelay
 
 log = logger(__name__)
 
@@ -29,7 +30,8 @@ class Heartbeat:
     """Calls ``renew`` every ``interval`` seconds until stopped, and ``on_lost`` with the reason
     once the lease is lost: taken over, or not renewable for ``lock_ttl`` seconds.
 
-    The first beat waits on a timer, not in a task: most jobs end before it is due.
+    The first beat waits in a queue of calls (:mod:`.fixed_delay`), not in a task or on a timer
+    of its own: most jobs end before it is due.
     """
 
     def __init__(
@@ -48,20 +50,20 @@ class Heartbeat:
         """None once stopped: they point back at the execution, which holds this heartbeat (a
         reference cycle would leave the job's objects to the cycle collector)."""
         self._running = False  # checked as well as the cancel: 3.11's wait_for can swallow one
-        self._timer: asyncio.TimerHandle | None = None
+        self._first: Call | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start beating (on the running loop)."""
+    def start(self, first_beats: FixedDelay) -> None:
+        """Start beating: the first beat when ``first_beats`` calls (``interval`` seconds)."""
         self._running = True
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._first_beat)
+        self._first = first_beats.call_later(self._first_beat)
 
     def stop(self) -> None:
         """Stop beating."""
         self._running = False
         self._calls = None
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._first is not None:
+            self._first.cancel()
         task, self._task = self._task, None  # its CancelledError holds the beat's frame
         if task is not None:
             task.cancel()

@@ -28,6 +28,7 @@ from ..core.job import JobState
 from ..observe.log import logger
 from ..storage.index import passed_through
 from ..storage.store import RawJob
+from .fixed_delay import Call, FixedDelay
 from .held import Held
 
 log = logger(__name__)
@@ -54,18 +55,19 @@ class LateEntry:
         self.claimed_from = claimed_from
         self.due = False
         """Whether the write was due (then the end marks the active entry gone)."""
-        self._timer: asyncio.TimerHandle | None = None
+        self._call: Call | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Write the entry LIST_AFTER seconds from now, unless :meth:`listed` comes first."""
-        self._timer = asyncio.get_running_loop().call_later(LIST_AFTER, self._on_due)
+    def start(self, later: FixedDelay) -> None:
+        """Write the entry when ``later`` (LIST_AFTER seconds) calls, unless :meth:`listed`
+        comes first."""
+        self._call = later.call_later(self._on_due)
 
     def listed(self) -> tuple[JobState, frozenset[JobState]]:
         """Stop the late write (call it holding the held lock); the state the index lists the
         job in, and the states it was never listed in (:meth:`StateIndex.moved`)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._call is not None:
+            self._call.cancel()
         if self.due:
             return JobState.ACTIVE, frozenset()
         return self.claimed_from, frozenset({JobState.ACTIVE})

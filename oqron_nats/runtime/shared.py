@@ -15,6 +15,8 @@ from ..core.errors import CodecError, PayloadError
 from ..storage.backend import Backend
 from ..storage.store import RawJob
 from .context import JobContext
+from .fixed_delay import FixedDelay
+from .late_entry import LIST_AFTER
 from .middlewares import Chain
 from .ratelimit import ClusterRateLimit
 
@@ -37,11 +39,17 @@ class Runtime:
     """Held while a settle trims a state to its retention's N (:mod:`.retention`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
+    first_beats: FixedDelay = field(init=False)
+    """The running jobs' first heartbeats, ``heartbeat`` seconds after their handlers start."""
+    late_entries: FixedDelay = field(init=False)
+    """The claims' late index entries (:mod:`.late_entry`)."""
 
     def __post_init__(self) -> None:
         if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
             raise RuntimeError("the queue's sealer was not set before consuming")
         object.__setattr__(self, "sealer", self.codec.sealer)
+        object.__setattr__(self, "first_beats", FixedDelay(self.config.heartbeat))
+        object.__setattr__(self, "late_entries", FixedDelay(LIST_AFTER))
 
     @property
     def is_async(self) -> bool:
