@@ -35,7 +35,7 @@ from typing import Any
 
 from oqron_nats import Client, JobContext, worker
 from oqron_nats.observe.logconfig import configure_logging
-from oqron_nats.ops.collector import settle_for_work
+from oqron_nats.ops.collector import settled_for_work
 
 from .procs import peak_rss_kb
 
@@ -125,14 +125,14 @@ async def run(args: argparse.Namespace) -> None:
     for consumer in consumers:  # one after the other, as ``oqron worker`` starts them
         await consumer.start()
     start_s = time.perf_counter() - starting
-    settle_for_work()  # as ``oqron worker`` does once its workers started
     conn = await client._connection()
     stats.requests = lambda: conn.requests_sent
     stats.critical = lambda: getattr(conn, "critical_requests_sent", None)
-    ready_at, ready_cpu = time.time(), time.process_time()
-    print("ready", flush=True)
-    await stop.wait()
-    print(json.dumps({**stats.report(ready_at, ready_cpu), "start_s": start_s}), flush=True)
+    with settled_for_work():  # as ``oqron worker`` does once its workers started
+        ready_at, ready_cpu = time.time(), time.process_time()
+        print("ready", flush=True)
+        await stop.wait()
+        print(json.dumps({**stats.report(ready_at, ready_cpu), "start_s": start_s}), flush=True)
     await asyncio.gather(*(consumer.stop(5.0) for consumer in consumers))
 
 

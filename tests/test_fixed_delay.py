@@ -4,6 +4,7 @@ the running jobs' first heartbeats and late index entries."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 from structlog.testing import capture_logs
 
@@ -70,3 +71,40 @@ async def test_cancelled_calls_ahead_are_dropped_as_new_ones_come() -> None:
         later.call_later(lambda: None).cancel()
     later.call_later(lambda: None)
     assert len(later._calls) == 1, "the cancelled calls are not kept until they fall due"
+
+
+async def test_each_call_runs_in_the_context_of_whoever_asked_for_it() -> None:
+    """As with the loop's own call_later: a job's first heartbeat logs with its own job id."""
+    job: contextvars.ContextVar[str] = contextvars.ContextVar("job")
+    later = FixedDelay(DELAY)
+    seen: list[str] = []
+
+    async def running(job_id: str) -> None:
+        job.set(job_id)
+        later.call_later(lambda: seen.append(job.get()))
+
+    await asyncio.gather(running("a"), running("b"), running("c"))
+    await asyncio.sleep(DELAY + 0.1)
+    assert seen == ["a", "b", "c"]
+
+
+async def test_a_call_that_asks_for_another_keeps_one_timer() -> None:
+    class Counted(FixedDelay):
+        timers = 0
+
+        def _on_timer(self) -> None:
+            Counted.timers += 1
+            super()._on_timer()
+
+    later = Counted(0.01)
+    made: list[int] = []
+
+    def again() -> None:
+        made.append(1)
+        if len(made) < 20:
+            later.call_later(again)
+
+    later.call_later(again)
+    await asyncio.sleep(1.0)
+    assert len(made) == 20
+    assert Counted.timers <= 25, f"{Counted.timers} timer runs for 20 calls: timers multiplied"

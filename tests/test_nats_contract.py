@@ -306,6 +306,7 @@ def test_the_long_ack_subject_form_is_read_as_nats_py_reads_it() -> None:
     metadata = Msg.Metadata._from_reply(reply)
     assert delivery.stream_seq == metadata.sequence.stream == 812
     assert delivery.num_delivered == metadata.num_delivered == 4
-    for foreign in ("", "_INBOX.abc.1", "$JS.ACK.too.short"):
+    ten_tokens = "$JS.ACK.hub.ACCHASH.JOBS.workers.4.812.77.1733520000000000000"
+    for foreign in ("", "_INBOX.abc.1", "$JS.ACK.too.short", ten_tokens):
         with pytest.raises(nats.errors.NotJSMessageError):
             _ = Delivery(Msg(_client=None, subject="s", reply=foreign)).stream_seq  # type: ignore[arg-type]

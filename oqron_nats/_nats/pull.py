@@ -85,7 +85,11 @@ class Delivery:
         nats-py's ``metadata`` reads all of it, with a datetime and two frozen dataclasses (4 %
         of a no-op job's CPU); the job path needs one number."""
         tokens = (self._msg.reply or "").split(".")
-        if len(tokens) < V1_ACK_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        if (
+            not (len(tokens) == V1_ACK_TOKENS or len(tokens) > Msg.Ack.NumPending)
+            or tokens[0] != "$JS"
+            or tokens[1] != "ACK"
+        ):
             raise nats.errors.NotJSMessageError
         return int(tokens[v1 if len(tokens) == V1_ACK_TOKENS else v2])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
+from asyncio import current_task
 from contextvars import ContextVar
 
 import nats.errors
@@ -76,7 +77,7 @@ class Requests:
         token = str(next(self._tokens))
         self.sent += 1
         critical = _critical_path.get()
-        if critical is not None and critical() is asyncio.current_task():
+        if critical is not None and (task := critical()) is not None and task is current_task():
             self.critical += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()

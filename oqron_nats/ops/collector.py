@@ -1,4 +1,4 @@
-"""Python's garbage collector in a worker process, set by the runner once its workers started.
+"""Python's garbage collector in a worker process, set by the runner while its workers run.
 
 A job's objects are freed by reference counting as soon as it ends (tests/test_garbage.py), so
 the cycle collector finds next to nothing on the job path; with Python's defaults its scans still
@@ -11,16 +11,24 @@ concurrency 100, time inside the collector measured with ``gc.callbacks``).
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 YOUNG_SCAN_EVERY = 5000
 """Allocations (less deallocations) between two scans of the youngest generation (Python: 700)."""
 
 
-def settle_for_work() -> dict[str, int]:
-    """Hide what exists now from the collector for good (``gc.freeze``, after a collection: no
-    garbage is frozen) and scan young objects less often; returns what was set, for the log."""
+@contextmanager
+def settled_for_work() -> Iterator[dict[str, int]]:
+    """While inside: what exists on entry hidden from the collector (``gc.freeze``, after a
+    collection: no garbage is frozen) and young objects scanned less often; yields what was set,
+    for the log. On exit the collector is as it was (a process may run workers again)."""
+    before = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_SCAN_EVERY, middle, oldest)
-    return {"frozen_objects": gc.get_freeze_count(), "young_scan_every": YOUNG_SCAN_EVERY}
+    gc.set_threshold(YOUNG_SCAN_EVERY, *before[1:])
+    try:
+        yield {"frozen_objects": gc.get_freeze_count(), "young_scan_every": YOUNG_SCAN_EVERY}
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -29,7 +29,7 @@ from ..core.errors import ConfigError, ConnectionFailed, OqronError, Unavailable
 from ..observe.log import logger
 from ..observe.logconfig import LEVELS, LogFormat, configure_logging
 from ..worker import Worker
-from .collector import settle_for_work
+from .collector import settled_for_work
 from .health import HealthServer
 
 log = logger(__name__)
@@ -201,13 +201,14 @@ class Process:
             try:
                 if await unless_stopped(self._start_workers(), self._stop):
                     self._serving = True
-                    log.info(
-                        "workers running",
-                        queues=[w.name for w in self.workers],
-                        pid=os.getpid(),
-                        collector=settle_for_work(),
-                    )
-                    await self._stop.wait()
+                    with settled_for_work() as collector:
+                        log.info(
+                            "workers running",
+                            queues=[w.name for w in self.workers],
+                            pid=os.getpid(),
+                            collector=collector,
+                        )
+                        await self._stop.wait()
                 else:
                     log.info("stopped while starting")
             finally:

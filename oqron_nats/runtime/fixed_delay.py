@@ -11,6 +11,7 @@ oldest call, serve them all.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Callable
 
@@ -25,11 +26,14 @@ SLACK = 0.001
 class Call:
     """One call asked for; :meth:`cancel` before it is due, and it is not made."""
 
-    __slots__ = ("callback", "due")
+    __slots__ = ("callback", "context", "due")
 
     def __init__(self, due: float, callback: Callable[[], None]) -> None:
         self.due = due
         self.callback: Callable[[], None] | None = callback
+        self.context = contextvars.copy_context()
+        """The caller's context, as the loop's call_later keeps it: a job's heartbeat logs
+        with its own job id."""
 
     def cancel(self) -> None:
         """Do not make the call (nothing if it was made)."""
@@ -53,20 +57,26 @@ class FixedDelay:
         call = Call(loop.time() + self.delay, callback)
         calls.append(call)
         if self._timer is None:
-            self._timer = loop.call_at(call.due, self._on_timer)
+            self._arm(loop, call.due)
         return call
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        # in a context of its own: the calls run in their callers' contexts
+        self._timer = loop.call_at(due, self._on_timer, context=contextvars.Context())
 
     def _on_timer(self) -> None:
         loop = asyncio.get_running_loop()
         self._timer = None
         calls, now = self._calls, loop.time() + SLACK
-        while calls and (calls[0].callback is None or calls[0].due <= now):
-            call = calls.popleft()
-            callback, call.callback = call.callback, None
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:  # one failed call must not stop the others
-                    log.exception("a delayed call failed")
-        if calls:
-            self._timer = loop.call_at(calls[0].due, self._on_timer)
+        try:
+            while calls and (calls[0].callback is None or calls[0].due <= now):
+                call = calls.popleft()
+                callback, call.callback = call.callback, None
+                if callback is not None:
+                    try:
+                        call.context.run(callback)
+                    except Exception:  # one failed call must not stop the others
+                        log.exception("a delayed call failed")
+        finally:
+            if calls and self._timer is None:  # (a call may have asked for another)
+                self._arm(loop, calls[0].due)
