@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from oqron_nats import Client, JobState, queue
 from oqron_nats.runtime import claiming
 from oqron_nats.runtime.claiming import Claimer
+from oqron_nats.storage.broker import LIFO_WINDOW
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually, wait_for_state
@@ -78,8 +79,9 @@ async def test_workers_moving_from_the_same_lanes_run_every_job_once(
     assert failures == []
 
 
+@pytest.mark.parametrize("strategy", ["lifo", "priority"])
 async def test_a_lost_bell_is_made_up_for_by_looking_again(
-    client: Client, monkeypatch: pytest.MonkeyPatch
+    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: str
 ) -> None:
     """The bell is core NATS (at most once): a worker that found every lane empty and missed
     the bell of a new job reads the lanes again after a quiet while (LOOK_AGAIN)."""
@@ -89,11 +91,62 @@ async def test_a_lost_bell_is_made_up_for_by_looking_again(
 
     monkeypatch.setattr(claiming, "LOOK_AGAIN", 0.3)
     monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject, seq: None)  # every bell lost
-    q = queue("deaf", handler, client=client, strategy="priority")
+    q = queue("deaf", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
     async with q:
         await asyncio.sleep(0.2)  # the worker has found every lane empty
         job = await q.add({}, priority=6)
         await wait_for_state(q, job.id, JobState.COMPLETED, timeout=5)
+
+
+async def test_lifo_finds_the_newest_jobs_beyond_what_it_was_told_of(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lifo worker reads the lanes down from the newest sequence it knows of; with every bell
+    lost, more jobs than one read takes land above it: it asks the stream for its last
+    sequence and still runs the newest first."""
+    order: list[Any] = []
+    first_running, go_on = asyncio.Event(), asyncio.Event()
+
+    async def handler(ctx) -> None:
+        order.append(ctx.data)
+        if ctx.data == "first":
+            first_running.set()
+            await asyncio.wait_for(go_on.wait(), 10)
+
+    monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject, seq: None)  # every bell lost
+    q = queue("beyond", handler, client=client, strategy="lifo", concurrency=1)
+    for n in range(5):
+        await q.add(f"old-{n}")
+    await q.add("first")
+    async with q:
+        await asyncio.wait_for(first_running.wait(), 10)  # the worker now reads from old-4 down
+        await q.add_bulk([{"data": n} for n in range(LIFO_WINDOW + 50)])
+        go_on.set()
+        total = LIFO_WINDOW + 56
+        await eventually(lambda: _true(len(order) == total), timeout=30, what="every job")
+    newest = LIFO_WINDOW + 49
+    assert order[1:4] == [newest, newest - 1, newest - 2]
+    assert order[-5:] == [f"old-{n}" for n in reversed(range(5))]
+
+
+async def test_a_lifo_read_that_finds_no_lane_message_skips_to_the_newest(client: Client) -> None:
+    """A window of sequences without lane messages (jobs moved and run, other traffic) is
+    skipped at once to the newest lane message, however far below it lies."""
+    q = queue("sparse", client=client, strategy="lifo")
+    jobs = [await q.add(n) for n in range(3)]
+    behind = Backstage(client, q.name)
+    newest = await behind.lane_message(jobs[-1].id)
+    assert newest is not None
+    broker = await behind._broker()
+    far_above = newest.seq + 50 * LIFO_WINDOW
+    assert await broker.move_newest(far_above, 2) == (0, newest.seq)
+    moved, below = await broker.move_newest(newest.seq, 2)
+    oldest = await behind.lane_message(jobs[0].id)
+    assert oldest is not None
+    assert moved == 2 and below == oldest.seq, "the two newest moved, the oldest left"
+    assert await broker.move_newest(below, 2) == (1, 0), "the last one moved: nothing below"
+    assert await broker.move_newest(newest.seq + 10, 2) == (0, 0), "the lanes are empty"
+    assert await behind.lane_subjects() == {}
 
 
 async def test_the_per_lane_consumers_of_an_earlier_version_go_and_their_jobs_run(

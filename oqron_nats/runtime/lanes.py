@@ -11,13 +11,15 @@ lane nobody reads. Each strategy has one consumer (one Raft group on a cluster).
   lane's consumer, so a late ``p0`` job overtakes a backlog. Against starvation, every 10th round
   of moves starts at a lower lane in rotation (``p1``, ``p2``, ... ``p9``): under sustained load
   on ``p0``, every lower level still gets at least one round in 90.
-* **lifo**: the same, one job at a time, of the newest message over every lane.
+* **lifo**: the same, with the newest messages over every lane.
 
 A move reads the job's message, publishes its copy to the run lane, then removes the original,
 in that order: a moved job is always in the stream (in its lane or the run lane) until it is
 acked, so crash safety is the same as for fifo. priority moves in batches (one read of a lane's
-oldest messages, their copies, one purge of the lane below the last one read); lifo reads the
-newest message and deletes it. Only as many jobs are moved as the worker has free slots, so the
+oldest messages, their copies, one purge of the lane below the last one read); so does lifo (one
+read of the lanes' newest messages, down from the newest sequence a lane message may have: the
+stream's last, lowered as moves go down, raised by each bell; their copies, newest first, and a
+delete of each). Only as many jobs are moved as the worker has free slots, so the
 run lane holds no backlog to reorder. A lane found empty is not read again until its bell rings
 (every lane message is republished, headers only, to the queue's bell) or the worker looks
 again anyway.
@@ -37,6 +39,9 @@ from ..storage.broker import Broker
 
 FAIRNESS_EVERY = 10
 """Every this many rounds of moves, a priority worker starts at a lower lane (anti-starvation)."""
+LIFO_READS = 5
+"""Reads of the lanes one lifo round of moves makes at most (each LIFO_WINDOW sequences lower
+than the one before while it finds nothing or loses its finds to other workers)."""
 
 
 def consumer_spec(config: QueueConfig, names: Names, replicas: int) -> ConsumerSpec:
@@ -98,6 +103,10 @@ class LanePopper:
         only land at its end, so reading from the last one moved saves the server a scan of
         what went before (a bell of a lower sequence, a stream made anew, lowers it)."""
         self._read_all_at = time.monotonic()
+        self._top: int | None = None
+        """lifo: the newest sequence a lane message may have (None: ask the stream)."""
+        self._rung_top = 0
+        """lifo: the newest sequence a bell announced during the move under way."""
 
     @property
     def maybe_nonempty(self) -> bool:
@@ -111,6 +120,10 @@ class LanePopper:
         self._empty.discard(lane)
         if lane is not None and seq < self._from.get(lane, 0):
             self._from[lane] = seq
+        if lane is None:
+            self._rung_top = max(self._rung_top, seq)
+            if self._top is not None:
+                self._top = max(self._top, seq)
 
     def forget_empty(self) -> None:
         """Read every lane again, from its start (after a reconnect: a bell may have been
@@ -118,6 +131,7 @@ class LanePopper:
         self._rings.update(self._empty)
         self._empty.clear()
         self._from.clear()
+        self._top = None
         self._read_all_at = time.monotonic()
 
     def quiet(self, every: float) -> None:
@@ -153,13 +167,21 @@ class LanePopper:
         return moved
 
     async def _move_newest(self, most: int) -> int:
-        """lifo: move the newest job, one at a time (a read finds only the last)."""
-        for moved in range(most):
+        """lifo: move the newest jobs over every lane, newest first, reading the lanes down
+        from the newest sequence a lane message may have (a bell raises it)."""
+        moved = 0
+        for _ in range(LIFO_READS):
             rings = self._rings[None]
-            outcome = await self.broker.move_newest()
-            if outcome == "empty" and self._rings[None] == rings:
-                self._empty.add(None)
-            if outcome != "moved":
-                self.contended = outcome == "contended"
+            top = self._top if self._top is not None else await self.broker.last_seq()
+            self._rung_top = 0
+            got, below = await self.broker.move_newest(top, most - moved)
+            moved += got
+            self._top = None if below < 0 else max(below, self._rung_top)
+            if moved >= most:
                 return moved
-        return most
+            if below == 0 and not self._rung_top:  # nothing left up to the newest
+                if self._rings[None] == rings:
+                    self._empty.add(None)
+                return moved
+        self.contended = True  # read down as far as one round goes: look again soon
+        return moved

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 
@@ -48,11 +47,8 @@ from ..core.job import JobState
 from .control import PAUSED_FOREVER
 from .store import CorruptRecord, RawJob, Record, Stored, decode_record
 
-Move = Literal["moved", "empty", "contended"]
-"""What a move to the run lane did: moved a message, found none, or lost every try to others
-(lifo and priority move each job from its lane to the run lane before a worker claims it)."""
-MOVE_TRIES = 5
-"""Moves tried in a row before giving way to the workers that took each message first."""
+LIFO_WINDOW = 100
+"""Sequences of the work stream a lifo move reads at once, down from the newest it knows of."""
 RECORD_COPY_MAX = 4096
 """The largest record (encoded, in bytes) a job message carries a copy of: a bigger one (a big
 payload) is read by the worker, whose read costs little beside handling such a payload."""
@@ -229,21 +225,38 @@ class Broker:
         after = found[-1].seq + 1
         return await self.conn.purge_before(self.names.stream, lane, after), after, more
 
-    async def move_newest(self) -> Move:
-        """Move the newest lane message to the run lane (lifo)."""
-        for _ in range(MOVE_TRIES):
-            top = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
-            if top is None:
-                return "empty"
-            if await self._move(top):
-                return "moved"
-        return "contended"
+    async def move_newest(self, top: int, most: int) -> tuple[int, int]:
+        """Move up to ``most`` of the newest lane messages to the run lane, newest first (lifo):
+        one read of the lanes from LIFO_WINDOW sequences below ``top`` (the newest sequence a
+        lane message may have) on, one round of copies, one round of deletes.
 
-    async def _move(self, top: StoredMsg) -> bool:
-        """Copy a lane message to the run lane, then delete the original (False if another
-        worker deleted it first: it moved the job)."""
-        await self._copy(top)
-        return await self.conn.delete_msg(self.names.stream, top.seq)
+        Returns how many this call removed, and the newest sequence a lane message may still
+        have below the ones moved (0: none up to ``top``), or -1 when lane messages lie beyond
+        the ones read (``top`` was too low: ask :meth:`last_seq`). A window with none is
+        skipped at once to the newest lane message (a read over every lane's subjects, which
+        costs the server more the more jobs wait: only when lane messages are sparse).
+        """
+        start = max(1, top - LIFO_WINDOW + 1)
+        found, more = await self.conn.direct_batch(
+            self.names.stream, start=start, batch=LIFO_WINDOW, subject=self.names.lanes
+        )
+        if more:
+            return 0, -1
+        if not found:
+            if start == 1:
+                return 0, 0
+            last = await self.conn.direct_get(self.names.stream, last_by_subject=self.names.lanes)
+            return 0, 0 if last is None else last.seq
+        newest = found[-most:][::-1]  # the run lane delivers them in the order copied
+        await asyncio.gather(*(self._copy(message) for message in newest))
+        stream = self.names.stream
+        removed = await asyncio.gather(*(self.conn.delete_msg(stream, m.seq) for m in newest))
+        below = found[-most - 1].seq if len(found) > most else start - 1
+        return sum(removed), below
+
+    async def last_seq(self) -> int:
+        """The work stream's last sequence: no lane message is newer."""
+        return (await self.conn.stream_state(self.names.stream)).last_seq
 
     async def _copy(self, top: StoredMsg) -> None:
         """Publish a lane message's copy to the run lane, before its original is deleted: the
