@@ -148,3 +148,27 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not await asyncio.to_thread(condition):
         assert time.monotonic() < deadline, "the condition did not hold in time"
         await asyncio.sleep(0.2)
+
+
+async def test_a_message_id_in_process_elsewhere_is_asked_again_not_an_error(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """Two clients publish the same message id at once (two lifo or priority workers copying the
+    same job to the run lane): on a replicated stream the second may hear "duplicate message id
+    is in process" (err_code 10158) while the first is being replicated; asked again, it is a
+    duplicate, stored once."""
+    async with (
+        Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as first,
+        Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as second,
+    ):
+        publisher = queue(QUEUE, client=first)
+        await publisher.add({"n": 0})  # provisions the work stream
+        behind = Backstage(first, QUEUE)
+        a, b = await behind._conn(), await Backstage(second, QUEUE)._conn()
+        subject = behind.names.run("same")
+        for n in range(200):
+            headers = {"Nats-Msg-Id": f"race-{n}"}
+            acks = await asyncio.gather(
+                a.publish(subject, b"x", dict(headers)), b.publish(subject, b"x", dict(headers))
+            )
+            assert sorted(ack.duplicate for ack in acks) == [False, True]

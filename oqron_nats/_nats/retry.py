@@ -25,6 +25,7 @@ TRANSIENT_ERR_CODES = frozenset(
         10008,  # JetStream system temporarily unavailable (no meta leader)
         10009,  # JetStream cluster can not handle request (not the leader any more)
         10023,  # insufficient resources (placement while a node is down)
+        10158,  # duplicate message id is in process (being replicated: next time a duplicate)
         10163,  # expected last sequence per subject temporarily unavailable (a new leader)
     }
 )
