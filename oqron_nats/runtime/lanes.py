@@ -40,8 +40,8 @@ from ..storage.broker import Broker
 FAIRNESS_EVERY = 10
 """Every this many rounds of moves, a priority worker starts at a lower lane (anti-starvation)."""
 LIFO_READS = 5
-"""Reads of the lanes one lifo round of moves makes at most (each LIFO_WINDOW sequences lower
-than the one before while it finds nothing or loses its finds to other workers)."""
+"""Reads of the lanes one lifo round of moves makes at most, each lower than the one before,
+while it finds fewer jobs than it has free slots (or loses them to other workers)."""
 
 
 def consumer_spec(config: QueueConfig, names: Names, replicas: int) -> ConsumerSpec:
@@ -171,9 +171,8 @@ class LanePopper:
         from the newest sequence a lane message may have (a bell raises it)."""
         moved = 0
         for _ in range(LIFO_READS):
-            rings = self._rings[None]
+            rings, self._rung_top = self._rings[None], 0
             top = self._top if self._top is not None else await self.broker.last_seq()
-            self._rung_top = 0
             got, below = await self.broker.move_newest(top, most - moved)
             moved += got
             self._top = None if below < 0 else max(below, self._rung_top)
