@@ -15,7 +15,7 @@ DELAY = 0.2
 
 async def test_each_call_is_made_its_delay_after_it_was_asked_for_in_order() -> None:
     loop = asyncio.get_running_loop()
-    later = FixedDelay(DELAY)
+    later = FixedDelay(DELAY, asyncio.get_running_loop())
     asked: dict[int, float] = {}
     made: list[tuple[int, float]] = []
     for n in range(5):
@@ -29,7 +29,7 @@ async def test_each_call_is_made_its_delay_after_it_was_asked_for_in_order() -> 
 
 
 async def test_a_cancelled_call_is_not_made_and_the_others_are() -> None:
-    later = FixedDelay(DELAY)
+    later = FixedDelay(DELAY, asyncio.get_running_loop())
     made: list[int] = []
     calls = [later.call_later(lambda n=n: made.append(n)) for n in range(4)]
     calls[0].cancel()
@@ -41,7 +41,7 @@ async def test_a_cancelled_call_is_not_made_and_the_others_are() -> None:
 
 
 async def test_calls_asked_for_after_the_queue_ran_dry_are_made() -> None:
-    later = FixedDelay(DELAY)
+    later = FixedDelay(DELAY, asyncio.get_running_loop())
     made: list[str] = []
     later.call_later(lambda: made.append("first")).cancel()
     await asyncio.sleep(DELAY + 0.05)  # the timer fired with nothing to call
@@ -51,7 +51,7 @@ async def test_calls_asked_for_after_the_queue_ran_dry_are_made() -> None:
 
 
 async def test_a_failing_call_is_logged_and_the_next_ones_are_made() -> None:
-    later = FixedDelay(DELAY)
+    later = FixedDelay(DELAY, asyncio.get_running_loop())
     made: list[int] = []
 
     def fails() -> None:
@@ -66,7 +66,7 @@ async def test_a_failing_call_is_logged_and_the_next_ones_are_made() -> None:
 
 
 async def test_cancelled_calls_ahead_are_dropped_as_new_ones_come() -> None:
-    later = FixedDelay(60.0)
+    later = FixedDelay(60.0, asyncio.get_running_loop())
     for _ in range(1000):  # jobs that end before their first heartbeat
         later.call_later(lambda: None).cancel()
     later.call_later(lambda: None)
@@ -76,7 +76,7 @@ async def test_cancelled_calls_ahead_are_dropped_as_new_ones_come() -> None:
 async def test_each_call_runs_in_the_context_of_whoever_asked_for_it() -> None:
     """As with the loop's own call_later: a job's first heartbeat logs with its own job id."""
     job: contextvars.ContextVar[str] = contextvars.ContextVar("job")
-    later = FixedDelay(DELAY)
+    later = FixedDelay(DELAY, asyncio.get_running_loop())
     seen: list[str] = []
 
     async def running(job_id: str) -> None:
@@ -96,7 +96,7 @@ async def test_a_call_that_asks_for_another_keeps_one_timer() -> None:
             Counted.timers += 1
             super()._on_timer()
 
-    later = Counted(0.01)
+    later = Counted(0.01, asyncio.get_running_loop())
     made: list[int] = []
 
     def again() -> None:

@@ -30,11 +30,11 @@ _critical_path: ContextVar[weakref.ref[asyncio.Task[object]] | None] = ContextVa
 cycle (freed only by the cycle collector, as would everything the task's job left behind)."""
 
 
-def on_critical_path() -> None:
-    """Count the requests the current task awaits from now on as its job's critical path
-    (``Requests.critical``): the round trips a job waits for one after the other; those of the
-    tasks it starts run beside it and are not counted."""
-    task = asyncio.current_task()
+def on_critical_path(loop: asyncio.AbstractEventLoop) -> None:
+    """Count the requests the current task (of ``loop``) awaits from now on as its job's
+    critical path (``Requests.critical``): the round trips a job waits for one after the other;
+    those of the tasks it starts run beside it and are not counted."""
+    task = current_task(loop)
     _critical_path.set(None if task is None else weakref.ref(task))
 
 
@@ -50,6 +50,7 @@ class Requests:
         self._waiting: dict[str, tuple[asyncio.Future[Msg], float, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub: Subscription | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
         """Requests sent so far (each an awaited round trip; the benchmark counts them)."""
         self.critical = 0
@@ -57,6 +58,7 @@ class Requests:
 
     async def start(self) -> None:
         """Subscribe to the replies."""
+        self._loop = asyncio.get_running_loop()  # asked once: 3.11 makes a system call for it
         self._sub = await self._nc.subscribe_direct(self._prefix + "*", self._on_reply)
 
     def _on_reply(self, msg: Msg) -> None:
@@ -76,10 +78,10 @@ class Requests:
         NoRespondersError if nobody listens on ``subject``."""
         token = str(next(self._tokens))
         self.sent += 1
-        critical = _critical_path.get()
-        if critical is not None and (task := critical()) is not None and task is current_task():
+        loop = self._loop or asyncio.get_running_loop()
+        critical, task = _critical_path.get(), current_task(loop)
+        if critical is not None and task is not None and critical() is task:
             self.critical += 1
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         deadline = loop.time() + self._timeout
         self._waiting[token] = (future, deadline, subject)
@@ -117,7 +119,7 @@ class Requests:
     def _expire_overdue(self) -> None:
         """Time out the requests whose deadline passed; wait again for the oldest of the rest."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         for future, deadline, _ in self._waiting.values():
             if deadline > now:

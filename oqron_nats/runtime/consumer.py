@@ -207,14 +207,14 @@ class Consumer:
         if self._throttle is not None:
             self._throttle.started()
         self.running += 1
-        task = asyncio.create_task(self._execute(execution))
+        task = self._runtime.loop.create_task(self._execute(execution))
         self._tasks[task] = execution
 
     async def _execute(self, execution: Execution) -> None:
         try:
             await execution.run()
         finally:
-            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._tasks.pop(asyncio.current_task(execution.rt.loop), None)  # type: ignore[arg-type]
             self._claimer.wake.set()
 
     def _leave_slot(self) -> None:

@@ -106,7 +106,7 @@ class Execution:
 
     async def run(self) -> None:
         """Process the delivery; never raises (a failure leaves the message for redelivery)."""
-        on_critical_path()  # this task runs one job: the round trips it awaits are counted
+        on_critical_path(self.rt.loop)  # this task runs one job: its awaited round trips count
         try:
             job_id = await self.checks.job_id()
             if job_id is None:
@@ -143,7 +143,7 @@ class Execution:
         """
         self.signal.fire(reason)
         if self._in_handler is not None:
-            asyncio.get_running_loop().call_later(ABORT_GRACE, self._cancel_handler)
+            self.rt.loop.call_later(ABORT_GRACE, self._cancel_handler)
 
     def _cancel_handler(self) -> None:
         task = self._in_handler
@@ -331,7 +331,7 @@ class Execution:
             fencing_token=self.held.revision,  # the claim's write: every claim's is newer
             signal=self.signal,
             on_progress=self._update_progress,
-            loop=asyncio.get_running_loop(),
+            loop=rt.loop,
         )
         token = current_correlation_id.set(job.correlation_id)
         try:
@@ -339,8 +339,7 @@ class Execution:
                 result = await self._awaited(rt.handler(ctx))
             else:
                 call = contextvars.copy_context().run
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(rt.executor, call, rt.handler, ctx)
+                result = await rt.loop.run_in_executor(rt.executor, call, rt.handler, ctx)
         finally:
             current_correlation_id.reset(token)
             self._discarded = ctx.discarded is not None
@@ -351,7 +350,7 @@ class Execution:
     async def _awaited(self, handler_call: Awaitable[Any]) -> Any:
         """Await an async handler in this task (a task of its own per job cost 5 % of the
         worker's instructions); None if abort() had to cancel it (the signal says why)."""
-        task = self._in_handler = asyncio.current_task()
+        task = self._in_handler = asyncio.current_task(self.rt.loop)
         assert task is not None
         try:
             result = await handler_call

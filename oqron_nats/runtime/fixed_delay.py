@@ -41,16 +41,18 @@ class Call:
 
 
 class FixedDelay:
-    """Makes each callback ``delay`` seconds after :meth:`call_later` was asked for it."""
+    """Makes each callback ``delay`` seconds after :meth:`call_later` was asked for it, on
+    ``loop``."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, loop: asyncio.AbstractEventLoop) -> None:
         self.delay = delay
+        self._loop = loop
         self._calls: deque[Call] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def call_later(self, callback: Callable[[], None]) -> Call:
-        """Call ``callback`` (on the running loop) ``delay`` seconds from now."""
-        loop = asyncio.get_running_loop()
+        """Call ``callback`` (on the loop) ``delay`` seconds from now."""
+        loop = self._loop
         calls = self._calls
         while calls and calls[0].callback is None:  # cancelled ones ahead: most jobs end first
             calls.popleft()
@@ -65,7 +67,7 @@ class FixedDelay:
         self._timer = loop.call_at(due, self._on_timer, context=contextvars.Context())
 
     def _on_timer(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._timer = None
         calls, now = self._calls, loop.time() + SLACK
         try:

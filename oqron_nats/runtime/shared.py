@@ -39,6 +39,9 @@ class Runtime:
     """Held while a settle trims a state to its retention's N (:mod:`.retention`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
+    loop: asyncio.AbstractEventLoop = field(init=False)
+    """The event loop the consumer runs on (built on it): asked for once, not per job (Python
+    3.11's ``get_running_loop()`` makes a ``getpid`` system call each time)."""
     first_beats: FixedDelay = field(init=False)
     """The running jobs' first heartbeats, ``heartbeat`` seconds after their handlers start."""
     late_entries: FixedDelay = field(init=False)
@@ -48,8 +51,10 @@ class Runtime:
         if self.codec.sealer is None:  # never write a result unsealed by a wiring mistake
             raise RuntimeError("the queue's sealer was not set before consuming")
         object.__setattr__(self, "sealer", self.codec.sealer)
-        object.__setattr__(self, "first_beats", FixedDelay(self.config.heartbeat))
-        object.__setattr__(self, "late_entries", FixedDelay(LIST_AFTER))
+        loop = asyncio.get_running_loop()
+        object.__setattr__(self, "loop", loop)
+        object.__setattr__(self, "first_beats", FixedDelay(self.config.heartbeat, loop))
+        object.__setattr__(self, "late_entries", FixedDelay(LIST_AFTER, loop))
 
     @property
     def is_async(self) -> bool:
