@@ -2,7 +2,7 @@
 
 start      configure logging (unless told not to), serve the health port, start every worker
            (connect with the credentials and TLS of the flags, else of OQRON_NATS_*), then
-           set the garbage collector for work (:mod:`.collector`)
+           set the garbage collector for work until they stop (:mod:`.collector`)
 SIGTERM    (or SIGINT) stop claiming; running jobs get the shutdown timeout to finish, then
            are handed back (record back to waiting, lease released, message nak'ed); while
            starting (connecting), the start stops at once
