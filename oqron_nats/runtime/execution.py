@@ -280,9 +280,9 @@ class Execution:
         )
         # the heartbeat goes on until the attempt's final record is written (Settle.commit):
         # that write may wait out an election, and the lease must not expire meanwhile
-        heartbeat = Heartbeat(rt.config.heartbeat, rt.config.lock_ttl, self._renew, self._lost)
+        heartbeat = Heartbeat(rt.first_beats, rt.config.lock_ttl, self._renew, self._lost)
         self.settle.heartbeat = heartbeat
-        heartbeat.start(rt.first_beats)
+        heartbeat.start()
         try:
             await rt.middleware.run("before_process", job, job_id=job.id)
             started = time.monotonic()

@@ -27,40 +27,40 @@ log = logger(__name__)
 
 
 class Heartbeat:
-    """Calls ``renew`` every ``interval`` seconds until stopped, and ``on_lost`` with the reason
-    once the lease is lost: taken over, or not renewable for ``lock_ttl`` seconds.
+    """Calls ``renew`` every ``interval`` seconds (the delay of ``first_beats``) until stopped,
+    and ``on_lost`` with the reason once the lease is lost: taken over, or not renewable for
+    ``lock_ttl`` seconds.
 
-    The first beat waits in a queue of calls (:mod:`.fixed_delay`), not in a task or on a timer
-    of its own: most jobs end before it is due.
+    The first beat waits in ``first_beats``, a queue of calls (:mod:`.fixed_delay`), not in a task
+    or on a timer of its own: most jobs end before it is due.
     """
 
     def __init__(
         self,
-        interval: float,
+        first_beats: FixedDelay,
         lock_ttl: float,
         renew: Callable[[], Awaitable[None]],
         on_lost: Callable[[str], None],
     ) -> None:
-        self.interval = interval
+        self.first_beats = first_beats
+        self.interval = first_beats.delay
         self.lock_ttl = lock_ttl
         self._calls: tuple[Callable[[], Awaitable[None]], Callable[[str], None]] | None = (
             renew,
             on_lost,
         )
-        """None once stopped: they point back at the execution, which holds this heartbeat (a
-        reference cycle would leave the job's objects to the cycle collector)."""
-        self._running = False  # checked as well as the cancel: 3.11's wait_for can swallow one
+        """None once stopped (checked as well as the cancel: 3.11's wait_for can swallow one):
+        they point back at the execution, which holds this heartbeat (a reference cycle would
+        leave the job's objects to the cycle collector)."""
         self._first: Call | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, first_beats: FixedDelay) -> None:
-        """Start beating: the first beat when ``first_beats`` calls (``interval`` seconds)."""
-        self._running = True
-        self._first = first_beats.call_later(self._first_beat)
+    def start(self) -> None:
+        """Start beating: the first beat ``interval`` seconds from now."""
+        self._first = self.first_beats.call_later(self._first_beat)
 
     def stop(self) -> None:
         """Stop beating."""
-        self._running = False
         self._calls = None
         if self._first is not None:
             self._first.cancel()
@@ -76,7 +76,7 @@ class Heartbeat:
             return
         renew, on_lost = self._calls
         last_renewed = time.monotonic() - self.interval
-        while self._running:
+        while self._calls is not None:
             try:
                 await asyncio.wait_for(renew(), self.interval)
                 last_renewed = time.monotonic()
