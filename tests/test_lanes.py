@@ -193,8 +193,9 @@ async def _counted(q: Any, state: JobState, n: int) -> bool:
     return bool(await q.count(state) == n)
 
 
-async def test_foreign_messages_on_priority_lanes_are_moved_and_removed_like_any_other(
-    client: Client,
+@pytest.mark.parametrize("strategy", ["lifo", "priority"])
+async def test_foreign_messages_on_the_lanes_are_moved_and_removed_like_any_other(
+    client: Client, strategy: str
 ) -> None:
     """Garbage on a lane (a body that is no job id, a job with no record, a big body) is copied
     to the run lane and rejected there; the jobs around it run and the stream ends empty."""
@@ -210,7 +211,7 @@ async def test_foreign_messages_on_priority_lanes_are_moved_and_removed_like_any
     await behind.publish_on_lane("b", b"x" * 9_000, priority=0)
     await behind.publish_on_lane("c", b"no-such-job", priority=3)
     after = await publisher.add({"n": 2}, priority=3)
-    q = queue("foreign", handler, client=client, strategy="priority")
+    q = queue("foreign", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
     async with q:
         for job in (before, after):
             await wait_for_state(q, job.id, JobState.COMPLETED)
