@@ -30,6 +30,7 @@ from .execution import CANCELLED, SHUTDOWN, Execution, Runtime
 from .lag import LagWatch
 from .maintenance import Maintenance, OrphanSweeper, reconcile, scan_stalls
 from .middlewares import WhileRunning, chain_of
+from .prefetch import Prefetch
 from .ratelimit import ClusterRateLimit
 from .schedules import watch_missed_ticks
 from .throttle import StartWindow
@@ -73,6 +74,7 @@ class Consumer:
         self._hurry = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[None], Execution] = {}
+        self._prefetch = Prefetch(config, self._hand_back)
         self._background: set[asyncio.Task[Any]] = set()
         self._parts = contextlib.AsyncExitStack()
         """What _start set up, undone in reverse order by _close (each part quietly: a closed
@@ -103,9 +105,10 @@ class Consumer:
         return len(self._tasks)
 
     def _room(self) -> int:
-        """How many more jobs may start now: free slots, within the throttle's window."""
+        """How many more deliveries to ask for: free slots, within the throttle's window, and
+        room to hold some ready while jobs are short."""
         if self._throttle is None:
-            return self.free
+            return self.free + self._prefetch.room
         return min(self.free, self._throttle.room())
 
     async def start(self) -> None:
@@ -199,8 +202,13 @@ class Consumer:
     # -- running --------------------------------------------------------------------------
 
     def _on_delivery(self, delivery: Delivery) -> None:
+        if self.free <= 0 and not self._stopping.is_set() and self._prefetch.hold(delivery):
+            return
+        self._run_delivery(delivery)
+
+    def _run_delivery(self, delivery: Delivery) -> None:
         if self._stopping.is_set() or self.free <= 0 or not self._may_claim():
-            self._spawn(delivery.nak())  # no room, paused, or the loop lags: hand it back
+            self._hand_back(delivery)  # no room, paused, or the loop lags
             return
         assert self._runtime is not None
         execution = Execution(self._runtime, delivery, self._leave_slot)
@@ -215,12 +223,25 @@ class Consumer:
             await execution.run()
         finally:
             self._tasks.pop(asyncio.current_task(execution.rt.loop), None)  # type: ignore[arg-type]
+            self._start_ready()
             self._claimer.wake.set()
 
-    def _leave_slot(self) -> None:
-        """A job's handler returned (its settle goes on outside the slot)."""
+    def _leave_slot(self, slot_time: float) -> None:
+        """A job's handler returned after ``slot_time`` seconds in its slot (its settle goes on
+        outside the slot)."""
         self.running -= 1
+        self._prefetch.ended(slot_time)
+        self._start_ready()
         self._claimer.wake.set()
+
+    def _start_ready(self) -> None:
+        """Start the deliveries held ready while slots are free (paused: hand them back)."""
+        while self.free > 0 and (delivery := self._prefetch.take()) is not None:
+            self._run_delivery(delivery)
+
+    def _hand_back(self, delivery: Delivery) -> None:
+        """Let any worker take this delivery now (unclaimed, it runs no attempt)."""
+        self._spawn(delivery.nak())
 
     def _may_claim(self) -> bool:
         """Whether the queue is running and the event loop is not lagging."""
@@ -249,6 +270,7 @@ class Consumer:
         # it may be waiting for an answer NATS does not give (none at all while disconnected)
         await finish(self._loop_task, grace=STOP_GRACE if self.backend.connected else 0)
         await self._claimer.stop_pulling()  # no open pull may catch the jobs handed back below
+        self._prefetch.close()
         if self._tasks:
             pending = await self._wait_for_jobs(timeout)
             if pending:

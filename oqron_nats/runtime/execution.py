@@ -80,13 +80,14 @@ class Execution:
     """Claims, runs and settles one delivered job."""
 
     def __init__(
-        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[], None]
+        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[float], None]
     ) -> None:
         self.rt = runtime
         self.delivery = delivery
-        self._leave_slot: Callable[[], None] | None = leave_slot
-        """Called once, when the handler returned (or the run ended without it): the settle
-        writes that follow hold no handler slot."""
+        self._leave_slot: Callable[[float], None] | None = leave_slot
+        """Called once, with the seconds since this execution began, when the handler returned
+        (or the run ended without it): the settle writes that follow hold no handler slot."""
+        self._began = runtime.loop.time()
         self.signal = Signal()
         self.held = Held(runtime.backend.store)
         self.settle = Settle(runtime, delivery, self.held)
@@ -134,7 +135,7 @@ class Execution:
     def _handler_done(self) -> None:
         leave, self._leave_slot = self._leave_slot, None
         if leave is not None:
-            leave()
+            leave(self.rt.loop.time() - self._began)
 
     def abort(self, reason: str) -> None:
         """Fire the signal; an async handler still running ABORT_GRACE seconds later is cancelled.

@@ -1,0 +1,190 @@
+"""Prefetch: while its jobs are short, a fifo worker holds up to ``min(concurrency, 10)``
+deliveries ready beyond its slots; it claims none of them before a slot frees up, hands them
+back when it stops, when they waited ``MAX_WAIT`` or while the queue is paused, and holds none
+for long jobs, for lifo and priority, or under a throttle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from oqron_nats import Client, JobContext, JobState, Throttle, queue
+from oqron_nats.runtime import prefetch
+
+from .helpers import eventually
+from .support import Backstage
+
+WAIT = 10.0
+WARM_UP = 20
+"""Short jobs run first, so the worker judges its jobs short."""
+
+
+class Handler:
+    """Short jobs return after ``short_job`` seconds; a job whose data starts with "block"
+    waits for ``release``."""
+
+    def __init__(self, short_job: float = 0.0) -> None:
+        self.started: list[str] = []
+        self.release = asyncio.Event()
+        self._short_job = short_job
+
+    async def __call__(self, ctx: JobContext[str]) -> None:
+        self.started.append(ctx.data)
+        if ctx.data.startswith("block"):
+            await asyncio.wait_for(self.release.wait(), 3 * WAIT)
+        elif self._short_job:
+            await asyncio.sleep(self._short_job)
+
+    def blocked(self) -> list[str]:
+        """The blocking jobs started so far."""
+        return [name for name in self.started if name.startswith("block")]
+
+
+async def warm_up(q: Any, handler: Handler) -> None:
+    """Run WARM_UP short jobs to their end."""
+    for _ in range(WARM_UP):
+        await q.add("short")
+    await eventually(
+        lambda: _at_least(handler.started, WARM_UP), timeout=WAIT, what="the short jobs"
+    )
+
+
+async def ack_pending(backstage: Backstage, consumer: str) -> int:
+    """Messages delivered to the queue's consumer and not yet acked or handed back."""
+    return int((await backstage.consumer_info(consumer)).num_ack_pending)
+
+
+async def _at_least(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_back(
+    client: Client,
+) -> None:
+    handler = Handler()
+    q = queue("prefetch", handler, client=client, concurrency=2)
+    backstage = Backstage(client, "prefetch")
+    await q.start()
+    try:
+        await warm_up(q, handler)
+        blocks = [await q.add(f"block-{n}") for n in range(6)]
+        await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="2 running")
+        pending = await eventually(
+            lambda: _equal(ack_pending(backstage, "fifo"), 4), timeout=WAIT, what="2 held ready"
+        )
+        await asyncio.sleep(0.3)
+        assert await ack_pending(backstage, "fifo") == 4, "no more than concurrency are ready"
+        assert len(handler.blocked()) == 2 and pending
+        states = [job.state for job in [await q.get_job(job.id) for job in blocks] if job]
+        assert states.count(JobState.ACTIVE) == 2, "a job held ready is not claimed"
+        assert states.count(JobState.WAITING) == 4
+        stopping = asyncio.create_task(q.stop(timeout=WAIT))
+        await asyncio.sleep(0.2)
+        handler.release.set()
+        await asyncio.wait_for(stopping, WAIT)
+    finally:
+        handler.release.set()
+        await q.close()
+    assert len(handler.blocked()) == 2, "a stopping worker started a job it held ready"
+    # handed back (a nak'd message counts as ack pending until it is delivered again), not
+    # left to their ack deadline, lock_ttl + heartbeat + 1 s away
+    again = Handler()
+    again.release.set()
+    q2 = queue("prefetch", again, client=client, concurrency=2)
+    async with q2:
+        await eventually(lambda: _at_least(again.blocked(), 4), timeout=5, what="the other 4")
+    assert sorted(again.blocked()) == [f"block-{n}" for n in range(2, 6)]
+
+
+async def test_a_ready_delivery_waits_at_most_max_wait_then_another_worker_takes_it(
+    client: Client,
+) -> None:
+    """A job held ready behind a job that turned long goes to an idle worker after MAX_WAIT,
+    and the busy worker holds none again until a job of its ends."""
+    first, second = Handler(), Handler()
+    q = queue("hand-over", first, client=client, concurrency=1)
+    backstage = Backstage(client, "hand-over")
+    other = Client(client.urls, namespace=client.namespace)
+    await q.start()
+    try:
+        await warm_up(q, first)
+        await q.add("block-long")
+        await q.add("block-next")
+        await eventually(lambda: _at_least(first.blocked(), 1), timeout=WAIT, what="one running")
+        await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
+        second.release.set()
+        q2 = queue("hand-over", second, client=other, concurrency=1)
+        async with q2:
+            await eventually(
+                lambda: _at_least(second.started, 1),
+                timeout=prefetch.MAX_WAIT + 3,
+                what="the other worker took the job held ready",
+            )
+            assert second.started == ["block-next"]
+            await asyncio.sleep(0.5)
+            assert await ack_pending(backstage, "fifo") == 1, "the busy worker holds none again"
+        assert first.blocked() == ["block-long"]
+    finally:
+        first.release.set()
+        await q.close()
+        await other.close()
+
+
+async def test_ready_deliveries_are_handed_back_while_the_queue_is_paused(
+    client: Client,
+) -> None:
+    handler = Handler()
+    q = queue("prefetch-paused", handler, client=client, concurrency=1)
+    backstage = Backstage(client, "prefetch-paused")
+    await q.start()
+    try:
+        await warm_up(q, handler)
+        await q.add("block-1")
+        await q.add("block-2")
+        await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
+        await q.pause()
+        handler.release.set()
+        await asyncio.sleep(0.5)
+        assert handler.blocked() == ["block-1"], "a job held ready started on a paused queue"
+        await q.resume()
+        await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="resumed")
+    finally:
+        handler.release.set()
+        await q.close()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [
+        ("fifo", {"short_job": 0.1}),
+        ("lifo", {}),
+        ("priority", {}),
+        ("fifo", {"throttle": Throttle(1000, 1.0)}),
+    ],
+    ids=["long-jobs", "lifo", "priority", "throttle"],
+)
+async def test_no_deliveries_are_held_ready_for_long_jobs_lanes_or_a_throttle(
+    client: Client, strategy: str, options: dict[str, Any]
+) -> None:
+    handler = Handler(short_job=options.get("short_job", 0.0))
+    q = queue("no-prefetch", handler, client=client, concurrency=2, strategy=strategy,  # type: ignore[arg-type]
+              throttle=options.get("throttle"))  # fmt: skip
+    backstage = Backstage(client, "no-prefetch")
+    await q.start()
+    try:
+        await warm_up(q, handler)
+        for n in range(4):
+            await q.add(f"block-{n}")
+        await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="2 running")
+        await eventually(lambda: _equal(ack_pending(backstage, strategy), 2), what="2 delivered")
+        await asyncio.sleep(0.3)
+        assert await ack_pending(backstage, strategy) == 2, "a delivery was held ready"
+    finally:
+        handler.release.set()
+        await q.close()
+
+
+async def _equal(count: Any, expected: int) -> bool:
+    return bool(await count == expected)
