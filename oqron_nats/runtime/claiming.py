@@ -229,8 +229,11 @@ class Claimer:
             room = self._room() - self._in_transit
             if room > 0 and self._popper.maybe_nonempty:
                 self._in_transit += room  # before the moves: their deliveries may come at once
-                moved = await self._popper.move(room)
-                self._in_transit -= room - moved
+                moved = 0
+                try:
+                    moved = await self._popper.move(room)
+                finally:  # a failed move must not hold its slots for good
+                    self._in_transit -= room - moved
 
     async def _recreate_lost_consumer(self) -> bool:
         """Re-create the consumer if pulls suggest it is gone; True if it looked gone.

@@ -28,6 +28,7 @@ Why the lease waits for the first heartbeat: :mod:`.heartbeat`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
@@ -63,6 +64,9 @@ SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
+REDELIVER_FAILED_AFTER = 2.0
+"""Seconds until a delivery whose execution failed (NATS refused or did not answer a write
+within the retry deadline) is delivered again, instead of its ack deadline."""
 
 
 def aborted_type(reason: str | None) -> str:
@@ -106,7 +110,8 @@ class Execution:
         return self.held.job_id
 
     async def run(self) -> None:
-        """Process the delivery; never raises (a failure leaves the message for redelivery)."""
+        """Process the delivery; never raises (a failure hands the message back for a later
+        delivery; the record's compare-and-set fences whatever this one wrote)."""
         on_critical_path(self.rt.loop)  # this task runs one job: its awaited round trips count
         try:
             job_id = await self.checks.job_id()
@@ -128,6 +133,8 @@ class Execution:
                 "job execution failed; the message will be redelivered", job_id=self.job_id
             )
             await self.held.release()
+            with contextlib.suppress(Exception):  # else it comes back after its ack deadline
+                await self.delivery.nak(delay=REDELIVER_FAILED_AFTER)
         finally:
             self._handler_done()
             self._progress = None  # it calls back into this execution: a reference cycle

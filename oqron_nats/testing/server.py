@@ -58,6 +58,7 @@ class LocalServer:
         store_dir: str | Path | None = None,
         binary: str | None = None,
         sync_always: bool = False,
+        max_file_store: int | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 15.0,
     ) -> None:
@@ -65,6 +66,8 @@ class LocalServer:
         self.port = port
         self.name = f"oqron-{uuid.uuid4().hex[:12]}"
         self.sync_always = sync_always
+        self.max_file_store = max_file_store
+        """Bytes of JetStream file storage the server allows (None: its default)."""
         self.extra_args = extra_args
         self.startup_timeout = startup_timeout
         self._given_store = Path(store_dir) if store_dir else None
@@ -126,13 +129,15 @@ class LocalServer:
         """The server's configuration file, written into the store directory."""
         store = self.store_dir
         store.mkdir(parents=True, exist_ok=True)
-        sync = "\n  sync_interval: always" if self.sync_always else ""
+        options = "\n  sync_interval: always" if self.sync_always else ""
+        if self.max_file_store is not None:
+            options += f"\n  max_file_store: {self.max_file_store}"
         config = store / "oqron-server.conf"
         config.write_text(
             f"server_name: {self.name}\n"
             "host: 127.0.0.1\n"
             f"port: {self.port if self.port is not None else -1}\n"
-            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n' + self._extra_config()
+            f'jetstream {{\n  store_dir: "{store}"{options}\n}}\n' + self._extra_config()
         )
         return config
 
