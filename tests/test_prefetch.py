@@ -6,6 +6,7 @@ for long jobs, for lifo and priority, or under a throttle."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -188,3 +189,28 @@ async def test_no_deliveries_are_held_ready_for_long_jobs_lanes_or_a_throttle(
 
 async def _equal(count: Any, expected: int) -> bool:
     return bool(await count == expected)
+
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN")
+
+
+async def test_each_job_starts_in_a_context_of_its_own(client: Client) -> None:
+    """A job started from the deliveries held ready starts in a copy of the context the worker
+    was started in, not in the context of the job whose slot it takes (a context variable a
+    handler set, structlog's bound values, the current span, are that job's alone)."""
+    seen: list[str | None] = []
+
+    async def handler(ctx: JobContext[int]) -> None:
+        seen.append(SEEN.get(None))
+        SEEN.set(f"job {ctx.data}")
+
+    q = queue("own-context", handler, client=client, concurrency=1)
+    for n in range(40):
+        await q.add(n)
+    SEEN.set("the starter's")
+    try:
+        async with q:
+            await eventually(lambda: _at_least(seen, 40), timeout=WAIT, what="40 jobs")
+    finally:
+        SEEN.set("")
+    assert set(seen) == {"the starter's"}, seen

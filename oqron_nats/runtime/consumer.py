@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import secrets
@@ -80,6 +81,9 @@ class Consumer:
         """What _start set up, undone in reverse order by _close (each part quietly: a closed
         connection has nothing left to undo)."""
         self._executor: ThreadPoolExecutor | None = None
+        self._context = contextvars.Context()
+        """The context start() was called in: each job runs in a copy of it (never in the one
+        of the job whose slot it takes: a ready delivery starts from that job's task)."""
         self._runtime: Runtime | None = None
         self._lag: LagWatch | None = None
         self._throttle = StartWindow(config.throttle) if config.throttle else None
@@ -127,6 +131,7 @@ class Consumer:
         )  # fmt: skip
 
     async def _start(self) -> None:
+        self._context = contextvars.copy_context()
         consumers = self.backend.shared.consumers
         consumers.claim(self.config.name)
         self._undo(lambda: consumers.release(self.config.name))
@@ -215,7 +220,9 @@ class Consumer:
         if self._throttle is not None:
             self._throttle.started()
         self.running += 1
-        task = self._runtime.loop.create_task(self._execute(execution))
+        task = self._runtime.loop.create_task(
+            self._execute(execution), context=self._context.copy()
+        )
         self._tasks[task] = execution
 
     async def _execute(self, execution: Execution) -> None:
