@@ -62,8 +62,9 @@ async def _at_least(items: list[Any], n: int) -> bool:
 
 
 async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_back(
-    client: Client,
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(prefetch, "MAX_WAIT", 60.0)  # handed back by the stop, not by age
     handler = Handler()
     q = queue("prefetch", handler, client=client, concurrency=2)
     backstage = Backstage(client, "prefetch")
@@ -81,8 +82,10 @@ async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_
         states = [job.state for job in [await q.get_job(job.id) for job in blocks] if job]
         assert states.count(JobState.ACTIVE) == 2, "a job held ready is not claimed"
         assert states.count(JobState.WAITING) == 4
+        consumer = q._consumer
+        assert consumer is not None and consumer.ready == 2
         stopping = asyncio.create_task(q.stop(timeout=WAIT))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: _true(consumer.ready == 0), timeout=2, what="handed back")
         handler.release.set()
         await asyncio.wait_for(stopping, WAIT)
     finally:
@@ -124,8 +127,9 @@ async def test_a_ready_delivery_waits_at_most_max_wait_then_another_worker_takes
                 what="the other worker took the job held ready",
             )
             assert second.started == ["block-next"]
-            await asyncio.sleep(0.5)
-            assert await ack_pending(backstage, "fifo") == 1, "the busy worker holds none again"
+        await q.add("block-after")  # the busy worker is the only one left
+        await asyncio.sleep(0.5)
+        assert await ack_pending(backstage, "fifo") == 1, "the busy worker holds none again"
         assert first.blocked() == ["block-long"]
     finally:
         first.release.set()
@@ -133,9 +137,10 @@ async def test_a_ready_delivery_waits_at_most_max_wait_then_another_worker_takes
         await other.close()
 
 
-async def test_ready_deliveries_are_handed_back_while_the_queue_is_paused(
-    client: Client,
+async def test_ready_deliveries_are_handed_back_when_the_queue_pauses(
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(prefetch, "MAX_WAIT", 60.0)  # handed back by the pause, not by age
     handler = Handler()
     q = queue("prefetch-paused", handler, client=client, concurrency=1)
     backstage = Backstage(client, "prefetch-paused")
@@ -145,7 +150,10 @@ async def test_ready_deliveries_are_handed_back_while_the_queue_is_paused(
         await q.add("block-1")
         await q.add("block-2")
         await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
+        assert q._consumer is not None and q._consumer.ready == 1
         await q.pause()
+        consumer = q._consumer
+        await eventually(lambda: _true(consumer.ready == 0), timeout=2, what="handed back")
         handler.release.set()
         await asyncio.sleep(0.5)
         assert handler.blocked() == ["block-1"], "a job held ready started on a paused queue"
@@ -187,6 +195,10 @@ async def test_no_deliveries_are_held_ready_for_long_jobs_lanes_or_a_throttle(
         await q.close()
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def _equal(count: Any, expected: int) -> bool:
     return bool(await count == expected)
 
@@ -214,3 +226,26 @@ async def test_each_job_starts_in_a_context_of_its_own(client: Client) -> None:
     finally:
         SEEN.set("")
     assert set(seen) == {"the starter's"}, seen
+
+
+async def test_a_delivery_ready_too_long_is_handed_back_and_jobs_are_no_longer_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The age limit on its own (no server needed: deliveries are only held and handed back)."""
+    monkeypatch.setattr(prefetch, "MAX_WAIT", 0.05)
+    handed_back: list[Any] = []
+    config = queue("unit", concurrency=4).config
+    ready = prefetch.Prefetch(config, handed_back.append)
+    assert ready.room == 0, "no prefetch before a job ended"
+    ready.ended(0.001)
+    assert ready.room == 4
+    first, second = object(), object()
+    assert ready.hold(first) and ready.hold(second)  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert handed_back == [first, second] and len(ready) == 0
+    assert ready.room == 0, "jobs are not judged short again until one ends"
+    ready.ended(0.001)
+    assert ready.room == 4
+    ready.ended(1.0)  # the average moves towards long jobs
+    ready.ended(1.0)
+    assert ready.room == 0

@@ -24,6 +24,7 @@ from ..core.job import JobState
 from ..core.middleware import Middleware
 from ..observe.log import logger
 from ..storage.backend import Backend
+from ..storage.control import QueueState
 from . import retention
 from .claiming import Claimer
 from .context import JobContext
@@ -104,16 +105,20 @@ class Consumer:
         return min(concurrency - self.running, 2 * concurrency - self.in_flight)
 
     @property
+    def ready(self) -> int:
+        """Deliveries held ready for the next free slots (see runtime/prefetch.py)."""
+        return len(self._prefetch)
+
+    @property
     def in_flight(self) -> int:
         """Jobs delivered here and not yet settled (running, or writing their outcome)."""
         return len(self._tasks)
 
     def _room(self) -> int:
-        """How many more deliveries to ask for: free slots, within the throttle's window, and
-        room to hold some ready while jobs are short."""
-        if self._throttle is None:
-            return self.free + self._prefetch.room
-        return min(self.free, self._throttle.room())
+        """How many more deliveries to ask for: free slots and room to hold some ready while
+        jobs are short, within the throttle's window."""
+        room = self.free + self._prefetch.room
+        return room if self._throttle is None else min(room, self._throttle.room())
 
     async def start(self) -> None:
         """Create the consumers, open the pull inboxes and start claiming."""
@@ -135,6 +140,9 @@ class Consumer:
         consumers = self.backend.shared.consumers
         consumers.claim(self.config.name)
         self._undo(lambda: consumers.release(self.config.name))
+        control = self.backend.control
+        control.listeners.append(self._on_state)
+        self._undo(lambda: control.listeners.remove(self._on_state))
         await self._claimer.prepare(self._undo)
         if not is_async_handler(self._handler):
             self._executor = ThreadPoolExecutor(
@@ -179,8 +187,7 @@ class Consumer:
         """The middlewares of this worker process: its presence key and its lag monitor."""
         parts: list[Middleware] = [WhileRunning(self.backend.presence(self.config.concurrency))]
         if self.config.lag_monitor is not None:
-            wake = self._claimer.wake
-            self._lag = LagWatch(self.config.lag_monitor, lambda _lagging: wake.set())
+            self._lag = LagWatch(self.config.lag_monitor, self._on_lag)
             parts.append(WhileRunning(self._lag))
         return parts
 
@@ -207,9 +214,13 @@ class Consumer:
     # -- running --------------------------------------------------------------------------
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        if self.free <= 0 and not self._stopping.is_set() and self._prefetch.hold(delivery):
+        if self.free <= 0 and self._may_hold() and self._prefetch.hold(delivery):
             return
         self._run_delivery(delivery)
+
+    def _may_hold(self) -> bool:
+        """Whether a delivery may wait here for a slot: claiming, and not stopping."""
+        return not self._stopping.is_set() and self._may_claim()
 
     def _run_delivery(self, delivery: Delivery) -> None:
         if self._stopping.is_set() or self.free <= 0 or not self._may_claim():
@@ -233,18 +244,37 @@ class Consumer:
             self._start_ready()
             self._claimer.wake.set()
 
-    def _leave_slot(self, slot_time: float) -> None:
-        """A job's handler returned after ``slot_time`` seconds in its slot (its settle goes on
-        outside the slot)."""
+    def _leave_slot(self, slot_time: float | None) -> None:
+        """A job left its slot: its handler returned after ``slot_time`` seconds (None: it ran
+        none; its settle goes on outside the slot)."""
         self.running -= 1
-        self._prefetch.ended(slot_time)
+        if slot_time is not None:
+            self._prefetch.ended(slot_time)
         self._start_ready()
         self._claimer.wake.set()
 
     def _start_ready(self) -> None:
-        """Start the deliveries held ready while slots are free (paused: hand them back)."""
+        """Start the deliveries held ready while slots are free (paused: hand them back).
+
+        It runs in the task of a job leaving its slot: a failure here is not that job's.
+        """
         while self.free > 0 and (delivery := self._prefetch.take()) is not None:
-            self._run_delivery(delivery)
+            try:
+                self._run_delivery(delivery)
+            except Exception:
+                log.exception("could not start a delivery held ready; handing it back")
+                self._hand_back(delivery)
+
+    def _on_state(self, state: QueueState) -> None:
+        """The queue state was read: a paused queue keeps no delivery ready."""
+        if state.paused:
+            self._prefetch.hand_back_all()
+
+    def _on_lag(self, lagging: bool) -> None:
+        """The event loop started or stopped lagging: a lagging one keeps no delivery ready."""
+        if lagging:
+            self._prefetch.hand_back_all()
+        self._claimer.wake.set()
 
     def _hand_back(self, delivery: Delivery) -> None:
         """Let any worker take this delivery now (unclaimed, it runs no attempt)."""
@@ -277,7 +307,7 @@ class Consumer:
         # it may be waiting for an answer NATS does not give (none at all while disconnected)
         await finish(self._loop_task, grace=STOP_GRACE if self.backend.connected else 0)
         await self._claimer.stop_pulling()  # no open pull may catch the jobs handed back below
-        self._prefetch.close()
+        self._prefetch.hand_back_all()
         if self._tasks:
             pending = await self._wait_for_jobs(timeout)
             if pending:

@@ -66,7 +66,8 @@ ABORT_GRACE = 1.0
 """Seconds an aborted async handler gets to return on its own before it is cancelled."""
 REDELIVER_FAILED_AFTER = 2.0
 """Seconds until a delivery whose execution failed (NATS refused or did not answer a write
-within the retry deadline) is delivered again, instead of its ack deadline."""
+within the retry deadline) is delivered again, doubling with each delivery, at most its ack
+deadline."""
 
 
 def aborted_type(reason: str | None) -> str:
@@ -84,13 +85,14 @@ class Execution:
     """Claims, runs and settles one delivered job."""
 
     def __init__(
-        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[float], None]
+        self, runtime: Runtime, delivery: Delivery, leave_slot: Callable[[float | None], None]
     ) -> None:
         self.rt = runtime
         self.delivery = delivery
-        self._leave_slot: Callable[[float], None] | None = leave_slot
-        """Called once, with the seconds since this execution began, when the handler returned
-        (or the run ended without it): the settle writes that follow hold no handler slot."""
+        self._leave_slot: Callable[[float | None], None] | None = leave_slot
+        """Called once, when the handler returned, with the seconds since this execution began
+        (or when the run ended without it, with None): the settle writes that follow hold no
+        handler slot."""
         self._began = runtime.loop.time()
         self.signal = Signal()
         self.held = Held(runtime.backend.store)
@@ -133,16 +135,26 @@ class Execution:
                 "job execution failed; the message will be redelivered", job_id=self.job_id
             )
             await self.held.release()
-            with contextlib.suppress(Exception):  # else it comes back after its ack deadline
-                await self.delivery.nak(delay=REDELIVER_FAILED_AFTER)
+            await self._redeliver_later()
         finally:
-            self._handler_done()
+            self._handler_done(ran=False)
             self._progress = None  # it calls back into this execution: a reference cycle
 
-    def _handler_done(self) -> None:
+    def _handler_done(self, *, ran: bool) -> None:
         leave, self._leave_slot = self._leave_slot, None
         if leave is not None:
-            leave(self.rt.loop.time() - self._began)
+            leave(self.rt.loop.time() - self._began if ran else None)
+
+    async def _redeliver_later(self) -> None:
+        """After a failure, have the message delivered again sooner than its ack deadline,
+        later each time it fails; not if the attempt was aborted (its lease lost: another
+        worker may hold the job now)."""
+        if self.signal.aborted:
+            return
+        failures = min(self.delivery.num_delivered, 10)
+        delay = min(REDELIVER_FAILED_AFTER * 2 ** (failures - 1), self.rt.config.ack_wait)
+        with contextlib.suppress(Exception):  # else it comes back after its ack deadline
+            await self.delivery.nak(delay=delay)
 
     def abort(self, reason: str) -> None:
         """Fire the signal; an async handler still running ABORT_GRACE seconds later is cancelled.
@@ -296,7 +308,7 @@ class Execution:
             started = time.monotonic()
             ran = await rt.middleware.around(job, self.delivery.headers, lambda: self._attempt(job))
             duration = time.monotonic() - started
-            self._handler_done()
+            self._handler_done(ran=True)
             if self.signal.aborted:
                 outcome: str | None = aborted_type(self.signal.reason)
             else:

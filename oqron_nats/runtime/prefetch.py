@@ -1,15 +1,16 @@
 """Prefetch: deliveries held ready beyond a worker's free slots, while its jobs are short.
 
 A slot that frees up waits a pull's round trip for its next job unless a delivery is already
-here. For short jobs that wait is a large part of each job (at concurrency 10, a third of the
-rate), so a fifo worker whose slots are held less than ``SHORT_JOB`` on average keeps up to
-``min(concurrency, MOST)`` deliveries ready, and starts one as soon as a slot frees up.
+here. For short jobs that wait is a large part of each job (at concurrency 10, about a quarter
+of its time), so a fifo worker whose slots are held less than ``SHORT_JOB`` on average keeps up
+to ``min(concurrency, MOST)`` deliveries ready, and starts one as soon as a slot frees up.
 
 Nothing is claimed before it starts: a ready delivery is a message whose ack deadline runs, no
 more. It waits about one job's time (as many are ready as slots), and at most ``MAX_WAIT``: then
 it is handed back for any worker to take, and jobs are no longer judged short until one ends (the
-jobs in the slots may have turned long). A worker that crashes with some ready has them
-redelivered after the ack deadline; a stopping worker hands them back. Long jobs get no prefetch
+jobs in the slots may have turned long). A worker that stops, or whose queue pauses or whose
+loop lags, hands them back at once; one that crashes has them redelivered after the ack
+deadline. Only jobs that ran their handler count towards the average. Long jobs get no prefetch
 (a job would wait behind another in this worker while another worker is idle), nor does a worker
 that must meter its starts (throttle, rate limit) or keep the lanes' order (lifo, priority): a
 ready delivery would jump ahead of a better job moved later. Jobs are judged short only once
@@ -53,10 +54,13 @@ class Prefetch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
+    def __len__(self) -> int:
+        return len(self._ready)
+
     @property
     def room(self) -> int:
         """How many more deliveries it would hold now."""
-        return self._capacity() - len(self._ready)
+        return max(0, self._capacity() - len(self._ready))
 
     def hold(self, delivery: Delivery) -> bool:
         """Keep ``delivery`` ready for the next free slot; False if there is no room."""
@@ -72,8 +76,8 @@ class Prefetch:
         """The delivery ready longest, if any."""
         return self._ready.popleft()[1] if self._ready else None
 
-    def close(self) -> None:
-        """Hand back every delivery held ready (the worker stops)."""
+    def hand_back_all(self) -> None:
+        """Hand back every delivery held ready (the worker stops, pauses or lags)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -90,15 +94,18 @@ class Prefetch:
 
     def _hand_back_stale(self) -> None:
         """Hand back the deliveries ready for MAX_WAIT; look again when the next one is due."""
-        assert self._loop is not None, "set by hold(), which armed this timer"
+        loop = self._loop
+        assert loop is not None, "set by hold(), which armed this timer"
         self._timer = None
-        ready, now = self._ready, self._loop.time()
-        if ready and ready[0][0] + MAX_WAIT <= now:
-            self._slot_time = None  # the jobs in the slots turned long: no more until one ends
-            while ready and ready[0][0] + MAX_WAIT <= now:
-                self._hand_back(ready.popleft()[1])
-        if ready:
-            self._timer = self._loop.call_later(ready[0][0] + MAX_WAIT - now, self._hand_back_stale)
+        ready, now = self._ready, loop.time()
+        try:
+            if ready and ready[0][0] + MAX_WAIT <= now:
+                self._slot_time = None  # the jobs in the slots turned long: none until one ends
+                while ready and ready[0][0] + MAX_WAIT <= now:
+                    self._hand_back(ready.popleft()[1])
+        finally:
+            if ready:
+                self._timer = loop.call_later(ready[0][0] + MAX_WAIT - now, self._hand_back_stale)
 
     def _capacity(self) -> int:
         average = self._slot_time
