@@ -151,8 +151,8 @@ class Execution:
         worker may hold the job now)."""
         if self.signal.aborted:
             return
-        failures = min(self.delivery.num_delivered, 10)
-        delay = min(REDELIVER_FAILED_AFTER * 2 ** (failures - 1), self.rt.config.ack_wait)
+        deliveries = min(self.delivery.num_delivered, 10)  # each one failed, as far as we know
+        delay = min(REDELIVER_FAILED_AFTER * 2 ** (deliveries - 1), self.rt.config.ack_wait)
         with contextlib.suppress(Exception):  # else it comes back after its ack deadline
             await self.delivery.nak(delay=delay)
 
