@@ -1,12 +1,14 @@
 """Prefetch: while its jobs are short, a fifo worker holds up to ``min(concurrency, 10)``
 deliveries ready beyond its slots; it claims none of them before a slot frees up, hands them
-back when it stops, when they waited ``MAX_WAIT`` or while the queue is paused, and holds none
-for long jobs, for lifo and priority, or under a throttle."""
+back when it stops, when they waited ``MAX_WAIT`` or when the queue pauses, and holds none for
+long jobs, for lifo and priority, or under a throttle."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -43,13 +45,24 @@ class Handler:
         return [name for name in self.started if name.startswith("block")]
 
 
-async def warm_up(q: Any, handler: Handler) -> None:
-    """Run WARM_UP short jobs to their end."""
-    for _ in range(WARM_UP):
-        await q.add("short")
-    await eventually(
-        lambda: _at_least(handler.started, WARM_UP), timeout=WAIT, what="the short jobs"
-    )
+@contextlib.asynccontextmanager
+async def warm_worker(
+    client: Client, name: str, handler: Handler, **options: Any
+) -> AsyncIterator[Any]:
+    """A started worker of queue ``name`` that has run WARM_UP short jobs to their end (so it
+    judges its jobs short); released and closed on the way out."""
+    q = queue(name, handler, client=client, **options)
+    await q.start()
+    try:
+        for _ in range(WARM_UP):
+            await q.add("short")
+        await eventually(
+            lambda: _at_least(handler.started, WARM_UP), timeout=WAIT, what="the short jobs"
+        )
+        yield q
+    finally:
+        handler.release.set()
+        await q.close()
 
 
 async def ack_pending(backstage: Backstage, consumer: str) -> int:
@@ -66,11 +79,8 @@ async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_
 ) -> None:
     monkeypatch.setattr(prefetch, "MAX_WAIT", 60.0)  # handed back by the stop, not by age
     handler = Handler()
-    q = queue("prefetch", handler, client=client, concurrency=2)
     backstage = Backstage(client, "prefetch")
-    await q.start()
-    try:
-        await warm_up(q, handler)
+    async with warm_worker(client, "prefetch", handler, concurrency=2) as q:
         blocks = [await q.add(f"block-{n}") for n in range(6)]
         await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="2 running")
         pending = await eventually(
@@ -88,9 +98,6 @@ async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_
         await eventually(lambda: _true(consumer.ready == 0), timeout=2, what="handed back")
         handler.release.set()
         await asyncio.wait_for(stopping, WAIT)
-    finally:
-        handler.release.set()
-        await q.close()
     assert len(handler.blocked()) == 2, "a stopping worker started a job it held ready"
     # handed back (a nak'd message counts as ack pending until it is delivered again), not
     # left to their ack deadline, lock_ttl + heartbeat + 1 s away
@@ -108,32 +115,30 @@ async def test_a_ready_delivery_waits_at_most_max_wait_then_another_worker_takes
     """A job held ready behind a job that turned long goes to an idle worker after MAX_WAIT,
     and the busy worker holds none again until a job of its ends."""
     first, second = Handler(), Handler()
-    q = queue("hand-over", first, client=client, concurrency=1)
     backstage = Backstage(client, "hand-over")
     other = Client(client.urls, namespace=client.namespace)
-    await q.start()
     try:
-        await warm_up(q, first)
-        await q.add("block-long")
-        await q.add("block-next")
-        await eventually(lambda: _at_least(first.blocked(), 1), timeout=WAIT, what="one running")
-        await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
-        second.release.set()
-        q2 = queue("hand-over", second, client=other, concurrency=1)
-        async with q2:
+        async with warm_worker(client, "hand-over", first, concurrency=1) as q:
+            await q.add("block-long")
+            await q.add("block-next")
             await eventually(
-                lambda: _at_least(second.started, 1),
-                timeout=prefetch.MAX_WAIT + 3,
-                what="the other worker took the job held ready",
+                lambda: _at_least(first.blocked(), 1), timeout=WAIT, what="one running"
             )
-            assert second.started == ["block-next"]
-        await q.add("block-after")  # the busy worker is the only one left
-        await asyncio.sleep(0.5)
-        assert await ack_pending(backstage, "fifo") == 1, "the busy worker holds none again"
-        assert first.blocked() == ["block-long"]
+            await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
+            second.release.set()
+            q2 = queue("hand-over", second, client=other, concurrency=1)
+            async with q2:
+                await eventually(
+                    lambda: _at_least(second.started, 1),
+                    timeout=prefetch.MAX_WAIT + 3,
+                    what="the other worker took the job held ready",
+                )
+                assert second.started == ["block-next"]
+            await q.add("block-after")  # the busy worker is the only one left
+            await asyncio.sleep(0.5)
+            assert await ack_pending(backstage, "fifo") == 1, "the busy worker holds none again"
+            assert first.blocked() == ["block-long"]
     finally:
-        first.release.set()
-        await q.close()
         await other.close()
 
 
@@ -142,11 +147,8 @@ async def test_ready_deliveries_are_handed_back_when_the_queue_pauses(
 ) -> None:
     monkeypatch.setattr(prefetch, "MAX_WAIT", 60.0)  # handed back by the pause, not by age
     handler = Handler()
-    q = queue("prefetch-paused", handler, client=client, concurrency=1)
     backstage = Backstage(client, "prefetch-paused")
-    await q.start()
-    try:
-        await warm_up(q, handler)
+    async with warm_worker(client, "prefetch-paused", handler, concurrency=1) as q:
         await q.add("block-1")
         await q.add("block-2")
         await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 2), what="one ready")
@@ -159,9 +161,6 @@ async def test_ready_deliveries_are_handed_back_when_the_queue_pauses(
         assert handler.blocked() == ["block-1"], "a job held ready started on a paused queue"
         await q.resume()
         await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="resumed")
-    finally:
-        handler.release.set()
-        await q.close()
 
 
 @pytest.mark.parametrize(
@@ -178,21 +177,17 @@ async def test_no_deliveries_are_held_ready_for_long_jobs_lanes_or_a_throttle(
     client: Client, strategy: str, options: dict[str, Any]
 ) -> None:
     handler = Handler(short_job=options.get("short_job", 0.0))
-    q = queue("no-prefetch", handler, client=client, concurrency=2, strategy=strategy,  # type: ignore[arg-type]
-              throttle=options.get("throttle"))  # fmt: skip
     backstage = Backstage(client, "no-prefetch")
-    await q.start()
-    try:
-        await warm_up(q, handler)
+    async with warm_worker(
+        client, "no-prefetch", handler, concurrency=2, strategy=strategy,
+        throttle=options.get("throttle"),
+    ) as q:  # fmt: skip
         for n in range(4):
             await q.add(f"block-{n}")
         await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="2 running")
         await eventually(lambda: _equal(ack_pending(backstage, strategy), 2), what="2 delivered")
         await asyncio.sleep(0.3)
         assert await ack_pending(backstage, strategy) == 2, "a delivery was held ready"
-    finally:
-        handler.release.set()
-        await q.close()
 
 
 async def _true(value: bool) -> bool:

@@ -264,7 +264,7 @@ class Connection:
             if not await backoff.pause():
                 raise Unavailable(
                     f"NATS did not answer a request on {subject} within the retry deadline "
-                    f"(last try: {cause}); {_suspect(cause)}",
+                    f"(last try: {cause}); is the cluster electing leaders, or a node down?",
                     outcome_unknown=timed_out,
                 )
             log.debug("no answer from NATS yet; asking again", subject=subject, cause=cause)
@@ -403,10 +403,3 @@ def _abandon(nc: DirectClient) -> None:
     transport = nc._transport
     if transport is not None:
         transport.close()  # type: ignore[no-untyped-call]
-
-
-def _suspect(cause: str) -> str:
-    """What an operator should look at when requests keep failing with ``cause``."""
-    if "err_code 10023" in cause:  # insufficient resources
-        return "is the server's or the account's JetStream storage full, or a node down?"
-    return "is the cluster electing leaders, or a node down?"

@@ -15,7 +15,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from ..core.errors import JetStreamError
-from .retry import TRANSIENT_ERR_CODES
+from .retry import SUSPECTS, TRANSIENT_ERR_CODES
 
 CAS_ERROR_CODES = frozenset({10071, 10164})
 """Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
@@ -175,7 +175,8 @@ def transient_error(data: bytes) -> str | None:
         return None
     if error is None or error.err_code not in TRANSIENT_ERR_CODES:
         return None
-    return f"{error.description} (err_code {error.err_code})"
+    suspect = SUSPECTS.get(error.err_code)
+    return f"{error.description} (err_code {error.err_code}{f': {suspect}?' if suspect else ''})"
 
 
 class StoredMsg(msgspec.Struct, frozen=True):

@@ -24,13 +24,16 @@ TRANSIENT_ERR_CODES = frozenset(
         10005,  # no suitable peers for placement (a node of an R3 group is down)
         10008,  # JetStream system temporarily unavailable (no meta leader)
         10009,  # JetStream cluster can not handle request (not the leader any more)
-        10023,  # insufficient resources (placement while a node is down)
+        10023,  # insufficient resources (placement while a node is down, or the store is full)
         10158,  # duplicate message id is in process (being replicated: next time a duplicate)
         10163,  # expected last sequence per subject temporarily unavailable (a new leader)
     }
 )
 """JetStream API errors that a cluster answers while it elects leaders or misses a node: asked
 again, like a request nobody answered (err_codes from nats-server's errors.json)."""
+
+SUSPECTS = {10023: "JetStream storage full (the server's or the account's), or a node down"}
+"""What else an operator should suspect when a transient error keeps coming back."""
 
 
 class Backoff:

@@ -64,7 +64,7 @@ class Prefetch:
 
     def hold(self, delivery: Delivery) -> bool:
         """Keep ``delivery`` ready for the next free slot; False if there is no room."""
-        if len(self._ready) >= self._capacity():
+        if not self.room:
             return False
         loop = self._loop = self._loop or asyncio.get_running_loop()
         self._ready.append((loop.time(), delivery))
