@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..core.job import Job, JobFailure
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from ..storage.backend import Backend
 
 log = logger(__name__)
+
+NOTHING: AbstractAsyncContextManager[object] = nullcontext()
+"""An around_process that does nothing (reusable)."""
 
 
 class Metrics(Middleware):
@@ -71,18 +74,25 @@ class Spans(Middleware):
         self.detail = detail
         """Whether the span may hold the error's message (not on an encrypted queue)."""
 
-    @asynccontextmanager
-    async def around_process(
+    def around_process(
         self, job: Job[Any], headers: Mapping[str, str]
-    ) -> AsyncIterator[None]:
-        """The attempt's span; the context the message (else the record) carries is its parent."""
+    ) -> AbstractAsyncContextManager[object]:
+        """The attempt's span; the context the message (else the record) carries is its parent.
+        Nothing when there is neither a span to record nor a context to pass on."""
+        carrier = headers or job.trace
+        if not self.tracing.processes(carrier):
+            return NOTHING
+        return self._span(job, carrier)
+
+    @asynccontextmanager
+    async def _span(self, job: Job[Any], carrier: Mapping[str, str]) -> AsyncIterator[None]:
         with self.tracing.processing(
             queue=self.queue,
             job_id=job.id,
             correlation_id=job.correlation_id,
             attempt=job.attempt,
             consumer=self.group,
-            carrier=headers or job.trace,
+            carrier=carrier,
         ) as span:
             try:
                 yield
