@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobContext, JobState, Throttle, queue
+from oqron_nats import Client, Job, JobContext, JobState, Middleware, Throttle, queue
 from oqron_nats.runtime import prefetch
+from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually
+from .proxy import TcpProxy
 from .support import Backstage
 
 WAIT = 10.0
@@ -244,3 +247,71 @@ async def test_a_delivery_ready_too_long_is_handed_back_and_jobs_are_no_longer_s
     ready.ended(1.0)  # the average moves towards long jobs
     ready.ended(1.0)
     assert ready.room == 0
+
+
+class Completions(Middleware):
+    """Counts each job's success hooks, on every worker it is given to."""
+
+    def __init__(self) -> None:
+        self.counted: Counter[str] = Counter()
+
+    def on_complete(self, job: Job[Any], result: Any) -> None:
+        """Count one completion of ``job``."""
+        self.counted[job.id] += 1
+
+
+async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_completes_none_twice(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """A network partition between a worker and the server while it runs two jobs and holds two
+    more ready: the server gives all four to another worker after their ack deadline (the two
+    running ones once their leases expired); when the link is back, the cut-off worker's late
+    writes lose their compare-and-set. Every job completes once, none is lost, and the cut-off
+    worker carries on."""
+    handler, other_handler, completions = Handler(), Handler(), Completions()
+    other_handler.release.set()
+    options = {"concurrency": 2, "lock_ttl": 2, "heartbeat": 0.5, "middleware": [completions]}
+    async with TcpProxy(nats_server.port) as proxy:
+        cut_off = Client(proxy.url, namespace=namespace)
+        direct = Client(nats_server.url, namespace=namespace)
+        async with cut_off, direct, warm_worker(cut_off, "cut", handler, **options) as q:
+            publisher = queue("cut", client=direct)
+            blocks = [await q.add(f"block-{n}") for n in range(4)]
+            backstage = Backstage(direct, "cut")
+            await eventually(lambda: _at_least(handler.blocked(), 2), timeout=WAIT, what="2 run")
+            await eventually(lambda: _equal(ack_pending(backstage, "fifo"), 4), what="2 ready")
+            await asyncio.sleep(0.7)  # the running jobs' first heartbeat took their leases
+            proxy.stall()  # the partition: nothing goes through, both ways
+            async with queue("cut", other_handler, client=direct, **options):
+                await eventually(
+                    lambda: _at_least(other_handler.blocked(), 4), timeout=3 * WAIT,
+                    what="the other worker ran the four jobs",
+                )  # fmt: skip
+                for job in blocks:
+                    await _completed(publisher, job.id)
+                handler.release.set()  # the cut-off worker's handlers return into the partition
+                await asyncio.sleep(1.5)  # and its ready deliveries aged out meanwhile
+                proxy.flow()  # the link is back: the cut-off worker's writes arrive late
+                await eventually(lambda: _true(cut_off.connected), timeout=WAIT, what="back")
+                await asyncio.sleep(2.0)
+            await q.add("after")  # the other worker is gone: the cut-off one must run it
+            await eventually(
+                lambda: _true("after" in handler.started), timeout=WAIT, what="it runs again"
+            )
+            await _completed(publisher, None)
+    assert sorted(other_handler.blocked()) == [f"block-{n}" for n in range(4)]
+    twice = {job: n for job, n in completions.counted.items() if n > 1}
+    assert twice == {}, "a job completed twice"
+    assert len(completions.counted) == WARM_UP + 4 + 1
+
+
+async def _completed(q: Any, job_id: str | None) -> None:
+    """Wait until ``job_id`` (None: every job of queue "cut") is completed."""
+
+    async def done() -> bool:
+        if job_id is None:
+            return await q.count(JobState.COMPLETED) == WARM_UP + 4 + 1
+        job = await q.get_job(job_id)
+        return job is not None and job.state == JobState.COMPLETED
+
+    await eventually(done, timeout=WAIT, what=f"{job_id or 'every job'} completed")
