@@ -77,13 +77,13 @@ def ttl_of(policy: Retention | None) -> float | None:
 
 
 class Retainer:
-    """The retention step of settling one queue's jobs: the final record's TTL, then (after the
-    ack) the removal or the trim."""
+    """The retention step of settling one queue's jobs (one per consumer, shared by its
+    executions): the final record's TTL, then (after the ack) the removal or the trim."""
 
-    def __init__(self, backend: Backend, config: QueueConfig, trimming: asyncio.Lock) -> None:
+    def __init__(self, backend: Backend, config: QueueConfig) -> None:
         self.backend = backend
         self.config = config
-        self.trimming = trimming
+        self.trimming = asyncio.Lock()
         """One trim of the worker's jobs at a time (they settle concurrently): a count read
         while another trim's removals land, then a list of the oldest read after them, would
         remove too many."""

@@ -33,7 +33,6 @@ from . import dag
 from .heartbeat import Heartbeat
 from .held import Held
 from .late_entry import LateEntry
-from .retention import Retainer
 from .shared import Runtime
 
 log = logger(__name__)
@@ -73,7 +72,6 @@ class Settle:
         self.rt = runtime
         self.delivery = delivery
         self.held = held
-        self.retention = Retainer(runtime.backend, runtime.config, runtime.trimming)
         self.heartbeat: Heartbeat | None = None
         """The attempt's heartbeat: it renews the lease until the final write is done."""
         self.late: LateEntry | None = None
@@ -94,7 +92,7 @@ class Settle:
                 listed, unlisted = self.late.listed()
             try:
                 await held.write(
-                    final, event, listed, ttl=self.retention.ttl(final), unlisted=unlisted
+                    final, event, listed, ttl=self.rt.retention.ttl(final), unlisted=unlisted
                 )
             except CasConflict:
                 await self._lost_the_record(final.id)
@@ -198,7 +196,7 @@ class Settle:
         await self._notify_children(job)
         await self.delivery.ack()
         await self.held.release()
-        await self.retention.apply(job, self.held.revision)
+        await self.rt.retention.apply(job, self.held.revision)
 
     async def finish_again(self, job: RawJob) -> None:
         """A redelivered message of a finished job: a crash may have come between the final

@@ -19,6 +19,7 @@ from .fixed_delay import FixedDelay
 from .late_entry import LIST_AFTER
 from .middlewares import Chain
 from .ratelimit import ClusterRateLimit
+from .retention import Retainer
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,6 @@ class Runtime:
     middleware: Chain = field(default_factory=lambda: Chain([]))
     """Metrics, tracing, the user's callbacks and middlewares (see
     :mod:`oqron_nats.core.middleware`)."""
-    trimming: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held while a settle trims a state to its retention's N (:mod:`.retention`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
     loop: asyncio.AbstractEventLoop = field(init=False)
@@ -44,6 +43,8 @@ class Runtime:
     3.11's ``get_running_loop()`` makes a ``getpid`` system call each time)."""
     first_beats: FixedDelay = field(init=False)
     """The running jobs' first heartbeats, ``heartbeat`` seconds after their handlers start."""
+    retention: Retainer = field(init=False)
+    """The retention step of every settle (:mod:`.retention`)."""
     late_entries: FixedDelay = field(init=False)
     """The claims' late index entries (:mod:`.late_entry`)."""
 
@@ -55,6 +56,7 @@ class Runtime:
         object.__setattr__(self, "loop", loop)
         object.__setattr__(self, "first_beats", FixedDelay(self.config.heartbeat, loop))
         object.__setattr__(self, "late_entries", FixedDelay(LIST_AFTER, loop))
+        object.__setattr__(self, "retention", Retainer(self.backend, self.config))
 
     @property
     def is_async(self) -> bool:
