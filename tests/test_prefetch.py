@@ -264,10 +264,10 @@ async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_complete
     nats_server: LocalServer, namespace: str
 ) -> None:
     """A network partition between a worker and the server while it runs two jobs and holds two
-    more ready: the server gives all four to another worker after their ack deadline (the two
-    running ones once their leases expired); when the link is back, the cut-off worker's late
-    writes lose their compare-and-set. Every job completes once, none is lost, and the cut-off
-    worker carries on."""
+    more ready: the cut-off worker cannot renew its leases, so its running attempts stop and
+    commit nothing, and the server gives all four jobs to another worker after their ack
+    deadline. Every job completes once, none is lost, and the cut-off worker carries on once
+    the link is back."""
     handler, other_handler, completions = Handler(), Handler(), Completions()
     other_handler.release.set()
     options = {"concurrency": 2, "lock_ttl": 2, "heartbeat": 0.5, "middleware": [completions]}
@@ -289,9 +289,9 @@ async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_complete
                 )  # fmt: skip
                 for job in blocks:
                     await _completed(publisher, job.id)
-                handler.release.set()  # the cut-off worker's handlers return into the partition
-                await asyncio.sleep(1.5)  # and its ready deliveries aged out meanwhile
-                proxy.flow()  # the link is back: the cut-off worker's writes arrive late
+                handler.release.set()  # whatever still runs on the cut-off worker returns
+                await asyncio.sleep(1.5)  # past MAX_WAIT: it holds nothing ready any more
+                proxy.flow()  # the link is back: what it sent meanwhile arrives late
                 await eventually(lambda: _true(cut_off.connected), timeout=WAIT, what="back")
                 await asyncio.sleep(2.0)
             await q.add("after")  # the other worker is gone: the cut-off one must run it
@@ -302,7 +302,11 @@ async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_complete
     assert sorted(other_handler.blocked()) == [f"block-{n}" for n in range(4)]
     twice = {job: n for job, n in completions.counted.items() if n > 1}
     assert twice == {}, "a job completed twice"
-    assert len(completions.counted) == WARM_UP + 4 + 1
+    assert len(completions.counted) == CUT_JOBS
+
+
+CUT_JOBS = WARM_UP + 4 + 1
+"""The jobs of the partition test: the warm-up, the four blocking ones and the one after."""
 
 
 async def _completed(q: Any, job_id: str | None) -> None:
@@ -310,7 +314,7 @@ async def _completed(q: Any, job_id: str | None) -> None:
 
     async def done() -> bool:
         if job_id is None:
-            return await q.count(JobState.COMPLETED) == WARM_UP + 4 + 1
+            return await q.count(JobState.COMPLETED) == CUT_JOBS
         job = await q.get_job(job_id)
         return job is not None and job.state == JobState.COMPLETED
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import structlog
 from opentelemetry import context, propagate, trace
@@ -144,6 +145,31 @@ async def test_a_capitalised_traceparent_from_another_client_is_the_parent(
             await wait_for_state(q, job.id, JobState.COMPLETED)
     (consumer,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
     assert format(consumer.context.trace_id, "032x") == upstream_trace
+
+
+async def test_without_an_sdk_a_capitalised_traceparent_still_travels(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """No span to record, but another client's ``Traceparent`` (any case) is still made current
+    for the handler: the tracing middleware is skipped only when there is nothing to pass on."""
+    upstream_trace = "0af7651916cd43dd8448eb211c80319c"
+    seen: list[str] = []
+
+    async def handler(ctx: Any) -> None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        seen.append(carrier.get("traceparent", ""))
+
+    async with Client(nats_server.url, namespace=namespace) as client:
+        q = queue("foreign-plain", handler, client=client)
+        backend = await q._open()
+        _, job = q._new_job({"n": 1}, parse_options({}))
+        await backend.store.create(job)  # the record, as another client's add wrote it
+        headers = {"Traceparent": f"00-{upstream_trace}-b7ad6b7169203331-01"}
+        await Backstage(client, "foreign-plain").publish_on_lane(job.id, headers=headers)
+        async with q:
+            await wait_for_state(q, job.id, JobState.COMPLETED)
+    assert seen and seen[0].split("-")[1] == upstream_trace
 
 
 GLOBAL_LATER = """
