@@ -118,8 +118,7 @@ class Queue(Generic[T, S]):
     async def _open(self) -> Backend:
         if self._backend is None:
             backend = await self.client._open_queue(self.config)
-            self._unfollow = await backend.control.follow()
-            await backend.control.read()  # subscribed first: no change slips between the two
+            self._unfollow = await backend.follow()
             self._backend = backend
         return self._backend
 

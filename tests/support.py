@@ -33,6 +33,7 @@ from oqron_nats._nats import (
     stream_of,
 )
 from oqron_nats._nats.names import (
+    LISTENER_TTL,
     MSG_ID_HEADER,
     SCHEDULE_HEADER,
     SCHEDULE_TARGET_HEADER,
@@ -344,8 +345,12 @@ class Backstage:
         """The latest rejected message of each reason."""
         return await rejected_samples(await self._conn(), self.names)
 
-    async def watch_events(self, received: Received) -> Subscription:
-        """Subscribe to every lifecycle event of the queue, as sent."""
+    async def watch_events(self, received: Received, *, say_so: bool = True) -> Subscription:
+        """Subscribe to every lifecycle event of the queue, as sent; ``say_so``: write a
+        listener key first, as a foreign listener would (events are published only then)."""
+        if say_so:
+            queues = Bucket(await self._conn(), self.names.queues_bucket)
+            await queues.put(self.names.listener_key("backstage"), b"{}", ttl=LISTENER_TTL)
         return await self._watch(self.names.events, received)
 
 

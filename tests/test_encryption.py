@@ -138,10 +138,11 @@ async def test_a_failure_leaves_no_plaintext_in_records_dead_letters_events_logs
 
     events: list[bytes] = []
     async with Client(nats_server.url, namespace=namespace, tracer_provider=provider) as client:
-        stop_events = await record_events(client, "kyc", events)
         retries = RetryPolicy(max=1, base_delay=0.05)
         q = queue("kyc", verify, client=client, codec=codec("k1"), dead_letter=DeadLetter(),
                   retries=retries, hooks=Hooks(on_fail=on_fail))  # fmt: skip
+        await q._open()  # provisioned: the queues bucket, where the listener says it listens
+        stop_events = await record_events(client, "kyc", events)
         opened: list[str] = []
 
         async def listen() -> None:

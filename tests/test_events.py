@@ -7,14 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
 from oqron_nats import Client, JobState, RetryPolicy, Unavailable, queue
+from oqron_nats.observe import audience
 from oqron_nats.observe.events import Event
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess
+from .helpers import WorkerProcess, eventually, wait_for_state
+from .support import Backstage
 
 
 async def collect(q, into: list[Event], ready: asyncio.Event) -> None:
@@ -143,9 +146,139 @@ async def test_an_event_that_cannot_be_published_is_logged_not_raised(
     async def refused(*_args: Any, **_kw: Any) -> None:
         raise Unavailable("connection closed")
 
-    monkeypatch.setattr(backend.store.events.conn, "publish_core", refused)
-    caplog.set_level(logging.DEBUG, logger="oqron_nats")
-    with capture_logs() as logs:
-        await backend.store.events.announce(record.job, "completed")
+    async with backend.store.events.listen(backend.names.events):  # events are sent then only
+        monkeypatch.setattr(backend.store.events.conn, "publish_core", refused)
+        caplog.set_level(logging.DEBUG, logger="oqron_nats")
+        with capture_logs() as logs:
+            await backend.store.events.announce(record.job, "completed")
     [line] = [e for e in logs if e["event"] == "event not published"]
     assert line["name"] == "completed" and "connection closed" in line["error"]
+
+
+# -- events only while someone listens (issue 14) ----------------------------------------------
+
+
+class Heard:
+    """The events of a queue seen by a subscription that does not say it listens."""
+
+    def __init__(self) -> None:
+        self.names: list[tuple[str, str]] = []
+
+    async def receive(self, msg: Any) -> None:
+        event = msgspec.json.decode(msg.data, type=Event)
+        self.names.append((event.job_id, event.name))
+
+    def of(self, job_id: str) -> list[str]:
+        return [name for job, name in self.names if job == job_id]
+
+
+async def overhear(client: Client, name: str) -> Heard:
+    """Watch the queue's events without a listener key (a process that follows the keys
+    publishes nothing for this subscription alone)."""
+    heard = Heard()
+    await Backstage(client, name).watch_events(heard.receive, say_so=False)
+    return heard
+
+
+async def done(q: Any, job_id: str) -> None:
+    """The job completed, seen by reading its record (wait() would listen)."""
+    await wait_for_state(q, job_id, JobState.COMPLETED)
+    await asyncio.sleep(0.1)  # an event sent with the last write has arrived
+
+
+async def listening(q: Any) -> asyncio.Task[None]:
+    """A task that listens to the queue's events (q.events()) from now on."""
+    joined = asyncio.Event()
+
+    async def listen() -> None:
+        stream = q.events()
+        first = asyncio.ensure_future(stream.__anext__())
+        await eventually(lambda: _joined(q), what="the listener key")
+        joined.set()
+        await first
+        async for _ in stream:
+            pass
+
+    task = asyncio.create_task(listen())
+    await joined.wait()
+    return task
+
+
+async def _joined(q: Any) -> bool:
+    backend = await q._open()
+    return backend.store.events.audience._listening > 0
+
+
+async def test_with_nobody_listening_no_event_is_published_until_someone_listens(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """A worker and a publisher that follow the listener keys send no event while nobody
+    listens, and every event of a job once a listener in another process joined."""
+    heard = await overhear(client, "quiet")
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    q = queue("quiet", handler, client=client)
+    async with q:
+        alone = await q.add({"n": 1})
+        await done(q, alone.id)
+        assert heard.names == [], "nobody listened, yet events were published"
+
+        async with Client(nats_server.url, namespace=namespace) as other:
+            listener = await listening(queue("quiet", client=other))
+            try:
+                watched = await q.add({"n": 2})
+                await done(q, watched.id)
+                assert heard.of(watched.id) == ["added", "active", "completed"]
+            finally:
+                listener.cancel()
+
+
+async def test_a_worker_that_starts_while_someone_listens_announces_its_first_job(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """A process learns of the listeners that joined before it opened the queue (it lists
+    their keys), not only of those it hears join."""
+    heard = await overhear(client, "late")
+    listener = await listening(queue("late", client=client))
+    try:
+        async with Client(nats_server.url, namespace=namespace) as other:
+
+            async def handler(ctx: Any) -> None:
+                pass
+
+            q = queue("late", handler, client=other)
+            async with q:
+                job = await q.add({"n": 1})
+                await done(q, job.id)
+        assert heard.of(job.id) == ["added", "active", "completed"]
+    finally:
+        listener.cancel()
+
+
+async def test_a_listener_is_kept_by_its_refreshes_and_forgotten_a_ttl_after_it_stopped(
+    nats_server: LocalServer, client: Client, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a process listens, it writes its key again before the TTL ends; once it stopped
+    (or was killed), the other processes stop announcing within the TTL."""
+    monkeypatch.setattr(audience, "LISTENER_TTL", 1.5)
+    monkeypatch.setattr(audience, "REFRESH", 0.5)
+    heard = await overhear(client, "ttl")
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    q = queue("ttl", handler, client=client)
+    async with q, Client(nats_server.url, namespace=namespace) as other:
+        listener = await listening(queue("ttl", client=other))
+        await asyncio.sleep(3 * audience.LISTENER_TTL)  # kept alive by its refreshes meanwhile
+        kept = await q.add({"n": 1})
+        await done(q, kept.id)
+        assert heard.of(kept.id) == ["added", "active", "completed"]
+
+        listener.cancel()  # stops its writes, as a killed process would
+        await asyncio.sleep(audience.LISTENER_TTL + 0.5)
+        forgotten = await q.add({"n": 2})
+        await done(q, forgotten.id)
+        assert heard.of(forgotten.id) == []

@@ -24,7 +24,8 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats._nats.permissions import for_role
+from oqron_nats._nats.names import LISTENER_ROLE
+from oqron_nats._nats.permissions import Permissions, for_role
 from oqron_nats.ops.cli import main
 from oqron_nats.runtime.schedules import catch_up_missed
 
@@ -42,12 +43,23 @@ def user(name: str, role: str, queues: tuple[str, ...] = ()) -> str:
     return f"{{user: {name}, password: {name}-pw\n{block}}}\n"
 
 
+def user_before_listener_keys(name: str) -> str:
+    """A publisher whose permission block was printed before listener keys existed."""
+    allowed = for_role("publisher", NS, list(QUEUES))
+    block = Permissions(
+        [s for s in allowed.publish if LISTENER_ROLE not in s],
+        [s for s in allowed.subscribe if LISTENER_ROLE not in s],
+    ).config()
+    return f"{{user: {name}, password: {name}-pw\n{block}}}\n"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
     users = (
         user("admin", "admin")
         + user("publisher", "publisher", QUEUES)
         + user("worker", "worker", QUEUES)
+        + user_before_listener_keys("older-publisher")
     )
     config = f"authorization {{\n  users = [\n{users}  ]\n}}\n"
     store: Path = tmp_path_factory.mktemp("roles")
@@ -131,6 +143,8 @@ async def _do_each_role_s_job(server: SecuredServer) -> None:
                 what="the priority job",
             )
             assert (await orders.wait(parent.id, timeout=5)).state == JobState.COMPLETED
+            awaited = await orders.add({"n": 8})  # waited on as it runs: says it listens
+            assert (await orders.wait(awaited.id, timeout=10)).state == JobState.COMPLETED
             assert [j.id for j in await orders.get_jobs(JobState.FAILED)] == [doomed.id]
 
             assert await asyncio.to_thread(admin_cli, server, "queue", "pause", "orders") == 0
@@ -163,6 +177,30 @@ async def _tick_done(q: Any) -> Any:
 async def _state(q: Any, job_id: str, state: JobState) -> bool:
     job = await q.get_job(job_id)
     return job is not None and job.state == state
+
+
+async def test_wait_returns_where_the_user_may_not_say_it_listens(server: SecuredServer) -> None:
+    """Events are published only to processes that say they listen (a key in the queues
+    bucket); a publisher whose permissions predate that still gets wait()'s answer, by reading
+    the record again, and is told why events may not reach it."""
+    assert await asyncio.to_thread(admin_cli, server, "provision", "orders") == 0
+
+    async def slow(ctx: JobContext[Any]) -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    async with (
+        client_of(server, "older-publisher") as older,
+        client_of(server, "worker") as worker,
+        queue("orders", slow, client=worker),
+    ):
+        orders = queue("orders", client=older)
+        job = await orders.add({"n": 1})
+        with capture_logs() as logs:
+            finished = await orders.wait(job.id, timeout=10)
+        assert finished.state == JobState.COMPLETED and finished.result == "done"
+        [refused] = [e for e in logs if e["event"].startswith("listener key not written")]
+        assert "ermission" in refused["error"]
 
 
 async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(

@@ -91,6 +91,11 @@ class Bucket:
             # A tombstone is there: create on top of it, as nats-py does.
             return await self._write(key, value, last=stone.revision, ttl=ttl)
 
+    async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Write ``key`` whatever it holds; return the revision."""
+        headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
+        return (await self.conn.publish(self._prefix + key, value, headers)).seq
+
     async def update(self, key: str, value: bytes, *, last: int, ttl: float | None = None) -> int:
         """Write ``key`` only if its revision is still ``last``; return the new revision."""
         return await self._write(key, value, last=last, ttl=ttl)

@@ -24,7 +24,9 @@ Layout for namespace ``ns`` and queue ``q``::
     bucket  oqron_<ns>_jobs_<q>  the queue's job records, key <q>.<job_id>; and key <q>.=<name>,
                                  the last tick a repeating schedule made
     bucket  oqron_<ns>_locks     heartbeat leases, key <q>.<job_id>
-    bucket  oqron_<ns>_queues    queue state (paused or not), key <q>
+    bucket  oqron_<ns>_queues    queue state (paused or not), key <q>; workers online, keys
+                                 <q>.=worker.<host>-<pid>; listeners of the queue's events, keys
+                                 <q>.=listener.<id>
     bucket  oqron_<ns>_deps      flow edges, key <q>.<parent_id>.<child_id>
 
 ``resources()`` lists them for people: the README's "What is in NATS" table is
@@ -78,6 +80,10 @@ WORKER_ROLE: Final = "=worker"
 """The key token under which consuming workers announce themselves (presence)."""
 PRESENCE_TTL: Final = 30.0
 """Seconds a worker's presence key lives unless renewed (a killed worker's key expires)."""
+LISTENER_ROLE: Final = "=listener"
+"""The key token under which processes listening to a queue's events say so."""
+LISTENER_TTL: Final = 30.0
+"""Seconds a listener key lives unless written again (a killed listener's key expires)."""
 REPEAT_MARK: Final = "="
 """Begins the last token of a repeating schedule's subjects: never a job id's first character."""
 REJECTED: Final = "=rejected"
@@ -357,6 +363,15 @@ class Names:
         """A key filter over the presence keys of the queue's workers."""
         return f"{self.queue}.{WORKER_ROLE}.>"
 
+    def listener_key(self, listener: str) -> str:
+        """The key (queues bucket) that says ``listener`` listens to the queue's events."""
+        return f"{self.queue}.{LISTENER_ROLE}.{listener}"
+
+    @property
+    def listener_keys(self) -> str:
+        """A key filter over the listener keys of the queue."""
+        return f"{self.queue}.{LISTENER_ROLE}.*"
+
     @property
     def keys(self) -> str:
         """A KV key filter over every job of the queue."""
@@ -405,10 +420,12 @@ def resources() -> list[tuple[str, str]]:
             "(stall-scanner, orphan-sweep, ...)",
         ),
         (
-            "queue state, workers online",
+            "queue state, workers online, event listeners",
             f"KV bucket `{n.queues_bucket}` (one per namespace): key `{n.queue}` (paused or "
             f"not), keys `{n.presence_key('<host>-<pid>')}` (one per consuming process, TTL "
-            f"{PRESENCE_TTL:g} s)",
+            f"{PRESENCE_TTL:g} s), keys `{n.listener_key('<id>')}` (one per process listening to "
+            f"the queue's events, TTL {LISTENER_TTL:g} s: events are published only while one "
+            "lives)",
         ),
         (
             "flow edges (`depends_on`)",

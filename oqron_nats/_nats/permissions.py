@@ -6,7 +6,8 @@ which every part of oqron_nats builds its subjects with, so it cannot drift from
 needs; tests/test_roles.py runs each role against a server configured with these blocks.
 
 * **publisher** of some queues: add jobs (and delayed, held, dependent ones), read their records,
-  counts, pages, events and ``wait()``. It never creates streams (an admin or a worker
+  counts, pages, events and ``wait()`` (saying that it listens: a key of its own in the queues
+  bucket). It never creates streams (an admin or a worker
   provisions a queue; a publisher gets QueueNotFound until then), consumes, takes leases,
   touches another queue, or purges a queue's work stream.
 * **worker** of some queues: the publisher's rights on those queues, and provisioning them,
@@ -113,6 +114,7 @@ def _publisher_publish(names: Names) -> list[str]:
         f"{API}.DIRECT.GET.KV_{jobs}.$KV.{jobs}.{names.keys}",  # record reads
         f"{API}.STREAM.MSG.GET.KV_{jobs}",  # ... at the leader (fresh reads, a hung replica)
         f"$KV.{queues}.{names.queue}",  # the queue's state (a flow marks it)
+        f"$KV.{queues}.{names.listener_keys}",  # listening to events (wait(), events())
         f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}",
         f"{API}.STREAM.MSG.GET.KV_{queues}",  # the state followed, read at the leader
         f"$KV.{deps}.{names.queue}.>",  # flows: edges to parents
@@ -133,7 +135,9 @@ def _publisher_publish(names: Names) -> list[str]:
 
 
 def _publisher_subscribe(names: Names) -> list[str]:
-    return [f"$KV.{names.queues_bucket}.{names.queue}", names.events]
+    queues = names.queues_bucket
+    # the queue's state, who listens to its events (events are published only then), events
+    return [f"$KV.{queues}.{names.queue}", f"$KV.{queues}.{names.listener_keys}", names.events]
 
 
 def _worker_publish(names: Names) -> list[str]:

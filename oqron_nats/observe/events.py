@@ -5,7 +5,8 @@ Every record write announces what happened on ``oqron.<ns>.ev.<queue>.<job_id>.<
 attempt is scheduled), ``stalled``, ``waiting`` (handed back, or re-enqueued), ``cancelled``,
 ``paused``, ``resumed``, ``promoted``, ``removed``. Events are notifications, sent after the
 write (at most once, not persisted): the record stays the truth, so a listener that must not miss
-a job's end reads the record after subscribing, as ``Queue.wait`` does.
+a job's end reads the record after subscribing, as ``Queue.wait`` does. They are sent only while
+some process listens (:mod:`.audience`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .._nats import Msg, Nats
 from .._nats.names import Names
 from ..core.errors import Unavailable
 from ..core.job import Job, JobFailure, JobState
+from .audience import Audience
 from .log import logger
 
 log = logger(__name__)
@@ -50,9 +52,13 @@ class EventBus:
     def __init__(self, conn: Nats, names: Names) -> None:
         self.conn = conn
         self.names = names
+        self.audience = Audience(conn, names)
 
     async def announce(self, job: Job[msgspec.Raw], name: str) -> None:
-        """Publish that ``name`` happened to ``job`` (best effort: never raises)."""
+        """Publish that ``name`` happened to ``job`` if someone listens (best effort: never
+        raises)."""
+        if not self.audience.present:
+            return
         at = job.timeline[-1].at if job.timeline else job.created_at
         event = Event(
             name=name,
@@ -71,7 +77,8 @@ class EventBus:
 
     @contextlib.asynccontextmanager
     async def listen(self, subject: str) -> AsyncIterator[asyncio.Queue[Event]]:
-        """Receive the events on ``subject`` into a queue while the context is open."""
+        """Receive the events on ``subject`` into a queue while the context is open (this
+        process counted among the queue's listeners)."""
         inbox: asyncio.Queue[Event] = asyncio.Queue()
 
         async def received(msg: Msg) -> None:
@@ -82,7 +89,9 @@ class EventBus:
 
         sub = await self.conn.subscribe(subject, received)
         try:
+            await self.audience.join()  # counted at once: leave() below balances it
             yield inbox
         finally:
+            self.audience.leave()
             with contextlib.suppress(Exception):  # a closed connection has nothing to undo
                 await sub.unsubscribe()

@@ -1,11 +1,14 @@
-"""Waiting on a queue's jobs through their events, without polling: one job's end, the end of
-every active job (what drain() waits for), and the stream of every event.
+"""Waiting on a queue's jobs through their events: one job's end, the end of every active job
+(what drain() waits for), and the stream of every event.
 
-Each listens first and reads the state after, so no end can slip between the two.
+Each listens first and reads the state after, so no end can slip between the two; and reads it
+again now and then, for an event it was not told of (one that a worker sent before it heard of
+this listener, or that a reconnect lost: events are at most once, see observe/audience.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
@@ -19,19 +22,28 @@ from ..storage.store import RawJob
 from . import management
 from .late_entry import LISTED_WITHIN
 
+FIRST_RECHECK = 0.5
+MAX_RECHECK = 5.0
+"""Seconds after which a wait reads the job's record again though no end was heard: doubling
+from the first to the cap."""
+
 
 async def finished(backend: Backend, job_id: str) -> RawJob:
     """The job once it is completed, failed or cancelled (its last record if it was removed as
     it finished, for TOMBSTONE_TTL seconds after); JobNotFound for an unknown job."""
     async with backend.store.events.listen(backend.names.job_events(job_id)) as inbox:
+        recheck = FIRST_RECHECK
         while True:  # subscribed first, then read: the end cannot slip between the two
             record = await backend.store.get(job_id)
             if record is None:
                 return await _removed(backend, job_id)
             if record.job.is_terminal:
                 return record.job
-            while (await inbox.get()).name not in TERMINAL_EVENTS:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(recheck):
+                    while (await inbox.get()).name not in TERMINAL_EVENTS:
+                        pass
+            recheck = min(2 * recheck, MAX_RECHECK)
 
 
 async def _removed(backend: Backend, job_id: str) -> RawJob:

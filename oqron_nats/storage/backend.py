@@ -7,7 +7,8 @@ backend, and everything else goes through the object that owns the state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .._nats import Bucket, Nats
@@ -95,6 +96,17 @@ class Backend:
     def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every reconnect; returns the call that stops it."""
         return self._conn.on_reconnect(listener)
+
+    async def follow(self) -> Callable[[], Awaitable[None]]:
+        """Follow what the queue's processes share (paused or not, who listens to its events)
+        and read the state once (subscribed first: no change slips between the two); returns
+        the stop call."""
+        async with contextlib.AsyncExitStack() as following:  # undone if a step fails
+            following.push_async_callback(await self.control.follow())
+            following.push_async_callback(await self.store.events.audience.follow())
+            await self.control.read()
+            stops = following.pop_all()
+        return stops.aclose
 
     def presence(self, concurrency: int) -> Presence:
         """This process's presence key as a consumer of the queue (not started)."""
