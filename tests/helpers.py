@@ -55,6 +55,12 @@ async def listed_active(q: Queue[Any], count: int) -> None:
     await eventually(listed, what=f"{count} job(s) listed as active")
 
 
+async def done(q: Any, job_id: str) -> None:
+    """The job completed, seen by reading its record (wait() would listen)."""
+    await wait_for_state(q, job_id, JobState.COMPLETED)
+    await asyncio.sleep(0.1)  # an event sent with the last write has arrived
+
+
 def start_process(args: list[str], env: dict[str, str], output: Path) -> subprocess.Popen[str]:
     """Start a process that prints ``ready``; its output is copied to ``output`` meanwhile.
 

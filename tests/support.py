@@ -11,7 +11,9 @@ none fits, the seam's ``Nats``. Only this module, and the tests whose subject is
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +43,7 @@ from oqron_nats._nats.names import (
     Names,
 )
 from oqron_nats.core.job import JobState
+from oqron_nats.observe.events import Event
 from oqron_nats.storage.broker import Broker
 from oqron_nats.storage.index import StateIndex
 from oqron_nats.storage.rejects import RejectedSample, rejected_count, rejected_samples
@@ -345,6 +348,11 @@ class Backstage:
         """The latest rejected message of each reason."""
         return await rejected_samples(await self._conn(), self.names)
 
+    async def listener_keys(self) -> list[str]:
+        """The keys of the processes that say they listen to the queue's events."""
+        queues = Bucket(await self._conn(), self.names.queues_bucket)
+        return await queues.keys(self.names.listener_keys)
+
     async def watch_events(self, received: Received, *, say_so: bool = True) -> Subscription:
         """Subscribe to every lifecycle event of the queue, as sent; ``say_so``: write a
         listener key first, as a foreign listener would (events are published only then)."""
@@ -352,6 +360,50 @@ class Backstage:
             queues = Bucket(await self._conn(), self.names.queues_bucket)
             await queues.put(self.names.listener_key("backstage"), b"{}", ttl=LISTENER_TTL)
         return await self._watch(self.names.events, received)
+
+
+class Heard:
+    """The events of a queue seen by a subscription that does not say it listens."""
+
+    def __init__(self) -> None:
+        self.names: list[tuple[str, str]] = []
+
+    async def receive(self, msg: Any) -> None:
+        event = msgspec.json.decode(msg.data, type=Event)
+        self.names.append((event.job_id, event.name))
+
+    def of(self, job_id: str) -> list[str]:
+        return [name for job, name in self.names if job == job_id]
+
+
+async def overhear(client: Client, name: str) -> Heard:
+    """Watch the queue's events without a listener key (a process that follows the keys
+    publishes nothing for this subscription alone)."""
+    heard = Heard()
+    await Backstage(client, name).watch_events(heard.receive, say_so=False)
+    return heard
+
+
+async def listening(q: Any) -> asyncio.Task[None]:
+    """A task that listens to the queue's events (``q.events()``), its listener key stored."""
+    await q._open()  # provisioned: the queues bucket, where the key goes
+    keys = Backstage(q.client, q.name)
+    before = set(await keys.listener_keys())
+
+    async def listen() -> None:
+        async for _ in q.events():
+            pass
+
+    task = asyncio.create_task(listen())
+
+    async def joined() -> bool:
+        return bool(set(await keys.listener_keys()) - before)
+
+    deadline = time.monotonic() + 10
+    while not await joined():
+        assert time.monotonic() < deadline, "the listener key was never stored"
+        await asyncio.sleep(0.02)
+    return task
 
 
 async def server_name(client: Client) -> str:

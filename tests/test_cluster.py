@@ -19,7 +19,8 @@ from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import LocalCluster
 
 from .chaos.harness import QUEUE
-from .support import Backstage, namespace_stream_infos, server_name
+from .helpers import done
+from .support import Backstage, listening, namespace_stream_infos, overhear, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 REPLICAS = 3
@@ -172,3 +173,34 @@ async def test_a_message_id_in_process_elsewhere_is_asked_again_not_an_error(
                 a.publish(subject, b"x", dict(headers)), b.publish(subject, b"x", dict(headers))
             )
             assert sorted(ack.duplicate for ack in acks) == [False, True]
+
+
+async def test_events_reach_a_listener_on_another_node_from_the_next_job(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """Events are published only while someone listens: a listener connected to one node, the
+    worker (which adds the job too) to another, and a watcher to the third; the worker hears the
+    listener's key over the routes and announces the next job it adds and runs."""
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        return None
+
+    def on(node: int) -> Client:
+        return Client(cluster.urls[node], namespace=namespace, replicas=REPLICAS)
+
+    async with on(0) as listener_client, on(1) as worker_client, on(2) as watcher:
+        names = {await server_name(c) for c in (listener_client, worker_client, watcher)}
+        assert len(names) == 3, "each client on a node of its own"
+        q = queue("heard", handler, client=worker_client)
+        async with q:
+            heard = await overhear(watcher, "heard")
+            quiet = await q.add({"n": 0})
+            await done(q, quiet.id)
+            listener = await listening(queue("heard", client=listener_client))
+            try:
+                job = await q.add({"n": 1})
+                await done(q, job.id)
+                assert heard.of(quiet.id) == [], "nobody listened yet"
+                assert heard.of(job.id) == ["added", "active", "completed"]
+            finally:
+                listener.cancel()

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -16,8 +15,9 @@ from oqron_nats.observe import audience
 from oqron_nats.observe.events import Event
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, wait_for_state
-from .support import Backstage
+from .helpers import WorkerProcess, done, eventually
+from .proxy import TcpProxy
+from .support import listening, overhear
 
 
 async def collect(q, into: list[Event], ready: asyncio.Event) -> None:
@@ -158,57 +158,6 @@ async def test_an_event_that_cannot_be_published_is_logged_not_raised(
 # -- events only while someone listens (issue 14) ----------------------------------------------
 
 
-class Heard:
-    """The events of a queue seen by a subscription that does not say it listens."""
-
-    def __init__(self) -> None:
-        self.names: list[tuple[str, str]] = []
-
-    async def receive(self, msg: Any) -> None:
-        event = msgspec.json.decode(msg.data, type=Event)
-        self.names.append((event.job_id, event.name))
-
-    def of(self, job_id: str) -> list[str]:
-        return [name for job, name in self.names if job == job_id]
-
-
-async def overhear(client: Client, name: str) -> Heard:
-    """Watch the queue's events without a listener key (a process that follows the keys
-    publishes nothing for this subscription alone)."""
-    heard = Heard()
-    await Backstage(client, name).watch_events(heard.receive, say_so=False)
-    return heard
-
-
-async def done(q: Any, job_id: str) -> None:
-    """The job completed, seen by reading its record (wait() would listen)."""
-    await wait_for_state(q, job_id, JobState.COMPLETED)
-    await asyncio.sleep(0.1)  # an event sent with the last write has arrived
-
-
-async def listening(q: Any) -> asyncio.Task[None]:
-    """A task that listens to the queue's events (q.events()) from now on."""
-    joined = asyncio.Event()
-
-    async def listen() -> None:
-        stream = q.events()
-        first = asyncio.ensure_future(stream.__anext__())
-        await eventually(lambda: _joined(q), what="the listener key")
-        joined.set()
-        await first
-        async for _ in stream:
-            pass
-
-    task = asyncio.create_task(listen())
-    await joined.wait()
-    return task
-
-
-async def _joined(q: Any) -> bool:
-    backend = await q._open()
-    return backend.store.events.audience._listening > 0
-
-
 async def test_with_nobody_listening_no_event_is_published_until_someone_listens(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:
@@ -282,3 +231,38 @@ async def test_a_listener_is_kept_by_its_refreshes_and_forgotten_a_ttl_after_it_
         forgotten = await q.add({"n": 2})
         await done(q, forgotten.id)
         assert heard.of(forgotten.id) == []
+
+
+async def test_a_worker_cut_off_while_a_listener_joined_announces_after_its_reconnect(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """A key written while a worker was disconnected goes unheard by it: after the reconnect it
+    announces (for a TTL, within which a live listener writes its key again)."""
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(nats_server.url, namespace=namespace) as admin,
+    ):
+        heard = await overhear(admin, "cutoff")
+        worker_client = Client(proxy.url, namespace=namespace)
+        q = queue("cutoff", handler, client=worker_client)
+        async with worker_client, q:
+            proxy.refusing = True  # the worker stays cut off while the listener joins
+            proxy.cut()
+            await eventually(lambda: _true(not worker_client.connected), what="the cut")
+            listener = await listening(queue("cutoff", client=admin))
+            try:
+                proxy.refusing = False
+                await eventually(lambda: _true(worker_client.connected), what="the reconnect")
+                job = await queue("cutoff", client=admin).add({"n": 1})
+                await done(q, job.id)
+                assert heard.of(job.id) == ["added", "active", "completed"]
+            finally:
+                listener.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value

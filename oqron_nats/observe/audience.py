@@ -138,7 +138,7 @@ class Audience:
             self._refresher = None
 
     async def _keep_alive(self) -> None:
-        while True:
+        while not self._conn.is_closed:  # a closed client has nothing more to say
             await asyncio.sleep(REFRESH)
             await self._write()
 
