@@ -31,6 +31,7 @@ from .core.errors import (
     Unavailable,
 )
 from .core.naming import check_namespace
+from .observe.audience import ANNOUNCE, Announce
 from .observe.metrics import DEFAULT_INTERVAL, metrics_for
 from .observe.tracing import Tracing
 from .storage.backend import Backend, Consumers, Shared
@@ -108,7 +109,10 @@ class Client:
     (default: ``OQRON_RETRY_DEADLINE``, else 30 seconds). ``credentials`` and ``tls`` (see
     :mod:`oqron_nats.core.credentials`) default to the ``OQRON_NATS_*`` environment variables;
     ``codec`` (payload encryption for every queue of the client that sets none) to
-    ``OQRON_PAYLOAD_KEYS_FILE`` / ``OQRON_PAYLOAD_KEYS`` (an AesGcmCodec).
+    ``OQRON_PAYLOAD_KEYS_FILE`` / ``OQRON_PAYLOAD_KEYS`` (an AesGcmCodec). ``announce`` says
+    when its queues publish lifecycle events: while some process listens (``"listened"``, the
+    default, else ``OQRON_ANNOUNCE``), or ``"always"``, for listeners of an oqron_nats older
+    than listener keys (see observe/audience.py).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Client:
         tls: TLS | ssl.SSLContext | None = None,
         connect_options: Mapping[str, Any] | None = None,
         codec: Codec | None = None,
+        announce: Announce | None = None,
     ) -> None:
         given = urls_from(url)
         self.urls, in_url = split_userinfo(given)
@@ -162,7 +167,12 @@ class Client:
         self._conn: Nats | None = None
         self._lock = asyncio.Lock()
         self._ready: set[str] = set()
-        self._shared = Shared(self.replicas, self.tracing, metrics_interval, Consumers())
+        chosen = announce or os.environ.get("OQRON_ANNOUNCE") or "listened"
+        if chosen not in ANNOUNCE:
+            raise ConfigError(f"announce must be one of {', '.join(ANNOUNCE)}, not {chosen!r}")
+        self._shared = Shared(
+            self.replicas, self.tracing, metrics_interval, Consumers(), chosen == "always"
+        )
 
     async def connect(self) -> None:
         """Connect now and check the server (otherwise done on first use); ConnectionFailed,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from oqron_nats import Client, JobState, RetryPolicy, Unavailable, queue
+from oqron_nats import Client, ConfigError, JobState, RetryPolicy, Unavailable, queue
 from oqron_nats.observe import audience
 from oqron_nats.observe.events import Event
 from oqron_nats.testing.server import LocalServer
@@ -266,3 +266,24 @@ async def test_a_worker_cut_off_while_a_listener_joined_announces_after_its_reco
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_client_told_to_announce_always_publishes_with_nobody_listening(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For listeners of an older oqron_nats (they write no key): announce="always", or
+    OQRON_ANNOUNCE=always; anything else is refused at once."""
+    with pytest.raises(ConfigError, match="announce must be one of listened, always"):
+        Client(nats_server.url, namespace=namespace, announce="sometimes")  # type: ignore[arg-type]
+    monkeypatch.setenv("OQRON_ANNOUNCE", "always")
+    async with Client(nats_server.url, namespace=namespace) as client:
+        heard = await overhear(client, "loud")
+
+        async def handler(ctx: Any) -> None:
+            pass
+
+        q = queue("loud", handler, client=client)
+        async with q:
+            job = await q.add({"n": 1})
+            await done(q, job.id)
+        assert heard.of(job.id) == ["added", "active", "completed"]

@@ -26,6 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Literal, get_args
 
 import msgspec
 
@@ -37,6 +38,11 @@ log = logger(__name__)
 
 REFRESH = LISTENER_TTL / 3
 """Seconds after which a listening process writes its key again."""
+
+Announce = Literal["listened", "always"]
+"""When a client's queues publish events: while someone listens, or always (for listeners of
+an oqron_nats older than listener keys: they write none, and their wait() reads no record again)."""
+ANNOUNCE: tuple[str, ...] = get_args(Announce)
 
 
 class Listener(msgspec.Struct, kw_only=True):

@@ -59,6 +59,8 @@ class Shared:
     tracing: Tracing
     metrics_interval: float
     consumers: Consumers
+    announce_always: bool = False
+    """Publish events whether anyone listens or not (``Client(announce="always")``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,8 @@ class Backend:
         the stop call."""
         async with contextlib.AsyncExitStack() as following:  # undone if a step fails
             following.push_async_callback(await self.control.follow())
-            following.push_async_callback(await self.store.events.audience.follow())
+            if not self.shared.announce_always:  # not following: it announces always
+                following.push_async_callback(await self.store.events.audience.follow())
             await self.control.read()
             stops = following.pop_all()
         return stops.aclose
