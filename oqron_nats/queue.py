@@ -89,6 +89,7 @@ class Queue(Generic[T, S]):
         self._consumer: Consumer | None = None
         self._stopping_consumer: Consumer | None = None
         self._unfollow: Callable[[], Awaitable[None]] | None = None
+        self._opening: asyncio.Future[Backend] | None = None
 
     @property
     def name(self) -> str:
@@ -116,11 +117,20 @@ class Queue(Generic[T, S]):
         return self._sealer
 
     async def _open(self) -> Backend:
-        if self._backend is None:
-            backend = await self.client._open_queue(self.config)
-            self._unfollow = await backend.follow()
-            self._backend = backend
-        return self._backend
+        """The queue's backend, opened at first use; the uses that come while it opens wait for
+        the same opening (two would follow the queue twice, and close() stop one)."""
+        if self._backend is not None:
+            return self._backend
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.ensure_future(self._open_once())
+            self._opening.add_done_callback(_retrieved)
+        return await asyncio.shield(self._opening)  # a cancelled use leaves the others theirs
+
+    async def _open_once(self) -> Backend:
+        backend = await self.client._open_queue(self.config)
+        self._unfollow = await backend.follow()
+        self._backend = backend
+        return backend
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -379,6 +389,9 @@ class Queue(Generic[T, S]):
 
     async def close(self) -> None:
         """Stop consuming and close the connection if this queue opened it."""
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()  # an opening under way would follow the queue after this
+            await asyncio.wait({self._opening})
         await self.stop()
         if self._unfollow is not None:
             await self._unfollow()
@@ -445,3 +458,10 @@ def queue(
     if handler is not None:
         check_handler(handler)
     return Queue(make_config(name, payload, options, disabled_behavior), handler, client)
+
+
+def _retrieved(opening: asyncio.Future[Backend]) -> None:
+    """Mark a failed opening's error as seen: each use that awaited it was raised it, and one
+    that was cancelled meanwhile must not leave it to be logged as never retrieved."""
+    if not opening.cancelled():
+        opening.exception()

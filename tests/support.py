@@ -348,6 +348,16 @@ class Backstage:
         """The latest rejected message of each reason."""
         return await rejected_samples(await self._conn(), self.names)
 
+    async def delete_queues_bucket(self) -> None:
+        """Delete the namespace's queues bucket (nothing answers its writes after)."""
+        await (await self._conn()).delete_stream(stream_of(self.names.queues_bucket))
+
+    async def subscriptions(self, fragment: str) -> int:
+        """How many subscriptions of this client's connection have ``fragment`` in their
+        subject."""
+        conn = await self._conn()
+        return sum(1 for sub in conn.nc._subs.values() if fragment in sub.subject)
+
     async def listener_keys(self) -> list[str]:
         """The keys of the processes that say they listen to the queue's events."""
         queues = Bucket(await self._conn(), self.names.queues_bucket)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,12 @@ from structlog.testing import capture_logs
 from oqron_nats import Client, ConfigError, JobState, RetryPolicy, Unavailable, queue
 from oqron_nats.observe import audience
 from oqron_nats.observe.events import Event
+from oqron_nats.runtime import waiting
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, done, eventually
 from .proxy import TcpProxy
-from .support import listening, overhear
+from .support import Backstage, listening, overhear
 
 
 async def collect(q, into: list[Event], ready: asyncio.Event) -> None:
@@ -287,3 +289,87 @@ async def test_a_client_told_to_announce_always_publishes_with_nobody_listening(
             job = await q.add({"n": 1})
             await done(q, job.id)
         assert heard.of(job.id) == ["added", "active", "completed"]
+
+
+async def test_wait_ends_by_the_job_s_event_not_by_reading_again(
+    nats_server: LocalServer, client: Client, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting process says it listens and a worker in another process hears it: the end
+    arrives as an event (the re-reads, the safety net, are pushed out of the test's reach)."""
+    monkeypatch.setattr(waiting, "FIRST_RECHECK", 60.0)
+    monkeypatch.setattr(waiting, "MAX_RECHECK", 60.0)
+
+    async def slow(ctx: Any) -> str:
+        await asyncio.sleep(0.5)
+        return "done"
+
+    async with (
+        Client(nats_server.url, namespace=namespace) as other,
+        queue("by-event", slow, client=other),
+    ):
+        job = await queue("by-event", client=client).add({"n": 1})
+        finished = await queue("by-event", client=client).wait(job.id, timeout=10)
+    assert finished.state == JobState.COMPLETED and finished.result == "done"
+
+
+async def test_a_wait_whose_key_cannot_be_written_is_delayed_half_a_second_at_most(
+    nats_server: LocalServer, client: Client, namespace: str
+) -> None:
+    """Writing the listener key goes through the retried request path; a queues bucket that
+    does not answer must not hold wait() for the retry deadline (here 5 s)."""
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    q = queue("no-bucket", handler, client=client)
+    async with q, Client(nats_server.url, namespace=namespace, retry_deadline=5.0) as other:
+        job = await q.add({"n": 1})
+        await done(q, job.id)
+        waiter = queue("no-bucket", client=other)
+        await waiter._open()
+        await Backstage(client, "no-bucket").delete_queues_bucket()  # nobody answers there now
+        started = time.monotonic()
+        finished = await waiter.wait(job.id, timeout=10)
+        assert finished.state == JobState.COMPLETED
+        assert time.monotonic() - started < 2.0, "wait() waited out the key's retry deadline"
+
+
+async def test_the_key_of_a_wait_cancelled_while_writing_it_is_still_written(
+    nats_server: LocalServer, client: Client, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait() that times out while its key's write is under way (NATS slow) leaves the write
+    going, so the listeners that join next are heard."""
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    worker = queue("slow-key", handler, client=client)
+    async with worker, Client(nats_server.url, namespace=namespace) as other:
+        waiter = queue("slow-key", client=other)
+        audience = (await waiter._open()).store.events.audience
+        put = audience._bucket.put
+
+        async def slow_put(*args: Any, **kw: Any) -> int:
+            await asyncio.sleep(1.0)
+            return await put(*args, **kw)
+
+        monkeypatch.setattr(audience._bucket, "put", slow_put)
+        pending = await queue("slow-key", client=other).add({"n": 0}, delay=60)
+        with pytest.raises(TimeoutError):
+            await waiter.wait(pending.id, timeout=0.2)
+        await eventually(lambda: Backstage(client, "slow-key").listener_keys(), what="the key")
+        heard = await overhear(client, "slow-key")
+        job = await worker.add({"n": 1})
+        await done(worker, job.id)
+        assert heard.of(job.id) == ["added", "active", "completed"]
+
+
+async def test_first_uses_at_once_open_the_queue_once(client: Client) -> None:
+    """Two first uses of a queue at once share one opening: two would follow the queue twice,
+    and close() would stop only one (its subscriptions and state reader left running)."""
+    q = queue("at-once", client=client)
+    await asyncio.gather(q.add({"n": 1}), q.add({"n": 2}), q.count())
+    behind = Backstage(client, "at-once")
+    assert await behind.subscriptions("=listener") == 1
+    await q.close()
+    assert await behind.subscriptions("=listener") == 0

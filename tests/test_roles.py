@@ -43,9 +43,9 @@ def user(name: str, role: str, queues: tuple[str, ...] = ()) -> str:
     return f"{{user: {name}, password: {name}-pw\n{block}}}\n"
 
 
-def user_before_listener_keys(name: str) -> str:
-    """A publisher whose permission block was printed before listener keys existed."""
-    allowed = for_role("publisher", NS, list(QUEUES))
+def user_before_listener_keys(name: str, role: str) -> str:
+    """A user whose permission block was printed before listener keys existed."""
+    allowed = for_role(role, NS, list(QUEUES))  # type: ignore[arg-type]
     block = Permissions(
         [s for s in allowed.publish if LISTENER_ROLE not in s],
         [s for s in allowed.subscribe if LISTENER_ROLE not in s],
@@ -59,7 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
         user("admin", "admin")
         + user("publisher", "publisher", QUEUES)
         + user("worker", "worker", QUEUES)
-        + user_before_listener_keys("older-publisher")
+        + user_before_listener_keys("older-publisher", "publisher")
+        + user_before_listener_keys("older-worker", "worker")
     )
     config = f"authorization {{\n  users = [\n{users}  ]\n}}\n"
     store: Path = tmp_path_factory.mktemp("roles")
@@ -201,6 +202,50 @@ async def test_wait_returns_where_the_user_may_not_say_it_listens(server: Secure
         assert finished.state == JobState.COMPLETED and finished.result == "done"
         [refused] = [e for e in logs if e["event"].startswith("listener key not written")]
         assert "ermission" in refused["error"]
+
+
+async def test_a_worker_that_may_not_follow_listener_keys_announces_always(
+    server: SecuredServer,
+) -> None:
+    """A worker whose permission block predates listener keys may list them but not subscribe
+    to their writes (the server refuses that after the fact): it must not take the listeners
+    it listed for all there are, but publish every event, and say why."""
+    assert await asyncio.to_thread(admin_cli, server, "provision", "orders") == 0
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        return None
+
+    async with (
+        client_of(server, "publisher") as publisher,
+        client_of(server, "older-worker") as older,
+    ):
+        with capture_logs() as logs:
+            async with queue("orders", handle, client=older) as worker:  # before any listener
+                orders = queue("orders", client=publisher)
+                events: list[tuple[str, str]] = []
+
+                async def listen() -> None:
+                    async for event in orders.events():
+                        events.append((event.job_id, event.name))
+
+                listener = asyncio.create_task(listen())
+                try:
+                    await asyncio.sleep(0.3)  # its key written
+                    job = await orders.add({"n": 1})
+                    await wait_for_state(worker, job.id, JobState.COMPLETED)
+                    await eventually(
+                        lambda: _true([n for j, n in events if j == job.id][-1:] == ["completed"]),
+                        what="the worker's events",
+                    )  # fmt: skip
+                finally:
+                    listener.cancel()
+        assert [n for j, n in events if j == job.id] == ["added", "active", "completed"]
+        [said] = [e for e in logs if e["event"].startswith("listener keys not followed")]
+        assert "subscribe" in said["error"]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(

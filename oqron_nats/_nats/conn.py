@@ -64,6 +64,8 @@ class Connection:
         self._requests = Requests(nc, request_timeout)
         self._refused: dict[str, PermissionDenied] = {}
         """Subjects (lowercased, as the server names them) the server refused us to publish to."""
+        self._unsubscribable: set[str] = set()
+        """Subjects (lowercased) the server refused us to subscribe to."""
         self.closing = False
 
     @classmethod
@@ -167,6 +169,8 @@ class Connection:
             self._requests.refuse(subject, self._refused[subject.lower()])
         elif (reply := REPLY_DENIED.search(text)) is not None:
             self._requests.refuse(None, denied(reply.group(1), "receive replies on"))
+        elif (subscription := SUBSCRIBE_DENIED.search(text)) is not None:
+            self._unsubscribable.add(subscription.group(1).lower())
 
     def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every reconnect; returns a function that removes it."""
@@ -288,6 +292,14 @@ class Connection:
         with _AS_UNAVAILABLE:
             return await self.nc.subscribe(subject, cb=cb)
 
+    def refused_subscription(self, subject: str) -> PermissionDenied | None:
+        """The error, if the server refused this user a subscription to ``subject``: it says
+        so after the SUB, so ask after a request sent after the subscription was answered (a
+        flush's PING can overtake a SUB still in nats-py's buffer)."""
+        if subject.lower() in self._unsubscribable:
+            return denied(subject, "subscribe to")
+        return None
+
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """A subscription whose messages go straight to ``handler`` (see :mod:`.direct`)."""
         with _AS_UNAVAILABLE:
@@ -308,6 +320,7 @@ class Connection:
 
 PUBLISH_DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 REPLY_DENIED = re.compile(r'permissions violation for publish with reply of "([^"]+)"', re.I)
+SUBSCRIBE_DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"', re.I)
 
 
 def denied(subject: str, action: str) -> PermissionDenied:

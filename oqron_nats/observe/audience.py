@@ -14,7 +14,10 @@ follower on that server (the core copy of a write is sent before its answer); a 
 another node of a cluster hears it a route's hop later, and one that was disconnected meanwhile
 announces for a TTL after its reconnect (it may have missed a write). Events are notifications,
 at most once: ``wait()`` reads the record again now and then, so a job's end it was not told of
-still ends its wait. A process that does not follow the keys (an admin command) announces always.
+still ends its wait. A process that cannot follow the keys (its user may not subscribe to them:
+a permission block printed before they existed) announces always, and so does a client made
+with ``announce="always"``. A listener waits for its key's write at most ``JOIN_WAIT`` seconds
+(the write goes on meanwhile): a queues bucket that does not answer must not hold a wait().
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ import msgspec
 
 from .._nats import Bucket, Msg, Nats
 from .._nats.names import KV_OPERATION_HEADER, LISTENER_TTL, Names
+from ..core.errors import PermissionDenied
 from .log import logger
 
 log = logger(__name__)
 
 REFRESH = LISTENER_TTL / 3
 """Seconds after which a listening process writes its key again."""
+JOIN_WAIT = 0.5
+"""Seconds a listener waits for its key's write before it goes on listening (the write goes on)."""
 
 Announce = Literal["listened", "always"]
 """When a client's queues publish events: while someone listens, or always (for listeners of
@@ -66,7 +72,8 @@ class Audience:
         self._following = False
         self._listening = 0
         self._written_at = float("-inf")
-        self._writing = asyncio.Lock()
+        self._writing: asyncio.Task[None] | None = None
+        """The key's write under way, shared by the listeners that join meanwhile."""
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -78,15 +85,24 @@ class Audience:
 
     async def follow(self) -> Callable[[], Awaitable[None]]:
         """Follow the queue's listener keys (announce only while one lives); returns the stop
-        call. A process that may not read them announces always."""
+        call. A process whose user may not subscribe to them or list them announces always."""
         sub = await self._conn.subscribe(self._subjects, self._heard_write)
-        try:
+        try:  # listed after subscribing: no key written between the two is missed
             listed = await self._conn.subjects(self._bucket.stream, self._subjects)
-        except Exception as exc:  # an older permission block, NATS down: announce always
-            log.debug("listener keys not listed; events are always published", error=repr(exc))
-            listed = {}
-        else:
-            self._following = True
+            refused = self._conn.refused_subscription(self._subjects)  # said before the answer
+        except PermissionDenied as exc:
+            refused = exc
+        except BaseException:
+            with contextlib.suppress(Exception):  # cancelled, or NATS down: undo, then say so
+                await sub.unsubscribe()
+            raise
+        if refused is not None:
+            log.warning("listener keys not followed: this process publishes every event "
+                        "(see `oqron permissions`)", error=str(refused))  # fmt: skip
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return _nothing_to_stop
+        self._following = True
         for subject in listed:
             self._alive(subject)
         forget = self._conn.on_reconnect(self._reconnected)
@@ -94,7 +110,6 @@ class Audience:
         async def stop() -> None:
             forget()
             self._following = False
-            self._stop_refreshing()
             with contextlib.suppress(Exception):  # a closed connection has nothing to undo
                 await sub.unsubscribe()
 
@@ -121,42 +136,51 @@ class Audience:
     # -- the listening side -----------------------------------------------------------------
 
     async def join(self) -> None:
-        """Count one more listener in this process, its key written (or fresh) on return.
-
-        A key that cannot be written (this user may not, NATS does not answer) is logged: the
-        listener then misses the events of processes that follow the keys.
-        """
+        """Count one more listener in this process; on return its key is written (or fresh),
+        or its write has taken JOIN_WAIT seconds and goes on (a key that cannot be written is
+        logged: the listener then misses the events of the processes that follow the keys)."""
         self._listening += 1
         self._alive(self._bucket.subject(self._key))  # this process's own announcements
-        await self._write()
         if self._refresher is None:
             self._refresher = asyncio.create_task(self._keep_alive(), name=f"oqron-{self._key}")
+        await self._written()
 
     def leave(self) -> None:
         """Count one listener fewer; the last one stops the writes (the key then expires)."""
         self._listening -= 1
-        if self._listening <= 0:
-            self._stop_refreshing()
-
-    def _stop_refreshing(self) -> None:
-        if self._refresher is not None:
+        if self._listening <= 0 and self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
 
     async def _keep_alive(self) -> None:
-        while not self._conn.is_closed:  # a closed client has nothing more to say
+        while True:
             await asyncio.sleep(REFRESH)
-            await self._write()
+            if self._conn.is_closed:  # a closed client has nothing more to say
+                return
+            await self._written()
+
+    async def _written(self) -> None:
+        """Write the key unless it is fresh, and wait for the write up to JOIN_WAIT seconds."""
+        if time.monotonic() - self._written_at < REFRESH:
+            return
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write(), name=f"oqron-write-{self._key}")
+        await asyncio.wait({self._writing}, timeout=JOIN_WAIT)  # a cancelled caller leaves it be
 
     async def _write(self) -> None:
-        async with self._writing:  # one write for the listeners that join at once
-            if time.monotonic() - self._written_at < REFRESH:
-                return
-            value = msgspec.json.encode(Listener(host=socket.gethostname(), pid=os.getpid()))
-            try:
-                await self._bucket.put(self._key, value, ttl=LISTENER_TTL)
-            except Exception as exc:  # tried again at the next refresh
-                log.warning("listener key not written: events of workers may not reach this "
-                            "process", key=self._key, error=repr(exc))  # fmt: skip
-            finally:
-                self._written_at = time.monotonic()
+        value = msgspec.json.encode(Listener(host=socket.gethostname(), pid=os.getpid()))
+        try:
+            await self._bucket.put(self._key, value, ttl=LISTENER_TTL)
+        except PermissionDenied as exc:  # asked again at the next refresh, not at every join
+            self._written_at = time.monotonic()
+            log.warning("listener key not written: events of workers may not reach this "
+                        "process", key=self._key, error=str(exc))  # fmt: skip
+        except Exception as exc:  # asked again at the next join or refresh
+            log.warning("listener key not written: events of workers may not reach this "
+                        "process", key=self._key, error=repr(exc))  # fmt: skip
+        else:
+            self._written_at = time.monotonic()
+
+
+async def _nothing_to_stop() -> None:
+    """The stop call of a process that does not follow the keys."""

@@ -23,7 +23,7 @@ from . import management
 from .late_entry import LISTED_WITHIN
 
 FIRST_RECHECK = 0.5
-MAX_RECHECK = 5.0
+MAX_RECHECK = 30.0
 """Seconds after which a wait reads the job's record again though no end was heard: doubling
 from the first to the cap."""
 
