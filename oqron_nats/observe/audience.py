@@ -157,11 +157,12 @@ class Audience:
             await asyncio.sleep(REFRESH)
             if self._conn.is_closed:  # a closed client has nothing more to say
                 return
-            await self._written()
+            await self._written(fresh_for=0.0)  # every REFRESH, however the last one went
 
-    async def _written(self) -> None:
-        """Write the key unless it is fresh, and wait for the write up to JOIN_WAIT seconds."""
-        if time.monotonic() - self._written_at < REFRESH:
+    async def _written(self, fresh_for: float = REFRESH) -> None:
+        """Write the key unless a write landed within ``fresh_for`` seconds, and wait for the
+        write up to JOIN_WAIT seconds."""
+        if time.monotonic() - self._written_at < fresh_for:
             return
         if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._write(), name=f"oqron-write-{self._key}")
