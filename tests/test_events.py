@@ -160,6 +160,10 @@ async def test_an_event_that_cannot_be_published_is_logged_not_raised(
 # -- events only while someone listens (issue 14) ----------------------------------------------
 
 
+async def nothing(ctx: Any) -> None:
+    """A handler with nothing to do."""
+
+
 async def test_with_nobody_listening_no_event_is_published_until_someone_listens(
     nats_server: LocalServer, client: Client, namespace: str
 ) -> None:
@@ -167,10 +171,7 @@ async def test_with_nobody_listening_no_event_is_published_until_someone_listens
     listens, and every event of a job once a listener in another process joined."""
     heard = await overhear(client, "quiet")
 
-    async def handler(ctx: Any) -> None:
-        pass
-
-    q = queue("quiet", handler, client=client)
+    q = queue("quiet", nothing, client=client)
     async with q:
         alone = await q.add({"n": 1})
         await done(q, alone.id)
@@ -195,11 +196,7 @@ async def test_a_worker_that_starts_while_someone_listens_announces_its_first_jo
     listener = await listening(queue("late", client=client))
     try:
         async with Client(nats_server.url, namespace=namespace) as other:
-
-            async def handler(ctx: Any) -> None:
-                pass
-
-            q = queue("late", handler, client=other)
+            q = queue("late", nothing, client=other)
             async with q:
                 job = await q.add({"n": 1})
                 await done(q, job.id)
@@ -217,10 +214,7 @@ async def test_a_listener_is_kept_by_its_refreshes_and_forgotten_a_ttl_after_it_
     monkeypatch.setattr(audience, "REFRESH", 0.5)
     heard = await overhear(client, "ttl")
 
-    async def handler(ctx: Any) -> None:
-        pass
-
-    q = queue("ttl", handler, client=client)
+    q = queue("ttl", nothing, client=client)
     async with q, Client(nats_server.url, namespace=namespace) as other:
         listener = await listening(queue("ttl", client=other))
         await asyncio.sleep(3 * audience.LISTENER_TTL)  # kept alive by its refreshes meanwhile
@@ -241,16 +235,13 @@ async def test_a_worker_cut_off_while_a_listener_joined_announces_after_its_reco
     """A key written while a worker was disconnected goes unheard by it: after the reconnect it
     announces (for a TTL, within which a live listener writes its key again)."""
 
-    async def handler(ctx: Any) -> None:
-        pass
-
     async with (
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,
     ):
         heard = await overhear(admin, "cutoff")
         worker_client = Client(proxy.url, namespace=namespace)
-        q = queue("cutoff", handler, client=worker_client)
+        q = queue("cutoff", nothing, client=worker_client)
         async with worker_client, q:
             proxy.refusing = True  # the worker stays cut off while the listener joins
             proxy.cut()
@@ -281,10 +272,7 @@ async def test_a_client_told_to_announce_always_publishes_with_nobody_listening(
     async with Client(nats_server.url, namespace=namespace) as client:
         heard = await overhear(client, "loud")
 
-        async def handler(ctx: Any) -> None:
-            pass
-
-        q = queue("loud", handler, client=client)
+        q = queue("loud", nothing, client=client)
         async with q:
             job = await q.add({"n": 1})
             await done(q, job.id)
@@ -318,10 +306,7 @@ async def test_a_wait_whose_key_cannot_be_written_is_delayed_half_a_second_at_mo
     """Writing the listener key goes through the retried request path; a queues bucket that
     does not answer must not hold wait() for the retry deadline (here 5 s)."""
 
-    async def handler(ctx: Any) -> None:
-        pass
-
-    q = queue("no-bucket", handler, client=client)
+    q = queue("no-bucket", nothing, client=client)
     async with q, Client(nats_server.url, namespace=namespace, retry_deadline=5.0) as other:
         job = await q.add({"n": 1})
         await done(q, job.id)
@@ -340,10 +325,7 @@ async def test_the_key_of_a_wait_cancelled_while_writing_it_is_still_written(
     """A wait() that times out while its key's write is under way (NATS slow) leaves the write
     going, so the listeners that join next are heard."""
 
-    async def handler(ctx: Any) -> None:
-        pass
-
-    worker = queue("slow-key", handler, client=client)
+    worker = queue("slow-key", nothing, client=client)
     async with worker, Client(nats_server.url, namespace=namespace) as other:
         waiter = queue("slow-key", client=other)
         audience = (await waiter._open()).store.events.audience
