@@ -118,7 +118,7 @@ class Queue(Generic[T, S]):
 
     async def _open(self) -> Backend:
         """The queue's backend, opened at first use; the uses that come while it opens wait for
-        the same opening (two would follow the queue twice, and close() stop one)."""
+        the same opening (two would follow the queue twice, and close() would stop only one)."""
         if self._backend is not None:
             return self._backend
         if self._opening is None or self._opening.done():
@@ -461,7 +461,7 @@ def queue(
 
 
 def _retrieved(opening: asyncio.Future[Backend]) -> None:
-    """Mark a failed opening's error as seen: each use that awaited it was raised it, and one
-    that was cancelled meanwhile must not leave it to be logged as never retrieved."""
+    """Mark a failed opening's error as seen: every use that awaited it got it raised, and a use
+    cancelled meanwhile must not leave it to be logged as never retrieved."""
     if not opening.cancelled():
         opening.exception()
