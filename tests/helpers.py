@@ -33,6 +33,11 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
+async def holds(value: object) -> bool:
+    """``value`` as a check for :func:`eventually` (``lambda: holds(condition)``)."""
+    return bool(value)
+
+
 async def wait_for_state(
     q: Queue[Any], job_id: str, *states: JobState, timeout: float = 10.0
 ) -> Job[Any]:

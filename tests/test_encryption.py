@@ -42,7 +42,7 @@ from oqron_nats import (
 from oqron_nats.core.encryption import Sealer
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .support import Backstage, max_payload
 from .test_cli import oqron, oqron_json
 from .test_runner import WorkerCli
@@ -156,7 +156,7 @@ async def test_a_failure_leaves_no_plaintext_in_records_dead_letters_events_logs
                 await asyncio.sleep(0.1)
                 job = await q.add({"ssn": canary})
                 failed = await wait_for_state(q, job.id, JobState.FAILED)
-                await eventually(lambda: _true(len(opened) >= 2), 5, "the events")
+                await eventually(lambda: holds(len(opened) >= 2), 5, "the events")
                 listener.cancel()
         await stop_events()
         record = await raw_record(client, "kyc", job.id)
@@ -185,10 +185,6 @@ async def test_a_failure_leaves_no_plaintext_in_records_dead_letters_events_logs
     assert spans and canary not in repr(
         [(s.attributes, s.events, s.status.description) for s in spans]
     )
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_key_rotation_old_jobs_still_open_new_jobs_use_the_new_key(client: Client) -> None:

@@ -17,7 +17,7 @@ from oqron_nats.observe.events import Event
 from oqron_nats.runtime import waiting
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, done, eventually
+from .helpers import WorkerProcess, done, eventually, holds
 from .proxy import TcpProxy
 from .support import Backstage, listening, overhear
 
@@ -245,20 +245,16 @@ async def test_a_worker_cut_off_while_a_listener_joined_announces_after_its_reco
         async with worker_client, q:
             proxy.refusing = True  # the worker stays cut off while the listener joins
             proxy.cut()
-            await eventually(lambda: _true(not worker_client.connected), what="the cut")
+            await eventually(lambda: holds(not worker_client.connected), what="the cut")
             listener = await listening(queue("cutoff", client=admin))
             try:
                 proxy.refusing = False
-                await eventually(lambda: _true(worker_client.connected), what="the reconnect")
+                await eventually(lambda: holds(worker_client.connected), what="the reconnect")
                 job = await queue("cutoff", client=admin).add({"n": 1})
                 await done(q, job.id)
                 assert heard.of(job.id) == ["added", "active", "completed"]
             finally:
                 listener.cancel()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_client_told_to_announce_always_publishes_with_nobody_listening(

@@ -15,7 +15,7 @@ from oqron_nats import Client, JobContext, JobState, queue
 from oqron_nats.runtime.maintenance import scan_stalls
 from oqron_nats.storage.store import JobStore
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .support import Backstage
 
 WAIT = 20.0
@@ -95,7 +95,7 @@ async def test_a_claim_answered_after_a_takeover_runs_nothing(
     async with q:
         job = await q.add({})
         done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
-        await eventually(lambda: _true(len(held_back) == 1), WAIT, "the late claim")
+        await eventually(lambda: holds(len(held_back) == 1), WAIT, "the late claim")
         await asyncio.sleep(lock_ttl + heartbeat + 1 + 2.5)  # the late claim's answer came
     assert len(runs) == 1, f"the handler ran {len(runs)} times"
     assert done.stalled_count == 1, "the second delivery took the job over"
@@ -121,10 +121,6 @@ async def test_the_stall_scanner_leaves_a_job_alone_before_its_lease(client: Cli
         finish.set()
         done = await wait_for_state(q, job.id, JobState.COMPLETED, timeout=WAIT)
     assert done.stalled_count == 0
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _released(behind: Backstage, job_id: str) -> bool:

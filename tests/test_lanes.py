@@ -18,7 +18,7 @@ from oqron_nats.runtime.claiming import Claimer
 from oqron_nats.storage.broker import LIFO_WINDOW
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .support import Backstage
 
 STRATEGIES = ["fifo", "lifo", "priority"]
@@ -72,7 +72,7 @@ async def test_workers_moving_from_the_same_lanes_run_every_job_once(
                 w = queue("race", handler, client=c, concurrency=4, strategy=strategy)  # type: ignore[arg-type]
                 await stack.enter_async_context(w)
             await w.add_bulk(items)
-            await eventually(lambda: _true(len(runs) == 300), timeout=60, what="300 jobs run")
+            await eventually(lambda: holds(len(runs) == 300), timeout=60, what="300 jobs run")
             await eventually(lambda: _counted(w, JobState.COMPLETED, 300), what="300 completed")
     assert set(runs.values()) == {1}
     failures = [e for e in logs if e["event"].startswith("claiming failed")]
@@ -123,7 +123,7 @@ async def test_lifo_finds_the_newest_jobs_beyond_what_it_was_told_of(
         await q.add_bulk([{"data": n} for n in range(LIFO_WINDOW + 50)])
         go_on.set()
         total = LIFO_WINDOW + 56
-        await eventually(lambda: _true(len(order) == total), timeout=30, what="every job")
+        await eventually(lambda: holds(len(order) == total), timeout=30, what="every job")
     newest = LIFO_WINDOW + 49
     assert order[1:4] == [newest, newest - 1, newest - 2]
     assert order[-5:] == [f"old-{n}" for n in reversed(range(5))]
@@ -180,13 +180,9 @@ async def test_the_per_lane_consumers_of_an_earlier_version_go_and_their_jobs_ru
 
     worker = queue("legacy", handler, client=client, strategy="priority")
     async with worker:
-        await eventually(lambda: _true(len(ran) == 11), timeout=20, what="every job run")
+        await eventually(lambda: holds(len(ran) == 11), timeout=20, what="every job run")
         assert await behind.consumer_names() == ["priority"]
     assert sorted(map(str, ran)) == sorted(["first", *(f"job{n}" for n in range(10))])
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _counted(q: Any, state: JobState, n: int) -> bool:

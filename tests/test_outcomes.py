@@ -21,7 +21,7 @@ from oqron_nats import (
     queue,
 )
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .support import Backstage
 
 NO_RETRIES = RetryPolicy(max=0)
@@ -108,7 +108,7 @@ async def test_a_final_failure_is_dead_lettered_and_hooks_run_once(client: Clien
     async with q:
         job = await q.add({"invoice": 5}, correlation_id="req-5")
         failed = await wait_for_state(q, job.id, JobState.FAILED)
-        await eventually(lambda: _true(dead and fails), what="on_dead and on_fail")
+        await eventually(lambda: holds(dead and fails), what="on_dead and on_fail")
         await asyncio.sleep(0.3)
     assert len(dead) == 1
     assert len(fails) == 1
@@ -160,7 +160,7 @@ async def test_without_dead_letter_nothing_is_written_but_on_fail_runs(client: C
     async with q:
         job = await q.add({"n": 1})
         failed = await wait_for_state(q, job.id, JobState.FAILED)
-        await eventually(lambda: _true(fails), what="on_fail")
+        await eventually(lambda: holds(fails), what="on_fail")
         await wait_until_empty(client, "nodlq")
         await asyncio.sleep(0.3)
     assert failed.error is not None and failed.error.type == "KeyError"
@@ -190,7 +190,7 @@ async def test_hooks_may_be_async_or_plain_functions(client: Client) -> None:
         async with q:
             job = await q.add(21)
             await wait_for_state(q, job.id, JobState.COMPLETED)
-            await eventually(lambda k=kind: _true([s for s in seen if s[0] == k]), what=kind)
+            await eventually(lambda k=kind: holds([s for s in seen if s[0] == k]), what=kind)
         assert [s for s in seen if s[0] == kind] == [(kind, job.id, 42)]
 
 
@@ -229,12 +229,12 @@ async def test_a_raising_hook_is_logged_and_the_worker_keeps_working(client: Cli
             for job in jobs:
                 expected = JobState.FAILED if job.data % 2 else JobState.COMPLETED
                 await wait_for_state(q, job.id, expected)
-            await eventually(lambda: _true(len(calls) >= 9), what="every hook to run")
+            await eventually(lambda: holds(len(calls) >= 9), what="every hook to run")
             await wait_until_empty(client, "badhooks")
             assert q.is_consuming
             late = await q.add(100)  # still consuming after nine hook errors
             assert (await wait_for_state(q, late.id, JobState.COMPLETED)).result == "even"
-            await eventually(lambda: _true(len(calls) >= 10), what="the last hook")
+            await eventually(lambda: holds(len(calls) >= 10), what="the last hook")
     assert sorted(calls) == sorted(
         [f"success:{n}" for n in (0, 2, 4, 100)]
         + [f"fail:{n}" for n in (1, 3, 5)]
@@ -273,7 +273,7 @@ async def test_results_are_stored_encoded_and_on_success_gets_them(client: Clien
         done = {
             kind: await wait_for_state(q, job.id, JobState.COMPLETED) for kind, job in jobs.items()
         }
-        await eventually(lambda: _true(len(hooked) == 4), what="on_success for every job")
+        await eventually(lambda: holds(len(hooked) == 4), what="on_success for every job")
     assert done["dict"].result == {"total": 12.5, "lines": 3, "ok": True}
     assert done["list"].result == [1, "two", None, [3]]
     assert done["struct"].result == {"order": 7, "total": 19.99, "items": ["tea", "cake"]}
@@ -344,7 +344,7 @@ async def test_a_result_that_cannot_be_stored_fails_the_attempt(
         failed = await wait_for_state(q, bad.id, JobState.FAILED, timeout=5)
         good = await q.add("good")
         completed = await wait_for_state(q, good.id, JobState.COMPLETED)
-        await eventually(lambda: _true(fails and successes), what="the hooks")
+        await eventually(lambda: holds(fails and successes), what="the hooks")
         await wait_until_empty(client, "unencodable")
         await asyncio.sleep(0.3)
     assert failed.error is not None
@@ -382,7 +382,7 @@ async def test_the_terminal_state_is_written_before_the_ack(client: Client) -> N
         async with q:
             await wait_for_state(q, job.id, JobState.COMPLETED)
             await wait_until_empty(client, "order")
-            await eventually(lambda: _true(("ack", b"") in events), what="the ack")
+            await eventually(lambda: holds(("ack", b"") in events), what="the ack")
     finally:
         await record_sub.unsubscribe()
         await ack_sub.unsubscribe()
@@ -422,7 +422,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
 
         failed = await q.add("fail")
         await wait_for_state(q, failed.id, JobState.FAILED)
-        await eventually(lambda: _true(fails), what="on_fail")
+        await eventually(lambda: holds(fails), what="on_fail")
         await wait_until_empty(client, "dups")
         for n in range(2):  # a late redelivery and a duplicate on another lane
             await behind.publish_on_lane(failed.id, priority=n * 5, msg_id=f"dup-{n + 2}")
@@ -496,7 +496,3 @@ async def test_a_record_that_does_not_decode_does_not_crash_the_worker(client: C
         await wait_for_state(q, job.id, JobState.COMPLETED)
         assert await q.count() == 1, "undecodable records are skipped when counting"
     assert runs == [job.id]
-
-
-async def _true(value: object) -> bool:
-    return bool(value)

@@ -18,7 +18,7 @@ from oqron_nats import Client, Job, JobContext, JobState, Middleware, Throttle, 
 from oqron_nats.runtime import prefetch
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import eventually
+from .helpers import eventually, holds
 from .proxy import TcpProxy
 from .support import Backstage
 
@@ -98,7 +98,7 @@ async def test_short_jobs_keep_deliveries_ready_unclaimed_and_a_stop_hands_them_
         consumer = q._consumer
         assert consumer is not None and consumer.ready == 2
         stopping = asyncio.create_task(q.stop(timeout=WAIT))
-        await eventually(lambda: _true(consumer.ready == 0), timeout=2, what="handed back")
+        await eventually(lambda: holds(consumer.ready == 0), timeout=2, what="handed back")
         handler.release.set()
         await asyncio.wait_for(stopping, WAIT)
     assert len(handler.blocked()) == 2, "a stopping worker started a job it held ready"
@@ -158,7 +158,7 @@ async def test_ready_deliveries_are_handed_back_when_the_queue_pauses(
         assert q._consumer is not None and q._consumer.ready == 1
         await q.pause()
         consumer = q._consumer
-        await eventually(lambda: _true(consumer.ready == 0), timeout=2, what="handed back")
+        await eventually(lambda: holds(consumer.ready == 0), timeout=2, what="handed back")
         handler.release.set()
         await asyncio.sleep(0.5)
         assert handler.blocked() == ["block-1"], "a job held ready started on a paused queue"
@@ -191,10 +191,6 @@ async def test_no_deliveries_are_held_ready_for_long_jobs_lanes_or_a_throttle(
         await eventually(lambda: _equal(ack_pending(backstage, strategy), 2), what="2 delivered")
         await asyncio.sleep(0.3)
         assert await ack_pending(backstage, strategy) == 2, "a delivery was held ready"
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _equal(count: Any, expected: int) -> bool:
@@ -292,11 +288,11 @@ async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_complete
                 handler.release.set()  # whatever still runs on the cut-off worker returns
                 await asyncio.sleep(1.5)  # past MAX_WAIT: it holds nothing ready any more
                 proxy.flow()  # the link is back: what it sent meanwhile arrives late
-                await eventually(lambda: _true(cut_off.connected), timeout=WAIT, what="back")
+                await eventually(lambda: holds(cut_off.connected), timeout=WAIT, what="back")
                 await asyncio.sleep(2.0)
             await q.add("after")  # the other worker is gone: the cut-off one must run it
             await eventually(
-                lambda: _true("after" in handler.started), timeout=WAIT, what="it runs again"
+                lambda: holds("after" in handler.started), timeout=WAIT, what="it runs again"
             )
             await _completed(publisher, None)
     assert sorted(other_handler.blocked()) == [f"block-{n}" for n in range(4)]

@@ -29,7 +29,7 @@ from oqron_nats._nats.permissions import Permissions, for_role
 from oqron_nats.ops.cli import main
 from oqron_nats.runtime.schedules import catch_up_missed
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .secured import SecuredServer
 
 NS = "roles"
@@ -234,7 +234,7 @@ async def test_a_worker_that_may_not_follow_listener_keys_announces_always(
                     job = await orders.add({"n": 1})
                     await wait_for_state(worker, job.id, JobState.COMPLETED)
                     await eventually(
-                        lambda: _true([n for j, n in events if j == job.id][-1:] == ["completed"]),
+                        lambda: holds([n for j, n in events if j == job.id][-1:] == ["completed"]),
                         what="the worker's events",
                     )  # fmt: skip
                 finally:
@@ -242,10 +242,6 @@ async def test_a_worker_that_may_not_follow_listener_keys_announces_always(
         assert [n for j, n in events if j == job.id] == ["added", "active", "completed"]
         [said] = [e for e in logs if e["event"].startswith("listener keys not followed")]
         assert "subscribe" in said["error"]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_publisher_cannot_consume_or_touch_what_is_not_its_own(

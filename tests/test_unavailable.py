@@ -21,7 +21,7 @@ from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import eventually, wait_for_state
+from .helpers import eventually, holds, wait_for_state
 from .proxy import TcpProxy
 from .support import Backstage
 from .test_runner import WorkerCli
@@ -129,7 +129,7 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
                 connections = proxy.connections
                 proxy.cut()
                 await eventually(
-                    lambda c=connections: _true(proxy.connections > c and worker_client.connected),
+                    lambda c=connections: holds(proxy.connections > c and worker_client.connected),
                     what="the worker to reconnect",
                 )
                 await q.add({}, job_id=f"j{n}")
@@ -137,7 +137,7 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
             await asyncio.sleep(0.5)
             assert seen == [], "a reconnect paused or resumed consumers"
             await queue("follow", client=admin).pause()
-            await eventually(lambda: _true(len(seen) >= 1), what="the pause of the consumer")
+            await eventually(lambda: holds(len(seen) >= 1), what="the pause of the consumer")
 
 
 async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect(
@@ -162,7 +162,7 @@ async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect
             proxy.cut()
             await publisher.pause()
             proxy.refusing = False
-            await eventually(lambda: _true(worker_client.connected), what="the reconnect")
+            await eventually(lambda: holds(worker_client.connected), what="the reconnect")
             behind = Backstage(admin, "missed")
 
             async def consumer_paused() -> bool:
@@ -246,10 +246,6 @@ async def test_a_worker_waits_for_a_cluster_without_quorum_and_gives_up_with_exi
             assert await asyncio.to_thread(patient.wait, 60) == 0
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_requests_lost_with_a_connection_are_asked_again_at_once(
     nats_server: LocalServer, namespace: str
 ) -> None:
@@ -281,7 +277,7 @@ async def test_a_hung_connection_is_given_up_within_seconds(
             q = queue("hung", client=client)
             job = await q.add({"n": 1})
             proxy.stall()
-            await eventually(lambda: _true(proxy.connections > 1), timeout=10,
+            await eventually(lambda: holds(proxy.connections > 1), timeout=10,
                              what="the client to give the hung connection up")  # fmt: skip
             proxy.flow()
             assert (await q.get_job(job.id)) is not None

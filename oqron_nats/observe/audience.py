@@ -172,11 +172,9 @@ class Audience:
         value = msgspec.json.encode(Listener(host=socket.gethostname(), pid=os.getpid()))
         try:
             await self._bucket.put(self._key, value, ttl=LISTENER_TTL)
-        except PermissionDenied as exc:  # asked again at the next refresh, not at every join
-            self._written_at = time.monotonic()
-            log.warning("listener key not written: events of workers may not reach this "
-                        "process", key=self._key, error=str(exc))  # fmt: skip
         except Exception as exc:  # asked again at the next join or refresh
+            if isinstance(exc, PermissionDenied):  # at the next refresh only: it stays refused
+                self._written_at = time.monotonic()
             log.warning("listener key not written: events of workers may not reach this "
                         "process", key=self._key, error=repr(exc))  # fmt: skip
         else:
