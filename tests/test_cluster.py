@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobContext, queue
+from oqron_nats import Client, JobContext, JobState, queue
 from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import LocalCluster
 
 from .chaos.harness import QUEUE
-from .helpers import done
+from .helpers import done, eventually
 from .support import Backstage, listening, namespace_stream_infos, overhear, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -204,3 +204,81 @@ async def test_events_reach_a_listener_on_another_node_from_the_next_job(
                 assert heard.of(job.id) == ["added", "active", "completed"]
             finally:
                 listener.cancel()
+
+
+async def test_wait_and_listeners_ride_out_the_loss_of_the_listener_keys_leader(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """The listener keys live in the namespace's queues bucket. Its leader (and nothing else of
+    the queue's) killed as a process starts to wait on a running job: the key is not stored
+    until a new leader is elected (5-6 s here), but its write's core copy reaches the worker
+    at once, so the job's end is announced and the wait returns; a listener that joins
+    meanwhile hears the next jobs. Neither waits for the election (nor fails through it)."""
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        await asyncio.sleep(ctx.data["seconds"])
+
+    async with Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as setup:
+        await queue("keys", client=setup).add({"seconds": 0})  # provisions the queue
+        bucket = f"KV_{setup.names('keys').queues_bucket}"
+        target = str(cluster.stream_leader(bucket))
+        await lead_elsewhere(cluster, setup, target, keep=bucket)
+    others = [
+        url for url, node in zip(cluster.urls, cluster.nodes, strict=True) if node.name != target
+    ]
+
+    def on_others() -> Client:
+        return Client(others, namespace=namespace, replicas=REPLICAS)
+
+    async with on_others() as worker_client, on_others() as waiter_client:
+        q = queue("keys", handler, client=worker_client)
+        async with q:
+            waiter = queue("keys", client=waiter_client)
+            job = await waiter.add({"seconds": 1.5})  # the waiter's queue open before the kill
+            await eventually(lambda: is_active(q, job.id), timeout=10, what="the job running")
+            cluster.kill(target)
+            heard: list[str] = []
+
+            async def listen() -> None:
+                async for event in queue("keys", client=waiter_client).events():
+                    heard.append(event.name)
+
+            try:
+                ended = await waiter.wait(job.id, timeout=30)
+                assert ended.state == JobState.COMPLETED
+                assert cluster.stream_leader(bucket) is None, "the wait outlasted the election"
+                listener = asyncio.create_task(listen())
+                try:
+                    deadline = time.monotonic() + 40
+                    while "completed" not in heard:
+                        assert time.monotonic() < deadline, "the listener never heard a job"
+                        await q.add({"seconds": 0})
+                        await asyncio.sleep(0.5)
+                finally:
+                    listener.cancel()
+            finally:
+                cluster.restart(target)
+
+
+async def is_active(q: Any, job_id: str) -> bool:
+    found = await q.get_job(job_id)
+    return found is not None and found.state == JobState.ACTIVE
+
+
+async def lead_elsewhere(cluster: LocalCluster, client: Client, node: str, *, keep: str) -> None:
+    """Move the leaders of the namespace's streams and consumers, all but stream ``keep``'s,
+    off ``node`` (a leader that steps down is never elected again at once)."""
+    conn = await client._connection()
+    for info in await namespace_stream_infos(client):
+        stream = info.config.name
+        if stream != keep and cluster.stream_leader(stream) == node:
+            await conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
+            await until(lambda s=stream: cluster.stream_leader(s) not in (None, node))
+        for consumer in await conn.js.consumers_info(stream):
+            name = consumer.name
+            if cluster.consumer_leader(stream, name) == node:
+                subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{name}"
+                await conn.nc.request(subject, b"", timeout=5)
+                await until(
+                    lambda s=stream, c=name: cluster.consumer_leader(s, c) not in (None, node)
+                )
