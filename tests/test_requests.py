@@ -137,6 +137,11 @@ async def test_the_short_publish_path_sends_what_nats_py_sends(
         assert (plain.data, plain.reply, plain.headers) == (b"plain", "", None)
         assert (with_headers.data, with_headers.reply) == (b"", "r.1")
         assert with_headers.headers == {"A-B": "x y"}
+        for value in ("p\rq", "p\nq", " p q\t"):  # a known name now: values still made one line
+            await nc.publish(f"{namespace}.pub", b"", headers={"A-B": value})
+            assert (await got.get()).headers == {
+                "A-B": value.replace("\r", " ").replace("\n", " ").strip()
+            }
         with pytest.raises(nats.errors.BadHeaderError):
             await nc.publish(f"{namespace}.pub", b"", headers={"bad key": "1"})
         with pytest.raises(nats.errors.MaxPayloadError):  # the checks of nats-py's own path

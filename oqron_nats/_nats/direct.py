@@ -110,10 +110,22 @@ class DirectClient(Client):
         )
 
     def _encode_headers(self, headers: Mapping[str, str]) -> bytes:
-        known = self._header_names
-        if not all(name in known for name in headers):
-            headers = self._checked_names(headers)
-        lines = [f"{name}: {one_line(value)}\r\n" for name, value in headers.items()]
+        known, text = self._header_names, "NATS/1.0\r\n"
+        for name, value in headers.items():  # the common case: checked names, one-line values
+            if name not in known or value != value.strip():
+                return self._encode_checked(headers)
+            text += f"{name}: {value}\r\n"
+        lines = len(headers) + 1
+        if text.count("\n") != lines or text.count("\r") != lines:  # a line break in a value
+            return self._encode_checked(headers)
+        return (text + "\r\n").encode()
+
+    def _encode_checked(self, headers: Mapping[str, str]) -> bytes:
+        """The headers encoded with their names checked and their values made one line."""
+        lines = [
+            f"{name}: {one_line(value)}\r\n"
+            for name, value in self._checked_names(headers).items()
+        ]
         return ("NATS/1.0\r\n" + "".join(lines) + "\r\n").encode()
 
     def _checked_names(self, headers: Mapping[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ the key is read back: finding our own value means the first try landed (README, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from .facade import Nats
@@ -15,6 +16,7 @@ from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HE
 from .replies import CasConflict, StoredMsg
 
 
+@functools.lru_cache(maxsize=64)  # a queue's retention gives the same few, once per job
 def ttl_header(seconds: float) -> str:
     """A Nats-TTL value (the server's minimum is one second)."""
     return f"{max(1000, round(seconds * 1000))}ms"
