@@ -123,8 +123,7 @@ class DirectClient(Client):
     def _encode_checked(self, headers: Mapping[str, str]) -> bytes:
         """The headers encoded with their names checked and their values made one line."""
         lines = [
-            f"{name}: {one_line(value)}\r\n"
-            for name, value in self._checked_names(headers).items()
+            f"{name}: {one_line(value)}\r\n" for name, value in self._checked_names(headers).items()
         ]
         return ("NATS/1.0\r\n" + "".join(lines) + "\r\n").encode()
 
