@@ -18,8 +18,8 @@ from oqron_nats import Client, JobContext, JobState, queue
 from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import LocalCluster
 
-from .chaos.harness import QUEUE
-from .helpers import done, eventually
+from .chaos.harness import QUEUE, index_drift
+from .helpers import done, eventually, wait_for_state
 from .support import Backstage, listening, namespace_stream_infos, overhear, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -258,6 +258,44 @@ async def test_wait_and_listeners_ride_out_the_loss_of_the_listener_keys_leader(
                     listener.cancel()
             finally:
                 cluster.restart(target)
+
+
+async def test_the_state_index_heals_after_its_leader_is_killed_under_load(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """The state index stream's leader (and nothing else of the queue's) killed while jobs are
+    added and run: entries and delete markers are sent without waiting, so those sent during
+    the election are lost; a finished entry is confirmed (asked again through the election).
+    Every job completes once, and once the index has been read (pages repair stale entries)
+    every count agrees with the records."""
+    seen: list[str] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        seen.append(ctx.id)
+
+    async with Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as setup:
+        await queue("indexed", client=setup).add({"n": -1})  # provisions the queue
+        stream = setup.names("indexed").index_stream
+        target = str(cluster.stream_leader(stream))
+        await lead_elsewhere(cluster, setup, target, keep=stream)
+    others = [
+        url for url, node in zip(cluster.urls, cluster.nodes, strict=True) if node.name != target
+    ]
+    async with Client(others, namespace=namespace, replicas=REPLICAS) as client:
+        q = queue("indexed", handler, client=client, concurrency=20)
+        async with q:
+            jobs = [await q.add({"n": n}) for n in range(150)]
+            cluster.kill(target)
+            try:
+                for n in range(150, 300):
+                    jobs.append(await q.add({"n": n}))
+                    await asyncio.sleep(0.01)  # adds and ends spread over the election
+                for job in jobs:
+                    await wait_for_state(q, job.id, JobState.COMPLETED, timeout=60)
+            finally:
+                cluster.restart(target)
+            assert await index_drift(q) == {}
+        assert len(seen) == len(set(seen)) == 301
 
 
 async def is_active(q: Any, job_id: str) -> bool:
