@@ -215,6 +215,14 @@ class Backstage:
         subject = self.names.lane(priority, job_id)
         return await (await self._conn()).publish(subject, body, headers or None)
 
+    async def publish_on_index(
+        self, subject_tail: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """Store a message the library did not send on the queue's state index, on
+        ``<index entries of the queue>.<subject_tail>`` (e.g. ``waiting.<id>``)."""
+        subject = self.names.index_entries_of_queue.removesuffix(">") + subject_tail
+        await (await self._conn()).publish(subject, body, headers)
+
     async def publish_schedule(self, job_id: str, body: bytes, schedule: str, target: str) -> None:
         """Publish a schedule the library did not make on the schedule subject of ``job_id``,
         firing (``Nats-Schedule``: ``schedule``) into the lane-0 subject of job ``target``."""

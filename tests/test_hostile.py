@@ -230,3 +230,20 @@ async def test_a_foreign_schedule_firing_into_a_lane_is_deleted_and_stops_firing
     assert samples["foreign-schedule"]["headers"]["Nats-Scheduler"] == names.schedule(job.id)
     done = await q.get_job(job.id)
     assert done is not None and done.attempt == 1, "the completed job did not run again"
+
+
+async def test_foreign_entries_on_the_state_index_are_neither_errors_nor_listed(
+    client: Client,
+) -> None:
+    """Messages the library did not write on a queue's state index (an entry time that is not
+    one, an entry of no job, an unknown state, a longer subject): counts and pages go on and
+    list only real jobs, and a listing removes the entry of a job that does not exist."""
+    q = queue("foreign-index", client=client)
+    job = await q.add({"n": 1})
+    behind = Backstage(client, "foreign-index")
+    await behind.publish_on_index("waiting.ghost", headers={"Oqron-Entered": "garbage"})
+    await behind.publish_on_index("waiting.a.b")
+    await behind.publish_on_index("exploded.ghost")
+    assert await q.count(JobState.WAITING) == 2, "an entry is counted, not read"
+    assert [found.id for found in await q.get_jobs(JobState.WAITING)] == [job.id]
+    assert await q.count(JobState.WAITING) == 1, "the listing removed the ghost's entry"

@@ -64,6 +64,8 @@ MARKER_TTL = 1
 MARKER_SLACK = 2.0
 """Seconds a marker may outlive its TTL before the server removes it (a busy server)."""
 GONE = {KV_OPERATION_HEADER: "DEL", TTL_HEADER: f"{MARKER_TTL}s"}
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+"""The entry time of an entry that has none (listed last among the newest)."""
 
 
 class IndexEntry:
@@ -240,8 +242,9 @@ class StateIndex:
         found: list[StoredMsg] = []
         start_time: str | None = None
         start = 1
-        if last_ts:  # else: read it all (a server that did not say)
-            since = parse_time(last_ts) - timedelta(seconds=MARKER_TTL + MARKER_SLACK)
+        last = parse_time(last_ts)
+        if last is not None:  # else: read it all (a server that did not say)
+            since = last - timedelta(seconds=MARKER_TTL + MARKER_SLACK)
             start_time, start = since.isoformat().replace("+00:00", "Z"), 0
         while True:
             stored, more = await self.conn.direct_batch(
@@ -277,18 +280,23 @@ def state_of(msg: StoredMsg) -> JobState | None:
 
 
 def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
-    """The index entry a stored message stands for."""
-    stamp = msg.headers.get(INDEX_ENTERED_HEADER) or msg.headers.get("Nats-Time-Stamp", "")
-    return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, parse_time(stamp))
+    """The index entry a stored message stands for: entered when its entry time says (a
+    migrated entry's), else when the server stored it (a foreign entry's time is not read)."""
+    entered = parse_time(msg.headers.get(INDEX_ENTERED_HEADER, "")) or parse_time(
+        msg.headers.get("Nats-Time-Stamp", "")
+    )
+    return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, entered or EARLIEST)
 
 
-def parse_time(stamp: str) -> datetime:
-    """An RFC 3339 server timestamp (nanoseconds cut to microseconds)."""
-    if not stamp:
-        return datetime.min.replace(tzinfo=UTC)
+def parse_time(stamp: str) -> datetime | None:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds); None if there is none
+    or it is not one."""
     head, _, fraction = stamp.rstrip("Z").partition(".")
     micros = (fraction + "000000")[:6]
-    return datetime.fromisoformat(f"{head}.{micros}+00:00")
+    try:
+        return datetime.fromisoformat(f"{head}.{micros}+00:00") if stamp else None
+    except ValueError:
+        return None
 
 
 def newest_across(pages: Iterable[list[IndexEntry]], count: int) -> list[IndexEntry]:
