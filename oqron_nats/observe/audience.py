@@ -44,6 +44,8 @@ REFRESH = LISTENER_TTL / 3
 """Seconds after which a listening process writes its key again."""
 JOIN_WAIT = 0.5
 """Seconds a listener waits for its key's write before it goes on listening (the write goes on)."""
+PRUNE_EVERY = 1.0
+"""Seconds between two sweeps of the expired keys heard of."""
 
 Announce = Literal["listened", "always"]
 """When a client's queues publish events: while someone listens, or always (for listeners of
@@ -67,7 +69,9 @@ class Audience:
         self._subjects = self._bucket.subject(names.listener_keys)
         self._key = names.listener_key(uuid.uuid4().hex[:16])
         self._heard: dict[str, float] = {}
-        """Listener key subject -> until when (monotonic) it is taken as alive."""
+        """Listener key subject -> until when (monotonic) it is taken as alive (expired ones
+        are dropped at most every PRUNE_EVERY seconds)."""
+        self._pruned_at = float("-inf")
         self._until = 0.0
         self._following = False
         self._listening = 0
@@ -124,7 +128,9 @@ class Audience:
 
     def _alive(self, subject: str) -> None:
         now = time.monotonic()
-        self._heard = {s: until for s, until in self._heard.items() if until > now}
+        if now >= self._pruned_at + PRUNE_EVERY:  # not per write: many keys, written often
+            self._heard = {s: until for s, until in self._heard.items() if until > now}
+            self._pruned_at = now
         self._heard[subject] = now + LISTENER_TTL
         self._until = now + LISTENER_TTL
 
