@@ -49,6 +49,9 @@ JOB_MESSAGE_LIMIT = 16 * 1024
 """Bytes a message on a queue's work stream may have: a job id and its headers (the record holds
 the payload; a copy of a record of up to ``broker.RECORD_COPY_MAX`` bytes may ride in a header);
 anything larger is refused by the server before it is stored."""
+INDEX_ENTRY_LIMIT = 1024
+"""Bytes a message on a queue's state index may have: its entries and delete markers carry a few
+headers and no body; a larger foreign one (each page reads hundreds at once) is refused."""
 DEAD_LETTERS_KEPT = 30 * 24 * 3600.0
 """Seconds a dead letter is kept (the failed record itself: 14 days by default, see retention)."""
 RATE_WINDOWS_KEPT = 24 * 3600.0
@@ -297,6 +300,7 @@ class Client:
                 replicas=self.replicas,
                 work_queue=False,
                 max_msgs_per_subject=1,
+                max_msg_size=INDEX_ENTRY_LIMIT,
                 ttl=True,
             )
         ]

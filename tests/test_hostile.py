@@ -247,3 +247,15 @@ async def test_foreign_entries_on_the_state_index_are_neither_errors_nor_listed(
     assert await q.count(JobState.WAITING) == 2, "an entry is counted, not read"
     assert [found.id for found in await q.get_jobs(JobState.WAITING)] == [job.id]
     assert await q.count(JobState.WAITING) == 1, "the listing removed the ghost's entry"
+
+
+async def test_a_large_foreign_message_on_the_state_index_is_refused(client: Client) -> None:
+    """A page reads hundreds of index messages at once: the stream takes none over 1 KiB (an
+    entry is a few headers), so a foreign one cannot make each read megabytes."""
+    q = queue("big-index", client=client)
+    job = await q.add({"n": 1})
+    behind = Backstage(client, "big-index")
+    with pytest.raises(JetStreamError, match="maximum"):
+        await behind.publish_on_index("waiting.big", b"x" * 2048)
+    await behind.publish_on_index("waiting.small", b"x" * 256)
+    assert [found.id for found in await q.get_jobs(JobState.WAITING)] == [job.id]
