@@ -281,7 +281,8 @@ def state_of(msg: StoredMsg) -> JobState | None:
 
 def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
     """The index entry a stored message stands for: entered when its entry time says (a
-    migrated entry's), else when the server stored it (a foreign entry's time is not read)."""
+    migrated entry's), else when the server stored it (an entry time that is not one is
+    ignored: anyone who may write entries may write it)."""
     entered = parse_time(msg.headers.get(INDEX_ENTERED_HEADER, "")) or parse_time(
         msg.headers.get("Nats-Time-Stamp", "")
     )
