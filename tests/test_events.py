@@ -297,18 +297,25 @@ async def test_wait_ends_by_the_job_s_event_not_by_reading_again(
 
 
 async def test_a_wait_whose_key_cannot_be_written_is_delayed_half_a_second_at_most(
-    nats_server: LocalServer, client: Client, namespace: str
+    nats_server: LocalServer, namespace: str
 ) -> None:
     """Writing the listener key goes through the retried request path; a queues bucket that
     does not answer must not hold wait() for the retry deadline (here 5 s)."""
 
-    q = queue("no-bucket", nothing, client=client)
-    async with q, Client(nats_server.url, namespace=namespace, retry_deadline=5.0) as other:
+    def client(retry_deadline: float) -> Client:
+        return Client(nats_server.url, namespace=namespace, retry_deadline=retry_deadline)
+
+    # the worker's stop asks the missing bucket too: its short deadline ends that sooner
+    async with (
+        client(1.0) as worker_client,
+        client(5.0) as other,
+        queue("no-bucket", nothing, client=worker_client) as q,
+    ):
         job = await q.add({"n": 1})
         await done(q, job.id)
         waiter = queue("no-bucket", client=other)
         await waiter._open()
-        await Backstage(client, "no-bucket").delete_queues_bucket()  # nobody answers there now
+        await Backstage(other, "no-bucket").delete_queues_bucket()  # nobody answers there now
         started = time.monotonic()
         finished = await waiter.wait(job.id, timeout=10)
         assert finished.state == JobState.COMPLETED
