@@ -69,8 +69,8 @@ class Audience:
         self._subjects = self._bucket.subject(names.listener_keys)
         self._key = names.listener_key(uuid.uuid4().hex[:16])
         self._heard: dict[str, float] = {}
-        """Listener key subject -> until when (monotonic) it is taken as alive (expired ones
-        are dropped at most every PRUNE_EVERY seconds)."""
+        """Listener key subject -> until when (monotonic) it is taken as alive (swept of the
+        expired ones by :meth:`_sweep`)."""
         self._pruned_at = float("-inf")
         self._until = 0.0
         self._following = False
@@ -122,17 +122,27 @@ class Audience:
     async def _heard_write(self, msg: Msg) -> None:
         if (msg.headers or {}).get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
             self._heard.pop(msg.subject, None)
-            self._until = max(self._heard.values(), default=0.0)
+            if not self._heard:
+                self._until = 0.0
+            self._sweep(time.monotonic())  # the others' latest: at the next sweep
         else:
             self._alive(msg.subject)
 
     def _alive(self, subject: str) -> None:
         now = time.monotonic()
-        if now >= self._pruned_at + PRUNE_EVERY:  # not per write: many keys, written often
-            self._heard = {s: until for s, until in self._heard.items() if until > now}
-            self._pruned_at = now
+        self._sweep(now)
         self._heard[subject] = now + LISTENER_TTL
         self._until = now + LISTENER_TTL
+
+    def _sweep(self, now: float) -> None:
+        """Drop the expired keys heard of and announce until the latest of the others; at most
+        every PRUNE_EVERY seconds (it reads every key: a flood of writes or deletes must not
+        pay that each, and a deleted key may be announced for that long)."""
+        if now < self._pruned_at + PRUNE_EVERY:
+            return
+        self._heard = {s: until for s, until in self._heard.items() if until > now}
+        self._until = max(self._heard.values(), default=0.0)
+        self._pruned_at = now
 
     def _reconnected(self) -> None:
         """Writes may have gone unheard while disconnected: a live key is written again within
