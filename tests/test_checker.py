@@ -262,6 +262,8 @@ def test_worker_killed_beats_stalled_beats_broker_restart(kinds: list[str], caus
         ([fault(0.2, "stop_server", 1, "n1"), fault(0.9, "cont_server", 1, "n1")],
          "node_outage"),
         ([fault(3, "stop_server", 1, "n1"), fault(9, "cont_server", 1, "n1")], "node_outage"),
+        ([fault(0.2, "part_server", 1, "n1"), fault(0.9, "heal_server", 1, "n1")],
+         "node_outage"),  # cut off from the other nodes, then joined again
         ([fault(3, "term_server", 1, "n1")], "node_outage"),  # between the starts
         ([fault(0.2, "kill_server", 1, "n1"), fault(0.3, "restart_server", 2, "n2")],
          "node_outage"),  # another node came back: n1 is still down
@@ -270,6 +272,8 @@ def test_worker_killed_beats_stalled_beats_broker_restart(kinds: list[str], caus
         ([fault(-2, "kill_server", 1, "n1"), fault(-0.5, "restart_server", 2, "n1")],
          "unexplained"),  # back at -0.5, + grace 1 ends before the first start (1)
         ([fault(-2, "stop_server", 1, "n1"), fault(-0.1, "cont_server", 1, "n1")],
+         "unexplained"),
+        ([fault(-2, "part_server", 1, "n1"), fault(-0.1, "heal_server", 1, "n1")],
          "unexplained"),
         ([fault(5.5, "stop_server", 1, "n1")], "unexplained"),  # after the second start
         ([fault(3, "cont_server", 1, "n1"), fault(3.5, "restart_server", 2, "n2")],
@@ -325,6 +329,15 @@ def test_a_node_outage_is_ended_by_its_own_kind_of_recovery() -> None:
         node_grace=1.0,
     )
     assert causes(report) == ["node_outage"], "never continued: the outage lasts"
+    cut_off = [fault(0, "part_server", 1, "n1"), fault(1, "cont_server", 1, "n1")]
+    report = verdict(
+        ok("a"),
+        executions=[run("a", 10, 50), run("a", 11, 60, 61)],
+        faults=cut_off,
+        finals=[final("a", by=11)],
+        node_grace=1.0,
+    )
+    assert causes(report) == ["node_outage"], "a partition is ended by a heal, not a SIGCONT"
 
 
 def test_resumption_times_the_first_completion_and_every_workers_return() -> None:

@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nats
 import pytest
 
 from oqron_nats import Client, JobContext, JobState, queue
 from oqron_nats._nats import stream_of
-from oqron_nats.testing.cluster import LocalCluster
+from oqron_nats.testing.cluster import ClusterNode, LocalCluster
+from oqron_nats.testing.server import ServerError
 
 from .chaos.harness import QUEUE, index_drift
-from .helpers import done, eventually, wait_for_state
+from .helpers import done, eventually, holds, wait_for_state
 from .support import Backstage, listening, namespace_stream_infos, overhear, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -106,6 +108,44 @@ def test_a_suspended_node_answers_nothing_until_resumed(cluster: LocalCluster) -
         cluster.resume(node.name)
     cluster.wait_healthy([node])
     assert node.monitor("/varz") is not None
+
+
+async def test_a_partitioned_node_is_cut_off_from_the_others_but_not_from_its_clients() -> None:
+    """``partition`` holds a node's routes: the other two elect a meta leader without it while
+    it still answers its own clients (and still says it leads: a node cut off is not asked who
+    leads); ``heal`` joins it again. A cluster not started partitionable refuses."""
+    with pytest.raises(ServerError, match="not started partitionable"):
+        LocalCluster(REPLICAS).partition("any")
+    with LocalCluster(REPLICAS, partitionable=True) as nodes:
+        cut = nodes.partition(await asyncio.to_thread(nodes.meta_leader) or "no leader")
+        assert nodes.partitioned(cut.name) and cut not in nodes.joined()
+
+        async def another_leads() -> str | None:
+            leader = await asyncio.to_thread(nodes.meta_leader)
+            return leader if leader != cut.name else None
+
+        await eventually(another_leads, timeout=20, what="a meta leader among the other two")
+        views = cut.monitor("/jsz") or {}
+        assert (views.get("meta_cluster") or {}).get("leader") == cut.name, "it cannot know"
+        nc = await nats.connect(cut.url, max_reconnect_attempts=0)
+        try:
+            await nc.flush(timeout=2)  # its clients still reach it
+        finally:
+            await nc.close()
+        nodes.heal(cut.name)
+        assert not nodes.partitioned(cut.name)
+        await asyncio.to_thread(nodes.wait_healthy)
+        leader = await eventually(lambda: asyncio.to_thread(nodes.meta_leader), what="a leader")
+        for node in nodes.nodes:  # one leader, the same for all, once it has caught up
+            await eventually(
+                lambda node=node: holds(meta_view(node) == leader), what=f"{node.name}'s view"
+            )
+
+
+def meta_view(node: ClusterNode) -> str | None:
+    """The meta leader a node names on its ``/jsz``."""
+    leader = ((node.monitor("/jsz") or {}).get("meta_cluster") or {}).get("leader")
+    return leader if isinstance(leader, str) else None
 
 
 async def test_record_reads_ride_out_a_hung_leader(cluster: LocalCluster, namespace: str) -> None:

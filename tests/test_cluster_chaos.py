@@ -1,4 +1,4 @@
-"""The cluster chaos suite (issue 10): eight node-fault scenarios on a 3-node R3 cluster.
+"""The cluster chaos suite (issue 10): nine node-fault scenarios on a 3-node R3 cluster.
 
 Each test runs one scenario of ``tests/chaos/cluster.py`` under steady load with three worker
 processes, one connected to each node, and fails naming what broke: lost jobs, double
@@ -83,3 +83,15 @@ async def test_7_a_hung_node(tmp_path: Path) -> None:
 
 async def test_8_the_meta_leader_killed_during_queue_creation_and_pause(tmp_path: Path) -> None:
     await check("meta-leader", tmp_path)
+
+
+async def test_9_a_node_cut_off_from_the_others_with_its_worker_mid_job(tmp_path: Path) -> None:
+    """The node leading the stream, its consumer and the meta group loses its routes (a silent
+    partition) while the worker connected to it runs jobs; it joins again 12 s later (20 s at
+    full size). Its worker cannot leave it (the node still answers), so it must come back once
+    the node joins, and its jobs cut off mid-settle must be stored once, by it or by another."""
+    outcome = await check("partition", tmp_path)
+    for run in outcome.runs:
+        (mark,) = run.marks
+        on_it = [pid for pid, node in mark.placement.items() if node == mark.node]
+        assert on_it, f"no worker was connected to {mark.node} when it was cut off"

@@ -396,7 +396,12 @@ class Execution:
         await self.delivery.in_progress()
 
     def _lost(self, why: str) -> None:
-        log.warning("lease lost; this attempt will commit nothing", job_id=self.job_id, reason=why)
+        if self.held.settling:  # the final write's compare-and-set fences it, not the lease
+            message = "lease lost while the outcome is written; stored only if no other worker "
+            message += "claimed the job meanwhile"
+        else:
+            message = "lease lost; this attempt will commit nothing"
+        log.warning(message, job_id=self.job_id, reason=why)
         self.abort(f"lease lost: {why}")
 
     def _update_progress(self, percent: float, label: str | None) -> asyncio.Future[None]:

@@ -23,6 +23,10 @@ is read from the nodes' monitoring endpoints, as a node reports about itself: ``
 ``stream_leader(stream)``, ``consumer_leader(stream, consumer)``; ``connected_node(name)`` is the
 node a client with that connection name is connected to (``/connz``). These answer ``None``
 while no node claims the role, e.g. during an election.
+
+A cluster started ``partitionable`` routes through links that can be held (``links.py``):
+``partition(name)`` cuts a node off from the others silently while its clients stay connected
+to it, ``heal(name)`` joins it again.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from types import TracebackType
 from typing import Any
 
 from ..core.errors import ConfigError
+from .links import Links
 from .server import LocalServer, ServerError
 
 _MONITOR = re.compile(r"Starting http monitor on [^\s]*:(\d+)")
 _PORT_TAKEN = "address already in use"
+NOWHERE = "127.0.0.1:1"
+"""The route address a node of a partitionable cluster gives the others (no one listens there):
+a node that hears of another from a third connects only through its configured links."""
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Opens loopback URLs without any proxy the environment names."""
 START_ATTEMPTS = 3
@@ -67,6 +75,7 @@ class ClusterNode(LocalServer):
         binary: str | None = None,
         sync_always: bool = False,
         startup_timeout: float = 15.0,
+        advertise: str | None = None,
     ) -> None:
         super().__init__(
             store_dir=store_dir,
@@ -78,6 +87,7 @@ class ClusterNode(LocalServer):
         self.cluster = cluster
         self.cluster_port = cluster_port
         self.routes = routes
+        self.advertise = advertise
         self.monitor_port: int | None = None
         self.suspended = False
         """Whether the node was stopped with SIGSTOP (and not continued since)."""
@@ -85,10 +95,11 @@ class ClusterNode(LocalServer):
     def _extra_config(self) -> str:
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes)
         monitor = self.monitor_port if self.monitor_port is not None else -1
+        advertise = f'  advertise: "{self.advertise}"\n' if self.advertise else ""
         return (
             f"http: {monitor}\n"
             f"cluster {{\n  name: {self.cluster}\n  host: 127.0.0.1\n"
-            f"  port: {self.cluster_port}\n  routes: [{routes}]\n}}\n"
+            f"  port: {self.cluster_port}\n  routes: [{routes}]\n{advertise}}}\n"
         )
 
     def _on_log_line(self, line: str) -> None:
@@ -165,6 +176,7 @@ class LocalCluster:
         binary: str | None = None,
         sync_always: bool = False,
         startup_timeout: float = 30.0,
+        partitionable: bool = False,
     ) -> None:
         if size < 1:
             raise ConfigError(f"a cluster needs at least one node, not {size}")
@@ -178,6 +190,8 @@ class LocalCluster:
         self._given_store = Path(store_dir) if store_dir else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.nodes: list[ClusterNode] = []
+        self.links = Links() if partitionable else None
+        """The forwarders the routes go through, if the cluster can be partitioned."""
 
     @property
     def urls(self) -> list[str]:
@@ -211,9 +225,18 @@ class LocalCluster:
         """The nodes that run and are not suspended."""
         return [node for node in self.nodes if node.answering]
 
+    def joined(self) -> list[ClusterNode]:
+        """The answering nodes not cut off by ``partition`` (a node cut off may still say it
+        leads what the others have given a new leader)."""
+        return [node for node in self.answering() if not self.partitioned(node.name)]
+
+    def partitioned(self, name: str) -> bool:
+        """Whether the node is cut off from the others by ``partition``."""
+        return self.links is not None and self.links.held(name)
+
     def meta_leader(self) -> str | None:
         """The node that says it leads the JetStream meta group (``/jsz``), if one does."""
-        for node in self.answering():
+        for node in self.joined():
             jsz = node.monitor("/jsz")
             if jsz and (jsz.get("meta_cluster") or {}).get("leader") == node.name:
                 return node.name
@@ -221,7 +244,7 @@ class LocalCluster:
 
     def stream_leader(self, stream: str) -> str | None:
         """The node that says it leads ``stream`` (``/jsz``), if one does."""
-        for node in self.answering():
+        for node in self.joined():
             for detail in _stream_details(node):
                 if detail.get("name") == stream and _leader(detail) == node.name:
                     return node.name
@@ -229,7 +252,7 @@ class LocalCluster:
 
     def consumer_leader(self, stream: str, consumer: str) -> str | None:
         """The node that says it leads the durable ``consumer`` of ``stream``, if one does."""
-        for node in self.answering():
+        for node in self.joined():
             for detail in _stream_details(node):
                 if detail.get("name") != stream:
                     continue
@@ -265,11 +288,12 @@ class LocalCluster:
                     f"{self.name}-{n}",
                     cluster=self.name,
                     cluster_port=port,
-                    routes=ports,
+                    routes=self._routes(n, ports),
                     store_dir=self.store_dir / f"node{n}",
                     binary=self.binary,
                     sync_always=self.sync_always,
                     startup_timeout=self.startup_timeout,
+                    advertise=NOWHERE if self.links is not None else None,
                 )
                 for n, port in enumerate(ports, 1)
             ]
@@ -281,10 +305,24 @@ class LocalCluster:
                 taken = any(_PORT_TAKEN in line for node in self.nodes for line in node.log)
                 for node in self.nodes:
                     node.kill()
+                if self.links is not None:
+                    self.links.close()  # links to the ports of this try
                 if not taken or attempt == START_ATTEMPTS:
                     raise
             else:
                 return
+
+    def _routes(self, n: int, ports: list[int]) -> list[int]:
+        """The ports node ``n`` (from 1) routes to: every node's cluster port, or with links,
+        a link to each other node."""
+        if self.links is None:
+            return ports
+        source = f"{self.name}-{n}"
+        return [
+            self.links.open(source, f"{self.name}-{m}", port)
+            for m, port in enumerate(ports, 1)
+            if m != n
+        ]
 
     def wait_healthy(self, nodes: list[ClusterNode] | None = None) -> None:
         """Wait until ``nodes`` (default: every running node not suspended) are healthy;
@@ -333,6 +371,22 @@ class LocalCluster:
         self.wait_healthy([node])
         return node
 
+    def partition(self, name: str) -> ClusterNode:
+        """Cut one node off from the others (its links held: see ``links``); its clients stay
+        connected to it. The cluster must have been made ``partitionable``."""
+        self._partitionable().hold(name)
+        return self.node(name)
+
+    def heal(self, name: str) -> ClusterNode:
+        """Join a node cut off by ``partition`` to the others again; it is not waited for."""
+        self._partitionable().release(name)
+        return self.node(name)
+
+    def _partitionable(self) -> Links:
+        if self.links is None:
+            raise ServerError(f"cluster {self.name} was not started partitionable")
+        return self.links
+
     def stop(self) -> None:
         """Stop every node gracefully."""
         for node in self.nodes:
@@ -341,6 +395,8 @@ class LocalCluster:
     def close(self) -> None:
         """Stop every node and remove a temporary store."""
         self.stop()
+        if self.links is not None:
+            self.links.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

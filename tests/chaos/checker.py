@@ -28,7 +28,8 @@ unknown extra fields are ignored, missing or mistyped fields raise ``ValueError`
         {"t": ..., "kind": "kill_server", "pid": 77, "node": "c1-2"}
         kind: kill_worker, stop_worker, cont_worker, term_worker (pid = worker pid),
         kill_server (SIGKILL), term_server (graceful stop), restart_server (started again),
-        stop_server (SIGSTOP), cont_server (SIGCONT) (pid = server pid, or null).
+        stop_server (SIGSTOP), cont_server (SIGCONT), part_server (cut off from the other
+        nodes), heal_server (joined again) (pid = server pid, or null).
         node names a cluster node (its server_name); null for the single server.
 
     finals.jsonl     the job records read from KV after the drain, one per job id:
@@ -42,9 +43,10 @@ unknown extra fields are ignored, missing or mistyped fields raise ``ValueError`
 Duplicate executions are explained by the fault timeline (``classify``): a worker kill or
 SIGSTOP of the previous run's own worker between the two starts, a server kill between them
 (``broker_restart``), or a node outage that overlapped the time between the two starts
-(``node_outage``): the outage lasts from a node's kill, graceful stop or SIGSTOP until it is
-started again or continued, plus ``node_grace`` seconds for what it set off (leader elections,
-expired leases, redeliveries) to play out. Anything else is ``unexplained``.
+(``node_outage``): the outage lasts from a node's kill, graceful stop, SIGSTOP or partition
+until it is started again, continued or joined again, plus ``node_grace`` seconds for what it
+set off (leader elections, expired leases, redeliveries) to play out. Anything else is
+``unexplained``.
 
 ``resumption()`` measures how the workers came back after a fault: from the completions, when
 the first job completed after it, and when every worker had completed one again.
@@ -70,6 +72,7 @@ Outcome = Literal["ok", "unknown", "fail"]
 FaultKind = Literal[
     "kill_worker", "stop_worker", "cont_worker", "term_worker",
     "kill_server", "term_server", "restart_server", "stop_server", "cont_server",
+    "part_server", "heal_server",
 ]  # fmt: skip
 Cause = Literal["worker_killed", "worker_stalled", "broker_restart", "node_outage", "unexplained"]
 CAUSES: tuple[Cause, ...] = (
@@ -81,7 +84,8 @@ NODE_GRACE = 10.0
 
 _KILLS = frozenset({"kill_worker", "term_worker"})
 _OUTAGE_ENDS: dict[str, str] = {
-    "kill_server": "restart_server", "term_server": "restart_server", "stop_server": "cont_server"
+    "kill_server": "restart_server", "term_server": "restart_server", "stop_server": "cont_server",
+    "part_server": "heal_server",
 }  # fmt: skip
 """The fault kinds that start a node outage, and the kind that ends each."""
 _S = TypeVar("_S", bound=msgspec.Struct)

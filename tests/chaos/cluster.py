@@ -25,7 +25,7 @@ every worker completed a job again within ``RESUME_TARGET`` seconds of ``ready``
 index agrees with the records; and the scenario's own checks hold (the node hit held the roles
 meant, the pause state on the server matches the queue's).
 
-``SCENARIOS`` lists the eight scenarios; ``CI`` and ``FULL`` are the two sizes
+``SCENARIOS`` lists the nine scenarios; ``CI`` and ``FULL`` are the two sizes
 (``OQRON_CLUSTER_FULL=1`` for pytest, ``python -m tests.chaos --cluster --full``).
 """
 
@@ -68,7 +68,7 @@ from .harness import (
 )
 
 T = TypeVar("T")
-How = Literal["kill", "term", "hang"]
+How = Literal["kill", "term", "hang", "partition"]
 REPLICAS = 3
 RESUME_TARGET = 10.0
 """Seconds from ``ready`` (the new leaders elected) within which every worker must have
@@ -97,6 +97,8 @@ class Size:
     """Seconds a killed node stays down before it is started again."""
     hang: float
     """Seconds a node stays stopped (SIGSTOP) before it is continued."""
+    apart: float
+    """Seconds a node stays cut off from the others (its routes held) before it joins again."""
     hold: float
     """Seconds the queue stays paused in the meta-leader scenario."""
     runs: int
@@ -114,20 +116,25 @@ class Size:
     """A ceiling on the jobs one run adds."""
 
 
-CI = Size(rate=15.0, down=3.0, hang=20.0, hold=2.0, runs=1, resume_limit=20.0, warm=3.0,
+CI = Size(rate=15.0, down=3.0, hang=20.0, apart=12.0, hold=2.0, runs=1, resume_limit=20.0, warm=3.0,
           tail=10.0, max_jobs=2_000)  # fmt: skip
 """The size CI runs: one run of each scenario, 20-45 s each."""
-FULL = Size(rate=30.0, down=5.0, hang=20.0, hold=5.0, runs=3, resume_limit=30.0, warm=5.0,
-            tail=10.0, max_jobs=20_000)  # fmt: skip
+FULL = Size(rate=30.0, down=5.0, hang=20.0, apart=20.0, hold=5.0, runs=3, resume_limit=30.0,
+            warm=5.0, tail=10.0, max_jobs=20_000)  # fmt: skip
 """The full size: three runs of each scenario, longer outages, twice the load."""
 
 
-def load_of(size: Size, strategy: str = "fifo") -> Scenario:
+SHORT_WORK = (0.005, 0.03)
+"""Seconds a job's handler takes (uniform): the load of most scenarios, a job's writes longer
+than its handler."""
+
+
+def load_of(size: Size, strategy: str = "fifo", work: tuple[float, float] = SHORT_WORK) -> Scenario:
     """The worker settings and the load ceiling of a run (ack_wait = 3 + 1 + 1 = 5 s)."""
     return Scenario(
         "cluster", "3-node R3 cluster, node faults under load", jobs=size.max_jobs,
         duration=size.max_jobs / size.rate, workers=3, concurrency=4, lock_ttl=3.0,
-        heartbeat=1.0, strategy=strategy,
+        heartbeat=1.0, strategy=strategy, work=work,
     )  # fmt: skip
 
 
@@ -378,14 +385,17 @@ class Mark:
     """When it was healthy again (restarted or continued)."""
     ready: float = 0.0
     """From when every worker is expected to complete jobs again: ``elected`` (for a hung node
-    too: a worker connected to it has to notice), or, for a paused queue, when it was resumed."""
+    too: a worker connected to it has to notice), for a node cut off, when it joined again (it
+    still answers its clients, so they have no cause to leave it), or, for a paused queue, when
+    it was resumed."""
     ready_after: str = "the new leaders"
     """What ``ready`` waited for last."""
     electing: asyncio.Task[float | None] | None = None
 
     def label(self) -> str:
         """E.g. ``kill -9 c-2 (meta, stream)``."""
-        verb = {"kill": "kill -9", "term": "restart", "hang": "SIGSTOP"}[self.how]
+        verb = {"kill": "kill -9", "term": "restart", "hang": "SIGSTOP", "partition": "cut off"}
+        verb = verb[self.how]
         return f"{verb} {self.node} ({', '.join(self.held) or 'no leader role'})"
 
 
@@ -454,10 +464,11 @@ class RunResult:
 
 
 def _after_back(mark: Mark, back: checker.Resumption) -> str:
-    """For a hung node: how long after SIGCONT every worker was back."""
-    if mark.how != "hang" or mark.back is None or back.every is None:
+    """For a hung or cut off node: how long after SIGCONT or the heal every worker was back."""
+    if mark.how not in ("hang", "partition") or mark.back is None or back.every is None:
         return ""
-    return f" ({mark.t + back.every - mark.back:+.1f} s from SIGCONT)"
+    since = "SIGCONT" if mark.how == "hang" else "the heal"
+    return f" ({mark.t + back.every - mark.back:+.1f} s from {since})"
 
 
 def _s(value: float | None, back: checker.Resumption | None = None) -> str:
@@ -479,6 +490,7 @@ class ClusterRun:
         seed: int,
         *,
         strategy: str = "fifo",
+        work: tuple[float, float] = SHORT_WORK,
     ) -> None:
         self.cluster = cluster
         self.client = client
@@ -486,7 +498,7 @@ class ClusterRun:
         self.names = client.names(QUEUE)
         self.files = files
         self.size = size
-        self.load = load_of(size, strategy)
+        self.load = load_of(size, strategy, work)
         self.rng = random.Random(seed)
         self.workers = NodeWorkers(cluster, self.load, files.handler)
         self.completions = Completions(files.handler)
@@ -653,6 +665,9 @@ class ClusterRun:
         elif mark.how == "hang":
             self.cluster.suspend(mark.node)
             self.fault("stop_server", mark.node, pid, mark.t)
+        elif mark.how == "partition":
+            self.cluster.partition(mark.node)
+            self.fault("part_server", mark.node, pid, mark.t)
         else:
             stopping = asyncio.create_task(asyncio.to_thread(victim.stop, 30.0))
             self.fault("term_server", mark.node, pid, mark.t)
@@ -662,13 +677,19 @@ class ClusterRun:
         return mark
 
     async def recover(self, mark: Mark) -> None:
-        """Bring the node back (after ``down`` or ``hang`` seconds) and wait for its election."""
-        pause = {"kill": self.size.down, "hang": self.size.hang, "term": 0.0}[mark.how]
-        await asyncio.sleep(max(0.0, mark.t + pause - time.time()))
+        """Bring the node back (after ``down``, ``hang`` or ``apart`` seconds) and wait for its
+        election."""
+        size = self.size
+        pause = {"kill": size.down, "hang": size.hang, "partition": size.apart, "term": 0.0}
+        await asyncio.sleep(max(0.0, mark.t + pause[mark.how] - time.time()))
         node = self.cluster.node(mark.node)
         if mark.how == "hang":
             self.cluster.resume(mark.node)
             self.fault("cont_server", mark.node, node.pid, time.time())
+            await asyncio.to_thread(self.cluster.wait_healthy, [node])
+        elif mark.how == "partition":
+            self.cluster.heal(mark.node)
+            self.fault("heal_server", mark.node, node.pid, time.time())
             await asyncio.to_thread(self.cluster.wait_healthy, [node])
         else:
             await asyncio.to_thread(self.cluster.restart, mark.node)
@@ -677,6 +698,9 @@ class ClusterRun:
         assert mark.electing is not None
         mark.elected = await mark.electing
         mark.ready = mark.elected if mark.elected is not None else mark.t + ELECTION_LIMIT
+        if mark.how == "partition":
+            mark.ready = max(mark.ready, mark.back)
+            mark.ready_after = "the new leaders and the heal"
 
     async def wait_elected(self, mark: Mark) -> float | None:
         """When every role the node held had a new leader, polled from a separate client: one
@@ -701,10 +725,13 @@ class ClusterRun:
                 return None
             return info.cluster.leader if info.cluster is not None else None
 
+        def joined() -> list[str]:
+            return [node.name for node in self.cluster.joined()]
+
         async def elected(role: str) -> float | None:
             while time.time() < start + ELECTION_LIMIT:
                 now = await leader(role)
-                if now and (now != victim or self.cluster.node(victim).answering):
+                if now and (now != victim or victim in joined()):
                     mark.elections[role] = time.time() - start
                     return time.time()
                 await asyncio.sleep(0.1)
@@ -945,6 +972,19 @@ async def hung_node(run: ClusterRun) -> None:
     run.expect(await run.outage(node, "hang"), {"stream", "consumer"})
 
 
+async def partitioned_node(run: ClusterRun) -> None:
+    """Cut the node leading the queue's stream and consumer (and the meta group) off from the
+    other two, its worker still connected to it; join it again ``apart`` s later. Its jobs run
+    up to 1.2 s (a heartbeat is 1 s), so the worker there has some running when it is cut off:
+    claimed on the node that loses its leaders, settled through a node that cannot reach them."""
+    await run.setup()
+    node = await run.leader("meta")
+    await run.arrange("stream", node)
+    await run.arrange("consumer", node)
+    await run.go()
+    run.expect(await run.outage(node, "partition"), {"stream", "consumer"})
+
+
 async def meta_leader_kill(run: ClusterRun) -> None:
     """kill -9 the meta leader while the queue is created (the publisher's first add, the
     workers' consumers), and again while pause() is in flight; then resume()."""
@@ -1006,6 +1046,10 @@ class Spec:
     number: int
     title: str
     nemesis: Callable[[ClusterRun], Awaitable[None]] = field(repr=False)
+    partitionable: bool = False
+    """Whether its cluster routes through links that can be held (``partition``)."""
+    work: tuple[float, float] = SHORT_WORK
+    """Seconds a job's handler takes (uniform)."""
 
 
 SCENARIOS: dict[str, Spec] = {
@@ -1027,6 +1071,13 @@ SCENARIOS: dict[str, Spec] = {
     "meta-leader": Spec(
         8, "kill -9 the meta leader during queue creation and during pause()", meta_leader_kill
     ),
+    "partition": Spec(
+        9,
+        "cut the stream's, consumer's and meta leader off from the others, then join it",
+        partitioned_node,
+        partitionable=True,
+        work=(0.05, 1.2),
+    ),
 }
 
 
@@ -1036,10 +1087,12 @@ async def run_once(
     """One run of a scenario on a fresh cluster."""
     files = Files(workdir)
     started = time.monotonic()
-    cluster = await asyncio.to_thread(LocalCluster(REPLICAS, store_dir=workdir / "nodes").start)
+    spec = SCENARIOS[name]
+    cluster = LocalCluster(REPLICAS, store_dir=workdir / "nodes", partitionable=spec.partitionable)
+    await asyncio.to_thread(cluster.start)
     try:
         async with Client(cluster.urls, namespace=NAMESPACE, replicas=REPLICAS) as client:
-            run = ClusterRun(cluster, client, files, size, seed, strategy=strategy)
+            run = ClusterRun(cluster, client, files, size, seed, strategy=strategy, work=spec.work)
             try:
                 await SCENARIOS[name].nemesis(run)
                 finals, dead, drift = await run.finish()
