@@ -24,13 +24,13 @@ from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
 from typing_extensions import TypeVar
 
-from .bulk import BulkResult, add_prepared, prepare
+from .bulk import AddOutcome, BulkResult, add_prepared, prepare
 from .client import Client
 from .core.checks import check_handler
 from .core.codec import PayloadCodec
 from .core.config import DisabledBehavior, Duration, QueueConfig, QueueOptions, make_config, seconds
 from .core.encryption import Sealer
-from .core.errors import ConfigError, InvalidState, JobNotFound
+from .core.errors import ConfigError, ConnectionFailed, InvalidState, JobNotFound, Unavailable
 from .core.job import (
     TERMINAL_STATES,
     AddKeywords,
@@ -145,7 +145,13 @@ class Queue(Generic[T, S]):
         """
         parsed = parse_options({**options, "depends_on": job_ids(options.get("depends_on"))})
         value, job = self._new_job(data, parsed)
-        return await self._add(await self._open(), value, job)
+        try:
+            backend = await self._open()
+        except ConnectionFailed:
+            raise  # no server reachable at all: said as for every first use
+        except Unavailable as exc:
+            raise adding.not_opened(job.id, exc) from exc
+        return await self._add(backend, value, job)
 
     async def _add(self, backend: Backend, value: T, job: RawJob) -> Job[T] | S:
         adding.check_server_limit(backend, job, sealed=self._sealing().active)
@@ -161,9 +167,17 @@ class Queue(Generic[T, S]):
         A bad item is reported in its outcome and does not stop the others.
         """
         outcomes, prepared = prepare(items, self._new_job)
-        if prepared:
+        if not prepared:
+            return BulkResult(outcomes)
+        try:
             backend = await self._open()
-            await add_prepared(outcomes, prepared, functools.partial(self._add_one, backend))
+        except ConnectionFailed:
+            raise
+        except Unavailable as exc:  # each item fails as its own add() would
+            for index, _, job in prepared:
+                outcomes[index] = AddOutcome(index, error=adding.not_opened(job.id, exc))
+            return BulkResult(outcomes)
+        await add_prepared(outcomes, prepared, functools.partial(self._add_one, backend))
         return BulkResult(outcomes)
 
     async def _add_one(self, backend: Backend, value: T, job: RawJob) -> Job[T] | None:

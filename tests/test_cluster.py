@@ -15,7 +15,7 @@ from typing import Any
 import nats
 import pytest
 
-from oqron_nats import Client, JobContext, JobState, queue
+from oqron_nats import Client, EnqueueError, JobContext, JobState, Queue, queue
 from oqron_nats._nats import stream_of
 from oqron_nats.testing.cluster import ClusterNode, LocalCluster
 from oqron_nats.testing.server import ServerError
@@ -140,6 +140,58 @@ async def test_a_partitioned_node_is_cut_off_from_the_others_but_not_from_its_cl
             await eventually(
                 lambda node=node: holds(meta_view(node) == leader), what=f"{node.name}'s view"
             )
+
+
+async def test_a_publisher_on_a_node_cut_off_gets_a_typed_error_in_time_and_adds_once_joined(
+    namespace: str,
+) -> None:
+    """A publisher connected to a node cut off from the others, the one leading the queue's jobs
+    bucket (the add's first write): add() raises EnqueueError within its retry deadline (the
+    write may have landed or not: the node still takes it, and cannot commit it), never hangs
+    nor raises anything untyped; once the node joins again, adding the same id stores the job
+    once and it runs once."""
+    with LocalCluster(REPLICAS, partitionable=True) as nodes:
+        async with Client(nodes.urls, namespace=namespace, replicas=REPLICAS) as setup:
+            await queue(QUEUE, client=setup).add({"n": 0}, job_id="before")
+            bucket = stream_of(setup.names(QUEUE).jobs_bucket)
+            leader = await asyncio.to_thread(nodes.stream_leader, bucket)
+            assert leader is not None
+        cut = nodes.node(leader)
+        deadline = 3.0
+        async with Client(
+            cut.url, namespace=namespace, replicas=REPLICAS, retry_deadline=deadline
+        ) as publisher:
+            q = queue(QUEUE, client=publisher)
+            nodes.partition(cut.name)
+            started = time.monotonic()
+            with pytest.raises(EnqueueError) as caught:
+                await q.add({"n": 1}, job_id="during")
+            took = time.monotonic() - started
+            assert took < deadline + 5.0, f"add() gave up only after {took:.1f} s"
+            assert caught.value.job_id == "during"
+            nodes.heal(cut.name)
+            await asyncio.to_thread(nodes.wait_healthy)
+            await eventually(lambda: adds(q, "during"), timeout=30, what="an add once joined")
+        runs: list[str] = []
+
+        async def handler(ctx: JobContext[Any]) -> None:
+            runs.append(ctx.id)
+
+        async with Client(nodes.urls, namespace=namespace, replicas=REPLICAS) as consuming:
+            worker = queue(QUEUE, handler, client=consuming)
+            async with worker:
+                for job_id in ("before", "during"):
+                    await wait_for_state(worker, job_id, JobState.COMPLETED, timeout=30)
+        assert sorted(runs) == ["before", "during"]
+
+
+async def adds(q: Queue[Any, Any], job_id: str) -> bool:
+    """Whether ``q.add`` stored the job (or found it stored); False on an EnqueueError."""
+    try:
+        await q.add({"n": 1}, job_id=job_id)
+    except EnqueueError:
+        return False
+    return True
 
 
 def meta_view(node: ClusterNode) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobContext, JobState, OqronError, Unavailable, queue
+from oqron_nats import Client, EnqueueError, JobContext, JobState, OqronError, Unavailable, queue
 from oqron_nats._nats.conn import transient_error
 from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
@@ -105,6 +105,30 @@ async def test_calls_that_nats_does_not_answer_fail_as_unavailable_after_the_dea
             finally:
                 os.kill(server.pid, signal.SIGCONT)
             assert (await q.get_job(job.id)) is not None, "all is well once it answers"
+
+
+async def test_an_add_whose_queue_nats_does_not_open_in_time_fails_as_not_added() -> None:
+    """A queue's first add() looks its streams up (or creates them): when NATS does not answer
+    within the deadline, add() raises EnqueueError like any add that failed before its record
+    (nothing stored), and add_bulk() says so for each item; a bare Unavailable got out before
+    (found with a publisher on a cluster node cut off from the others, tests/test_cluster.py)."""
+    with LocalServer() as server:
+        client = Client(server.url, namespace="unopened", request_timeout=0.3, retry_deadline=1.5)
+        async with client:
+            q = queue("unopened", client=client)
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(EnqueueError) as info:
+                    await q.add({"n": 1}, job_id="one")
+                assert info.value.job_id == "one" and not info.value.outcome_unknown
+                assert "could not be opened" in str(info.value)
+                bulk = await q.add_bulk([{"data": {"n": 2}, "opts": {"job_id": "two"}}])
+                (error,) = bulk.errors.values()
+                assert isinstance(error, EnqueueError) and error.job_id == "two"
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert (await q.add({"n": 1}, job_id="one")).id == "one"
+            assert await q.count(JobState.WAITING) == 1
 
 
 async def test_a_reconnect_sends_no_consumer_pause_or_resume(

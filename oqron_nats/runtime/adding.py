@@ -129,3 +129,13 @@ async def _existing(backend: Backend, job_id: str) -> RawJob:
         await dag.link(backend, record.job)  # idempotent: edges, then a decision
         record = await backend.store.get(job_id) or record
     return record.job
+
+
+def not_opened(job_id: str, exc: Unavailable) -> EnqueueError:
+    """The error of an add whose queue NATS did not open in time (its streams looked up or
+    created): nothing was stored, as for any add that fails before its record."""
+    return EnqueueError(
+        f"adding job {job_id} failed: the queue could not be opened: {exc}",
+        job_id=job_id,
+        outcome_unknown=False,
+    )
