@@ -40,7 +40,7 @@ from .._nats import CasConflict, Delivery, on_critical_path
 from ..core import redaction
 from ..core.correlation import current_correlation_id
 from ..core.encryption import prefixed
-from ..core.errors import CodecError, PayloadError
+from ..core.errors import CodecError, PayloadError, Unavailable
 from ..core.job import JobFailure, JobState, moved, with_data
 from ..core.retry import retry_delay
 from ..observe.log import logger
@@ -130,10 +130,14 @@ class Execution:
                 await self._run_claimed()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception(
-                "job execution failed; the message will be redelivered", job_id=self.job_id
-            )
+        except Exception as exc:
+            if isinstance(exc, Unavailable):  # NATS did not answer in time: said, not a bug
+                log.warning("job could not be run or settled; the message will be redelivered",
+                            job_id=self.job_id, error=str(exc))  # fmt: skip
+            else:
+                log.exception(
+                    "job execution failed; the message will be redelivered", job_id=self.job_id
+                )
             await self.held.release()
             await self._redeliver_later()
         finally:
