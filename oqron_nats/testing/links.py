@@ -17,18 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
 CALL_TIMEOUT = 5.0
 """Seconds a call into the links' loop may take (starting a forwarder, holding, closing)."""
 CHUNK = 65536
 
 
 class Link:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target``, from node ``source`` to ``target``'s
-    node, unless held."""
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` (node ``destination``'s cluster port)
+    for node ``source``'s routes, while it flows."""
 
     def __init__(self, source: str, destination: str, target: int) -> None:
         self.source = source
@@ -40,11 +40,10 @@ class Link:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
 
-    async def listen(self) -> int:
-        """Listen on a free loopback port; return it."""
+    async def listen(self) -> None:
+        """Listen on a free loopback port (``port``)."""
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
-        return self.port
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
@@ -121,9 +120,12 @@ class Links:
 
         with contextlib.suppress(Exception):  # closing: a link that will not close is dropped
             self._call(close_all())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(CALL_TIMEOUT)
+        loop, thread = self._loop, self._thread
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(CALL_TIMEOUT)
+        if thread is None or not thread.is_alive():
+            loop.close()
         self._loop, self._thread, self._links = None, None, []
         self._held.clear()
 
@@ -138,12 +140,12 @@ class Links:
 
         self._call(switch())
 
-    def _call(self, coroutine: Any) -> Any:
-        """Run ``coroutine`` on the links' loop (started on first use) and return its result."""
+    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` on the links' loop (started on first use) and wait for it."""
         if self._loop is None:
             loop = asyncio.new_event_loop()
             thread = threading.Thread(target=loop.run_forever, name="oqron-links", daemon=True)
             thread.start()
             self._loop, self._thread = loop, thread
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(CALL_TIMEOUT)
+        future: Future[None] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future.result(CALL_TIMEOUT)
