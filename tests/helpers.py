@@ -9,9 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from opentelemetry.sdk.trace import ReadableSpan
 
 from oqron_nats import Job, JobState, Queue
 
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[T | None]], timeout: float = 10.0, what: str = "condition"
 ) -> T:
     """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -138,3 +140,9 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """A finished span's attributes (the SDK's spans always have them)."""
+    assert span.attributes is not None
+    return span.attributes

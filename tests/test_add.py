@@ -21,7 +21,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
-from oqron_nats.core.job import Job
+from oqron_nats.core.job import AddOptions, Job
 from oqron_nats.queue import new_job_id
 
 from .helpers import eventually, wait_for_state
@@ -156,7 +156,7 @@ async def test_payload_over_the_servers_limit_is_rejected(client: Client) -> Non
     ],
 )
 async def test_bad_options_are_rejected_and_nothing_is_stored(
-    client: Client, options, error
+    client: Client, options: dict[str, Any], error: type[Exception]
 ) -> None:
     q = queue("opts", client=client)
     with pytest.raises(error):
@@ -183,7 +183,7 @@ async def test_record_is_created_waiting_and_its_id_published(client: Client) ->
 async def test_repeated_job_id_returns_the_existing_job_and_runs_once(client: Client) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.id)
 
     q = queue("idem", handler, client=client)
@@ -202,7 +202,7 @@ async def test_repeated_job_id_returns_the_existing_job_and_runs_once(client: Cl
 async def test_twenty_concurrent_adds_of_one_id_store_and_run_it_once(client: Client) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.data["who"])
 
     q = queue("race", handler, client=client)
@@ -235,7 +235,7 @@ async def test_an_add_that_stopped_after_the_record_is_finished_by_adding_again(
     assert await behind.work_messages() == 1
 
 
-def q_options(**kwargs):
+def q_options(**kwargs: Any) -> AddOptions:
     from oqron_nats.queue import parse_options
 
     return parse_options(kwargs)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, InvalidState, JobNotFound, JobState, RetryPolicy, queue
+from oqron_nats import (
+    Client,
+    InvalidState,
+    JobContext,
+    JobNotFound,
+    JobState,
+    Queue,
+    RetryPolicy,
+    queue,
+)
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log, wait_for_state
@@ -19,7 +29,7 @@ NO_RETRIES = RetryPolicy(max=0)
 async def test_a_cancelled_waiting_or_delayed_job_never_runs(client: Client) -> None:
     ran: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         ran.append(ctx.id)
 
     q = queue("cancel-queued", handler, client=client)
@@ -81,7 +91,7 @@ async def _stream_empty(client: Client, name: str) -> bool:
 async def test_cancel_fires_the_signal_of_a_cooperative_handler(client: Client) -> None:
     reasons: list[str] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         reasons.append(await ctx.signal)
         return "too late"
 
@@ -96,7 +106,7 @@ async def test_cancel_fires_the_signal_of_a_cooperative_handler(client: Client) 
     assert reasons == ["cancelled"]
 
 
-async def _active(q, job_id: str) -> bool:
+async def _active(q: Queue[Any], job_id: str) -> bool:
     job = await q.get_job(job_id)
     return job is not None and job.state == JobState.ACTIVE
 
@@ -104,7 +114,7 @@ async def _active(q, job_id: str) -> bool:
 async def test_retry_runs_a_failed_job_again_under_the_same_id(client: Client) -> None:
     runs: list[int] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         runs.append(ctx.attempt)
         if len(runs) == 1:
             raise RuntimeError("first run fails")
@@ -135,7 +145,7 @@ async def test_retry_runs_a_failed_job_again_under_the_same_id(client: Client) -
 async def test_rerun_runs_a_completed_job_again(client: Client) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> int:
+    async def handler(ctx: JobContext[Any]) -> int:
         runs.append(ctx.id)
         return len(runs)
 
@@ -150,7 +160,7 @@ async def test_rerun_runs_a_completed_job_again(client: Client) -> None:
 
 
 async def test_promote_runs_a_delayed_job_now(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "ran"
 
     q = queue("promote", handler, client=client)
@@ -165,7 +175,7 @@ async def test_promote_runs_a_delayed_job_now(client: Client) -> None:
 async def test_retry_all_failed_is_bounded_and_ends(client: Client) -> None:
     failing = True
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if failing:
             raise RuntimeError("down")
 

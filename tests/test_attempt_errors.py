@@ -4,7 +4,7 @@ bounded, secret values masked, sealed on an encrypted queue, kept when an admin 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from oqron_nats import AesGcmCodec, Client, JobState, RetryPolicy, queue
 from oqron_nats.core.job import ATTEMPT_ERRORS_LIMIT, ATTEMPT_MESSAGE, ATTEMPT_TRACEBACK
@@ -13,7 +13,17 @@ from .helpers import wait_for_state
 from .support import Backstage
 
 SECRET = "4111-1111-1111-1111"
-FAST = {"strategy": "fixed", "base_delay": 0.01, "jitter": 0.0}
+
+
+class Fixed(TypedDict):
+    """Fast fixed-delay retries, as RetryPolicy's keyword arguments."""
+
+    strategy: Literal["fixed"]
+    base_delay: float
+    jitter: float
+
+
+FAST = Fixed(strategy="fixed", base_delay=0.01, jitter=0.0)
 
 
 def deep(n: int, message: str) -> None:

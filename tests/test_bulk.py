@@ -7,9 +7,10 @@ import math
 from datetime import timedelta
 
 import msgspec
+import pytest
 
 from oqron_nats import Client, InvalidOption, JobState, PayloadError, queue
-from oqron_nats._nats import Nats
+from oqron_nats._nats import Nats, PubAck
 
 from .support import Backstage
 
@@ -60,12 +61,16 @@ async def test_bulk_reports_bad_items_and_keeps_good_ones(client: Client) -> Non
     assert await q.count("delayed") == 1
 
 
-async def test_bulk_is_pipelined_not_one_round_trip_at_a_time(client: Client, monkeypatch) -> None:
+async def test_bulk_is_pipelined_not_one_round_trip_at_a_time(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     in_flight = 0
     peak = 0
     original = Nats.publish
 
-    async def counting(self, subject, payload, headers=None):
+    async def counting(
+        self: Nats, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> PubAck:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -81,7 +81,15 @@ def verdict(
     )
 
 
-def completed_job(job: str, pid: int, start: float) -> dict[str, Any]:
+class History(TypedDict, total=False):
+    """Parts of a history, as verdict()'s keyword arguments."""
+
+    executions: list[Execution]
+    completions: list[Completion]
+    finals: list[FinalRecord]
+
+
+def completed_job(job: str, pid: int, start: float) -> History:
     """The history parts of a job that ran once and completed."""
     return {
         "executions": [run(job, pid, start, start + 1)],
@@ -90,13 +98,13 @@ def completed_job(job: str, pid: int, start: float) -> dict[str, Any]:
     }
 
 
-def merge(*parts: dict[str, Any]) -> dict[str, list[Any]]:
+def merge(*parts: History) -> History:
     """Concatenate history parts key by key."""
-    merged: dict[str, list[Any]] = {}
-    for part in parts:
-        for key, value in part.items():
-            merged.setdefault(key, []).extend(value)
-    return merged
+    return {
+        "executions": [e for part in parts for e in part.get("executions", [])],
+        "completions": [c for part in parts for c in part.get("completions", [])],
+        "finals": [f for part in parts for f in part.get("finals", [])],
+    }
 
 
 def causes(report: Report) -> list[str]:

@@ -183,12 +183,13 @@ async def test_queues_watch_shows_changes_and_stops_on_ctrl_c_or_sigterm(
         *argv, *(["--json"] if as_json else []), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert watching.stdout is not None
+    stdout = watching.stdout
+    assert stdout is not None
 
     async def until_waiting(count: int) -> None:
         """Read redraws until one shows ``count`` waiting jobs."""
         while True:
-            line = (await asyncio.wait_for(watching.stdout.readline(), 10)).decode()
+            line = (await asyncio.wait_for(stdout.readline(), 10)).decode()
             assert line, "the watch ended early"
             if as_json:
                 [row] = json.loads(line)
@@ -236,12 +237,15 @@ async def test_jobs_list_show_and_actions(
 
     done = await oqron_json(capsys, nats_server, namespace, "jobs", "promote", later.id)
     assert done == {"job_id": later.id, "queue": "cli-jobs", "done": "promote"}
-    assert (await q.get_job(later.id)).state == JobState.WAITING
+    promoted = await q.get_job(later.id)
+    assert promoted is not None and promoted.state == JobState.WAITING
 
     assert await oqron_json(capsys, nats_server, namespace, "jobs", "cancel", first.id)
-    assert (await q.get_job(first.id)).state == JobState.CANCELLED
+    cancelled = await q.get_job(first.id)
+    assert cancelled is not None and cancelled.state == JobState.CANCELLED
     await oqron_json(capsys, nats_server, namespace, "jobs", "retry", first.id)
-    assert (await q.get_job(first.id)).state == JobState.WAITING
+    retried = await q.get_job(first.id)
+    assert retried is not None and retried.state == JobState.WAITING
 
     # refused: exit 1 with the reason; a malformed id is bad usage: exit 2
     code, _, err = await oqron(capsys, nats_server, namespace, "jobs", "retry", first.id)

@@ -21,7 +21,7 @@ from oqron_nats.testing.cluster import ClusterNode, LocalCluster
 from oqron_nats.testing.server import ServerError
 
 from .chaos.harness import QUEUE, index_drift
-from .helpers import done, eventually, holds, wait_for_state
+from .helpers import done, eventually, wait_for_state
 from .support import Backstage, listening, namespace_stream_infos, overhear, server_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -117,7 +117,8 @@ async def test_a_partitioned_node_is_cut_off_from_the_others_but_not_from_its_cl
     with pytest.raises(ServerError, match="not started partitionable"):
         LocalCluster(REPLICAS).partition("any")
     with LocalCluster(REPLICAS, partitionable=True) as nodes:
-        cut = nodes.partition(await asyncio.to_thread(nodes.meta_leader) or "no leader")
+        first = await asyncio.to_thread(nodes.meta_leader)
+        cut = nodes.partition(first or "no leader")
         assert nodes.partitioned(cut.name) and cut not in nodes.joined()
 
         async def another_leads() -> str | None:
@@ -137,9 +138,11 @@ async def test_a_partitioned_node_is_cut_off_from_the_others_but_not_from_its_cl
         await asyncio.to_thread(nodes.wait_healthy)
         leader = await eventually(lambda: asyncio.to_thread(nodes.meta_leader), what="a leader")
         for node in nodes.nodes:  # one leader, the same for all, once it has caught up
-            await eventually(
-                lambda node=node: holds(meta_view(node) == leader), what=f"{node.name}'s view"
-            )
+
+            async def agrees(node: ClusterNode = node) -> bool:
+                return meta_view(node) == leader
+
+            await eventually(agrees, what=f"{node.name}'s view")
 
 
 async def test_a_publisher_on_a_node_cut_off_gets_a_typed_error_in_time_and_adds_once_joined(
@@ -403,12 +406,18 @@ async def lead_elsewhere(cluster: LocalCluster, client: Client, node: str, *, ke
         stream = info.config.name
         if stream != keep and cluster.stream_leader(stream) == node:
             await conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
-            await until(lambda s=stream: cluster.stream_leader(s) not in (None, node))
+
+            def stream_moved(s: str = stream) -> bool:
+                return cluster.stream_leader(s) not in (None, node)
+
+            await until(stream_moved)
         for consumer in await conn.js.consumers_info(stream):
             name = consumer.name
             if cluster.consumer_leader(stream, name) == node:
                 subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{name}"
                 await conn.nc.request(subject, b"", timeout=5)
-                await until(
-                    lambda s=stream, c=name: cluster.consumer_leader(s, c) not in (None, node)
-                )
+
+                def consumer_moved(s: str = stream, c: str = name) -> bool:
+                    return cluster.consumer_leader(s, c) not in (None, node)
+
+                await until(consumer_moved)

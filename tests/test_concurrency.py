@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from oqron_nats import Client, Job, JobContext, JobState, Middleware, queue, worker
 from oqron_nats._nats import Nats
+from oqron_nats.core.job import Strategy
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import WorkerProcess, eventually, read_log
@@ -96,18 +98,18 @@ def count_pops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     ids=["fifo", "priority", "lifo", "fifo-sync-handler"],
 )
 async def test_one_process_runs_at_most_concurrency_handlers(
-    client: Client, strategy: str, sync: bool
+    client: Client, strategy: Strategy, sync: bool
 ) -> None:
     gauge = Gauge()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         gauge.enter()
         try:
             await asyncio.sleep(0.2)
         finally:
             gauge.leave()
 
-    def sync_handler(ctx) -> None:  # runs in the worker's thread pool
+    def sync_handler(ctx: JobContext[Any]) -> None:  # runs in the worker's thread pool
         gauge.enter()
         try:
             time.sleep(0.2)
@@ -119,7 +121,7 @@ async def test_one_process_runs_at_most_concurrency_handlers(
         sync_handler if sync else handler,
         client=client,
         concurrency=3,
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=strategy,
     )
     result = await q.add_bulk([{"data": n, "opts": {"priority": n % 10}} for n in range(15)])
     assert result.ok
@@ -131,7 +133,7 @@ async def test_one_process_runs_at_most_concurrency_handlers(
     assert gauge.peak == 3, f"expected exactly 3 handlers at once at the peak, saw {gauge.peak}"
 
 
-async def _at_least(value: Any, n: int) -> bool:
+async def _at_least(value: Awaitable[int], n: int) -> bool:
     return await value >= n
 
 
@@ -174,14 +176,14 @@ async def test_two_processes_run_twice_the_concurrency(
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_a_free_slot_keeps_claiming_while_a_long_job_runs(
-    client: Client, strategy: str
+    client: Client, strategy: Strategy
 ) -> None:
     shorts = 20
     short_ends: list[float] = []
     long_started = asyncio.Event()
     long_end: list[float] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data == "long":
             long_started.set()
             await asyncio.sleep(2.0)
@@ -190,7 +192,7 @@ async def test_a_free_slot_keeps_claiming_while_a_long_job_runs(
             await asyncio.sleep(0.02)
             short_ends.append(time.monotonic())
 
-    q = queue("refill", handler, client=client, concurrency=2, strategy=strategy)  # type: ignore[arg-type]
+    q = queue("refill", handler, client=client, concurrency=2, strategy=strategy)
     # the long job is the first one claimed: fifo by add order, priority by its better
     # lane, lifo because it is the newest
     if strategy != "lifo":
@@ -270,16 +272,16 @@ async def test_a_slot_frees_when_its_handler_returns_and_stop_waits_for_the_outc
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_an_idle_worker_holds_a_long_pull_and_costs_nothing(
-    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: str
+    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: Strategy
 ) -> None:
     pulls = count_pulls(monkeypatch)
     pops = count_pops(monkeypatch)
     started: list[float] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         started.append(time.monotonic())
 
-    q = queue("idle", handler, client=client, concurrency=5, strategy=strategy)  # type: ignore[arg-type]
+    q = queue("idle", handler, client=client, concurrency=5, strategy=strategy)
     async with q:
         await asyncio.sleep(0.3)  # let the first claim round open its pulls
         at_start, pops_at_start = len(pulls), len(pops)
@@ -304,11 +306,11 @@ async def test_an_idle_worker_holds_a_long_pull_and_costs_nothing(
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_an_idle_queue_stops_promptly(client: Client, strategy: str) -> None:
-    async def handler(ctx) -> None:
+async def test_an_idle_queue_stops_promptly(client: Client, strategy: Strategy) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
-    q = queue("stopq", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    q = queue("stopq", handler, client=client, strategy=strategy)
     await q.start()
     await asyncio.sleep(0.3)  # the long pulls are open
     began = time.monotonic()
@@ -320,12 +322,12 @@ async def test_an_idle_queue_stops_promptly(client: Client, strategy: str) -> No
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_an_idle_worker_run_returns_promptly_when_asked_to_stop(
-    client: Client, strategy: str
+    client: Client, strategy: Strategy
 ) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
-    w = worker("stopw", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    w = worker("stopw", handler, client=client, strategy=strategy)
     run = asyncio.create_task(w.run())
     try:
         await asyncio.wait_for(w.ready.wait(), 10)
@@ -340,7 +342,7 @@ async def test_an_idle_worker_run_returns_promptly_when_asked_to_stop(
     assert took < 1.0, f"an idle worker took {took:.2f}s to stop"
     assert not w.queue.is_consuming
     # the worker released the queue on this client: it can be consumed again
-    again = queue("stopw", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    again = queue("stopw", handler, client=client, strategy=strategy)
     async with again:
         assert again.is_consuming
 

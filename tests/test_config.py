@@ -57,7 +57,7 @@ def test_bad_names_and_handlers_are_refused() -> None:
     with pytest.raises(ConfigError):
         queue("has.dot")
     with pytest.raises(ConfigError, match="callable"):
-        queue("q", "not a function")  # type: ignore[arg-type]
+        queue("q", "not a function")  # type: ignore[call-overload]
     with pytest.raises(ConfigError, match="needs a handler"):
         worker("q", None)  # type: ignore[arg-type]
 
@@ -89,7 +89,7 @@ def test_durations_and_option_groups_resolve() -> None:
         lambda: StallScanner(interval=0),
         lambda: Reconciliation(interval=-1),
         lambda: LagMonitor(max_lag=0),
-        lambda: LagMonitor(window="1s"),
+        lambda: LagMonitor(window="1s"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_option_groups_raise_config_error(make: Any) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from oqron_nats import Client, JobState, QueuePaused, Skipped, queue
+from oqron_nats import Client, JobContext, JobState, QueuePaused, Skipped, queue
 from oqron_nats.storage import control as queue_control
 from oqron_nats.testing.server import LocalServer
 
@@ -17,7 +18,7 @@ from .helpers import WorkerProcess, eventually, read_log, wait_for_state
 from .support import Backstage
 
 
-def starts(log: Path) -> list[dict]:
+def starts(log: Path) -> list[dict[str, Any]]:
     return [e for e in read_log(log) if e["event"] == "start"]
 
 
@@ -123,7 +124,7 @@ async def test_drain_waits_for_active_jobs_and_leaves_the_queue_paused(client: C
     release = asyncio.Event()
     started: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         started.append(ctx.id)
         await release.wait()
 
@@ -154,7 +155,7 @@ async def _count(items: list[str], n: int) -> bool:
 async def test_a_worker_started_while_paused_claims_nothing(client: Client) -> None:
     ran: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         ran.append(ctx.id)
 
     publisher = queue("late", client=client)
@@ -196,7 +197,7 @@ async def test_racing_pauses_and_resumes_leave_the_consumers_as_the_state_ends(
     they reached the state (here the pauser is held up between the two); the consumers must end
     as the state ended, or a running queue's workers would get nothing from the server."""
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
     other = Client(nats_server.url, namespace=namespace)

@@ -234,7 +234,7 @@ async def test_pause_from_the_queue_page_stops_the_workers_claiming(
 async def test_a_secret_field_never_appears_in_the_html(
     nats_server: LocalServer, client: Client, namespace: str, browser: Any
 ) -> None:
-    q = queue("payments", client=client, secret_fields={"card"})
+    q = queue("payments", client=client, secret_fields=["card"])
     job = await q.add({"card": SECRET, "amount": 12})
     with Served(nats_server.url, namespace, queues=[q]) as served:
         for path in ("/", "/queues/payments", f"/queues/payments/jobs/{job.id}",
@@ -286,7 +286,7 @@ async def test_screenshots_of_the_overview_and_a_queue(
         return "ok"
 
     emails = queue("emails", handler, client=client, retries=RetryPolicy(max=0),
-                   secret_fields={"api_key"})  # fmt: skip
+                   secret_fields=["api_key"])  # fmt: skip
     thumbnails = queue("thumbnails", client=client)
     invoices = queue("invoices", client=client)
     with Served(nats_server.url, namespace, queues=[emails], refresh=0.5) as served:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from oqron_nats import Client, JobState, queue
+from oqron_nats import Client, JobContext, JobState, queue
 
 from .helpers import eventually, wait_for_state
 from .support import Backstage
@@ -15,7 +16,7 @@ from .support import Backstage
 async def test_delayed_job_waits_visibly_and_never_starts_early(client: Client) -> None:
     started: dict[str, float] = {}
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         started[ctx.id] = time.time()
 
     q = queue("later", handler, client=client)
@@ -41,7 +42,7 @@ async def test_delayed_job_waits_visibly_and_never_starts_early(client: Client) 
 async def test_delayed_jobs_run_in_due_order(client: Client) -> None:
     order: list[int] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
 
     q = queue("due", handler, client=client, concurrency=1)
@@ -60,7 +61,7 @@ async def test_delayed_jobs_run_in_due_order(client: Client) -> None:
 async def test_an_early_copy_of_a_delayed_job_does_not_run_it_early(client: Client) -> None:
     started: list[float] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         started.append(time.time())
 
     q = queue("early", handler, client=client, lock_ttl=2, heartbeat=0.5)
@@ -81,7 +82,7 @@ async def _empty(behind: Backstage) -> bool:
 
 
 async def test_a_delay_in_the_past_runs_at_once(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "ran"
 
     q = queue("past", handler, client=client)

@@ -377,7 +377,8 @@ async def test_listings_and_the_cli_with_and_without_the_key(
         await wait_for_state(keyed, bad.id, JobState.FAILED)
     listed = {job.id: job for job in await keyed.get_jobs()}
     assert listed[good.id].data == Card(canary, "ann") and listed[good.id].result == f"ok {canary}"
-    assert listed[bad.id].error is not None and canary in listed[bad.id].error.message
+    failed = listed[bad.id]
+    assert failed.error is not None and canary in failed.error.message
 
     keyless = queue("cards", payload=Card, client=client)  # the client has no codec
     jobs = {job.id: job for job in await keyless.get_jobs()}
@@ -385,8 +386,9 @@ async def test_listings_and_the_cli_with_and_without_the_key(
     for job in jobs.values():
         assert job.data_error is not None and "key id 'k1'" in job.data_error
         assert isinstance(job.data, dict) and job.data["$oqron_codec"] == "aes-gcm"
-    assert jobs[good.id].result_error is not None and "no codec" in jobs[good.id].result_error
-    assert jobs[bad.id].error is not None and jobs[bad.id].error.message == "(encrypted)"
+    good_job, bad_job = jobs[good.id], jobs[bad.id]
+    assert good_job.result_error is not None and "no codec" in good_job.result_error
+    assert bad_job.error is not None and bad_job.error.message == "(encrypted)"
     shown = await keyless.get_job(good.id)
     assert shown is not None and shown.data_error == jobs[good.id].data_error
 
@@ -511,6 +513,7 @@ def test_seals_use_fresh_nonces_and_are_bound_to_their_job_and_field() -> None:
     assert len(sealed) == 1000, "a new nonce for every seal"
     one = sealed.pop()
     assert sealer.open("job1", "data", one) == b'{"same":1}'
+    elsewhere: Callable[[], object]
     for elsewhere in (
         lambda: sealer.open("job2", "data", one),
         lambda: sealer.open("job1", "result", one),
@@ -562,6 +565,6 @@ def test_a_missing_cryptography_package_names_the_extra(monkeypatch: pytest.Monk
 
 def test_a_codec_option_must_be_a_codec() -> None:
     with pytest.raises(ConfigError, match="codec must be a Codec"):
-        queue("q", codec=KEY1)  # type: ignore[arg-type]
+        queue("q", codec=KEY1)  # type: ignore[call-overload]
     with pytest.raises(ConfigError, match="Client codec must be a Codec"):
         Client(codec="k1:secret")  # type: ignore[arg-type]

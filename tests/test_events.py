@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from oqron_nats import Client, ConfigError, JobState, RetryPolicy, Unavailable, queue
+from oqron_nats import (
+    Client,
+    ConfigError,
+    JobContext,
+    JobState,
+    Queue,
+    RetryPolicy,
+    Unavailable,
+    queue,
+)
 from oqron_nats.observe import audience
 from oqron_nats.observe.events import Event
 from oqron_nats.runtime import waiting
@@ -22,7 +31,7 @@ from .proxy import TcpProxy
 from .support import Backstage, listening, overhear
 
 
-async def collect(q, into: list[Event], ready: asyncio.Event) -> None:
+async def collect(q: Queue[Any], into: list[Event], ready: asyncio.Event) -> None:
     stream = q.events()
     first = asyncio.ensure_future(stream.__anext__())
     await asyncio.sleep(0.2)  # the subscription is set up by the first __anext__
@@ -61,7 +70,7 @@ async def test_events_for_progress_retries_and_failures(client: Client) -> None:
     events: list[Event] = []
     ready = asyncio.Event()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         await ctx.progress(50, "half")
         raise ValueError("always")
 
@@ -89,7 +98,7 @@ async def test_events_for_progress_retries_and_failures(client: Client) -> None:
 
 
 async def test_wait_returns_a_finished_job_at_once_and_times_out_otherwise(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "done"
 
     q = queue("waiting", handler, client=client)
@@ -107,7 +116,7 @@ async def test_wait_returns_a_finished_job_at_once_and_times_out_otherwise(clien
 
 
 async def test_the_record_keeps_a_timeline_of_its_state_changes(client: Client) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.attempt == 1:
             raise RuntimeError("first attempt fails")
 
@@ -210,20 +219,21 @@ async def test_a_listener_is_kept_by_its_refreshes_and_forgotten_a_ttl_after_it_
 ) -> None:
     """While a process listens, it writes its key again before the TTL ends; once it stopped
     (or was killed), the other processes stop announcing within the TTL."""
-    monkeypatch.setattr(audience, "LISTENER_TTL", 1.5)
+    ttl = 1.5
+    monkeypatch.setattr(audience, "LISTENER_TTL", ttl)
     monkeypatch.setattr(audience, "REFRESH", 0.5)
     heard = await overhear(client, "ttl")
 
     q = queue("ttl", nothing, client=client)
     async with q, Client(nats_server.url, namespace=namespace) as other:
         listener = await listening(queue("ttl", client=other))
-        await asyncio.sleep(3 * audience.LISTENER_TTL)  # kept alive by its refreshes meanwhile
+        await asyncio.sleep(3 * ttl)  # kept alive by its refreshes meanwhile
         kept = await q.add({"n": 1})
         await done(q, kept.id)
         assert heard.of(kept.id) == ["added", "active", "completed"]
 
         listener.cancel()  # stops its writes, as a killed process would
-        await asyncio.sleep(audience.LISTENER_TTL + 0.5)
+        await asyncio.sleep(ttl + 0.5)
         forgotten = await q.add({"n": 2})
         await done(q, forgotten.id)
         assert heard.of(forgotten.id) == []
@@ -235,6 +245,7 @@ async def test_a_worker_cut_off_while_a_listener_joined_announces_after_its_reco
     """A key written while a worker was disconnected goes unheard by it: after the reconnect it
     announces (for a TTL, within which a live listener writes its key again)."""
 
+    assert nats_server.port is not None
     async with (
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,

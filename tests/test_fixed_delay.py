@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from functools import partial
 
 from structlog.testing import capture_logs
 
@@ -20,7 +21,11 @@ async def test_each_call_is_made_its_delay_after_it_was_asked_for_in_order() -> 
     made: list[tuple[int, float]] = []
     for n in range(5):
         asked[n] = loop.time()
-        later.call_later(lambda n=n: made.append((n, loop.time())))
+
+        def make(n: int = n) -> None:
+            made.append((n, loop.time()))
+
+        later.call_later(make)
         await asyncio.sleep(0.03)
     await asyncio.sleep(DELAY + 0.1)
     assert [n for n, _ in made] == list(range(5))
@@ -31,7 +36,7 @@ async def test_each_call_is_made_its_delay_after_it_was_asked_for_in_order() -> 
 async def test_a_cancelled_call_is_not_made_and_the_others_are() -> None:
     later = FixedDelay(DELAY, asyncio.get_running_loop())
     made: list[int] = []
-    calls = [later.call_later(lambda n=n: made.append(n)) for n in range(4)]
+    calls = [later.call_later(partial(made.append, n)) for n in range(4)]
     calls[0].cancel()
     calls[2].cancel()
     await asyncio.sleep(DELAY + 0.1)

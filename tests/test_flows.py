@@ -11,6 +11,7 @@ import pytest
 from oqron_nats import (
     Client,
     InvalidOption,
+    JobContext,
     JobNotFound,
     JobState,
     RetryPolicy,
@@ -26,7 +27,7 @@ NO_RETRIES = RetryPolicy(max=0)
 async def test_a_child_runs_after_all_its_parents_and_reads_their_results(client: Client) -> None:
     seen: dict[str, Any] = {}
 
-    async def handler(ctx) -> Any:
+    async def handler(ctx: JobContext[Any]) -> Any:
         if ctx.data["role"] == "child":
             seen.update(ctx.parent_results)
             return "child done"
@@ -48,7 +49,7 @@ async def test_a_child_runs_after_all_its_parents_and_reads_their_results(client
 
 
 async def test_a_child_added_after_its_parents_finished_resolves_at_once(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "ok"
 
     q = queue("late-child", handler, client=client)
@@ -64,7 +65,7 @@ async def test_two_parents_finishing_together_release_the_child_once(client: Cli
     go = asyncio.Event()
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.data["role"])
         if ctx.data["role"] != "child":
             await go.wait()
@@ -95,7 +96,7 @@ async def _running(runs: list[str], n: int) -> bool:
 async def test_cascade_fail_fails_children_and_grandchildren(client: Client, ending: str) -> None:
     gate = asyncio.Event()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data["role"] == "parent":
             await gate.wait()
             raise RuntimeError("parent broke")
@@ -124,7 +125,7 @@ async def test_cascade_fail_fails_children_and_grandchildren(client: Client, end
 async def test_block_keeps_the_child_until_a_retried_parent_completes(client: Client) -> None:
     attempts: list[str] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         attempts.append(ctx.data["role"])
         if ctx.data["role"] == "parent" and attempts.count("parent") == 1:
             raise RuntimeError("first try fails")
@@ -143,7 +144,7 @@ async def test_block_keeps_the_child_until_a_retried_parent_completes(client: Cl
 
 
 async def test_ignore_runs_the_child_whatever_its_parents_did(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if ctx.data["role"] == "parent":
             raise RuntimeError("no")
         return "ran anyway"
@@ -158,7 +159,7 @@ async def test_ignore_runs_the_child_whatever_its_parents_did(client: Client) ->
 
 
 async def test_a_delayed_child_keeps_its_delay(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "ok"
 
     q = queue("delayed-child", handler, client=client)
@@ -181,7 +182,7 @@ async def test_missing_parents_and_cycles_are_refused(client: Client) -> None:
     with pytest.raises(InvalidOption, match="itself"):
         await q.add({"n": 1}, job_id="self", depends_on=["self"])
     with pytest.raises(InvalidOption):
-        await q.add({"n": 1}, depends_on="a-string")  # type: ignore[arg-type]
+        await q.add({"n": 1}, depends_on="a-string")
     a = await q.add({"n": 1}, job_id="a")
     b = await q.add({"n": 2}, job_id="b", depends_on=[a.id])
     # "a" is removed and re-added depending on "b": a -> b -> a would be a cycle

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import nats
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, queue
+from oqron_nats.core.job import Strategy
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import eventually
@@ -61,7 +63,7 @@ async def make_room(url: str) -> None:
 
 @pytest.mark.parametrize("strategy", ["fifo", "priority", "lifo"])
 async def test_a_full_store_stalls_every_strategy_and_loses_nothing(
-    small_server: LocalServer, namespace: str, strategy: str
+    small_server: LocalServer, namespace: str, strategy: Strategy
 ) -> None:
     runs: Counter[int] = Counter()
 
@@ -69,7 +71,7 @@ async def test_a_full_store_stalls_every_strategy_and_loses_nothing(
         runs[ctx.data] += 1
 
     async with Client(small_server.url, namespace=namespace, retry_deadline=2) as client:
-        q = queue("full", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+        q = queue("full", handler, client=client, strategy=strategy)
         jobs = [await q.add(n, priority=n % 10) for n in range(JOBS)]
         filled = await fill_the_store(small_server.url)
         try:
@@ -84,7 +86,7 @@ async def test_a_full_store_stalls_every_strategy_and_loses_nothing(
             await asyncio.sleep(0.5)
             assert runs == Counter(range(JOBS)), "a job ran twice"
             for job in jobs:
-                await eventually(lambda job=job: _completed(q, job.id), what=f"{job.id} done")
+                await eventually(partial(_completed, q, job.id), what=f"{job.id} done")
         finally:
             await q.close()
 

@@ -28,6 +28,7 @@ from oqron_nats.testing.server import LocalServer
 from .helpers import eventually, wait_for_state
 from .support import Backstage
 from .test_cli import oqron, oqron_json
+from .test_metrics import points
 
 GARBAGE = {
     "bad-json": b'{"id": "x", "state": ',
@@ -116,7 +117,7 @@ async def test_a_typed_queue_lists_and_shows_jobs_whose_payload_failed_its_type(
         await wait_for_state(untyped, job.id, JobState.FAILED)
     [failed] = await typed.get_jobs(status="failed")
     assert failed.id == job.id
-    assert failed.data == {"sku": "A-1", "quantity": "three"}, "the raw value is shown"
+    assert failed.data == {"sku": "A-1", "quantity": "three"}, "the raw value is shown"  # type: ignore[comparison-overlap]
     assert failed.data_error is not None and "quantity" in failed.data_error
     assert failed.error is not None and failed.error.type == PayloadError.__name__
     shown = await typed.get_job(job.id)
@@ -193,12 +194,7 @@ async def test_garbage_on_the_lanes_is_removed_counted_and_sampled(
     assert samples["no-record"]["body"] == "no-such-job"
     assert samples["no-record"]["subject"] == names.lane(0, "c")
     assert len(samples["not-a-job-id"]["body"]) <= 256
-    rejected = {
-        point.attributes["reason"]: point.value
-        for metric in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
-        if metric.name == "oqron.messages.rejected"
-        for point in metric.data.data_points
-    }
+    rejected = {p.attributes["reason"]: p.value for p in points(reader)["oqron.messages.rejected"]}
     assert rejected == {"not-a-job-id": 2, "no-record": 1}
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, InvalidOption, JobState, RetryPolicy, queue
-from oqron_nats.storage.store import JobStore
+from oqron_nats import Client, InvalidOption, JobContext, JobState, Queue, RetryPolicy, queue
+from oqron_nats._nats import Msg
+from oqron_nats.storage.store import JobStore, Record
 
 from .helpers import eventually
 from .support import Backstage
 
 
 async def test_counts_follow_every_state_change(client: Client) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data["fail"]:
             raise RuntimeError("no")
 
@@ -30,15 +33,18 @@ async def test_counts_follow_every_state_change(client: Client) -> None:
     assert await q.count() == 21
 
 
-async def _counts(q, **expected: int) -> bool:
+async def _counts(q: Queue[Any], **expected: int) -> bool:
     return all([await q.count(state) == n for state, n in expected.items()])
 
 
-async def test_pages_are_newest_first_and_offset_skips(client: Client, monkeypatch) -> None:
+async def test_pages_are_newest_first_and_offset_skips(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     q = queue("paged", client=client)
     jobs = [await q.add({"n": n}) for n in range(30)]
 
-    async def no_scan(self):  # the index must answer without reading every record
+    async def no_scan(self: JobStore) -> AsyncIterator[Record]:
+        # the index must answer without reading every record
         raise AssertionError("get_jobs/count scanned the records")
         yield
 
@@ -90,7 +96,7 @@ async def test_drain_and_obliterate_look_past_a_stale_active_entry(client: Clien
     assert await q.obliterate() == 1
 
 
-async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
+async def _finished_long_ago_but_listed_active(q: Queue[Any], job_id: str) -> None:
     """A job that completed an hour ago, still listed as active: a crash cut its move short."""
     from datetime import UTC, datetime, timedelta
 
@@ -113,7 +119,7 @@ async def _finished_long_ago_but_listed_active(q, job_id: str) -> None:
 async def test_a_move_is_stored_messages_only_and_counts_skip_standing_markers(
     client: Client,
 ) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data["fail"]:
             raise RuntimeError("no")
 
@@ -123,7 +129,7 @@ async def test_a_move_is_stored_messages_only_and_counts_skip_standing_markers(
     await q._open()
     requests: list[str] = []
 
-    async def seen(msg) -> None:
+    async def seen(msg: Msg) -> None:
         requests.append(msg.subject)
 
     watch = await behind.watch_index_requests(seen)

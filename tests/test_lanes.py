@@ -12,7 +12,8 @@ import pytest
 from nats.js import api
 from structlog.testing import capture_logs
 
-from oqron_nats import Client, JobState, queue
+from oqron_nats import Client, JobContext, JobState, queue
+from oqron_nats.core.job import Strategy
 from oqron_nats.runtime import claiming
 from oqron_nats.runtime.claiming import Claimer
 from oqron_nats.storage.broker import LIFO_WINDOW
@@ -26,12 +27,12 @@ STRATEGIES = ["fifo", "lifo", "priority"]
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_every_strategy_consumes_a_queue_through_one_consumer(
-    client: Client, strategy: str
+    client: Client, strategy: Strategy
 ) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
-    q = queue(f"one-{strategy}", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    q = queue(f"one-{strategy}", handler, client=client, strategy=strategy)
     async with q:
         job = await q.add({}, priority=7)
         await wait_for_state(q, job.id, JobState.COMPLETED)
@@ -54,13 +55,13 @@ async def test_a_message_deleted_meanwhile_is_no_error(client: Client) -> None:
 
 @pytest.mark.parametrize("strategy", ["lifo", "priority"])
 async def test_workers_moving_from_the_same_lanes_run_every_job_once(
-    nats_server: LocalServer, namespace: str, strategy: str
+    nats_server: LocalServer, namespace: str, strategy: Strategy
 ) -> None:
     """Three workers race for the same oldest (newest) message of each move; every job runs
     once, and no move is reported as a failure (a lost race is not one)."""
     runs: collections.Counter[str] = collections.Counter()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs[ctx.id] += 1
         await asyncio.sleep(0.002)
 
@@ -69,7 +70,7 @@ async def test_workers_moving_from_the_same_lanes_run_every_job_once(
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(3):
                 c = await stack.enter_async_context(Client(nats_server.url, namespace=namespace))
-                w = queue("race", handler, client=c, concurrency=4, strategy=strategy)  # type: ignore[arg-type]
+                w = queue("race", handler, client=c, concurrency=4, strategy=strategy)
                 await stack.enter_async_context(w)
             await w.add_bulk(items)
             await eventually(lambda: holds(len(runs) == 300), timeout=60, what="300 jobs run")
@@ -81,17 +82,17 @@ async def test_workers_moving_from_the_same_lanes_run_every_job_once(
 
 @pytest.mark.parametrize("strategy", ["lifo", "priority"])
 async def test_a_lost_bell_is_made_up_for_by_looking_again(
-    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: str
+    client: Client, monkeypatch: pytest.MonkeyPatch, strategy: Strategy
 ) -> None:
     """The bell is core NATS (at most once): a worker that found every lane empty and missed
     the bell of a new job reads the lanes again after a quiet while (LOOK_AGAIN)."""
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
     monkeypatch.setattr(claiming, "LOOK_AGAIN", 0.3)
     monkeypatch.setattr(Claimer, "_on_bell", lambda self, subject, seq: None)  # every bell lost
-    q = queue("deaf", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    q = queue("deaf", handler, client=client, strategy=strategy)
     async with q:
         await asyncio.sleep(0.2)  # the worker has found every lane empty
         job = await q.add({}, priority=6)
@@ -107,7 +108,7 @@ async def test_lifo_finds_the_newest_jobs_beyond_what_it_was_told_of(
     order: list[Any] = []
     first_running, go_on = asyncio.Event(), asyncio.Event()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
         if ctx.data == "first":
             first_running.set()
@@ -156,7 +157,7 @@ async def test_the_per_lane_consumers_of_an_earlier_version_go_and_their_jobs_ru
     version deletes them and runs every job, one that a crashed old worker held unacked too."""
     ran: list[Any] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         ran.append(ctx.data)
 
     publisher = queue("legacy", client=client)
@@ -191,13 +192,13 @@ async def _counted(q: Any, state: JobState, n: int) -> bool:
 
 @pytest.mark.parametrize("strategy", ["lifo", "priority"])
 async def test_foreign_messages_on_the_lanes_are_moved_and_removed_like_any_other(
-    client: Client, strategy: str
+    client: Client, strategy: Strategy
 ) -> None:
     """Garbage on a lane (a body that is no job id, a job with no record, a big body) is copied
     to the run lane and rejected there; the jobs around it run and the stream ends empty."""
     ran: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         ran.append(ctx.id)
 
     publisher = queue("foreign", client=client)
@@ -207,7 +208,7 @@ async def test_foreign_messages_on_the_lanes_are_moved_and_removed_like_any_othe
     await behind.publish_on_lane("b", b"x" * 9_000, priority=0)
     await behind.publish_on_lane("c", b"no-such-job", priority=3)
     after = await publisher.add({"n": 2}, priority=3)
-    q = queue("foreign", handler, client=client, strategy=strategy)  # type: ignore[arg-type]
+    q = queue("foreign", handler, client=client, strategy=strategy)
     async with q:
         for job in (before, after):
             await wait_for_state(q, job.id, JobState.COMPLETED)

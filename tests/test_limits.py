@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobState, queue
+from oqron_nats import Client, JobContext, JobState, Queue, queue
 from oqron_nats._nats import Delivery
 from oqron_nats.core.config import RateLimit, Throttle
 from oqron_nats.runtime.throttle import StartWindow
@@ -39,20 +40,20 @@ def test_start_window_is_a_sliding_window() -> None:
 
 
 async def test_throttle_caps_starts_per_window_without_handing_jobs_back(
-    client: Client, monkeypatch
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     starts: list[float] = []
     naks = 0
     original = Delivery.nak
 
-    async def counting_nak(self, delay=None):
+    async def counting_nak(self: Delivery, delay: float | None = None) -> None:
         nonlocal naks
         naks += 1
         await original(self, delay)
 
     monkeypatch.setattr(Delivery, "nak", counting_nak)
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         starts.append(time.monotonic())
 
     q = queue("throttled", handler, client=client, concurrency=10, throttle=Throttle(5, 1.0))
@@ -66,7 +67,7 @@ async def test_throttle_caps_starts_per_window_without_handing_jobs_back(
     assert naks == 0, "nothing was fetched and handed back"
 
 
-async def _count(q, state: JobState, n: int) -> bool:
+async def _count(q: Queue[Any], state: JobState, n: int) -> bool:
     return await q.count(state) >= n
 
 
@@ -92,7 +93,7 @@ async def test_a_rate_limit_holds_across_processes(
 async def test_a_keyed_limit_limits_each_group_on_its_own(client: Client) -> None:
     starts: dict[str, list[float]] = {"a": [], "b": []}
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         starts[ctx.data["tenant"]].append(time.time())
 
     limit = RateLimit(max=2, duration=2.0, key=lambda data: data["tenant"])
@@ -111,7 +112,7 @@ async def test_a_keyed_limit_limits_each_group_on_its_own(client: Client) -> Non
 async def test_throttle_and_rate_limit_compose(client: Client) -> None:
     starts: list[float] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         starts.append(time.time())
 
     q = queue(

@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from oqron_nats import Client, ConfigError, RetryPolicy, queue
+from oqron_nats import Client, ConfigError, JobContext, RetryPolicy, queue
 from oqron_nats.observe.metrics import DURATION_BUCKETS, metrics_for
 from oqron_nats.observe.prometheus import serve_prometheus
 from oqron_nats.testing.server import LocalServer
@@ -41,7 +41,7 @@ def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 def total(found: dict[str, list[Any]], name: str) -> float:
     """The sum of a counter's points."""
-    return sum(p.value for p in found.get(name, []))
+    return float(sum(p.value for p in found.get(name, [])))
 
 
 def attribute_values(found: dict[str, list[Any]]) -> Iterator[Any]:
@@ -55,7 +55,7 @@ async def test_counters_and_process_duration_after_successes_retries_and_a_dead_
 ) -> None:
     provider, reader = sdk()
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if ctx.attempt <= ctx.data["fails"]:
             raise ValueError(f"attempt {ctx.attempt} fails")
         return "ok"
@@ -116,7 +116,7 @@ async def test_gauges_report_a_running_queue_from_its_snapshot(
 ) -> None:
     provider, reader = sdk()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
     def gauges() -> tuple[dict[str, float], float | None]:

@@ -130,7 +130,7 @@ async def test_the_parser_hands_messages_to_the_overridden_process_msg(
         )  # fmt: skip
         assert msg._client is nc and msg.sid == sub._id
         assert nc.stats["in_msgs"] >= 1
-        await sub.drain()
+        await sub.drain()  # type: ignore[no-untyped-call]
         assert sub._id not in nc._direct  # nats-py's drain removed it through _remove_sub
     finally:
         await nc.close()
@@ -157,6 +157,7 @@ async def test_requests_work_again_after_a_reconnect(
 ) -> None:
     """conn.py's rewritten options make nats-py reconnect, and nats-py subscribes again with the
     same sids, so the direct reply subscription keeps answering."""
+    assert nats_server.port is not None
     async with TcpProxy(nats_server.port) as proxy:
         conn = await Nats.connect([proxy.url], name="contract")
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, InvalidState, JobState, RetryPolicy, queue
+from oqron_nats import Client, InvalidState, JobContext, JobState, Queue, RetryPolicy, queue
 
 from .helpers import eventually
 from .support import Backstage
@@ -15,7 +16,7 @@ from .support import Backstage
 async def test_obliterate_removes_every_job_message_schedule_and_dead_letter(
     client: Client,
 ) -> None:
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data.get("fail"):
             raise RuntimeError("dead")
 
@@ -53,7 +54,7 @@ async def _rejected(behind: Backstage) -> bool:
 async def test_obliterate_refuses_active_jobs_unless_forced(client: Client) -> None:
     reasons: list[str] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         reasons.append(await ctx.signal)
         return "late result"
 
@@ -77,7 +78,7 @@ async def test_obliterate_refuses_a_job_claimed_a_moment_ago(client: Client) -> 
     started = asyncio.Event()
     reasons: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         started.set()
         reasons.append(await ctx.signal)
 
@@ -94,7 +95,7 @@ async def test_obliterate_refuses_a_job_claimed_a_moment_ago(client: Client) -> 
     assert reasons == ["cancelled"]
 
 
-async def _active(q) -> bool:
+async def _active(q: Queue[Any]) -> bool:
     return await q.count(JobState.ACTIVE) == 1
 
 

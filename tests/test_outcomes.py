@@ -15,11 +15,13 @@ from oqron_nats import (
     DeadLetter,
     Hooks,
     Job,
+    JobContext,
     JobFailure,
     JobState,
     RetryPolicy,
     queue,
 )
+from oqron_nats._nats import Msg
 
 from .helpers import eventually, holds, wait_for_state
 from .support import Backstage
@@ -60,7 +62,7 @@ async def test_after_its_last_attempt_a_job_is_failed_with_the_error_stored(
 ) -> None:
     runs: list[int] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.attempt)
         validate_invoice(ctx.data)
 
@@ -94,7 +96,7 @@ async def test_a_final_failure_is_dead_lettered_and_hooks_run_once(client: Clien
     def on_fail(job: Job[Any], failure: JobFailure) -> None:  # a plain function hook
         fails.append((job, failure))
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         validate_invoice(ctx.data)
 
     q = queue(
@@ -146,7 +148,7 @@ async def test_without_dead_letter_nothing_is_written_but_on_fail_runs(client: C
     async def on_fail(job: Job[Any], failure: JobFailure) -> None:
         fails.append(failure)
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         raise KeyError("missing")
 
     q = queue(
@@ -182,7 +184,7 @@ async def test_hooks_may_be_async_or_plain_functions(client: Client) -> None:
     def plain_success(job: Job[Any], result: Any) -> None:
         seen.append(("plain", job.id, result))
 
-    async def handler(ctx) -> int:
+    async def handler(ctx: JobContext[int]) -> int:
         return ctx.data * 2
 
     for kind, hook in (("async", async_success), ("plain", plain_success)):
@@ -190,7 +192,11 @@ async def test_hooks_may_be_async_or_plain_functions(client: Client) -> None:
         async with q:
             job = await q.add(21)
             await wait_for_state(q, job.id, JobState.COMPLETED)
-            await eventually(lambda k=kind: holds([s for s in seen if s[0] == k]), what=kind)
+
+            async def hooked(k: str = kind) -> bool:
+                return any(s[0] == k for s in seen)
+
+            await eventually(hooked, what=kind)
         assert [s for s in seen if s[0] == kind] == [(kind, job.id, 42)]
 
 
@@ -209,7 +215,7 @@ async def test_a_raising_hook_is_logged_and_the_worker_keeps_working(client: Cli
         calls.append(f"dead:{job.data}")
         raise RuntimeError("dead hook broke")
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if ctx.data % 2:
             raise ValueError("odd")
         return "even"
@@ -259,7 +265,7 @@ async def test_results_are_stored_encoded_and_on_success_gets_them(client: Clien
     async def on_success(job: Job[Any], result: Any) -> None:
         hooked[job.data] = (job, result)
 
-    async def handler(ctx) -> Any:
+    async def handler(ctx: JobContext[Any]) -> Any:
         return {
             "dict": {"total": 12.5, "lines": 3, "ok": True},
             "list": [1, "two", None, [3]],
@@ -325,7 +331,7 @@ async def test_a_result_that_cannot_be_stored_fails_the_attempt(
     async def on_success(job: Job[Any], result: Any) -> None:
         successes.append(result)
 
-    async def handler(ctx) -> Any:
+    async def handler(ctx: JobContext[Any]) -> Any:
         runs.append(ctx.data)
         return bad_result() if ctx.data == "bad" else "fine"
 
@@ -361,17 +367,17 @@ async def test_a_result_that_cannot_be_stored_fails_the_attempt(
 
 
 async def test_the_terminal_state_is_written_before_the_ack(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         return "done"
 
     q = queue("order", handler, client=client)
     behind = Backstage(client, "order")
     events: list[tuple[str, Any]] = []
 
-    async def on_record(msg) -> None:
+    async def on_record(msg: Msg) -> None:
         events.append(("record", msgspec.json.decode(msg.data)["state"] if msg.data else None))
 
-    async def on_ack(msg) -> None:
+    async def on_ack(msg: Msg) -> None:
         events.append(("ack", msg.data))
 
     job = await q.add({"n": 1})
@@ -398,7 +404,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
     async def on_fail(job: Job[Any], failure: JobFailure) -> None:
         fails.append(job.id)
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         runs.append(ctx.data)
         if ctx.data == "fail":
             raise RuntimeError("for good")
@@ -438,7 +444,7 @@ async def test_duplicates_of_finished_jobs_are_acked_and_never_run(client: Clien
 async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: Client) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.id)
 
     q = queue("ghosts", handler, client=client)
@@ -456,7 +462,7 @@ async def test_a_message_for_a_job_without_record_is_acked_and_skipped(client: C
 async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: bytes) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.id)
 
     q = queue("poison", handler, client=client)
@@ -475,7 +481,7 @@ async def test_a_body_that_is_not_a_job_id_is_removed(client: Client, body: byte
 async def test_a_record_that_does_not_decode_does_not_crash_the_worker(client: Client) -> None:
     runs: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.id)
 
     q = queue("corrupt", handler, client=client)

@@ -14,7 +14,17 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, Job, JobContext, JobState, Middleware, Throttle, queue
+from oqron_nats import (
+    Client,
+    Job,
+    JobContext,
+    JobState,
+    Middleware,
+    Queue,
+    QueueOptions,
+    Throttle,
+    queue,
+)
 from oqron_nats.runtime import prefetch
 from oqron_nats.testing.server import LocalServer
 
@@ -266,7 +276,8 @@ async def test_a_worker_cut_off_while_holding_deliveries_loses_none_and_complete
     the link is back."""
     handler, other_handler, completions = Handler(), Handler(), Completions()
     other_handler.release.set()
-    options = {"concurrency": 2, "lock_ttl": 2, "heartbeat": 0.5, "middleware": [completions]}
+    options = QueueOptions(concurrency=2, lock_ttl=2, heartbeat=0.5, middleware=[completions])
+    assert nats_server.port is not None
     async with TcpProxy(nats_server.port) as proxy:
         cut_off = Client(proxy.url, namespace=namespace)
         direct = Client(nats_server.url, namespace=namespace)
@@ -305,7 +316,7 @@ CUT_JOBS = WARM_UP + 4 + 1
 """The jobs of the partition test: the warm-up, the four blocking ones and the one after."""
 
 
-async def _completed(q: Any, job_id: str | None) -> None:
+async def _completed(q: Queue[Any], job_id: str | None) -> None:
     """Wait until ``job_id`` (None: every job of queue "cut") is completed."""
 
     async def done() -> bool:

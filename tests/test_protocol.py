@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import msgspec
 import pytest
 from opentelemetry import trace
@@ -39,7 +39,7 @@ from oqron_nats.ops.cli import main
 from oqron_nats.storage.store import decode_record
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import wait_for_state
+from .helpers import attributes, wait_for_state
 from .support import Backstage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ async def test_jobs_enqueued_from_node_run_in_python_with_their_context(
         return "ok"
 
     parents = {n: traceparent() for n in range(4)}
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         {"id": f"node-{n}", "data": {"n": n, "fan_out": n == 0}, "priority": n % 3,
          "correlation_id": f"order-{n}", "traceparent": parents[n][0]}
         for n in range(3)
@@ -223,12 +223,12 @@ async def test_jobs_enqueued_from_node_run_in_python_with_their_context(
     assert ran["node-1"]["data"] == {"n": 1, "fan_out": False}, "the first add of the id won"
     child = ran["node-0-child"]
     assert child["correlation_id"] == "order-0" and child["trace_id"] == parents[0][1]
-    consumers = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()
+    consumers = {attributes(s)["messaging.message.id"]: s for s in exporter.get_finished_spans()
                  if s.kind == SpanKind.CONSUMER}  # fmt: skip
     for n, job in enumerate(jobs[:4]):
         span = consumers[job["id"]]
         assert span.parent is not None and format(span.parent.span_id, "016x") == parents[n][2]
-        assert span.attributes["messaging.message.conversation_id"] == f"order-{n}"
+        assert attributes(span)["messaging.message.conversation_id"] == f"order-{n}"
 
 
 # -- from the command line ----------------------------------------------------------------

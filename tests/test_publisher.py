@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from oqron_nats import Client, ConfigError, ConnectionFailed, InvalidOption, JobState, queue
+from oqron_nats import (
+    Client,
+    ConfigError,
+    ConnectionFailed,
+    InvalidOption,
+    JobContext,
+    JobState,
+    Queue,
+    queue,
+)
 from oqron_nats._nats import Nats
 from oqron_nats.testing.server import LocalServer
 
@@ -40,7 +49,7 @@ async def assert_not_consumed(client: Client, name: str, pulls: list[str]) -> No
     assert leases == 0, "a publisher-only queue took leases"
 
 
-async def _count_is(q: Any, status: Any, n: int) -> bool:
+async def _count_is(q: Queue[Any], status: JobState, n: int) -> bool:
     return await q.count(status) == n
 
 
@@ -124,7 +133,7 @@ async def test_a_worker_process_runs_what_a_publisher_only_queue_added(
 
 
 async def test_get_jobs_is_newest_first_and_filters_by_state(client: Client) -> None:
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if ctx.data.get("fail"):
             raise RuntimeError("boom")
         return "ok"

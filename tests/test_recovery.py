@@ -10,7 +10,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -26,7 +26,16 @@ from .support import Backstage
 
 WAIT = 20.0
 """Generous bound for anything that should happen within a redelivery or two."""
-FAST = {"lock_ttl": 2, "heartbeat": 0.5}
+
+
+class Leases(TypedDict):
+    """The lease options of queue() (and of a worker process)."""
+
+    lock_ttl: float
+    heartbeat: float
+
+
+FAST = Leases(lock_ttl=2, heartbeat=0.5)
 """Short leases: ack_wait = lock_ttl + heartbeat + 1 = 3.5 s."""
 HEAL_NOW = Reconciliation(waiting_threshold=0, delayed_grace=0)
 

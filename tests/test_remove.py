@@ -7,10 +7,21 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, DeadLetter, InvalidState, JobNotFound, JobState, RetryPolicy, queue
+from oqron_nats import (
+    Client,
+    DeadLetter,
+    InvalidState,
+    JobContext,
+    JobNotFound,
+    JobState,
+    Queue,
+    RetryPolicy,
+    queue,
+)
 from oqron_nats.ops import admin
 from oqron_nats.testing.server import LocalServer
 
@@ -19,12 +30,12 @@ from .support import Backstage
 from .test_cli import oqron, oqron_json
 
 
-async def _counts(q) -> dict[JobState, int]:  # type: ignore[no-untyped-def]
+async def _counts(q: Queue[Any]) -> dict[JobState, int]:
     return {state: await q.count(state) for state in JobState if await q.count(state)}
 
 
 async def test_remove_a_waiting_delayed_paused_failed_and_completed_job(client: Client) -> None:
-    async def handler(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.data.get("fail"):
             raise RuntimeError("boom")
 
@@ -39,7 +50,8 @@ async def test_remove_a_waiting_delayed_paused_failed_and_completed_job(client: 
     delayed = await q.add({"n": 3}, delay=timedelta(hours=1))
     await q.pause()
     held = await q.add({"n": 4})
-    assert (await q.get_job(held.id)).state == JobState.PAUSED
+    stored = await q.get_job(held.id)
+    assert stored is not None and stored.state == JobState.PAUSED
     backstage = Backstage(client, "rm-states")
     await eventually(lambda: _one_dead_letter(client), what="the dead letter")
     assert await backstage.work_messages() == 3  # waiting's lane, delayed's schedule, held marker
@@ -62,14 +74,14 @@ async def _one_dead_letter(client: Client) -> bool:
     return len(await admin.dead_letters(client, "rm-states", 10)) == 1
 
 
-async def _empty(q) -> bool:  # type: ignore[no-untyped-def]
+async def _empty(q: Queue[Any]) -> bool:
     return await _counts(q) == {}
 
 
 async def test_an_active_job_is_refused_until_it_is_cancelled(client: Client) -> None:
     started = asyncio.Event()
 
-    async def handler(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def handler(ctx: JobContext[Any]) -> None:
         started.set()
         await asyncio.sleep(30)
 
@@ -79,7 +91,8 @@ async def test_an_active_job_is_refused_until_it_is_cancelled(client: Client) ->
         await asyncio.wait_for(started.wait(), 10)
         with pytest.raises(InvalidState, match="cancel it first"):
             await q.remove(job.id)
-        assert (await q.get_job(job.id)).state == JobState.ACTIVE  # untouched
+        stored = await q.get_job(job.id)
+        assert stored is not None and stored.state == JobState.ACTIVE  # untouched
         assert await q.cancel(job.id)
         await wait_for_state(q, job.id, JobState.CANCELLED)
         await q.remove(job.id)
@@ -94,7 +107,7 @@ async def test_remove_while_workers_claim(client: Client) -> None:
     write of a worker brings it back) or refused because it was claimed, and then it completes."""
     ran: set[str] = set()
 
-    async def handler(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def handler(ctx: JobContext[Any]) -> None:
         ran.add(ctx.id)
         await asyncio.sleep(0.01)
 
@@ -134,7 +147,7 @@ async def test_remove_while_workers_claim(client: Client) -> None:
     assert await admin.rejected(client, "rm-race") == [], "a removed job's message is no reject"
 
 
-async def _only_completed(q, count: int) -> bool:  # type: ignore[no-untyped-def]
+async def _only_completed(q: Queue[Any], count: int) -> bool:
     counts = await _counts(q)
     return counts == ({JobState.COMPLETED: count} if count else {})
 

@@ -9,6 +9,7 @@ import nats.errors
 import pytest
 
 from oqron_nats import Client
+from oqron_nats._nats import Msg
 from oqron_nats._nats.direct import DirectClient, parse_headers
 from oqron_nats._nats.requests import Requests
 from oqron_nats.testing.server import LocalServer
@@ -16,14 +17,16 @@ from oqron_nats.testing.server import LocalServer
 TIMEOUT = 0.3
 
 
-async def test_replies_come_back_and_silence_times_out(nats_server: LocalServer, namespace: str):
+async def test_replies_come_back_and_silence_times_out(
+    nats_server: LocalServer, namespace: str
+) -> None:
     nc = DirectClient()
     await nc.connect(nats_server.url)
     try:
         requests = Requests(nc, TIMEOUT)
         await requests.start()
 
-        async def echo(msg) -> None:
+        async def echo(msg: Msg) -> None:
             await msg.respond(b"re:" + msg.data)
 
         await nc.subscribe(f"{namespace}.echo", cb=echo)
@@ -45,7 +48,9 @@ async def test_replies_come_back_and_silence_times_out(nats_server: LocalServer,
         await nc.close()
 
 
-async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServer, namespace: str):
+async def test_a_late_request_outlives_an_earlier_timeout(
+    nats_server: LocalServer, namespace: str
+) -> None:
     nc = DirectClient()
     await nc.connect(nats_server.url)
     try:
@@ -53,7 +58,7 @@ async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServ
         await requests.start()
         release = asyncio.Event()
 
-        async def slow(msg) -> None:  # answers once released, within the later request's time
+        async def slow(msg: Msg) -> None:  # answers once released, within the later request's time
             await release.wait()
             await msg.respond(b"late")
 
@@ -71,20 +76,20 @@ async def test_a_late_request_outlives_an_earlier_timeout(nats_server: LocalServ
         await nc.close()
 
 
-async def _ignore(msg) -> None:
+async def _ignore(msg: Msg) -> None:
     return None
 
 
 async def test_a_failing_direct_handler_does_not_stop_the_connection(
     nats_server: LocalServer, namespace: str
-):
+) -> None:
     nc = DirectClient()
     await nc.connect(nats_server.url)
     try:
         seen: list[bytes] = []
         got_two = asyncio.Event()
 
-        def handler(msg) -> None:
+        def handler(msg: Msg) -> None:
             seen.append(msg.data)
             if len(seen) == 2:
                 got_two.set()
@@ -119,17 +124,19 @@ async def test_a_failing_direct_handler_does_not_stop_the_connection(
         ),
     ],
 )
-def test_headers_are_parsed_like_nats_py_does(raw, expected):
+def test_headers_are_parsed_like_nats_py_does(
+    raw: bytes | None, expected: dict[str, str] | None
+) -> None:
     assert parse_headers(raw) == expected
 
 
 async def test_the_short_publish_path_sends_what_nats_py_sends(
     nats_server: LocalServer, namespace: str
-):
+) -> None:
     nc = DirectClient()
     await nc.connect(nats_server.url)
     try:
-        got: asyncio.Queue = asyncio.Queue()
+        got: asyncio.Queue[Msg] = asyncio.Queue()
         await nc.subscribe_direct(f"{namespace}.pub", got.put_nowait)
         await nc.publish(f"{namespace}.pub", b"plain")
         await nc.publish(f"{namespace}.pub", b"", reply="r.1", headers={" A-B ": " x\ny ", "": "e"})

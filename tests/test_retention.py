@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -11,22 +13,24 @@ from oqron_nats import (
     Client,
     ConfigError,
     InvalidOption,
+    JobContext,
     JobNotFound,
     JobState,
+    Queue,
     RetryPolicy,
     queue,
 )
-from oqron_nats.storage.store import JobStore
+from oqron_nats.storage.store import JobStore, Record
 
 from .helpers import eventually
 from .support import Backstage
 
 
-async def ok(ctx) -> str:
+async def ok(ctx: JobContext[Any]) -> str:
     return "done"
 
 
-async def boom(ctx) -> None:
+async def boom(ctx: JobContext[Any]) -> None:
     raise RuntimeError("boom")
 
 
@@ -50,7 +54,7 @@ async def test_wait_returns_a_job_already_removed_as_it_finished(client: Client)
         await q.wait("never-added", 1)
 
 
-async def _missing(q, job_id: str) -> bool:
+async def _missing(q: Queue[Any], job_id: str) -> bool:
     return await q.get_job(job_id) is None
 
 
@@ -67,8 +71,10 @@ async def test_per_job_retention_overrides_the_queue(client: Client) -> None:
         await q.add({"n": 3}, remove_on_complete=-1)
 
 
-async def test_a_count_keeps_the_newest_n_without_scanning(client: Client, monkeypatch) -> None:
-    async def no_scan(self):
+async def test_a_count_keeps_the_newest_n_without_scanning(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_scan(self: JobStore) -> AsyncIterator[Record]:
         raise AssertionError("retention scanned every record")
         yield
 
@@ -81,12 +87,12 @@ async def test_a_count_keeps_the_newest_n_without_scanning(client: Client, monke
     assert kept == {j.id for j in jobs[-5:]}, "the newest five are kept"
 
 
-async def _all_done_and_trimmed(q) -> bool:
+async def _all_done_and_trimmed(q: Queue[Any]) -> bool:
     waiting, active = await q.count(JobState.WAITING), await q.count(JobState.ACTIVE)
     return waiting == 0 and active == 0 and await q.count(JobState.COMPLETED) == 5
 
 
-async def _count(q, state: JobState, n: int) -> bool:
+async def _count(q: Queue[Any], state: JobState, n: int) -> bool:
     return await q.count(state) == n
 
 

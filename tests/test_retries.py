@@ -6,11 +6,12 @@ import asyncio
 import random
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 
-from oqron_nats import Client, ConfigError, JobState, RetryPolicy, queue
+from oqron_nats import Client, ConfigError, Job, JobContext, JobState, RetryPolicy, queue
 from oqron_nats.core.retry import retry_delay
 
 from .helpers import eventually, wait_for_state
@@ -148,7 +149,7 @@ async def test_a_job_that_fails_twice_is_retried_after_its_backoff_and_completes
     starts: list[float] = []
     failures: list[float] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         starts.append(time.time())
         assert ctx.attempt == len(starts)
         assert ctx.max_attempts == 3
@@ -157,7 +158,7 @@ async def test_a_job_that_fails_twice_is_retried_after_its_backoff_and_completes
             raise RuntimeError(f"flaky failure {ctx.attempt}")
         return "third time lucky"
 
-    async def delayed_after(job_id: str, attempt: int) -> Any:
+    async def delayed_after(job_id: str, attempt: int) -> Job[Any] | None:
         job = await q.get_job(job_id)
         if job is not None and job.state == JobState.DELAYED and job.attempt == attempt:
             return job
@@ -169,7 +170,7 @@ async def test_a_job_that_fails_twice_is_retried_after_its_backoff_and_completes
         job = await q.add({"n": 1})
         for attempt in (1, 2):
             waiting = await eventually(
-                lambda a=attempt: delayed_after(job.id, a), what=f"the retry after {attempt}"
+                partial(delayed_after, job.id, attempt), what=f"the retry after {attempt}"
             )
             assert len(failures) == attempt
             assert waiting.error is not None
@@ -196,7 +197,7 @@ async def test_a_backoff_that_raises_does_not_leave_the_job_running(client: Clie
     def backoff(attempt: int, base: float) -> float:
         raise ZeroDivisionError("the backoff itself is broken")
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs.append(ctx.attempt)
         raise RuntimeError("handler failed")
 
@@ -215,7 +216,7 @@ async def test_a_backoff_that_raises_does_not_leave_the_job_running(client: Clie
 async def test_attempts_given_to_add_override_the_queue_retries(client: Client) -> None:
     runs: dict[str, int] = {}
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         runs[ctx.data["name"]] = runs.get(ctx.data["name"], 0) + 1
         raise ValueError("always")
 
@@ -241,7 +242,7 @@ async def test_a_thousand_jobs_in_a_one_hour_backoff_do_not_block_fresh_jobs(
 ) -> None:
     completed: list[float] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if not ctx.data.get("ok"):
             raise ConnectionError("downstream is down")
         completed.append(time.monotonic())
@@ -273,7 +274,7 @@ async def test_a_thousand_jobs_in_a_one_hour_backoff_do_not_block_fresh_jobs(
 
         async def settled() -> bool:  # acked, not nak-delayed: no delivery holds a pending slot
             info = await behind.consumer_info("fifo")
-            return info.num_ack_pending == 0 and info.num_pending == 0
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
         await eventually(settled, timeout=10, what="the failed deliveries to be acked")
         assert await behind.work_messages() == 1000, "one schedule per job"

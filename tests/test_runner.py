@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from oqron_nats import Client, JobState, queue
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import ROOT, eventually, wait_for_state
+from .helpers import ROOT, attributes, eventually, wait_for_state
 from .support import Backstage
 
 
@@ -124,7 +124,7 @@ async def test_health_json_logs_and_graceful_sigterm(
         assert any(e["event"] == "worker stopped" for e in cli.events())
         # a line logged in a handler carries the job's context and the publisher's trace
         trace_of = {
-            s.attributes["messaging.message.id"]: format(s.context.trace_id, "032x")
+            attributes(s)["messaging.message.id"]: format(s.context.trace_id, "032x")
             for s in exporter.get_finished_spans()
         }
         working = [e for e in cli.events() if e["event"] == "working"]

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from oqron_nats import Client, InvalidOption, JobContext, JobState, PayloadError, queue
+from oqron_nats import Client, InvalidOption, Job, JobContext, JobState, PayloadError, Queue, queue
 from oqron_nats._nats.names import KEPT_SCHEDULE_NEXT_HEADER, KEPT_SCHEDULER_HEADER
 from oqron_nats.core.cron import parse
 from oqron_nats.core.schedules import (
@@ -35,7 +35,7 @@ def tick_of(job_id: str) -> datetime:
     return datetime.strptime(job_id.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-async def completed(q: Any) -> list[Any]:
+async def completed(q: Queue[Any]) -> list[Job[Any]]:
     return await q.get_jobs(JobState.COMPLETED, limit=10_000)
 
 
@@ -165,7 +165,7 @@ async def test_a_tick_delivered_again_runs_its_job_once(client: Client) -> None:
     assert all(r.startswith("pulse-") for r in runs)
 
 
-async def _count_completed(q: Any, n: int) -> bool:
+async def _count_completed(q: Queue[Any], n: int) -> bool:
     return await q.count(JobState.COMPLETED) >= n
 
 

@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,7 +304,7 @@ class LogCapture:
 
     def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
         self.caplog = caplog
-        self.events: list[dict[str, Any]] = []
+        self.events: list[MutableMapping[str, Any]] = []
 
     def text(self) -> str:
         return repr(self.events) + "\n".join(r.getMessage() for r in self.caplog.records)

@@ -7,10 +7,11 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, EnqueueError, JobState, Unavailable, queue
+from oqron_nats import Client, EnqueueError, JobContext, JobState, Unavailable, queue
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import wait_for_state
@@ -38,7 +39,7 @@ async def test_a_timed_out_add_is_finished_by_adding_the_same_id_again() -> None
 
             runs: list[str] = []
 
-            async def handler(ctx) -> None:
+            async def handler(ctx: JobContext[Any]) -> None:
                 runs.append(ctx.id)
 
             consumer = queue("stall", handler, client=client)
@@ -52,7 +53,7 @@ async def test_a_lease_that_cannot_be_renewed_for_lock_ttl_is_given_up() -> None
     seen: list[str] = []
     started = asyncio.Event()
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         if ctx.attempt == 1 and ctx.id == "long" and not seen:
             started.set()
             reason = await ctx.signal
@@ -110,7 +111,7 @@ async def test_stopping_and_closing_after_the_server_died_is_quiet_and_prompt() 
     """A worker whose server died stops and closes without an exception (a raw
     BrokenPipeError came out of close()) and without waiting out its requests."""
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
     server = LocalServer().start()

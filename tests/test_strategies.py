@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
-from oqron_nats import Client, JobState, queue
+from oqron_nats import Client, JobContext, JobState, Queue, queue
+from oqron_nats.core.job import Strategy
 from oqron_nats.runtime.lanes import FAIRNESS_EVERY, PriorityPlan
 
 from .helpers import eventually
 
 
-async def _run(q, order: list[int], n: int) -> list[int]:
+async def _run(q: Queue[Any], order: list[int], n: int) -> list[int]:
     async with q:
         await eventually(lambda: _done(order, n), timeout=30, what=f"{n} jobs to run")
     return order
@@ -23,13 +25,15 @@ async def _done(order: list[int], n: int) -> bool:
     return len(order) >= n
 
 
-async def add_in_order(client: Client, name: str, items: list[tuple[int, int]], strategy: str):
+async def add_in_order(
+    client: Client, name: str, items: list[tuple[int, int]], strategy: Strategy
+) -> tuple[Queue[Any], list[int]]:
     order: list[int] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
 
-    q = queue(name, handler, client=client, concurrency=1, strategy=strategy)  # type: ignore[arg-type]
+    q = queue(name, handler, client=client, concurrency=1, strategy=strategy)
     for value, priority in items:
         await q.add(value, priority=priority)
     return q, order
@@ -51,7 +55,7 @@ async def test_lifo_new_job_jumps_ahead_of_the_backlog(client: Client) -> None:
     order: list[int] = []
     started = asyncio.Event()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
         started.set()
         await asyncio.sleep(0.02)
@@ -99,7 +103,7 @@ async def test_a_late_high_priority_job_jumps_the_backlog(client: Client) -> Non
     order: list[int] = []
     third = asyncio.Event()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
         if len(order) == 3:
             third.set()
@@ -118,7 +122,7 @@ async def test_a_late_high_priority_job_jumps_the_backlog(client: Client) -> Non
 async def test_low_priorities_are_not_starved(client: Client) -> None:
     order: list[int] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         order.append(ctx.data)
 
     q = queue("starve", handler, client=client, concurrency=1, strategy="priority")
@@ -153,7 +157,7 @@ async def test_every_strategy_delivers_every_priority(client: Client) -> None:
 async def test_a_second_strategy_on_one_queue_is_refused(client: Client) -> None:
     from oqron_nats import ConsumerConflict
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         return None
 
     fifo = queue("mixed", handler, client=client)

@@ -155,7 +155,7 @@ def test_a_forked_child_adds_on_its_own_connection_and_the_parent_goes_on(
 
 def _read_all(fd: int, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
         assert left > 0, "the child did not report in time"
@@ -187,7 +187,7 @@ def test_errors_are_the_async_apis_typed_errors(nats_server: LocalServer, namesp
     with pytest.raises(ConfigError, match="concurrency"):
         sync.queue("bad", concurrency=0)
     with pytest.raises(ConfigError, match="function that makes the Client"):
-        sync.queue("bad", client=Client(nats_server.url))  # type: ignore[arg-type]
+        sync.queue("bad", client=Client(nats_server.url))  # type: ignore[call-overload]
     with pytest.raises(ConfigError, match="timeout"):
         sync.queue("bad", timeout=0)
     q = sync.queue("typed", payload=Order, url=nats_server.url, namespace=namespace)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,11 +14,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from oqron_nats import Client, JobState, RetryPolicy, queue
+from oqron_nats import Client, JobContext, JobState, RetryPolicy, queue
 from oqron_nats.queue import parse_options
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import wait_for_state
+from .helpers import attributes, wait_for_state
 from .support import Backstage
 
 
@@ -32,9 +33,9 @@ async def test_publisher_and_worker_spans_form_one_trace(
     nats_server: LocalServer, namespace: str
 ) -> None:
     provider, exporter = sdk()
-    seen_logs: list[dict] = []
+    seen_logs: list[MutableMapping[str, Any]] = []
 
-    async def handler(ctx) -> str:
+    async def handler(ctx: JobContext[Any]) -> str:
         with structlog.testing.capture_logs(
             processors=[structlog.contextvars.merge_contextvars]
         ) as logs:
@@ -57,11 +58,11 @@ async def test_publisher_and_worker_spans_form_one_trace(
     assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
     assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
     for span in (producer, consumer):
-        assert span.attributes["messaging.message.conversation_id"] == "req-123"
-        assert span.attributes["messaging.message.id"] == job.id
-        assert span.attributes["messaging.system"] == "nats"
-    assert consumer.attributes["oqron.job.attempt"] == 1
-    assert consumer.attributes["messaging.consumer.group.name"] == "fifo"
+        assert attributes(span)["messaging.message.conversation_id"] == "req-123"
+        assert attributes(span)["messaging.message.id"] == job.id
+        assert attributes(span)["messaging.system"] == "nats"
+    assert attributes(consumer)["oqron.job.attempt"] == 1
+    assert attributes(consumer)["messaging.consumer.group.name"] == "fifo"
     stored = await _stored_trace(nats_server, namespace, job.id)
     assert stored["traceparent"].split("-")[1] == format(producer.context.trace_id, "032x")
     assert seen_logs and seen_logs[0]["correlation_id"] == "req-123"
@@ -80,7 +81,7 @@ async def test_every_attempt_is_a_process_span_under_the_one_publish(
 ) -> None:
     provider, exporter = sdk()
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         if ctx.attempt == 1:
             raise ValueError("first attempt fails")
 
@@ -95,14 +96,14 @@ async def test_every_attempt_is_a_process_span_under_the_one_publish(
     producer = next(s for s in spans if s.kind == SpanKind.PRODUCER)
     attempts = sorted(
         (s for s in spans if s.kind == SpanKind.CONSUMER),
-        key=lambda s: s.attributes["oqron.job.attempt"],
+        key=lambda s: attributes(s)["oqron.job.attempt"],
     )
-    assert [s.attributes["oqron.job.attempt"] for s in attempts] == [1, 2]
+    assert [attributes(s)["oqron.job.attempt"] for s in attempts] == [1, 2]
     assert all(
         s.parent is not None and s.parent.span_id == producer.context.span_id for s in attempts
     )
     assert attempts[0].status.status_code == StatusCode.ERROR
-    assert attempts[0].attributes["error.type"] == "ValueError"
+    assert attributes(attempts[0])["error.type"] == "ValueError"
     assert attempts[1].status.status_code != StatusCode.ERROR
 
 
@@ -110,7 +111,7 @@ async def test_without_an_sdk_the_callers_trace_context_still_travels(client: Cl
     upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     seen: list[str] = []
 
-    async def handler(ctx) -> None:
+    async def handler(ctx: JobContext[Any]) -> None:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         seen.append(carrier.get("traceparent", ""))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, OqronError, Unavailable, queue
-from oqron_nats._nats.conn import transient_error
+from oqron_nats._nats.replies import transient_error
 from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
 from oqron_nats.testing.server import LocalServer
@@ -141,6 +141,7 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
     async def spy(msg: Any) -> None:
         seen.append(msg.subject)
 
+    assert nats_server.port is not None
     async with (
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,
@@ -152,10 +153,11 @@ async def test_a_reconnect_sends_no_consumer_pause_or_resume(
             for n in range(3):
                 connections = proxy.connections
                 proxy.cut()
-                await eventually(
-                    lambda c=connections: holds(proxy.connections > c and worker_client.connected),
-                    what="the worker to reconnect",
-                )
+
+                async def reconnected(c: int = connections) -> bool:
+                    return proxy.connections > c and worker_client.connected
+
+                await eventually(reconnected, what="the worker to reconnect")
                 await q.add({}, job_id=f"j{n}")
                 await wait_for_state(q, f"j{n}", JobState.COMPLETED)
             await asyncio.sleep(0.5)
@@ -172,6 +174,7 @@ async def test_a_pause_missed_while_disconnected_is_followed_after_the_reconnect
     async def handler(ctx: JobContext[Any]) -> None:
         ran.append(ctx.id)
 
+    assert nats_server.port is not None
     async with (
         TcpProxy(nats_server.port) as proxy,
         Client(nats_server.url, namespace=namespace) as admin,
@@ -275,6 +278,7 @@ async def test_requests_lost_with_a_connection_are_asked_again_at_once(
 ) -> None:
     """A request whose connection dropped has lost its reply: it is asked again as soon as the
     client has reconnected, not after the request timeout (30 s here)."""
+    assert nats_server.port is not None
     async with TcpProxy(nats_server.port) as proxy:
         client = Client(proxy.url, namespace=namespace, request_timeout=30.0)
         async with client:
@@ -295,6 +299,7 @@ async def test_a_hung_connection_is_given_up_within_seconds(
     """A server that hangs (SIGSTOP, a dead link that sends no reset) keeps the TCP connection
     open; only the missing PONGs tell. A worker must give such a connection up and fail over
     within seconds (nats-py's default: 2 minutes between PINGs)."""
+    assert nats_server.port is not None
     async with TcpProxy(nats_server.port) as proxy:
         client = Client(proxy.url, namespace=namespace)
         async with client:

@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from ..core.errors import OqronError
 
@@ -102,7 +103,7 @@ class LocalServer:
         """Whether the server process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> LocalServer:
+    def start(self) -> Self:
         """Start the server and wait until it accepts clients."""
         if self.is_running():
             return self
@@ -178,7 +179,7 @@ class LocalServer:
             self.process.kill()
             self.process.wait()
 
-    def restart(self) -> LocalServer:
+    def restart(self) -> Self:
         """Start the server again on the same port and store."""
         self.stop()
         return self.start()
@@ -190,7 +191,7 @@ class LocalServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

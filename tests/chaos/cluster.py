@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import nats
+import nats.aio.client
 import nats.errors
 
 from oqron_nats import Client, Queue, queue
@@ -394,8 +395,8 @@ class Mark:
 
     def label(self) -> str:
         """E.g. ``kill -9 c-2 (meta, stream)``."""
-        verb = {"kill": "kill -9", "term": "restart", "hang": "SIGSTOP", "partition": "cut off"}
-        verb = verb[self.how]
+        verbs = {"kill": "kill -9", "term": "restart", "hang": "SIGSTOP", "partition": "cut off"}
+        verb = verbs[self.how]
         return f"{verb} {self.node} ({', '.join(self.held) or 'no leader role'})"
 
 
@@ -632,7 +633,7 @@ class ClusterRun:
             await nc.close()
         self.problems.append(f"could not move the {role}'s leadership to {node}")
 
-    async def observer(self, avoid: list[str]) -> nats.NATS:
+    async def observer(self, avoid: list[str]) -> nats.aio.client.Client:
         """A separate connection (not a worker's, not the publisher's), on a node not in
         ``avoid`` (a hung node would hold its requests)."""
         urls = [n.url for n in self.cluster.nodes if n.name not in avoid and n.answering]
