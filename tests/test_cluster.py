@@ -16,7 +16,7 @@ import nats
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, Queue, queue
-from oqron_nats._nats import stream_of
+from oqron_nats._nats import stranded, stream_of
 from oqron_nats.testing.cluster import ClusterNode, LocalCluster
 from oqron_nats.testing.server import ServerError
 
@@ -110,41 +110,6 @@ def test_a_suspended_node_answers_nothing_until_resumed(cluster: LocalCluster) -
     assert node.monitor("/varz") is not None
 
 
-async def test_a_partitioned_node_is_cut_off_from_the_others_but_not_from_its_clients() -> None:
-    """``partition`` holds a node's routes: the other two elect a meta leader without it while
-    it still answers its own clients (and still says it leads: a node cut off is not asked who
-    leads); ``heal`` joins it again. A cluster not started partitionable refuses."""
-    with pytest.raises(ServerError, match="not started partitionable"):
-        LocalCluster(REPLICAS).partition("any")
-    with LocalCluster(REPLICAS, partitionable=True) as nodes:
-        first = await asyncio.to_thread(nodes.meta_leader)
-        cut = nodes.partition(first or "no leader")
-        assert nodes.partitioned(cut.name) and cut not in nodes.joined()
-
-        async def another_leads() -> str | None:
-            leader = await asyncio.to_thread(nodes.meta_leader)
-            return leader if leader != cut.name else None
-
-        await eventually(another_leads, timeout=20, what="a meta leader among the other two")
-        views = cut.monitor("/jsz") or {}
-        assert (views.get("meta_cluster") or {}).get("leader") == cut.name, "it cannot know"
-        nc = await nats.connect(cut.url, max_reconnect_attempts=0)
-        try:
-            await nc.flush(timeout=2)  # its clients still reach it
-        finally:
-            await nc.close()
-        nodes.heal(cut.name)
-        assert not nodes.partitioned(cut.name)
-        await asyncio.to_thread(nodes.wait_healthy)
-        leader = await eventually(lambda: asyncio.to_thread(nodes.meta_leader), what="a leader")
-        for node in nodes.nodes:  # one leader, the same for all, once it has caught up
-
-            async def agrees(node: ClusterNode = node) -> bool:
-                return meta_view(node) == leader
-
-            await eventually(agrees, what=f"{node.name}'s view")
-
-
 async def test_a_publisher_on_a_node_cut_off_gets_a_typed_error_in_time_and_adds_once_joined(
     namespace: str,
 ) -> None:
@@ -186,6 +151,74 @@ async def test_a_publisher_on_a_node_cut_off_gets_a_typed_error_in_time_and_adds
                 for job_id in ("before", "during"):
                     await wait_for_state(worker, job_id, JobState.COMPLETED, timeout=30)
         assert sorted(runs) == ["before", "during"]
+
+
+async def test_a_worker_leaves_a_node_cut_off_from_the_others_and_runs_jobs_before_the_heal(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``partition`` holds a node's routes (here the meta leader's): the other two elect a meta
+    leader without it, while it still answers its clients' PINGs (and still says it leads: a node
+    cut off is not asked who leads), so nothing made them leave it. A worker connected to it
+    leaves it once no JetStream request of its connection has been answered for LEAVE_AFTER
+    seconds (3 s here), and runs the jobs added meanwhile on the other side, before ``heal``
+    joins the node again. (A job delivered to its pull request while the node was cut off went
+    nowhere: it comes again after its ack deadline, 5 s here.) A cluster not started
+    partitionable refuses to partition."""
+    with pytest.raises(ServerError, match="not started partitionable"):
+        LocalCluster(REPLICAS).partition("any")
+    monkeypatch.setattr(stranded, "LEAVE_AFTER", 3.0)
+    with LocalCluster(REPLICAS, partitionable=True) as nodes:
+        meta = await asyncio.to_thread(nodes.meta_leader)
+        assert meta is not None
+        cut = nodes.node(meta)
+        others = [n for n in nodes.nodes if n is not cut]
+        ran: list[str] = []
+
+        async def handler(ctx: JobContext[Any]) -> None:
+            ran.append(ctx.id)
+
+        async def another_leads() -> str | None:
+            leader = await asyncio.to_thread(nodes.meta_leader)
+            return leader if leader != cut.name else None
+
+        cut_first = {"dont_randomize": True, "name": "cut-off-worker"}  # the publisher's differs
+        async with (
+            Client([n.url for n in others], namespace=namespace, replicas=REPLICAS) as publishing,
+            Client([cut.url, *(n.url for n in others)], namespace=namespace, replicas=REPLICAS,
+                   connect_options=cut_first) as working,
+        ):  # fmt: skip
+            publisher = queue(QUEUE, client=publishing)
+            async with queue(QUEUE, handler, client=working, lock_ttl=3, heartbeat=1):
+                await publisher.add({"n": 0}, job_id="before")
+                await wait_for_state(publisher, "before", JobState.COMPLETED, timeout=30)
+                assert await asyncio.to_thread(nodes.connected_node, "cut-off-worker") == cut.name
+                nodes.partition(cut.name)
+                try:
+                    assert nodes.partitioned(cut.name) and cut not in nodes.joined()
+                    for n in range(3):
+                        await publisher.add({"n": n}, job_id=f"apart-{n}")
+                    await eventually(another_leads, timeout=20, what="a meta leader elsewhere")
+                    assert meta_view(cut) == cut.name, "cut off, it cannot know"
+                    nc = await nats.connect(cut.url, max_reconnect_attempts=0)
+                    await nc.flush(timeout=2)  # its clients still reach it
+                    await nc.close()
+                    for job_id in (f"apart-{n}" for n in range(3)):
+                        await wait_for_state(publisher, job_id, JobState.COMPLETED, timeout=60)
+                    assert nodes.partitioned(cut.name), "done before the heal"
+                    now_on = await asyncio.to_thread(nodes.connected_node, "cut-off-worker")
+                    assert now_on not in (None, cut.name), now_on
+                finally:
+                    nodes.heal(cut.name)
+        assert sorted(ran) == ["apart-0", "apart-1", "apart-2", "before"]
+        assert not nodes.partitioned(cut.name)
+        await asyncio.to_thread(nodes.wait_healthy)
+        leader = await eventually(lambda: asyncio.to_thread(nodes.meta_leader), what="a leader")
+        for node in nodes.nodes:  # one leader, the same for all, once it has caught up
+
+            async def agrees(node: ClusterNode = node) -> bool:
+                return meta_view(node) == leader
+
+            await eventually(agrees, what=f"{node.name}'s view")
 
 
 async def adds(q: Queue[Any, Any], job_id: str) -> bool:

@@ -9,6 +9,7 @@ down each mechanism on its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, OqronError, Unavailable, queue
+from oqron_nats._nats import stranded
 from oqron_nats._nats.replies import transient_error
 from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
@@ -67,6 +69,36 @@ class GuardedServer(LocalServer):
 
     def url_for(self, user: str) -> str:
         return f"nats://{user}:{user}@127.0.0.1:{self.port}"
+
+
+def test_a_server_is_left_after_a_stretch_of_silence_then_twice_as_late() -> None:
+    """The rule of _nats/stranded.py, on a clock of its own: leave after LEAVE_AFTER seconds of
+    unanswered requests (a gap longer than GAP starts a new stretch), then wait twice as long
+    before leaving again, up to MOST_PATIENCE; an answer, or a dropped connection, starts over."""
+    now = [0.0]
+
+    def silent_for(seconds: float, every: float = 1.0) -> list[float]:
+        """Unanswered requests every ``every`` s for ``seconds``; when each said to leave."""
+        left = []
+        for _ in range(round(seconds / every)):
+            now[0] += every
+            if watch.unanswered():
+                left.append(now[0])
+        return left
+
+    watch = stranded.Stranded(clock=lambda: now[0])
+    assert silent_for(40) == [16.0]  # 15 s after the first unanswered request (at 1 s)
+    assert silent_for(10) == [47.0]  # then 30 s after the next one (at 17 s)
+    watch.answered()
+    assert silent_for(20) == [66.0], "an answer gives back the first patience"
+    silent_for(10)  # 67 s to 76 s: a stretch begins (30 s of patience)
+    now[0] += stranded.GAP + 1  # a quiet moment ends it
+    assert silent_for(20, every=5) == [], "a new stretch from 92 s, not from 67 s"
+    watch.interrupted()
+    assert silent_for(25) == [], "counted again from 108 s"
+    leaves = silent_for(1000)
+    patience = [b - a for a, b in itertools.pairwise(leaves)]
+    assert patience[:2] == [61.0, 121.0] and set(patience[1:]) == {stranded.MOST_PATIENCE + 1}
 
 
 async def test_a_worker_claims_again_after_its_consumer_was_lost_and_recreating_it_failed() -> None:

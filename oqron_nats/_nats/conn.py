@@ -36,6 +36,7 @@ from .direct import DirectClient, Handler, new_client
 from .replies import S, decoded, transient_error
 from .requests import Requests
 from .retry import Backoff
+from .stranded import Stranded
 
 log = logger(__name__)
 
@@ -66,6 +67,7 @@ class Connection:
         """Subjects (lowercased, as the server names them) the server refused us to publish to."""
         self._unsubscribable: set[str] = set()
         """Subjects (lowercased) the server refused us to subscribe to."""
+        self._stranded = Stranded()
         self.closing = False
 
     @classmethod
@@ -104,6 +106,7 @@ class Connection:
             if holder and not holder[0].closing:
                 log.warning("nats disconnected")
                 holder[0]._requests.abandon()
+                holder[0]._stranded.interrupted()
 
         async def on_reconnected() -> None:
             log.info("nats reconnected")
@@ -263,8 +266,10 @@ class Connection:
             else:
                 refused = transient_error(msg.data)
                 if refused is None:
+                    self._stranded.answered()
                     return msg, timed_out
                 cause = refused
+            await self._unanswered()
             if not await backoff.pause():
                 raise Unavailable(
                     f"NATS did not answer a request on {subject} within the retry deadline "
@@ -272,6 +277,20 @@ class Connection:
                     outcome_unknown=timed_out,
                 )
             log.debug("no answer from NATS yet; asking again", subject=subject, cause=cause)
+
+    async def _unanswered(self) -> None:
+        """A request went unanswered: leave a server that has answered none for a while,
+        though the connection stayed up, for another one (see :mod:`.stranded`)."""
+        if not self.nc.is_connected or not self._stranded.unanswered():
+            return
+        if len(self.nc.servers) < 2:
+            return  # nowhere else to go
+        log.warning(
+            "the NATS server answered no JetStream request for a while though it is connected "
+            "(cut off from its cluster?); reconnecting to another server",
+            server=self.server_name,
+        )
+        await self.nc.force_reconnect()
 
     async def _api(
         self, subject: str, body: object, kind: type[S], *, deadline: float | None = None
