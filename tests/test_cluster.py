@@ -162,7 +162,7 @@ async def test_a_worker_leaves_a_node_cut_off_from_the_others_and_runs_jobs_befo
     leaves it once no JetStream request of its connection has been answered for LEAVE_AFTER
     seconds (3 s here), and runs the jobs added meanwhile on the other side, before ``heal``
     joins the node again. (A job delivered to its pull request while the node was cut off went
-    nowhere: it comes again after its ack deadline, 5 s here.) A cluster not started
+    nowhere: it comes again after its ack deadline, 3.5 s here.) A cluster not started
     partitionable refuses to partition."""
     with pytest.raises(ServerError, match="not started partitionable"):
         LocalCluster(REPLICAS).partition("any")
@@ -188,7 +188,7 @@ async def test_a_worker_leaves_a_node_cut_off_from_the_others_and_runs_jobs_befo
                    connect_options=cut_first) as working,
         ):  # fmt: skip
             publisher = queue(QUEUE, client=publishing)
-            async with queue(QUEUE, handler, client=working, lock_ttl=3, heartbeat=1):
+            async with queue(QUEUE, handler, client=working, lock_ttl=2, heartbeat=0.5):
                 await publisher.add({"n": 0}, job_id="before")
                 await wait_for_state(publisher, "before", JobState.COMPLETED, timeout=30)
                 assert await asyncio.to_thread(nodes.connected_node, "cut-off-worker") == cut.name

@@ -188,16 +188,17 @@ async def test_a_paused_queue_holds_its_ticks_and_runs_them_on_resume(client: Cl
 
 
 FULL = os.environ.get("OQRON_CHAOS_FULL") == "1"
-"""Every outage variant; CI runs one (a clean stop, where the server fires the catch-up, with a cron
-schedule, ~22 s): the kill of an `every` schedule, where a worker fires it, is also the whole
-cluster's test below."""
+"""Every outage variant; CI runs two (~22 s each): a clean stop with a cron schedule, where the
+server fires the catch-up, and a kill of an `every` schedule, where a worker fires it; the same
+kill of a whole 3-node cluster (below) runs at full size only (``OQRON_CHAOS_FULL=1`` or
+``OQRON_CLUSTER_FULL=1``)."""
 LONG = pytest.mark.skipif(not FULL, reason="OQRON_CHAOS_FULL=1 runs every outage variant")
 
 
 @pytest.mark.parametrize(
     ("stop", "timing"),
     [pytest.param("stop", {"every": 2}, marks=LONG),
-     pytest.param("kill", {"every": 2}, marks=LONG), ("stop", {"cron": "*/2 * * * * *"}),
+     ("kill", {"every": 2}), ("stop", {"cron": "*/2 * * * * *"}),
      pytest.param("kill", {"cron": "*/2 * * * * *"}, marks=LONG)],
     ids=["every-stop", "every-kill", "cron-stop", "cron-kill"],
 )  # fmt: skip
@@ -260,6 +261,10 @@ async def test_ticks_missed_while_the_server_was_down_become_exactly_one_job(
 
 @pytest.mark.cluster
 @pytest.mark.timeout(150)
+@pytest.mark.skipif(
+    not FULL and os.environ.get("OQRON_CLUSTER_FULL") != "1",
+    reason="OQRON_CHAOS_FULL=1 or OQRON_CLUSTER_FULL=1 (CI kills one server instead)",
+)
 async def test_a_whole_cluster_killed_and_started_again_makes_one_catch_up_job(
     tmp_path: Path,
 ) -> None:

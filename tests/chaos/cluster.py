@@ -117,7 +117,7 @@ class Size:
     """A ceiling on the jobs one run adds."""
 
 
-CI = Size(rate=15.0, down=3.0, hang=20.0, apart=12.0, hold=2.0, runs=1, resume_limit=20.0, warm=3.0,
+CI = Size(rate=15.0, down=3.0, hang=20.0, apart=10.0, hold=2.0, runs=1, resume_limit=20.0, warm=2.0,
           tail=10.0, max_jobs=2_000)  # fmt: skip
 """The size CI runs: one run of each scenario, 20-45 s each."""
 FULL = Size(rate=30.0, down=5.0, hang=20.0, apart=20.0, hold=5.0, runs=3, resume_limit=30.0,
