@@ -94,9 +94,10 @@ async def test_8_the_meta_leader_killed_during_queue_creation_and_pause(tmp_path
 
 async def test_9_a_node_cut_off_from_the_others_with_its_worker_mid_job(tmp_path: Path) -> None:
     """The node leading the stream, its consumer and the meta group loses its routes (a silent
-    partition) while the worker connected to it runs jobs; it joins again 10 s later (20 s at
-    full size). Its worker cannot leave it (the node still answers), so it must come back once
-    the node joins, and its jobs cut off mid-settle must be stored once, by it or by another."""
+    partition) while the worker connected to it runs jobs; it joins again 10 s later, before its
+    worker would leave it (30 s at full size: the worker leaves it after its requests went
+    unanswered for 15 s). Either way the worker must come back, and its jobs cut off mid-settle
+    must be stored once, by it or by another."""
     outcome = await check("partition", tmp_path)
     for run in outcome.runs:
         (mark,) = run.marks

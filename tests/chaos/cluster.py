@@ -99,7 +99,9 @@ class Size:
     hang: float
     """Seconds a node stays stopped (SIGSTOP) before it is continued."""
     apart: float
-    """Seconds a node stays cut off from the others (its routes held) before it joins again."""
+    """Seconds a node stays cut off from the others (its routes held) before it joins again:
+    at full size long enough for its worker to leave it (after 15 s of unanswered requests, the
+    first of them a request timeout after the cut), in CI not."""
     hold: float
     """Seconds the queue stays paused in the meta-leader scenario."""
     runs: int
@@ -120,7 +122,7 @@ class Size:
 CI = Size(rate=15.0, down=3.0, hang=20.0, apart=10.0, hold=2.0, runs=1, resume_limit=20.0, warm=2.0,
           tail=10.0, max_jobs=2_000)  # fmt: skip
 """The size CI runs: one run of each scenario, 20-45 s each."""
-FULL = Size(rate=30.0, down=5.0, hang=20.0, apart=20.0, hold=5.0, runs=3, resume_limit=30.0,
+FULL = Size(rate=30.0, down=5.0, hang=20.0, apart=30.0, hold=5.0, runs=3, resume_limit=30.0,
             warm=5.0, tail=10.0, max_jobs=20_000)  # fmt: skip
 """The full size: three runs of each scenario, longer outages, twice the load."""
 
