@@ -67,7 +67,7 @@ class Connection:
         """Subjects (lowercased, as the server names them) the server refused us to publish to."""
         self._unsubscribable: set[str] = set()
         """Subjects (lowercased) the server refused us to subscribe to."""
-        self._stranded = Stranded()
+        self._stranded = Stranded(request_timeout=request_timeout)
         self.closing = False
 
     @classmethod

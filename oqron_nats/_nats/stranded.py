@@ -21,17 +21,21 @@ its server for another."""
 MOST_PATIENCE = 120.0
 """The longest it waits before leaving again, when the servers it moved to answered no better."""
 GAP = 10.0
-"""Seconds between two unanswered requests beyond which they are not one stretch of silence (a
-request asked again goes unanswered at least every request timeout plus a pause: 6 s)."""
+"""Seconds between two unanswered requests beyond which they are not one stretch of silence, for
+the default request timeout (5 s): a request asked again goes unanswered at least every request
+timeout plus a pause (at most 1 s). A connection with a longer request timeout allows twice it."""
 
 
 class Stranded:
     """Counts how long a connection's requests have gone unanswered; says when to leave."""
 
-    __slots__ = ("_clock", "_last", "_patience", "_since")
+    __slots__ = ("_clock", "_gap", "_last", "_patience", "_since")
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, request_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
+        self._gap = max(GAP, 2 * request_timeout)
         self._since: float | None = None
         self._last = 0.0
         self._patience = LEAVE_AFTER
@@ -45,7 +49,7 @@ class Stranded:
         """A request went unanswered while the connection was up; True if it is time to leave
         this server (then the count starts again, with twice the patience)."""
         now = self._clock()
-        if self._since is None or now - self._last > GAP:
+        if self._since is None or now - self._last > self._gap:
             self._since = now
         self._last = now
         if now - self._since < self._patience:
