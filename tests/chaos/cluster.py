@@ -389,8 +389,8 @@ class Mark:
     ready: float = 0.0
     """From when every worker is expected to complete jobs again: ``elected`` (for a hung node
     too: a worker connected to it has to notice), for a node cut off, when it joined again (it
-    still answers its clients, so they have no cause to leave it), or, for a paused queue, when
-    it was resumed."""
+    still answers its clients, which leave it only after 15 s of unanswered requests), or, for a
+    paused queue, when it was resumed."""
     ready_after: str = "the new leaders"
     """What ``ready`` waited for last."""
     electing: asyncio.Task[float | None] | None = None
