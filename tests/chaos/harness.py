@@ -330,9 +330,21 @@ def _ticks(every: float, duration: float) -> list[float]:
 
 
 async def records(q: Queue[Any, Any]) -> list[Any]:
-    """Every job record of the chaos queue, read from KV (the truth, not the state index)."""
+    """Every job record of the chaos queue, read from KV (the truth, not the state index).
+
+    Any replica answers the scan, and one may be far behind: a node that led the bucket while
+    cut off from the others failed to catch up for over a minute after it joined again, and
+    answered with records minutes old (cluster scenario 9). An unfinished record is therefore
+    read again at the bucket's leader, which has every acknowledged write."""
     backend = await q._open()
-    return [record.job async for record in backend.store.scan()]
+    found = []
+    async for record in backend.store.scan():
+        job = record.job
+        if job.state not in TERMINAL_STATES and backend.store.replicated:
+            fresh = await backend.store.get(job.id, fresh=True)
+            job = fresh.job if fresh is not None else job
+        found.append(job)
+    return found
 
 
 async def drain(q: Queue[Any, Any], files: Files, timeout: float) -> None:
