@@ -145,13 +145,20 @@ class Queue(Generic[T, S]):
         """
         parsed = parse_options({**options, "depends_on": job_ids(options.get("depends_on"))})
         value, job = self._new_job(data, parsed)
+        backend = await self._open_to_add()
+        if isinstance(backend, Unavailable):
+            raise adding.not_opened(job.id, backend) from backend
+        return await self._add(backend, value, job)
+
+    async def _open_to_add(self) -> Backend | Unavailable:
+        """The backend, or why NATS did not open the queue in time: an add then fails as not
+        added (EnqueueError); a first connection that failed (ConnectionFailed) is raised."""
         try:
-            backend = await self._open()
+            return await self._open()
         except ConnectionFailed:
             raise  # no server reachable at all: said as for every first use
         except Unavailable as exc:
-            raise adding.not_opened(job.id, exc) from exc
-        return await self._add(backend, value, job)
+            return exc
 
     async def _add(self, backend: Backend, value: T, job: RawJob) -> Job[T] | S:
         adding.check_server_limit(backend, job, sealed=self._sealing().active)
@@ -169,13 +176,10 @@ class Queue(Generic[T, S]):
         outcomes, prepared = prepare(items, self._new_job)
         if not prepared:
             return BulkResult(outcomes)
-        try:
-            backend = await self._open()
-        except ConnectionFailed:
-            raise
-        except Unavailable as exc:  # each item fails as its own add() would
+        backend = await self._open_to_add()
+        if isinstance(backend, Unavailable):  # each item fails as its own add() would
             for index, _, job in prepared:
-                outcomes[index] = AddOutcome(index, error=adding.not_opened(job.id, exc))
+                outcomes[index] = AddOutcome(index, error=adding.not_opened(job.id, backend))
             return BulkResult(outcomes)
         await add_prepared(outcomes, prepared, functools.partial(self._add_one, backend))
         return BulkResult(outcomes)

@@ -326,26 +326,20 @@ def test_a_node_outage_far_from_a_duplicate_does_not_explain_it() -> None:
     assert near.by_cause["node_outage"] == 1
 
 
-def test_a_node_outage_is_ended_by_its_own_kind_of_recovery() -> None:
-    # a SIGSTOP is ended by SIGCONT of the same node, not by a restart of it
-    timeline = [fault(0, "stop_server", 1, "n1"), fault(1, "restart_server", 1, "n1")]
+@pytest.mark.parametrize(
+    ("start", "other_end"),
+    [("stop_server", "restart_server"),  # a SIGSTOP is ended by SIGCONT, not by a restart
+     ("part_server", "cont_server")],  # a partition is ended by a heal, not by a SIGCONT
+)  # fmt: skip
+def test_a_node_outage_is_ended_by_its_own_kind_of_recovery(start: str, other_end: str) -> None:
     report = verdict(
         ok("a"),
         executions=[run("a", 10, 50), run("a", 11, 60, 61)],
-        faults=timeline,
+        faults=[fault(0, start, 1, "n1"), fault(1, other_end, 1, "n1")],
         finals=[final("a", by=11)],
         node_grace=1.0,
     )
-    assert causes(report) == ["node_outage"], "never continued: the outage lasts"
-    cut_off = [fault(0, "part_server", 1, "n1"), fault(1, "cont_server", 1, "n1")]
-    report = verdict(
-        ok("a"),
-        executions=[run("a", 10, 50), run("a", 11, 60, 61)],
-        faults=cut_off,
-        finals=[final("a", by=11)],
-        node_grace=1.0,
-    )
-    assert causes(report) == ["node_outage"], "a partition is ended by a heal, not a SIGCONT"
+    assert causes(report) == ["node_outage"], "never ended: the outage lasts"
 
 
 def test_resumption_times_the_first_completion_and_every_workers_return() -> None:

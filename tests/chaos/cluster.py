@@ -868,12 +868,19 @@ async def settled(read: Callable[[], Awaitable[T]], tries: int = 3) -> T:
 async def leader_kill(run: ClusterRun) -> None:
     """kill -9 the node leading the queue's stream and its consumer (and the meta group: the
     consumer's re-creation then waits for two elections), then restart it."""
+    await leaders_hit(run, "kill")
+
+
+async def leaders_hit(run: ClusterRun, how: How) -> None:
+    """Start the workers, move the leadership of the queue's stream and consumer to the meta
+    leader, start the load, and hit that node ``how``: every role the job path needs at once.
+    (Not the jobs bucket's too, yet: see README Reliability, scenario 9, a replica stuck behind.)"""
     await run.setup()
     node = await run.leader("meta")
     await run.arrange("stream", node)
     await run.arrange("consumer", node)
     await run.go()
-    run.expect(await run.outage(node, "kill"), {"stream", "consumer"})
+    run.expect(await run.outage(node, how), {"stream", "consumer"})
 
 
 async def consumer_leader_kill(run: ClusterRun) -> None:
@@ -968,12 +975,7 @@ async def rolling_restart(run: ClusterRun) -> None:
 async def hung_node(run: ClusterRun) -> None:
     """SIGSTOP the node leading the queue's stream and consumer (and the meta group), SIGCONT
     it ``hang`` s later."""
-    await run.setup()
-    node = await run.leader("meta")
-    await run.arrange("stream", node)
-    await run.arrange("consumer", node)
-    await run.go()
-    run.expect(await run.outage(node, "hang"), {"stream", "consumer"})
+    await leaders_hit(run, "hang")
 
 
 async def partitioned_node(run: ClusterRun) -> None:
@@ -981,13 +983,7 @@ async def partitioned_node(run: ClusterRun) -> None:
     other two, its worker still connected to it; join it again ``apart`` s later. Its jobs run
     up to 1.2 s (a heartbeat is 1 s), so the worker there has some running when it is cut off:
     claimed on the node that loses its leaders, settled through a node that cannot reach them."""
-    await run.setup()
-    node = await run.leader("meta")
-    await run.arrange("stream", node)
-    await run.arrange("consumer", node)
-    # not (yet) the jobs bucket's too: see README Reliability, scenario 9 (a replica stuck behind)
-    await run.go()
-    run.expect(await run.outage(node, "partition"), {"stream", "consumer"})
+    await leaders_hit(run, "partition")
 
 
 async def meta_leader_kill(run: ClusterRun) -> None:
