@@ -197,10 +197,10 @@ class Queue(Generic[T, S]):
 
     async def get_job(self, job_id: str) -> Job[T] | None:
         """The job's record, or None if there is no such job (CorruptRecord if its stored
-        record does not decode)."""
+        record does not decode); on a cluster, as the leader of the records has it."""
         check_name(job_id, "job id")
         backend = await self._open()
-        record = await backend.store.get(job_id)
+        record = await backend.store.get(job_id, fresh=True)
         return None if record is None else self._typed(record.job)
 
     async def get_jobs(

@@ -183,6 +183,6 @@ async def revision(handles: Handles, name: str, job_id: str) -> int | None:
     the fencing token of an attempt that holds no lease)."""
     backend = await (await handles.get(name))._open()
     with contextlib.suppress(CorruptRecord):
-        record = await backend.store.get(job_id)
+        record = await backend.store.get(job_id, fresh=True)
         return None if record is None else record.revision
     return None

@@ -113,7 +113,7 @@ async def _hold(backend: Backend, job: RawJob) -> None:
 
 
 async def _existing(backend: Backend, job_id: str) -> RawJob:
-    record = await backend.store.get(job_id)
+    record = await backend.store.get(job_id, fresh=True)
     if record is None:  # deleted between our create and this read: a new add will do
         raise EnqueueError(
             f"job {job_id} was removed while it was being added; add it again",
@@ -127,7 +127,7 @@ async def _existing(backend: Backend, job_id: str) -> RawJob:
         await backend.broker.enqueue(record.job, copy)
     elif record.job.state == JobState.WAITING_CHILDREN:
         await dag.link(backend, record.job)  # idempotent: edges, then a decision
-        record = await backend.store.get(job_id) or record
+        record = await backend.store.get(job_id, fresh=True) or record
     return record.job
 
 

@@ -107,7 +107,7 @@ async def _verdict(backend: Backend, child: RawJob) -> tuple[JobState | None, st
     """What the parents' states mean for the child: run it, fail it, or (None) keep waiting."""
     pending = False
     for parent_id in child.depends_on:
-        record = await backend.store.get(parent_id)
+        record = await backend.store.get(parent_id, fresh=True)
         state = record.job.state if record is not None else JobState.COMPLETED  # removed: done
         if state == JobState.COMPLETED:
             continue
@@ -124,6 +124,6 @@ async def parent_results(backend: Backend, child: RawJob) -> dict[str, Any]:
     """The stored results of a child's parents, by parent id (None for a parent without one)."""
     results: dict[str, Any] = {}
     for parent_id in child.depends_on:
-        record = await backend.store.get(parent_id)
+        record = await backend.store.get(parent_id, fresh=True)
         results[parent_id] = record.job.result if record is not None else None
     return results

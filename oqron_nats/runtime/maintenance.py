@@ -163,7 +163,7 @@ async def reindex(backend: Backend, states: dict[str, JobState]) -> int:
     suspects |= {i for i, state in states.items() if listed.get(i) != {state}}
     repaired = 0
     for job_id in suspects:
-        record = await backend.store.get(job_id)  # now, not as scanned: it may have moved
+        record = await backend.store.get(job_id, fresh=True)  # now, not as scanned
         if record is None or settled(record.job):
             await index.repair(job_id, record.job.state if record else None)
             repaired += 1

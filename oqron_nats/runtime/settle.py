@@ -105,7 +105,7 @@ class Settle:
 
     async def _lost_the_record(self, job_id: str) -> None:
         """Someone else wrote the record: a new holder (commit nothing), or a cancel (clean up)."""
-        record = await self.rt.backend.store.get(job_id)
+        record = await self.rt.backend.store.get(job_id, fresh=True)
         if record is not None and record.job.state == JobState.CANCELLED:
             log.info("job was cancelled meanwhile; its result is dropped", job_id=job_id)
             await self.cancelled()

@@ -34,7 +34,7 @@ async def finished(backend: Backend, job_id: str) -> RawJob:
     async with backend.store.events.listen(backend.names.job_events(job_id)) as inbox:
         recheck = FIRST_RECHECK
         while True:  # subscribed first, then read: the end cannot slip between the two
-            record = await backend.store.get(job_id)
+            record = await backend.store.get(job_id, fresh=True)
             if record is None:
                 return await _removed(backend, job_id)
             if record.job.is_terminal:

@@ -116,9 +116,10 @@ class JobStore:
         On a replicated bucket any replica answers a read, and one that lags behind can miss a
         record created a moment ago (a worker would then drop the job's message as an orphan):
         a record found missing is looked up again at the bucket's leader, which has every
-        acknowledged write, before None is believed. ``fresh`` reads at the leader at once (for
-        a decision that must not rest on an older revision); without replicas there is nothing
-        to ask again.
+        acknowledged write, before None is believed. ``fresh`` reads at the leader at once: for
+        a decision no compare-and-set fences, and for what a user reads (a replica may be
+        minutes behind after a partition, see :mod:`oqron_nats._nats.lagging`); without
+        replicas there is nothing to ask again.
         """
         key = self.names.key(job_id)
         fresh = fresh and self.replicated
