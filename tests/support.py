@@ -429,6 +429,12 @@ async def server_name(client: Client) -> str:
     return (await client._connection()).server_name
 
 
+async def replicas_behind(client: Client, stream: str) -> frozenset[str]:
+    """The replicas of ``stream`` the client's connection found behind their leader at its
+    last look (see oqron_nats/_nats/lagging.py)."""
+    return (await client._connection()).replicas_behind(stream)
+
+
 async def server_version(client: Client) -> tuple[int, int, int]:
     """The version of the server the client is connected to."""
     return (await client._connection()).server_version

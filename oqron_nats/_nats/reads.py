@@ -5,6 +5,10 @@ requests the cluster routes to it until its routes time out. So after a direct g
 went unanswered, that stream's single-message reads go to its leader for :data:`DETOUR` seconds
 (a leader is re-elected within seconds, and answers). A user whose permissions allow only direct
 gets keeps reading through them.
+
+A replica can also answer from data minutes old (:mod:`.lagging`): while the leader of a
+replicated stream being read says one of its replicas stays behind, single-message reads of it
+take the same detour.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from ..core.errors import JetStreamError, PermissionDenied, Unavailable
 from ..observe.log import logger
 from .conn import Connection
 from .direct import DirectClient, parse_headers
-from .replies import NO_MESSAGE, MsgGet, RawMessage, StoredMsg, stored_msg
+from .lagging import LOOK_EVERY, Lagging, Look, Replica
+from .replies import NO_MESSAGE, MsgGet, RawMessage, StoredMsg, StreamReplicas, stored_msg
 from .retry import Backoff
 
 log = logger(__name__)
@@ -41,6 +46,11 @@ class Reads(Connection):
         super().__init__(nc, request_timeout=request_timeout, retry_deadline=retry_deadline)
         self._detours: dict[str, float] = {}
         """Stream -> until when (monotonic) its single-message reads go to its leader."""
+        self._lagging = Lagging()
+        self._looks: dict[str, asyncio.Task[None]] = {}
+        """Stream -> the look at its replicas under way (one at a time, see :meth:`_watch`)."""
+        self._behind: dict[str, frozenset[str]] = {}
+        """Stream -> its replicas found behind at the last look (logged when that changes)."""
 
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
@@ -71,6 +81,7 @@ class Reads(Connection):
         """One message by ``query``: a direct get (the query's subject in the request's subject
         if ``in_subject``, else the query in its body), or at the leader while the stream is on
         a detour (see :data:`DETOUR`)."""
+        self._watch(stream)
         direct = f"$JS.API.DIRECT.GET.{stream}"
         if in_subject:
             direct, body = f"{direct}.{query['last_by_subj']}", b""
@@ -128,6 +139,7 @@ class Reads(Connection):
             request["start_time"] = start_time
         if subject is not None:
             request["next_by_subj"] = subject
+        self._watch(stream)
         backoff = Backoff(self.retry_deadline)
         subject = f"$JS.API.DIRECT.GET.{stream}"
         while True:
@@ -174,3 +186,57 @@ class Reads(Connection):
         finally:
             await sub.unsubscribe()
         return found, more
+
+    # -- replicas that stay behind (see .lagging) ----------------------------------------------
+
+    def _watch(self, stream: str) -> None:
+        """Look at ``stream``'s replicas in the background when a look is due (a dict lookup
+        otherwise: this is on every read's path)."""
+        if stream in self._looks or not self._lagging.due(stream, time.monotonic()):
+            return
+        if self.closing or not self.nc.is_connected:
+            return
+        look = asyncio.create_task(self._look(stream), name=f"oqron-look-{stream}")
+        look.add_done_callback(lambda _: self._looks.pop(stream, None))
+        self._looks[stream] = look
+
+    async def _look(self, stream: str) -> None:
+        """Ask ``stream``'s leader how far behind its replicas are, and act on the verdict."""
+        try:
+            info = await self._api(
+                f"$JS.API.STREAM.INFO.{stream}", None, StreamReplicas, deadline=0.0
+            )
+        except Exception as exc:  # no answer now (an election, a partition): the next look
+            log.debug("could not look at a stream's replicas", stream=stream, error=repr(exc))
+            return
+        cluster = info.cluster
+        look = Look(
+            at=time.monotonic(),
+            leader=cluster.leader if cluster else "",
+            last_seq=info.state.last_seq,
+            replicas=[
+                Replica(p.name, p.lag, p.offline) for p in (cluster and cluster.replicas) or []
+            ],
+            replicated=info.config.num_replicas > 1,
+        )
+        behind = self._lagging.judge(stream, look)
+        if behind != self.replicas_behind(stream):
+            (log.warning if behind else log.info)(
+                "replicas of a stream stay behind its leader; reading single messages of it at "
+                "the leader (batches may miss what they missed)"
+                if behind else "every replica of a stream keeps up again",
+                stream=stream, behind=sorted(behind),
+            )  # fmt: skip
+            self._behind[stream] = behind
+        if behind:  # until the look after next, at least
+            self._detours[stream] = time.monotonic() + 2 * LOOK_EVERY
+
+    def replicas_behind(self, stream: str) -> frozenset[str]:
+        """The replicas of ``stream`` found behind its leader at the last look."""
+        return self._behind.get(stream, frozenset())
+
+    async def close(self) -> None:
+        """Stop looking at replicas, then close (see :meth:`Connection.close`)."""
+        for task in list(self._looks.values()):
+            task.cancel()
+        await super().close()

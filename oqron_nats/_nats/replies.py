@@ -115,6 +115,36 @@ class StreamInfo(Reply):
     total: int = 0
 
 
+class PeerInfo(msgspec.Struct):
+    """A replica of a stream as its leader sees it."""
+
+    name: str = ""
+    lag: int = 0
+    """Log entries the leader has committed that the replica has not stored yet."""
+    offline: bool = False
+
+
+class ClusterInfo(msgspec.Struct):
+    """A replicated stream's leader and its other replicas."""
+
+    leader: str = ""
+    replicas: list[PeerInfo] | None = None
+
+
+class ReplicaCount(msgspec.Struct):
+    """How many replicas a stream's configuration asks for."""
+
+    num_replicas: int = 1
+
+
+class StreamReplicas(Reply):
+    """A stream's last sequence, its leader and how far behind each other replica is."""
+
+    state: StreamState = msgspec.field(default_factory=StreamState)
+    config: ReplicaCount = msgspec.field(default_factory=ReplicaCount)
+    cluster: ClusterInfo | None = None
+
+
 class StreamNames(Reply):
     """A page of stream names."""
 
