@@ -290,7 +290,7 @@ class Connection:
             "(cut off from its cluster?); reconnecting to another server",
             server=self.server_name,
         )
-        await self.nc.force_reconnect()
+        await self.nc.leave_server()
 
     async def _api(
         self, subject: str, body: object, kind: type[S], *, deadline: float | None = None

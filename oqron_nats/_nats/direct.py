@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nats.aio import client as nats_client
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, SecureConnWantedError
@@ -77,6 +77,25 @@ class DirectClient(Client):
         sub = await self.subscribe(subject)
         self._direct[sub._id] = handler
         return sub
+
+    async def leave_server(self) -> None:
+        """Reconnect to a server of the pool other than the current one.
+
+        nats-py's ``force_reconnect`` shuffles the pool and may pick the server it leaves (one
+        time in three, in a pool of three): for that one reconnect, a server-choosing handler
+        takes the first other server; it then gives the choice back to nats-py's rotation."""
+        leaving = self._current_server
+        before = self._reconnect_to_server_handler
+
+        def elsewhere(servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+            self._reconnect_to_server_handler = before
+            others = [s for s in servers if leaving is None or s.uri.netloc != leaving.uri.netloc]
+            return (others[0] if others else None), 0.0
+
+        self._reconnect_to_server_handler = elsewhere
+        await self.force_reconnect()
+        if not self.is_reconnecting:  # nats-py did not start a reconnect: nothing to choose
+            self._reconnect_to_server_handler = before
 
     async def publish(
         self,
@@ -178,6 +197,10 @@ class PlainClient(DirectClient):
 
         return await self.subscribe(subject, cb=callback)
 
+    async def leave_server(self) -> None:
+        """Reconnect through nats-py's ``force_reconnect`` (which may pick the same server)."""
+        await self.force_reconnect()
+
 
 def deliver(handler: Handler, msg: Msg) -> None:
     """Call a direct subscription's handler; what it raises is logged, and the message dropped."""
@@ -228,6 +251,7 @@ METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
 them (positionally), and whether they are coroutine functions (awaited)."""
 ATTRIBUTES = (
     "_flush_queue", "_status", "_max_payload", "stats", "_pending_data_size", "_max_pending_size",
+    "_current_server", "_reconnect_to_server_handler",
 )  # fmt: skip
 """The attributes of nats-py's client that DirectClient reads, set in its ``__init__``."""
 USES: tuple[tuple[type, str, str], ...] = (
@@ -235,6 +259,7 @@ USES: tuple[tuple[type, str, str], ...] = (
     (Subscription, "unsubscribe", "_remove_sub"),  # DirectClient forgets the handler there
     (Subscription, "_drain", "_remove_sub"),
     (Subscription, "__init__", "_id"),  # the sid DirectClient keys its handlers by
+    (Client, "_attempt_reconnect", "_reconnect_to_server_handler"),  # asked on each try
 )
 """(class, method, name): where nats-py must use (call, or set) a member DirectClient needs."""
 
