@@ -899,8 +899,8 @@ async def settled(read: Callable[[], Awaitable[T]], tries: int = 3) -> T:
 
 
 async def leader_kill(run: ClusterRun) -> None:
-    """kill -9 the node leading the queue's stream and its consumer (and the meta group: the
-    consumer's re-creation then waits for two elections), then restart it."""
+    """kill -9 the node leading the queue's stream, its consumer and its jobs bucket (and the
+    meta group: the consumer's re-creation then waits for two elections), then restart it."""
     await leaders_hit(run, "kill")
 
 
@@ -1011,16 +1011,17 @@ async def rolling_restart(run: ClusterRun) -> None:
 
 
 async def hung_node(run: ClusterRun) -> None:
-    """SIGSTOP the node leading the queue's stream and consumer (and the meta group), SIGCONT
-    it ``hang`` s later."""
+    """SIGSTOP the node leading the queue's stream, consumer and jobs bucket (and the meta
+    group), SIGCONT it ``hang`` s later."""
     await leaders_hit(run, "hang")
 
 
 async def partitioned_node(run: ClusterRun) -> None:
-    """Cut the node leading the queue's stream and consumer (and the meta group) off from the
-    other two, its worker still connected to it; join it again ``apart`` s later. Its jobs run
-    up to 1.2 s (a heartbeat is 1 s), so the worker there has some running when it is cut off:
-    claimed on the node that loses its leaders, settled through a node that cannot reach them."""
+    """Cut the node leading the queue's stream, consumer and jobs bucket (and the meta group)
+    off from the other two, its worker still connected to it; join it again ``apart`` s later.
+    Its jobs run up to 1.2 s (a heartbeat is 1 s), so the worker there has some running when it
+    is cut off: claimed on the node that loses its leaders, settled through a node that cannot
+    reach them."""
     await leaders_hit(run, "partition")
 
 
@@ -1092,7 +1093,11 @@ class Spec:
 
 
 SCENARIOS: dict[str, Spec] = {
-    "leader": Spec(1, "kill -9 the stream's, consumer's and meta leader, restart it", leader_kill),
+    "leader": Spec(
+        1,
+        "kill -9 the leader of the stream, consumer, jobs bucket and meta group; restart it",
+        leader_kill,
+    ),
     "consumer-leader": Spec(
         2, "kill -9 the consumer's leader (not the stream's), restart it", consumer_leader_kill
     ),
@@ -1105,14 +1110,16 @@ SCENARIOS: dict[str, Spec] = {
     ),
     "rolling": Spec(6, "rolling restart of all three nodes under load", rolling_restart),
     "hung-node": Spec(
-        7, "SIGSTOP the stream's, consumer's and meta leader, then SIGCONT", hung_node
+        7,
+        "SIGSTOP the leader of the stream, consumer, jobs bucket and meta group; SIGCONT",
+        hung_node,
     ),
     "meta-leader": Spec(
         8, "kill -9 the meta leader during queue creation and during pause()", meta_leader_kill
     ),
     "partition": Spec(
         9,
-        "cut the stream's, consumer's and meta leader off from the others, then join it",
+        "cut the leader of the stream, consumer, jobs bucket and meta group off, then join it",
         partitioned_node,
         partitionable=True,
         work=(0.05, 1.2),
