@@ -17,7 +17,7 @@ import nats
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, Queue, queue
-from oqron_nats._nats import stranded, stream_of
+from oqron_nats._nats import lagging, stranded, stream_of
 from oqron_nats.testing.cluster import ClusterNode, LocalCluster
 from oqron_nats.testing.server import ServerError
 
@@ -230,7 +230,7 @@ async def test_a_worker_leaves_a_node_cut_off_from_the_others_and_runs_jobs_befo
 
 
 async def test_readers_find_a_replica_that_stays_behind_and_find_it_back_once_it_caught_up(
-    namespace: str,
+    namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection looks at the replicas of what it reads through direct gets every few
     seconds (oqron_nats/_nats/lagging.py), here the state index that job listings read: a
@@ -238,7 +238,9 @@ async def test_readers_find_a_replica_that_stays_behind_and_find_it_back_once_it
     sees it (its lag grows with every write), and is found so; once it is joined again and has
     caught up, it is not. (The stuck replica this is for, one that fails its catch-up for a
     minute after a heal, cannot be made at will: README, Reliability; from the leader's side it
-    looks the same.)"""
+    looks the same.) A look every second here, and 4 s to be behind (5 s and 10 s by default)."""
+    monkeypatch.setattr(lagging, "LOOK_EVERY", 1.0)
+    monkeypatch.setattr(lagging, "BEHIND_FOR", 4.0)
     with LocalCluster(REPLICAS, partitionable=True) as nodes:
         urls = [n.url for n in nodes.nodes]
         async with Client(urls, namespace=namespace, replicas=REPLICAS) as client:
