@@ -55,3 +55,10 @@ def test_looks_are_due_every_few_seconds_and_rarely_at_a_stream_with_one_replica
     single = Look(LOOK_EVERY, "", 10, [], replicated=False)
     assert not lagging.judge(STREAM, single)
     assert not lagging.due(STREAM, 100.0) and lagging.due(STREAM, 400.0)
+
+
+def test_a_stream_this_user_may_not_look_at_is_never_looked_at_again() -> None:
+    lagging = Lagging()
+    assert lagging.due(STREAM, 0.0)
+    lagging.refused(STREAM)
+    assert not lagging.due(STREAM, 1e9)

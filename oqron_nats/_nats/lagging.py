@@ -19,6 +19,7 @@ leader serves no batches) and may miss what the replica missed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,10 @@ class Lagging:
             return False
         self._due[stream] = now + LOOK_EVERY
         return True
+
+    def refused(self, stream: str) -> None:
+        """This user may not look at ``stream`` (no ``STREAM.INFO``): never look again."""
+        self._due[stream] = math.inf
 
     def judge(self, stream: str, look: Look) -> frozenset[str]:
         """Take in a look at ``stream``; the names of its replicas that are behind."""

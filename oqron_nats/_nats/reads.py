@@ -206,6 +206,9 @@ class Reads(Connection):
             info = await self._api(
                 f"$JS.API.STREAM.INFO.{stream}", None, StreamReplicas, deadline=0.0
             )
+        except PermissionDenied:  # a user allowed direct gets but no STREAM.INFO
+            self._lagging.refused(stream)
+            return
         except Exception as exc:  # no answer now (an election, a partition): the next look
             log.debug("could not look at a stream's replicas", stream=stream, error=repr(exc))
             return
