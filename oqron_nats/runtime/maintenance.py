@@ -109,7 +109,7 @@ class OrphanSweeper:
             return False
         changed = record.job.timeline[-1].at if record.job.timeline else record.job.created_at
         just_moved = changed > datetime.now(UTC) - self.waiting_for
-        if just_moved or await backend.broker.has_message_of(job_id):
+        if just_moved or await backend.broker.has_message_of(job_id, fresh=True):
             return False  # it moved (and came back) meanwhile, or its message just landed
         if not await _requeue(
             backend, record.job, record.revision, JobState.WAITING, "no message: published again"

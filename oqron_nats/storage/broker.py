@@ -120,10 +120,15 @@ class Broker:
         """Whether the work stream still holds the message with sequence ``seq``."""
         return await self.conn.has_message(self.names.stream, seq)
 
-    async def has_message_of(self, job_id: str) -> bool:
-        """Whether the job has a message on a lane or on the run lane (lifo)."""
+    async def has_message_of(self, job_id: str, *, fresh: bool = False) -> bool:
+        """Whether the job has a message on a lane or on the run lane (lifo); ``fresh`` asks the
+        stream's leader (a replica may be behind)."""
         for subject in (self.names.lane_of(job_id), self.names.run(job_id)):
-            if await self.conn.direct_get(self.names.stream, last_by_subject=subject) is not None:
+            if fresh:
+                found = await self.conn.leader_get(self.names.stream, subject)
+            else:
+                found = await self.conn.direct_get(self.names.stream, last_by_subject=subject)
+            if found is not None:
                 return True
         return False
 
