@@ -19,6 +19,7 @@ def test_a_replica_whose_lag_grows_for_a_while_is_behind_and_one_that_keeps_up_i
     assert not lagging.judge(STREAM, look(5, 2000, n2=2, n3=900))
     assert lagging.judge(STREAM, look(BEHIND_FOR, 3000, n2=0, n3=1900)) == {"n3"}
     assert lagging.judge(STREAM, look(15, 4000, n2=5, n3=2900)) == {"n3"}, "n2 keeps up"
+    assert lagging.behind(STREAM) == {"n3"} and not lagging.behind("another stream")
     assert not lagging.judge(STREAM, look(20, 5000, n2=0, n3=0)), "caught up"
 
 

@@ -65,12 +65,17 @@ class _Since:
 class Lagging:
     """One connection's view of which replicas of the streams it reads are behind."""
 
-    __slots__ = ("_due", "_leaders", "_since")
+    __slots__ = ("_behind", "_due", "_leaders", "_since")
 
     def __init__(self) -> None:
         self._due: dict[str, float] = {}
         self._since: dict[tuple[str, str], _Since] = {}
         self._leaders: dict[str, str] = {}
+        self._behind: dict[str, frozenset[str]] = {}
+
+    def behind(self, stream: str) -> frozenset[str]:
+        """The replicas of ``stream`` found behind at the last look."""
+        return self._behind.get(stream, frozenset())
 
     def due(self, stream: str, now: float) -> bool:
         """Whether it is time to look at ``stream``'s replicas; if so, the next look is due
@@ -92,9 +97,11 @@ class Lagging:
         if self._leaders.get(stream) != look.leader:  # a new leader counts lags of its own
             self._leaders[stream] = look.leader
             self._forget(stream)
-        return frozenset(r.name for r in look.replicas if self._behind(stream, r, look))
+        behind = frozenset(r.name for r in look.replicas if self._is_behind(stream, r, look))
+        self._behind[stream] = behind
+        return behind
 
-    def _behind(self, stream: str, replica: Replica, look: Look) -> bool:
+    def _is_behind(self, stream: str, replica: Replica, look: Look) -> bool:
         key = (stream, replica.name)
         if replica.offline or replica.lag <= 0:
             self._since.pop(key, None)

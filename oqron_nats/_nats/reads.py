@@ -49,8 +49,6 @@ class Reads(Connection):
         self._lagging = Lagging()
         self._looks: dict[str, asyncio.Task[None]] = {}
         """Stream -> the look at its replicas under way (one at a time, see :meth:`_watch`)."""
-        self._behind: dict[str, frozenset[str]] = {}
-        """Stream -> its replicas found behind at the last look (logged when that changes)."""
 
     async def direct_get(self, stream: str, *, last_by_subject: str) -> StoredMsg | None:
         """The newest message on ``last_by_subject`` (wildcards allowed), or None."""
@@ -222,21 +220,21 @@ class Reads(Connection):
             ],
             replicated=info.config.num_replicas > 1,
         )
+        before = self._lagging.behind(stream)
         behind = self._lagging.judge(stream, look)
-        if behind != self.replicas_behind(stream):
+        if behind != before:
             (log.warning if behind else log.info)(
                 "replicas of a stream stay behind its leader; reading single messages of it at "
                 "the leader (batches may miss what they missed)"
                 if behind else "every replica of a stream keeps up again",
                 stream=stream, behind=sorted(behind),
             )  # fmt: skip
-            self._behind[stream] = behind
         if behind:  # until the look after next, at least
             self._detours[stream] = time.monotonic() + 2 * LOOK_EVERY
 
     def replicas_behind(self, stream: str) -> frozenset[str]:
         """The replicas of ``stream`` found behind its leader at the last look."""
-        return self._behind.get(stream, frozenset())
+        return self._lagging.behind(stream)
 
     async def close(self) -> None:
         """Stop looking at replicas, then close (see :meth:`Connection.close`)."""
