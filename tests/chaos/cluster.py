@@ -193,7 +193,16 @@ class WorkerProcess:
                 if line.strip() == "ready":
                     self.said_ready = True
                     self._ready.set()
+                if "reconnecting to another server" in line:  # what it does once moved
+                    for after in LEFT_DUMPS:
+                        threading.Timer(after, self.dump).start()
         self._ready.set()
+
+    def dump(self) -> None:
+        """Ask the worker to print what it is doing (SIGUSR1), if it still runs."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)
 
 
 @dataclass(frozen=True)
@@ -878,6 +887,8 @@ class ClusterRun:
         await asyncio.to_thread(self.workers.kill_all)
 
 
+LEFT_DUMPS = (1.0, 4.0, 8.0)
+"""Seconds after a worker left its server (a node cut off) when it is asked what it is doing."""
 CATCH_UP_LIMIT = 240.0
 """Seconds the final reads wait for replicas still behind (a stuck one is caught up by the
 leader's forced snapshot, about 80 s after the heal: README Reliability)."""

@@ -80,14 +80,17 @@ def main() -> None:
     def dump() -> None:
         """SIGUSR1: print what the worker is doing (the harness asks a stuck worker)."""
         consumer, backend = video.queue._consumer, video.queue._backend
-        lines = [f"dump: paused={backend.control.state.paused if backend else None}"]
+        server = backend._conn.server_name if backend else None
+        lines = [f"dump: paused={backend.control.state.paused if backend else None} on {server}"]
         if consumer is not None:
             claimer = consumer._claimer
             p = claimer.puller
             pullers = [(p.outstanding, p.has_open_request, p.suspect)] if p else []
             lines.append(
-                f"dump: running={consumer.running} trouble={claimer.trouble} "
-                f"paused_on_server={claimer.paused_on_server} pullers={pullers}"
+                f"dump: running={consumer.running} in_flight={consumer.in_flight} "
+                f"room={consumer._room()} may_claim={consumer._may_claim()} "
+                f"trouble={claimer.trouble} paused_on_server={claimer.paused_on_server} "
+                f"pullers={pullers}"
             )
         for task in asyncio.all_tasks():
             stack = io.StringIO()
