@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, InvalidOption, JobContext, JobState, Queue, RetryPolicy, queue
-from oqron_nats._nats import Msg
+from oqron_nats._nats import Msg, StoredMsg
+from oqron_nats.storage.index import MARKER_SLACK, MARKER_TTL
 from oqron_nats.storage.store import JobStore, Record
 
 from .helpers import eventually
@@ -168,6 +169,32 @@ async def test_a_count_is_never_high_while_markers_expire(client: Client) -> Non
         assert await q.count(JobState.WAITING) == 4
         assert await q.count(JobState.CANCELLED) == 6
         await asyncio.sleep(0.1)
+
+
+async def test_a_count_taken_while_its_markers_expire_is_not_low(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count reads the state's messages and the markers among them apart: markers that
+    expire between the two reads (here the first read of the messages waits until they have)
+    would make it low (0 here: 4 entries less 6 markers); the markers are counted again after,
+    and the count taken again."""
+    q = queue("expiring-slowly", client=client)
+    jobs = [await q.add({"n": n}) for n in range(10)]
+    for job in jobs[:6]:
+        await q.cancel(job.id)
+    index = (await q._open()).store.index
+    read = index.conn.direct_batch
+    waited: list[bool] = []
+
+    async def first_read_late(stream: str, **kwargs: Any) -> tuple[list[StoredMsg], int]:
+        if kwargs.get("batch") == 1 and not waited:  # the count's read of the messages
+            waited.append(True)
+            await asyncio.sleep(MARKER_TTL + MARKER_SLACK + 1)
+        return await read(stream, **kwargs)
+
+    monkeypatch.setattr(index.conn, "direct_batch", first_read_late)
+    assert await q.count(JobState.WAITING) == 4
+    assert waited
 
 
 async def test_a_repair_marks_every_stale_entry_and_files_the_right_one(client: Client) -> None:

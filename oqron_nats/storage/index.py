@@ -63,6 +63,8 @@ MARKER_TTL = 1
 """Seconds a delete marker stands (the server's minimum per-message TTL)."""
 MARKER_SLACK = 2.0
 """Seconds a marker may outlive its TTL before the server removes it (a busy server)."""
+COUNT_TRIES = 3
+"""Reads of a count at most, while delete markers expire under it (see ``StateIndex.count``)."""
 GONE = {KV_OPERATION_HEADER: "DEL", TTL_HEADER: f"{MARKER_TTL}s"}
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 """The entry time of an entry that has none (listed last among the newest)."""
@@ -155,17 +157,33 @@ class StateIndex:
         await self.conn.purge_subject(self.stream, self.names.index_entries_of_queue)
 
     async def count(self, state: JobState) -> int:
-        """How many jobs are in ``state``."""
+        """How many jobs are in ``state``.
+
+        One read counts the state's messages, another the delete markers standing among them;
+        a marker that expires between the two would make the count low, so the markers are
+        counted again after, and both reads made again (``COUNT_TRIES`` at most) until the two
+        marker counts agree. Under constant churn the count may stay low, never high.
+        """
         bounds = await self.conn.stream_state(self.stream)
         if not bounds.messages:
             return 0
-        standing = 0
-        if state not in TERMINAL_STATES:  # no marker ever stands in a finished state
-            standing = sum(1 for m in await self._tail(state, bounds.last_ts) if gone(m))
-        first, more = await self.conn.direct_batch(
-            self.stream, start=bounds.first_seq, batch=1, subject=self.names.index_entries(state)
-        )
-        return max(0, len(first) + more - standing)
+        total = standing = 0
+        for _ in range(COUNT_TRIES):
+            standing = await self._standing(state, bounds.last_ts)
+            first, more = await self.conn.direct_batch(
+                self.stream, start=bounds.first_seq, batch=1,
+                subject=self.names.index_entries(state),
+            )  # fmt: skip
+            total = len(first) + more
+            if standing == 0 or standing == await self._standing(state, bounds.last_ts):
+                break
+        return max(0, total - standing)
+
+    async def _standing(self, state: JobState, last_ts: str) -> int:
+        """How many delete markers stand among ``state``'s entries now."""
+        if state in TERMINAL_STATES:  # no marker ever stands in a finished state
+            return 0
+        return sum(1 for m in await self._tail(state, last_ts) if gone(m))
 
     async def newest(self, state: JobState, count: int) -> list[IndexEntry]:
         """The ``count`` entries that entered ``state`` last, newest first."""
