@@ -45,6 +45,7 @@ def test_only_what_a_cluster_answers_while_it_elects_is_asked_again() -> None:
     assert transient_error(error(404, 10059)) is None  # stream not found: an answer
     assert transient_error(error(503, 10077)) is None  # maximum messages exceeded: an answer
     assert transient_error(error(400, 10071)) is None  # wrong last sequence: a CAS conflict
+    assert transient_error(error(400, 10164)) is not None  # a write to the key still in flight
 
 
 class GuardedServer(LocalServer):

@@ -17,8 +17,10 @@ from nats.aio.msg import Msg
 from ..core.errors import JetStreamError
 from .retry import SUSPECTS, TRANSIENT_ERR_CODES
 
-CAS_ERROR_CODES = frozenset({10071, 10164})
-"""Server error codes of a failed compare-and-set (10164 comes from replicated streams)."""
+CAS_ERROR_CODES = frozenset({10071})
+"""Server error code of a failed compare-and-set. (A replicated stream answers 10164 while an
+earlier write to the same key is being replicated: that is asked again, see
+:data:`.retry.TRANSIENT_ERR_CODES`; the answer after it is a success or this one.)"""
 NOT_FOUND = frozenset({10014, 10059})
 """Consumer not found, stream not found."""
 ALREADY_EXISTS = 10058

@@ -27,6 +27,7 @@ TRANSIENT_ERR_CODES = frozenset(
         10023,  # insufficient resources (placement while a node is down, or the store is full)
         10158,  # duplicate message id is in process (being replicated: next time a duplicate)
         10163,  # expected last sequence per subject temporarily unavailable (a new leader)
+        10164,  # an earlier write to the key is still being replicated (next time: the answer)
     }
 )
 """JetStream API errors that a cluster answers while it elects leaders or misses a node: asked
