@@ -3,14 +3,15 @@ looks of its own here; on a real cluster in tests/test_cluster.py."""
 
 from __future__ import annotations
 
-from oqron_nats._nats.lagging import BEHIND_FOR, GROWTH, LOOK_EVERY, Lagging, Look, Replica
+from oqron_nats._nats.lagging import BEHIND_FOR, GROWTH, LOOK_EVERY, Lagging, Look
+from oqron_nats._nats.replies import PeerInfo
 
 STREAM = "records"
 
 
 def look(at: float, last_seq: int, leader: str = "n1", **lags: int) -> Look:
     """What leader ``leader`` says at ``at`` s: the stream's last sequence and each lag."""
-    return Look(at, leader, last_seq, [Replica(name, lag) for name, lag in lags.items()])
+    return Look(at, leader, last_seq, [PeerInfo(name, lag) for name, lag in lags.items()])
 
 
 def test_a_replica_whose_lag_grows_for_a_while_is_behind_and_one_that_keeps_up_is_not() -> None:
@@ -45,7 +46,7 @@ def test_a_new_leader_starts_the_count_over_and_offline_replicas_are_left_out() 
     lagging.judge(STREAM, look(0, 0, n2=10))
     assert not lagging.judge(STREAM, look(10, 1000, leader="n3", n2=500))
     assert lagging.judge(STREAM, look(20, 2000, leader="n3", n2=1500)) == {"n2"}
-    stopped = Look(40, "n3", 9000, [Replica("n2", 8000, offline=True)])
+    stopped = Look(40, "n3", 9000, [PeerInfo("n2", 8000, offline=True)])
     assert not lagging.judge(STREAM, stopped), "an offline one answers no reads"
 
 

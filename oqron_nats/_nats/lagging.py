@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .replies import PeerInfo
+
 LOOK_EVERY = 5.0
 """Seconds between two looks at a replicated stream's replicas, while the stream is read."""
 LOOK_UNREPLICATED = 300.0
@@ -34,22 +36,13 @@ GROWTH = 100
 
 
 @dataclass(frozen=True, slots=True)
-class Replica:
-    """A replica as the stream's leader sees it."""
-
-    name: str
-    lag: int
-    offline: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class Look:
     """What a stream's leader said of its replicas at one moment."""
 
     at: float
     leader: str
     last_seq: int
-    replicas: Sequence[Replica]
+    replicas: Sequence[PeerInfo]
     replicated: bool = True
 
 
@@ -101,7 +94,7 @@ class Lagging:
         self._behind[stream] = behind
         return behind
 
-    def _is_behind(self, stream: str, replica: Replica, look: Look) -> bool:
+    def _is_behind(self, stream: str, replica: PeerInfo, look: Look) -> bool:
         key = (stream, replica.name)
         if replica.offline or replica.lag <= 0:
             self._since.pop(key, None)

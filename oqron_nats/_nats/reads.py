@@ -26,7 +26,7 @@ from ..core.errors import JetStreamError, PermissionDenied, Unavailable
 from ..observe.log import logger
 from .conn import Connection
 from .direct import DirectClient, parse_headers
-from .lagging import LOOK_EVERY, Lagging, Look, Replica
+from .lagging import LOOK_EVERY, Lagging, Look
 from .replies import NO_MESSAGE, MsgGet, RawMessage, StoredMsg, StreamReplicas, stored_msg
 from .retry import Backoff
 
@@ -215,9 +215,7 @@ class Reads(Connection):
             at=time.monotonic(),
             leader=cluster.leader if cluster else "",
             last_seq=info.state.last_seq,
-            replicas=[
-                Replica(p.name, p.lag, p.offline) for p in (cluster and cluster.replicas) or []
-            ],
+            replicas=(cluster and cluster.replicas) or [],
             replicated=info.config.num_replicas > 1,
         )
         before = self._lagging.behind(stream)
