@@ -19,6 +19,13 @@ T = TypeVar("T", default=Any)
 
 BULK_WINDOW = 512
 """How many add_bulk() jobs are in flight at once."""
+BULK_CHUNK = 64
+"""How many add_bulk() jobs make their writes at once (their records, then their messages):
+one wait for a chunk's answers, where a task per job would wake once per answer."""
+
+ItemResult = Job[T] | OqronError | None
+"""What adding one job of add_bulk() came to: the job, why it was not added, or None if the
+queue skipped it (paused, with ``disabled_behavior="skip"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,24 +114,28 @@ def prepare(
 async def add_prepared(
     outcomes: list[AddOutcome[T]],
     prepared: list[tuple[int, T, RawJob]],
-    add: Callable[[T, RawJob], Awaitable[Job[T] | None]],
+    add_many: Callable[[list[tuple[T, RawJob]]], Awaitable[list[ItemResult[T]]]],
 ) -> None:
-    """Add the prepared jobs, at most BULK_WINDOW at once, with ``add(value, job)`` (the job,
-    or None if the queue skipped it); each outcome says what happened to its item.
-
-    BULK_WINDOW adders take the next job from one shared iterator (no task per job)."""
-    pending = iter(prepared)
+    """Add the prepared jobs, BULK_CHUNK at a time with ``add_many(chunk)`` (for each job, in
+    order: the job, None if the queue skipped it, or why it was not added), with at most
+    BULK_WINDOW jobs in flight; each outcome says what happened to its item."""
+    pending = iter(range(0, len(prepared), BULK_CHUNK))
 
     async def adder() -> None:
-        for index, value, job in pending:
-            try:
-                added = await add(value, job)
-            except OqronError as exc:
-                outcomes[index] = AddOutcome(index, error=exc)
-                continue
-            if added is None:
-                outcomes[index] = AddOutcome(index, skipped=True)
-            else:
-                outcomes[index] = AddOutcome(index, job=added)
+        for start in pending:
+            chunk = prepared[start : start + BULK_CHUNK]
+            added = await add_many([(value, job) for _, value, job in chunk])
+            for (index, _, _), result in zip(chunk, added, strict=True):
+                outcomes[index] = outcome_of(index, result)
 
-    await asyncio.gather(*(adder() for _ in range(min(BULK_WINDOW, len(prepared)))))
+    chunks = -(-len(prepared) // BULK_CHUNK)
+    await asyncio.gather(*(adder() for _ in range(min(BULK_WINDOW // BULK_CHUNK, chunks))))
+
+
+def outcome_of(index: int, added: ItemResult[T]) -> AddOutcome[T]:
+    """The outcome of item ``index`` from what adding its job came to."""
+    if isinstance(added, OqronError):
+        return AddOutcome(index, error=added)
+    if added is None:
+        return AddOutcome(index, skipped=True)
+    return AddOutcome(index, job=added)

@@ -24,13 +24,20 @@ from typing import Any, Generic, Literal, Never, Unpack, cast, overload
 
 from typing_extensions import TypeVar
 
-from .bulk import AddOutcome, BulkResult, add_prepared, prepare
+from .bulk import AddOutcome, BulkResult, ItemResult, add_prepared, prepare
 from .client import Client
 from .core.checks import check_handler
 from .core.codec import PayloadCodec
 from .core.config import DisabledBehavior, Duration, QueueConfig, QueueOptions, make_config, seconds
 from .core.encryption import Sealer
-from .core.errors import ConfigError, ConnectionFailed, InvalidState, JobNotFound, Unavailable
+from .core.errors import (
+    ConfigError,
+    ConnectionFailed,
+    InvalidState,
+    JobNotFound,
+    OqronError,
+    Unavailable,
+)
 from .core.job import (
     TERMINAL_STATES,
     AddKeywords,
@@ -165,7 +172,10 @@ class Queue(Generic[T, S]):
         admitted = await adding.admit(backend, self.config, job)
         if admitted is None:
             return cast(S, Skipped(self.name, job.id))
-        added = await adding.enqueue(backend, admitted)
+        return self._returned(await adding.enqueue(backend, admitted), value)
+
+    def _returned(self, added: adding.Added, value: T) -> Job[T]:
+        """The job an add returns: as added, with its payload; or as it existed already."""
         return bind(with_data(added.job, value), self) if added.created else self._typed(added.job)
 
     async def add_bulk(self, items: Iterable[Mapping[str, Any]]) -> BulkResult[T]:
@@ -181,13 +191,37 @@ class Queue(Generic[T, S]):
             for index, _, job in prepared:
                 outcomes[index] = AddOutcome(index, error=adding.not_opened(job.id, backend))
             return BulkResult(outcomes)
-        await add_prepared(outcomes, prepared, functools.partial(self._add_one, backend))
+        await add_prepared(outcomes, prepared, functools.partial(self._add_many, backend))
         return BulkResult(outcomes)
 
-    async def _add_one(self, backend: Backend, value: T, job: RawJob) -> Job[T] | None:
-        """One job of add_bulk(): the job, or None if the queue skipped it."""
-        added = await self._add(backend, value, job)
-        return None if isinstance(added, Skipped) else cast("Job[T]", added)
+    async def _add_many(
+        self, backend: Backend, items: list[tuple[T, RawJob]]
+    ) -> list[ItemResult[T]]:
+        """Jobs of add_bulk(), admitted one by one, then added at once (``enqueue_many``): for
+        each, in order, the job, why it was not added, or None if the queue skipped it."""
+        results: dict[int, ItemResult[T]] = {}
+        admitted: list[tuple[int, T, RawJob]] = []
+        sealed = self._sealing().active
+        for k, (value, job) in enumerate(items):
+            try:
+                adding.check_server_limit(backend, job, sealed=sealed)
+                to_add = await adding.admit(backend, self.config, job)
+            except OqronError as exc:
+                results[k] = exc
+                continue
+            if to_add is None:
+                results[k] = None  # skipped: the queue is paused
+            else:
+                admitted.append((k, value, to_add))
+        added = await adding.enqueue_many(backend, [job for _, _, job in admitted])
+        for (k, value, _), outcome in zip(admitted, added, strict=True):
+            if isinstance(outcome, OqronError):
+                results[k] = outcome
+            elif isinstance(outcome, Exception):
+                raise outcome  # not an add's error: a bug, raised as add() would
+            else:
+                results[k] = self._returned(outcome, value)
+        return [results[k] for k in range(len(items))]
 
     def _new_job(self, data: object, options: AddOptions) -> tuple[T, RawJob]:
         """Validate and encode a job (no I/O)."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from oqron_nats import Client, InvalidOption, JobState, PayloadError, queue
-from oqron_nats._nats import Nats, PubAck
+from oqron_nats._nats import CasConflict, PubAck
+from oqron_nats._nats.requests import Ask, Requests
 
 from .support import Backstage
 
@@ -64,22 +67,18 @@ async def test_bulk_reports_bad_items_and_keeps_good_ones(client: Client) -> Non
 async def test_bulk_is_pipelined_not_one_round_trip_at_a_time(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_flight = 0
     peak = 0
-    original = Nats.publish
+    original = Requests._wait_for
 
-    async def counting(
-        self: Nats, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> PubAck:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            return await original(self, subject, payload, headers)
-        finally:
-            in_flight -= 1
+    def counting(
+        self: Requests, token: str, subject: str, loop: asyncio.AbstractEventLoop
+    ) -> tuple[asyncio.Future[Msg], float]:
+        nonlocal peak
+        waiting = original(self, token, subject, loop)
+        peak = max(peak, len(self._waiting))  # requests sent and not answered yet
+        return waiting
 
-    monkeypatch.setattr(Nats, "publish", counting)
+    monkeypatch.setattr(Requests, "_wait_for", counting)
     q = queue("pipe", client=client)
     result = await q.add_bulk([{"data": i} for i in range(1000)])
     assert result.ok
@@ -101,3 +100,62 @@ async def test_empty_bulk_does_nothing(client: Client) -> None:
     q = queue("empty", client=client)
     result = await q.add_bulk([])
     assert result.ok and len(result) == 0
+
+
+async def test_a_bulk_whose_first_answers_are_lost_adds_every_job_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replies to a third of the first tries are lost (the writes themselves land, as when
+    a reply is lost on its way): each such add is asked again on its own and finds its own
+    record (kept as created) or its own message (a duplicate message id): one of each per job."""
+    original = Requests.request_many
+    lost = 0
+
+    async def losing(self: Requests, asks: Sequence[Ask]) -> list[Msg | Exception]:
+        nonlocal lost
+        replies = await original(self, asks)
+        lost += len(replies[::3])
+        return [TimeoutError("lost") if i % 3 == 0 else r for i, r in enumerate(replies)]
+
+    monkeypatch.setattr(Requests, "request_many", losing)
+    q = queue("lossy", client=client)
+    result = await q.add_bulk([{"data": i} for i in range(300)])
+    assert result.ok, result.errors
+    assert lost > 150  # about a third of the 300 creates and of the messages sent at once
+    assert [j.data for j in result.jobs] == list(range(300))
+    assert await q.count("waiting") == 300
+    assert await Backstage(client, "lossy").work_messages() == 300
+    assert len({j.id for j in result.jobs}) == 300
+
+
+async def test_a_bulk_of_existing_and_new_ids_adds_only_the_new_ones(client: Client) -> None:
+    q = queue("mixed", client=client)
+    before = await q.add_bulk([{"data": i, "opts": {"job_id": f"j-{i}"}} for i in range(0, 100, 2)])
+    assert before.ok
+    result = await q.add_bulk(
+        [{"data": i + 1000, "opts": {"job_id": f"j-{i}"}} for i in range(100)]
+    )
+    assert result.ok
+    # an id that was taken returns the job as it is: its first payload
+    assert [j.data for j in result.jobs] == [i if i % 2 == 0 else i + 1000 for i in range(100)]
+    assert await q.count("waiting") == 100
+    assert await Backstage(client, "mixed").work_messages() == 100
+
+
+async def test_first_tries_say_which_were_refused_and_which_to_ask_again(client: Client) -> None:
+    q = queue("tries", client=client)
+    await q.add({"n": 0}, job_id="taken")
+    conn = await client._connection()
+    names = client.names("tries")
+    record = f"$KV.{names.jobs_bucket}.{names.key('fresh')}"
+    answers = await conn.publish_at_once(
+        [
+            (record, b"{}", {"Nats-Expected-Last-Subject-Sequence": "0"}),  # stored
+            (f"$KV.{names.jobs_bucket}.{names.key('taken')}", b"{}",
+             {"Nats-Expected-Last-Subject-Sequence": "0"}),  # refused: the key exists
+            ("oqron.nobody.listens.here", b"", None),  # no stream: no responders
+        ]
+    )  # fmt: skip
+    assert isinstance(answers[0], PubAck) and answers[0].seq > 0
+    assert isinstance(answers[1], CasConflict)
+    assert answers[2] is None

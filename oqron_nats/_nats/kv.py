@@ -9,11 +9,11 @@ the key is read back: finding our own value means the first try landed (README, 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from .facade import Nats
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
-from .replies import CasConflict, StoredMsg
+from .replies import CasConflict, PubAck, StoredMsg
 
 
 @functools.lru_cache(maxsize=64)  # a queue's retention gives the same few, once per job
@@ -92,6 +92,27 @@ class Bucket:
                 raise
             # A tombstone is there: create on top of it, as nats-py does.
             return await self._write(key, value, last=stone.revision, ttl=ttl)
+
+    async def create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | Exception]:
+        """:meth:`create` of each ``(key, value)``, their first tries sent at once: for each,
+        in order, its revision or what its create raised. A key that was not plainly created
+        at once (it exists, or NATS did not answer) goes through :meth:`create` on its own; a
+        first try that landed though its answer was lost is then a CasConflict (the caller
+        finds the record as it is, see ``runtime/adding.py``)."""
+        first = {EXPECTED_LAST_SUBJECT_SEQ_HEADER: "0"}
+        created = await self.conn.publish_at_once(
+            [(self._prefix + key, value, first) for key, value in items]
+        )
+        results: list[int | Exception] = []
+        for (key, value), answer in zip(items, created, strict=True):
+            if isinstance(answer, PubAck):
+                results.append(answer.seq)
+                continue
+            try:
+                results.append(await self.create(key, value))
+            except Exception as exc:  # CasConflict also when an unanswered try landed after all
+                results.append(exc)
+        return results
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Write ``key`` whatever it holds; return the revision."""

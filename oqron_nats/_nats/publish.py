@@ -1,13 +1,22 @@
 """Publishing to JetStream: a stored message acknowledged by its stream, and counters.
 
 A publish rides the connection's retried request path (see :mod:`.conn`): send a
-``Nats-Msg-Id`` or an expected revision, so that a retry cannot store it twice.
+``Nats-Msg-Id`` or an expected revision, so that a retry cannot store it twice. Many publishes
+can make their first try at once (:meth:`Publishing.publish_at_once`, for ``add_bulk``); a try
+that was not plainly answered is then asked again one by one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import msgspec
+from nats.aio.msg import Msg
+
+from ..core.errors import JetStreamError
 from .conn import Connection
-from .replies import CasConflict, PubAck, decoded
+from .replies import CasConflict, PubAck, decoded, transient_error
+from .requests import Ask
 
 
 class Publishing(Connection):
@@ -30,7 +39,35 @@ class Publishing(Connection):
             conflict.after_timeout = timed_out
             raise
 
+    async def publish_at_once(
+        self, messages: Sequence[Ask]
+    ) -> list[PubAck | JetStreamError | None]:
+        """The first try of each JetStream publish, all sent at once: for each, in order, its
+        PubAck, the JetStream error the stream refused it with (CasConflict, ...), or None if
+        it was not plainly answered (no reply in time, no responders, an error a cluster gives
+        while it elects leaders, a connection problem): ask that one again with
+        :meth:`publish`, whose retries and errors then apply."""
+        answers = []
+        for reply in await self._requests.request_many(messages):
+            answer = _first_answer(reply)
+            if answer is not None:
+                self._stranded.answered()
+            answers.append(answer)
+        return answers
+
     async def increment(self, subject: str, by: int = 1) -> int:
         """Add to a JetStream counter (a stream with allow_msg_counter); return the new total."""
         ack = await self.publish(subject, b"", {"Nats-Incr": f"{by:+d}"})
         return int(ack.val or 0)
+
+
+def _first_answer(reply: Msg | Exception) -> PubAck | JetStreamError | None:
+    """A first try's PubAck or refusal; None if it must be asked again."""
+    if isinstance(reply, Exception) or transient_error(reply.data) is not None:
+        return None
+    try:
+        return decoded(reply.data, PubAck)
+    except JetStreamError as refused:
+        return refused
+    except msgspec.DecodeError:  # not a JetStream answer: the one-by-one try says what it is
+        return None

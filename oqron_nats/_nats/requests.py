@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import weakref
 from asyncio import current_task
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 import nats.errors
@@ -22,6 +23,9 @@ from nats.aio.subscription import Subscription
 from .direct import DirectClient
 
 NO_RESPONDERS = "503"
+
+Ask = tuple[str, bytes, "dict[str, str] | None"]
+"""One request of :meth:`Requests.request_many`: subject, payload, headers."""
 
 _critical_path: ContextVar[weakref.ref[asyncio.Task[object]] | None] = ContextVar(
     "oqron_critical_path", default=None
@@ -82,24 +86,61 @@ class Requests:
         critical, task = _critical_path.get(), current_task(loop)
         if critical is not None and task is not None and critical() is task:
             self.critical += 1
-        future: asyncio.Future[Msg] = loop.create_future()
-        deadline = loop.time() + self._timeout
-        self._waiting[token] = (future, deadline, subject)
-        if self._timer is None:
-            self._timer = loop.call_at(deadline, self._expire_overdue)
+        future, deadline = self._wait_for(token, subject, loop)
         try:
-            reply = self._prefix + token
-            if self._nc.sends_at_once(len(payload)):
-                await self._nc.publish(subject, payload, reply=reply, headers=headers)
-            else:  # the send is bounded too: a flush can wait on a connection that stopped reading
-                async with asyncio.timeout_at(deadline):
-                    await self._nc.publish(subject, payload, reply=reply, headers=headers)
+            await self._send(subject, payload, token, headers, deadline)
             msg = await future
         finally:
             del self._waiting[token]
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+    async def request_many(self, asks: Sequence[Ask]) -> list[Msg | Exception]:
+        """Send every request at once, then wait for all the replies: for each, in order, its
+        reply, or the exception :meth:`request` would have raised for it. The caller wakes once
+        for the lot, where a request each would wake it once per reply."""
+        if not asks:
+            return []
+        loop = self._loop or asyncio.get_running_loop()
+        sent: list[tuple[str, asyncio.Future[Msg]]] = []
+        try:
+            for subject, payload, headers in asks:
+                token = str(next(self._tokens))
+                future, deadline = self._wait_for(token, subject, loop)
+                sent.append((token, future))
+                try:
+                    await self._send(subject, payload, token, headers, deadline)
+                except Exception as exc:  # a closed connection, a full buffer: that one's answer
+                    future.set_exception(exc)
+            self.sent += len(sent)
+            await asyncio.wait([future for _, future in sent])
+        finally:
+            for token, _ in sent:
+                del self._waiting[token]
+        return [_answer(future) for _, future in sent]
+
+    def _wait_for(
+        self, token: str, subject: str, loop: asyncio.AbstractEventLoop
+    ) -> tuple[asyncio.Future[Msg], float]:
+        """The future the reply to ``token`` will complete, and its deadline."""
+        future: asyncio.Future[Msg] = loop.create_future()
+        deadline = loop.time() + self._timeout
+        self._waiting[token] = (future, deadline, subject)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire_overdue)
+        return future, deadline
+
+    async def _send(
+        self, subject: str, payload: bytes, token: str, headers: dict[str, str] | None,
+        deadline: float,
+    ) -> None:  # fmt: skip
+        reply = self._prefix + token
+        if self._nc.sends_at_once(len(payload)):
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        else:  # the send is bounded too: a flush can wait on a connection that stopped reading
+            async with asyncio.timeout_at(deadline):
+                await self._nc.publish(subject, payload, reply=reply, headers=headers)
 
     def abandon(self) -> None:
         """Time out every request waiting now: the connection was lost, and their replies with
@@ -127,3 +168,14 @@ class Requests:
                 return
             if not future.done():
                 future.set_exception(TimeoutError("no reply in time"))
+
+
+def _answer(future: asyncio.Future[Msg]) -> Msg | Exception:
+    """A completed request's reply, or the exception :meth:`Requests.request` raises for it."""
+    error = future.exception()
+    if error is not None:
+        return error if isinstance(error, Exception) else Exception(repr(error))
+    msg = future.result()
+    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+        return nats.errors.NoRespondersError()
+    return msg

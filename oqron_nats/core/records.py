@@ -24,7 +24,7 @@ from .correlation import current_correlation_id
 from .encryption import Sealer, unreadable
 from .errors import ConfigError, InvalidOption
 from .groups import seconds
-from .job import AddOptions, AttemptError, Job, JobState, Retention, moved, with_data
+from .job import AddOptions, AttemptError, Job, JobState, Retention, Transition, with_data
 from .naming import check_name
 
 T = TypeVar("T")
@@ -84,11 +84,15 @@ def new_job(
     if options.attempts is not None and options.attempts < 1:
         raise InvalidOption(f"attempts must be at least 1, not {options.attempts}")
     parents = [check_name(p, "parent job id") for p in dict.fromkeys(options.depends_on or [])]
-    state = JobState.DELAYED if delay > 0 else JobState.WAITING
+    state = (
+        JobState.WAITING_CHILDREN
+        if parents
+        else (JobState.DELAYED if delay > 0 else JobState.WAITING)
+    )
     job: Job[msgspec.Raw] = Job(
         id=job_id,
         queue=config.name,
-        state=JobState.WAITING_CHILDREN if parents else state,
+        state=state,
         data=msgspec.Raw(raw),
         created_at=now,
         run_at=now + timedelta(seconds=delay) if delay > 0 else None,
@@ -100,8 +104,9 @@ def new_job(
         remove_on_fail=_retention(options.remove_on_fail, config.remove_on_fail),
         depends_on=parents,
         parent_failure_policy=options.parent_failure_policy or "block",
+        timeline=[Transition(at=now, state=state, reason="added")],
     )
-    return value, moved(job, job.state, "added")
+    return value, job
 
 
 def opened(job: Job[msgspec.Raw], codec: PayloadCodec[T], sealer: Sealer) -> Job[T]:

@@ -69,7 +69,14 @@ class Tracing:
     def start_publish(
         self, queue: str, job_id: str, correlation_id: str
     ) -> tuple[Span, dict[str, str]]:
-        """Start the PRODUCER span of one job; return it with the headers that carry it."""
+        """Start the PRODUCER span of one job; return it with the headers that carry it.
+
+        With nothing to record, the span is the current one (as the API's no-op tracer would
+        make it, without building its attributes), and its context passes on."""
+        if not self.recording:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            return trace.get_current_span(), carrier
         span = self._tracer.start_span(
             f"publish {queue}",
             kind=SpanKind.PRODUCER,
@@ -82,7 +89,7 @@ class Tracing:
                 CONVERSATION_ID: correlation_id,
             },
         )
-        carrier: dict[str, str] = {}
+        carrier = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return span, carrier
 

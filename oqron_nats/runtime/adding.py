@@ -9,6 +9,7 @@ that failed half-way and is a no-op otherwise. See the README's Guarantees.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -22,6 +23,10 @@ from ..observe.tracing import mark_failed
 from ..storage.backend import Backend
 from ..storage.store import RawJob, Stored
 from . import dag, management
+
+SIMPLE_STATES = frozenset({JobState.WAITING, JobState.DELAYED})
+"""The states of new jobs whose adds :func:`enqueue_many` makes at once: a record, then a
+message (a paused queue's held job and a child waiting for its parents go their own way)."""
 
 
 class Added(NamedTuple):
@@ -76,6 +81,59 @@ async def enqueue(backend: Backend, job: RawJob) -> Added:
     return added
 
 
+async def enqueue_many(backend: Backend, jobs: Sequence[RawJob]) -> list[Added | Exception]:
+    """:func:`enqueue` of each job (a PRODUCER span each): for each, in order, what was added
+    or what its enqueue raised. The records' first tries are sent at once, then the messages
+    of those stored, at once: each job's message still goes after its record is stored."""
+    spans = []
+    for job in jobs:
+        span, job.trace = backend.tracing.start_publish(job.queue, job.id, job.correlation_id)
+        spans.append(span)
+    try:
+        results = await _store_and_publish_many(backend, jobs)
+    except BaseException:
+        for span in spans:
+            span.end()
+        raise
+    for span, result in zip(spans, results, strict=True):
+        if isinstance(result, Exception):
+            mark_failed(span, result)
+            backend.metrics.sent(result)
+        else:
+            backend.metrics.sent()
+        span.end()
+    return results
+
+
+async def _store_and_publish_many(
+    backend: Backend, jobs: Sequence[RawJob]
+) -> list[Added | Exception]:
+    results: dict[int, Added | Exception] = {}
+    at_once = [i for i, job in enumerate(jobs) if job.state in SIMPLE_STATES]
+    created = await backend.store.create_many([jobs[i] for i in at_once])
+    stored: list[tuple[int, Stored]] = []
+    for i, record in zip(at_once, created, strict=True):
+        if isinstance(record, Stored):
+            stored.append((i, record))
+        else:
+            results[i] = await _outcome(_not_created(backend, jobs[i], record))
+    published = await backend.broker.enqueue_many([(jobs[i], record) for i, record in stored])
+    for (i, _), error in zip(stored, published, strict=True):
+        results[i] = Added(jobs[i], created=True) if error is None else error
+    for i, job in enumerate(jobs):
+        if job.state not in SIMPLE_STATES:  # held, or waiting for its parents: on its own
+            results[i] = await _outcome(_store_and_publish(backend, job))
+    return [results[i] for i in range(len(jobs))]
+
+
+async def _outcome(adding: Awaitable[Added]) -> Added | Exception:
+    """What ``adding`` returned, or the exception it raised."""
+    try:
+        return await adding
+    except Exception as exc:
+        return exc
+
+
 async def _store_and_publish(backend: Backend, job: RawJob) -> Added:
     # The record first, then the message, never both at once: a worker that met the message
     # first could not tell how long to wait for the record (a server restart stretches its
@@ -83,18 +141,8 @@ async def _store_and_publish(backend: Backend, job: RawJob) -> Added:
     # a job that way.
     try:
         stored = await backend.store.create(job)
-    except CasConflict:
-        return Added(await _existing(backend, job.id), created=False)
-    except Unavailable as exc:
-        raise EnqueueError(
-            f"storing job {job.id} failed: {exc}",
-            job_id=job.id,
-            outcome_unknown=exc.outcome_unknown,
-        ) from exc
-    except JetStreamError as exc:
-        raise EnqueueError(
-            f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
-        ) from exc
+    except (JetStreamError, Unavailable) as exc:  # CasConflict too
+        return await _not_created(backend, job, exc)
     if job.state == JobState.WAITING_CHILDREN:
         await dag.link(backend, job)
         return Added(await _existing(backend, job.id), created=False)  # link may release it
@@ -103,6 +151,24 @@ async def _store_and_publish(backend: Backend, job: RawJob) -> Added:
     else:
         await backend.broker.enqueue(job, stored)
     return Added(job, created=True)
+
+
+async def _not_created(backend: Backend, job: RawJob, exc: Exception) -> Added:
+    """An add whose record create raised ``exc``: the existing job if its id is taken (see
+    :func:`_existing`), else EnqueueError (``exc`` itself if it is neither)."""
+    if isinstance(exc, CasConflict):
+        return Added(await _existing(backend, job.id), created=False)
+    if isinstance(exc, Unavailable):
+        raise EnqueueError(
+            f"storing job {job.id} failed: {exc}",
+            job_id=job.id,
+            outcome_unknown=exc.outcome_unknown,
+        ) from exc
+    if isinstance(exc, JetStreamError):
+        raise EnqueueError(
+            f"storing job {job.id} failed: {exc}", job_id=job.id, outcome_unknown=False
+        ) from exc
+    raise exc
 
 
 async def _hold(backend: Backend, job: RawJob) -> None:

@@ -14,7 +14,7 @@ later re-enqueue (a retry, an admin rerun) gets a new generation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -93,6 +93,31 @@ class Broker:
     async def enqueue(self, job: RawJob, stored: Stored | None = None) -> None:
         """Publish the job: on its lane now, or as a schedule that fires at ``run_at``; given
         its record as just ``stored``, the message carries a copy of it."""
+        await self._publish(job.id, *self._message(job, stored))
+
+    async def enqueue_many(
+        self, jobs: Sequence[tuple[RawJob, Stored]]
+    ) -> list[EnqueueError | None]:
+        """:meth:`enqueue` of each job just stored, their first tries sent at once: for each, in
+        order, None once published, or the EnqueueError its enqueue raised."""
+        messages = [self._message(job, stored) for job, stored in jobs]
+        answers = await self.conn.publish_at_once(messages)
+        errors: list[EnqueueError | None] = []
+        for (job, _), message, answer in zip(jobs, messages, answers, strict=True):
+            if isinstance(answer, JetStreamError):
+                errors.append(_refused(job.id, answer))
+                continue
+            try:
+                if answer is None:  # not plainly answered: asked again on its own
+                    await self._publish(job.id, *message)
+            except EnqueueError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
+    def _message(self, job: RawJob, stored: Stored | None) -> tuple[str, bytes, dict[str, str]]:
+        """The job's message: on its lane, or its schedule; with a copy of the record."""
         headers = job_headers(job)
         if stored is not None and len(stored.value) <= RECORD_COPY_MAX:
             headers[RECORD_HEADER] = stored.value.decode()
@@ -102,7 +127,7 @@ class Broker:
             headers[SCHEDULE_HEADER] = schedule_at(job.run_at)
             headers[SCHEDULE_TARGET_HEADER] = subject
             subject = self.names.schedule(job.id)
-        await self._publish(job.id, subject, job.id.encode(), headers)
+        return subject, job.id.encode(), headers
 
     async def hold(self, job: RawJob) -> None:
         """Mark the job as held while the queue is paused (resume releases it)."""
@@ -299,6 +324,11 @@ class Broker:
                 outcome_unknown=exc.outcome_unknown,
             ) from exc
         except JetStreamError as exc:
-            raise EnqueueError(
-                f"publishing job {job_id} failed: {exc}", job_id=job_id, outcome_unknown=False
-            ) from exc
+            raise _refused(job_id, exc) from exc
+
+
+def _refused(job_id: str, exc: JetStreamError) -> EnqueueError:
+    """The error of a job message the stream refused: nothing was queued."""
+    return EnqueueError(
+        f"publishing job {job_id} failed: {exc}", job_id=job_id, outcome_unknown=False
+    )

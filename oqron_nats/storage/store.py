@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -106,9 +106,28 @@ class JobStore:
         """Store a new record; raise CasConflict if the id exists. Returns it as stored."""
         value = msgspec.json.encode(job)
         revision = await self.bucket.create(self.names.key(job.id), value)
+        return await self._created(job, Stored(revision, value))
+
+    async def create_many(self, jobs: Sequence[RawJob]) -> list[Stored | Exception]:
+        """:meth:`create` of each job, their first tries sent at once: for each, in order, its
+        record as stored, or what its create raised (CasConflict if the id exists)."""
+        values = [msgspec.json.encode(job) for job in jobs]
+        revisions = await self.bucket.create_many(
+            [(self.names.key(job.id), value) for job, value in zip(jobs, values, strict=True)]
+        )
+        results: list[Stored | Exception] = []
+        for job, value, revision in zip(jobs, values, revisions, strict=True):
+            if isinstance(revision, Exception):
+                results.append(revision)
+            else:
+                results.append(await self._created(job, Stored(revision, value)))
+        return results
+
+    async def _created(self, job: RawJob, stored: Stored) -> Stored:
+        """After a new record was stored: its index entry and its event."""
         await self.index.moved(job, None, job.state)
         await self.events.announce(job, "added")
-        return Stored(revision, value)
+        return stored
 
     async def get(self, job_id: str, *, fresh: bool = False) -> Record | None:
         """The record of ``job_id`` with its revision, or None.
