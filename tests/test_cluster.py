@@ -494,6 +494,50 @@ async def test_the_state_index_heals_after_its_leader_is_killed_under_load(
         assert len(seen) == len(set(seen)) == 301
 
 
+@pytest.mark.parametrize("killed", ["jobs bucket", "work stream", "its server"])
+async def test_a_bulk_add_rides_out_the_kill_of_a_node_it_needs(
+    cluster: LocalCluster, namespace: str, killed: str
+) -> None:
+    """add_bulk() while a node is killed: the leader of the stream its first tries write to
+    (the records, or the messages), or the node it is connected to. The tries left unanswered
+    are asked again one by one. Every item is added (or says why not, typed); each job added
+    has one record and exactly one message, and no job has two."""
+    async with Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as setup:
+        names = setup.names("bulky")
+        await queue("bulky", client=setup).add({"n": -1}, job_id="first")
+        if killed == "its server":
+            target, urls = None, cluster.urls
+        else:
+            stream = stream_of(names.jobs_bucket) if killed == "jobs bucket" else names.stream
+            target = str(cluster.stream_leader(stream))
+            await lead_elsewhere(cluster, setup, target, keep=stream)
+            urls = [u for u, n in zip(cluster.urls, cluster.nodes, strict=True) if n.name != target]
+    async with Client(urls, namespace=namespace, replicas=REPLICAS) as client:
+        q = queue("bulky", client=client)
+        target = target or await server_name(client)
+        adding = asyncio.create_task(q.add_bulk([{"data": {"n": n}} for n in range(3000)]))
+        await eventually(lambda: has_jobs(q, 200), timeout=30, what="the bulk under way")
+        assert not adding.done(), "the bulk ended before the kill"
+        cluster.kill(target)
+        try:
+            result = await asyncio.wait_for(adding, 90)
+        finally:
+            cluster.restart(target)
+        assert all(isinstance(e, EnqueueError) for e in result.errors.values()), result.errors
+        added = {job.id for job in result.jobs}
+        assert len(added) == len(result.jobs) >= 2900, f"{len(result.errors)} not added"
+        lanes = await Backstage(client, "bulky").lane_subjects()
+        per_job = {subject.rsplit(".", 1)[1]: count for subject, count in lanes.items()}
+        assert added <= set(per_job), "a job added without its message"
+        assert max(per_job.values()) == 1, "a job with two messages"
+        for job_id in list(added)[:50]:
+            assert await q.get_job(job_id) is not None
+
+
+async def has_jobs(q: Queue[Any], count: int) -> bool:
+    return await q.count("waiting") >= count
+
+
 async def is_active(q: Any, job_id: str) -> bool:
     found = await q.get_job(job_id)
     return found is not None and found.state == JobState.ACTIVE
