@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -266,3 +268,26 @@ async def test_the_job_returned_is_a_job_struct(client: Client) -> None:
     assert isinstance(job, Job)
     assert job.data == [1, 2, 3]
     assert await eventually(lambda: q.count("waiting"))
+
+
+def test_ids_are_unique_across_threads_and_forked_children() -> None:
+    """Job ids come from a block of OS randomness: threads never share its bytes, and a forked
+    child does not hand out the ids its parent's block would."""
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(lambda _: [new_job_id() for _ in range(2000)], range(8))
+               for i in batch]  # fmt: skip
+    assert len(set(ids)) == len(ids) == 16000
+    new_job_id()  # the parent's block is started: a child must not go on with it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, " ".join(new_job_id()[12:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as child:
+        theirs = child.read().split()
+    os.waitpid(pid, 0)
+    ours = [new_job_id()[12:] for _ in range(50)]
+    assert len(theirs) == 50
+    assert not set(theirs) & set(ours)

@@ -8,8 +8,6 @@ Errors in what add() was given are ``InvalidOption`` (``PayloadError`` for the p
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from .errors import ConfigError, InvalidOption
 from .groups import seconds
 from .job import AddOptions, AttemptError, Job, JobState, Retention, Transition, with_data
 from .naming import check_name
+from .randomness import random_hex
 
 T = TypeVar("T")
 
@@ -36,7 +35,7 @@ MAX_DELAY = 100 * 365.25 * 86400
 
 def new_job_id() -> str:
     """A unique, time-ordered job id: 12 hex digits of milliseconds, 20 of randomness."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+    return f"{int(time.time() * 1000):012x}{random_hex(10)}"
 
 
 def parse_options(options: Mapping[str, Any] | None) -> AddOptions:
@@ -167,7 +166,7 @@ def _delay_seconds(value: float | timedelta) -> float:
 
 
 def _correlation_id(given: str | None) -> str:
-    value = given if given is not None else current_correlation_id.get() or os.urandom(16).hex()
+    value = given if given is not None else current_correlation_id.get() or random_hex(16)
     if not (
         0 < len(value) <= MAX_CORRELATION_ID
         and value.isascii()

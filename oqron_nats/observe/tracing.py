@@ -75,6 +75,8 @@ class Tracing:
         make it, without building its attributes), and its context passes on."""
         if not self.recording:
             carrier: dict[str, str] = {}
+            if not context.get_current():  # no span, no baggage: nothing to pass on
+                return trace.INVALID_SPAN, carrier
             propagate.inject(carrier)
             return trace.get_current_span(), carrier
         span = self._tracer.start_span(
