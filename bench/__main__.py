@@ -14,8 +14,9 @@ Options:
     skip taskiq-nats and FastStream; the processing rows then have no verdict.
 ``--instructions``
     also count the worker's instructions per guaranteed job under valgrind's callgrind (slow:
-    the worker runs about 50 times slower; noted and skipped where valgrind is missing). Without
-    it the table points to ``python -m bench.profile --instructions``.
+    the worker runs about 50 times slower; INSTRUCTION_RUNS runs, the median reported; noted
+    and skipped where valgrind is missing). Without it the table points to
+    ``python -m bench.profile --instructions``.
 ``--scale``
     also the many-queue part (``bench/many_queues.py``): 20 and 200 queues (``--scale-queues``)
     on a fresh server and on a fresh 3-node loopback cluster with ``replicas=3``. It takes
@@ -45,6 +46,9 @@ from . import assets, floor, many_queues, ours, peers, profile, targets
 from .report import Row, render
 
 CONCURRENCIES = (10, 100)
+INSTRUCTION_RUNS = 3
+"""Callgrind runs of ``--instructions``: one run's count moves by about 2 % from the next."""
+
 PeerRuns = dict[str, dict[int, list[peers.ProcessFigures]]]
 """Each peer's runs by concurrency, the fastest configuration first."""
 
@@ -193,11 +197,15 @@ async def count_instructions(url: str, options: Options) -> tuple[str, Row | Non
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         return f"{target}: valgrind not found, see {targets.INSTRUCTIONS_HINT}", None
     jobs = options.sizes.instructions_jobs
-    with tempfile.TemporaryDirectory(prefix="oqron-bench-callgrind-") as workdir:
-        per_job = await profile.instructions_per_job(
-            url, jobs, concurrency=100, guaranteed=True, workdir=Path(workdir)
-        )
-    return f"{target}: see the row below", targets.instructions_row(per_job, jobs)
+    runs = []
+    for _ in range(INSTRUCTION_RUNS):
+        with tempfile.TemporaryDirectory(prefix="oqron-bench-callgrind-") as workdir:
+            runs.append(
+                await profile.instructions_per_job(
+                    url, jobs, concurrency=100, guaranteed=True, workdir=Path(workdir)
+                )
+            )
+    return f"{target}: see the row below", targets.instructions_row(runs, jobs)
 
 
 async def scale_rows(options: Options) -> list[Row]:

@@ -12,7 +12,6 @@ import pytest
 from nats.aio.msg import Msg
 
 from oqron_nats import Client, InvalidOption, JobState, PayloadError, queue
-from oqron_nats._nats import CasConflict, PubAck
 from oqron_nats._nats.requests import Ask, Requests
 
 from .support import Backstage
@@ -140,22 +139,3 @@ async def test_a_bulk_of_existing_and_new_ids_adds_only_the_new_ones(client: Cli
     assert [j.data for j in result.jobs] == [i if i % 2 == 0 else i + 1000 for i in range(100)]
     assert await q.count("waiting") == 100
     assert await Backstage(client, "mixed").work_messages() == 100
-
-
-async def test_first_tries_say_which_were_refused_and_which_to_ask_again(client: Client) -> None:
-    q = queue("tries", client=client)
-    await q.add({"n": 0}, job_id="taken")
-    conn = await client._connection()
-    names = client.names("tries")
-    record = f"$KV.{names.jobs_bucket}.{names.key('fresh')}"
-    answers = await conn.publish_at_once(
-        [
-            (record, b"{}", {"Nats-Expected-Last-Subject-Sequence": "0"}),  # stored
-            (f"$KV.{names.jobs_bucket}.{names.key('taken')}", b"{}",
-             {"Nats-Expected-Last-Subject-Sequence": "0"}),  # refused: the key exists
-            ("oqron.nobody.listens.here", b"", None),  # no stream: no responders
-        ]
-    )  # fmt: skip
-    assert isinstance(answers[0], PubAck) and answers[0].seq > 0
-    assert isinstance(answers[1], CasConflict)
-    assert answers[2] is None

@@ -8,8 +8,8 @@ import nats
 import nats.errors
 import pytest
 
-from oqron_nats import Client
-from oqron_nats._nats import Msg
+from oqron_nats import Client, queue
+from oqron_nats._nats import CasConflict, Msg, PubAck
 from oqron_nats._nats.direct import DirectClient, parse_headers
 from oqron_nats._nats.requests import Requests
 from oqron_nats.testing.server import LocalServer
@@ -184,3 +184,52 @@ async def test_a_leader_read_returns_what_a_direct_read_returns(client: Client) 
         assert {k: leader.headers[k] for k in stored} == stored
     assert (await bucket.get("live", fresh=True)).revision == revision  # type: ignore[union-attr]
     assert (await bucket.tombstone("gone")).value == b"last words"  # type: ignore[union-attr]
+
+
+async def test_many_requests_are_answered_each_in_order_with_one_wait(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    nc = DirectClient()
+    await nc.connect(nats_server.url)
+    try:
+        requests = Requests(nc, TIMEOUT)
+        await requests.start()
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(b"re:" + msg.data)
+
+        await nc.subscribe(f"{namespace}.echo", cb=echo)
+        await nc.subscribe(f"{namespace}.silent", cb=_ignore)
+        asks = [(f"{namespace}.echo", b"%d" % n, None) for n in range(20)]
+        asks[5] = (f"{namespace}.silent", b"?", None)
+        asks[9] = (f"{namespace}.nobody", b"?", None)
+        answers = await requests.request_many(asks)
+        assert isinstance(answers[5], TimeoutError)
+        assert isinstance(answers[9], nats.errors.NoRespondersError)
+        echoed = [a for n, a in enumerate(answers) if n not in (5, 9)]
+        assert [a.data for a in echoed if isinstance(a, Msg)] == [
+            b"re:%d" % n for n in range(20) if n not in (5, 9)
+        ]
+        assert requests.sent == 20
+        assert await requests.request_many([]) == []
+    finally:
+        await nc.close()
+
+
+async def test_first_tries_say_which_were_refused_and_which_to_ask_again(client: Client) -> None:
+    q = queue("tries", client=client)
+    await q.add({"n": 0}, job_id="taken")
+    conn = await client._connection()
+    names = client.names("tries")
+    record = f"$KV.{names.jobs_bucket}.{names.key('fresh')}"
+    answers = await conn.publish_at_once(
+        [
+            (record, b"{}", {"Nats-Expected-Last-Subject-Sequence": "0"}),  # stored
+            (f"$KV.{names.jobs_bucket}.{names.key('taken')}", b"{}",
+             {"Nats-Expected-Last-Subject-Sequence": "0"}),  # refused: the key exists
+            ("oqron.nobody.listens.here", b"", None),  # no stream: no responders
+        ]
+    )  # fmt: skip
+    assert isinstance(answers[0], PubAck) and answers[0].seq > 0
+    assert isinstance(answers[1], CasConflict)
+    assert answers[2] is None
