@@ -24,6 +24,7 @@ from oqron_nats import (
     RetryPolicy,
     queue,
 )
+from oqron_nats._nats import PubAck
 from oqron_nats._nats.names import LISTENER_ROLE
 from oqron_nats._nats.permissions import Permissions, for_role
 from oqron_nats.ops.cli import main
@@ -298,3 +299,29 @@ async def test_a_worker_cannot_touch_other_queues(server: SecuredServer) -> None
         ):
             with pytest.raises(PermissionDenied):
                 await attempt
+
+
+async def test_writes_sent_at_once_are_each_refused_at_once(server: SecuredServer) -> None:
+    """add_bulk's first tries (Publishing.publish_at_once) on a user's permissions: a refused
+    write is answered at once (to be asked again on its own, which raises PermissionDenied),
+    and the permitted writes sent with it are stored."""
+    async with client_of(server, "publisher") as publisher:
+        conn = await publisher._connection()
+        await queue("orders", client=publisher).add({"n": 0})  # opened: its bucket exists
+        names = publisher.names("orders")
+        create = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        started = time.monotonic()
+        answers = await conn.publish_at_once(
+            [
+                (f"$KV.{names.jobs_bucket}.{names.key('at-once-1')}", b"{}", create),
+                (f"$KV.{names.jobs_bucket}.billing.x", b"{}", None),  # another queue's key
+                (f"$KV.{names.jobs_bucket}.{names.key('at-once-2')}", b"{}", create),
+            ]
+        )
+        assert time.monotonic() - started < 2.0, "the refusal was not answered at once"
+        assert isinstance(answers[0], PubAck) and isinstance(answers[2], PubAck)
+        assert answers[1] is None
+        result = await queue("orders", client=publisher).add_bulk(
+            [{"data": {"n": n}} for n in range(100)]
+        )
+        assert result.ok
