@@ -12,8 +12,11 @@ import pytest
 from nats.aio.msg import Msg
 
 from oqron_nats import Client, InvalidOption, JobState, PayloadError, queue
+from oqron_nats._nats.kv import Bucket
 from oqron_nats._nats.requests import Ask, Requests
+from oqron_nats.testing.server import LocalServer
 
+from .proxy import TcpProxy
 from .support import Backstage
 
 
@@ -139,3 +142,43 @@ async def test_a_bulk_of_existing_and_new_ids_adds_only_the_new_ones(client: Cli
     assert [j.data for j in result.jobs] == [i if i % 2 == 0 else i + 1000 for i in range(100)]
     assert await q.count("waiting") == 100
     assert await Backstage(client, "mixed").work_messages() == 100
+
+
+async def test_a_bulk_whose_connection_drops_mid_bulk_adds_every_job_once(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link hangs just as a chunk's records were created, while that chunk's messages and
+    other chunks' writes go out, then the connection drops: the requests in flight lost their
+    answers (hundreds of them). Once the client is back, each is asked again on its own: every
+    job is added once, with one message, and counted."""
+    assert nats_server.port is not None
+    original = Bucket.create_many
+    hung = asyncio.Event()
+
+    def cut_then_flow() -> None:  # what the hung link held is lost, then it works again
+        proxy.cut()
+        proxy.flow()
+
+    async def hanging(self: Bucket, items: Sequence[tuple[str, bytes]]) -> list[int | Exception]:
+        created = await original(self, items)
+        if not hung.is_set():  # the link hangs as this chunk goes on to its messages
+            hung.set()
+            proxy.stall()
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, cut_then_flow)
+        return created
+
+    monkeypatch.setattr(Bucket, "create_many", hanging)
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
+    ):
+        q = queue("cut-bulk", client=client)
+        await q.add({"n": -1})
+        result = await asyncio.wait_for(q.add_bulk([{"data": {"n": n}} for n in range(2000)]), 60)
+        assert hung.is_set()
+        assert result.ok, list(result.errors.items())[:3]
+        assert len({j.id for j in result.jobs}) == 2000
+        subjects = await Backstage(client, "cut-bulk").lane_subjects()
+        assert len(subjects) == 2001 and set(subjects.values()) == {1}
+        assert await q.count("waiting") == 2001
