@@ -118,8 +118,13 @@ async def _store_and_publish_many(
         else:
             results[i] = await _outcome(_not_created(backend, jobs[i], record))
     published = await backend.broker.enqueue_many([(jobs[i], record) for i, record in stored])
-    for (i, _), error in zip(stored, published, strict=True):
-        results[i] = Added(jobs[i], created=True) if error is None else error
+    for (i, _), sent in zip(stored, published, strict=True):
+        if sent is True:
+            results[i] = Added(jobs[i], created=True)
+        elif sent is False:  # unanswered: finished as a repeated add would (its entry, message)
+            results[i] = await _outcome(_finish(backend, jobs[i]))
+        else:
+            results[i] = sent
     for i, job in enumerate(jobs):
         if job.state not in SIMPLE_STATES:  # held, or waiting for its parents: on its own
             results[i] = await _outcome(_store_and_publish(backend, job))
@@ -150,6 +155,16 @@ async def _store_and_publish(backend: Backend, job: RawJob) -> Added:
         await _hold(backend, job)
     else:
         await backend.broker.enqueue(job, stored)
+    return Added(job, created=True)
+
+
+async def _finish(backend: Backend, job: RawJob) -> Added:
+    """The add of a job whose record was created and whose message's answer was lost: the
+    message may be there or not, and its index entry, sent just before it without waiting,
+    lost with it. Finished as a repeated add finishes it (see :func:`_existing`): the entry and
+    the message again (the message id makes a second one a duplicate) if the job still waits;
+    nothing if a worker took it meanwhile (its message was there)."""
+    await _existing(backend, job.id)
     return Added(job, created=True)
 
 

@@ -97,24 +97,16 @@ class Broker:
 
     async def enqueue_many(
         self, jobs: Sequence[tuple[RawJob, Stored]]
-    ) -> list[EnqueueError | None]:
-        """:meth:`enqueue` of each job just stored, their first tries sent at once: for each, in
-        order, None once published, or the EnqueueError its enqueue raised."""
-        messages = [self._message(job, stored) for job, stored in jobs]
-        answers = await self.conn.publish_at_once(messages)
-        errors: list[EnqueueError | None] = []
-        for (job, _), message, answer in zip(jobs, messages, answers, strict=True):
-            if isinstance(answer, JetStreamError):
-                errors.append(_refused(job.id, answer))
-                continue
-            try:
-                if answer is None:  # not plainly answered: asked again on its own
-                    await self._publish(job.id, *message)
-            except EnqueueError as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
+    ) -> list[bool | EnqueueError]:
+        """The first try of :meth:`enqueue` for each job just stored, all sent at once: for
+        each, in order, True once published, the EnqueueError the stream refused it with, or
+        False if it was not plainly answered (the message may have landed or not, and what was
+        sent before it without waiting may be lost: the caller finishes that add on its own)."""
+        answers = await self.conn.publish_at_once([self._message(j, s) for j, s in jobs])
+        return [
+            _refused(job.id, answer) if isinstance(answer, JetStreamError) else answer is not None
+            for (job, _), answer in zip(jobs, answers, strict=True)
+        ]
 
     def _message(self, job: RawJob, stored: Stored | None) -> tuple[str, bytes, dict[str, str]]:
         """The job's message: on its lane, or its schedule; with a copy of the record."""
