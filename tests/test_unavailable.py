@@ -19,6 +19,7 @@ import pytest
 from oqron_nats import Client, EnqueueError, JobContext, JobState, OqronError, Unavailable, queue
 from oqron_nats._nats import stranded
 from oqron_nats._nats.direct import new_client
+from oqron_nats._nats.kv import Bucket
 from oqron_nats._nats.replies import transient_error
 from oqron_nats.storage.store import JobStore
 from oqron_nats.testing.cluster import LocalCluster
@@ -367,3 +368,42 @@ async def test_a_hung_connection_is_given_up_within_seconds(
                              what="the client to give the hung connection up")  # fmt: skip
             proxy.flow()
             assert (await q.get_job(job.id)) is not None
+
+
+async def test_an_add_whose_connection_drops_after_its_record_is_counted(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link hangs right after an add's record was created, as its index entry (sent
+    without waiting) and its message go out, then the connection drops: both are lost. Once
+    the client is back the add is finished as a repeated add would finish it: the job has its
+    message, and a count includes it (before: the message was asked again, the entry lost)."""
+    assert nats_server.port is not None
+    original = Bucket.create
+    hung = asyncio.Event()
+
+    def cut_then_flow() -> None:  # what the hung link held is lost, then it works again
+        proxy.cut()
+        proxy.flow()
+
+    async def hanging(self: Bucket, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        revision = await original(self, key, value, ttl=ttl)
+        if key.endswith("dropped") and not hung.is_set():
+            hung.set()
+            proxy.stall()
+            asyncio.get_running_loop().call_later(0.3, cut_then_flow)
+        return revision
+
+    monkeypatch.setattr(Bucket, "create", hanging)
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
+    ):
+        q = queue("dropped-add", client=client)
+        await q.add({"n": 0}, job_id="before")
+        job = await asyncio.wait_for(q.add({"n": 1}, job_id="dropped"), 30)
+        assert hung.is_set() and job.id == "dropped"
+        assert await q.count("waiting") == 2
+        assert await Backstage(client, "dropped-add").lane_subjects() == {
+            client.names("dropped-add").lane(0, "before"): 1,
+            client.names("dropped-add").lane(0, "dropped"): 1,
+        }

@@ -1,9 +1,9 @@
 """Publishing to JetStream: a stored message acknowledged by its stream, and counters.
 
 A publish rides the connection's retried request path (see :mod:`.conn`): send a
-``Nats-Msg-Id`` or an expected revision, so that a retry cannot store it twice. Many publishes
-can make their first try at once (:meth:`Publishing.publish_at_once`, for ``add_bulk``); a try
-that was not plainly answered is then asked again one by one.
+``Nats-Msg-Id`` or an expected revision, so that a retry cannot store it twice. Publishes can
+also make only their first try, many at once (:meth:`Publishing.publish_at_once`: an add's
+records and messages): the caller decides what a try that was not plainly answered comes to.
 """
 
 from __future__ import annotations
@@ -48,12 +48,20 @@ class Publishing(Connection):
         while it elects leaders, a connection problem): ask that one again with
         :meth:`publish`, whose retries and errors then apply."""
         answers = []
-        for reply in await self._requests.request_many(messages):
+        for reply in await self._first_tries(messages):
             answer = _first_answer(reply)
             if answer is not None:
                 self._stranded.answered()
             answers.append(answer)
         return answers
+
+    async def _first_tries(self, messages: Sequence[Ask]) -> list[Msg | Exception]:
+        if len(messages) != 1:
+            return await self._requests.request_many(messages)
+        try:  # one (add()): a plain request, without the wait for a set of answers
+            return [await self._requests.request(*messages[0])]
+        except Exception as exc:
+            return [exc]
 
     async def increment(self, subject: str, by: int = 1) -> int:
         """Add to a JetStream counter (a stream with allow_msg_counter); return the new total."""

@@ -3,8 +3,11 @@
 While the queue is paused, its ``disabled_behavior`` decides; a bounded queue admits the job
 or refuses it with QueueFull; then the record is stored first (a KV create, which fails if the
 id exists) and the job's message published. A repeated id returns the existing job; if that job
-was never claimed, its message is sent again with the same message id, which finishes an add
-that failed half-way and is a no-op otherwise. See the README's Guarantees.
+was never claimed, its index entry and message are sent again (the same message id), which
+finishes an add that failed half-way and is a no-op otherwise. An add whose message went
+unanswered (a connection lost: the entry sent just before it may be lost with it) is finished
+the same way. ``add_bulk`` sends a chunk's records at once, then their messages at once
+(:func:`enqueue_many`). See the README's Guarantees.
 """
 
 from __future__ import annotations
@@ -117,14 +120,9 @@ async def _store_and_publish_many(
             stored.append((i, record))
         else:
             results[i] = await _outcome(_not_created(backend, jobs[i], record))
-    published = await backend.broker.enqueue_many([(jobs[i], record) for i, record in stored])
+    published = await backend.broker.enqueue_at_once([(jobs[i], record) for i, record in stored])
     for (i, _), sent in zip(stored, published, strict=True):
-        if sent is True:
-            results[i] = Added(jobs[i], created=True)
-        elif sent is False:  # unanswered: finished as a repeated add would (its entry, message)
-            results[i] = await _outcome(_finish(backend, jobs[i]))
-        else:
-            results[i] = sent
+        results[i] = await _outcome(_published(backend, jobs[i], sent))
     for i, job in enumerate(jobs):
         if job.state not in SIMPLE_STATES:  # held, or waiting for its parents: on its own
             results[i] = await _outcome(_store_and_publish(backend, job))
@@ -153,9 +151,18 @@ async def _store_and_publish(backend: Backend, job: RawJob) -> Added:
         return Added(await _existing(backend, job.id), created=False)  # link may release it
     if job.state == JobState.PAUSED:
         await _hold(backend, job)
-    else:
-        await backend.broker.enqueue(job, stored)
-    return Added(job, created=True)
+        return Added(job, created=True)
+    (sent,) = await backend.broker.enqueue_at_once([(job, stored)])
+    return await _published(backend, job, sent)
+
+
+async def _published(backend: Backend, job: RawJob, sent: bool | EnqueueError) -> Added:
+    """The add of a job whose record was created, once its message's first try is answered
+    (``sent``, see :meth:`Broker.enqueue_at_once`): added; finished on its own if unanswered
+    (:func:`_finish`); EnqueueError if the stream refused the message."""
+    if isinstance(sent, EnqueueError):
+        raise sent
+    return Added(job, created=True) if sent else await _finish(backend, job)
 
 
 async def _finish(backend: Backend, job: RawJob) -> Added:

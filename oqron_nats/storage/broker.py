@@ -95,7 +95,7 @@ class Broker:
         its record as just ``stored``, the message carries a copy of it."""
         await self._publish(job.id, *self._message(job, stored))
 
-    async def enqueue_many(
+    async def enqueue_at_once(
         self, jobs: Sequence[tuple[RawJob, Stored]]
     ) -> list[bool | EnqueueError]:
         """The first try of :meth:`enqueue` for each job just stored, all sent at once: for
