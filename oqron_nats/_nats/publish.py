@@ -45,8 +45,8 @@ class Publishing(Connection):
         """The first try of each JetStream publish, all sent at once: for each, in order, its
         PubAck, the JetStream error the stream refused it with (CasConflict, ...), or None if
         it was not plainly answered (no reply in time, no responders, an error a cluster gives
-        while it elects leaders, a connection problem): ask that one again with
-        :meth:`publish`, whose retries and errors then apply."""
+        while it elects leaders, a connection problem): it may have been stored or not, and
+        the caller decides what comes next (:meth:`publish` retries until the deadline)."""
         answers = []
         for reply in await self._first_tries(messages):
             answer = _first_answer(reply)
@@ -70,12 +70,12 @@ class Publishing(Connection):
 
 
 def _first_answer(reply: Msg | Exception) -> PubAck | JetStreamError | None:
-    """A first try's PubAck or refusal; None if it must be asked again."""
+    """A first try's PubAck or refusal; None if it was not plainly answered."""
     if isinstance(reply, Exception) or transient_error(reply.data) is not None:
         return None
     try:
         return decoded(reply.data, PubAck)
     except JetStreamError as refused:
         return refused
-    except msgspec.DecodeError:  # not a JetStream answer: the one-by-one try says what it is
+    except msgspec.DecodeError:  # not a JetStream answer: as good as none
         return None
