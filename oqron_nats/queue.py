@@ -168,11 +168,16 @@ class Queue(Generic[T, S]):
             return exc
 
     async def _add(self, backend: Backend, value: T, job: RawJob) -> Job[T] | S:
-        adding.check_server_limit(backend, job, sealed=self._sealing().active)
-        admitted = await adding.admit(backend, self.config, job)
+        admitted = await self._admitted(backend, job)
         if admitted is None:
             return cast(S, Skipped(self.name, job.id))
         return self._returned(await adding.enqueue(backend, admitted), value)
+
+    def _admitted(self, backend: Backend, job: RawJob) -> Awaitable[RawJob | None]:
+        """The job to store (see :func:`adding.admit`), its size checked against the server's
+        limit first; None if the paused queue skips it."""
+        adding.check_server_limit(backend, job, sealed=self._sealing().active)
+        return adding.admit(backend, self.config, job)
 
     def _returned(self, added: adding.Added, value: T) -> Job[T]:
         """The job an add returns: as added, with its payload; or as it existed already."""
@@ -201,11 +206,9 @@ class Queue(Generic[T, S]):
         each, in order, the job, why it was not added, or None if the queue skipped it."""
         results: dict[int, ItemResult[T]] = {}
         admitted: list[tuple[int, T, RawJob]] = []
-        sealed = self._sealing().active
         for k, (value, job) in enumerate(items):
             try:
-                adding.check_server_limit(backend, job, sealed=sealed)
-                to_add = await adding.admit(backend, self.config, job)
+                to_add = await self._admitted(backend, job)
             except OqronError as exc:
                 results[k] = exc
                 continue

@@ -46,6 +46,17 @@ class TcpProxy:
         """Forward again."""
         self._flowing.set()
 
+    def hang_then_drop(self, seconds: float) -> None:
+        """Stall now; ``seconds`` later drop every connection (what the hung link held is
+        lost), then forward again."""
+
+        def drop() -> None:
+            self.cut()
+            self.flow()
+
+        self.stall()
+        asyncio.get_running_loop().call_later(seconds, drop)
+
     def cut(self) -> None:
         """Drop every connection that goes through the proxy now."""
         for writer in list(self._writers):

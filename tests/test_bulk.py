@@ -155,17 +155,11 @@ async def test_a_bulk_whose_connection_drops_mid_bulk_adds_every_job_once(
     original = Bucket.create_many
     hung = asyncio.Event()
 
-    def cut_then_flow() -> None:  # what the hung link held is lost, then it works again
-        proxy.cut()
-        proxy.flow()
-
     async def hanging(self: Bucket, items: Sequence[tuple[str, bytes]]) -> list[int | Exception]:
         created = await original(self, items)
         if not hung.is_set():  # the link hangs as this chunk goes on to its messages
             hung.set()
-            proxy.stall()
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.3, cut_then_flow)
+            proxy.hang_then_drop(0.3)
         return created
 
     monkeypatch.setattr(Bucket, "create_many", hanging)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import nats
 import nats.errors
@@ -17,21 +19,34 @@ from oqron_nats.testing.server import LocalServer
 TIMEOUT = 0.3
 
 
+@asynccontextmanager
+async def requests_on(url: str, timeout: float) -> AsyncIterator[tuple[DirectClient, Requests]]:
+    """A connected DirectClient and its started Requests, closed afterwards."""
+    nc = DirectClient()
+    await nc.connect(url)
+    try:
+        requests = Requests(nc, timeout)
+        await requests.start()
+        yield nc, requests
+    finally:
+        await nc.close()
+
+
+async def echo_and_silence(nc: DirectClient, namespace: str) -> None:
+    """``<namespace>.echo`` answers ``re:<data>``; ``<namespace>.silent`` listens, never answers."""
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(b"re:" + msg.data)
+
+    await nc.subscribe(f"{namespace}.echo", cb=echo)
+    await nc.subscribe(f"{namespace}.silent", cb=_ignore)
+
+
 async def test_replies_come_back_and_silence_times_out(
     nats_server: LocalServer, namespace: str
 ) -> None:
-    nc = DirectClient()
-    await nc.connect(nats_server.url)
-    try:
-        requests = Requests(nc, TIMEOUT)
-        await requests.start()
-
-        async def echo(msg: Msg) -> None:
-            await msg.respond(b"re:" + msg.data)
-
-        await nc.subscribe(f"{namespace}.echo", cb=echo)
-        await nc.subscribe(f"{namespace}.silent", cb=_ignore)  # listens, never answers
-
+    async with requests_on(nats_server.url, TIMEOUT) as (nc, requests):
+        await echo_and_silence(nc, namespace)
         silent = asyncio.create_task(requests.request(f"{namespace}.silent", b"?"))
         answered = [requests.request(f"{namespace}.echo", b"%d" % n) for n in range(50)]
         replies = await asyncio.gather(*answered)
@@ -44,18 +59,12 @@ async def test_replies_come_back_and_silence_times_out(
         assert (await requests.request(f"{namespace}.echo", b"x")).data == b"re:x"
         with pytest.raises(nats.errors.NoRespondersError):
             await requests.request(f"{namespace}.nobody", b"?")
-    finally:
-        await nc.close()
 
 
 async def test_a_late_request_outlives_an_earlier_timeout(
     nats_server: LocalServer, namespace: str
 ) -> None:
-    nc = DirectClient()
-    await nc.connect(nats_server.url)
-    try:
-        requests = Requests(nc, 1.0)
-        await requests.start()
+    async with requests_on(nats_server.url, 1.0) as (nc, requests):
         release = asyncio.Event()
 
         async def slow(msg: Msg) -> None:  # answers once released, within the later request's time
@@ -72,8 +81,6 @@ async def test_a_late_request_outlives_an_earlier_timeout(
         assert not second.done()  # the first's expiry left it waiting
         release.set()
         assert (await second).data == b"late"
-    finally:
-        await nc.close()
 
 
 async def _ignore(msg: Msg) -> None:
@@ -189,17 +196,8 @@ async def test_a_leader_read_returns_what_a_direct_read_returns(client: Client) 
 async def test_many_requests_are_answered_each_in_order_with_one_wait(
     nats_server: LocalServer, namespace: str
 ) -> None:
-    nc = DirectClient()
-    await nc.connect(nats_server.url)
-    try:
-        requests = Requests(nc, TIMEOUT)
-        await requests.start()
-
-        async def echo(msg: Msg) -> None:
-            await msg.respond(b"re:" + msg.data)
-
-        await nc.subscribe(f"{namespace}.echo", cb=echo)
-        await nc.subscribe(f"{namespace}.silent", cb=_ignore)
+    async with requests_on(nats_server.url, TIMEOUT) as (nc, requests):
+        await echo_and_silence(nc, namespace)
         asks = [(f"{namespace}.echo", b"%d" % n, None) for n in range(20)]
         asks[5] = (f"{namespace}.silent", b"?", None)
         asks[9] = (f"{namespace}.nobody", b"?", None)
@@ -212,8 +210,6 @@ async def test_many_requests_are_answered_each_in_order_with_one_wait(
         ]
         assert requests.sent == 20
         assert await requests.request_many([]) == []
-    finally:
-        await nc.close()
 
 
 async def test_first_tries_say_which_were_refused_and_which_to_ask_again(client: Client) -> None:

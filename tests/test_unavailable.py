@@ -381,16 +381,11 @@ async def test_an_add_whose_connection_drops_after_its_record_is_counted(
     original = Bucket.create
     hung = asyncio.Event()
 
-    def cut_then_flow() -> None:  # what the hung link held is lost, then it works again
-        proxy.cut()
-        proxy.flow()
-
     async def hanging(self: Bucket, key: str, value: bytes, *, ttl: float | None = None) -> int:
         revision = await original(self, key, value, ttl=ttl)
         if key.endswith("dropped") and not hung.is_set():
             hung.set()
-            proxy.stall()
-            asyncio.get_running_loop().call_later(0.3, cut_then_flow)
+            proxy.hang_then_drop(0.3)
         return revision
 
     monkeypatch.setattr(Bucket, "create", hanging)

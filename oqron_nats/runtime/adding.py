@@ -13,7 +13,7 @@ the same way. ``add_bulk`` sends a chunk's records at once, then their messages 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -26,6 +26,9 @@ from ..observe.tracing import mark_failed
 from ..storage.backend import Backend
 from ..storage.store import RawJob, Stored
 from . import dag, management
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 SIMPLE_STATES = frozenset({JobState.WAITING, JobState.DELAYED})
 """The states of new jobs whose adds :func:`enqueue_many` makes at once: a record, then a
@@ -74,13 +77,10 @@ async def enqueue(backend: Backend, job: RawJob) -> Added:
     span, job.trace = backend.tracing.start_publish(job.queue, job.id, job.correlation_id)
     try:
         added = await _store_and_publish(backend, job)
-    except Exception as exc:
-        mark_failed(span, exc)
-        backend.metrics.sent(exc)
+    except BaseException as exc:
+        _sent(backend, span, exc)
         raise
-    finally:
-        span.end()
-    backend.metrics.sent()
+    _sent(backend, span, added)
     return added
 
 
@@ -99,13 +99,19 @@ async def enqueue_many(backend: Backend, jobs: Sequence[RawJob]) -> list[Added |
             span.end()
         raise
     for span, result in zip(spans, results, strict=True):
-        if isinstance(result, Exception):
-            mark_failed(span, result)
-            backend.metrics.sent(result)
-        else:
-            backend.metrics.sent()
-        span.end()
+        _sent(backend, span, result)
     return results
+
+
+def _sent(backend: Backend, span: Span, outcome: Added | BaseException) -> None:
+    """End a job's PRODUCER span with its add's outcome, counted as one message sent (or
+    failed); a cancelled add only ends it."""
+    if isinstance(outcome, Exception):
+        mark_failed(span, outcome)
+        backend.metrics.sent(outcome)
+    elif not isinstance(outcome, BaseException):
+        backend.metrics.sent()
+    span.end()
 
 
 async def _store_and_publish_many(
