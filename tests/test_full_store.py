@@ -98,3 +98,24 @@ async def _all_ran(runs: Counter[int]) -> bool:
 async def _completed(q: Any, job_id: str) -> bool:
     job = await q.get_job(job_id)
     return job is not None and job.state == JobState.COMPLETED
+
+
+async def test_a_bulk_on_a_full_store_fails_each_item_in_about_one_retry_deadline(
+    small_server: LocalServer, namespace: str
+) -> None:
+    """Every item of an add_bulk on a full store fails with a typed error that says so, and the
+    items are refused side by side: the whole bulk takes about one retry deadline, not one per
+    item (a chunk's writes are asked again concurrently, not one after the other)."""
+    async with Client(small_server.url, namespace=namespace, retry_deadline=2) as client:
+        q = queue("full-bulk", client=client)
+        await q.add("before")
+        await fill_the_store(small_server.url)
+        started = asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(q.add_bulk([{"data": n} for n in range(200)]), 60)
+        took = asyncio.get_running_loop().time() - started
+        assert not result.jobs
+        assert len(result.errors) == 200
+        assert all(isinstance(e, EnqueueError) for e in result.errors.values())
+        assert all("storage full" in str(e) for e in result.errors.values())
+        assert took < 15, f"the bulk took {took:.0f} s"
+        assert await q.count("waiting") == 1

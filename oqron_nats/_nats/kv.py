@@ -8,6 +8,7 @@ the key is read back: finding our own value means the first try landed (README, 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 
@@ -96,23 +97,31 @@ class Bucket:
     async def create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | Exception]:
         """:meth:`create` of each ``(key, value)``, their first tries sent at once: for each,
         in order, its revision or what its create raised. A key that was not plainly created
-        at once (it exists, or NATS did not answer) goes through :meth:`create` on its own; a
-        first try that landed though its answer was lost is then a CasConflict (the caller
-        finds the record as it is, see ``runtime/adding.py``)."""
+        at once (it exists, or NATS did not answer) goes through :meth:`create` on its own,
+        side by side with the others (each may take up to the retry deadline); a first try
+        that landed though its answer was lost is then a CasConflict (the caller finds the
+        record as it is, see ``runtime/adding.py``)."""
         first = {EXPECTED_LAST_SUBJECT_SEQ_HEADER: "0"}
         created = await self.conn.publish_at_once(
             [(self._prefix + key, value, first) for key, value in items]
         )
-        results: list[int | Exception] = []
-        for (key, value), answer in zip(items, created, strict=True):
-            if isinstance(answer, PubAck):
-                results.append(answer.seq)
-                continue
-            try:
-                results.append(await self.create(key, value))
-            except Exception as exc:  # CasConflict also when an unanswered try landed after all
-                results.append(exc)
+        results: list[int | Exception] = [
+            answer.seq if isinstance(answer, PubAck) else 0 for answer in created
+        ]
+        again = [n for n, answer in enumerate(created) if not isinstance(answer, PubAck)]
+        if again:
+            retried = await asyncio.gather(*(self._create_again(*items[n]) for n in again))
+            for n, result in zip(again, retried, strict=True):
+                results[n] = result
         return results
+
+    async def _create_again(self, key: str, value: bytes) -> int | Exception:
+        """:meth:`create` after a first try that did not plainly create ``key``: the revision,
+        or what it raised (CasConflict also when the unanswered try landed after all)."""
+        try:
+            return await self.create(key, value)
+        except Exception as exc:
+            return exc
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Write ``key`` whatever it holds; return the revision."""

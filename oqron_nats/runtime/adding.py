@@ -12,7 +12,9 @@ the same way. ``add_bulk`` sends a chunk's records at once, then their messages 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
@@ -117,7 +119,13 @@ def _sent(backend: Backend, span: Span, outcome: Added | BaseException) -> None:
 async def _store_and_publish_many(
     backend: Backend, jobs: Sequence[RawJob]
 ) -> list[Added | Exception]:
-    results: dict[int, Added | Exception] = {}
+    # Each step's jobs that go on their own go side by side: each may take up to the retry
+    # deadline (a full store, an election), and one after the other a chunk would take 64.
+    ways: dict[int, Callable[[], Awaitable[Added]]] = {
+        i: partial(_store_and_publish, backend, job)  # held, or waiting for its parents
+        for i, job in enumerate(jobs)
+        if job.state not in SIMPLE_STATES
+    }
     at_once = [i for i, job in enumerate(jobs) if job.state in SIMPLE_STATES]
     created = await backend.store.create_many([jobs[i] for i in at_once])
     stored: list[tuple[int, Stored]] = []
@@ -125,13 +133,17 @@ async def _store_and_publish_many(
         if isinstance(record, Stored):
             stored.append((i, record))
         else:
-            results[i] = await _outcome(_not_created(backend, jobs[i], record))
+            ways[i] = partial(_not_created, backend, jobs[i], record)
     published = await backend.broker.enqueue_at_once([(jobs[i], record) for i, record in stored])
+    results: dict[int, Added | Exception] = {}
     for (i, _), sent in zip(stored, published, strict=True):
-        results[i] = await _outcome(_published(backend, jobs[i], sent))
-    for i, job in enumerate(jobs):
-        if job.state not in SIMPLE_STATES:  # held, or waiting for its parents: on its own
-            results[i] = await _outcome(_store_and_publish(backend, job))
+        if sent is True:  # the common case: no task of its own
+            results[i] = Added(jobs[i], created=True)
+        else:
+            ways[i] = partial(_published, backend, jobs[i], sent)
+    if ways:
+        outcomes = await asyncio.gather(*(_outcome(way()) for way in ways.values()))
+        results.update(zip(ways, outcomes, strict=True))
     return [results[i] for i in range(len(jobs))]
 
 
