@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from oqron_nats import Client, JobState, queue
+from oqron_nats.ops.collector import YOUNG_SCAN_EVERY
 from oqron_nats.testing.server import LocalServer
 
 from .helpers import ROOT, attributes, eventually, wait_for_state
@@ -107,7 +108,7 @@ async def test_health_json_logs_and_graceful_sigterm(
     try:
         running = await cli.said("workers running")
         assert running["collector"]["frozen_objects"] > 1000, "start-up's objects frozen"
-        assert running["collector"]["young_scan_every"] == 5000
+        assert running["collector"]["young_scan_every"] == YOUNG_SCAN_EVERY
         assert probe(port, "/livez") == 200
         assert probe(port, "/readyz") == 200
         assert probe(port, "/nope") == 404
