@@ -13,10 +13,12 @@ import pytest
 from oqron_nats import ConfigError, queue, worker
 from oqron_nats.core.config import (
     OPTIONS,
+    DeadLetter,
     LagMonitor,
     QueueConfig,
     QueueOptions,
     Reconciliation,
+    RetryPolicy,
     StallScanner,
 )
 from oqron_nats.core.job import AddKeywords, AddOptions
@@ -191,6 +193,16 @@ def test_none_means_the_default_where_the_type_allows_it() -> None:
     q = queue("q", max_jobs=None, max_bytes=None, codec=None, throttle=None, retries=None)
     assert q.config.max_jobs is None and q.config.max_bytes is None and q.config.codec is None
     assert q.config.throttle is None and not q.config.retries_given
+
+
+def test_false_turns_a_group_off() -> None:
+    """``dead_letter=False`` copies no dead letter and ``retries=False`` retries nothing (both
+    once resolved to the defaults, as None does)."""
+    q = queue("q", dead_letter=False, retries=False)
+    assert q.config.dead_letter == DeadLetter(enabled=False)
+    assert q.config.retries == RetryPolicy(max=0) and q.config.attempts_of(None) == 1
+    plain = queue("q", dead_letter=None)
+    assert plain.config.dead_letter.enabled and plain.config.retries.max == 3
 
 
 def test_the_add_keywords_are_the_add_options() -> None:

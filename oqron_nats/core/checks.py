@@ -77,10 +77,13 @@ def one_of(*choices: str) -> Resolve:
     return check
 
 
-def group(cls: type[G], *, off: G | None = None) -> Resolve:
-    """An option group: True is its defaults, False or None is ``off``, else an instance."""
+def group(cls: type[G], *, off: G | None = None, false: G | None = None) -> Resolve:
+    """An option group: True is its defaults, None is ``off``, False is ``false`` (if given,
+    else ``off``), else an instance."""
 
     def check(value: object, key: str) -> G | None:
+        if value is False and false is not None:
+            return false
         if value is None or value is False:
             return off
         if value is True:

@@ -97,12 +97,12 @@ class QueueOptions(TypedDict, total=False):
     retries: Annotated[
         RetryPolicy | None,
         Option(None, "how failed jobs are retried; given, the added jobs carry its attempts",
-               group(RetryPolicy, off=RetryPolicy())),
+               group(RetryPolicy, off=RetryPolicy(), false=RetryPolicy(max=0))),
     ]  # fmt: skip
     dead_letter: Annotated[
         DeadLetter,
         Option(DeadLetter(), "final failures are copied to the dead-letter stream",
-               group(DeadLetter, off=DeadLetter())),
+               group(DeadLetter, off=DeadLetter(), false=DeadLetter(enabled=False))),
     ]  # fmt: skip
     hooks: Annotated[
         Hooks,
