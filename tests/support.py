@@ -45,7 +45,7 @@ from oqron_nats._nats.names import (
 from oqron_nats.core.job import JobState
 from oqron_nats.observe.events import Event
 from oqron_nats.storage.broker import Broker
-from oqron_nats.storage.index import StateIndex
+from oqron_nats.storage.index import StateIndex, state_of
 from oqron_nats.storage.rejects import RejectedSample, rejected_count, rejected_samples
 
 Received = Callable[[Msg], Awaitable[None]]
@@ -263,6 +263,14 @@ class Backstage:
         """Subscribe to the JetStream API requests naming the queue's index stream (a purge, a
         message delete, ...)."""
         return await self._watch(f"$JS.API.*.*.{self.names.index_stream}", received)
+
+    async def index_states(self, job_id: str) -> list[JobState | None]:
+        """The states the job's stored index messages name, in order (one batch read)."""
+        stored, _ = await (await self._conn()).direct_batch(
+            self.names.index_stream, start=1, batch=100,
+            subject=self.names.index_entries_of_job(job_id),
+        )  # fmt: skip
+        return [state_of(msg) for msg in stored]
 
     async def index_messages(self) -> int:
         """How many messages the index stream holds (entries and standing delete markers)."""

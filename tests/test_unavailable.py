@@ -402,3 +402,26 @@ async def test_an_add_whose_connection_drops_after_its_record_is_counted(
             client.names("dropped-add").lane(0, "before"): 1,
             client.names("dropped-add").lane(0, "dropped"): 1,
         }
+
+
+async def test_a_batch_read_lost_with_its_connection_is_asked_again_at_once(
+    nats_server: LocalServer, namespace: str
+) -> None:
+    """A batch read (counts, pages, the index's repair) whose connection drops while it waits
+    is asked again on the next connection at once, not after its request timeout (20 s here):
+    its messages come on an inbox of its own, which the lost connection's abandoned requests
+    did not cover."""
+    assert nats_server.port is not None
+    async with Client(nats_server.url, namespace=namespace) as direct:
+        await queue("lost-read", client=direct).add({"n": 1}, job_id="read-me")
+        async with (
+            TcpProxy(nats_server.port) as proxy,
+            Client(proxy.url, namespace=namespace, request_timeout=20.0) as client,
+        ):
+            backstage = Backstage(client, "lost-read")
+            assert await backstage.index_states("read-me") == [JobState.WAITING]
+            proxy.hang_then_drop(0.3)
+            started = asyncio.get_running_loop().time()
+            states = await asyncio.wait_for(backstage.index_states("read-me"), 30)
+            assert states == [JobState.WAITING]
+            assert asyncio.get_running_loop().time() - started < 10, "waited out its timeout"

@@ -69,6 +69,12 @@ class Connection:
         """Subjects (lowercased) the server refused us to subscribe to."""
         self._stranded = Stranded(request_timeout=request_timeout)
         self.closing = False
+        self.disconnects = 0
+        """How many times the connection was lost so far, counted before nats-py reconnects: a
+        request answered after a loss always finds it counted."""
+        self._batches: set[asyncio.Future[int]] = set()
+        """The batch reads waiting for their messages, which come on inboxes of their own
+        (outside the requests a lost connection abandons)."""
 
     @classmethod
     async def connect(
@@ -105,8 +111,7 @@ class Connection:
         async def on_disconnected() -> None:
             if holder and not holder[0].closing:
                 log.warning("nats disconnected")
-                holder[0]._requests.abandon()
-                holder[0]._stranded.interrupted()
+                holder[0]._lost()
 
         async def on_reconnected() -> None:
             log.info("nats reconnected")
@@ -231,6 +236,16 @@ class Connection:
         except Exception:  # a broken socket: nothing is left to send on it
             log.debug("closing the connection failed; it is dropped", exc_info=True)
             _abandon(self.nc)
+
+    def _lost(self) -> None:
+        """The connection was lost: count it, and let what waits for an answer on it ask again
+        at once (not after its timeout)."""
+        self.disconnects += 1
+        self._requests.abandon()
+        for batch in self._batches:
+            if not batch.done():
+                batch.set_exception(TimeoutError("the connection was lost"))
+        self._stranded.interrupted()
 
     # -- the one request path ---------------------------------------------------------------
 

@@ -178,10 +178,12 @@ class Reads(Connection):
                 done.set_result(pending)
 
         sub = await self.nc.subscribe(inbox, cb=received)
+        self._batches.add(done)
         try:
             await self.nc.publish(subject, request, reply=inbox)
             more = await asyncio.wait_for(done, self.request_timeout)
         finally:
+            self._batches.discard(done)
             await sub.unsubscribe()
         return found, more
 

@@ -76,6 +76,8 @@ class Settle:
         """The attempt's heartbeat: it renews the lease until the final write is done."""
         self.late: LateEntry | None = None
         """The claim's index entry, if it is written late (:mod:`.late_entry`)."""
+        self._disconnects = 0
+        """The connection's losses before the final write (see :meth:`_index_kept`)."""
 
     async def commit(
         self, state: JobState, event: str, reason: str | None = None, **changes: Any
@@ -90,6 +92,7 @@ class Settle:
             listed, unlisted = held.job.state, frozenset[JobState]()
             if self.late is not None:
                 listed, unlisted = self.late.listed()
+            self._disconnects = self.rt.backend.disconnects
             try:
                 await held.write(
                     final, event, listed, ttl=self.rt.retention.ttl(final), unlisted=unlisted
@@ -171,6 +174,7 @@ class Settle:
             await self.held.release()
         else:
             backend.metrics.sent()
+            await self._index_kept(retry)
             await self.delivery.ack()
             await self.held.release()
 
@@ -194,6 +198,7 @@ class Settle:
 
     async def _finish(self, job: RawJob) -> None:
         await self._notify_children(job)
+        await self._index_kept(job)
         await self.delivery.ack()
         await self.held.release()
         await self.rt.retention.apply(job, self.held.revision)
@@ -204,9 +209,22 @@ class Settle:
         if self.delivery.num_delivered > 1:
             if job.state == JobState.FAILED:
                 await self.dead_letter(job)
-            await self.rt.backend.store.index.repair(job.id, job.state)
+            await self._file_again(job)
             await self._notify_children(job)
         await self.delivery.ack()
+
+    async def _index_kept(self, job: RawJob) -> None:
+        """Before the ack: the final write's index entry and markers went out without waiting,
+        and a connection lost since may have lost them, while the requests that came after (the
+        dead letter, the retry's message, flows), asked again, and this ack go through on the
+        next one. Then the job is filed again: no redelivery would come to repair it. (With no
+        loss between, the ack rides the same connection after them: lost with them, if at all.)"""
+        if self.rt.backend.disconnects != self._disconnects:
+            await self._file_again(job)
+
+    async def _file_again(self, job: RawJob) -> None:
+        """Make the job's index entries say its state, its entry expiring with its record."""
+        await self.rt.backend.store.index.repair(job.id, job.state, self.rt.retention.ttl(job))
 
     async def dead_letter(self, job: RawJob) -> bool:
         """Write the job's dead letter (where enabled), secret fields masked; False if it could

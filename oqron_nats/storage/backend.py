@@ -91,6 +91,12 @@ class Backend:
         return self._conn.is_connected
 
     @property
+    def disconnects(self) -> int:
+        """How many times the connection was lost so far (what was sent without waiting just
+        before a loss may be lost with it)."""
+        return self._conn.disconnects
+
+    @property
     def max_payload(self) -> int:
         """The largest message the connected server accepts, in bytes."""
         return self._conn.max_payload

@@ -139,8 +139,19 @@ class StateIndex:
         made next includes it (a fire-and-forget entry may still be on its way)."""
         await self.conn.publish(self.names.index_entry(state, job_id), b"")
 
-    async def repair(self, job_id: str, now: JobState | None) -> None:
-        """Make the job's entries say ``now`` (None: gone), whatever they said before."""
+    async def removed(self, job: Job[Any]) -> None:
+        """The job's record was removed: its entry goes, and the answer is waited for (sent
+        without waiting, it could be lost with a connection that drops after it, and nothing
+        comes later to redo it: no message, no record)."""
+        subject = self.names.index_entry(job.state, job.id)
+        if job.state in TERMINAL_STATES:
+            await self.conn.purge_subject(self.stream, subject)
+        else:
+            await self.conn.publish(subject, b"", GONE)
+
+    async def repair(self, job_id: str, now: JobState | None, ttl: float | None = None) -> None:
+        """Make the job's entries say ``now`` (None: gone), whatever they said before; an entry
+        filed in ``now`` expires after ``ttl`` seconds (its record's)."""
         stored, _ = await self.conn.direct_batch(
             self.stream, start=1, batch=len(JobState) + 1,
             subject=self.names.index_entries_of_job(job_id),
@@ -150,7 +161,8 @@ class StateIndex:
             assert state is not None
             await self._forget(job_id, state)
         if now is not None and now not in listed:
-            await self.conn.publish_core(self.names.index_entry(now, job_id))
+            headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
+            await self.conn.publish_core(self.names.index_entry(now, job_id), headers=headers)
 
     async def remove_all(self) -> None:
         """Remove every entry of the queue's index."""

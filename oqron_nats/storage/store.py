@@ -210,7 +210,7 @@ class JobStore:
         """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""
         key, last_words = self.names.key(job.id), msgspec.json.encode(job)
         await self.bucket.delete(key, last=revision, ttl=TOMBSTONE_TTL, epitaph=last_words)
-        await self.index.moved(job, job.state, None)
+        await self.index.removed(job)
         await self.events.announce(job, "removed")
 
     async def removed(self, job_id: str) -> RawJob | None:
