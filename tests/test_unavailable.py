@@ -425,3 +425,37 @@ async def test_a_batch_read_lost_with_its_connection_is_asked_again_at_once(
             states = await asyncio.wait_for(backstage.index_states("read-me"), 30)
             assert states == [JobState.WAITING]
             assert asyncio.get_running_loop().time() - started < 10, "waited out its timeout"
+
+
+async def test_a_cancel_whose_connection_drops_after_its_record_is_counted(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's move (here: cancel a waiting job) whose connection hangs right after the
+    record's write was answered, then drops, with the index entry and marker in flight: they
+    are asked again on the next connection, so the counts say cancelled (no delivery comes
+    later to repair an operator's move: the job's message is dropped unrun)."""
+    assert nats_server.port is not None
+    original = Bucket.update
+    hung = asyncio.Event()
+
+    async def hanging(
+        self: Bucket, key: str, value: bytes, *, last: int, ttl: float | None = None
+    ) -> int:
+        revision = await original(self, key, value, last=last, ttl=ttl)
+        if key.endswith("dropped") and not hung.is_set():
+            hung.set()
+            proxy.hang_then_drop(0.3)
+        return revision
+
+    monkeypatch.setattr(Bucket, "update", hanging)
+    async with (
+        TcpProxy(nats_server.port) as proxy,
+        Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
+    ):
+        q = queue("dropped-cancel", client=client)
+        await q.add({"n": 0}, job_id="kept")
+        await q.add({"n": 1}, job_id="dropped")
+        assert await asyncio.wait_for(q.cancel("dropped"), 30)
+        assert hung.is_set()
+        assert await q.count("waiting") == 1
+        assert await q.count("cancelled") == 1

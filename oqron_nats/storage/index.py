@@ -105,32 +105,40 @@ class StateIndex:
         ttl: float | None = None,
         *,
         unlisted: frozenset[JobState] = frozenset(),
+        confirm: bool = False,
     ) -> None:
         """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone);
         with ``ttl`` the new entry expires with the record. ``unlisted``: states the job passed
         through that never had its entry (a claim's entry written late, runtime/late_entry.py):
-        a finished job's end sends them no marker."""
+        a finished job's end sends them no marker. ``confirm`` waits for every write's answer
+        (asked again through a lost connection): for a move that nothing comes later to repair
+        (an operator's action, a removal); else they go without waiting."""
         if was == now:
             return
         if now is not None:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
             entry = self.names.index_entry(now, job.id)
-            if self.confirm_final and now in TERMINAL_STATES:
+            if confirm or (self.confirm_final and now in TERMINAL_STATES):
                 await self.conn.publish(entry, b"", headers)
             else:
                 await self.conn.publish_core(entry, headers=headers)
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
         for state in stale - unlisted - {None, now}:
             assert state is not None
-            await self._forget(job.id, state)
+            await self._forget(job.id, state, confirm=confirm)
 
-    async def _forget(self, job_id: str, state: JobState) -> None:
+    async def _forget(self, job_id: str, state: JobState, *, confirm: bool = False) -> None:
         """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
         job leaves those), a purge in a finished one (left only when a job is removed or
         retried), whose count must never include a job that left it (trimming to N)."""
         subject = self.names.index_entry(state, job_id)
         if state in TERMINAL_STATES:
-            await self.conn.purge_later(self.stream, subject)
+            if confirm:
+                await self.conn.purge_subject(self.stream, subject)
+            else:
+                await self.conn.purge_later(self.stream, subject)
+        elif confirm:
+            await self.conn.publish(subject, b"", GONE)
         else:
             await self.conn.publish_core(subject, headers=GONE)
 
@@ -138,16 +146,6 @@ class StateIndex:
         """Write the job's entry in ``state`` again and wait until it is stored, so that a count
         made next includes it (a fire-and-forget entry may still be on its way)."""
         await self.conn.publish(self.names.index_entry(state, job_id), b"")
-
-    async def removed(self, job: Job[Any]) -> None:
-        """The job's record was removed: its entry goes, and the answer is waited for (sent
-        without waiting, it could be lost with a connection that drops after it, and nothing
-        comes later to redo it: no message, no record)."""
-        subject = self.names.index_entry(job.state, job.id)
-        if job.state in TERMINAL_STATES:
-            await self.conn.purge_subject(self.stream, subject)
-        else:
-            await self.conn.publish(subject, b"", GONE)
 
     async def repair(self, job_id: str, now: JobState | None, ttl: float | None = None) -> None:
         """Make the job's entries say ``now`` (None: gone), whatever they said before; an entry

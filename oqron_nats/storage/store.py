@@ -159,11 +159,12 @@ class JobStore:
         *,
         index: bool = True,
         unlisted: frozenset[JobState] = frozenset(),
+        confirm: bool = False,
     ) -> int:
         """Replace the record (state ``was`` until now) if it is still at ``revision``, and
         announce ``event``; returns the new revision. With ``ttl`` the record (and its index
         entry) expires that many seconds later. ``index=False`` leaves the state index as it is
-        (the caller moves it later); ``unlisted``: see :meth:`StateIndex.moved`.
+        (the caller moves it later); ``unlisted``, ``confirm``: see :meth:`StateIndex.moved`.
 
         Raises CasConflict if someone else wrote it since: that writer won, this one commits
         nothing.
@@ -172,7 +173,7 @@ class JobStore:
         encoded = msgspec.json.encode(job)
         new_revision = await self.bucket.update(key, encoded, last=revision, ttl=ttl)
         if index:
-            await self.index.moved(job, was, job.state, ttl=ttl, unlisted=unlisted)
+            await self.index.moved(job, was, job.state, ttl=ttl, unlisted=unlisted, confirm=confirm)
         await self.events.announce(job, event)
         return new_revision
 
@@ -193,7 +194,8 @@ class JobStore:
                 return None
             named = event if isinstance(event, str) else event(after)
             try:
-                await self.update(after, record.revision, named, record.job.state)
+                # confirmed: no delivery comes after an operator's move to repair its entries
+                await self.update(after, record.revision, named, record.job.state, confirm=True)
             except CasConflict:
                 continue  # it moved meanwhile: decide again on what it is now
             return record.job, after
@@ -210,7 +212,7 @@ class JobStore:
         """Delete the record if it is still at ``revision`` (CasConflict otherwise)."""
         key, last_words = self.names.key(job.id), msgspec.json.encode(job)
         await self.bucket.delete(key, last=revision, ttl=TOMBSTONE_TTL, epitaph=last_words)
-        await self.index.removed(job)
+        await self.index.moved(job, job.state, None, confirm=True)  # no message, no record
         await self.events.announce(job, "removed")
 
     async def removed(self, job_id: str) -> RawJob | None:
