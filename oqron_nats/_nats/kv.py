@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 from .facade import Nats
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
@@ -128,9 +129,12 @@ class Bucket:
         headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
         return (await self.conn.publish(self._prefix + key, value, headers)).seq
 
-    async def update(self, key: str, value: bytes, *, last: int, ttl: float | None = None) -> int:
-        """Write ``key`` only if its revision is still ``last``; return the new revision."""
-        return await self._write(key, value, last=last, ttl=ttl)
+    def update(
+        self, key: str, value: bytes, *, last: int, ttl: float | None = None
+    ) -> Coroutine[Any, Any, int]:
+        """Write ``key`` only if its revision is still ``last``; return the new revision (a
+        plain function returning the write: one coroutine less on every job's two writes)."""
+        return self._write(key, value, last=last, ttl=ttl)
 
     async def delete(
         self, key: str, *, last: int, ttl: float | None = None, epitaph: bytes = b""

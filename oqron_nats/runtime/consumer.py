@@ -16,6 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import structlog
+
 from .._nats import Delivery
 from ..core.background import STOP_GRACE, finish
 from ..core.codec import PayloadCodec
@@ -137,6 +139,8 @@ class Consumer:
 
     async def _start(self) -> None:
         self._context = contextvars.copy_context()
+        # every line a job logs carries its queue: bound once here, each job runs in a copy
+        self._context.run(structlog.contextvars.bind_contextvars, queue=self.config.name)
         consumers = self.backend.shared.consumers
         consumers.claim(self.config.name)
         self._undo(lambda: consumers.release(self.config.name))

@@ -295,10 +295,9 @@ class Execution:
     async def _run_claimed(self) -> None:
         rt, job = self.rt, self.held.job
         assert job is not None
-        # this task runs one job: what it binds is gone with it
+        # this task runs one job: what it binds is gone with it (its queue: bound for every job)
         structlog.contextvars.bind_contextvars(
             job_id=job.id,
-            queue=rt.config.name,
             correlation_id=job.correlation_id,
             attempt=job.attempt,
         )

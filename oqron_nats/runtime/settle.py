@@ -77,7 +77,7 @@ class Settle:
         self.late: LateEntry | None = None
         """The claim's index entry, if it is written late (:mod:`.late_entry`)."""
         self._disconnects = 0
-        """The connection's losses before the final write (see :meth:`_index_kept`)."""
+        """The connection's losses before the final write (see :meth:`_index_lost`)."""
 
     async def commit(
         self, state: JobState, event: str, reason: str | None = None, **changes: Any
@@ -174,7 +174,8 @@ class Settle:
             await self.held.release()
         else:
             backend.metrics.sent()
-            await self._index_kept(retry)
+            if self._index_lost():
+                await self._file_again(retry)
             await self.delivery.ack()
             await self.held.release()
 
@@ -198,7 +199,8 @@ class Settle:
 
     async def _finish(self, job: RawJob) -> None:
         await self._notify_children(job)
-        await self._index_kept(job)
+        if self._index_lost():
+            await self._file_again(job)
         await self.delivery.ack()
         await self.held.release()
         await self.rt.retention.apply(job, self.held.revision)
@@ -213,14 +215,14 @@ class Settle:
             await self._notify_children(job)
         await self.delivery.ack()
 
-    async def _index_kept(self, job: RawJob) -> None:
-        """Before the ack: the final write's index entry and markers went out without waiting,
-        and a connection lost since may have lost them, while the requests that came after (the
-        dead letter, the retry's message, flows), asked again, and this ack go through on the
-        next one. Then the job is filed again: no redelivery would come to repair it. (With no
-        loss between, the ack rides the same connection after them: lost with them, if at all.)"""
-        if self.rt.backend.disconnects != self._disconnects:
-            await self._file_again(job)
+    def _index_lost(self) -> bool:
+        """Before the ack: whether the final write's index entry and markers (sent without
+        waiting) may have been lost with a connection lost since, while the requests that came
+        after (the dead letter, the retry's message, flows), asked again, and the ack go through
+        on the next one; then the job is filed again, since no redelivery would come to repair
+        it. (With no loss between, the ack rides the same connection after them: lost with
+        them, if at all.)"""
+        return self.rt.backend.disconnects != self._disconnects
 
     async def _file_again(self, job: RawJob) -> None:
         """Make the job's index entries say its state, its entry expiring with its record."""
