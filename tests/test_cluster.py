@@ -566,3 +566,60 @@ async def lead_elsewhere(cluster: LocalCluster, client: Client, node: str, *, ke
                     return cluster.consumer_leader(s, c) not in (None, node)
 
                 await until(consumer_moved)
+
+
+async def test_a_worker_claims_again_at_once_after_its_consumers_leader_steps_down(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """A pull that reaches the consumer between two leaders is answered 503, and the worker
+    makes sure its consumer exists; the server answers no CONSUMER.CREATE sent while the
+    consumer has no leader, and a claim loop that waited for it claimed nothing for the whole
+    request timeout (5 s: cluster scenario 9 missed its resumption target by it), though the
+    new leader came within milliseconds and said so ("409 Leadership Change" on the open
+    pulls). Four step-downs: a pull lands between the leaders in about three of four."""
+    started: list[float] = []
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        started.append(time.monotonic())
+        await asyncio.sleep(0.01)
+
+    async with (
+        Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as publishing,
+        Client(cluster.urls, namespace=namespace, replicas=REPLICAS) as working,
+    ):
+        publisher = queue("resume", client=publishing)
+        stream = publishing.names("resume").stream
+        conn = await publishing._connection()
+        stopping = asyncio.Event()
+
+        async def trickle() -> None:
+            while not stopping.is_set():
+                await publisher.add({"n": 1})
+                await asyncio.sleep(0.02)
+
+        gaps = []
+        async with queue("resume", handler, client=working, concurrency=4):
+            adding = asyncio.create_task(trickle())
+            try:
+                await until(lambda: len(started) > 20)
+                for _ in range(4):
+                    old = cluster.consumer_leader(stream, "fifo")
+                    subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.fifo"
+                    await conn.nc.request(subject, b"", timeout=5)
+
+                    def moved(old: str | None = old) -> bool:
+                        return cluster.consumer_leader(stream, "fifo") not in (None, old)
+
+                    await until(moved)
+                    elected = time.monotonic()
+
+                    def claimed(since: float = elected) -> bool:
+                        return started[-1] > since
+
+                    await until(claimed)
+                    gaps.append(next(t for t in started if t > elected) - elected)
+                    await asyncio.sleep(1.0)  # steady again before the next one
+            finally:
+                stopping.set()
+                await adding
+    assert max(gaps) < 1.5, f"seconds from the new leader to a job: {[round(g, 2) for g in gaps]}"

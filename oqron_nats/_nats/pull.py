@@ -278,10 +278,23 @@ class Puller:
                 if self._on_alive is not None:
                     self._on_alive()
             return
-        deleted = status == "409" and "Consumer Deleted" in str(headers.get("Description", ""))
-        if deleted or status == "503":  # 503: no responders, the consumer does not exist
+        description = str(headers.get("Description", ""))
+        if status == "409" and "Leadership Change" in description:
+            self._new_leader(token)
+            return
+        deleted = status == "409" and "Consumer Deleted" in description
+        if deleted or status == "503":  # 503: no responders (it does not exist, or no leader)
             self._state.suspect = True
         self._close(token)
+        self._on_change()
+
+    def _new_leader(self, token: str) -> None:
+        """The consumer has a new leader (its 409 on an open request): it exists, and the old
+        leader's request is gone; the owner pulls again now, its trouble over."""
+        self._close(token)
+        self._state.suspect = False
+        if self._on_alive is not None:
+            self._on_alive()
         self._on_change()
 
     def _close(self, token: str) -> None:

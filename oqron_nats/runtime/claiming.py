@@ -85,6 +85,10 @@ class Claimer:
         self._in_transit = 0
         self._refill_at = max(1, config.concurrency // 4)
         self._pausing: asyncio.Task[None] | None = None
+        self._recreating: asyncio.Task[None] | None = None
+        self._revived = asyncio.Event()
+        """Set when claiming is seen working again (a pull's heartbeat, a new consumer leader):
+        it ends a backoff pause."""
 
     @property
     def consumer(self) -> str:
@@ -122,8 +126,9 @@ class Claimer:
             await self.puller.stop()
 
     async def close(self) -> None:
-        """Drop a pause or resume under way."""
+        """Drop a pause or resume, or a re-creation of the consumer, under way."""
         await finish(self._pausing, grace=0)
+        await finish(self._recreating, grace=0)
 
     async def _ensure_consumer(self, *, deadline: float | None = None) -> None:
         """Create (or update) the consumer, paused if the queue is paused right now."""
@@ -185,6 +190,7 @@ class Claimer:
         """Claim into free slots until the worker stops."""
         while not self._stopping.is_set():
             self.wake.clear()
+            self._revived.clear()
             try:
                 if await self._recreate_lost_consumer():
                     self.trouble += 1
@@ -194,8 +200,10 @@ class Claimer:
                 self.trouble += 1
                 log.warning("claiming failed; retrying", queue=self.config.name, error=repr(exc))
             look_again = self._look_again_in()
-            if self.trouble:  # back off while things go wrong: a delivery or heartbeat resets it
-                await wait(self._stopping, min(look_again, backoff(self.trouble)))
+            if self.trouble:  # back off while things go wrong, until claiming works again
+                await wait_any(
+                    (self._stopping, self._revived), min(look_again, backoff(self.trouble))
+                )
             elif not await wait(self.wake, look_again) and self._popper is not None:
                 self._popper.quiet(LOOK_AGAIN)  # a bell may have been lost
 
@@ -214,8 +222,10 @@ class Claimer:
         return timeout
 
     def _on_alive(self) -> None:
-        """A pull request is served (a heartbeat came): claiming works again."""
+        """A pull request is served (a heartbeat came), or the consumer has a new leader:
+        claiming works again."""
         self.trouble = 0
+        self._revived.set()
 
     async def _refill(self) -> None:
         puller = self.puller
@@ -238,15 +248,28 @@ class Claimer:
     async def _recreate_lost_consumer(self) -> bool:
         """Re-create the consumer if pulls suggest it is gone; True if it looked gone.
 
-        One try (the loop backs off and tries again): a consumer whose leader is being elected
-        answers nothing for seconds, and the loop must stay free to stop meanwhile.
+        One try at a time, beside the loop, which goes on pulling meanwhile: the server answers
+        no CONSUMER.CREATE sent while the consumer has no leader (the try waits out the request
+        timeout), and a served pull or the new leader's word ends the suspicion sooner.
         """
-        if self.puller is None or not self.puller.suspect:
+        puller = self.puller
+        if puller is None or not puller.suspect:
             return False
-        log.warning("consumer may be gone; making sure it exists", consumer=self.spec.durable)
-        await self._ensure_consumer(deadline=0)
-        self.puller.reset()
+        if self._recreating is None or self._recreating.done():
+            log.warning("consumer may be gone; making sure it exists", consumer=self.spec.durable)
+            self._recreating = asyncio.create_task(self._recreate(puller))
         return True
+
+    async def _recreate(self, puller: Puller) -> None:
+        try:
+            await self._ensure_consumer(deadline=0)
+        except Exception as exc:  # the loop tries again while the pulls still suggest it
+            log.warning("could not make sure the consumer exists; trying again",
+                        queue=self.config.name, error=repr(exc))  # fmt: skip
+            return
+        if puller.suspect:
+            puller.reset()
+        self.wake.set()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         self.trouble = 0
@@ -295,6 +318,16 @@ class Claimer:
         if self._popper is not None:
             self._popper.forget_empty()
         self.wake.set()
+
+
+async def wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Wait until one of ``events`` is set or ``timeout`` seconds have passed."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def wait(event: asyncio.Event, timeout: float) -> bool:
