@@ -303,6 +303,17 @@ class Backstage:
 
     # -- consumers ------------------------------------------------------------------------------
 
+    async def watch_pulls(self, consumer: str, received: Received) -> Subscription:
+        """Subscribe to the pull requests workers send to ``consumer``."""
+        return await self._watch(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.names.stream}.{consumer}", received
+        )
+
+    async def announce_new_leader(self, consumer: str) -> None:
+        """Publish the server's advisory that ``consumer`` has a new leader (as a cluster does
+        after an election; a single server never sends it)."""
+        await (await self._conn()).publish_core(self.names.consumer_elected(consumer), b"{}")
+
     async def consumer_names(self) -> list[str]:
         """The names of the work stream's consumers."""
         return await (await self._conn()).consumer_names(self.names.stream)

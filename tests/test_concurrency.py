@@ -18,7 +18,7 @@ from oqron_nats._nats import Nats
 from oqron_nats.core.job import Strategy
 from oqron_nats.testing.server import LocalServer
 
-from .helpers import WorkerProcess, eventually, read_log
+from .helpers import WorkerProcess, eventually, holds, read_log
 from .support import Backstage
 
 WAIT = 10.0
@@ -360,6 +360,33 @@ async def test_a_deleted_consumer_is_recreated_and_claiming_goes_on(client: Clie
         await eventually(lambda: _has_consumer(behind, "fifo"), what="the consumer to be recreated")
         await q.add({"n": 1})
         await asyncio.wait_for(done.wait(), 10)
+
+
+async def test_a_new_consumer_leader_makes_the_worker_pull_again_at_once(client: Client) -> None:
+    """A cluster whose consumer's leader changes may drop the open pull requests without a word
+    (the same node elected again after a heal); the server's advisory of the new leader makes
+    the worker forget them and pull again now, not once its check of their heartbeats gives up
+    (seconds later)."""
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    async with queue("elected", handler, client=client):
+        behind = Backstage(client, "elected")
+        pulls: list[float] = []
+
+        async def pulled(msg: Any) -> None:
+            pulls.append(time.monotonic())
+
+        watch = await behind.watch_pulls("fifo", pulled)
+        try:
+            await asyncio.sleep(0.5)  # the worker's pull is open and idle: no more are sent
+            before = len(pulls)
+            await behind.announce_new_leader("fifo")
+            await eventually(lambda: holds(len(pulls) > before), timeout=1.5,
+                             what="a new pull request after the advisory")  # fmt: skip
+        finally:
+            await watch.unsubscribe()
 
 
 async def _has_consumer(behind: Backstage, name: str) -> bool:

@@ -235,6 +235,15 @@ class Names:
         workers."""
         return f"oqron.{self.namespace}.bell.{self.queue}.>"
 
+    def consumer_elected(self, durable: str) -> str:
+        """The server's advisory that the queue's consumer ``durable`` has a new leader."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{self.stream}.{durable}"
+
+    @property
+    def consumers_elected(self) -> str:
+        """The advisories of a new leader of any of the queue's consumers (wildcard)."""
+        return self.consumer_elected("*")
+
     def bell_lane(self, subject: str) -> int | None:
         """The priority of the lane a bell message rang for (its subject), or None."""
         prefix = f"oqron.{self.namespace}.bell.{self.queue}.p"
@@ -446,7 +455,8 @@ def resources() -> list[tuple[str, str]]:
             "core NATS, not stored",
             f"events `{n.event(job, '<event>')}`, commands to the workers "
             f"`{n.control('<command>', job)}` (cancel), wake-ups of lifo and priority workers "
-            f"`{n.bell}`",
+            f"`{n.bell}`; workers listen to the server's advisories of a new leader of their "
+            f"consumer, `{n.consumers_elected}`",
         ),
     ]
 

@@ -173,7 +173,12 @@ def _worker_publish(names: Names) -> list[str]:
 
 
 def _worker_subscribe(names: Names) -> list[str]:
-    return [names.controls, names.bell, f"$KV.{names.queues_bucket}.{names.queue}"]
+    return [
+        names.controls,
+        names.bell,
+        f"$KV.{names.queues_bucket}.{names.queue}",
+        names.consumers_elected,  # pull again at once when a consumer's leader changes
+    ]
 
 
 def _admin(namespace: str, inbox: str) -> Permissions:

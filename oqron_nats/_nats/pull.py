@@ -280,7 +280,7 @@ class Puller:
             return
         description = str(headers.get("Description", ""))
         if status == "409" and "Leadership Change" in description:
-            self._new_leader(token)
+            self.new_leader(token)
             return
         deleted = status == "409" and "Consumer Deleted" in description
         if deleted or status == "503":  # 503: no responders (it does not exist, or no leader)
@@ -288,10 +288,15 @@ class Puller:
         self._close(token)
         self._on_change()
 
-    def _new_leader(self, token: str) -> None:
-        """The consumer has a new leader (its 409 on an open request): it exists, and the old
-        leader's request is gone; the owner pulls again now, its trouble over."""
-        self._close(token)
+    def new_leader(self, token: str | None = None) -> None:
+        """The consumer has a new leader (its 409 on the open request ``token``, or the server's
+        advisory: None): it exists, and the old leader's requests are gone (with no word when
+        the same node is elected again after a heal); the owner pulls again now, its trouble
+        over."""
+        if token is None:
+            self.reset()
+        else:
+            self._close(token)
         self._state.suspect = False
         if self._on_alive is not None:
             self._on_alive()

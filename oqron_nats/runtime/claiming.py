@@ -114,6 +114,7 @@ class Claimer:
         await puller.start()
         self.puller = puller
         undo(puller.stop)
+        undo(await broker.listen_elected(self.spec.durable, puller.new_leader))
         if self.config.strategy != "fifo":
             plan = PriorityPlan() if self.config.strategy == "priority" else None
             self._popper = LanePopper(broker, self.backend.names, plan)

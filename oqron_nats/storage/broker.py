@@ -303,6 +303,18 @@ class Broker:
         sub = await self.conn.subscribe(self.names.bell, heard)
         return sub.unsubscribe
 
+    async def listen_elected(
+        self, durable: str, elected: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``elected`` whenever the consumer ``durable`` has a new leader (the server's
+        advisory); returns the stop call."""
+
+        async def heard(msg: Msg) -> None:
+            elected()
+
+        sub = await self.conn.subscribe(self.names.consumer_elected(durable), heard)
+        return sub.unsubscribe
+
     async def _publish(
         self, job_id: str, subject: str, body: bytes, headers: dict[str, str]
     ) -> None:
