@@ -309,6 +309,12 @@ class Backstage:
             f"$JS.API.CONSUMER.MSG.NEXT.{self.names.stream}.{consumer}", received
         )
 
+    async def answer_pull(self, reply: str, status: str, description: str) -> None:
+        """Answer a worker's pull request with a status, as the server does (a 409 "Leadership
+        Change" from a consumer's new leader, ...)."""
+        headers = {"Status": status, "Description": description}
+        await (await self._conn()).publish_core(reply, headers=headers)
+
     async def announce_new_leader(self, consumer: str) -> None:
         """Publish the server's advisory that ``consumer`` has a new leader (as a cluster does
         after an election; a single server never sends it)."""

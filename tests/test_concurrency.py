@@ -389,5 +389,35 @@ async def test_a_new_consumer_leader_makes_the_worker_pull_again_at_once(client:
             await watch.unsubscribe()
 
 
+async def test_a_new_leaders_409_then_its_advisory_make_one_new_pull(client: Client) -> None:
+    """A new consumer leader tells the open pulls (409 Leadership Change) and the server also
+    sends its advisory, in either order: the worker pulls again once, not once for each (the
+    advisory right after the 409 would drop the pull sent for it, and the server would hold
+    twice the worker's room)."""
+
+    async def handler(ctx: Any) -> None:
+        pass
+
+    async with queue("told", handler, client=client):
+        behind = Backstage(client, "told")
+        pulls: list[str] = []
+
+        async def pulled(msg: Any) -> None:
+            pulls.append(msg.reply)
+
+        watch = await behind.watch_pulls("fifo", pulled)
+        try:
+            await asyncio.sleep(0.5)  # started: its first pull is open and idle
+            await behind.announce_new_leader("fifo")  # a pull whose reply subject we know
+            await eventually(lambda: holds(len(pulls) == 1), timeout=2, what=f"a pull {pulls}")
+            await behind.answer_pull(pulls[0], "409", "Leadership Change")
+            await eventually(lambda: holds(len(pulls) == 2), timeout=2, what="a pull after the 409")
+            await behind.announce_new_leader("fifo")
+            await asyncio.sleep(0.5)
+            assert len(pulls) == 2, "the advisory after the 409 made a second pull"
+        finally:
+            await watch.unsubscribe()
+
+
 async def _has_consumer(behind: Backstage, name: str) -> bool:
     return name in await behind.consumer_names()

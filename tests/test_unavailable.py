@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from oqron_nats import Client, EnqueueError, JobContext, JobState, OqronError, Unavailable, queue
-from oqron_nats._nats import stranded
+from oqron_nats._nats import Nats, stranded
 from oqron_nats._nats.direct import new_client
 from oqron_nats._nats.kv import Bucket
 from oqron_nats._nats.replies import transient_error
@@ -459,3 +459,32 @@ async def test_a_cancel_whose_connection_drops_after_its_record_is_counted(
         assert hung.is_set()
         assert await q.count("waiting") == 1
         assert await q.count("cancelled") == 1
+
+
+async def test_a_cancel_goes_on_when_the_index_refuses_its_writes(
+    nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A cancel's index writes wait for their answers; when they still fail (the index stream
+    without a leader for longer than the retry deadline), the failure is logged and the cancel
+    goes on: the record says cancelled and the job's message is removed, so it never runs (a
+    raise there left the message, and a second cancel found the job finished)."""
+    real_publish = Nats.publish
+
+    async def publish(
+        self: Nats, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Any:
+        if ".idx." in subject:
+            raise Unavailable("NATS did not answer (the index stream has no leader)")
+        return await real_publish(self, subject, payload, headers)
+
+    async with Client(nats_server.url, namespace=namespace) as client:
+        q = queue("unindexed", client=client)
+        await q.add({"n": 1}, job_id="stopped")
+        monkeypatch.setattr(Nats, "publish", publish)
+        assert await q.cancel("stopped")
+        monkeypatch.setattr(Nats, "publish", real_publish)
+        job = await q.get_job("stopped")
+        assert job is not None and job.state == JobState.CANCELLED
+        assert await Backstage(client, "unindexed").lane_subjects() == {}
+        assert "the state index did not take a move" in caplog.text

@@ -323,7 +323,7 @@ class Connection:
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core NATS subscription delivering to ``cb``."""
-        with _AS_UNAVAILABLE:
+        with AS_UNAVAILABLE:
             return await self.nc.subscribe(subject, cb=cb)
 
     def refused_subscription(self, subject: str) -> PermissionDenied | None:
@@ -336,7 +336,7 @@ class Connection:
 
     async def subscribe_direct(self, subject: str, handler: Handler) -> Subscription:
         """A subscription whose messages go straight to ``handler`` (see :mod:`.direct`)."""
-        with _AS_UNAVAILABLE:
+        with AS_UNAVAILABLE:
             return await self.nc.subscribe_direct(subject, handler)
 
     async def publish_core(
@@ -348,7 +348,7 @@ class Connection:
         headers: dict[str, str] | None = None,
     ) -> None:
         """A core NATS publish: fire and forget."""
-        with _AS_UNAVAILABLE:
+        with AS_UNAVAILABLE:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
 
 
@@ -385,7 +385,7 @@ class _AsUnavailable:
             raise Unavailable(f"NATS could not take the message: {exc}") from exc
 
 
-_AS_UNAVAILABLE = _AsUnavailable()
+AS_UNAVAILABLE = _AsUnavailable()
 """The context in which nats-py's errors become Unavailable (stateless: one for all)."""
 
 

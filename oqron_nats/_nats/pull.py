@@ -25,6 +25,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from .conn import AS_UNAVAILABLE
 from .facade import Nats
 
 EXPIRY_GRACE = 5.0
@@ -32,6 +33,9 @@ EXPIRY_GRACE = 5.0
 HEARTBEAT = 2.0
 """Seconds between the server's idle heartbeats on a lingering request; two missed ones mean
 the request is gone (a deleted consumer, a restarted server) and the consumer is checked."""
+LEADER_NEWS = 1.0
+"""Seconds after a new consumer leader's 409 on an open request in which the server's advisory
+of that election changes nothing (the requests sent since are at the new leader)."""
 
 
 V1_ACK_TOKENS = 9
@@ -107,11 +111,12 @@ class Delivery:
 
     async def in_progress(self) -> None:
         """Reset the message's ack timer: it is still being worked on."""
-        await self._msg.in_progress()
+        with AS_UNAVAILABLE:
+            await self._msg.in_progress()
 
     @staticmethod
     async def _settle(call: Awaitable[None]) -> None:
-        with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+        with AS_UNAVAILABLE, contextlib.suppress(nats.errors.MsgAlreadyAckdError):
             await call
 
 
@@ -156,6 +161,8 @@ class Puller:
         self._sub: Subscription | None = None
         self._counter = 0
         self._state = _State()
+        self._told_at = -LEADER_NEWS
+        """When a new leader last told an open request (its 409)."""
 
     @property
     def outstanding(self) -> int:
@@ -293,10 +300,14 @@ class Puller:
         advisory: None): it exists, and the old leader's requests are gone (with no word when
         the same node is elected again after a heal); the owner pulls again now, its trouble
         over."""
-        if token is None:
-            self.reset()
-        else:
+        now = time.monotonic()
+        if token is not None:
+            self._told_at = now
             self._close(token)
+        elif now - self._told_at < LEADER_NEWS:
+            return  # its 409s came first: the requests sent since are the new leader's
+        else:
+            self.reset()
         self._state.suspect = False
         if self._on_alive is not None:
             self._on_alive()

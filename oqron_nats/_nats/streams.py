@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from ..core.errors import JetStreamError
-from .conn import Connection
+from .conn import AS_UNAVAILABLE, Connection
 from .replies import (
     NO_MESSAGE,
     NOT_FOUND,
@@ -69,9 +69,10 @@ class StreamAdmin(Connection):
     async def purge_later(self, stream: str, subject: str) -> None:
         """Ask the server to purge ``subject`` without waiting for the answer. The server runs
         purges apart from storing messages: one can overtake a message sent just before it."""
-        await self.nc.publish(
-            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
-        )
+        with AS_UNAVAILABLE:
+            await self.nc.publish(
+                f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": subject})
+            )
 
     async def delete_stream(self, stream: str) -> bool:
         """Delete the stream; False if it did not exist."""

@@ -265,8 +265,9 @@ class Claimer:
         try:
             await self._ensure_consumer(deadline=0)
         except Exception as exc:  # the loop tries again while the pulls still suggest it
-            log.warning("could not make sure the consumer exists; trying again",
-                        queue=self.config.name, error=repr(exc))  # fmt: skip
+            if puller.suspect:  # else a new leader answered the question meanwhile
+                log.warning("could not make sure the consumer exists; trying again",
+                            queue=self.config.name, error=repr(exc))  # fmt: skip
             return
         if puller.suspect:
             puller.reset()

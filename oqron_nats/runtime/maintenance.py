@@ -197,7 +197,7 @@ async def _requeue(
         stalled_count=job.stalled_count + 1 if stalled else job.stalled_count,
     )
     try:
-        await backend.store.update(again, revision, str(state), job.state, confirm=True)
+        await backend.store.update(again, revision, str(state), job.state)
     except CasConflict:
         return False
     await backend.broker.enqueue(again)

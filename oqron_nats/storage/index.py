@@ -51,7 +51,11 @@ from typing import Any
 from .._nats import Nats, StoredMsg
 from .._nats.kv import ttl_header
 from .._nats.names import INDEX_ENTERED_HEADER, KV_OPERATION_HEADER, TTL_HEADER, Names
+from ..core.errors import OqronError
 from ..core.job import TERMINAL_STATES, TIMELINE_LIMIT, Job, JobState
+from ..observe.log import logger
+
+log = logger(__name__)
 
 UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 
@@ -111,21 +115,29 @@ class StateIndex:
         with ``ttl`` the new entry expires with the record. ``unlisted``: states the job passed
         through that never had its entry (a claim's entry written late, runtime/late_entry.py):
         a finished job's end sends them no marker. ``confirm`` waits for every write's answer
-        (asked again through a lost connection): for a move that nothing comes later to repair
-        (an operator's action, a removal); else they go without waiting."""
+        (asked again through a lost connection) for a move that no run of the job comes after to
+        repair (into or out of a finished state: a cancel, a removal, a rerun); one that still
+        fails is logged, not raised: the record is the truth (a listing files the job again),
+        and what the caller does next (remove a message, tell a worker) must still happen."""
         if was == now:
             return
-        if now is not None:
-            headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-            entry = self.names.index_entry(now, job.id)
-            if confirm or (self.confirm_final and now in TERMINAL_STATES):
-                await self.conn.publish(entry, b"", headers)
-            else:
-                await self.conn.publish_core(entry, headers=headers)
-        stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
-        for state in stale - unlisted - {None, now}:
-            assert state is not None
-            await self._forget(job.id, state, confirm=confirm)
+        try:
+            if now is not None:
+                headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
+                entry = self.names.index_entry(now, job.id)
+                if confirm or (self.confirm_final and now in TERMINAL_STATES):
+                    await self.conn.publish(entry, b"", headers)
+                else:
+                    await self.conn.publish_core(entry, headers=headers)
+            stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
+            for state in stale - unlisted - {None, now}:
+                assert state is not None
+                await self._forget(job.id, state, confirm=confirm)
+        except OqronError as exc:
+            if not confirm:
+                raise
+            log.warning("the state index did not take a move; its counts may be off until the "
+                        "job is listed", job_id=job.id, state=str(now), error=str(exc))  # fmt: skip
 
     async def _forget(self, job_id: str, state: JobState, *, confirm: bool = False) -> None:
         """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
@@ -149,7 +161,9 @@ class StateIndex:
 
     async def repair(self, job_id: str, now: JobState | None, ttl: float | None = None) -> None:
         """Make the job's entries say ``now`` (None: gone), whatever they said before; an entry
-        filed in ``now`` expires after ``ttl`` seconds (its record's)."""
+        filed in ``now`` expires after ``ttl`` seconds (its record's). Its writes wait for their
+        answers: it runs after a lost connection or a redelivery, when a stream may be between
+        leaders (one sent without waiting would be dropped)."""
         stored, _ = await self.conn.direct_batch(
             self.stream, start=1, batch=len(JobState) + 1,
             subject=self.names.index_entries_of_job(job_id),
@@ -157,10 +171,10 @@ class StateIndex:
         listed = {state_of(m) for m in stored if not gone(m)}
         for state in listed - {now, None}:
             assert state is not None
-            await self._forget(job_id, state)
+            await self._forget(job_id, state, confirm=True)
         if now is not None and now not in listed:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-            await self.conn.publish_core(self.names.index_entry(now, job_id), headers=headers)
+            await self.conn.publish(self.names.index_entry(now, job_id), b"", headers)
 
     async def remove_all(self) -> None:
         """Remove every entry of the queue's index."""

@@ -194,8 +194,10 @@ class JobStore:
                 return None
             named = event if isinstance(event, str) else event(after)
             try:
-                # confirmed: no delivery comes after an operator's move to repair its entries
-                await self.update(after, record.revision, named, record.job.state, confirm=True)
+                # into or out of a finished state, no run of the job comes after to repair the
+                # index: its writes wait for their answers
+                ended = record.job.is_terminal or after.is_terminal
+                await self.update(after, record.revision, named, record.job.state, confirm=ended)
             except CasConflict:
                 continue  # it moved meanwhile: decide again on what it is now
             return record.job, after
