@@ -325,3 +325,62 @@ async def test_writes_sent_at_once_are_each_refused_at_once(server: SecuredServe
             [{"data": {"n": n}} for n in range(100)]
         )
         assert result.ok
+
+
+async def test_removals_and_finished_moves_wait_for_their_index_writes_within_each_role(
+    server: SecuredServer,
+) -> None:
+    """The index writes that wait for their answers (a removal at completion, a cancel, a
+    rerun) are each role's to make: the worker removes its completed jobs, the admin cancels and
+    reruns, and no write is refused (a refused one would only be logged)."""
+    assert await asyncio.to_thread(admin_cli, server, "provision", "orders") == 0
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        return None
+
+    with capture_logs() as logs:
+        async with client_of(server, "publisher") as publisher, client_of(
+            server, "worker"
+        ) as worker, client_of(server, "admin") as admin:  # fmt: skip
+            orders = queue("orders", client=publisher)
+            completed = await orders.count(JobState.COMPLETED)  # other tests' jobs are kept
+            cancelled = await orders.count(JobState.CANCELLED)
+            async with queue("orders", handle, client=worker, remove_on_complete=True):
+                gone = await orders.add({"n": 1})
+                await eventually(lambda: _removed(orders, gone.id), timeout=15,
+                                 what="the completed job removed")  # fmt: skip
+            assert await orders.count(JobState.COMPLETED) == completed
+            managed = queue("orders", client=admin)
+            stopped = await orders.add({"n": 2})
+            assert await managed.cancel(stopped.id)
+            assert await orders.count(JobState.CANCELLED) == cancelled + 1
+            await managed.retry(stopped.id)
+            assert (await orders.get_job(stopped.id)).state == JobState.WAITING  # type: ignore[union-attr]
+    refused = [e for e in logs if "did not take a move" in str(e.get("event", ""))]
+    refused += [e for e in logs if "permissions violation" in str(e.get("error", ""))]
+    assert refused == []
+
+
+async def _removed(q: Any, job_id: str) -> bool:
+    return await q.get_job(job_id) is None
+
+
+async def test_a_worker_restarted_with_the_same_host_and_pid_takes_its_presence_key_back(
+    server: SecuredServer,
+) -> None:
+    """A worker that finds the presence key of an earlier process with its host and pid (a
+    container restarted in its pod; here: the same process, right after a stop) reads it and
+    writes over it, with the worker role's rights (the read was refused before)."""
+    assert await asyncio.to_thread(admin_cli, server, "provision", "stack") == 0
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        return None
+
+    with capture_logs() as logs:
+        async with client_of(server, "worker") as worker:
+            async with queue("stack", handle, client=worker, strategy="lifo"):
+                pass
+            async with queue("stack", handle, client=worker, strategy="lifo"):
+                await asyncio.sleep(0.5)  # its presence written
+    refused = [e for e in logs if "permissions violation" in str(e.get("error", ""))]
+    assert refused == []

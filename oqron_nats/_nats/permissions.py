@@ -164,6 +164,9 @@ def _worker_publish(names: Names) -> list[str]:
         f"$KV.{locks}.{names.queue}.>",  # leases and roles
         f"{API}.DIRECT.GET.KV_{locks}.$KV.{locks}.{names.queue}.>",
         f"$KV.{queues}.{names.queue}.>",  # presence
+        # a presence key left by an earlier process of the same host and pid (a container
+        # restarted in its pod): read, then overwritten
+        f"{API}.DIRECT.GET.KV_{queues}.$KV.{queues}.{names.queue}.>",
         f"{API}.DIRECT.GET.KV_{jobs}",  # the queue's records in batches (maintenance passes)
         names.run_lane,
         names.rate_of_queue,
