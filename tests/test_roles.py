@@ -19,9 +19,12 @@ from oqron_nats import (
     DeadLetter,
     JobContext,
     JobState,
+    OrphanSweep,
     PermissionDenied,
     QueueNotFound,
+    Reconciliation,
     RetryPolicy,
+    StallScanner,
     queue,
 )
 from oqron_nats._nats import PubAck
@@ -32,6 +35,7 @@ from oqron_nats.runtime.schedules import catch_up_missed
 
 from .helpers import eventually, holds, wait_for_state
 from .secured import SecuredServer
+from .support import Backstage
 
 NS = "roles"
 QUEUES = ("orders", "stack", "ranked")
@@ -383,4 +387,36 @@ async def test_a_worker_restarted_with_the_same_host_and_pid_takes_its_presence_
             async with queue("stack", handle, client=worker, strategy="lifo"):
                 await asyncio.sleep(0.5)  # its presence written
     refused = [e for e in logs if "permissions violation" in str(e.get("error", ""))]
+    assert refused == []
+
+
+async def test_the_maintenance_passes_heal_within_the_worker_roles_rights(
+    server: SecuredServer,
+) -> None:
+    """A worker with every maintenance pass on, often (orphan sweep, reconciliation, stall
+    scanner), under the worker role: a waiting job whose message was removed is published again
+    and runs, and no pass is refused a read or a write (each would only be logged)."""
+    assert await asyncio.to_thread(admin_cli, server, "provision", "ranked") == 0
+    ran: list[str] = []
+
+    async def handle(ctx: JobContext[Any]) -> None:
+        ran.append(ctx.id)
+
+    often = {"interval": 0.5}
+    with capture_logs() as logs:
+        async with client_of(server, "publisher") as publisher, client_of(
+            server, "admin"
+        ) as admin, client_of(server, "worker") as worker:  # fmt: skip
+            orphan = await queue("ranked", client=publisher).add({"n": 1})
+            await Backstage(admin, "ranked").purge_lanes()  # its message is gone
+            async with queue(
+                "ranked", handle, client=worker, strategy="priority",
+                orphan_sweep=OrphanSweep(waiting_for=0.5, **often),
+                reconciliation=Reconciliation(waiting_threshold=0.5, delayed_grace=0.5, **often),
+                cross_node_stall_scanner=StallScanner(**often),
+            ):  # fmt: skip
+                await eventually(lambda: holds(orphan.id in ran), timeout=15,
+                                 what="the orphan published again and run")  # fmt: skip
+                await asyncio.sleep(1.5)  # a few more passes of each
+    refused = [e for e in logs if "permission" in str(e).lower()]
     assert refused == []
