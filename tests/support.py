@@ -264,6 +264,11 @@ class Backstage:
         message delete, ...)."""
         return await self._watch(f"$JS.API.*.*.{self.names.index_stream}", received)
 
+    async def index_entry(self, job_id: str, state: JobState) -> StoredMsg | None:
+        """The job's stored index entry in ``state`` (its headers: the TTL), or None."""
+        conn, names = await self._conn(), self.names
+        return await conn.direct_get_subject(names.index_stream, names.index_entry(state, job_id))
+
     async def index_states(self, job_id: str) -> list[JobState | None]:
         """The states the job's stored index messages name, in order (one batch read)."""
         stored, _ = await (await self._conn()).direct_batch(

@@ -239,11 +239,7 @@ async def test_a_completed_entry_filed_again_expires_with_its_record(
         await settled_as(scene, ["dropped"], JobState.COMPLETED)
         await assert_counts(scene, {"completed": 1}, "after the redelivery")
         record_ttl = await scene.backstage.record_ttl("dropped")
-        names = scene.backstage.names
-        conn = await scene.backstage._conn()
-        entry = await conn.direct_get_subject(
-            names.index_stream, names.index_entry(JobState.COMPLETED, "dropped")
-        )
+        entry = await scene.backstage.index_entry("dropped", JobState.COMPLETED)
         assert entry is not None
         assert record_ttl is not None, "the default retention writes the record with a TTL"
         assert entry.headers.get(TTL_HEADER) == record_ttl, (
