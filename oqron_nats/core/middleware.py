@@ -1,9 +1,10 @@
 """Middleware: cross-cutting behaviour around a worker's jobs, in dramatiq's style.
 
 A middleware overrides the hooks it needs; every hook of :class:`Middleware` does nothing. A
-hook may be a plain ``def`` or an ``async def``. A queue runs its built-in middlewares (metrics,
-tracing, the user's ``hooks=`` and ``dead_letter=`` callbacks, the worker's presence key and its
-lag monitor) and then those given with ``middleware=[...]``, in that order. A hook that raises
+hook may be a plain ``def`` or an ``async def``. A queue runs its built-in middlewares (tracing,
+the user's ``hooks=`` and ``dead_letter=`` callbacks, the worker's presence key and its lag
+monitor) and then those given with ``middleware=[...]``, in that order; the job counters and
+durations (OpenTelemetry metrics) are recorded by the worker before them. A hook that raises
 is logged and does not change the job: its state is decided and stored by the worker, never by
 a hook (retention, which writes the record, is a step of settling it, not a middleware).
 

@@ -262,6 +262,7 @@ class Execution:
             leased=False,
         )
         await self.held.write(stalled, "stalled", JobState.ACTIVE)
+        self.rt.backend.metrics.stalled()
         await self.rt.middleware.run("on_stall", stalled, job_id=stalled.id)
         log.warning("job stalled", job_id=stalled.id, stalled_count=stalled.stalled_count)
         return stalled
@@ -307,7 +308,9 @@ class Execution:
         self.settle.heartbeat = heartbeat
         heartbeat.start()
         try:
-            await rt.middleware.run("before_process", job, job_id=job.id)
+            rt.backend.metrics.consumed()
+            if rt.middleware.wants("before_process"):
+                await rt.middleware.run("before_process", job, job_id=job.id)
             started = time.monotonic()
             ran = await rt.middleware.around(job, self.delivery.headers, lambda: self._attempt(job))
             duration = time.monotonic() - started
@@ -316,7 +319,9 @@ class Execution:
                 outcome: str | None = aborted_type(self.signal.reason)
             else:
                 outcome = None if ran.error is None else type(ran.error).__name__
-            await rt.middleware.run("after_process", job, duration, outcome, job_id=job.id)
+            rt.backend.metrics.processed(duration, outcome)
+            if rt.middleware.wants("after_process"):
+                await rt.middleware.run("after_process", job, duration, outcome, job_id=job.id)
             await self._settle(ran, duration)
         finally:
             heartbeat.stop()
@@ -447,9 +452,10 @@ class Execution:
             attempt=done.attempt,
             seconds=round(duration, 4),
         )
-        await self.rt.middleware.run(
-            "on_complete", with_data(done, value, result=result), result, job_id=done.id
-        )
+        self.rt.backend.metrics.completed()
+        if self.rt.middleware.wants("on_complete"):  # else no copy with the data is made
+            job = with_data(done, value, result=result)
+            await self.rt.middleware.run("on_complete", job, result, job_id=done.id)
 
     async def _fail(self, value: Any, error: BaseException) -> None:
         job, config = self.held.job, self.rt.config
@@ -480,6 +486,7 @@ class Execution:
             retry_in=round(delay, 3), error=stored.message,
         )  # fmt: skip
         await self.settle.schedule(retry)
+        self.rt.backend.metrics.retried()
         await self.rt.middleware.run(
             "on_retry", with_data(retry, value, error=failure), failure, job_id=retry.id
         )
@@ -499,6 +506,7 @@ class Execution:
         if not await self.settle.finish_failed(failed):
             return  # unacked: the redelivery writes the dead letter
         job = with_data(failed, value, error=failure)  # hooks see the plaintext
+        self.rt.backend.metrics.failed()
         await self.rt.middleware.run("on_fail", job, failure, job_id=job.id)
 
     async def _on_aborted(self) -> None:

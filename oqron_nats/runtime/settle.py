@@ -243,6 +243,7 @@ class Settle:
         except EnqueueError as exc:
             log.warning("dead letter could not be written yet", job_id=job.id, error=str(exc))
             return False
+        self.rt.backend.metrics.dead_lettered()
         await self.rt.middleware.run("on_dead_letter", job, job_id=job.id)
         return True
 

@@ -34,8 +34,7 @@ class Runtime:
     executor: ThreadPoolExecutor | None
     limiter: ClusterRateLimit | None = None
     middleware: Chain = field(default_factory=lambda: Chain([]))
-    """Metrics, tracing, the user's callbacks and middlewares (see
-    :mod:`oqron_nats.core.middleware`)."""
+    """Tracing, the user's callbacks and middlewares (see :mod:`oqron_nats.core.middleware`)."""
     sealer: Sealer = field(init=False)
     """Seals and opens the queue's stored values (the codec's, set by the queue)."""
     loop: asyncio.AbstractEventLoop = field(init=False)
