@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
+
+import pytest
 
 
 class TcpProxy:
@@ -56,6 +60,30 @@ class TcpProxy:
 
         self.stall()
         asyncio.get_running_loop().call_later(seconds, drop)
+
+    def drop_after(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        owner: type,
+        method: str,
+        when: Callable[..., bool] = lambda *args, **kwargs: True,
+        seconds: float = 0.3,
+    ) -> asyncio.Event:
+        """Make ``owner.method`` (awaited) :meth:`hang_then_drop` the link right after its first
+        call for which ``when(*args, **kwargs)`` holds has returned: what its caller sends next
+        goes into the hung link and is lost. Returns the event set when that happened."""
+        original = getattr(owner, method)
+        hung = asyncio.Event()
+
+        async def hanging(target: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await original(target, *args, **kwargs)
+            if not hung.is_set() and when(*args, **kwargs):
+                hung.set()
+                self.hang_then_drop(seconds)
+            return result
+
+        monkeypatch.setattr(owner, method, hanging)
+        return hung
 
     def cut(self) -> None:
         """Drop every connection that goes through the proxy now."""

@@ -152,19 +152,11 @@ async def test_a_bulk_whose_connection_drops_mid_bulk_adds_every_job_once(
     answers (hundreds of them). Once the client is back, each is asked again on its own: every
     job is added once, with one message, and counted."""
     assert nats_server.port is not None
-    original = Bucket.create_many
-    hung = asyncio.Event()
-
-    async def hanging(self: Bucket, items: Sequence[tuple[str, bytes]]) -> list[int | Exception]:
-        created = await original(self, items)
-        if not hung.is_set():  # the link hangs as this chunk goes on to its messages
-            hung.set()
-            proxy.hang_then_drop(0.3)
-        return created
-
-    monkeypatch.setattr(Bucket, "create_many", hanging)
+    proxy = TcpProxy(nats_server.port)
+    # the link hangs as the first chunk goes on from its records to its messages
+    hung = proxy.drop_after(monkeypatch, Bucket, "create_many")
     async with (
-        TcpProxy(nats_server.port) as proxy,
+        proxy,
         Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
     ):
         q = queue("cut-bulk", client=client)

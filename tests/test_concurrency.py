@@ -4,10 +4,11 @@ a free slot is refilled at once, and an idle worker holds a long pull instead of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -368,25 +369,11 @@ async def test_a_new_consumer_leader_makes_the_worker_pull_again_at_once(client:
     the worker forget them and pull again now, not once its check of their heartbeats gives up
     (seconds later)."""
 
-    async def handler(ctx: Any) -> None:
-        pass
-
-    async with queue("elected", handler, client=client):
-        behind = Backstage(client, "elected")
-        pulls: list[float] = []
-
-        async def pulled(msg: Any) -> None:
-            pulls.append(time.monotonic())
-
-        watch = await behind.watch_pulls("fifo", pulled)
-        try:
-            await asyncio.sleep(0.5)  # the worker's pull is open and idle: no more are sent
-            before = len(pulls)
-            await behind.announce_new_leader("fifo")
-            await eventually(lambda: holds(len(pulls) > before), timeout=1.5,
-                             what="a new pull request after the advisory")  # fmt: skip
-        finally:
-            await watch.unsubscribe()
+    async with idle_worker_pulls(client, "elected") as (behind, pulls):
+        before = len(pulls)
+        await behind.announce_new_leader("fifo")
+        await eventually(lambda: holds(len(pulls) > before), timeout=1.5,
+                         what="a new pull request after the advisory")  # fmt: skip
 
 
 async def test_a_new_leaders_409_then_its_advisory_make_one_new_pull(client: Client) -> None:
@@ -395,11 +382,28 @@ async def test_a_new_leaders_409_then_its_advisory_make_one_new_pull(client: Cli
     advisory right after the 409 would drop the pull sent for it, and the server would hold
     twice the worker's room)."""
 
+    async with idle_worker_pulls(client, "told") as (behind, pulls):
+        await behind.announce_new_leader("fifo")  # a pull whose reply subject we know
+        await eventually(lambda: holds(len(pulls) == 1), timeout=2, what=f"a pull {pulls}")
+        await behind.answer_pull(pulls[0], "409", "Leadership Change")
+        await eventually(lambda: holds(len(pulls) == 2), timeout=2, what="a pull after the 409")
+        await behind.announce_new_leader("fifo")
+        await asyncio.sleep(0.5)
+        assert len(pulls) == 2, "the advisory after the 409 made a second pull"
+
+
+@contextlib.asynccontextmanager
+async def idle_worker_pulls(
+    client: Client, name: str
+) -> AsyncIterator[tuple[Backstage, list[str]]]:
+    """A worker of a no-op queue ``name``, started and idle (its first pull open), and the
+    reply subjects of the pull requests it sends from then on, as they are sent."""
+
     async def handler(ctx: Any) -> None:
         pass
 
-    async with queue("told", handler, client=client):
-        behind = Backstage(client, "told")
+    async with queue(name, handler, client=client):
+        behind = Backstage(client, name)
         pulls: list[str] = []
 
         async def pulled(msg: Any) -> None:
@@ -408,13 +412,7 @@ async def test_a_new_leaders_409_then_its_advisory_make_one_new_pull(client: Cli
         watch = await behind.watch_pulls("fifo", pulled)
         try:
             await asyncio.sleep(0.5)  # started: its first pull is open and idle
-            await behind.announce_new_leader("fifo")  # a pull whose reply subject we know
-            await eventually(lambda: holds(len(pulls) == 1), timeout=2, what=f"a pull {pulls}")
-            await behind.answer_pull(pulls[0], "409", "Leadership Change")
-            await eventually(lambda: holds(len(pulls) == 2), timeout=2, what="a pull after the 409")
-            await behind.announce_new_leader("fifo")
-            await asyncio.sleep(0.5)
-            assert len(pulls) == 2, "the advisory after the 409 made a second pull"
+            yield behind, pulls
         finally:
             await watch.unsubscribe()
 

@@ -370,6 +370,11 @@ async def test_a_hung_connection_is_given_up_within_seconds(
             assert (await q.get_job(job.id)) is not None
 
 
+def dropped_key(key: str, *args: Any, **kwargs: Any) -> bool:
+    """Whether a KV write is the record of the job with id ``dropped``."""
+    return key.endswith("dropped")
+
+
 async def test_an_add_whose_connection_drops_after_its_record_is_counted(
     nats_server: LocalServer, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,19 +383,12 @@ async def test_an_add_whose_connection_drops_after_its_record_is_counted(
     the client is back the add is finished as a repeated add would finish it: the job has its
     message, and a count includes it (before: the message was asked again, the entry lost)."""
     assert nats_server.port is not None
-    original = Bucket.create
-    hung = asyncio.Event()
-
-    async def hanging(self: Bucket, key: str, value: bytes, *, ttl: float | None = None) -> int:
-        revision = await original(self, key, value, ttl=ttl)
-        if key.endswith("dropped") and not hung.is_set():
-            hung.set()
-            proxy.hang_then_drop(0.3)
-        return revision
-
-    monkeypatch.setattr(Bucket, "create", hanging)
+    proxy = TcpProxy(nats_server.port)
+    hung = proxy.drop_after(
+        monkeypatch, Bucket, "create", lambda key, *_, **__: key.endswith("dropped")
+    )
     async with (
-        TcpProxy(nats_server.port) as proxy,
+        proxy,
         Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
     ):
         q = queue("dropped-add", client=client)
@@ -435,21 +433,12 @@ async def test_a_cancel_whose_connection_drops_after_its_record_is_counted(
     are asked again on the next connection, so the counts say cancelled (no delivery comes
     later to repair an operator's move: the job's message is dropped unrun)."""
     assert nats_server.port is not None
-    original = Bucket.update
-    hung = asyncio.Event()
-
-    async def hanging(
-        self: Bucket, key: str, value: bytes, *, last: int, ttl: float | None = None
-    ) -> int:
-        revision = await original(self, key, value, last=last, ttl=ttl)
-        if key.endswith("dropped") and not hung.is_set():
-            hung.set()
-            proxy.hang_then_drop(0.3)
-        return revision
-
-    monkeypatch.setattr(Bucket, "update", hanging)
+    proxy = TcpProxy(nats_server.port)
+    hung = proxy.drop_after(
+        monkeypatch, Bucket, "update", lambda key, *_, **__: key.endswith("dropped")
+    )
     async with (
-        TcpProxy(nats_server.port) as proxy,
+        proxy,
         Client(proxy.url, namespace=namespace, request_timeout=30.0) as client,
     ):
         q = queue("dropped-cancel", client=client)

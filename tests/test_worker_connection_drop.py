@@ -148,25 +148,12 @@ async def dropping_worker(
     in state ``writing`` (its first such write): before the writer sends anything else.
     ``writing=None``: the caller drops the link itself (through ``proxy``)."""
     assert nats_server.port is not None
-    update = Bucket.update
-    hung = asyncio.Event()
     proxy = proxy or TcpProxy(nats_server.port)
 
-    async def hanging(
-        self: Bucket, key: str, value: bytes, *, last: int, ttl: float | None = None
-    ) -> int:
-        revision = await update(self, key, value, last=last, ttl=ttl)
-        if (
-            writing is not None
-            and not hung.is_set()
-            and key.endswith(f".{job_id}")
-            and state_in(value) == writing
-        ):
-            hung.set()
-            proxy.hang_then_drop(HANG)
-        return revision
+    def the_write(key: str, value: bytes, **_: Any) -> bool:
+        return writing is not None and key.endswith(f".{job_id}") and state_in(value) == writing
 
-    monkeypatch.setattr(Bucket, "update", hanging)
+    hung = proxy.drop_after(monkeypatch, Bucket, "update", the_write, HANG)
     finished_again: list[tuple[str, str, int]] = []
     finish_again = Settle.finish_again
 
@@ -376,16 +363,11 @@ async def test_a_removal_at_completion_whose_entry_purge_is_lost_leaves_no_count
     (the ack went before); the job is gone, and no count may include it."""
     assert nats_server.port is not None
     proxy = TcpProxy(nats_server.port)
-    delete = Bucket.delete
-    deleted = asyncio.Event()
 
-    async def hanging(self: Bucket, key: str, **kwargs: Any) -> None:
-        await delete(self, key, **kwargs)
-        if not deleted.is_set() and key.endswith(".dropped") and kwargs.get("epitaph"):
-            deleted.set()  # the record's delete (a lease's carries no last words)
-            proxy.hang_then_drop(HANG)
+    def the_records_delete(key: str, **kwargs: Any) -> bool:
+        return key.endswith(".dropped") and bool(kwargs.get("epitaph"))  # a lease's has none
 
-    monkeypatch.setattr(Bucket, "delete", hanging)
+    deleted = proxy.drop_after(monkeypatch, Bucket, "delete", the_records_delete, HANG)
     async with dropping_worker(
         nats_server, namespace, monkeypatch, "removed-dropped", quick, job_id="dropped",
         writing=None, add=one(), proxy=proxy, remove_on_complete=True,
