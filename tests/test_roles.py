@@ -411,7 +411,7 @@ async def test_the_maintenance_passes_heal_within_the_worker_roles_rights(
             await Backstage(admin, "ranked").purge_lanes()  # its message is gone
             async with queue(
                 "ranked", handle, client=worker, strategy="priority",
-                orphan_sweep=OrphanSweep(waiting_for=0.5, **often),
+                orphan_sweep=OrphanSweep(waiting_for=0.5, interval=0.5),
                 reconciliation=Reconciliation(waiting_threshold=0.5, delayed_grace=0.5, **often),
                 cross_node_stall_scanner=StallScanner(**often),
             ):  # fmt: skip

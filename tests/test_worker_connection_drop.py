@@ -116,7 +116,7 @@ async def settled_as(scene: Scene, job_ids: list[str], state: JobState) -> None:
             if job is None or job.state != state:
                 return False
         info = await scene.backstage.consumer_info()
-        return info.num_ack_pending == 0 and info.num_pending == 0
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await until(done, within=SETTLED_WITHIN, what=f"{job_ids} {state} and every message acked")
 

@@ -95,12 +95,12 @@ class QueueOptions(TypedDict, total=False):
                lambda value, _: check_priority(value, ConfigError)),
     ]  # fmt: skip
     retries: Annotated[
-        RetryPolicy | None,
+        bool | RetryPolicy | None,
         Option(None, "how failed jobs are retried; given, the added jobs carry its attempts",
                group(RetryPolicy, off=RetryPolicy(), false=RetryPolicy(max=0))),
     ]  # fmt: skip
     dead_letter: Annotated[
-        DeadLetter,
+        bool | DeadLetter | None,
         Option(DeadLetter(), "final failures are copied to the dead-letter stream",
                group(DeadLetter, off=DeadLetter(), false=DeadLetter(enabled=False))),
     ]  # fmt: skip
