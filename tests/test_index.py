@@ -10,6 +10,7 @@ import pytest
 
 from oqron_nats import Client, InvalidOption, JobContext, JobState, Queue, RetryPolicy, queue
 from oqron_nats._nats import Msg, StoredMsg
+from oqron_nats._nats.kv import ttl_seconds
 from oqron_nats.storage.index import MARKER_SLACK, MARKER_TTL
 from oqron_nats.storage.store import JobStore, Record
 
@@ -87,6 +88,52 @@ async def test_a_stale_entry_is_repaired_by_a_listing_and_by_reconciliation(clie
     healed = await reconcile(backend, Reconciliation(waiting_threshold=0, delayed_grace=0))
     assert healed.reindexed == 1
     await eventually(lambda: _counts(q, active=0, completed=2), what="reconciliation to repair it")
+
+
+@pytest.mark.parametrize("healer", ["listing", "reconciliation"])
+async def test_an_entry_filed_by_a_repair_expires_with_its_record(
+    client: Client, healer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair files the entry of the state the record is in with the time its record has
+    left (else the entry of an expiring record would be counted after the record is gone)."""
+    from datetime import timedelta
+
+    from oqron_nats.storage import store
+
+    monkeypatch.setattr(store, "INDEX_SETTLE", 0.0)  # judge the job that just ended at once
+
+    from oqron_nats.core.config import Reconciliation
+    from oqron_nats.runtime.maintenance import reconcile
+
+    async def handler(ctx: JobContext[Any]) -> None:
+        pass
+
+    q = queue(f"expiring-{healer}", handler, client=client, remove_on_complete=timedelta(hours=1))
+    backend = await q._open()
+    job = await q.add({"n": 1})
+    async with q:
+        await eventually(lambda: _counts(q, completed=1), what="the job to complete")
+    await backend.store.index.repair(job.id, JobState.ACTIVE)  # a move cut short, as it were
+    await eventually(lambda: _counts(q, active=1, completed=0), what="the drift to show")
+    if healer == "listing":
+        assert await q.get_jobs(JobState.ACTIVE) == []
+    else:
+        healed = await reconcile(backend, Reconciliation(waiting_threshold=0, delayed_grace=0))
+        assert healed.reindexed == 1
+    await eventually(lambda: _counts(q, active=0, completed=1), what="the repair")
+    filed = await Backstage(client, q.name).index_entry(job.id, JobState.COMPLETED)
+    assert filed is not None
+    left = ttl_seconds(filed.headers.get("Nats-TTL", "never"))
+    assert left is not None and 3500 < left <= 3600, filed.headers
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("90", 90.0), ("1500ms", 1.5), ("1h30m", 5400.0), ("2m0.5s", 120.5), ("never", None),
+     ("", None), ("1x", None), ("ms", None), ("5s junk", None)],
+)  # fmt: skip
+def test_a_ttl_header_reads_as_seconds(header: str, seconds: float | None) -> None:
+    assert ttl_seconds(header) == seconds
 
 
 async def test_drain_and_obliterate_look_past_a_stale_active_entry(client: Client) -> None:

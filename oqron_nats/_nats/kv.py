@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from .facade import Nats
 from .names import EXPECTED_LAST_SUBJECT_SEQ_HEADER, KV_OPERATION_HEADER, TTL_HEADER
-from .replies import CasConflict, PubAck, StoredMsg
+from .replies import CasConflict, PubAck, StoredMsg, parse_time
+
+GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @functools.lru_cache(maxsize=64)  # a queue's retention gives the same few, once per job
@@ -24,15 +29,41 @@ def ttl_header(seconds: float) -> str:
     return f"{max(1000, round(seconds * 1000))}ms"
 
 
+def ttl_seconds(value: str) -> float | None:
+    """A Nats-TTL value in seconds: whole seconds or a Go duration ("1h30m", "500ms"); None
+    for "never" or anything else."""
+    if value.isdigit():
+        return float(value)
+    parts = GO_DURATION.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        return None
+    return sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def expires_in(msg: StoredMsg) -> float | None:
+    """Seconds until a stored message's Nats-TTL runs out, from the server's time stamp of it
+    and this host's clock (its whole TTL if the stamp is missing); None if it never expires."""
+    header = msg.headers.get(TTL_HEADER)
+    ttl = None if header is None else ttl_seconds(header)
+    if ttl is None:
+        return None
+    stored = parse_time(msg.headers.get("Nats-Time-Stamp", ""))
+    return ttl if stored is None else ttl - (datetime.now(UTC) - stored).total_seconds()
+
+
 class Entry:
-    """A KV value with its revision (the stream sequence of the write)."""
+    """A KV value with its revision (the stream sequence of the write), and the seconds
+    until it expires (None: never, or not read)."""
 
-    __slots__ = ("key", "revision", "value")
+    __slots__ = ("expires_in", "key", "revision", "value")
 
-    def __init__(self, key: str, value: bytes, revision: int) -> None:
+    def __init__(
+        self, key: str, value: bytes, revision: int, expires_in: float | None = None
+    ) -> None:
         self.key = key
         self.value = value
         self.revision = revision
+        self.expires_in = expires_in
 
 
 def stream_of(bucket: str) -> str:
@@ -82,7 +113,7 @@ class Bucket:
             msg = await self.conn.direct_get_subject(self.stream, subject)
         if msg is None or _is_delete(msg) != deleted:
             return None
-        return Entry(key, msg.data, msg.seq)
+        return Entry(key, msg.data, msg.seq, expires_in(msg))
 
     async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Write ``key`` only if it does not exist (or was deleted); return the revision."""

@@ -9,6 +9,7 @@ of a cluster that refused for the moment (an election), which the request path a
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -218,6 +219,17 @@ class StoredMsg(msgspec.Struct, frozen=True):
     seq: int
     data: bytes
     headers: dict[str, str]
+
+
+def parse_time(stamp: str) -> datetime | None:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds); None if there is none
+    or it is not one."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    micros = (fraction + "000000")[:6]
+    try:
+        return datetime.fromisoformat(f"{head}.{micros}+00:00") if stamp else None
+    except ValueError:
+        return None
 
 
 def stored_msg(msg: Msg) -> StoredMsg | None:

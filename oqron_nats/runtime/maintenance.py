@@ -165,7 +165,7 @@ async def reindex(backend: Backend, states: dict[str, JobState]) -> int:
     for job_id in suspects:
         record = await backend.store.get(job_id, fresh=True)  # now, not as scanned
         if record is None or settled(record.job):
-            await index.repair(job_id, record.job.state if record else None)
+            await backend.store.refile(job_id, record)
             repaired += 1
     if repaired:
         log.warning("reconciliation repaired the state index", jobs=repaired)

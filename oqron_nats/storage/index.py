@@ -51,6 +51,7 @@ from typing import Any
 from .._nats import Nats, StoredMsg
 from .._nats.kv import ttl_header
 from .._nats.names import INDEX_ENTERED_HEADER, KV_OPERATION_HEADER, TTL_HEADER, Names
+from .._nats.replies import parse_time
 from ..core.errors import OqronError
 from ..core.job import TERMINAL_STATES, TIMELINE_LIMIT, Job, JobState
 from ..observe.log import logger
@@ -329,17 +330,6 @@ def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
         msg.headers.get("Nats-Time-Stamp", "")
     )
     return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, entered or EARLIEST)
-
-
-def parse_time(stamp: str) -> datetime | None:
-    """An RFC 3339 server timestamp (nanoseconds cut to microseconds); None if there is none
-    or it is not one."""
-    head, _, fraction = stamp.rstrip("Z").partition(".")
-    micros = (fraction + "000000")[:6]
-    try:
-        return datetime.fromisoformat(f"{head}.{micros}+00:00") if stamp else None
-    except ValueError:
-        return None
 
 
 def newest_across(pages: Iterable[list[IndexEntry]], count: int) -> list[IndexEntry]:

@@ -44,10 +44,12 @@ def settled(job: RawJob) -> bool:
 
 
 class Record(NamedTuple):
-    """A job record with the revision it was read at (the token for the next CAS)."""
+    """A job record with the revision it was read at (the token for the next CAS), and the
+    seconds until it expires (None: never, or not read)."""
 
     job: RawJob
     revision: int
+    expires_in: float | None = None
 
 
 class Stored(NamedTuple):
@@ -147,7 +149,7 @@ class JobStore:
             entry = await self.bucket.get(key, fresh=True)
         if entry is None:
             return None
-        return Record(decode_record(key, entry.value), entry.revision)
+        return Record(decode_record(key, entry.value), entry.revision, entry.expires_in)
 
     async def update(
         self,
@@ -250,8 +252,16 @@ class JobStore:
                     seen.add(record.job.id)
                     jobs.append(record.job)
             elif record is None or settled(record.job):
-                await self.index.repair(entry.job_id, record.job.state if record else None)
+                await self.refile(entry.job_id, record)
         return Listing(jobs, list(corrupt.values()))
+
+    async def refile(self, job_id: str, record: Record | None) -> None:
+        """Make the job's index entries say what ``record`` says (None: the job is gone), an
+        entry filed now expiring with its record."""
+        if record is None:
+            await self.index.repair(job_id, None)
+        else:
+            await self.index.repair(job_id, record.job.state, record.expires_in)
 
     async def entered_first(self, state: JobState, slack: int = 16) -> datetime | None:
         """When the job that has been in ``state`` longest entered it; None if no job is.
