@@ -2,7 +2,8 @@
 """Development commands that work on a fresh clone with only Python 3.11+ and pip.
 
     ./dev.py demo            the demo: its own local NATS server, real jobs, live output
-    ./dev.py test [ARGS]     ruff, mypy --strict and the whole test suite (ARGS go to pytest)
+    ./dev.py test [ARGS]     ruff, mypy --strict and the whole test suite (ARGS: pytest runs
+                             them, in one process, instead of the whole suite)
     ./dev.py bench [ARGS]    the benchmark table, with the peers installed (ARGS go to bench:
                              --quick, --no-peers, --instructions, --scale)
 
@@ -25,6 +26,12 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".oqron-installed"
 BENCH_STAMP = VENV / ".oqron-bench-installed"
+ALONE = "chaos or cluster"
+"""The tests that run by themselves after the rest: their fault timings (elections, outages,
+recovery targets) must not share the cores with other tests."""
+SIDE_BY_SIDE = "2"
+"""pytest-xdist processes for the rest (this 2-core machine: about half the time); each test
+file runs in one of them, so a file's one-time downloads into .cache/ never race."""
 
 
 def ensure_env() -> None:
@@ -79,7 +86,17 @@ def main() -> None:
     run([py, "-m", "ruff", "check", "."])
     run([py, "-m", "ruff", "format", "--check", "."])
     run([py, "-m", "mypy"])
-    run([py, "-m", "pytest", *args])
+    if args:
+        run([py, "-m", "pytest", *args])
+        return
+    pytest = [py, "-m", "pytest"]
+    codes = [
+        subprocess.call(
+            [*pytest, "-m", f"not ({ALONE})", "-n", SIDE_BY_SIDE, "--dist", "loadfile"], cwd=ROOT
+        ),
+        subprocess.call([*pytest, "-m", ALONE], cwd=ROOT),
+    ]
+    sys.exit(max(codes))
 
 
 if __name__ == "__main__":
