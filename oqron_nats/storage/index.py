@@ -44,6 +44,7 @@ streams deleted. A role that may not delete streams leaves that to the next work
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +74,9 @@ COUNT_TRIES = 3
 GONE = {KV_OPERATION_HEADER: "DEL", TTL_HEADER: f"{MARKER_TTL}s"}
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 """The entry time of an entry that has none (listed last among the newest)."""
+CONFIRMING_MOST = 5_000
+"""Finished jobs' entries confirmed beside their settles at most (a few MB); beyond, a settle
+waits for its own entry's answer."""
 
 
 class IndexEntry:
@@ -93,7 +97,10 @@ class StateIndex:
     With ``confirm_final`` (replicated streams), a finished job's entry is sent as an acked
     publish, retried through a leader election: an entry sent without an answer while the
     stream has no leader is dropped, and nothing would send it again (an unfinished state's
-    entry is superseded by the job's next move; a finished one stays).
+    entry is superseded by the job's next move; a finished one stays). Its answer is awaited
+    beside the settle, in a task of its own, not by it: the settle's ack and the worker's next
+    jobs do not wait out an election of the index's leader (:meth:`confirmed` waits for them
+    at a worker's stop).
     """
 
     def __init__(self, conn: Nats, names: Names, *, confirm_final: bool = False) -> None:
@@ -101,6 +108,8 @@ class StateIndex:
         self.names = names
         self.confirm_final = confirm_final
         self.stream = names.index_stream
+        self._confirming: set[asyncio.Task[None]] = set()
+        """The finished jobs' moves whose entries are still being confirmed."""
 
     async def moved(
         self,
@@ -122,23 +131,74 @@ class StateIndex:
         and what the caller does next (remove a message, tell a worker) must still happen."""
         if was == now:
             return
+        if confirm:
+            await self._move_or_log(job, was, now, ttl, unlisted, confirm=True)
+        elif self._confirms_beside(now):
+            task = asyncio.ensure_future(self._move_or_log(job, was, now, ttl, unlisted))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirmation_ended)
+        else:
+            await self._move(job, was, now, ttl, unlisted)
+
+    async def confirmed(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the finished jobs' entries still being confirmed."""
+        if self._confirming:
+            await asyncio.wait(set(self._confirming), timeout=grace)
+
+    def _confirmation_ended(self, task: asyncio.Task[None]) -> None:
+        self._confirming.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a finished job's index entry failed", exc_info=exc)
+
+    def _confirms_beside(self, now: JobState | None) -> bool:
+        """Whether a move into ``now`` has its entry confirmed beside the caller."""
+        return (
+            self.confirm_final
+            and now in TERMINAL_STATES
+            and len(self._confirming) < CONFIRMING_MOST
+        )
+
+    async def _move_or_log(
+        self,
+        job: Job[Any],
+        was: JobState | None,
+        now: JobState | None,
+        ttl: float | None,
+        unlisted: frozenset[JobState],
+        *,
+        confirm: bool = False,
+    ) -> None:
+        """:meth:`_move`; a failure is logged, not raised: the record is the truth (a listing or
+        reconciliation files the job again)."""
         try:
-            if now is not None:
-                headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-                entry = self.names.index_entry(now, job.id)
-                if confirm or (self.confirm_final and now in TERMINAL_STATES):
-                    await self.conn.publish(entry, b"", headers)
-                else:
-                    await self.conn.publish_core(entry, headers=headers)
-            stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
-            for state in stale - unlisted - {None, now}:
-                assert state is not None
-                await self._forget(job.id, state, confirm=confirm)
+            await self._move(job, was, now, ttl, unlisted, confirm=confirm)
         except OqronError as exc:
-            if not confirm:
-                raise
             log.warning("the state index did not take a move; its counts may be off until the "
                         "job is listed", job_id=job.id, state=str(now), error=str(exc))  # fmt: skip
+
+    async def _move(
+        self,
+        job: Job[Any],
+        was: JobState | None,
+        now: JobState | None,
+        ttl: float | None,
+        unlisted: frozenset[JobState],
+        *,
+        confirm: bool = False,
+    ) -> None:
+        """The entry in ``now`` (acked if ``confirm`` or a finished one on replicated streams),
+        then the markers of the states left (acked if ``confirm``)."""
+        if now is not None:
+            headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
+            entry = self.names.index_entry(now, job.id)
+            if confirm or (self.confirm_final and now in TERMINAL_STATES):
+                await self.conn.publish(entry, b"", headers)
+            else:
+                await self.conn.publish_core(entry, headers=headers)
+        stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
+        for state in stale - unlisted - {None, now}:
+            assert state is not None
+            await self._forget(job.id, state, confirm=confirm)
 
     async def _forget(self, job_id: str, state: JobState, *, confirm: bool = False) -> None:
         """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
