@@ -7,9 +7,9 @@ so that its first URL is another node, and told not to shuffle it: one worker pe
 on the nodes' ``/connz``. The scenario's nemesis then injects node faults; for each it records
 
 * when every role the node held (meta leader, leader of the queue's stream, of its consumer, of
-  the jobs and locks buckets' streams) had a new leader, polled from a separate client
-  (STREAM.INFO, CONSUMER.INFO; ``/jsz`` for the meta leader) until it names another node (or
-  the node itself once it is back): the fault's *election*;
+  the jobs and locks buckets' streams, of the state index stream) had a new leader, polled from
+  a separate client (STREAM.INFO, CONSUMER.INFO; ``/jsz`` for the meta leader) until it names
+  another node (or the node itself once it is back): the fault's *election*;
 * from the handler log: the time from the fault to the first completion after it, and until
   every worker had completed a job after the election (``ready``; for a paused queue, after it
   was also resumed; a hung node gets no such grace: a worker connected to it has to notice). A
@@ -85,7 +85,7 @@ STOP_LIMIT = 30.0
 """Seconds a worker may take to exit after SIGTERM."""
 RESTART_DELAY = 1.0
 """Seconds before a worker that exited is replaced."""
-ROLES = ("meta", "stream", "consumer", "jobs bucket", "locks bucket")
+ROLES = ("meta", "stream", "consumer", "jobs bucket", "locks bucket", "index")
 """The roles a node can hold that the job path depends on."""
 
 
@@ -599,6 +599,7 @@ class ClusterRun:
             "stream": self.names.stream,
             "jobs bucket": f"KV_{self.names.jobs_bucket}",
             "locks bucket": f"KV_{self.names.locks_bucket}",
+            "index": self.names.index_stream,
         }
         return streams[role]
 
