@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .._nats import Nats, StoredMsg
@@ -108,8 +109,8 @@ class StateIndex:
         self.names = names
         self.confirm_final = confirm_final
         self.stream = names.index_stream
-        self._confirming: set[asyncio.Task[None]] = set()
-        """The finished jobs' moves whose entries are still being confirmed."""
+        self._confirming: dict[str, asyncio.Task[None]] = {}
+        """The finished jobs' moves whose entries are still being confirmed, by job id."""
 
     async def moved(
         self,
@@ -135,18 +136,19 @@ class StateIndex:
             await self._move_or_log(job, was, now, ttl, unlisted, confirm=True)
         elif self._confirms_beside(now):
             task = asyncio.ensure_future(self._move_or_log(job, was, now, ttl, unlisted))
-            self._confirming.add(task)
-            task.add_done_callback(self._confirmation_ended)
+            self._confirming[job.id] = task
+            task.add_done_callback(partial(self._confirmation_ended, job.id))
         else:
             await self._move(job, was, now, ttl, unlisted)
 
     async def confirmed(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the finished jobs' entries still being confirmed."""
         if self._confirming:
-            await asyncio.wait(set(self._confirming), timeout=grace)
+            await asyncio.wait(set(self._confirming.values()), timeout=grace)
 
-    def _confirmation_ended(self, task: asyncio.Task[None]) -> None:
-        self._confirming.discard(task)
+    def _confirmation_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._confirming.get(job_id) is task:
+            del self._confirming[job_id]
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("a finished job's index entry failed", exc_info=exc)
 
@@ -206,6 +208,10 @@ class StateIndex:
         retried), whose count must never include a job that left it (trimming to N)."""
         subject = self.names.index_entry(state, job_id)
         if state in TERMINAL_STATES:
+            confirming = self._confirming.get(job_id)
+            if confirming is not None and confirming is not asyncio.current_task():
+                # its entry first, else it could land after the purge (bounded by its deadline)
+                await asyncio.wait({confirming})
             if confirm:
                 await self.conn.purge_subject(self.stream, subject)
             else:
