@@ -132,14 +132,16 @@ class StateIndex:
         and what the caller does next (remove a message, tell a worker) must still happen."""
         if was == now:
             return
+        stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
+        left = frozenset(s for s in stale - unlisted if s is not None and s != now)
         if confirm:
-            await self._move_or_log(job, was, now, ttl, unlisted, confirm=True)
-        elif self._confirms_beside(now):
-            task = asyncio.ensure_future(self._move_or_log(job, was, now, ttl, unlisted))
+            await self._move_or_log(job.id, now, left, ttl, confirm=True)
+        elif self._confirms_beside(now):  # the job's id and states only: no payload is held
+            task = asyncio.ensure_future(self._move_or_log(job.id, now, left, ttl))
             self._confirming[job.id] = task
             task.add_done_callback(partial(self._confirmation_ended, job.id))
         else:
-            await self._move(job, was, now, ttl, unlisted)
+            await self._move(job.id, now, left, ttl)
 
     async def confirmed(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the finished jobs' entries still being confirmed."""
@@ -162,45 +164,41 @@ class StateIndex:
 
     async def _move_or_log(
         self,
-        job: Job[Any],
-        was: JobState | None,
+        job_id: str,
         now: JobState | None,
+        left: frozenset[JobState],
         ttl: float | None,
-        unlisted: frozenset[JobState],
         *,
         confirm: bool = False,
     ) -> None:
         """:meth:`_move`; a failure is logged, not raised: the record is the truth (a listing or
         reconciliation files the job again)."""
         try:
-            await self._move(job, was, now, ttl, unlisted, confirm=confirm)
+            await self._move(job_id, now, left, ttl, confirm=confirm)
         except OqronError as exc:
             log.warning("the state index did not take a move; its counts may be off until the "
-                        "job is listed", job_id=job.id, state=str(now), error=str(exc))  # fmt: skip
+                        "job is listed", job_id=job_id, state=str(now), error=str(exc))  # fmt: skip
 
     async def _move(
         self,
-        job: Job[Any],
-        was: JobState | None,
+        job_id: str,
         now: JobState | None,
+        left: frozenset[JobState],
         ttl: float | None,
-        unlisted: frozenset[JobState],
         *,
         confirm: bool = False,
     ) -> None:
         """The entry in ``now`` (acked if ``confirm`` or a finished one on replicated streams),
-        then the markers of the states left (acked if ``confirm``)."""
+        then the markers of the states ``left`` (acked if ``confirm``)."""
         if now is not None:
             headers = {TTL_HEADER: ttl_header(ttl)} if ttl is not None else None
-            entry = self.names.index_entry(now, job.id)
+            entry = self.names.index_entry(now, job_id)
             if confirm or (self.confirm_final and now in TERMINAL_STATES):
                 await self.conn.publish(entry, b"", headers)
             else:
                 await self.conn.publish_core(entry, headers=headers)
-        stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
-        for state in stale - unlisted - {None, now}:
-            assert state is not None
-            await self._forget(job.id, state, confirm=confirm)
+        for state in left:
+            await self._forget(job_id, state, confirm=confirm)
 
     async def _forget(self, job_id: str, state: JobState, *, confirm: bool = False) -> None:
         """Remove the job's entry in ``state``: a delete marker in an unfinished state (every
