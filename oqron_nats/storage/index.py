@@ -45,7 +45,7 @@ streams deleted. A role that may not delete streams leaves that to the next work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -112,7 +112,7 @@ class StateIndex:
         self._confirming: dict[str, asyncio.Task[None]] = {}
         """The finished jobs' moves whose entries are still being confirmed, by job id."""
 
-    async def moved(
+    def moved(
         self,
         job: Job[Any],
         was: JobState | None,
@@ -121,7 +121,7 @@ class StateIndex:
         *,
         unlisted: frozenset[JobState] = frozenset(),
         confirm: bool = False,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Record that a job left ``was`` (None: it is new) for ``now`` (None: it is gone);
         with ``ttl`` the new entry expires with the record. ``unlisted``: states the job passed
         through that never had its entry (a claim's entry written late, runtime/late_entry.py):
@@ -130,18 +130,19 @@ class StateIndex:
         repair (into or out of a finished state: a cancel, a removal, a rerun); one that still
         fails is logged, not raised: the record is the truth (a listing files the job again),
         and what the caller does next (remove a message, tell a worker) must still happen."""
+        # a plain function returning the writes' coroutine: one coroutine per move, not two
         if was == now:
-            return
+            return _nothing()
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
-        left = frozenset(s for s in stale - unlisted if s is not None and s != now)
+        left = stale - unlisted - {None, now}
         if confirm:
-            await self._move_or_log(job.id, now, left, ttl, confirm=True)
-        elif self._confirms_beside(now):  # the job's id and states only: no payload is held
+            return self._move_or_log(job.id, now, left, ttl, confirm=True)
+        if self._confirms_beside(now):  # the job's id and states only: no payload is held
             task = asyncio.ensure_future(self._move_or_log(job.id, now, left, ttl))
             self._confirming[job.id] = task
             task.add_done_callback(partial(self._confirmation_ended, job.id))
-        else:
-            await self._move(job.id, now, left, ttl)
+            return _nothing()
+        return self._move(job.id, now, left, ttl)
 
     async def confirmed(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the finished jobs' entries still being confirmed."""
@@ -166,7 +167,7 @@ class StateIndex:
         self,
         job_id: str,
         now: JobState | None,
-        left: frozenset[JobState],
+        left: set[JobState | None],
         ttl: float | None,
         *,
         confirm: bool = False,
@@ -183,7 +184,7 @@ class StateIndex:
         self,
         job_id: str,
         now: JobState | None,
-        left: frozenset[JobState],
+        left: set[JobState | None],
         ttl: float | None,
         *,
         confirm: bool = False,
@@ -198,6 +199,7 @@ class StateIndex:
             else:
                 await self.conn.publish_core(entry, headers=headers)
         for state in left:
+            assert state is not None
             await self._forget(job_id, state, confirm=confirm)
 
     async def _forget(self, job_id: str, state: JobState, *, confirm: bool = False) -> None:
@@ -394,6 +396,10 @@ def entry(msg: StoredMsg, state: JobState) -> IndexEntry:
         msg.headers.get("Nats-Time-Stamp", "")
     )
     return IndexEntry(msg.subject.rsplit(".", 1)[1], state, msg.seq, entered or EARLIEST)
+
+
+async def _nothing() -> None:
+    """A move with nothing to write now."""
 
 
 def newest_across(pages: Iterable[list[IndexEntry]], count: int) -> list[IndexEntry]:
