@@ -98,12 +98,11 @@ async def test_an_entry_filed_by_a_repair_expires_with_its_record(
     left (else the entry of an expiring record would be counted after the record is gone)."""
     from datetime import timedelta
 
+    from oqron_nats.core.config import Reconciliation
+    from oqron_nats.runtime.maintenance import reconcile
     from oqron_nats.storage import store
 
     monkeypatch.setattr(store, "INDEX_SETTLE", 0.0)  # judge the job that just ended at once
-
-    from oqron_nats.core.config import Reconciliation
-    from oqron_nats.runtime.maintenance import reconcile
 
     async def handler(ctx: JobContext[Any]) -> None:
         pass
