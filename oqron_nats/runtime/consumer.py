@@ -321,7 +321,9 @@ class Consumer:
                 _, stuck = await asyncio.wait(pending, timeout=ABORT_WAIT)
                 for task in stuck:  # sync handlers ignoring the signal: redelivered after ack_wait
                     task.cancel()
-        await self.backend.store.index.confirmed(STOP_GRACE)  # the settles' finished entries
+        if self._runtime is not None:  # the settles' removals, then their finished entries
+            await self._runtime.retention.finished(STOP_GRACE)
+        await self.backend.store.index.confirmed(STOP_GRACE)
         await self._close()
         log.info("worker stopped", queue=self.config.name, worker_id=self.worker_id)
 

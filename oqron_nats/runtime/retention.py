@@ -13,6 +13,12 @@
 
 A removed job's id can be used again by a new add().
 
+A removal (``True``) runs beside the settle, after its ack, in a task of its own (at most
+``REMOVING_MOST`` at once, beyond which a settle runs its own; a worker's stop waits for them):
+it writes to the state index, and an election of the index's leader must not hold the worker's
+settles, and so its claims. A trim (a count) still runs in the settle: it writes the job's entry
+again to count it, and run later beside, it could do so after another trim removed the job.
+
 Retention is a step of settling a job (:class:`Retainer`, called by :mod:`.settle`), not a
 middleware: its age is part of the final write itself (one compare-and-set writes the final
 state with its TTL), and a removal is a compare-and-set on the revision the execution holds, of
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 from .._nats import CasConflict, JetStreamError
 from ..core.config import QueueConfig
@@ -37,6 +45,9 @@ log = logger(__name__)
 
 TRIM_BATCH = 100
 """At most this many old jobs are removed after one finish (the next finish removes more)."""
+REMOVING_MOST = 1_000
+"""Removals run beside the settles at most (see the module's docstring); each holds its job's
+record as stored, written again as the tombstone's last words."""
 DEFAULT_RETENTION: dict[JobState, Retention] = {
     JobState.COMPLETED: timedelta(days=1),
     JobState.FAILED: timedelta(days=14),
@@ -83,6 +94,8 @@ class Retainer:
     def __init__(self, backend: Backend, config: QueueConfig) -> None:
         self.backend = backend
         self.config = config
+        self._removing: set[asyncio.Task[None]] = set()
+        """The removals under way beside their settles."""
         self.trimming = asyncio.Lock()
         """One trim of the worker's jobs at a time (they settle concurrently): a count read
         while another trim's removals land, then a list of the oldest read after them, would
@@ -92,10 +105,30 @@ class Retainer:
         """The TTL to write the final record with (an age-based policy), else None."""
         return ttl_of(policy_for(final, final.state, self.config))
 
-    async def apply(self, job: RawJob, revision: int) -> None:
-        """Remove the finished job or trim its state, as its policy says; ``revision`` is the
-        one the execution holds. Best effort: the next finish trims again."""
+    def beside(self, job: RawJob, revision: int) -> Coroutine[Any, Any, None] | None:
+        """Start the acked job's removal in a task of its own; what the caller awaits instead
+        (None: nothing): a trim, or the removal once REMOVING_MOST run."""
         policy = policy_for(job, job.state, self.config)
+        if policy is not True and (not isinstance(policy, int) or isinstance(policy, bool)):
+            return None  # kept, or removed by the server (an age)
+        removal = self.apply(job, revision, policy)
+        if policy is not True or len(self._removing) >= REMOVING_MOST:
+            # a trim runs in the settle: one beside it could write the entry of a job that an
+            # earlier trim, run after it, has removed meanwhile (see apply)
+            return removal
+        task = asyncio.ensure_future(removal)
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
+        return None
+
+    async def finished(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the removals still under way."""
+        if self._removing:
+            await asyncio.wait(set(self._removing), timeout=grace)
+
+    async def apply(self, job: RawJob, revision: int, policy: Retention | None) -> None:
+        """Remove the finished job or trim its state, as ``policy`` says; ``revision`` is the
+        one the execution holds. Best effort: the next finish trims again."""
         try:
             if policy is True:
                 await self.backend.store.remove(job, revision)

@@ -203,7 +203,8 @@ class Settle:
             await self._file_again(job)
         await self.delivery.ack()
         await self.held.release()
-        await self.rt.retention.apply(job, self.held.revision)
+        if (removal := self.rt.retention.beside(job, self.held.revision)) is not None:
+            await removal
 
     async def finish_again(self, job: RawJob) -> None:
         """A redelivered message of a finished job: a crash may have come between the final
