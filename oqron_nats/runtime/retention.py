@@ -109,17 +109,16 @@ class Retainer:
         """Start the acked job's removal in a task of its own; what the caller awaits instead
         (None: nothing): a trim, or the removal once REMOVING_MOST run."""
         policy = policy_for(job, job.state, self.config)
-        if policy is not True and (not isinstance(policy, int) or isinstance(policy, bool)):
-            return None  # kept, or removed by the server (an age)
-        removal = self.apply(job, revision, policy)
-        if policy is not True or len(self._removing) >= REMOVING_MOST:
-            # a trim runs in the settle: one beside it could write the entry of a job that an
-            # earlier trim, run after it, has removed meanwhile (see apply)
-            return removal
-        task = asyncio.ensure_future(removal)
-        self._removing.add(task)
-        task.add_done_callback(self._removing.discard)
-        return None
+        if policy is True and len(self._removing) < REMOVING_MOST:
+            task = asyncio.ensure_future(self.apply(job, revision, policy))
+            self._removing.add(task)
+            task.add_done_callback(self._removing.discard)
+            return None
+        if policy is True or (isinstance(policy, int) and not isinstance(policy, bool)):
+            # a trim stays in the settle: run beside, it could come after another job's trim
+            # removed this job, and write this job's entry back (apply counts it first)
+            return self.apply(job, revision, policy)
+        return None  # kept, or removed by the server (an age)
 
     async def finished(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the removals still under way."""
