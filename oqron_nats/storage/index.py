@@ -136,9 +136,11 @@ class StateIndex:
         stale = {was} if now not in TERMINAL_STATES else {was, *passed_through(job)}
         left = stale - unlisted - {None, now}
         if confirm:
-            return self._move_or_log(job.id, now, left, ttl, confirm=True)
+            return self._logged(self._move(job.id, now, left, ttl, confirm=True), job.id, now)
         if self._confirms_beside(now):  # the job's id and states only: no payload is held
-            task = asyncio.ensure_future(self._move_or_log(job.id, now, left, ttl))
+            task = asyncio.ensure_future(
+                self._logged(self._move(job.id, now, left, ttl), job.id, now)
+            )
             self._confirming[job.id] = task
             task.add_done_callback(partial(self._confirmation_ended, job.id))
             return _nothing()
@@ -163,19 +165,13 @@ class StateIndex:
             and len(self._confirming) < CONFIRMING_MOST
         )
 
-    async def _move_or_log(
-        self,
-        job_id: str,
-        now: JobState | None,
-        left: set[JobState | None],
-        ttl: float | None,
-        *,
-        confirm: bool = False,
+    async def _logged(
+        self, move: Coroutine[Any, Any, None], job_id: str, now: JobState | None
     ) -> None:
-        """:meth:`_move`; a failure is logged, not raised: the record is the truth (a listing or
-        reconciliation files the job again)."""
+        """Await a :meth:`_move`; a failure is logged, not raised: the record is the truth (a
+        listing or reconciliation files the job again)."""
         try:
-            await self._move(job_id, now, left, ttl, confirm=confirm)
+            await move
         except OqronError as exc:
             log.warning("the state index did not take a move; its counts may be off until the "
                         "job is listed", job_id=job_id, state=str(now), error=str(exc))  # fmt: skip
